@@ -13,7 +13,7 @@ CHECKPOINT ?= checkpoints/tiiuae/falcon-7b
 OUT ?= out/twin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint collect
+.PHONY: help install test lint collect prepare tiny train download serve ui
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,5 +35,34 @@ lint: $(STAMP) ## ruff + mypy
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy collect prepare $(wildcard finetune serve ui)
 
-collect: $(STAMP) ## export your chats: Telethon if TELEGRAM_API_ID is set, else EXPORT=path/to/result.json
-	$(PY) -m collect auto --out $(RAW) $(if $(EXPORT),--export $(EXPORT),)
+collect: $(STAMP) ## export your chats: EXPORT=path/to/result.json (Telegram Desktop) or Telethon with TELEGRAM_API_ID/HASH
+	@if [ -n "$(EXPORT)" ]; then \
+		$(PY) -m collect desktop "$(EXPORT)" --out $(RAW); \
+	elif [ -n "$$TELEGRAM_API_ID" ] || grep -qs '^TELEGRAM_API_ID=' .env; then \
+		$(PY) -m collect telegram --out $(RAW); \
+	else \
+		echo "make collect needs your chats from one of two places:"; \
+		echo "  - a Telegram Desktop export:  make collect EXPORT=path/to/result.json"; \
+		echo "    (Telegram Desktop > Settings > Advanced > Export Telegram data, format: JSON)"; \
+		echo "  - the Telegram API: set TELEGRAM_API_ID, TELEGRAM_API_HASH and TELEGRAM_PHONE (env or .env);"; \
+		echo "    get the id and hash at https://my.telegram.org > API development tools"; \
+		exit 2; \
+	fi
+
+prepare: $(STAMP) ## raw chats -> train/val instruction records (secrets scrubbed)
+	$(PY) -m prepare --raw $(RAW) --out $(PREPARED)
+
+tiny: $(STAMP) ## build a tiny Falcon-shaped checkpoint (CPU-friendly) from the prepared data
+	$(PY) -m finetune.tiny --data $(PREPARED) --out checkpoints/tiny-falcon
+
+download: $(STAMP) ## download Falcon-7B (needs internet, ~14 GB) into checkpoints/tiiuae/falcon-7b
+	$(VENV)/bin/litgpt download tiiuae/falcon-7b --checkpoint_dir checkpoints
+
+train: prepare ## prepare + LoRA fine-tune on CHECKPOINT (default Falcon-7B) into OUT
+	$(PY) -m finetune --data $(PREPARED) --checkpoint-dir $(CHECKPOINT) --out-dir $(OUT) $(TRAIN_ARGS)
+
+serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000
+	$(PY) -m serve --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT)/lit_model_lora_finetuned.pth
+
+ui: $(STAMP) ## the chat page (talks to the server at TWIN_API_URL)
+	$(PY) -m streamlit run ui/app.py
