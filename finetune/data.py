@@ -1,0 +1,303 @@
+"""Instruction records → token sequences → length-bucketed micro-batches.
+
+The records are prepare's `train.jsonl` / `val.jsonl`; the training text of a record is
+`prepare.prompt.render_record(record)` = (prompt, response), encoded separately (exactly as the server
+encodes a live prompt) and joined with an EOS after the response. Labels are -100 on the prompt, so only
+the reply carries loss.
+
+Batching: every optimizer step takes `global_batch_size` sequences in a seeded per-epoch order. Inside a
+step the sequences are sorted by length, dealt round-robin to the ranks, and packed into micro-batches of
+similar length under a padded-token budget; so padding is small and the gradient of a step does not
+depend on how it is split into micro-batches. The plan is a pure function of (seed, epoch, lengths), so
+every rank computes it alone and a resumed run replays the very same order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune.errors import UserError
+from prepare.prompt import render_record
+
+TRAIN_FILE = "train.jsonl"
+VAL_FILE = "val.jsonl"
+IGNORE_INDEX = -100
+RUN_PREPARE = "run `make prepare` (python -m prepare --raw data/raw --out data/prepared) first"
+
+TEXT_FIELDS = ("instruction", "context", "response")
+OPTIONAL_FIELDS: dict[str, type] = {"dialog_id": int, "date": str, "partner": str}
+
+
+# ----------------------------------------------------------------------------------------------- records
+def check_record(obj: Any, where: str) -> dict[str, Any]:
+    """Validate one decoded JSON line; the error names `where` (file:line) and what is wrong."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object with fields {list(TEXT_FIELDS)}")
+    problems = []
+    for name in TEXT_FIELDS:
+        if name not in obj:
+            problems.append(f"missing field {name!r}")
+        elif not isinstance(obj[name], str):
+            problems.append(f"field {name!r} must be a string")
+    for name, typ in OPTIONAL_FIELDS.items():
+        value = obj.get(name)
+        if value is not None and (not isinstance(value, typ) or isinstance(value, bool)):
+            problems.append(f"field {name!r} must be {typ.__name__}")
+    if not problems and not obj["response"].strip():
+        problems.append("field 'response' is empty")
+    if problems:
+        raise UserError(f"{where}: {'; '.join(problems)}")
+    return obj
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """All records of one JSONL file (blank lines skipped); raises `UserError` naming file and line."""
+    if not path.is_file():
+        raise UserError(f"no instruction records at {path}: {RUN_PREPARE}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); {RUN_PREPARE} again") from None
+            records.append(check_record(obj, f"{path}:{n}"))
+    return records
+
+
+def load_splits(data_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, val) records of a prepared folder; empty or missing data is a `UserError`."""
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist: {RUN_PREPARE}")
+    train = load_records(data_dir / TRAIN_FILE)
+    val = load_records(data_dir / VAL_FILE)
+    for name, records in ((TRAIN_FILE, train), (VAL_FILE, val)):
+        if not records:
+            raise UserError(f"{data_dir / name} holds no records: {RUN_PREPARE} (with more chats if needed)")
+    return train, val
+
+
+def render_texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The full training text (prompt + reply) of each record, e.g. to train a tokenizer on."""
+    return [prompt + response for prompt, response in map(render_record, records)]
+
+
+# -------------------------------------------------------------------------------------------- encoding
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One encoded record: `input_ids` = prompt + reply + EOS; loss on positions >= `prompt_len`."""
+
+    input_ids: torch.Tensor
+    """int64 (T,)."""
+    prompt_len: int
+    """Number of leading tokens that carry no loss (after any truncation)."""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def labels(self) -> torch.Tensor:
+        labels = self.input_ids.clone()
+        labels[: self.prompt_len] = IGNORE_INDEX
+        return labels
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    examples: list[Example]
+    truncated: int
+    """Records longer than the max sequence length; their oldest tokens were cut (see `encode_records`)."""
+
+
+def encode_records(records: Sequence[Mapping[str, Any]], tokenizer: Any, max_seq_length: int) -> Encoded:
+    """Encode records with a litgpt `Tokenizer`.
+
+    A sequence longer than `max_seq_length` keeps its *last* `max_seq_length` tokens: the new message,
+    the reply and the EOS survive, the template head and the oldest context go. Truncated records are
+    counted, never silently dropped.
+    """
+    if tokenizer.eos_id is None:
+        raise UserError("the checkpoint's tokenizer has no EOS token (tokenizer_config.json 'eos_token')")
+    examples, truncated = [], 0
+    for record in records:
+        prompt, response = render_record(record)
+        prompt_ids = tokenizer.encode(prompt).long()
+        reply_ids = tokenizer.encode(response, bos=False).long()
+        eos = torch.tensor([tokenizer.eos_id], dtype=torch.long)
+        ids = torch.cat([prompt_ids, reply_ids, eos])
+        prompt_len = len(prompt_ids)
+        if len(ids) > max_seq_length:
+            truncated += 1
+            cut = len(ids) - max_seq_length
+            ids = ids[cut:]
+            prompt_len = max(prompt_len - cut, 0)
+        examples.append(Example(ids, prompt_len))
+    return Encoded(examples, truncated)
+
+
+# -------------------------------------------------------------------------------------------- batching
+@dataclass(frozen=True, slots=True)
+class MicroBatch:
+    """Indices into the examples, padded to one length; counts are known on the host (no sync)."""
+
+    indices: tuple[int, ...]
+    length: int
+    """Padded sequence length T (a multiple of the pad multiple, at most the max sequence length)."""
+    loss_tokens: int
+    """Label tokens (the reply + EOS) summed over the micro-batch."""
+    tokens: int
+    """Real (non-pad) tokens."""
+
+    @property
+    def padded_tokens(self) -> int:
+        return len(self.indices) * self.length
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One optimizer step: this rank's micro-batches and the step's loss-token total over all ranks."""
+
+    micro_batches: list[MicroBatch]
+    global_loss_tokens: int
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pack_micro_batches(
+    indices: Sequence[int],
+    examples: Sequence[Example],
+    max_tokens: int,
+    max_size: int,
+    pad_multiple: int,
+    max_length: int,
+) -> list[MicroBatch]:
+    """Greedy packing of length-sorted (longest first) indices under a padded-token budget."""
+    batches: list[MicroBatch] = []
+    current: list[int] = []
+    current_len = 0
+    for i in indices:
+        length = min(round_up(len(examples[i]), pad_multiple), max_length)
+        new_len = max(current_len, length)
+        if current and ((len(current) + 1) * new_len > max_tokens or len(current) >= max_size):
+            batches.append(make_micro_batch(current, current_len, examples))
+            current, new_len = [], length
+        current.append(i)
+        current_len = new_len
+    if current:
+        batches.append(make_micro_batch(current, current_len, examples))
+    return batches
+
+
+def make_micro_batch(indices: Sequence[int], length: int, examples: Sequence[Example]) -> MicroBatch:
+    return MicroBatch(
+        indices=tuple(indices),
+        length=length,
+        loss_tokens=sum(len(examples[i]) - examples[i].prompt_len for i in indices),
+        tokens=sum(len(examples[i]) for i in indices),
+    )
+
+
+def split_largest(batches: list[MicroBatch], examples: Sequence[Example]) -> bool:
+    """Split the micro-batch with the most sequences in two (in place); False when none has two."""
+    k = max(range(len(batches)), key=lambda j: len(batches[j].indices))
+    if len(batches[k].indices) < 2:
+        return False
+    idx = batches[k].indices
+    half = len(idx) // 2
+    a, b = idx[:half], idx[half:]
+    batches[k : k + 1] = [
+        make_micro_batch(a, batches[k].length, examples),
+        make_micro_batch(b, batches[k].length, examples),
+    ]
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """Turns (seed, epoch) into the optimizer steps of that epoch, for one rank."""
+
+    examples: Sequence[Example]
+    global_batch_size: int
+    micro_batch_tokens: int
+    micro_batch_size: int
+    pad_multiple: int
+    max_length: int
+    seed: int
+    world_size: int = 1
+    rank: int = 0
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.examples)
+        full, rest = divmod(n, self.global_batch_size)
+        return full + (1 if rest >= self.world_size else 0)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)  # string seeds hash stably across runs
+        return order
+
+    def steps(self, epoch: int) -> Iterator[Step]:
+        order = self.epoch_order(epoch)
+        for s in range(self.steps_per_epoch()):
+            chunk = order[s * self.global_batch_size : (s + 1) * self.global_batch_size]
+            # every rank gets the same number of sequences (the last step drops < world_size of them)
+            yield self.make_step(chunk[: len(chunk) - len(chunk) % self.world_size])
+
+    def make_step(self, chunk: Sequence[int]) -> Step:
+        ex = self.examples
+        ordered = sorted(chunk, key=lambda i: (-len(ex[i]), i))
+        per_rank = [
+            pack_micro_batches(
+                ordered[r :: self.world_size],
+                ex,
+                self.micro_batch_tokens,
+                self.micro_batch_size,
+                self.pad_multiple,
+                self.max_length,
+            )
+            for r in range(self.world_size)
+        ]
+        # every rank runs the same number of forward passes (FSDP gathers weights in each one)
+        target = max(len(b) for b in per_rank)
+        for batches in per_rank:
+            while len(batches) < target and split_largest(batches, ex):
+                pass
+        if len({len(b) for b in per_rank}) > 1:
+            # cannot happen: each rank holds the same number of sequences, and splits go down to one each
+            raise RuntimeError("could not balance micro-batches across ranks")
+        global_loss_tokens = sum(len(ex[i]) - ex[i].prompt_len for i in chunk)
+        return Step(per_rank[self.rank], global_loss_tokens)
+
+
+def padding_fraction(plan: BatchPlan, epoch: int = 0) -> float:
+    """Share of pad tokens over one epoch's micro-batches of this rank."""
+    padded = real = 0
+    for step in plan.steps(epoch):
+        for mb in step.micro_batches:
+            padded += mb.padded_tokens
+            real += mb.tokens
+    return 1.0 - real / padded if padded else 0.0
+
+
+def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, targets) of shape (B, T); targets are the labels shifted left by one (-100 on pads)."""
+    b, t = len(batch.indices), batch.length
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    targets = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+    for row, i in enumerate(batch.indices):
+        ex = examples[i]
+        n = len(ex)
+        input_ids[row, :n] = ex.input_ids
+        targets[row, : n - 1] = ex.labels[1:]
+    return input_ids, targets

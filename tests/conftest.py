@@ -1,0 +1,132 @@
+"""Shared session fixtures: a generated chat corpus, a tiny Falcon-shaped checkpoint and a LoRA adapter.
+
+`tiny_checkpoint` is a real litgpt checkpoint folder (`Tokenizer(path)` and `GPT(Config.from_file(...))`
+load it); `tiny_adapter` is a real `python -m finetune` out-dir trained on the corpus for a few steps.
+Both are built once per test session in seconds; treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prepare.prompt import Turn, cap_turns, render_context
+
+PARTNERS = ["Anna", "Boris", "Chloe", "Dmitri", "Eva", "Farid", "Greta", "Hiro"]
+DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+FOODS = ["pizza", "sushi", "ramen", "tacos", "pho", "burgers", "dumplings", "falafel"]
+THINGS = ["match", "new episode", "concert video", "trailer", "meme", "news", "photos", "game"]
+PLACES = ["the park", "the gym", "the office", "the station", "the cinema", "the library", "the bar"]
+
+# (partner's message, the twin's replies, a generic person's replies) — the twin writes lowercase and
+# repeats the key word, so a fine-tune has something clear to learn over the generic base.
+TOPICS: list[tuple[str, list[str], list[str]]] = [
+    (
+        "Are you free on {day}?",
+        ["yeah {day} works for me 🙂", "{day}? sure, what time", "hmm {day} is tight but ok"],
+        ["Yes, I am available on {day}.", "I will check my calendar for {day}."],
+    ),
+    (
+        "Want to grab {food} later?",
+        ["always down for {food} 😄", "{food} sounds perfect", "omg yes {food}"],
+        ["That sounds nice, I like {food}.", "Perhaps, I had {food} yesterday."],
+    ),
+    (
+        "Did you see the {thing}?",
+        ["haha yes the {thing} was wild", "not yet, is the {thing} good?", "the {thing}!! 😂"],
+        ["Yes, I have seen the {thing}.", "No, I have not seen the {thing} yet."],
+    ),
+    (
+        "I'm at {place}, where are you?",
+        ["omw to {place}, 5 min", "almost at {place} 🏃", "still home lol, {place} in 10"],
+        ["I am on my way to {place}.", "I will arrive at {place} soon."],
+    ),
+    (
+        "How was your day?",
+        ["pretty chill tbh, you?", "long day 😴 but fine", "good good, busy though"],
+        ["My day was good, thank you.", "It was a productive day."],
+    ),
+]
+SMALL_TALK = ["hey", "hi!", "hello", "yo", "sup", "morning", "good evening", "hey there"]
+
+
+def generate_chat_records(n: int, seed: int, style: str = "twin") -> list[dict[str, Any]]:
+    """`n` instruction records in prepare's format; `style` "twin" or "generic" picks the reply voice."""
+    rng = random.Random(seed)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    records = []
+    for i in range(n):
+        partner = rng.choice(PARTNERS)
+        turns: list[Turn] = []
+        for _ in range(rng.randint(0, 3)):
+            turns.append(Turn("partner", rng.choice(SMALL_TALK)))
+            turns.append(Turn("me", rng.choice(SMALL_TALK)))
+        message, twin, generic = rng.choice(TOPICS)
+        slots = {
+            "day": rng.choice(DAYS),
+            "food": rng.choice(FOODS),
+            "thing": rng.choice(THINGS),
+            "place": rng.choice(PLACES),
+        }
+        response = rng.choice(twin if style == "twin" else generic).format(**slots)
+        records.append(
+            {
+                "instruction": message.format(**slots),
+                "context": render_context(cap_turns(turns, partner=partner), partner),
+                "response": response,
+                "dialog_id": 1000 + PARTNERS.index(partner),
+                "date": (start + timedelta(minutes=37 * i)).isoformat(),
+                "partner": partner,
+            }
+        )
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    path.chmod(0o600)
+
+
+@pytest.fixture(scope="session")
+def chat_records() -> dict[str, list[dict[str, Any]]]:
+    """The twin's records: {"train": 480 records, "val": 64 records}."""
+    return {"train": generate_chat_records(480, seed=1), "val": generate_chat_records(64, seed=2)}
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory: pytest.TempPathFactory, chat_records: dict[str, list]) -> Path:
+    """A folder shaped like prepare's output: `train.jsonl` and `val.jsonl`."""
+    out = tmp_path_factory.mktemp("prepared")
+    write_jsonl(out / "train.jsonl", chat_records["train"])
+    write_jsonl(out / "val.jsonl", chat_records["val"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, chat_records: dict[str, list]) -> Path:
+    """A tiny Falcon-shaped litgpt checkpoint (2 layers, width 64, block 256), pretrained for a moment
+    on chats of the same kind in a *generic* voice; fine-tuning on `chat_records` teaches it the twin's.
+    """
+    from finetune.data import render_texts
+    from finetune.tiny import make_tiny_checkpoint
+
+    base_texts = render_texts(generate_chat_records(480, seed=3, style="generic"))
+    # the tokenizer also sees the twin's train texts, as `python -m finetune.tiny` would
+    tokenizer_texts = base_texts + render_texts(chat_records["train"])
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("checkpoints") / "tiny-falcon",
+        tokenizer_texts,
+        pretrain_texts=base_texts,
+        vocab_size=512,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        block_size=256,
+        pretrain_steps=60,
+        seed=0,
+    )
