@@ -1,0 +1,193 @@
+"""The chat page: you write as your chat partner, and your twin answers the way you would.
+
+Run `streamlit run ui/app.py` (or `make ui`, `python -m ui`). The history lives in `st.session_state`
+and goes to the server as the OpenAI `messages` list on every turn; every HTTP call is in `ui/client.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import streamlit as st
+from streamlit_chat import message
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # `streamlit run ui/app.py` puts ui/ on sys.path, not the repo root
+    sys.path.insert(0, _ROOT)
+
+from ui import chat, client  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 128
+MAX_TOKENS_LIMIT = 2048
+PARTNER_PLACEHOLDER = "Friend"
+"""What the server calls the partner when no name is given."""
+
+
+def avatar(letter: str, color: str) -> str:
+    """A round letter avatar as a data URI, so that no bubble asks a web service for a picture."""
+    svg = (
+        "<svg xmlns='http://www.w3.org/2000/svg' width='64' height='64'>"
+        f"<circle cx='32' cy='32' r='32' fill='{color}'/>"
+        "<text x='32' y='33' dominant-baseline='middle' text-anchor='middle' font-family='sans-serif' "
+        f"font-size='30' fill='white'>{html.escape(letter)}</text></svg>"
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def init_state() -> None:
+    """Defaults for the conversation and, from the environment, for the sidebar's widgets."""
+    try:
+        server = client.ServerSettings.from_env()
+    except ValueError as e:
+        st.error(f"The page's settings are wrong: {e}")
+        st.stop()
+    state = st.session_state
+    state.setdefault("history", [])
+    state.setdefault("conversation", 0)
+    state.setdefault("error", None)
+    state.setdefault("server_url", server.url)
+    state.setdefault("api_key", server.api_key)
+    state.setdefault("timeout_s", server.timeout_s)
+    state.setdefault("partner", "")
+    state.setdefault("temperature", DEFAULT_TEMPERATURE)
+    state.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+
+
+def new_conversation() -> None:
+    st.session_state.history = []
+    st.session_state.error = None
+    st.session_state.conversation += 1
+
+
+def ask_retry() -> None:
+    st.session_state.retry = True
+
+
+def check_server(server: client.ServerSettings) -> None:
+    try:
+        answer = client.check_health(server)
+    except client.TwinAPIError as e:
+        st.sidebar.error(str(e))
+        return
+    model = answer.get("model")
+    st.sidebar.success(f"The server is up{f' (model: {model})' if model else ''}.")
+
+
+def sidebar() -> client.ServerSettings:
+    """Settings widgets; their values stay in `st.session_state` under their keys."""
+    with st.sidebar:
+        st.header("Settings")
+        st.text_input("Server URL", key="server_url", help="The twin server (TWIN_API_URL).")
+        st.text_input("API key", key="api_key", type="password", help="The server's key (TWIN_API_KEY).")
+        st.text_input(
+            "Partner's name",
+            key="partner",
+            placeholder=PARTNER_PLACEHOLDER,
+            help="Who you are playing. The name goes into the prompt, as in your training chats.",
+        )
+        st.slider("Temperature", 0.0, 2.0, step=0.05, key="temperature", help="Higher is more surprising.")
+        st.number_input("Max tokens", 1, MAX_TOKENS_LIMIT, step=16, key="max_tokens", help="Longest reply.")
+        st.button("New conversation", on_click=new_conversation)
+        st.download_button(
+            "Download conversation (JSON)",
+            data=chat.export_conversation(
+                st.session_state.history,
+                st.session_state.partner,
+                st.session_state.temperature,
+                st.session_state.max_tokens,
+            ),
+            file_name="twin-conversation.json",
+            mime="application/json",
+            disabled=not st.session_state.history,
+            on_click="ignore",
+        )
+        server = client.ServerSettings(
+            url=st.session_state.server_url,
+            api_key=st.session_state.api_key,
+            timeout_s=st.session_state.timeout_s,
+        )
+        if st.button("Check server"):
+            check_server(server)
+    return server
+
+
+def draw_bubble(index: int, partner: str) -> None:
+    turn = st.session_state.history[index]
+    is_user = turn["role"] == "user"
+    if is_user:
+        logo = avatar((partner or PARTNER_PLACEHOLDER)[0].upper(), "#7c5cff")
+    else:
+        logo = avatar("T", "#ff6b4a")
+    message(turn["content"], is_user=is_user, logo=logo, key=f"c{st.session_state.conversation}-{index}")
+
+
+def reply(server: client.ServerSettings) -> None:
+    """Stream the twin's answer to the history; keep it on success, leave an error message otherwise."""
+    state = st.session_state
+    parts: list[str] = []
+
+    def pieces() -> Iterator[str]:
+        for piece in client.stream_reply(
+            server,
+            chat.request_messages(state.history, state.partner),
+            temperature=float(state.temperature),
+            max_tokens=int(state.max_tokens),
+        ):
+            parts.append(piece)
+            yield piece
+
+    placeholder = st.empty()
+    try:
+        with placeholder.container():
+            st.caption("Your twin is typing…")
+            st.write_stream(pieces())
+    except client.TwinAPIError as e:
+        state.error = str(e)
+    except Exception as e:  # a bug must not cost the conversation: say so and keep the page alive
+        log.exception("reply failed")
+        state.error = f"Something went wrong while getting the reply ({type(e).__name__}: {e})."
+    else:
+        text = "".join(parts).strip()
+        if text:
+            state.history.append(chat.Message(role="assistant", content=text))
+            st.rerun()  # redraw the streamed text as a chat bubble
+        state.error = "The twin's reply was empty. Try again, or raise the temperature or max tokens."
+    placeholder.empty()
+
+
+def main() -> None:
+    st.set_page_config(page_title="twin", page_icon="💬")
+    init_state()
+    server = sidebar()
+    state = st.session_state
+    partner = chat.clean_partner(state.partner)
+
+    st.title("💬 twin")
+    st.caption(f"You write as **{partner or PARTNER_PLACEHOLDER}**; your twin answers the way you would.")
+    for index in range(len(state.history)):
+        draw_bubble(index, partner)
+
+    prompt = st.chat_input(f"Message from {partner or PARTNER_PLACEHOLDER}…", key="prompt")
+    wanted = state.pop("retry", False)
+    if prompt and prompt.strip():
+        state.history.append(chat.Message(role="user", content=prompt.strip()))
+        draw_bubble(len(state.history) - 1, partner)
+        wanted = True
+    if wanted and state.history and state.history[-1]["role"] == "user":
+        state.error = None
+        reply(server)
+    if state.error:
+        st.error(state.error)
+        if state.history and state.history[-1]["role"] == "user":
+            st.button("Retry", on_click=ask_retry)
+
+
+main()

@@ -1,0 +1,250 @@
+"""The page's only HTTP code: the twin server's OpenAI-style chat API, streamed, with errors in words.
+
+Contract (written by `serve`): `POST {url}/v1/chat/completions` with
+`{"model": "twin", "messages": [...], "temperature", "max_tokens", "stream": true}` answers with
+server-sent events, `data: {chat.completion.chunk}` lines ending in `data: [DONE]`; failures are 4xx/5xx
+with a JSON `{"detail": ...}` (401 for a wrong `Authorization: Bearer <key>`, 503 + `Retry-After` while
+busy). `GET {url}/health` says whether the server is up.
+
+Every failure a person can meet (server down, wrong key, slow server, refused request, broken stream)
+becomes a `TwinAPIError` whose text can go on the page as it is. Tests of the page replace this module's
+`stream_reply` / `check_health`; the module itself is tested against real servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+"""Where `make serve` listens."""
+DEFAULT_TIMEOUT_S = 120.0
+"""Longest wait for the server to send anything: a 7B model on a busy CPU can be slow to start a reply."""
+CONNECT_TIMEOUT_S = 5.0
+"""A server that is up accepts a connection at once; a silent one is as good as down."""
+MODEL = "twin"
+
+
+class TwinAPIError(Exception):
+    """A failure of the twin server or the way to it, said so that a person can act on it."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How to reach the twin server."""
+
+    url: str = DEFAULT_URL
+    """Base address of the server, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted too)."""
+    api_key: str = ""
+    """Sent as `Authorization: Bearer <key>` when not empty (the server's TWIN_API_KEY)."""
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    """Longest silence from the server, in seconds, before giving up on a reply."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        """Settings from TWIN_API_URL, TWIN_API_KEY and TWIN_API_TIMEOUT (seconds); defaults otherwise."""
+        env = os.environ if environ is None else environ
+        raw_timeout = env.get("TWIN_API_TIMEOUT", "").strip()
+        timeout_s = DEFAULT_TIMEOUT_S
+        if raw_timeout:
+            try:
+                timeout_s = float(raw_timeout)
+            except ValueError:
+                timeout_s = -1.0
+            if not timeout_s > 0:
+                raise ValueError(f"TWIN_API_TIMEOUT must be a number of seconds above 0, got {raw_timeout!r}")
+        return cls(
+            url=env.get("TWIN_API_URL", "").strip() or DEFAULT_URL,
+            api_key=env.get("TWIN_API_KEY", "").strip(),
+            timeout_s=timeout_s,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The URL without a trailing slash or /v1, with http:// added when no scheme was given."""
+        url = self.url.strip().rstrip("/")
+        if url and "://" not in url:
+            url = f"http://{url}"
+        if url.endswith("/v1"):
+            url = url[: -len("/v1")]
+        return url
+
+    def headers(self) -> dict[str, str]:
+        key = self.api_key.strip()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s))
+
+
+def stream_reply(
+    server: ServerSettings,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    temperature: float,
+    max_tokens: int,
+) -> Iterator[str]:
+    """Ask for the twin's next reply to `messages` (OpenAI format) and yield its text as it arrives.
+
+    Nothing is sent until the first item is taken. Raises `TwinAPIError` for every failure, including
+    one in the middle of the stream; closing the iterator early closes the connection.
+    """
+    body = {
+        "model": MODEL,
+        "messages": [dict(m) for m in messages],
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    url = f"{server.base_url}/v1/chat/completions"
+    headers = {**server.headers(), "Accept": "text/event-stream"}
+    with _translated_errors(server):
+        with httpx.Client(timeout=server.timeout()) as http:
+            with http.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _status_error(response, server)
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # A server that ignores `stream` answers with one chat.completion: take it whole.
+                    response.read()
+                    text = _content_of_completion(response)
+                    if text:
+                        yield text
+                    return
+                yield from _read_events(response.iter_lines())
+
+
+def check_health(server: ServerSettings) -> dict[str, Any]:
+    """The server's `GET /health` answer; raises `TwinAPIError` when it is not reachable or not healthy."""
+    with _translated_errors(server):
+        with httpx.Client(timeout=server.timeout()) as http:
+            response = http.get(f"{server.base_url}/health", headers=server.headers())
+        if response.status_code >= 400:
+            raise _status_error(response, server)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise TwinAPIError(f"{server.base_url}/health did not answer with JSON; is this the twin server?")
+        return answer
+
+
+def _read_events(lines: Iterator[str]) -> Iterator[str]:
+    """Text deltas from server-sent event lines; stops at `data: [DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators, `event:` names and `: ping` comments
+        payload = line[len("data:") :].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            chunk = json.loads(payload)
+        except ValueError as e:
+            raise TwinAPIError(f"The server sent a reply piece that is not JSON: {payload[:80]!r}") from e
+        if not isinstance(chunk, dict):
+            raise TwinAPIError(f"The server sent an unexpected piece of the reply: {payload[:80]!r}")
+        if "error" in chunk or "detail" in chunk:
+            raise TwinAPIError(f"The server stopped in the middle of the reply: {_detail_text(chunk)}")
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield str(text)
+    raise TwinAPIError("The connection closed before the reply was finished; please try again.")
+
+
+def _content_of_completion(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["choices"][0]["message"]["content"] or "")
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise TwinAPIError("The server's answer has no reply in it; is this the twin server?") from e
+
+
+@contextmanager
+def _translated_errors(server: ServerSettings) -> Iterator[None]:
+    """Turn httpx's transport errors into `TwinAPIError`s that name the server and what to try."""
+    url = server.base_url or "(no URL)"
+    try:
+        yield
+    except httpx.ConnectTimeout as e:
+        raise TwinAPIError(
+            f"The twin server at {url} did not accept a connection within {server.timeout().connect:g} s. "
+            "Is it running, and is the server URL in the sidebar right?"
+        ) from e
+    except httpx.TimeoutException as e:
+        raise TwinAPIError(
+            f"The twin server at {url} sent nothing for {server.timeout_s:g} s, so the reply was given up. "
+            "It may be overloaded: try again, or raise TWIN_API_TIMEOUT."
+        ) from e
+    except httpx.ConnectError as e:
+        raise TwinAPIError(
+            f"Can't reach the twin server at {url}. Is it running (`make serve`), and is the server URL "
+            "in the sidebar right?"
+        ) from e
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
+        raise TwinAPIError(f"{server.url!r} is not a server address; use one like {DEFAULT_URL}.") from e
+    except httpx.HTTPError as e:
+        raise TwinAPIError(
+            f"The connection to the twin server at {url} broke ({type(e).__name__}); please try again."
+        ) from e
+
+
+def _status_error(response: httpx.Response, server: ServerSettings) -> TwinAPIError:
+    status = response.status_code
+    detail = _detail_of(response)
+    said = f" The server said: {detail}" if detail else ""
+    if status in (401, 403):
+        what = (
+            "The server needs an API key: put it in the sidebar (or TWIN_API_KEY)."
+            if not server.api_key.strip()
+            else "The server refused the API key: check it in the sidebar (or TWIN_API_KEY)."
+        )
+        return TwinAPIError(f"{what} (HTTP {status}){said}", status)
+    if status == 404:
+        return TwinAPIError(
+            f"{server.base_url} has no twin chat API (HTTP 404): is the server URL right?{said}",
+            status,
+        )
+    if status == 429 or status == 503:
+        retry = response.headers.get("retry-after", "").strip()
+        wait = f"try again in {retry} s" if retry.isdigit() else "try again in a moment"
+        return TwinAPIError(f"The twin is busy with another reply (HTTP {status}); {wait}.", status)
+    if 400 <= status < 500:
+        return TwinAPIError(f"The server refused the request (HTTP {status}).{said}", status)
+    return TwinAPIError(f"The twin server failed (HTTP {status}); see its log.{said}", status)
+
+
+def _detail_of(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return " ".join(response.text.split())[:200]
+    return _detail_text(body)
+
+
+def _detail_text(body: Any) -> str:
+    """FastAPI's `detail` (a string or a list of validation errors) or OpenAI's `error.message`."""
+    if isinstance(body, dict):
+        body = body.get("detail", body.get("error", body))
+        if isinstance(body, dict) and "message" in body:
+            body = body["message"]
+    if isinstance(body, list):
+        parts = []
+        for item in body:
+            if isinstance(item, dict) and "msg" in item:
+                where = ".".join(str(p) for p in item.get("loc", ())[1:])
+                parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(body)[:300]
