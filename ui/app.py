@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 128
 MAX_TOKENS_LIMIT = 2048
-PARTNER_PLACEHOLDER = "Friend"
-"""What the server calls the partner when no name is given."""
+PARTNER_PLACEHOLDER = "Friend"  # what the server calls the partner when no name is given
+# (no bare strings at module level here: Streamlit's "magic" would draw them on the page)
 
 
 def avatar(letter: str, color: str) -> str:

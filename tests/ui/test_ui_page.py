@@ -107,6 +107,12 @@ def test_first_page_is_empty_with_settings_from_the_environment(
     assert bubbles(at) == []
     assert errors(at) == []
     assert twin.requests == []
+    # nothing but the title and the caption: no stray text drawn by Streamlit's "magic"
+    assert [t.value for t in at.title] == ["💬 twin"]
+    assert [c.value for c in at.main.caption] == [
+        "You write as **Friend**; your twin answers the way you would."
+    ]
+    assert [m.value for m in at.markdown] == []
     download = at.get("download_button")[0]
     assert download.proto.disabled
 

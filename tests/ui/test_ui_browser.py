@@ -1,0 +1,92 @@
+"""The page in a real browser: `streamlit run ui/app.py` on 127.0.0.1, driven by headless Chromium.
+
+`test_the_twin_answers_in_the_browser` is the end-to-end test: the real twin server with the tiny
+checkpoint, the real page, a real browser. The other test points the same page at the scriptable
+stand-in, to watch a slow reply grow in the browser and a failure show up as a message.
+Chromium must be installed (`tests/ui/install_chromium.sh`); set TWIN_UI_SCREENSHOT=docs/ui.png to
+refresh the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ui_browser import (
+    CHAT_INPUT,
+    CHROMIUM,
+    RECORD_STREAMING_JS,
+    Page,
+    bubbles,
+    chromium,
+    chromium_available,
+    open_app,
+    page_text,
+    streamlit_app,
+    type_into,
+    wait_for,
+)
+from ui_standin import chunk, free_port, running_standin, sse, status
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    if not chromium_available():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run tests/ui/install_chromium.sh (Debian's chromium package)"
+        )
+    profile = tmp_path_factory.mktemp("chromium") / "profile"
+    profile.mkdir()
+    with chromium(profile) as page:
+        yield page
+
+
+def no_traceback(page: Page) -> bool:
+    return page_text(page, "stException") == []
+
+
+def test_a_slow_reply_grows_in_the_browser_and_a_failure_is_a_message(browser: Page, tmp_path: Path) -> None:
+    words = ["yeah ", "friday ", "works ", "for ", "me ", "🙂"]
+    with running_standin() as twin:
+        twin.answer = sse([chunk(w) for w in words], pause_s=0.25)
+        with streamlit_app(free_port(), {"TWIN_API_URL": twin.url}, tmp_path / "streamlit.log") as url:
+            open_app(browser, url)
+            browser.evaluate(RECORD_STREAMING_JS)
+            type_into(browser, CHAT_INPUT, "Are you free on friday?")
+            final = [("partner", "Are you free on friday?"), ("twin", "yeah friday works for me 🙂")]
+            wait_for("the twin's bubble", lambda: bubbles(browser) == final, 60)
+            seen = browser.evaluate("clearInterval(window.twinRecorder), window.twinSeen")
+            # the reply was on the page while it streamed, a few words at a time, before its bubble
+            growing = [text for text in seen if "yeah friday works for me 🙂".startswith(text)]
+            assert len(growing) >= 3, seen
+            assert len(set(map(len, growing))) == len(growing), seen
+            assert twin.seen[0].body["messages"] == [{"role": "user", "content": "Are you free on friday?"}]
+
+            twin.answer = status(401, {"detail": "Invalid API key"})
+            type_into(browser, CHAT_INPUT, "hello?")
+            alerts = wait_for("an error message", lambda: page_text(browser, "stAlertContainer"), 60)
+            assert any("refused the API key" in a or "needs an API key" in a for a in alerts), alerts
+            assert no_traceback(browser)
+            wait_for("the new bubble", lambda: bubbles(browser) == [*final, ("partner", "hello?")], 60)
+
+            twin.answer = sse([chunk("all good")])
+            retry = (
+                "Array.from(document.querySelectorAll('button')).find(b => b.innerText.trim() === 'Retry')"
+            )
+            assert browser.evaluate(f"(() => {{ const b = {retry}; b && b.click(); return !!b; }})()")
+            wait_for(
+                "the retried reply",
+                lambda: bubbles(browser) == [*final, ("partner", "hello?"), ("twin", "all good")],
+                60,
+            )
+            assert page_text(browser, "stAlertContainer") == []
+            assert no_traceback(browser)
+
+
+def screenshot_path(tmp_path: Path) -> Path:
+    wanted = os.environ.get("TWIN_UI_SCREENSHOT")
+    return Path(wanted) if wanted else tmp_path / "ui.png"

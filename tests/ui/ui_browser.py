@@ -1,0 +1,229 @@
+"""Headless Chromium driven over the Chrome DevTools Protocol, and `streamlit run` as a subprocess.
+
+No browser download and no driver binary: Debian's `/usr/bin/chromium` is started with
+`--remote-debugging-port=0` and spoken to over its websocket with `websockets` (already installed as a
+dependency of streamlit). Only the handful of CDP calls the end-to-end test needs are wrapped here.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from websockets.sync.client import ClientConnection, connect
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy; fail saying `what` did not happen."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise TimeoutError(f"{what} did not happen within {timeout_s:g} s (last seen: {last!r})")
+
+
+def chromium_available() -> bool:
+    return Path(CHROMIUM).is_file() or shutil.which(CHROMIUM) is not None
+
+
+class Page:
+    """One Chromium tab, spoken to over CDP."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        sent = next(self.ids)
+        self.ws.send(json.dumps({"id": sent, "method": method, "params": params}))
+        while True:
+            answer = json.loads(self.ws.recv(timeout=60))
+            if answer.get("id") == sent:  # anything else is an event we did not ask for
+                if "error" in answer:
+                    raise RuntimeError(f"CDP {method} failed: {answer['error']}")
+                return dict(answer.get("result", {}))
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"JavaScript failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def navigate(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def type_text(self, text: str) -> None:
+        """Type into the focused element as a keyboard would, then press Enter."""
+        self.call("Input.insertText", text=text)
+        for kind in ("keyDown", "keyUp"):
+            self.call(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                key="Enter",
+                code="Enter",
+                windowsVirtualKeyCode=13,
+                nativeVirtualKeyCode=13,
+                **({"text": "\r"} if kind == "keyDown" else {}),
+            )
+
+    def screenshot(self, path: Path) -> None:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+
+
+@contextmanager
+def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[Page]:
+    """Headless Chromium with a throw-away profile and no background networking; yields its first tab."""
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        f"--window-size={width},{height}",
+        "about:blank",
+    ]
+    log = (profile.parent / "chromium.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        port_file = profile / "DevToolsActivePort"
+
+        def port() -> int | None:
+            if process.poll() is not None:
+                raise RuntimeError(f"chromium exited with {process.returncode}; see {log.name}")
+            lines = port_file.read_text().split() if port_file.exists() else []
+            return int(lines[0]) if lines else None
+
+        devtools = f"http://127.0.0.1:{wait_for('chromium start-up', port, 60)}"
+        tabs = httpx.get(f"{devtools}/json/list", timeout=10).json()
+        [tab] = [t for t in tabs if t.get("type") == "page"][:1]
+        with connect(tab["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+            page = Page(ws)
+            page.call("Page.enable")
+            page.call("Runtime.enable")
+            yield page
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@contextmanager
+def streamlit_app(port: int, env: Mapping[str, str], log_path: Path) -> Iterator[str]:
+    """`streamlit run ui/app.py` on 127.0.0.1:`port` (headless, no telemetry); yields its URL."""
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "ui" / "app.py"),
+        "--server.headless=true",
+        "--server.address=127.0.0.1",
+        f"--server.port={port}",
+        "--server.fileWatcherType=none",
+        "--browser.gatherUsageStats=false",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            def healthy() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"streamlit exited with {process.returncode}: {log_path.read_text()}")
+                try:
+                    return httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok"
+                except httpx.HTTPError:
+                    return False
+
+            wait_for("streamlit start-up", healthy, 90, every_s=0.25)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+CHAT_INPUT = 'textarea[data-testid="stChatInputTextArea"]'
+BUBBLES_JS = """
+Array.from(document.querySelectorAll('iframe[title="streamlit_chat.streamlit_chat"]')).map(frame => {
+  const chat = frame.contentDocument && frame.contentDocument.querySelector('.chat');
+  const msg = chat && chat.querySelector('.msg');
+  return msg ? [chat.classList.contains('user') ? 'partner' : 'twin', msg.innerText.trim()] : null;
+})
+"""
+# Every 25 ms, note what the "typing" block shows, so a test can see the reply grow while it streams.
+RECORD_STREAMING_JS = """
+window.twinSeen = [];
+window.twinRecorder = setInterval(() => {
+  const caption = Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'))
+    .find(c => c.innerText.includes('Your twin is typing'));
+  if (!caption) return;
+  const block = caption.closest('[data-testid="stVerticalBlock"]');
+  const text = block.innerText.replace(caption.innerText, '').trim();
+  if (text && window.twinSeen[window.twinSeen.length - 1] !== text) window.twinSeen.push(text);
+}, 25);
+"""
+
+
+def open_app(page: Page, url: str) -> None:
+    page.navigate(url)
+    wait_for("the chat input", lambda: page.evaluate(f"!!document.querySelector('{CHAT_INPUT}')"), 60)
+
+
+def type_into(page: Page, selector: str, text: str) -> None:
+    """Click into the element `selector` finds and type `text` + Enter."""
+    found = page.evaluate(
+        f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+        "if (!e) return false; e.focus(); return document.activeElement === e; })()"
+    )
+    if not found:
+        raise AssertionError(f"nothing to type into at {selector}")
+    page.type_text(text)
+
+
+def bubbles(page: Page) -> list[tuple[str, str]] | None:
+    """(who, text) of the drawn chat bubbles, or None while one is still loading."""
+    drawn = page.evaluate(BUBBLES_JS)
+    if any(b is None for b in drawn):
+        return None
+    return [(who, text) for who, text in drawn]
+
+
+def page_text(page: Page, test_id: str) -> list[str]:
+    found = f"document.querySelectorAll('[data-testid=\"{test_id}\"]')"
+    return list(page.evaluate(f"Array.from({found}).map(e => e.innerText.trim())"))
