@@ -48,7 +48,9 @@ class RawMessage:
         """Validate a decoded JSON object; `where` (e.g. `file.jsonl:12`) goes into the error."""
         prefix = f"{where}: " if where else ""
         if not isinstance(obj, dict):
-            raise ValueError(f"{prefix}expected a JSON object with fields {list(FIELDS)}, got {type(obj).__name__}")
+            raise ValueError(
+                f"{prefix}expected a JSON object with fields {list(FIELDS)}, got {type(obj).__name__}"
+            )
         problems = []
         for name, typ in FIELDS.items():
             if name not in obj:

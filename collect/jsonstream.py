@@ -1,0 +1,225 @@
+"""Walk a huge JSON document piece by piece, with the stdlib's C decoder doing the real parsing.
+
+A 1M-message `result.json` is 200+ MB; `json.load` would hold all of it (several GB of Python objects)
+in memory. `JsonStream` instead reads the file in chunks and lets the caller navigate the outer
+structure (`object_keys`, `array_items`) while decoding each small inner value (one message) with
+`JSONDecoder.raw_decode`. Memory stays bounded by the largest single value, and every syntax error is
+reported with the file's line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from collect.errors import CollectError
+
+CHUNK_CHARS = 1 << 20
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_TAIL_SLACK = 16
+"""A decode error this close to the end of the buffer may only mean the value continues in the next chunk."""
+
+
+class JsonStream:
+    """A cursor over one JSON text read from `f` in chunks of `chunk_chars` characters."""
+
+    def __init__(self, f: TextIO, name: str, chunk_chars: int = CHUNK_CHARS) -> None:
+        self.name = name
+        self._f = f
+        self._chunk = max(1, chunk_chars)
+        self._buf = ""
+        self._pos = 0
+        self._eof = False
+        self._lines_before = 0  # newlines in the text already dropped from the buffer
+        self._col_before = 0  # characters of the current line already dropped from the buffer
+        self._decoder = json.JSONDecoder()
+
+    # ---- buffer management -------------------------------------------------------------------
+    def _read_more(self, at_least: int) -> bool:
+        """Append at least `at_least` characters (or up to EOF); False when nothing was left."""
+        if self._eof:
+            return False
+        try:
+            chunk = self._f.read(max(self._chunk, at_least))
+        except UnicodeDecodeError as e:
+            raise CollectError(
+                f"{self.name}: not UTF-8 text ({e.reason}); expected Telegram Desktop's JSON export "
+                "(result.json, exported with format 'Machine-readable JSON')"
+            ) from None
+        if not chunk:
+            self._eof = True  # the buffer is left as it was, so error positions stay valid
+            return False
+        if self._pos > len(self._buf) // 2:
+            dropped = self._buf[: self._pos]
+            newlines = dropped.count("\n")
+            if newlines:
+                self._lines_before += newlines
+                self._col_before = len(dropped) - dropped.rindex("\n") - 1
+            else:
+                self._col_before += len(dropped)
+            self._buf = self._buf[self._pos :]
+            self._pos = 0
+        self._buf += chunk
+        return True
+
+    def _skip_whitespace(self) -> None:
+        while True:
+            self._pos = _WHITESPACE.match(self._buf, self._pos).end()  # type: ignore[union-attr]
+            if self._pos < len(self._buf) or not self._read_more(1):
+                return
+
+    def where(self, pos: int | None = None) -> str:
+        """`line L, column C` (1-based) of buffer position `pos` (default: the cursor)."""
+        pos = self._pos if pos is None else pos
+        newlines = self._buf.count("\n", 0, pos)
+        if newlines:
+            column = pos - self._buf.rindex("\n", 0, pos)
+        else:
+            column = self._col_before + pos + 1
+        return f"line {self._lines_before + newlines + 1}, column {column}"
+
+    def error(self, what: str, pos: int | None = None) -> CollectError:
+        return CollectError(f"{self.name}: {what} at {self.where(pos)}")
+
+    def _truncated(self, pos: int | None = None) -> CollectError:
+        return self.error(
+            "the JSON ends too early (the file looks truncated: was the export still running, or the copy "
+            "cut short?) — re-export the chats from Telegram Desktop and try again; it ends",
+            pos,
+        )
+
+    # ---- primitives --------------------------------------------------------------------------
+    def peek(self) -> str:
+        """The next non-whitespace character without consuming it; "" at the end of the file."""
+        self._skip_whitespace()
+        return self._buf[self._pos] if self._pos < len(self._buf) else ""
+
+    def expect(self, char: str) -> None:
+        found = self.peek()
+        if not found:
+            raise self._truncated()
+        if found != char:
+            raise self.error(f"invalid JSON: expected {char!r} but found {found!r}")
+        self._pos += 1
+
+    def at_end(self) -> bool:
+        return self.peek() == ""
+
+    def value(self) -> Any:
+        """Decode the next complete JSON value (any type) and move past it."""
+        self._skip_whitespace()
+        while True:
+            try:
+                obj, end = self._decoder.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as e:
+                incomplete = e.msg.startswith("Unterminated string") or e.pos >= len(self._buf) - _TAIL_SLACK
+                if incomplete and self._read_more(len(self._buf) - self._pos):
+                    continue
+                if incomplete:
+                    raise self._truncated(min(e.pos, len(self._buf))) from None
+                raise self.error(f"invalid JSON ({e.msg})", e.pos) from None
+            # A number that touches the end of the buffer may go on in the next chunk.
+            if end >= len(self._buf) and self._read_more(1):
+                continue
+            self._pos = end
+            return obj
+
+    def array_values(self) -> Iterator[Any]:
+        """Decode an array's elements one by one (the hot path: one message per element)."""
+        self.expect("[")
+        if self.peek() == "]":
+            self._pos += 1
+            return
+        decode = self._decoder.raw_decode
+        skip_ws = _WHITESPACE.match
+        while True:
+            buf = self._buf
+            pos = skip_ws(buf, self._pos).end()  # type: ignore[union-attr]
+            fast = False
+            try:
+                obj, end = decode(buf, pos)
+                after = skip_ws(buf, end).end()  # type: ignore[union-attr]
+                fast = after < len(buf)
+            except json.JSONDecodeError:
+                pass
+            if fast:  # the element and the character after it are in the buffer
+                self._pos = after
+            else:  # near the end of the buffer: the careful way, reading more as needed
+                self._pos = pos
+                obj = self.value()
+            nxt = self.peek()
+            if nxt == ",":
+                self._pos += 1
+                yield obj
+            elif nxt == "]":
+                self._pos += 1
+                yield obj
+                return
+            elif not nxt:
+                raise self._truncated()
+            else:
+                raise self.error(f"invalid JSON: expected ',' or ']' after a value but found {nxt!r}")
+
+    def string(self) -> str:
+        if self.peek() != '"':
+            raise self.error("invalid JSON: expected a string (an object key)")
+        key = self.value()
+        if not isinstance(key, str):  # cannot happen after the '"' check; keeps mypy and readers sure
+            raise self.error("invalid JSON: expected a string (an object key)")
+        return key
+
+    # ---- structure ---------------------------------------------------------------------------
+    def object_keys(self) -> Iterator[str]:
+        """Iterate an object's keys; after each key the caller must consume its value."""
+        self.expect("{")
+        if self.peek() == "}":
+            self._pos += 1
+            return
+        while True:
+            key = self.string()
+            self.expect(":")
+            yield key
+            nxt = self.peek()
+            if nxt == ",":
+                self._pos += 1
+            elif nxt == "}":
+                self._pos += 1
+                return
+            elif not nxt:
+                raise self._truncated()
+            else:
+                raise self.error(f"invalid JSON: expected ',' or '}}' after a value but found {nxt!r}")
+
+    def array_items(self) -> Iterator[int]:
+        """Iterate an array, yielding each element's index; the caller must consume each element."""
+        self.expect("[")
+        if self.peek() == "]":
+            self._pos += 1
+            return
+        index = 0
+        while True:
+            yield index
+            index += 1
+            nxt = self.peek()
+            if nxt == ",":
+                self._pos += 1
+            elif nxt == "]":
+                self._pos += 1
+                return
+            elif not nxt:
+                raise self._truncated()
+            else:
+                raise self.error(f"invalid JSON: expected ',' or ']' after a value but found {nxt!r}")
+
+    def skip(self) -> None:
+        """Consume the next value; arrays are walked element by element so memory stays bounded."""
+        if self.peek() == "[":
+            for _ in self.array_items():
+                self.skip()
+        elif self.peek() == "{":
+            for _ in self.object_keys():
+                self.skip()
+        else:
+            self.value()

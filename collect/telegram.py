@@ -1,0 +1,429 @@
+"""Live export through the Telegram API with Telethon: resumable, incremental, patient with limits.
+
+`export_account` takes any client object with Telethon's names (`iter_dialogs`, `iter_messages`), so
+tests hand it a fake; `run_telegram_export` builds the real `TelegramClient` from `TelegramSettings`.
+
+Per dialog it asks for messages newer than the last exported id (`min_id`, `reverse=True`: oldest
+first), appends them in batches (flush + fsync) and records the last id in the manifest after each
+batch. A killed run therefore resumes where the files end; a later run fetches only newer messages.
+`FloodWaitError` → wait the time Telegram asks (shown in the progress bar); network errors → retry
+with exponential backoff, a bounded number of times in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from telethon import errors
+from telethon.tl import types
+from tqdm import tqdm
+
+from collect.errors import CollectError
+from collect.options import SERVICE_NOTIFICATIONS_ID, CollectOptions
+from collect.private import FILE_MODE, make_private_dir
+from collect.records import RawMessage
+from collect.store import RawStore
+
+log = logging.getLogger(__name__)
+
+SOURCE = "telegram"
+DEFAULT_SESSION = Path("~/.config/twin/telegram.session")
+BATCH_SIZE = 100
+"""Messages looked at between two durable commits (Telegram returns 100 per request)."""
+MAX_RETRIES = 6
+"""Network errors in a row before giving up (the data so far is kept; re-run to go on)."""
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, asyncio.TimeoutError)
+NON_TEXT_MEDIA: tuple[type, ...] = (
+    types.MessageMediaPoll,
+    types.MessageMediaToDo,
+    types.MessageMediaDice,
+    types.MessageMediaGame,
+    types.MessageMediaInvoice,
+    types.MessageMediaContact,
+    types.MessageMediaGiveaway,
+    types.MessageMediaGiveawayResults,
+)
+"""Media whose text is not the person's words (a caption on a photo, video or file is)."""
+GET_KEYS = "get api_id and api_hash at https://my.telegram.org > API development tools"
+NO_KEYS = "no API keys? export from Telegram Desktop and run: python -m collect desktop path/to/result.json"
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class TelegramSettings(BaseSettings):
+    """Telegram API credentials, from the environment or a `.env` file (never logged or printed)."""
+
+    model_config = SettingsConfigDict(env_prefix="TELEGRAM_", env_file=".env", extra="ignore")
+
+    api_id: int = Field(gt=0)
+    """TELEGRAM_API_ID: the number shown at my.telegram.org."""
+    api_hash: SecretStr
+    """TELEGRAM_API_HASH: the 32-character hex string shown next to it."""
+    phone: SecretStr
+    """TELEGRAM_PHONE: your number in international format, e.g. +441234567890."""
+    session: Path = DEFAULT_SESSION
+    """TELEGRAM_SESSION: where the login session is kept (0600); it is a password: never share it."""
+
+    @field_validator("api_hash")
+    @classmethod
+    def _check_hash(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value().strip()
+        if len(secret) != 32 or any(c not in "0123456789abcdefABCDEF" for c in secret):
+            raise ValueError("must be the 32-character hex string shown at my.telegram.org")
+        return SecretStr(secret)
+
+    @field_validator("phone")
+    @classmethod
+    def _check_phone(cls, value: SecretStr) -> SecretStr:
+        digits = "".join(c for c in value.get_secret_value() if c.isdigit())
+        if len(digits) < 6 or any(c not in "+0123456789 -()" for c in value.get_secret_value()):
+            raise ValueError("must be your phone number in international format, e.g. +441234567890")
+        return SecretStr("+" + digits)
+
+
+def load_settings(env_file: str | Path | None = ".env") -> TelegramSettings:
+    """Read the settings; one clear message listing every problem, without echoing any value."""
+    try:
+        return TelegramSettings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            var = "TELEGRAM_" + str(err["loc"][0]).upper() if err["loc"] else "TELEGRAM_*"
+            problems.append(f"{var} is missing" if err["type"] == "missing" else f"{var} {_reason(err)}")
+        where = f"the environment or {env_file}" if env_file else "the environment"
+        raise CollectError(
+            f"Telegram API credentials: {'; '.join(problems)}. Set TELEGRAM_API_ID, TELEGRAM_API_HASH and "
+            f"TELEGRAM_PHONE in {where} ({GET_KEYS}); {NO_KEYS}"
+        ) from None
+
+
+def _reason(err: Any) -> str:
+    if err["type"] in ("int_parsing", "int_type"):
+        return "must be a whole number (the api_id shown at my.telegram.org)"
+    if err["type"] == "greater_than":
+        return "must be a positive number"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+# ---- filtering ----------------------------------------------------------------------------------
+def is_personal_dialog(dialog: Any) -> bool:
+    """A one-to-one chat with a person: not a group, channel, bot, Saved Messages or Telegram's notices."""
+    if not getattr(dialog, "is_user", False):
+        return False
+    entity = dialog.entity
+    return not (
+        getattr(entity, "bot", False)
+        or getattr(entity, "is_self", False)
+        or entity.id == SERVICE_NOTIFICATIONS_ID
+    )
+
+
+def dialog_name(dialog: Any) -> str:
+    name = getattr(dialog, "name", None)
+    if name:
+        return str(name)
+    entity = dialog.entity
+    parts = [getattr(entity, "first_name", None), getattr(entity, "last_name", None)]
+    return " ".join(p for p in parts if p) or getattr(entity, "username", None) or "Deleted Account"
+
+
+def convert_message(
+    message: Any, dialog_id: int, name: str, options: CollectOptions
+) -> tuple[float, RawMessage] | str:
+    """A kept message as (timestamp, record), or the reason it is skipped."""
+    if getattr(message, "action", None) is not None:
+        return "service"
+    if getattr(message, "fwd_from", None) is not None and not options.keep_forwarded:
+        return "forwarded"
+    if isinstance(getattr(message, "media", None), NON_TEXT_MEDIA):
+        return "poll, contact or other non-text"
+    if getattr(message, "sticker", None) is not None:
+        return "sticker"
+    text = getattr(message, "message", None) or ""
+    if not text.strip():
+        return "media without caption or empty"
+    date = message.date if message.date.tzinfo else message.date.replace(tzinfo=UTC)
+    ts = date.timestamp()
+    if ts < options.since_ts:
+        return "before --since"
+    iso = date.astimezone(UTC).isoformat()
+    return ts, RawMessage(id=message.id, date=iso, out=bool(message.out), message=text, dialog_id=dialog_id,
+                          dialog_name=name)  # fmt: skip
+
+
+# ---- export -------------------------------------------------------------------------------------
+@dataclass
+class ExportSummary:
+    """What one live export did."""
+
+    out: Path
+    dialogs: int = 0
+    new_messages: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    flood_waits: int = 0
+    network_retries: int = 0
+
+    def line(self) -> str:
+        skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) or "none"
+        return (
+            f"collect telegram: {self.dialogs} personal chats, {self.new_messages} new messages "
+            f"-> {self.out}/ ; "
+            f"skipped {skipped}; {self.flood_waits} flood waits, {self.network_retries} network retries"
+        )
+
+
+async def export_account(
+    client: Any,
+    out: str | Path,
+    *,
+    options: CollectOptions | None = None,
+    limit_dialogs: int | None = None,
+    sleep: Sleep = asyncio.sleep,
+    progress: bool | None = None,
+    batch_size: int = BATCH_SIZE,
+    max_retries: int = MAX_RETRIES,
+) -> ExportSummary:
+    """Export the personal dialogs reachable through `client` into `out` (see the module docstring)."""
+    if limit_dialogs is not None and limit_dialogs < 1:
+        raise CollectError(
+            f"--limit-dialogs {limit_dialogs}: must be at least 1 (or left out for all dialogs)"
+        )
+    exporter = _Exporter(
+        client, RawStore(out), options or CollectOptions(), sleep, progress, batch_size, max_retries
+    )
+    await exporter.run(limit_dialogs)
+    return exporter.summary
+
+
+class _Exporter:
+    def __init__(
+        self,
+        client: Any,
+        store: RawStore,
+        options: CollectOptions,
+        sleep: Sleep,
+        progress: bool | None,
+        batch_size: int,
+        max_retries: int,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.options = options
+        self.sleep = sleep
+        self.disable = None if progress is None else not progress
+        self.batch_size = max(1, batch_size)
+        self.max_retries = max_retries
+        self.summary = ExportSummary(out=store.dir)
+
+    async def run(self, limit_dialogs: int | None) -> None:
+        with tqdm(desc="dialogs", unit="dialog", disable=self.disable, position=0) as overall:
+            dialogs = await self._list_dialogs(limit_dialogs, overall)
+            overall.reset(total=len(dialogs))
+            for dialog in dialogs:
+                overall.set_postfix_str(dialog_name(dialog)[:24])
+                await self._export_dialog(dialog, overall)
+                self.summary.dialogs += 1
+                overall.update(1)
+
+    async def _list_dialogs(self, limit: int | None, bar: tqdm) -> list[Any]:
+        failures = 0
+        while True:
+            dialogs: list[Any] = []
+            try:
+                async for dialog in self.client.iter_dialogs():
+                    if is_personal_dialog(dialog):
+                        dialogs.append(dialog)
+                        if limit is not None and len(dialogs) >= limit:
+                            break
+                return dialogs
+            except errors.FloodWaitError as e:
+                await self._flood_wait(e, bar)
+            except TRANSIENT_ERRORS as e:
+                failures += 1
+                await self._backoff(e, failures, bar)
+
+    async def _flood_wait(self, e: errors.FloodWaitError, bar: tqdm) -> None:
+        self.summary.flood_waits += 1
+        bar.set_postfix_str(f"Telegram asks to wait: sleeping {e.seconds}s (FloodWait)")
+        log.info("FloodWait: sleeping %ss as Telegram asks", e.seconds)
+        await self.sleep(e.seconds)
+        bar.set_postfix_str("")
+
+    async def _backoff(self, e: BaseException, failures: int, bar: tqdm) -> None:
+        if failures > self.max_retries:
+            raise CollectError(
+                f"Telegram unreachable: {failures} network errors in a row ({type(e).__name__}); "
+                "what was exported "
+                f"so far is kept in {self.store.dir} — check the connection and run the same command again"
+            ) from None
+        self.summary.network_retries += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+        bar.set_postfix_str(
+            f"network error ({type(e).__name__}), retry {failures}/{self.max_retries} in {delay:.0f}s"
+        )
+        log.info("network error %s; retry %d in %.0fs", type(e).__name__, failures, delay)
+        await self.sleep(delay)
+        bar.set_postfix_str("")
+
+    async def _export_dialog(self, dialog: Any, overall: tqdm) -> None:
+        entity = dialog.entity
+        dialog_id, name = int(entity.id), dialog_name(dialog)
+        cursor = self.store.resume(dialog_id, name)
+        batch: list[tuple[float, RawMessage]] = []
+        looked_at = 0
+        failures = 0
+
+        def commit() -> None:
+            nonlocal looked_at
+            self.store.append(dialog_id, SOURCE, batch, cursor)
+            self.summary.new_messages += len(batch)
+            batch.clear()
+            looked_at = 0
+
+        with tqdm(desc=name[:24], unit="msg", leave=False, disable=self.disable, position=1) as bar:
+            while True:
+                kwargs: dict[str, Any] = {"min_id": cursor, "reverse": True}
+                if cursor == 0 and self.options.since is not None:
+                    # with reverse=True: messages *after* offset_date (exclusive), so step back a second
+                    kwargs["offset_date"] = self.options.since - timedelta(seconds=1)
+                messages = self.client.iter_messages(entity, **kwargs).__aiter__()
+                try:
+                    async for message in _guarded(messages):
+                        failures = 0
+                        if message.id <= cursor:
+                            continue  # never the same message twice, whatever the server sends
+                        kept = convert_message(message, dialog_id, name, self.options)
+                        cursor = message.id
+                        looked_at += 1
+                        if isinstance(kept, str):
+                            self.summary.skipped[kept] += 1
+                        else:
+                            batch.append(kept)
+                        bar.update(1)
+                        if looked_at >= self.batch_size:
+                            commit()
+                    break
+                except _FetchError as wrapped:
+                    commit()  # keep what arrived before the error, then wait and continue from it
+                    e = wrapped.error
+                    if isinstance(e, errors.FloodWaitError):
+                        await self._flood_wait(e, bar)
+                    else:
+                        failures += 1
+                        await self._backoff(e, failures, bar)
+            commit()
+            self.store.finish(dialog_id)
+
+
+class _FetchError(Exception):
+    """A retryable error raised while *fetching* (not while writing, which must never be retried)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _guarded(messages: Any) -> Any:
+    """Yield from a Telethon message iterator, wrapping only FloodWait and network errors."""
+    while True:
+        try:
+            message = await messages.__anext__()
+        except StopAsyncIteration:
+            return
+        except errors.FloodWaitError as e:
+            raise _FetchError(e) from e
+        except TRANSIENT_ERRORS as e:
+            raise _FetchError(e) from e
+        yield message
+
+
+# ---- the real client ----------------------------------------------------------------------------
+def prepare_session_file(path: str | Path) -> Path:
+    """Create the session file owner-only (0600) in an owner-only folder before Telethon opens it."""
+    path = Path(path).expanduser()
+    if not path.name.endswith(".session"):
+        path = path.with_name(path.name + ".session")
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    os.close(fd)
+    os.chmod(path, FILE_MODE)
+    return path
+
+
+def make_client(settings: TelegramSettings) -> Any:
+    """A not-yet-connected `TelegramClient` whose FloodWaits all reach us (so they show in the bar)."""
+    from telethon import TelegramClient
+
+    session = prepare_session_file(settings.session)
+    client = TelegramClient(
+        str(session), settings.api_id, settings.api_hash.get_secret_value(), flood_sleep_threshold=0
+    )
+    os.chmod(session, FILE_MODE)
+    return client
+
+
+async def login(client: Any, settings: TelegramSettings) -> None:
+    """Connect and log in: on the first run Telegram sends a code (then asks the 2FA password, if set)."""
+    try:
+        await client.start(phone=settings.phone.get_secret_value())
+    except errors.ApiIdInvalidError:
+        raise CollectError(
+            f"Telegram rejected TELEGRAM_API_ID / TELEGRAM_API_HASH: copy both again ({GET_KEYS})"
+        ) from None
+    except (errors.PhoneNumberInvalidError, errors.PhoneNumberUnoccupiedError):
+        raise CollectError(
+            "Telegram does not know TELEGRAM_PHONE: set it to your account's number in international format, "
+            "e.g. +441234567890"
+        ) from None
+    except errors.PhoneNumberBannedError:
+        raise CollectError("Telegram reports this phone number as banned; nothing can be exported") from None
+    except (errors.PhoneCodeInvalidError, errors.PhoneCodeExpiredError):
+        raise CollectError(
+            "the login code was wrong or expired: run the command again for a new one"
+        ) from None
+    except errors.PasswordHashInvalidError:
+        raise CollectError("wrong two-step verification password: run the command again") from None
+    except errors.FloodWaitError as e:
+        raise CollectError(f"Telegram asks to wait {e.seconds}s before logging in again; try later") from None
+    except EOFError:
+        raise CollectError(
+            "the first login needs a terminal to type the code Telegram sends you: run "
+            "`python -m collect telegram` once in a terminal (later runs reuse the saved session)"
+        ) from None
+    except errors.RPCError as e:
+        raise CollectError(
+            f"Telegram refused the login ({type(e).__name__}); check TELEGRAM_* settings"
+        ) from None
+    except TRANSIENT_ERRORS as e:
+        raise CollectError(
+            f"cannot reach Telegram ({type(e).__name__}): check the connection and retry"
+        ) from None
+
+
+async def run_telegram_export(
+    settings: TelegramSettings,
+    out: str | Path,
+    *,
+    options: CollectOptions | None = None,
+    limit_dialogs: int | None = None,
+) -> ExportSummary:
+    """Log in with `settings` and export; the session file stays 0600 throughout."""
+    client = make_client(settings)
+    try:
+        await login(client, settings)
+        return await export_account(client, out, options=options, limit_dialogs=limit_dialogs)
+    finally:
+        await client.disconnect()
+        os.chmod(prepare_session_file(settings.session), FILE_MODE)

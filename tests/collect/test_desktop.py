@@ -1,0 +1,326 @@
+"""Telegram Desktop import on real exports (tests/fixtures/telegram) and hand-written ones, rule by rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collect.desktop import ImportSummary, import_desktop_export
+from collect.errors import CollectError
+from collect.options import CollectOptions
+from collect.records import RawMessage
+from collect.store import DialogRewrite
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "telegram"
+TKONVERTER = FIXTURES / "tkonverter_personal_result.json"
+TG2MD = FIXTURES / "tg2md_channel_result.json"
+FULL = FIXTURES / "full_account_result.json"
+OLD = FIXTURES / "old_schema_chat_result.json"
+AMBIGUOUS = FIXTURES / "ambiguous_me_result.json"
+
+
+def read_raw(out: Path) -> dict[int, list[RawMessage]]:
+    result = {}
+    for path in sorted(out.glob("*.jsonl")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        result[int(path.stem)] = [
+            RawMessage.from_dict(json.loads(x), f"{path}:{i}") for i, x in enumerate(lines, 1)
+        ]
+    return result
+
+
+def run(path: Path, out: Path, **kw: Any) -> ImportSummary:
+    return import_desktop_export(path, out, progress=False, **kw)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def test_tkonverter_personal_chat(tmp_path: Path) -> None:
+    summary = run(TKONVERTER, tmp_path)
+    messages = read_raw(tmp_path)[10001]
+    # Captions (3, 21, 22) and text of locations (11, 12) stay; media without caption, the sticker, poll,
+    # to-do list, contact, game, invoice, giveaways, ~60 service entries, the forward and `unsupported` go.
+    assert [m.id for m in messages] == [84, 1, 3, 11, 12, 21, 22, 85, 86]  # sorted by date, not id
+    assert summary.new_messages == 9 and summary.dialogs == 1
+    first, second = messages[0], messages[1]
+    assert (first.date, first.out, first.message) == ("2025-12-31T23:50:00+00:00", True, "Year end note")
+    assert second.message == "Base text with entities"  # `text` wins over the disagreeing text_entities
+    assert [m.out for m in messages] == [True, True, False, False, False, False, False, False, True]
+    assert {m.dialog_name for m in messages} == {"Alice Example"}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["dialogs"]["10001"]
+    assert (manifest["count"], manifest["last_id"], manifest["source"]) == (9, 87, "desktop")
+
+    with_forwards = run(TKONVERTER, tmp_path / "fwd", options=CollectOptions(keep_forwarded=True))
+    assert with_forwards.new_messages == 10 and 2 in [m.id for m in read_raw(tmp_path / "fwd")[10001]]
+
+
+def test_tg2md_channel_export_has_no_personal_chats(tmp_path: Path) -> None:
+    with pytest.raises(CollectError) as info:
+        run(TG2MD, tmp_path / "raw")
+    message = str(info.value)
+    assert message.startswith(str(TG2MD))
+    assert "no personal chats" in message and "1 private_channel" in message and "Export" in message
+    assert list((tmp_path / "raw").glob("*.jsonl")) == []
+
+
+def test_full_account_export_rules(tmp_path: Path) -> None:
+    summary = run(FULL, tmp_path)
+    raw = read_raw(tmp_path)
+    assert sorted(raw) == [111, 333]  # bot, Saved Messages, group, channel, left chats, 777000: left out
+    assert [(m.id, m.out, m.message) for m in raw[111]] == [
+        (19, False, "earlier, imported out of order"),
+        (10, True, "hi Bob"),
+        (11, False, "see https://example.org ok"),  # a text list flattened
+        (14, True, "our cat"),  # a photo's caption
+        (21, True, "bold and italic"),
+    ]
+    # date_unixtime (UTC) wins over the local `date` ("2023-11-15T01:13:20", three hours ahead)
+    assert raw[111][1].date == "2023-11-14T22:13:20+00:00"
+    assert [(m.id, m.out, m.dialog_name) for m in raw[333]] == [
+        (5, False, "Deleted Account"),
+        (6, True, "Deleted Account"),
+    ]
+    assert summary.other_chats == {
+        "bot_chat": 1,
+        "saved_messages": 1,
+        "private_group": 1,
+        "public_channel": 1,
+        "service notifications": 1,
+        "private_supergroup": 1,
+    }
+    assert (
+        summary.skipped["forwarded"] == 1 and summary.skipped["sticker"] == 1 and summary.skipped["poll"] == 1
+    )
+    assert "12345" not in "".join(p.read_text() for p in tmp_path.glob("*.jsonl"))  # the login code chat
+
+    kept = run(FULL, tmp_path / "fwd", options=CollectOptions(keep_forwarded=True))
+    assert kept.new_messages == 8 and (17, True, "breaking news") in [
+        (m.id, m.out, m.message) for m in read_raw(tmp_path / "fwd")[111]
+    ]
+
+
+def test_since_filters_by_utc_day_and_a_later_run_without_it_fills_in(tmp_path: Path) -> None:
+    from collect.options import parse_since
+
+    run(FULL, tmp_path, options=CollectOptions(since=parse_since("2023-11-14")))
+    assert [m.id for m in read_raw(tmp_path)[111]] == [19, 10, 11, 14, 21]
+    assert 333 not in read_raw(tmp_path)  # all of 2022: nothing written, so no file for that chat
+    # A chat without a file starts from scratch next time; one with a file continues after its last id.
+    assert run(FULL, tmp_path).new_messages == 2
+    assert [m.id for m in read_raw(tmp_path)[333]] == [5, 6]
+
+
+def test_me_from_flag_overrides_personal_information(tmp_path: Path) -> None:
+    run(FULL, tmp_path, me=111)  # pretend to be Bob
+    assert [m.out for m in read_raw(tmp_path)[111]] == [True, False, True, False, False]
+
+
+def test_old_schema_single_chat_uses_local_time(tmp_path: Path, local_tz: Any) -> None:
+    local_tz("Asia/Tokyo")  # UTC+9, no DST
+    run(OLD, tmp_path / "tokyo")
+    local_tz("UTC")
+    run(OLD, tmp_path / "utc")
+    tokyo, utc = read_raw(tmp_path / "tokyo")[777], read_raw(tmp_path / "utc")[777]
+    assert [(m.id, m.out, m.message) for m in utc] == [
+        (1, False, "hello from the old schema"),  # integer from_id 777 = the chat id = the partner
+        (2, True, "hey Dave, long time"),  # so the other sender (999) is me
+    ]
+    assert utc[0].date == "2020-01-01T12:00:00+00:00" and tokyo[0].date == "2020-01-01T03:00:00+00:00"
+
+
+@pytest.fixture
+def local_tz(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def use(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_ambiguous_me_says_how_to_pass_it(tmp_path: Path) -> None:
+    with pytest.raises(CollectError, match=r"--me 1001") as info:
+        run(AMBIGUOUS, tmp_path)
+    assert "can't tell which sender is you" in str(info.value) and str(AMBIGUOUS) in str(info.value)
+    assert list(tmp_path.glob("*.jsonl")) == []
+
+    run(AMBIGUOUS, tmp_path, me=1002)
+    assert [(m.id, m.out) for m in read_raw(tmp_path)[888]] == [(1, False), (2, True)]
+
+
+def test_folder_holding_result_json(tmp_path: Path) -> None:
+    folder = tmp_path / "ChatExport_2026-02-01"
+    folder.mkdir()
+    shutil.copy(TKONVERTER, folder / "result.json")
+    assert run(folder, tmp_path / "raw").new_messages == 9
+
+
+def test_unusual_key_order_and_tiny_chunks_give_the_same_result(tmp_path: Path) -> None:
+    run(FULL, tmp_path / "plain")
+    sorted_keys = tmp_path / "sorted.json"  # "chats" before "personal_information", "messages" before "type"
+    sorted_keys.write_text(json.dumps(json.loads(FULL.read_text()), sort_keys=True), encoding="utf-8")
+    run(sorted_keys, tmp_path / "sorted")
+    run(FULL, tmp_path / "tiny", chunk_chars=3)
+    assert read_raw(tmp_path / "sorted") == read_raw(tmp_path / "plain") == read_raw(tmp_path / "tiny")
+
+
+def test_output_is_owner_only(tmp_path: Path) -> None:
+    out = tmp_path / "data" / "raw"
+    run(FULL, out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert sorted(p.name for p in out.iterdir()) == ["111.jsonl", "333.jsonl", "manifest.json"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in out.iterdir())
+
+
+def test_lone_surrogate_in_text_is_replaced(tmp_path: Path) -> None:
+    export = tmp_path / "result.json"
+    chat = '{"name": "X", "type": "personal_chat", "id": 9, "messages": [{"id": 1, "type": "message", '
+    chat += '"date_unixtime": "1600000000", "from_id": "user9", "text": "broken \\ud83d emoji"}]}'
+    export.write_text(chat, encoding="utf-8")
+    run(export, tmp_path / "raw")
+    assert read_raw(tmp_path / "raw")[9][0].message == "broken \ufffd emoji"
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+BAD_INPUTS = [
+    ("", "the file is empty"),
+    ("hello there", "not a Telegram export"),
+    ("<!DOCTYPE html><html></html>", "this is HTML, not JSON"),
+    ("[1, 2, 3]", "not a Telegram export"),
+    ('{"foo": 1}', "not a Telegram export"),
+    ('{"about": "x", "chats": {"about": "y", "list": []}}', "contains no chats"),
+    ('{"name": "Al", "type": "personal_chat", "id": 5, "messages": []}', "the export is empty"),
+    ('{"name": "Al", "type": "personal_chat", "id": 5, "messages": [{"id": 1}]} trailing', "unexpected data"),
+    ('{"name": "Al", "type": "personal_chat", "id": "x", "messages": [{"id": 1}]}', "should be an integer"),
+    (
+        '{"name": "Al", "type": "personal_chat", "id": 5, "messages": [{"type": "message"}]}',
+        "no integer 'id'",
+    ),
+    ('{"chats": []}', "should be an object"),
+    ("\xff\xfe garbage", "not a Telegram export"),
+]
+
+
+@pytest.mark.parametrize(("content", "expected"), BAD_INPUTS)
+def test_bad_input_gets_a_clear_error(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "result.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(CollectError) as info:
+        run(path, tmp_path / "raw")
+    assert str(info.value).startswith(str(path)) and expected in str(info.value)
+
+
+def test_binary_file_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "export.zip"
+    path.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xb7\x8f\xff\xfe")
+    with pytest.raises(CollectError, match="not UTF-8 text"):
+        run(path, tmp_path / "raw")
+
+
+def test_truncated_export_names_file_line_and_column(tmp_path: Path) -> None:
+    text = TKONVERTER.read_text(encoding="utf-8")
+    cut = text[: len(text) * 3 // 5]
+    path = tmp_path / "result.json"
+    path.write_text(cut, encoding="utf-8")
+    with pytest.raises(CollectError) as info:
+        run(path, tmp_path / "raw", chunk_chars=100)
+    last_line = cut.count("\n") + 1
+    assert "truncated" in str(info.value) and f"line {last_line}, column" in str(info.value)
+    assert list((tmp_path / "raw").glob("*.jsonl")) == []  # nothing half-imported
+
+
+def test_syntax_error_in_the_middle_names_its_position(tmp_path: Path) -> None:
+    lines = FULL.read_text(encoding="utf-8").splitlines()
+    lines[30] = lines[30].replace('"type": "message"', '"type": message', 1)
+    column = lines[30].index("message,") + 1
+    path = tmp_path / "result.json"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    for chunk in (7, 1 << 20):
+        with pytest.raises(CollectError) as info:
+            run(path, tmp_path / "raw", chunk_chars=chunk)
+        assert f"invalid JSON (Expecting value) at line 31, column {column}" in str(info.value)
+
+
+def test_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(CollectError, match="no such file"):
+        run(tmp_path / "nope.json", tmp_path / "raw")
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(CollectError, match="no result.json in this folder"):
+        run(tmp_path / "empty_folder", tmp_path / "raw")
+    html = tmp_path / "html_export"
+    html.mkdir()
+    (html / "messages.html").write_text("<html></html>")
+    with pytest.raises(CollectError, match="HTML export"):
+        run(html, tmp_path / "raw")
+    out_file = tmp_path / "out.txt"
+    out_file.write_text("x")
+    with pytest.raises(CollectError, match="must be a folder"):
+        run(TKONVERTER, out_file)
+
+
+# ---- resumable and incremental -----------------------------------------------------------------
+def test_reimporting_the_same_export_adds_nothing(tmp_path: Path) -> None:
+    run(FULL, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    again = run(FULL, tmp_path)
+    assert again.new_messages == 0 and again.total_messages == 7
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_newer_export_adds_only_newer_messages(tmp_path: Path) -> None:
+    old = json.loads(FULL.read_text())
+    bob = old["chats"]["list"][0]
+    bob["messages"] = bob["messages"][:5]  # an export made earlier: ids 10..14
+    run(write_json(tmp_path / "old.json", old), tmp_path / "raw")
+    assert [m.id for m in read_raw(tmp_path / "raw")[111]] == [10, 11, 14]
+
+    summary = run(FULL, tmp_path / "raw")
+    assert summary.new_messages == 2  # 19 and 21; 10, 11 and 14 are not written twice
+    run(FULL, tmp_path / "clean")
+    assert read_raw(tmp_path / "raw") == read_raw(tmp_path / "clean")  # and 19 is sorted into place
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 3, 4, 6])
+def test_killed_import_then_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_after: int) -> None:
+    run(FULL, tmp_path / "clean")
+    real_add = DialogRewrite.add
+    added = {"n": 0}
+
+    def dying_add(self: DialogRewrite, ts: float, message: RawMessage) -> None:
+        if added["n"] == kill_after:
+            raise KeyboardInterrupt
+        added["n"] += 1
+        real_add(self, ts, message)
+
+    monkeypatch.setattr(DialogRewrite, "add", dying_add)
+    with pytest.raises(KeyboardInterrupt):
+        run(FULL, tmp_path / "raw")
+    monkeypatch.setattr(DialogRewrite, "add", real_add)
+    assert not [p for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")]  # no temp files left
+    run(FULL, tmp_path / "raw")
+    assert read_raw(tmp_path / "raw") == read_raw(tmp_path / "clean")
+
+
+def test_killed_after_a_dialog_was_renamed_but_before_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collect.store import RawStore
+
+    run(FULL, tmp_path / "clean")
+    monkeypatch.setattr(RawStore, "save_manifest_soon", lambda self: setattr(self, "_dirty", False))
+    monkeypatch.setattr(RawStore, "flush_manifest", lambda self: None)
+    run(FULL, tmp_path / "raw")  # dialog files written, manifest never saved
+    assert not (tmp_path / "raw" / "manifest.json").exists()
+    monkeypatch.undo()
+    assert run(FULL, tmp_path / "raw").new_messages == 0  # the files are the truth: rescanned, not redone
+    assert read_raw(tmp_path / "raw") == read_raw(tmp_path / "clean")
