@@ -77,8 +77,9 @@ def check_server(server: client.ServerSettings) -> None:
     except client.TwinAPIError as e:
         st.sidebar.error(str(e))
         return
-    model = answer.get("model")
-    st.sidebar.success(f"The server is up{f' (model: {model})' if model else ''}.")
+    model, device = answer.get("model"), answer.get("device")
+    where = f" (model: {model}{f' on {device}' if device else ''})" if model else ""
+    st.sidebar.success(f"The server is up{where}.")
 
 
 def sidebar() -> client.ServerSettings:
@@ -91,6 +92,7 @@ def sidebar() -> client.ServerSettings:
             "Partner's name",
             key="partner",
             placeholder=PARTNER_PLACEHOLDER,
+            max_chars=128,
             help="Who you are playing. The name goes into the prompt, as in your training chats.",
         )
         st.slider("Temperature", 0.0, 2.0, step=0.05, key="temperature", help="Higher is more surprising.")

@@ -129,12 +129,20 @@ def check_health(server: ServerSettings) -> dict[str, Any]:
     with _translated_errors(server):
         with httpx.Client(timeout=server.timeout()) as http:
             response = http.get(f"{server.base_url}/health", headers=server.headers())
-        if response.status_code >= 400:
-            raise _status_error(response, server)
         try:
             answer = response.json()
         except ValueError:
             answer = None
+        if response.status_code == 503 and isinstance(answer, dict) and "detail" not in answer:
+            if answer.get("load_error"):
+                raise TwinAPIError(f"The twin server could not load the model: {answer['load_error']}", 503)
+            raise TwinAPIError(
+                f"The twin server is up but not ready yet ({answer.get('status', 'loading')}); "
+                f"{_retry_hint(response)}.",
+                503,
+            )
+        if response.status_code >= 400:
+            raise _status_error(response, server)
         if not isinstance(answer, dict):
             raise TwinAPIError(f"{server.base_url}/health did not answer with JSON; is this the twin server?")
         return answer
@@ -210,18 +218,22 @@ def _status_error(response: httpx.Response, server: ServerSettings) -> TwinAPIEr
             else "The server refused the API key: check it in the sidebar (or TWIN_API_KEY)."
         )
         return TwinAPIError(f"{what} (HTTP {status}){said}", status)
-    if status == 404:
+    if status == 404 and detail in ("", "Not Found"):
         return TwinAPIError(
-            f"{server.base_url} has no twin chat API (HTTP 404): is the server URL right?{said}",
-            status,
+            f"{server.base_url} has no twin chat API (HTTP 404): is the server URL right?{said}", status
         )
-    if status == 429 or status == 503:
-        retry = response.headers.get("retry-after", "").strip()
-        wait = f"try again in {retry} s" if retry.isdigit() else "try again in a moment"
-        return TwinAPIError(f"The twin is busy with another reply (HTTP {status}); {wait}.", status)
+    if status in (429, 503):
+        return TwinAPIError(
+            f"The twin can't answer right now (HTTP {status}); {_retry_hint(response)}.{said}", status
+        )
     if 400 <= status < 500:
         return TwinAPIError(f"The server refused the request (HTTP {status}).{said}", status)
     return TwinAPIError(f"The twin server failed (HTTP {status}); see its log.{said}", status)
+
+
+def _retry_hint(response: httpx.Response) -> str:
+    retry = response.headers.get("retry-after", "").strip()
+    return f"try again in {retry} s" if retry.isdigit() else "try again in a moment"
 
 
 def _detail_of(response: httpx.Response) -> str:

@@ -87,10 +87,12 @@ def test_missing_key(standin: StandIn) -> None:
 
 
 def test_busy_server_says_when_to_come_back(standin: StandIn) -> None:
-    standin.answer = status(503, {"detail": "busy"}, headers={"Retry-After": "3"})
+    busy = {"detail": "server busy: 64 waiting; retry in 3 s"}
+    standin.answer = status(503, busy, headers={"Retry-After": "3"})
     error = failure(ServerSettings(standin.url))
     assert error.status == 503
-    assert "busy" in str(error) and "try again in 3 s" in str(error)
+    assert "can't answer right now" in str(error) and "try again in 3 s" in str(error)
+    assert "server busy: 64 waiting" in str(error)
 
 
 def test_validation_errors_are_spelled_out(standin: StandIn) -> None:
@@ -109,6 +111,10 @@ def test_a_wrong_address_gets_a_404_hint(standin: StandIn) -> None:
     standin.answer = status(404, {"detail": "Not Found"})
     error = failure(ServerSettings(standin.url))
     assert "HTTP 404" in str(error) and "server URL" in str(error)
+    standin.answer = status(404, {"detail": "model 'twin' does not exist: this server serves 'anna'"})
+    error = failure(ServerSettings(standin.url))
+    assert "refused the request (HTTP 404)" in str(error) and "serves 'anna'" in str(error)
+    assert "server URL" not in str(error)
 
 
 def test_a_crashed_server_without_json(standin: StandIn) -> None:
@@ -177,8 +183,11 @@ def test_health(standin: StandIn) -> None:
     standin.answer = status(200, "<html>hello</html>")
     with pytest.raises(TwinAPIError, match="not answer with JSON"):
         check_health(ServerSettings(standin.url))
-    standin.answer = status(503, {"detail": "loading"}, headers={"Retry-After": "10"})
-    with pytest.raises(TwinAPIError, match="try again in 10 s"):
+    standin.answer = status(503, {"status": "loading", "ready": False}, headers={"Retry-After": "10"})
+    with pytest.raises(TwinAPIError, match=r"not ready yet \(loading\); try again in 10 s"):
+        check_health(ServerSettings(standin.url))
+    standin.answer = status(503, {"status": "failed", "ready": False, "load_error": "no lit_model.pth in x"})
+    with pytest.raises(TwinAPIError, match="could not load the model: no lit_model.pth in x"):
         check_health(ServerSettings(standin.url))
 
 

@@ -323,11 +323,11 @@ def test_the_conversation_downloads_as_json(twin: ScriptedServer, monkeypatch: p
 
 
 def test_check_server_says_whether_it_is_up(twin: ScriptedServer) -> None:
-    twin.health = {"status": "ok", "model": "tiny-falcon"}
+    twin.health = {"status": "ok", "ready": True, "model": "tiny-falcon", "device": "cpu"}
     at = start()
     [check] = [b for b in at.sidebar.button if b.label == "Check server"]
     check.click().run()
-    assert [s.value for s in at.sidebar.success] == ["The server is up (model: tiny-falcon)."]
+    assert [s.value for s in at.sidebar.success] == ["The server is up (model: tiny-falcon on cpu)."]
     assert twin.health_checks[-1].url == "http://127.0.0.1:8000"
 
     twin.health = TwinAPIError("Can't reach the twin server at http://127.0.0.1:8000.")
