@@ -316,10 +316,11 @@ def quantize_model(
     report = QuantizationReport(quantize_mode)
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in targets:
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            report.kept.append(name)
+            continue
         source = _source_weight(name, linear, weights)
-        if any(name == s or name.startswith(s + ".") for s in skip) or (
-            nf4_block_sizes(source.numel(), double_quant) is None
-        ):
+        if nf4_block_sizes(source.numel(), double_quant) is None:
             report.kept.append(name)
             continue
         if source.is_meta:

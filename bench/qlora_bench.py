@@ -1,0 +1,423 @@
+"""QLoRA benchmark: NF4 base + LoRA vs bf16 LoRA, Falcon-7B's shape with random weights; NF4 serving.
+
+    # GPU box (torch 2.11 + lightning there; carry the wheels, install them without deps):
+    pip install --no-deps wheels/torchao-0.18.0-*.whl wheels/litgpt-0.5.13-*.whl \
+        wheels/jsonargparse-4.41.0-*.whl wheels/docstring_parser-0.18.0-*.whl
+    python bench/qlora_bench.py --out $OUT/qlora_bench.json          # ~5 min on an H100
+    # here, on a CPU, a tiny config in under a minute:
+    .venv/bin/python bench/qlora_bench.py --smoke
+
+Training: litgpt's LoRA GPT (r=16, alpha=32, dropout 0.05 on q and v — the finetune defaults) on
+synthetic chat-length sequences (ragged, ~50–600 tokens), length-bucketed into micro-batches under a
+padded-token budget by `finetune.data.BatchPlan`; loss on the reply tokens through litgpt's chunked
+cross-entropy; AdamW on the LoRA tensors. Each variant `MODE[+cd][+ckpt]@TOKENS` reports non-pad
+tokens/s, padding and the peak GPU memory of its training (after `torch.cuda.reset_peak_memory_stats()`):
+MODE is bf16, nf4 or nf4-dq; `cd` = compiled NF4 dequantization; `ckpt` = activation checkpointing per
+block; TOKENS = padded tokens per micro-batch. The NF4 model is built layer by layer from a lazily
+generated random "checkpoint" (`quantize_model(..., weights=...)`), so the bf16 base never sits on the
+GPU whole; its build peak is reported too.
+
+Serving: the NF4 base with the LoRA applied on top (not merged), a KV cache, a 512-token prompt, then
+batch-1 greedy decoding: eager, with compiled dequantization, and fully compiled with CUDA graphs.
+Prints one JSON object (and writes it to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import logging
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from litgpt.lora import GPT, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
+from litgpt.utils import chunked_cross_entropy  # noqa: E402
+
+from finetune.data import BatchPlan, Example, MicroBatch, collate  # noqa: E402
+from finetune.quantize import (  # noqa: E402
+    NF4Linear,
+    check_quantize_support,
+    parameter_memory,
+    parse_quantize_mode,
+    quantize_model,
+)
+
+log = logging.getLogger("qlora_bench")
+GIB = 2**30
+DEFAULT_VARIANTS = "bf16@4096,nf4-dq@2048,nf4-dq+cd@2048,nf4-dq+cd+ckpt@8192,nf4+cd@2048"
+SMOKE_VARIANTS = "bf16@512,nf4-dq@256,nf4-dq+cd@256,nf4-dq+cd+ckpt@512,nf4@256"
+
+
+# ------------------------------------------------------------------------------------------------ model
+def lora_config(name: str, smoke: bool) -> Config:
+    """LoRA r=16, alpha=32, dropout 0.05 on query and value: the finetune stage's defaults."""
+    lora = dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_query=True, lora_value=True)
+    if smoke:  # Falcon's code paths at toy size
+        return Config.from_name(
+            name, n_layer=2, n_embd=128, n_head=4, intermediate_size=512, padded_vocab_size=512,
+            vocab_size=512, block_size=640, **lora,
+        )  # fmt: skip
+    return Config.from_name(name, **lora)
+
+
+class RandomWeights(Mapping[str, torch.Tensor]):
+    """A lazy "checkpoint": each base Linear weight made on the device in bf16 when asked for."""
+
+    def __init__(self, shapes: dict[str, torch.Size], device: torch.device, dtype: torch.dtype) -> None:
+        self.shapes, self.device, self.dtype = shapes, device, dtype
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return torch.randn(self.shapes[key], device=self.device, dtype=self.dtype) * 0.02
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def init_rest(model: GPT, device: torch.device, lora_b_std: float = 0.0) -> None:
+    """Materialize what is still on the meta device (all of it for bf16) with a GPT-like random init."""
+    model.to_empty(device=device)  # NF4 weights already live on `device` and stay as they are
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear | nn.Embedding):
+                module.weight.normal_(0.0, 0.02)
+                bias = getattr(module, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    bias.zero_()
+            if isinstance(module, LoRALinear) and module.r > 0:
+                module.reset_parameters()  # A kaiming-uniform, B zero (as training starts)
+                if lora_b_std:
+                    module.lora_B.normal_(0.0, lora_b_std)  # a trained-looking adapter for serving
+    model.cos, model.sin = model.rope_cache(device=device)
+
+
+def build_model(
+    config: Config, mode: str, device: torch.device, dtype: torch.dtype, lora_b_std: float
+) -> dict:
+    """The model on `device`; for NF4 quantized layer by layer, never holding the bf16 base whole."""
+    cleanup(device)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # so that `to_empty` makes bf16 tensors, never an fp32 7B
+    try:
+        with torch.device("meta"):
+            model = GPT(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    started = time.perf_counter()
+    if mode != "bf16":
+        shapes = {f"{n}.weight": m.weight.shape for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        quantize_model(model, mode, device=device, dtype=dtype, weights=RandomWeights(shapes, device, dtype))
+    init_rest(model, device, lora_b_std)
+    model.to(dtype)
+    mark_only_lora_as_trainable(model)
+    sync(device)
+    memory = parameter_memory(model)
+    return {
+        "model": model,
+        "build_s": round(time.perf_counter() - started, 1),
+        "build_peak_gib": peak_gib(device),
+        "weights_gib": round(memory.total_bytes / GIB, 3),
+        "bits_per_nf4_param": round(memory.bits_per_quantized_param, 3) if memory.quantized_params else None,
+        "trainable_params": memory.trainable_params,
+    }
+
+
+def set_variant(model: GPT, compiled_dequant: bool, checkpointing: bool) -> None:
+    """Switch compiled NF4 dequantization and per-block activation checkpointing on or off in place."""
+    for module in model.modules():
+        if isinstance(module, NF4Linear):
+            module.compile_dequant = compiled_dequant
+    for block in model.transformer.h:
+        block.__dict__.pop("forward", None)
+        if checkpointing:
+            # recompute the block's activations in the backward: keep only its input
+            block.forward = functools.partial(
+                checkpoint, type(block).forward.__get__(block), use_reentrant=False
+            )
+
+
+# ------------------------------------------------------------------------------------------------- data
+def chat_examples(n: int, vocab_size: int, seed: int, max_length: int) -> list[Example]:
+    """Token sequences with chat-like lengths: log-normal around ~170 tokens, clipped to [50, 600];
+    the last ~30% (at least 8 tokens) is the reply that carries the loss."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(n):
+        length = min(max(int(rng.lognormvariate(math.log(170), 0.6)), 50), 600, max_length)
+        ids = torch.randint(1, vocab_size, (length,), generator=generator)
+        examples.append(Example(ids, prompt_len=length - max(8, int(0.3 * length))))
+    return examples
+
+
+def plan_micro_batches(
+    examples: list[Example], tokens: int, count: int, max_length: int, seed: int = 0
+) -> list[MicroBatch]:
+    """`count` micro-batches drawn at random from an epoch planned as training plans it (steps of 128
+    sequences, sorted by length and packed under a budget of `tokens` padded tokens)."""
+    plan = BatchPlan(
+        examples, global_batch_size=128, micro_batch_tokens=tokens, micro_batch_size=128, pad_multiple=16,
+        max_length=max_length, seed=0,
+    )  # fmt: skip
+    batches = [batch for step in plan.steps(0) for batch in step.micro_batches]
+    return random.Random(seed).sample(batches, min(count, len(batches)))
+
+
+# -------------------------------------------------------------------------------------------- measuring
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cleanup(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / GIB, 3) if device.type == "cuda" else None
+
+
+def train_variant(
+    model: GPT, batches: list[MicroBatch], examples: list[Example], warmup: int, device: torch.device
+) -> dict:
+    """Forward + backward + AdamW step per micro-batch; throughput over the batches after `warmup`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    model.train()
+    cleanup(device)
+    real = padded = 0
+    started = time.perf_counter()
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync(device)
+            started = time.perf_counter()
+            real = padded = 0
+        input_ids, targets = (t.to(device, non_blocking=True) for t in collate(batch, examples, pad_id=0))
+        logits = model(input_ids, lm_head_chunk_size=128)  # list of (B, 128, vocab)
+        loss = chunked_cross_entropy(logits, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        real += batch.tokens
+        padded += batch.padded_tokens
+    sync(device)
+    elapsed = time.perf_counter() - started
+    del optimizer, params
+    return {
+        "non_pad_tokens_per_s": round(real / elapsed),
+        "padding": round(1 - real / padded, 4),
+        "timed_micro_batches": len(batches) - warmup,
+        "mean_padded_tokens_per_micro_batch": round(padded / (len(batches) - warmup)),
+        "train_peak_gib": peak_gib(device),
+        "last_loss": round(loss.item(), 4),
+    }
+
+
+def decode_variant(model: GPT, prompt_len: int, new_tokens: int, device: torch.device, how: str) -> dict:
+    """Batch-1 greedy decoding after a `prompt_len` prefill; `how`: eager, cd (compiled dequant), compiled."""
+    model.eval()
+    set_variant(model, compiled_dequant=how != "eager", checkpointing=False)
+    cleanup(device)
+    max_seq = prompt_len + new_tokens
+    model.max_seq_length = max_seq
+    model.set_kv_cache(batch_size=1, max_seq_length=max_seq, device=device, dtype=torch.bfloat16)
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda idx, pos: model(idx, pos)  # noqa: E731
+    if how == "compiled":
+        step = torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+    prompt = torch.randint(1, model.config.vocab_size, (1, prompt_len), device=device)
+    warm = min(8, new_tokens // 4)
+    with torch.inference_mode():
+        logits = model(prompt, torch.arange(prompt_len, device=device))  # (1, T, vocab) prefill
+        token = logits[:, -1:].argmax(-1)  # (1, 1)
+        started = time.perf_counter()
+        for i in range(new_tokens - 1):
+            if i == warm:
+                sync(device)
+                started = time.perf_counter()
+            if how == "compiled":
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = step(token, torch.tensor([prompt_len + i], device=device))  # (1, 1, vocab)
+            token = logits[:, -1:].argmax(-1).clone()
+        sync(device)
+        elapsed = time.perf_counter() - started
+    model.clear_kv_cache()
+    return {
+        "tokens_per_s": round((new_tokens - 1 - warm) / elapsed, 1),
+        "peak_gib": peak_gib(device),
+        "prompt_tokens": prompt_len,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- main
+@dataclass(frozen=True)
+class Variant:
+    mode: str
+    compiled_dequant: bool
+    checkpointing: bool
+    tokens: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}{'+cd' * self.compiled_dequant}{'+ckpt' * self.checkpointing}@{self.tokens}"
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        spec, _, tokens = text.partition("@")
+        mode, *flags = spec.split("+")
+        unknown = set(flags) - {"cd", "ckpt"}
+        if mode != "bf16":
+            parse_quantize_mode(mode)
+        if unknown or not tokens.isdigit():
+            raise ValueError(f"variant {text!r}: use MODE[+cd][+ckpt]@TOKENS, e.g. nf4-dq+cd@2048")
+        if mode == "bf16" and "cd" in flags:
+            raise ValueError(f"variant {text!r}: bf16 has nothing to dequantize")
+        return cls(mode, "cd" in flags, "ckpt" in flags, int(tokens))
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    dtype = torch.bfloat16
+    variants = [Variant.parse(v) for v in args.variants.split(",")]
+    if args.quantize_check:
+        for v in variants:
+            if v.mode != "bf16":
+                check_quantize_support(v.mode, device, compile_dequant=v.compiled_dequant)
+    config = lora_config(args.model, args.smoke)
+    max_length = 128 if args.smoke else min(config.block_size, 640)
+    examples = chat_examples(4096, config.vocab_size, seed=0, max_length=max_length)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "torchao": _version("torchao"),
+        "litgpt": _version("litgpt"),
+        "model": config.name + (" (smoke: 2 layers, width 128)" if args.smoke else ""),
+        "lora": "r=16 alpha=32 dropout=0.05 on q,v",
+        "command": " ".join(["python", *sys.argv]),
+        "train": {},
+        "serve": {},
+    }
+    by_mode: dict[str, list[Variant]] = {}
+    for v in variants:
+        by_mode.setdefault(v.mode, []).append(v)
+    serve_mode = args.serve_mode
+    serve_model: GPT | None = None
+    for mode, mode_variants in by_mode.items():
+        built = build_model(config, mode, device, dtype, lora_b_std=0.0)
+        model = built.pop("model")
+        result["train"][f"{mode} model"] = built
+        log.info("%s model: %s", mode, built)
+        for v in mode_variants:
+            name = v.name
+            set_variant(model, v.compiled_dequant, v.checkpointing)
+            batches = plan_micro_batches(examples, v.tokens, args.warmup + args.steps, max_length)
+            try:
+                result["train"][name] = train_variant(model, batches, examples, args.warmup, device)
+            except torch.OutOfMemoryError as e:
+                result["train"][name] = {"error": f"CUDA out of memory: {str(e).splitlines()[0]}"}
+            log.info("%s: %s", name, result["train"][name])
+            print(json.dumps({name: result["train"][name]}), file=sys.stderr, flush=True)
+        if mode == serve_mode:
+            serve_model = model  # reused below rather than quantized again
+        del model
+        cleanup(device)
+    if serve_mode != "none":
+        if serve_model is None:
+            built = build_model(config, serve_mode, device, dtype, lora_b_std=0.01)
+            serve_model = built.pop("model")
+            result["serve"][f"{serve_mode} model"] = built
+        with torch.no_grad():
+            for module in serve_model.modules():
+                if isinstance(module, LoRALinear) and module.r > 0:
+                    module.lora_B.normal_(0.0, 0.01)  # a trained-looking adapter, applied unmerged
+        model = serve_model
+        for how in args.decode.split(","):
+            try:
+                result["serve"][how] = decode_variant(model, args.prompt_tokens, args.new_tokens, device, how)
+            except Exception as e:  # a bench records a failing path and goes on to the next
+                result["serve"][how] = {
+                    "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                }
+            log.info("decode %s: %s", how, result["serve"][how])
+            print(json.dumps({f"decode {how}": result["serve"][how]}), file=sys.stderr, flush=True)
+    bf16 = [k for k in result["train"] if k.startswith("bf16@") and "error" not in result["train"][k]]
+    if bf16:
+        reference = result["train"][bf16[0]]["non_pad_tokens_per_s"]
+        for name, row in result["train"].items():
+            if "@" in name and "non_pad_tokens_per_s" in row:
+                row["vs_bf16"] = round(row["non_pad_tokens_per_s"] / reference, 3)
+    return result
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny config on the CPU (checks the script runs)"
+    )
+    parser.add_argument("--model", default="falcon-7b", help="litgpt config name (random weights)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated; default {DEFAULT_VARIANTS}")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed micro-batches per variant")
+    parser.add_argument("--steps", type=int, default=12, help="timed micro-batches per variant")
+    parser.add_argument(
+        "--serve-mode", default="nf4-dq", help="base for the decode test: nf4, nf4-dq or none"
+    )
+    parser.add_argument("--decode", default="eager,cd,compiled", help="decode variants to run")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--no-quantize-check", dest="quantize_check", action="store_false")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.variants is None:
+        args.variants = SMOKE_VARIANTS if args.smoke else DEFAULT_VARIANTS
+    if args.smoke:
+        args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 3)
+        args.prompt_tokens, args.new_tokens = min(args.prompt_tokens, 64), min(args.new_tokens, 24)
+        if args.decode == "eager,cd,compiled":
+            args.decode = "eager,cd"  # CUDA graphs need a GPU
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
