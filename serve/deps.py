@@ -1,0 +1,40 @@
+"""FastAPI dependencies: settings, the service, and the API-key check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serve.service import TwinService
+from serve.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_service(request: Request) -> TwinService:
+    service: TwinService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[TwinService, Depends(get_service)]
+
+_bearer = HTTPBearer(auto_error=False, description="the server's TWIN_API_KEY, when it has one")
+
+
+def require_api_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """With TWIN_API_KEY set, every /v1 call needs `Authorization: Bearer <key>`."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    given = (credentials.credentials if credentials is not None else "").encode()
+    if credentials is None or not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong API key: send 'Authorization: Bearer <TWIN_API_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,316 @@
+"""`POST /v1/chat/completions`: OpenAI's chat completions, plain or streamed (Server-Sent Events).
+
+The prompt is prepare's `prompt_from_messages` (identical to training); generation runs in the engine's
+worker; text, stop strings and the HTTP shapes are done here. A client that goes away cancels its
+generation (its slot is free for the next request before the next decode step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import Response
+from sse_starlette import EventSourceResponse
+
+from prepare.prompt import prompt_from_messages
+from serve.deps import ServiceDep, require_api_key
+from serve.engine import EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
+from serve.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ErrorResponse,
+    FinishReason,
+    Usage,
+)
+from serve.service import TwinService
+from serve.text import TextStream
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LONG_PROMPT_CHARS = 20_000
+"""Prompts longer than this are tokenized in a thread, not on the event loop."""
+
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_api_key)])
+
+
+@dataclass
+class Plan:
+    """A validated request, ready for the engine."""
+
+    prompt: str
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+
+
+class ClientGone(Exception):
+    pass
+
+
+def error(code: int, detail: str, retry_after: int | None = None) -> HTTPException:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return HTTPException(code, detail=detail, headers=headers)
+
+
+async def plan_generation(body: ChatCompletionRequest, service: TwinService) -> Plan:
+    """Check what the schema cannot (model, server limits, chat shape); render and tokenize the prompt."""
+    settings, limits = service.settings, service.limits
+    if body.model is not None and body.model != service.model_name:
+        raise error(
+            status.HTTP_404_NOT_FOUND,
+            f"model {body.model!r} does not exist: this server serves {service.model_name!r} "
+            "(see GET /v1/models)",
+        )
+    max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_new_tokens:
+        raise error(
+            status.HTTP_400_BAD_REQUEST,
+            f"max_tokens {max_tokens} exceeds this server's cap of {limits.max_new_tokens} "
+            "(TWIN_MAX_NEW_TOKENS): ask for fewer",
+        )
+    messages = [{"role": m.role, "content": m.text(), "name": m.name} for m in body.messages]
+    try:
+        prompt = prompt_from_messages(messages)
+    except ValueError as e:
+        raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
+    if len(prompt) > LONG_PROMPT_CHARS:
+        ids = (await asyncio.to_thread(service.tokenizer.encode, prompt)).tolist()
+    else:
+        ids = service.tokenizer.encode(prompt).tolist()
+    if len(ids) > limits.max_input_tokens:
+        raise error(
+            status.HTTP_400_BAD_REQUEST,
+            f"the chat renders to a {len(ids)}-token prompt; this server accepts at most "
+            f"{limits.max_input_tokens} (TWIN_MAX_INPUT_TOKENS): send a shorter last message",
+        )
+    return Plan(
+        prompt=prompt,
+        prompt_ids=ids,
+        max_tokens=max_tokens,
+        temperature=settings.default_temperature if body.temperature is None else body.temperature,
+        top_p=settings.default_top_p if body.top_p is None else body.top_p,
+        stop=[*body.stop_list(), *settings.default_stop],
+    )
+
+
+def submit(service: TwinService, plan: Plan) -> Sequence:
+    request = GenerationRequest(
+        prompt_ids=plan.prompt_ids,
+        max_new_tokens=plan.max_tokens,
+        temperature=plan.temperature,
+        top_p=plan.top_p,
+        timeout_s=service.settings.request_timeout,
+    )
+    retry = service.settings.retry_after
+    try:
+        return service.engine.submit(request)
+    except EngineNotReady as e:
+        raise error(status.HTTP_503_SERVICE_UNAVAILABLE, f"the model is not ready: {e}", retry) from e
+    except EngineBusy as e:
+        raise error(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"server busy: {e}; retry in {retry} s", retry
+        ) from e
+    except ValueError as e:
+        raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnected(work: Awaitable[T], request: Request) -> T:
+    """Await `work`, or raise ClientGone (cancelling `work`) as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise ClientGone
+
+
+def engine_failure(e: Exception, service: TwinService) -> HTTPException:
+    if isinstance(e, EngineBusy):  # waited longer than the request timeout for a slot
+        retry = service.settings.retry_after
+        return error(status.HTTP_503_SERVICE_UNAVAILABLE, f"server busy: {e}; retry in {retry} s", retry)
+    return error(status.HTTP_500_INTERNAL_SERVER_ERROR, str(e))
+
+
+def finish_reason(seq: Sequence, text: TextStream) -> FinishReason:
+    return "stop" if text.stopped or seq.finish_reason == "stop" else "length"
+
+
+def log_exchange(service: TwinService, completion_id: str, prompt: str, reply: str) -> None:
+    """Only with TWIN_LOG_CONTENT=true, and scrubbed of secrets even then."""
+    if service.settings.log_content:
+        from prepare.scrub import scrub_secrets
+
+        log.info("%s prompt=%r reply=%r", completion_id, scrub_secrets(prompt), scrub_secrets(reply))
+
+
+def chunk(
+    completion_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, str],
+    finish: FinishReason | None = None,
+    with_usage: bool = False,
+) -> str:
+    data: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if with_usage:
+        data["usage"] = None
+    return json.dumps(data, ensure_ascii=False)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "description": "the reply; with `stream: true` an event stream of chat.completion.chunk objects",
+            "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}},
+        },
+        400: {"model": ErrorResponse, "description": "a request the server cannot serve (see detail)"},
+        401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+        404: {"model": ErrorResponse, "description": "unknown model"},
+        413: {"model": ErrorResponse, "description": "request body too large"},
+        422: {"model": ErrorResponse, "description": "malformed JSON or wrong field types"},
+        503: {"model": ErrorResponse, "description": "loading or busy: retry after Retry-After seconds"},
+    },
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, service: ServiceDep
+) -> ChatCompletion | Response:
+    """The twin's reply to the last `user` message, in your voice."""
+    plan = await plan_generation(body, service)
+    seq = submit(service, plan)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    text = TextStream(service.tokenizer, plan.prompt_ids, plan.stop)
+    tokens = seq.tokens()
+    try:
+        # wait for the first token (or a failure) before answering, so errors still get a status code
+        first = await until_disconnected(anext(tokens, None), request)
+    except ClientGone:
+        seq.cancel()
+        return Response(status_code=499)
+    except (EngineBusy, EngineError) as e:
+        raise engine_failure(e, service) from e
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = stream_events(service, seq, tokens, first, text, completion_id, plan, include_usage)
+        return EventSourceResponse(events, sep="\n", ping=15)
+    try:
+        await until_disconnected(collect(seq, tokens, first, text), request)
+    except ClientGone:
+        seq.cancel()
+        return Response(status_code=499)
+    except (EngineBusy, EngineError) as e:
+        raise engine_failure(e, service) from e
+    log_exchange(service, completion_id, plan.prompt, text.text)
+    return ChatCompletion(
+        id=completion_id,
+        created=int(time.time()),
+        model=service.model_name,
+        choices=[Choice(message=AssistantMessage(content=text.text), finish_reason=finish_reason(seq, text))],
+        usage=Usage(
+            prompt_tokens=len(plan.prompt_ids),
+            completion_tokens=text.n_tokens,
+            total_tokens=len(plan.prompt_ids) + text.n_tokens,
+        ),
+    )
+
+
+async def collect(
+    seq: Sequence, tokens: AsyncIterator[list[int]], first: list[int] | None, text: TextStream
+) -> None:
+    if first is not None:
+        text.push(first)
+    if not text.stopped and first is not None:
+        async for ids in tokens:
+            text.push(ids)
+            if text.stopped:
+                break
+    seq.cancel()  # after a stop string: free the slot now (no-op when the engine already finished)
+    text.flush()
+
+
+async def stream_events(
+    service: TwinService,
+    seq: Sequence,
+    tokens: AsyncIterator[list[int]],
+    first: list[int] | None,
+    text: TextStream,
+    completion_id: str,
+    plan: Plan,
+    include_usage: bool,
+) -> AsyncIterator[dict[str, str]]:
+    created, model = int(time.time()), service.model_name
+
+    def event(delta: dict[str, str], finish: FinishReason | None = None) -> dict[str, str]:
+        return {"data": chunk(completion_id, created, model, delta, finish, include_usage)}
+
+    try:
+        yield event({"role": "assistant", "content": ""})
+        if first is not None:
+            if delta := text.push(first):
+                yield event({"content": delta})
+            if not text.stopped:
+                async for ids in tokens:
+                    if delta := text.push(ids):
+                        yield event({"content": delta})
+                    if text.stopped:
+                        break
+        seq.cancel()
+        if tail := text.flush():
+            yield event({"content": tail})
+        yield event({}, finish_reason(seq, text))
+        if include_usage:
+            n_prompt = len(plan.prompt_ids)
+            usage = Usage(
+                prompt_tokens=n_prompt, completion_tokens=text.n_tokens, total_tokens=n_prompt + text.n_tokens
+            )
+            data = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
+            yield {
+                "data": json.dumps(
+                    {**data, "system_fingerprint": None, "choices": [], "usage": usage.model_dump()}
+                )
+            }
+        yield {"data": "[DONE]"}
+        log_exchange(service, completion_id, plan.prompt, text.text)
+    except (EngineBusy, EngineError) as e:
+        yield {"data": json.dumps({"error": {"message": str(e), "type": "server_error", "code": None}})}
+    finally:
+        seq.cancel()  # the client went away (or we are done): free the slot

@@ -1,0 +1,53 @@
+"""`GET /health` (is the model loaded, on what, how long start-up took) and `GET /v1/models`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response, status
+
+from serve.deps import ServiceDep, require_api_key
+from serve.schemas import ErrorResponse, Health, ModelCard, ModelList
+
+router = APIRouter()
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "loading (retry), or the model failed to load"}},
+    tags=["meta"],
+)
+def health(service: ServiceDep, response: Response) -> Health:
+    """Ready once the model is loaded and warmed up (compiled); 503 until then. Needs no API key."""
+    stats = service.engine.stats()
+    ready = stats["state"] == "ready"
+    if not ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        response.headers["Retry-After"] = str(service.settings.retry_after)
+    return Health(
+        status="ok" if ready else "loading" if stats["state"] in ("created", "loading") else stats["state"],
+        ready=ready,
+        model=service.model_name,
+        device=stats["device"],
+        dtype=stats["dtype"],
+        compiled=stats["compiled"],
+        compile_error=stats["compile_error"],
+        load_error=stats["load_error"],
+        startup_seconds=stats["startup_seconds"],
+        max_batch_size=stats["max_batch_size"],
+        max_input_tokens=service.limits.max_input_tokens,
+        max_new_tokens=service.limits.max_new_tokens,
+        active=stats["active"],
+        queued=stats["queued"],
+    )
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {"model": ErrorResponse}},
+    tags=["models"],
+)
+def list_models(service: ServiceDep) -> ModelList:
+    """The one model this server serves."""
+    return ModelList(data=[ModelCard(id=service.model_name, created=service.created)])

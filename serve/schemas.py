@@ -1,0 +1,187 @@
+"""Request and response schemas of the HTTP API: OpenAI's chat-completions shapes (the parts twin serves).
+
+Requests are strict (no "5" for 5) and ignore fields twin does not use (`presence_penalty`, `seed`, ...),
+so stock OpenAI clients work unchanged. `assistant` turns are the person (the twin's own voice), `user`
+turns the chat partner, whose name may come in `name`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FinishReason = Literal["stop", "length"]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: Literal["system", "user", "assistant"] = Field(
+        description="'user': the chat partner; 'assistant': you (the twin); 'system': ignored"
+    )
+    content: str | list[TextPart] | None = Field(None, description="the message text (or OpenAI text parts)")
+    name: Annotated[str, Field(max_length=128)] | None = Field(
+        None, description="on 'user' messages: the partner's name, as the prompt calls them"
+    )
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    include_usage: bool = False
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "twin",
+                    "messages": [
+                        {"role": "user", "name": "Anna", "content": "Are you free on friday?"},
+                    ],
+                    "max_tokens": 64,
+                    "temperature": 0.8,
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); optional")
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=512, description="the chat so far, oldest first"
+    )
+    max_tokens: int | None = Field(None, ge=1, description="reply length cap in tokens (server caps it too)")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="newer name of max_tokens; wins if both"
+    )
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0: greedy")
+    top_p: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass"
+    )
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = Field(
+        None, description="up to 4 strings that end the reply (not included)"
+    )
+    stream: bool = Field(False, description="send Server-Sent Events chunks, ending with data: [DONE]")
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="only 1 choice is supported")
+    user: str | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` line of a stream (documentation; chunks are built by `serve.routes.chat.chunk`)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "twin"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "failed", "stopped"]
+    ready: bool
+    model: str
+    device: str | None
+    dtype: str | None
+    compiled: bool
+    compile_error: str | None = None
+    load_error: str | None = None
+    startup_seconds: float | None = Field(None, description="from server start to ready (load + warm-up)")
+    max_batch_size: int
+    max_input_tokens: int
+    max_new_tokens: int
+    active: int
+    queued: int
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx: FastAPI's `detail` plus OpenAI's `error` object (what OpenAI clients show)."""
+
+    detail: Any
+    error: ErrorBody

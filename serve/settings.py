@@ -1,0 +1,112 @@
+"""Server settings: one pydantic-settings class; environment variables `TWIN_*` or `python -m serve --flags`.
+
+Every default lives here (the CLI is generated from this class). `get_settings()` builds it once, lazily.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
+
+DEFAULT_CHECKPOINT = Path("checkpoints/tiiuae/falcon-7b")
+
+
+class Settings(BaseSettings):
+    """Serve the twin over an OpenAI-compatible HTTP API (every flag is also an env var: TWIN_<NAME>)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TWIN_",
+        env_file=".env",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m serve",
+    )
+
+    checkpoint_dir: Path = Field(
+        default=DEFAULT_CHECKPOINT, description="litgpt checkpoint of the base model"
+    )
+    lora_path: Path | None = Field(
+        default=None, description="LoRA adapter (out/twin/lit_model_lora_finetuned.pth); none: the base model"
+    )
+    host: str = Field(
+        default="127.0.0.1", description="address to bind; beyond loopback only with an API key"
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
+    api_key: CliSuppress[SecretStr | None] = Field(
+        default=None, description="clients must send 'Authorization: Bearer <key>' (env TWIN_API_KEY only)"
+    )
+    model_name: str = Field(default="twin", min_length=1, description="the model id clients ask for")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed to call the API (JSON list); none: closed"
+    )
+    log_content: bool = Field(
+        default=False, description="log prompts and replies, scrubbed of secrets (off: they are private)"
+    )
+
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    compile: bool | None = Field(
+        default=None, description="compile the decode step (CUDA graphs); default: on for CUDA, off on CPU"
+    )
+
+    max_input_tokens: int = Field(default=1536, ge=1, description="longest prompt (rendered chat) in tokens")
+    max_new_tokens: int = Field(default=512, ge=1, description="cap on max_tokens per request")
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="max_tokens when a request sets none (capped by max_new_tokens)"
+    )
+    default_temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="when a request sets none")
+    default_top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="when a request sets none")
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="requests generating at once (slots)")
+    max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot; more: 503")
+    request_timeout: float = Field(
+        default=120.0, gt=0, description="seconds a request may take, queue included"
+    )
+    retry_after: int = Field(default=2, ge=1, description="seconds sent in Retry-After with a 503")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted")
+    default_stop: list[str] = Field(
+        default_factory=lambda: ["\n###"],
+        description="stop strings always applied (the prompt's section marker: a new turn would start)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        problems = []
+        if not is_loopback(self.host) and self.api_key is None:
+            problems.append(
+                f"refusing to listen on {self.host!r} without an API key: set TWIN_API_KEY "
+                "(clients then send 'Authorization: Bearer <key>') or bind 127.0.0.1"
+            )
+        if "*" in self.cors_origins and self.api_key is None:
+            problems.append(
+                "cors_origins '*' needs TWIN_API_KEY: any web page could otherwise talk to your twin"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def max_seq_length(self) -> int:
+        """KV cache length per slot: the longest prompt plus the longest reply."""
+        return self.max_input_tokens + self.max_new_tokens
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
