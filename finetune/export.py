@@ -338,7 +338,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ExportArgs:
         "lora_path": "the adapter file (lit_model_lora_finetuned.pth) or its finetune out-dir",
     }
     p = argparse.ArgumentParser(
-        prog="python -m finetune.export", description=__doc__.split("\n\n")[1].strip()
+        prog="python -m finetune.export", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--checkpoint-dir", type=Path, required=True, help=docs["checkpoint_dir"])
     p.add_argument("--lora-path", type=Path, required=True, help=docs["lora_path"])
