@@ -20,6 +20,8 @@ CHUNK_CHARS = 1 << 20
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _TAIL_SLACK = 16
 """A decode error this close to the end of the buffer may only mean the value continues in the next chunk."""
+_NUMBER_TAIL = 2
+"""A number decoded this close to the buffer end may be cut short ("1." or "1e+" go on in the next chunk)."""
 
 
 class JsonStream:
@@ -70,6 +72,11 @@ class JsonStream:
             if self._pos < len(self._buf) or not self._read_more(1):
                 return
 
+    @property
+    def buffered_chars(self) -> int:
+        """Characters held in memory right now (bounded by the largest value plus a chunk or two)."""
+        return len(self._buf)
+
     def where(self, pos: int | None = None) -> str:
         """`line L, column C` (1-based) of buffer position `pos` (default: the cursor)."""
         pos = self._pos if pos is None else pos
@@ -114,14 +121,14 @@ class JsonStream:
             try:
                 obj, end = self._decoder.raw_decode(self._buf, self._pos)
             except json.JSONDecodeError as e:
-                incomplete = e.msg.startswith("Unterminated string") or e.pos >= len(self._buf) - _TAIL_SLACK
-                if incomplete and self._read_more(len(self._buf) - self._pos):
+                near_end = e.msg.startswith("Unterminated string") or e.pos >= len(self._buf) - _TAIL_SLACK
+                if near_end and self._read_more(len(self._buf) - self._pos):
                     continue
-                if incomplete:
+                if self._eof and _cut_short(self._buf, e.pos, e.msg):
                     raise self._truncated(min(e.pos, len(self._buf))) from None
                 raise self.error(f"invalid JSON ({e.msg})", e.pos) from None
-            # A number that touches the end of the buffer may go on in the next chunk.
-            if end >= len(self._buf) and self._read_more(1):
+            # A number near the end of the buffer may go on in the next chunk ("1" + "2", "1." + "5").
+            if end + _NUMBER_TAIL >= len(self._buf) and self._read_more(1):
                 continue
             self._pos = end
             return obj
@@ -141,7 +148,7 @@ class JsonStream:
             try:
                 obj, end = decode(buf, pos)
                 after = skip_ws(buf, end).end()  # type: ignore[union-attr]
-                fast = after < len(buf)
+                fast = after + _NUMBER_TAIL < len(buf)
             except json.JSONDecodeError:
                 pass
             if fast:  # the element and the character after it are in the buffer
@@ -223,3 +230,16 @@ class JsonStream:
                 self.skip()
         else:
             self.value()
+
+
+_PARTIAL_TOKEN = re.compile(r"(-?\d*(\.\d*)?([eE][-+]?\d*)?|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)")
+
+
+def _cut_short(buf: str, pos: int, msg: str) -> bool:
+    """Does a decode error at `pos` of the *whole remaining text* mean the text just stops there?"""
+    rest = buf[pos:].strip()
+    if msg.startswith("Unterminated string"):
+        return True
+    if msg.startswith("Invalid \\uXXXX escape"):
+        return len(rest) < 6
+    return _PARTIAL_TOKEN.fullmatch(rest) is not None

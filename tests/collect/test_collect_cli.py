@@ -1,0 +1,77 @@
+"""`python -m collect ...` as a person runs it: summary on success, one line and exit 2 on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collect.cli import COMMANDS, normalize_argv
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "telegram"
+
+
+def collect(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "collect", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_desktop_import_prints_a_summary(tmp_path: Path) -> None:
+    export = FIXTURES / "tkonverter_personal_result.json"
+    result = collect("desktop", str(export), "--out", str(tmp_path / "raw"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()
+    assert len(summary) == 1 and "1 personal chats, 9 new messages (9 in all)" in summary[0]
+    assert str(tmp_path / "raw") in summary[0]
+
+    # Filters apply to messages not looked at yet: the forward (id 2) was already looked at and skipped.
+    again = collect("desktop", str(export), "--out", str(tmp_path / "raw"), "--keep-forwarded", cwd=tmp_path)
+    assert again.returncode == 0 and "0 new messages (9 in all)" in again.stdout
+    assert "87 already collected" in again.stdout
+
+
+def test_dashed_flags_and_bool_switches(tmp_path: Path) -> None:
+    export = FIXTURES / "tkonverter_personal_result.json"
+    result = collect("desktop", str(export), "--out", str(tmp_path / "raw"), "--keep-forwarded", cwd=tmp_path)
+    assert result.returncode == 0 and "10 new messages" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["desktop", str(FIXTURES / "tg2md_channel_result.json")],
+            "no personal chats in this export (found 1 private_channel)",
+        ),
+        (["desktop", str(FIXTURES / "ambiguous_me_result.json")], "--me 1001"),
+        (["desktop", "missing.json"], "missing.json: no such file"),
+        (["desktop", str(FIXTURES / "full_account_result.json"), "--since", "yesterday"], "expected a date"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
+    result = collect(*args, "--out", str(tmp_path / "raw"), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_normalize_argv() -> None:
+    commands = list(COMMANDS.values())
+    assert normalize_argv(["telegram", "--limit-dialogs", "3", "--keep-forwarded", "--out=x"], commands) == [
+        "telegram", "--limit_dialogs", "3", "--keep_forwarded", "true", "--out=x",
+    ]  # fmt: skip
+    assert normalize_argv(["desktop", "p", "--keep_forwarded", "false"], commands) == [
+        "desktop", "p", "--keep_forwarded", "false",
+    ]  # fmt: skip
