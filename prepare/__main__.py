@@ -1,0 +1,119 @@
+"""`python -m prepare --raw data/raw --out data/prepared [...]`: raw chats → train/val instruction records.
+
+The typed signature of `main` is the CLI (jsonargparse); its defaults come from `PrepareConfig`, their one
+home. Flags may be written with dashes or underscores (`--gap-hours 12` or `--gap_hours 12`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .config import PrepareConfig
+from .errors import PrepareError
+from .pipeline import prepare
+from .records import STATS_FILE, TRAIN_FILE, VAL_FILE
+
+_D = PrepareConfig()
+
+
+def main(
+    raw: Path = _D.raw,
+    out: Path = _D.out,
+    gap_hours: float = _D.gap_hours,
+    max_context_turns: int = _D.max_context_turns,
+    max_context_chars: int = _D.max_context_chars,
+    max_response_chars: int = _D.max_response_chars,
+    val_fraction: float = _D.val_fraction,
+    seed: int = _D.seed,
+) -> dict[str, Any]:
+    """Turn raw Telegram chats into train/val instruction records with secrets scrubbed.
+
+    Args:
+        raw: Folder of raw dialog files (`<dialog_id>.jsonl`) written by `make collect`.
+        out: Folder for train.jsonl, val.jsonl, stats.json and prepare_config.json (created 0700).
+        gap_hours: A silence longer than this between two messages starts a new conversation.
+        max_context_turns: At most this many earlier turns go into a record's context.
+        max_context_chars: The rendered context is at most this many characters (whole turns only).
+        max_response_chars: Replies longer than this (pastes, logs) are skipped.
+        val_fraction: Share of conversations held out for validation (0 for none).
+        seed: Seed of the train/val split.
+    """
+    try:
+        config = PrepareConfig(
+            raw=Path(raw),
+            out=Path(out),
+            gap_hours=gap_hours,
+            max_context_turns=max_context_turns,
+            max_context_chars=max_context_chars,
+            max_response_chars=max_response_chars,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise PrepareError(str(e)) from None
+    stats = prepare(config)
+    print_summary(stats, config)
+    return stats
+
+
+def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console | None = None) -> None:
+    """The short table at the end of a run, then one line saying what was written where."""
+    console = console or Console()
+    table = Table(title="prepare", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("dialogs", stats["dialogs"]),
+        ("  without a reply of yours", stats["dialogs_without_replies"]),
+        ("messages read", stats["messages_read"]),
+        ("conversations", stats["conversations"]),
+        ("records (train / val)", f"{stats['train_records']} / {stats['val_records']}"),
+    ]
+    rows += [(f"skipped: {k}", v) for k, v in stats["skipped"].items() if v]
+    rows += [(f"scrubbed: <{k}>", v) for k, v in stats["scrubbed"].items() if v]
+    resp = stats["length_chars"]["response"]
+    rows.append(("reply length p50 / p99 (chars)", f"{resp['p50']} / {resp['p99']}"))
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    console.print(
+        f"Wrote {stats['train_records']} train and {stats['val_records']} val records to "
+        f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s"
+    )
+
+
+def _underscore_flags(argv: list[str]) -> list[str]:
+    """`--gap-hours=3` → `--gap_hours=3` (jsonargparse names flags after the parameters)."""
+    fixed = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        fixed.append(arg)
+    return fixed
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point: parse flags, run, and turn user errors into one line on stderr and exit code 1."""
+    from jsonargparse import CLI
+
+    args = _underscore_flags(sys.argv[1:] if argv is None else argv)
+    try:
+        CLI(main, args=args)
+    except PrepareError as e:
+        Console(stderr=True).print(Text.assemble(("prepare: ", "bold red"), str(e)))
+        return 1
+    except KeyboardInterrupt:
+        Console(stderr=True).print("prepare: interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,181 @@
+"""Raw messages → conversations → turns → instruction records.
+
+The per-message work is column operations on numpy/pandas (sorting, gap detection, run-length speaker
+merging); Python loops run once per *turn* (join, scrub) and once per *record* (context), never per
+message. Context is built with exactly `render_context(cap_turns(...))`, the same functions the
+server's `prompt_from_messages` uses, so a training prompt and a live prompt can never differ.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .config import PrepareConfig
+from .prompt import Speaker, Turn, cap_turns, clean_text, clip_text, render_context
+from .records import Record
+from .scrub import PLACEHOLDER, scrub_many, scrub_secrets_with_counts
+
+SKIP_REASONS: dict[str, str] = {
+    "duplicate_message": "the same message (dialog id + message id) appeared again; the last copy was kept",
+    "empty_message": "a message with nothing visible after cleaning (whitespace, invisible characters)",
+    "reply_opens_conversation": "the person's turn opens a conversation, so there is nothing it replies to",
+    "response_too_long": "the person's reply is longer than --max_response_chars (a paste, not a reply)",
+    "response_only_placeholders": "the person's reply was nothing but scrubbed secrets",
+}
+"""Why an item was skipped: message-level reasons count messages, the others count reply turns."""
+
+_SCRUB_CHUNK = 20_000
+
+
+@dataclass
+class Built:
+    """The records of one run, with the conversation each came from and what happened on the way."""
+
+    records: list[Record]
+    conversation: np.ndarray
+    """Conversation number of each record (parallel to `records`): the unit of the train/val split."""
+    counts: dict[str, int]
+    skipped: Counter[str] = field(default_factory=Counter)
+    scrubbed: Counter[str] = field(default_factory=Counter)
+
+
+def _scrub_turns(texts: list[str]) -> tuple[list[str], Counter[str]]:
+    out: list[str] = []
+    total: Counter[str] = Counter()
+    with tqdm(total=len(texts), desc="scrubbing secrets", unit="turn", disable=None, leave=False) as bar:
+        for lo in range(0, len(texts), _SCRUB_CHUNK):
+            chunk, counts = scrub_many(texts[lo : lo + _SCRUB_CHUNK])
+            out += chunk
+            total.update(counts)
+            bar.update(len(chunk))
+    return out, total
+
+
+def _partner_names(dialog: np.ndarray, names: list[str], scrubbed: Counter[str]) -> dict[int, str]:
+    """Each dialog's partner name: its latest display name, whitespace-normalised and scrubbed (a
+    Telegram name can be a phone number)."""
+    last = np.flatnonzero(np.append(dialog[1:] != dialog[:-1], True))
+    partners: dict[int, str] = {}
+    for i in last.tolist():
+        name, counts = scrub_secrets_with_counts(" ".join(names[i].split()))
+        scrubbed.update(counts)
+        partners[int(dialog[i])] = name
+    return partners
+
+
+def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
+    """Turn a frame of raw messages (as `load.load_messages` returns) into instruction records."""
+    skipped: Counter[str] = Counter()
+    n_read = len(messages)
+
+    # Re-exported messages: keep the last copy of each (dialog_id, id). lexsort is stable, so within a
+    # run of equal keys the rows stay in file order and all but the run's last are duplicates.
+    by_key = np.lexsort((messages["id"].to_numpy(), messages["dialog_id"].to_numpy()))
+    d_sorted, i_sorted = messages["dialog_id"].to_numpy()[by_key], messages["id"].to_numpy()[by_key]
+    duplicate = np.zeros(len(messages), dtype=bool)
+    duplicate[by_key[:-1]] = (d_sorted[:-1] == d_sorted[1:]) & (i_sorted[:-1] == i_sorted[1:])
+    skipped["duplicate_message"] = int(duplicate.sum())
+    if duplicate.any():
+        messages = messages[~duplicate]
+
+    cleaned = [clean_text(t) for t in messages["message"].tolist()]
+    visible = np.fromiter((bool(t) for t in cleaned), dtype=bool, count=len(cleaned))
+    skipped["empty_message"] = int((~visible).sum())
+
+    dialog_all = messages["dialog_id"].to_numpy()
+    ts = messages["ts"].to_numpy()[visible]
+    dialog = dialog_all[visible]
+    msg_id = messages["id"].to_numpy()[visible]
+    out = messages["out"].to_numpy()[visible]
+    dates = messages["date"].to_numpy(dtype=object)[visible]
+    names = messages["dialog_name"].to_numpy(dtype=object)[visible]
+    keep_idx = np.flatnonzero(visible)
+
+    # Chronological within each dialog; equal instants keep Telegram's id order.
+    order = np.lexsort((msg_id, ts, dialog))
+    ts, dialog, out, dates, names = ts[order], dialog[order], out[order], dates[order], names[order]
+    texts = [cleaned[i] for i in keep_idx[order].tolist()]
+    n = len(texts)
+
+    # A new conversation starts at each dialog's first message and after every silence > gap (instants,
+    # in microseconds: a gap of 1 day and 2 minutes is a gap).
+    gap_us = int(round(config.gap_hours * 3600 * 1_000_000))
+    new_conv = np.ones(n, dtype=bool)
+    new_conv[1:] = (dialog[1:] != dialog[:-1]) | ((ts[1:] - ts[:-1]) > gap_us)
+    # A new turn starts with each conversation and whenever the speaker changes.
+    new_turn = new_conv.copy()
+    new_turn[1:] |= out[1:] != out[:-1]
+
+    starts = np.flatnonzero(new_turn)
+    ends = np.append(starts[1:], n)
+    turn_texts = [
+        texts[s] if e - s == 1 else "\n".join(texts[s:e])
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]
+    turn_texts, scrubbed = _scrub_turns(turn_texts)
+    partners = _partner_names(dialog, names.tolist(), scrubbed)
+
+    turn_out = out[starts].tolist()
+    turn_dialog = dialog[starts].tolist()
+    turn_date = dates[starts].tolist()
+    conv_of_turn = np.cumsum(new_conv)[starts] - 1
+    conv_starts = np.flatnonzero(new_conv[starts])
+    conv_ends = np.append(conv_starts[1:], len(starts))
+
+    records: list[Record] = []
+    record_conv: list[int] = []
+    max_turns, max_chars = config.max_context_turns, config.max_context_chars
+    speaker: dict[bool, Speaker] = {True: "me", False: "partner"}
+    with tqdm(total=len(starts), desc="building records", unit="turn", disable=None, leave=False) as bar:
+        for a, b in zip(conv_starts.tolist(), conv_ends.tolist(), strict=True):
+            bar.update(b - a)
+            if not any(turn_out[a:b]):
+                continue
+            partner = partners[turn_dialog[a]]
+            turns = [Turn(speaker[o], t) for o, t in zip(turn_out[a:b], turn_texts[a:b], strict=True)]
+            for k in range(b - a):
+                if not turn_out[a + k]:
+                    continue
+                if k == 0:
+                    skipped["reply_opens_conversation"] += 1
+                    continue
+                response = turn_texts[a + k]
+                if len(response) > config.max_response_chars:
+                    skipped["response_too_long"] += 1
+                    continue
+                if not PLACEHOLDER.sub("", response).strip():
+                    skipped["response_only_placeholders"] += 1
+                    continue
+                # Turn k-1 is the partner's message; the context is what came before it. cap_turns only
+                # looks at the last `max_turns` turns, so hand it just that tail (long chats stay linear).
+                earlier = turns[max(0, k - 1 - max_turns) : k - 1] if max_turns > 0 else []
+                context = render_context(cap_turns(earlier, max_turns, max_chars, partner), partner)
+                records.append(
+                    Record(
+                        instruction=clip_text(turn_texts[a + k - 1]),
+                        context=context,
+                        response=response,
+                        dialog_id=turn_dialog[a + k],
+                        date=turn_date[a + k],
+                        partner=partner,
+                    )
+                )
+                record_conv.append(int(conv_of_turn[a + k]))
+
+    dialogs_with_replies = len(np.unique(dialog[out])) if n else 0
+    counts = {
+        "dialogs": int(len(np.unique(dialog_all))),
+        "dialogs_without_replies": int(len(np.unique(dialog_all))) - dialogs_with_replies,
+        "messages_read": n_read,
+        "messages_kept": n,
+        "my_messages": int(out.sum()),
+        "conversations": len(conv_starts),
+        "turns": len(starts),
+        "unanswered_partner_turns": int(sum(1 for e in conv_ends.tolist() if e > 0 and not turn_out[e - 1])),
+    }
+    return Built(records, np.asarray(record_conv, dtype=np.int64), counts, +skipped, scrubbed)

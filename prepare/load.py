@@ -1,0 +1,215 @@
+"""Read collect's raw JSONL (one `RawMessage` a line, one file per dialog) into one pandas frame.
+
+Two readers give the same frame. The fast one hands all files to pyarrow's multi-threaded JSON reader
+with the `RawMessage` schema; if anything at all looks wrong (a parse error, a missing field, a line
+holding two objects, a bad date) it gives up, and the exact one re-reads line by line with orjson,
+validating column-wise, to raise an error naming the first bad file:line. Errors say what is wrong and
+never quote the line (it may hold a secret).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pa_json
+from tqdm import tqdm
+
+from collect.records import FIELDS
+
+from .errors import PrepareError
+
+COLLECT_HINT = "run `make collect` first (see README, section 1)"
+FIX_HINT = "fix or delete that line, or re-run `make collect`"
+ARROW_SCHEMA = pa.schema(
+    [(name, {int: pa.int64(), bool: pa.bool_(), str: pa.string()}[typ]) for name, typ in FIELDS.items()]
+)
+_BOM = b"\xef\xbb\xbf"
+_MISSING = object()
+
+
+def find_raw_files(raw_dir: Path) -> list[Path]:
+    """The dialog files of a raw folder (sorted), or a PrepareError saying what to run first."""
+    if not raw_dir.exists():
+        raise PrepareError(f"raw folder {raw_dir} does not exist: {COLLECT_HINT}, or pass --raw <folder>")
+    if not raw_dir.is_dir():
+        raise PrepareError(f"--raw {raw_dir} is a file, not a folder of <dialog_id>.jsonl files")
+    files = sorted(p for p in raw_dir.glob("*.jsonl") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise PrepareError(f"raw folder {raw_dir} has no *.jsonl dialog files: {COLLECT_HINT}")
+    return files
+
+
+def _progress(files: list[Path]) -> Iterator[Path]:
+    yield from tqdm(files, desc="reading raw chats", unit="file", disable=None, leave=False)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PrepareError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    return data[len(_BOM) :] if data.startswith(_BOM) else data
+
+
+def _check_dates(frame: pd.DataFrame) -> tuple[pd.Series, int | None, str]:
+    """(instants in µs since the epoch, UTC; first bad row or None; what is wrong with it)."""
+    dates = frame["date"].astype("string[pyarrow]")
+    has_offset = dates.str.contains(r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$", regex=True).fillna(False)
+    ts = pd.to_datetime(dates, format="ISO8601", utc=True, errors="coerce")
+    bad = (~has_offset.to_numpy(dtype=bool)) | ts.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        what = (
+            "field 'date' has no UTC offset" if not has_offset.iloc[row] else "field 'date' is not ISO-8601"
+        )
+        return ts, row, what
+    return ts.dt.as_unit("us").astype("int64"), None, ""
+
+
+# ---- fast reader --------------------------------------------------------------------------------------
+
+
+def _count_lines(data: bytes) -> int:
+    """Non-blank lines of a file (blank lines are rare: only then look at each line)."""
+    if not data:
+        return 0
+    n = data.count(b"\n") + (not data.endswith(b"\n"))
+    if b"\n\n" in data or data[:1] in b" \t\r\n" or b"\n " in data or b"\n\t" in data or b"\n\r" in data:
+        n = sum(1 for line in data.split(b"\n") if line.strip())
+    return n
+
+
+def _load_fast(files: list[Path]) -> pd.DataFrame | None:
+    parts: list[bytes] = []
+    expected = 0
+    for path in _progress(files):
+        data = _read_bytes(path)
+        expected += _count_lines(data)
+        parts.append(data if data.endswith(b"\n") or not data else data + b"\n")
+    if expected == 0:
+        return None
+    options = pa_json.ParseOptions(explicit_schema=ARROW_SCHEMA, unexpected_field_behavior="ignore")
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(b"".join(parts)),
+            read_options=pa_json.ReadOptions(block_size=1 << 24),
+            parse_options=options,
+        )
+    except (pa.ArrowException, UnicodeDecodeError, ValueError):
+        return None
+    del parts
+    # A line with two objects on it reads as two rows; a missing field reads as null.
+    if table.num_rows != expected or any(col.null_count for col in table.columns):
+        return None
+    frame = table.select(list(FIELDS)).to_pandas()
+    ts, bad_row, _ = _check_dates(frame)
+    if bad_row is not None:
+        return None
+    frame["ts"] = ts
+    return frame
+
+
+# ---- exact reader ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    path: Path
+    first_row: int
+    line_numbers: np.ndarray  # 1-based line number of each record read from the file
+
+
+def _read_lines(path: Path) -> tuple[list[Any], np.ndarray]:
+    """Decoded JSON values of a file's non-blank lines and their 1-based line numbers."""
+    lines = _read_bytes(path).split(b"\n")
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    values = []
+    for i in keep:
+        try:
+            values.append(orjson.loads(lines[i]))
+        except orjson.JSONDecodeError as e:
+            what = "is not valid UTF-8" if _bad_utf8(lines[i]) else f"is not valid JSON (column {e.colno})"
+            raise PrepareError(f"{path}:{i + 1}: line {what}; {FIX_HINT}") from None
+    return values, np.asarray(keep, dtype=np.int64) + 1
+
+
+def _bad_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _problem(obj: Any) -> str:
+    """What is wrong with one decoded line (names fields and types, never values)."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object with fields {list(FIELDS)}, got {type(obj).__name__}"
+    problems = []
+    for name, typ in FIELDS.items():
+        value = obj.get(name, _MISSING)
+        if value is _MISSING:
+            problems.append(f"missing field {name!r}")
+        elif typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"field {name!r} must be an integer")
+        elif typ is int and not -(2**63) <= value < 2**63:
+            problems.append(f"field {name!r} is out of range")
+        elif not isinstance(value, typ):
+            problems.append(f"field {name!r} must be {'true or false' if typ is bool else typ.__name__}")
+    return "; ".join(problems)
+
+
+def _where(sources: list[_Source], row: int) -> str:
+    for src in reversed(sources):
+        if row >= src.first_row:
+            return f"{src.path}:{int(src.line_numbers[row - src.first_row])}"
+    raise IndexError(row)
+
+
+def _load_exact(files: list[Path]) -> pd.DataFrame:
+    values: list[Any] = []
+    sources: list[_Source] = []
+    for path in _progress(files):
+        decoded, line_numbers = _read_lines(path)
+        sources.append(_Source(path, len(values), line_numbers))
+        values.extend(decoded)
+    if not values:
+        raise PrepareError(f"the dialog files in {files[0].parent} are all empty: {COLLECT_HINT}")
+
+    columns: dict[str, pd.Series] = {}
+    for name, typ in FIELDS.items():
+        col = pd.Series([v.get(name, _MISSING) if type(v) is dict else _MISSING for v in values])
+        if typ is int:
+            ok = col.dtype.kind == "i"
+        elif typ is bool:
+            ok = col.dtype.kind == "b"
+        else:  # a JSON null turns into a missing value of an otherwise string column
+            ok = isinstance(col.dtype, pd.StringDtype) and not col.isna().any()
+        if not ok:
+            for row, value in enumerate(values):
+                if problem := _problem(value):
+                    raise PrepareError(f"{_where(sources, row)}: {problem}; {FIX_HINT}")
+        columns[name] = col
+    frame = pd.DataFrame(columns)
+    ts, bad_row, what = _check_dates(frame)
+    if bad_row is not None:
+        raise PrepareError(f"{_where(sources, bad_row)}: {what}; {FIX_HINT}")
+    frame["ts"] = ts
+    return frame
+
+
+def load_messages(raw_dir: Path, exact: bool = False) -> pd.DataFrame:
+    """All raw messages of `raw_dir` as one frame: the `RawMessage` fields as columns plus `ts`, the
+    instant as int64 microseconds since the epoch in UTC (so offsets and DST never mislead order or
+    gaps). Raises PrepareError naming the file and line of the first bad line. `exact` skips the fast
+    reader (both give the same frame)."""
+    files = find_raw_files(raw_dir)
+    frame = None if exact else _load_fast(files)
+    return frame if frame is not None else _load_exact(files)

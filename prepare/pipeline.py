@@ -1,0 +1,124 @@
+"""One `prepare` run: read raw chats, build and split records, write them with their stats and config."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from collect.private import make_private_dir, open_private, write_private_atomic
+
+from .build import SKIP_REASONS, Built, build_records
+from .config import PrepareConfig
+from .errors import PrepareError
+from .load import load_messages
+from .records import CONFIG_FILE, STATS_FILE, TRAIN_FILE, VAL_FILE, Record
+from .scrub import KINDS
+from .split import split_conversations
+
+STATS_VERSION = 1
+
+
+def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    """Write records one JSON object a line, atomically (temp file + rename), 0600 from the first byte."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open_private(tmp, "wb") as f:
+            buf: list[bytes] = []
+            for record in records:
+                buf.append(orjson.dumps(record))
+                if len(buf) >= 8192:
+                    f.write(b"\n".join(buf) + b"\n")
+                    buf.clear()
+            if buf:
+                f.write(b"\n".join(buf) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int]:
+    if not lengths:
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
+    arr = np.asarray(lengths)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"p50": int(p50), "p90": int(p90), "p99": int(p99), "max": int(arr.max())}
+
+
+def _why_no_records(built: Built) -> str:
+    c, s = built.counts, built.skipped
+    if c["messages_kept"] == 0:
+        return "every message is empty after cleaning; check the raw files (re-run `make collect`)"
+    if c["my_messages"] == 0:
+        return (
+            "none of the messages is yours (`out: true`), and twin learns from your replies; check that "
+            "collect exported both sides of your chats (re-run `make collect`)"
+        )
+    if (
+        s["reply_opens_conversation"]
+        and sum(s[r] for r in ("response_too_long", "response_only_placeholders")) == 0
+    ):
+        return (
+            "each of your messages opens a conversation: none follows a partner's message within "
+            "--gap_hours; try a larger --gap_hours"
+        )
+    parts = ", ".join(f"{n} {reason}" for reason, n in s.items() if n and reason in SKIP_REASONS)
+    return f"every reply of yours was skipped ({parts}); see docs/data-format.md for the reasons"
+
+
+def make_stats(built: Built, is_val: np.ndarray, seconds: float) -> dict[str, Any]:
+    records = built.records
+    val_convs = np.unique(built.conversation[is_val])
+    train_convs = np.unique(built.conversation[~is_val])
+    return {
+        "version": STATS_VERSION,
+        **built.counts,
+        "records": len(records),
+        "train_records": int((~is_val).sum()),
+        "val_records": int(is_val.sum()),
+        "train_conversations": len(train_convs),
+        "val_conversations": len(val_convs),
+        "skipped": {reason: int(built.skipped.get(reason, 0)) for reason in SKIP_REASONS},
+        "scrubbed": {kind: int(built.scrubbed.get(kind, 0)) for kind in KINDS},
+        "length_chars": {
+            "instruction": _percentiles([len(r.instruction) for r in records]),
+            "context": _percentiles([len(r.context) for r in records]),
+            "response": _percentiles([len(r.response) for r in records]),
+        },
+        "seconds": round(seconds, 2),
+    }
+
+
+def prepare(config: PrepareConfig) -> dict[str, Any]:
+    """Run the whole stage; returns the stats it also writes to `<out>/stats.json`."""
+    started = time.perf_counter()
+    messages = load_messages(Path(config.raw))
+    built = build_records(messages, config)
+    del messages
+    if not built.records:
+        raise PrepareError(
+            f"no training records from {built.counts['messages_read']} messages: {_why_no_records(built)}"
+        )
+    is_val = split_conversations(built.conversation, config.val_fraction, config.seed)
+
+    out = make_private_dir(config.out)
+    write_jsonl(out / TRAIN_FILE, (r for r, v in zip(built.records, is_val.tolist(), strict=True) if not v))
+    write_jsonl(out / VAL_FILE, (r for r, v in zip(built.records, is_val.tolist(), strict=True) if v))
+    write_private_atomic(
+        out / CONFIG_FILE, orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
+    )
+    stats = make_stats(built, is_val, time.perf_counter() - started)
+    write_private_atomic(out / STATS_FILE, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+    return stats
+
+
+def skipped_total(stats: dict[str, Any]) -> int:
+    return sum(Counter(stats["skipped"]).values())

@@ -1,0 +1,83 @@
+"""The instruction record: what `prepare` writes to train.jsonl / val.jsonl and `finetune` reads.
+
+One JSON object a line, exactly these fields (documented in docs/data-format.md):
+`{"instruction": str, "context": str, "response": str, "dialog_id": int, "date": str, "partner": str}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+TRAIN_FILE = "train.jsonl"
+VAL_FILE = "val.jsonl"
+STATS_FILE = "stats.json"
+CONFIG_FILE = "prepare_config.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One reply of the person, with what it answers and the conversation before it."""
+
+    instruction: str
+    """The partner's message the person replied to (one merged, scrubbed turn)."""
+    context: str
+    """Earlier turns of the same conversation, oldest first, rendered by `prompt.render_context`."""
+    response: str
+    """The person's reply (one merged, scrubbed turn): what the twin learns to write."""
+    dialog_id: int
+    """The chat it comes from (the partner's Telegram id)."""
+    date: str
+    """When the reply was sent: the raw ISO-8601 date (with its UTC offset) of its first message."""
+    partner: str
+    """The partner's display name, whitespace-normalised and scrubbed ("" when unknown)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+RECORD_FIELDS: dict[str, type] = {
+    "instruction": str,
+    "context": str,
+    "response": str,
+    "dialog_id": int,
+    "date": str,
+    "partner": str,
+}
+
+
+def parse_record(obj: Any, where: str) -> Record:
+    """Validate one decoded line of train/val JSONL; `where` (`file:line`) goes into the error."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object with fields {list(RECORD_FIELDS)}")
+    problems = []
+    for name, typ in RECORD_FIELDS.items():
+        value = obj.get(name)
+        if name not in obj:
+            problems.append(f"missing field {name!r}")
+        elif typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"field {name!r} must be an integer")
+        elif typ is not int and not isinstance(value, typ):
+            problems.append(f"field {name!r} must be {typ.__name__}")
+    if problems:
+        raise ValueError(f"{where}: {'; '.join(problems)}; re-run `make prepare`")
+    return Record(**{name: obj[name] for name in RECORD_FIELDS})
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """All records of a train/val JSONL file, validated; errors name the file and line, not its text."""
+    path = Path(path)
+    records = []
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise ValueError(f"{path}:{number}: not valid JSON; re-run `make prepare`") from None
+            records.append(parse_record(obj, f"{path}:{number}"))
+    return records
