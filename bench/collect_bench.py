@@ -137,8 +137,10 @@ def _import_once(export: Path, out: Path) -> None:
     start = time.perf_counter()
     summary = import_desktop_export(export, out, progress=False)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mib": round(peak_kib / 1024, 1),
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kib = usage.ru_maxrss
+    print(json.dumps({"seconds": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                      "peak_rss_mib": round(peak_kib / 1024, 1),
                       "dialogs": summary.dialogs, "new_messages": summary.new_messages,
                       "total_messages": summary.total_messages}))  # fmt: skip
 
@@ -173,13 +175,16 @@ def main() -> None:
             **shape,
             "generate_s": round(generate_s, 1),
             "import_s": first["seconds"],
+            "import_cpu_s": first["cpu_s"],  # wall time depends on what else runs; CPU time much less
             "messages_per_s": round(shape["messages"] / first["seconds"]),
             "peak_rss_mib": first["peak_rss_mib"],
             "written": first["new_messages"],
             "reimport_s": again["seconds"],
+            "reimport_cpu_s": again["cpu_s"],
             "reimport_written": again["new_messages"],
             "cpu": _cpu_name(),
             "cores": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 1),
         }))  # fmt: skip
 
 
