@@ -236,12 +236,18 @@ _PW_STOPWORDS = frozenset(
     in on at by with from as be been same wrong incorrect correct right invalid valid expired required
     changed reset weak strong saved protected manager please again still also just only very more less
     new old long short simple easy hard here there set ok okay sent send forgot forgotten what which
-    where when how why who did does do like change update something nothing
+    where when how why who did does do like change update something nothing empty broken fine good bad
+    great working needed missing weird strange secure insecure different generated random unique encrypted
+    hidden shown sent written stored known unknown case sensitive
     не нет да и или но а что это тот там тут же ли бы уже еще ещё тоже для от на в к с у по мой моя мое моё
     твой твоя свой неверный неправильный правильный верный старый новый простой сложный сменил сменила
     поменял поменяла забыл забыла потерял потеряла какой какая где как когда потом сейчас теперь
-    пожалуйста надо нужно есть был была было будет такой такая""".split()
+    пожалуйста надо нужно есть был была было будет такой такая длинный короткий пустой надёжный надежный
+    другой одинаковый""".split()
 )
+# "password for the wifi is sunshine" names a password; "the passcode screen is broken" does not: after
+# words that are not a preposition, a separator word ("is") needs a made-up looking value.
+_PW_PREPOSITIONS = frozenset("for to of on from at от для к на в у с".split())
 _TRAILING_PUNCT = ".,;:!?)]}»…"
 _QUOTES = {'"': '"', "'": "'", "«": "»", "`": "`", "“": "”"}
 _PW_SYMBOLS = frozenset("!@#$%^&*_+=?/\\|~<>[]{}()")
@@ -260,7 +266,7 @@ def _find_passwords(text: str) -> Iterator[Span]:
     for m in _PW_KEYWORD.finditer(text):
         kw = m.group("kw").lower()
         is_pin = kw.startswith(("pin", "пин"))
-        pos, explicit, fillers = m.end(), False, 0
+        pos, explicit, by_word, fillers = m.end(), False, False, []
         for _ in range(8):
             t = _NEXT_TOKEN.match(text, pos)
             if t is None:
@@ -268,7 +274,7 @@ def _find_passwords(text: str) -> Iterator[Span]:
             tok, start = t.group(1), t.start(1)
             pos = t.end()
             if tok in _SEP_TOKENS or tok.lower() in _SEP_WORDS:
-                explicit = True
+                explicit, by_word = True, by_word or tok.lower() in _SEP_WORDS
                 continue
             if tok[0] in ":=":  # "password:hunter2", "pwd=hunter2"
                 rest = tok.lstrip(":=")
@@ -282,8 +288,9 @@ def _find_passwords(text: str) -> Iterator[Span]:
                 if close > start + 1 and (explicit or not is_pin):
                     yield (start, close + 1, "PASSWORD")
                 break
-            elif len(tok) > 1 and tok[-1] == ":" and not explicit and fillers < 3:
-                fillers, explicit = fillers + 1, True  # "пароль такой:", "wifi password:"
+            elif len(tok) > 1 and tok[-1] == ":" and not explicit and len(fillers) < 3:
+                fillers.append(tok[:-1].lower())  # "пароль такой:", "wifi password:"
+                explicit = True
                 continue
             core = tok.rstrip(_TRAILING_PUNCT) or tok
             if PLACEHOLDER.match(core):
@@ -293,15 +300,16 @@ def _find_passwords(text: str) -> Iterator[Span]:
                     yield (start, start + len(core), "PASSWORD")
                     break
             elif core.lower() not in _PW_STOPWORDS:
-                if explicit and len(core) >= 3:
+                vague = by_word and fillers and fillers[0] not in _PW_PREPOSITIONS
+                if explicit and len(core) >= 3 and (not vague or _made_up(core)):
                     yield (start, start + len(core), "PASSWORD")
                     break
                 if not explicit and kw not in _EXPLICIT_ONLY and len(core) >= 4 and _made_up(core):
                     yield (start, start + len(core), "PASSWORD")
                     break
-            if explicit or not core.replace("-", "").isalpha() or fillers >= 3:
+            if explicit or not core.replace("-", "").isalpha() or len(fillers) >= 3:
                 break
-            fillers += 1  # a word between keyword and value: "for", "the", "wifi", "от", "почты"
+            fillers.append(core.lower())  # a word between keyword and value: "for", "the", "wifi", "от"
 
 
 _OTP = re.compile(
@@ -359,7 +367,7 @@ def _check_bare(m: re.Match[str]) -> Span | None:
 # ---- contact data --------------------------------------------------------------------------------
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[\w.%+-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")*\.[^\W\d_]{2,24}(?![\w-])"
+    r"(?<![\w.%+-])(?<!//)[\w.%+-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")*\.[^\W\d_]{2,24}(?![\w-])"
 )
 
 # International: "+" and 10–15 digits in groups ("+7 (912) 345-67-89", "+44 20 7946 0958", "+14155552671").
