@@ -44,7 +44,13 @@ MAX_RETRIES = 6
 """Network errors in a row before giving up (the data so far is kept; re-run to go on)."""
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, asyncio.TimeoutError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    errors.ServerError,  # Telegram's 500s, after Telethon's own few retries
+    errors.TimedOutError,  # Telegram's -503 "Timeout"
+)
 NON_TEXT_MEDIA: tuple[type, ...] = (
     types.MessageMediaPoll,
     types.MessageMediaToDo,

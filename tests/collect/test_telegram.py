@@ -170,7 +170,7 @@ def test_network_errors_retry_with_bounded_backoff(tmp_path: Path) -> None:
     client = world()
     client.faults = [
         Fault(BOB, 3, ConnectionError("down")),
-        Fault(BOB, 0, OSError("down"), 99, only_min_id=3),
+        Fault(BOB, 0, errors.ServerError(request=None, message="INTERNAL"), 99, only_min_id=3),
     ]
     sleeps = Sleeps()
     out = tmp_path / "flaky"
