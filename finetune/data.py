@@ -5,16 +5,18 @@ The records are prepare's `train.jsonl` / `val.jsonl`; the training text of a re
 encodes a live prompt) and joined with an EOS after the response. Labels are -100 on the prompt, so only
 the reply carries loss.
 
-Batching: every optimizer step takes `global_batch_size` sequences in a seeded per-epoch order. Inside a
-step the sequences are sorted by length, dealt round-robin to the ranks, and packed into micro-batches of
-similar length under a padded-token budget; so padding is small and the gradient of a step does not
-depend on how it is split into micro-batches. The plan is a pure function of (seed, epoch, lengths), so
-every rank computes it alone and a resumed run replays the very same order.
+Batching: every optimizer step takes `global_batch_size` sequences in a seeded per-epoch order (optionally
+grouped by length across a few steps). Inside a step the sequences are sorted by length, dealt
+round-robin to the ranks, and cut into micro-batches of similar length under a padded-token budget; so
+padding is small and the gradient of a step does not depend on how it is split into micro-batches.
+The plan is a pure function of (seed, epoch, lengths), so every rank computes it alone and a resumed run
+replays the very same order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,6 +107,11 @@ class Example:
         return int(self.input_ids.numel())
 
     @property
+    def loss_tokens(self) -> int:
+        """Positions with a next-token target that carries loss (the first token never is a target)."""
+        return len(self) - max(self.prompt_len, 1)
+
+    @property
     def labels(self) -> torch.Tensor:
         labels = self.input_ids.clone()
         labels[: self.prompt_len] = IGNORE_INDEX
@@ -168,10 +175,20 @@ class Step:
 
     micro_batches: list[MicroBatch]
     global_loss_tokens: int
+    """Target tokens of the step over all ranks: the loss is a mean over these."""
+    global_tokens: int
+    """Non-pad tokens of the step over all ranks."""
+    global_padded_tokens: int
+    """Tokens including padding of the step over all ranks."""
 
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+MICRO_BATCH_OVERHEAD = 256
+"""What one more forward/backward pass costs, in padded tokens' worth of work (kernel launches, weight
+reads): the packer trades it against padding."""
 
 
 def pack_micro_batches(
@@ -182,20 +199,28 @@ def pack_micro_batches(
     pad_multiple: int,
     max_length: int,
 ) -> list[MicroBatch]:
-    """Greedy packing of length-sorted (longest first) indices under a padded-token budget."""
+    """Cut length-sorted (longest first) indices into contiguous micro-batches that minimise padded
+    tokens + `MICRO_BATCH_OVERHEAD` per micro-batch, each within `max_tokens` and `max_size`
+    (exact dynamic programme; n is at most a step's sequences, so n * max_size is small)."""
+    lengths = [min(round_up(len(examples[i]), pad_multiple), max_length) for i in indices]
+    n = len(lengths)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(0, j - max_size) - 1, -1):
+            padded = (j - i) * lengths[i]  # sorted longest first: lengths[i] is the segment's max
+            if padded > max_tokens and j - i > 1:
+                break  # longer segments only grow
+            cost = best[i] + padded + MICRO_BATCH_OVERHEAD
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     batches: list[MicroBatch] = []
-    current: list[int] = []
-    current_len = 0
-    for i in indices:
-        length = min(round_up(len(examples[i]), pad_multiple), max_length)
-        new_len = max(current_len, length)
-        if current and ((len(current) + 1) * new_len > max_tokens or len(current) >= max_size):
-            batches.append(make_micro_batch(current, current_len, examples))
-            current, new_len = [], length
-        current.append(i)
-        current_len = new_len
-    if current:
-        batches.append(make_micro_batch(current, current_len, examples))
+    j = n
+    while j > 0:
+        i = cut[j]
+        batches.append(make_micro_batch(indices[i:j], lengths[i], examples))
+        j = i
+    batches.reverse()
     return batches
 
 
@@ -203,7 +228,7 @@ def make_micro_batch(indices: Sequence[int], length: int, examples: Sequence[Exa
     return MicroBatch(
         indices=tuple(indices),
         length=length,
-        loss_tokens=sum(len(examples[i]) - examples[i].prompt_len for i in indices),
+        loss_tokens=sum(examples[i].loss_tokens for i in indices),
         tokens=sum(len(examples[i]) for i in indices),
     )
 
@@ -215,17 +240,21 @@ def split_largest(batches: list[MicroBatch], examples: Sequence[Example]) -> boo
         return False
     idx = batches[k].indices
     half = len(idx) // 2
-    a, b = idx[:half], idx[half:]
     batches[k : k + 1] = [
-        make_micro_batch(a, batches[k].length, examples),
-        make_micro_batch(b, batches[k].length, examples),
+        make_micro_batch(idx[:half], batches[k].length, examples),
+        make_micro_batch(idx[half:], batches[k].length, examples),
     ]
     return True
 
 
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
-    """Turns (seed, epoch) into the optimizer steps of that epoch, for one rank."""
+    """Turns (seed, epoch) into the optimizer steps of that epoch, for one rank.
+
+    Each epoch: a seeded shuffle; groups of `length_grouping` steps' worth of sequences are sorted by
+    length and cut into steps (so a step holds sequences of similar length: little padding); the steps
+    are shuffled again. With `length_grouping=1` every step is a uniform random sample.
+    """
 
     examples: Sequence[Example]
     global_batch_size: int
@@ -234,24 +263,37 @@ class BatchPlan:
     pad_multiple: int
     max_length: int
     seed: int
+    length_grouping: int = 1
     world_size: int = 1
     rank: int = 0
 
     def steps_per_epoch(self) -> int:
-        n = len(self.examples)
-        full, rest = divmod(n, self.global_batch_size)
+        full, rest = divmod(len(self.examples), self.global_batch_size)
         return full + (1 if rest >= self.world_size else 0)
 
-    def epoch_order(self, epoch: int) -> list[int]:
+    def epoch_chunks(self, epoch: int) -> list[list[int]]:
+        """The sequences of each step of `epoch`, in the order they run."""
+        rng = random.Random(f"{self.seed}-{epoch}")  # string seeds hash stably across processes
         order = list(range(len(self.examples)))
-        random.Random(f"{self.seed}-{epoch}").shuffle(order)  # string seeds hash stably across runs
-        return order
+        rng.shuffle(order)
+        gbs = self.global_batch_size
+        full = len(order) // gbs
+        pool = gbs * self.length_grouping
+        chunks = []
+        for start in range(0, full * gbs, pool):
+            group = order[start : min(start + pool, full * gbs)]
+            if self.length_grouping > 1:
+                group.sort(key=lambda i: (-len(self.examples[i]), i))
+            chunks += [group[k : k + gbs] for k in range(0, len(group), gbs)]
+        rest = order[full * gbs :]
+        if len(rest) >= self.world_size:
+            chunks.append(rest)
+        rng.shuffle(chunks)
+        return chunks
 
     def steps(self, epoch: int) -> Iterator[Step]:
-        order = self.epoch_order(epoch)
-        for s in range(self.steps_per_epoch()):
-            chunk = order[s * self.global_batch_size : (s + 1) * self.global_batch_size]
-            # every rank gets the same number of sequences (the last step drops < world_size of them)
+        for chunk in self.epoch_chunks(epoch):
+            # every rank gets the same number of sequences (a last step drops < world_size of them)
             yield self.make_step(chunk[: len(chunk) - len(chunk) % self.world_size])
 
     def make_step(self, chunk: Sequence[int]) -> Step:
@@ -276,8 +318,12 @@ class BatchPlan:
         if len({len(b) for b in per_rank}) > 1:
             # cannot happen: each rank holds the same number of sequences, and splits go down to one each
             raise RuntimeError("could not balance micro-batches across ranks")
-        global_loss_tokens = sum(len(ex[i]) - ex[i].prompt_len for i in chunk)
-        return Step(per_rank[self.rank], global_loss_tokens)
+        return Step(
+            micro_batches=per_rank[self.rank],
+            global_loss_tokens=sum(ex[i].loss_tokens for i in chunk),
+            global_tokens=sum(mb.tokens for batches in per_rank for mb in batches),
+            global_padded_tokens=sum(mb.padded_tokens for batches in per_rank for mb in batches),
+        )
 
 
 def padding_fraction(plan: BatchPlan, epoch: int = 0) -> float:

@@ -3,5 +3,5 @@
 from __future__ import annotations
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input the user can fix; the CLI prints the message on one line and exits non-zero."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from prepare.prompt import Turn, cap_turns, render_context
 
@@ -87,6 +90,18 @@ def generate_chat_records(n: int, seed: int, style: str = "twin") -> list[dict[s
     return records
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread: on a small shared CI box, two spinning OpenMP threads per process
+    can be ten times slower than one, and results must not depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     path.chmod(0o600)
@@ -118,15 +133,31 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, chat_records: dict
     base_texts = render_texts(generate_chat_records(480, seed=3, style="generic"))
     # the tokenizer also sees the twin's train texts, as `python -m finetune.tiny` would
     tokenizer_texts = base_texts + render_texts(chat_records["train"])
-    return make_tiny_checkpoint(
-        tmp_path_factory.mktemp("checkpoints") / "tiny-falcon",
-        tokenizer_texts,
-        pretrain_texts=base_texts,
-        vocab_size=512,
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        block_size=256,
-        pretrain_steps=60,
-        seed=0,
-    )
+    with one_thread():
+        return make_tiny_checkpoint(
+            tmp_path_factory.mktemp("checkpoints") / "tiny-falcon",
+            tokenizer_texts,
+            pretrain_texts=base_texts,
+            vocab_size=512,
+            n_layer=2,
+            n_embd=64,
+            n_head=4,
+            block_size=256,
+            pretrain_steps=60,
+            seed=0,
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, prepared_dir: Path) -> Path:
+    """A finished `python -m finetune` out-dir on the tiny checkpoint (one epoch, 15 steps of 32 records):
+    `lit_model_lora_finetuned.pth` (LoRA tensors only, litgpt names), `hyperparameters.yaml` (with
+    litgpt merge_lora's keys), `metrics.csv`, `loss.png` and `checkpoints/`.
+    """
+    from finetune.train import setup, tiny_run_args
+
+    out = tmp_path_factory.mktemp("adapter") / "twin"
+    with one_thread():
+        summary = setup(tiny_run_args(tiny_checkpoint, prepared_dir, out))
+    assert summary is not None
+    return out

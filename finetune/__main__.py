@@ -1,0 +1,37 @@
+"""`python -m finetune --data data/prepared --checkpoint-dir checkpoints/tiiuae/falcon-7b --out-dir out/twin`
+
+See `python -m finetune -h` for every flag; defaults live in `finetune/args.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from finetune.args import parse_args
+from finetune.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("lightning.fabric", "lightning_fabric", "torch._dynamo"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args = parse_args(argv)
+        from finetune.train import setup  # heavy imports only after the flags are valid
+
+        summary = setup(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue later with the same command plus --resume", file=sys.stderr)
+        return 130
+    if summary is not None:
+        print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Hyperparameters of a fine-tuning run, and the CLI that is generated from them.
+
+Each dataclass field is one `--kebab-case` flag whose help is the field's docstring, so the defaults live
+here and nowhere else. `FinetuneArgs.problems()` collects every bad value into one message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import textwrap
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from finetune.errors import UserError
+
+Strategy = Literal["auto", "ddp", "fsdp"]
+Precision = Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]
+Accelerator = Literal["auto", "cuda", "cpu"]
+
+
+@dataclass
+class LoraArgs:
+    """Which layers get LoRA adapters, and their shape (the names are litgpt's `Config` fields)."""
+
+    lora_r: int = 16
+    """Rank of the LoRA update matrices."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch's input."""
+    lora_query: bool = True
+    """Adapt the attention query projection."""
+    lora_key: bool = False
+    """Adapt the attention key projection."""
+    lora_value: bool = True
+    """Adapt the attention value projection."""
+    lora_projection: bool = False
+    """Adapt the attention output projection."""
+    lora_mlp: bool = False
+    """Adapt the MLP layers."""
+    lora_head: bool = False
+    """Adapt the output head (lm_head)."""
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation and batching."""
+
+    epochs: int = 3
+    """Passes over the training records (the run stops at --epochs or --max-steps, whichever is first)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (none: run all epochs)."""
+    global_batch_size: int = 128
+    """Sequences per optimizer step, over all devices (gradient accumulation fills it)."""
+    micro_batch_tokens: int = 8192
+    """Most padded tokens in one forward pass per device: the main memory knob."""
+    micro_batch_size: int = 64
+    """Most sequences in one forward pass per device."""
+    pad_multiple: int = 8
+    """Pad each micro-batch's length to a multiple of this (fewer distinct shapes)."""
+    length_grouping: int = 4
+    """Sort this many steps' worth of sequences by length before cutting them into steps: steps of
+    similar lengths pad less (1: every step is a uniform random sample)."""
+    max_seq_length: int | None = None
+    """Longest sequence in tokens; longer records keep their last tokens (none: the model's block size)."""
+    learning_rate: float = 3e-4
+    """Peak AdamW learning rate, reached after warmup, then cosine decay to zero."""
+    warmup_steps: int = 100
+    """Linear warmup steps (capped at a tenth of the run)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0: no clipping)."""
+    seed: int = 1337
+    """Seed of the data order, the LoRA initialisation and dropout."""
+    compile: bool = False
+    """torch.compile each transformer block (faster on GPUs after a warm-up)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: far less memory, ~30% slower."""
+
+
+@dataclass
+class EvalArgs:
+    """Validation, logging and checkpoints."""
+
+    eval_interval: int = 50
+    """Validate every this many steps (also before the first step and at the end)."""
+    eval_samples: int = 2
+    """Sample replies to validation prompts written to the log at each validation."""
+    sample_max_new_tokens: int = 48
+    """Longest sample reply, in tokens."""
+    log_interval: int = 1
+    """Write a metrics.csv row every this many steps (each is one device-to-host sync)."""
+    save_interval: int = 50
+    """Save a resumable checkpoint every this many steps."""
+    keep_checkpoints: int = 2
+    """Newest resumable checkpoints kept in <out-dir>/checkpoints."""
+
+
+@dataclass
+class RunArgs:
+    """Where things are and what runs them."""
+
+    data: Path = Path("data/prepared")
+    """prepare's output folder (train.jsonl, val.jsonl)."""
+    checkpoint_dir: Path = Path("checkpoints/tiiuae/falcon-7b")
+    """litgpt checkpoint of the base model (`make download`, or `python -m finetune.tiny`)."""
+    out_dir: Path = Path("out/twin")
+    """Where the adapter, hyperparameters, metrics, plot and checkpoints go."""
+    resume: bool = False
+    """Continue the run in --out-dir from its newest checkpoint."""
+    devices: int = 1
+    """Devices (GPUs, or CPU processes) to train on."""
+    accelerator: Accelerator = "auto"
+    """cuda, cpu, or auto (cuda when available)."""
+    strategy: Strategy = "auto"
+    """Multi-device strategy: ddp (replicated model) or fsdp (sharded); auto picks ddp."""
+    precision: Precision = "bf16-true"
+    """Numeric precision; on a CPU bf16/16 fall back to 32-true with a warning."""
+
+
+GROUPS: tuple[type, ...] = (RunArgs, TrainArgs, LoraArgs, EvalArgs)
+
+
+@dataclass
+class FinetuneArgs:
+    """Every setting of a run, grouped; flattened into the CLI and into hyperparameters.yaml."""
+
+    run: RunArgs = field(default_factory=RunArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def problems(self) -> list[str]:
+        t, e, lo, r = self.train, self.eval, self.lora, self.run
+        out = []
+        positive = {
+            "--epochs": t.epochs,
+            "--global-batch-size": t.global_batch_size,
+            "--micro-batch-tokens": t.micro_batch_tokens,
+            "--micro-batch-size": t.micro_batch_size,
+            "--pad-multiple": t.pad_multiple,
+            "--length-grouping": t.length_grouping,
+            "--eval-interval": e.eval_interval,
+            "--log-interval": e.log_interval,
+            "--save-interval": e.save_interval,
+            "--keep-checkpoints": e.keep_checkpoints,
+            "--devices": r.devices,
+            "--lora-r": lo.lora_r,
+        }
+        out += [f"{flag} must be at least 1 (got {value})" for flag, value in positive.items() if value < 1]
+        if t.max_steps is not None and t.max_steps < 1:
+            out.append(f"--max-steps must be at least 1 (got {t.max_steps})")
+        if t.max_seq_length is not None and t.max_seq_length < 8:
+            out.append(f"--max-seq-length must be at least 8 (got {t.max_seq_length})")
+        if t.learning_rate <= 0:
+            out.append(f"--learning-rate must be positive (got {t.learning_rate})")
+        for flag, value in {"--warmup-steps": t.warmup_steps, "--eval-samples": e.eval_samples}.items():
+            if value < 0:
+                out.append(f"{flag} must not be negative (got {value})")
+        if t.weight_decay < 0 or t.grad_clip < 0:
+            out.append("--weight-decay and --grad-clip must not be negative")
+        if not 0 <= lo.lora_dropout < 1:
+            out.append(f"--lora-dropout must be in [0, 1) (got {lo.lora_dropout})")
+        if r.devices >= 1 and t.global_batch_size % r.devices:
+            out.append(
+                f"--global-batch-size ({t.global_batch_size}) must be a multiple of --devices ({r.devices})"
+            )
+        if not any(getattr(lo, f.name) for f in fields(lo) if f.type in ("bool", bool)):
+            out.append("no LoRA target: enable at least one of --lora-query/key/value/projection/mlp/head")
+        if t.compile and r.strategy == "fsdp":
+            out.append("--compile is not supported with --strategy fsdp: use --strategy ddp")
+        return out
+
+    def check(self) -> None:
+        if problems := self.problems():
+            raise UserError("; ".join(problems))
+
+    def flat(self) -> dict[str, Any]:
+        """All fields at one level (paths as strings): the body of hyperparameters.yaml."""
+        flat: dict[str, Any] = {}
+        for group in (self.run, self.train, self.lora, self.eval):
+            for key, value in asdict(group).items():
+                flat[key] = str(value) if isinstance(value, Path) else value
+        return flat
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source, like litgpt's CLI does)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        ):
+            docs[node.target.id] = str(after.value.value)
+    return docs
+
+
+def resolve_type(annotation: Any) -> tuple[Any, bool]:
+    """(base type, optional) of a field annotation given as a string or a type."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**globals(), **typing.__dict__})  # our own annotations only
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        base = [a for a in args if a is not type(None)]
+        return base[0], True
+    return annotation, False
+
+
+def optional(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune",
+        description="LoRA-fine-tune a litgpt checkpoint (Falcon-7B by default) on prepare's records.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for cls in GROUPS:
+        group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip())
+        docs = field_docs(cls)
+        for f in fields(cls):
+            kind, is_optional = resolve_type(f.type)
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not MISSING else None
+            help_text = docs.get(f.name, "")
+            if kind is bool:
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+                )
+            elif typing.get_origin(kind) is Literal:
+                group.add_argument(flag, choices=typing.get_args(kind), default=default, help=help_text)
+            else:
+                group.add_argument(
+                    flag,
+                    type=optional(kind) if is_optional else kind,
+                    default=default,
+                    help=help_text,
+                    metavar=f.name.upper(),
+                )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> FinetuneArgs:
+    """FinetuneArgs from command-line flags (argparse exits with usage on unknown flags)."""
+    namespace = vars(build_parser().parse_args(argv))
+    groups = [cls(**{f.name: namespace[f.name] for f in fields(cls)}) for cls in GROUPS]
+    run, train, lora, eval_ = groups
+    return FinetuneArgs(run=run, train=train, lora=lora, eval=eval_)
+
+
+def to_argv(args: FinetuneArgs) -> list[str]:
+    """The command-line flags that `parse_args` turns back into `args` (to relaunch or log a run)."""
+    argv: list[str] = []
+    for group in (args.run, args.train, args.lora, args.eval):
+        for f in fields(group):
+            value = getattr(group, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + flag[2:])
+            else:
+                argv += [flag, "none" if value is None else str(value)]
+    return argv
