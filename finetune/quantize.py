@@ -28,6 +28,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
+    from litgpt.lora import GPT, Config
     from torchao.quantization import NF4Tensor
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,17 @@ def parse_quantize_mode(mode: str) -> QuantizeMode:
     return cast(QuantizeMode, mode)
 
 
-def check_quantize_support(mode: str, device: torch.device | str, *, compile_dequant: bool = False) -> None:
+def check_quantize_support(
+    mode: str, device: torch.device | str, *, devices: int = 1, compile_dequant: bool = False
+) -> None:
     """Raise (with what to install or which flag to drop) unless `mode` can run on `device` here."""
     parse_quantize_mode(mode)
     device = torch.device(device)
+    if devices > 1:
+        raise QuantizationUnavailableError(
+            f"--quantize {mode} trains on one GPU (its point is a single small card): "
+            f"drop --devices {devices}, or drop --quantize to train in bf16 across {devices} GPUs"
+        )
     if device.type not in SUPPORTED_DEVICE_TYPES:
         raise QuantizationUnavailableError(
             f"--quantize {mode} runs on CUDA GPUs (and slowly on CPUs), not on {device.type!r}: "
@@ -323,6 +332,8 @@ def quantize_model(
         if nf4_block_sizes(source.numel(), double_quant) is None:
             report.kept.append(name)
             continue
+        if source.is_meta and weights is not None:
+            raise ValueError(f"the checkpoint has no {name}.weight: it does not fit the model config")
         if source.is_meta:
             raise ValueError(
                 f"{name}.weight is on the meta device: load the base weights first "
@@ -350,6 +361,63 @@ def quantize_model(
         len(report.kept),
     )
     return report
+
+
+def load_quantized_model(
+    config: Config,
+    checkpoint: Path | Mapping[str, torch.Tensor],
+    mode: str,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    skip: Iterable[str] = ("lm_head",),
+    compile_dequant: bool = False,
+) -> GPT:
+    """litgpt's LoRA GPT for `config` with its base weights from `checkpoint` (a `lit_model.pth` or a
+    state dict) in NF4 on `device`; the full-precision base is never on the device whole.
+
+    The checkpoint is memory-mapped on the CPU; the Linear weights go to the device one at a time and
+    are quantized there, the other weights (embeddings, norms, head) follow in `dtype`, and the LoRA
+    tensors are freshly initialized on the device (A random, B zero) — seed before calling, and load an
+    adapter afterwards with `model.load_state_dict(adapter, strict=False)`.
+    """
+    from litgpt.lora import GPT, LoRALinear
+
+    device = torch.device(device)
+    check_quantize_support(mode, device, compile_dequant=compile_dequant)
+    if isinstance(checkpoint, Path):
+        state: Mapping[str, torch.Tensor] = torch.load(
+            checkpoint, mmap=True, weights_only=True, map_location="cpu"
+        )
+    else:
+        state = checkpoint
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # so materialized LoRA tensors come out in `dtype`
+    try:
+        with torch.device("meta"):
+            model = GPT(config)
+        report = quantize_model(
+            model, mode, device=device, dtype=dtype, weights=state, skip=skip, compile_dequant=compile_dequant
+        )
+        quantized = {f"{n}.weight" for n in report.layers} | {
+            f"{n.removesuffix('.linear')}.weight" for n in report.layers
+        }
+        rest = {k: v for k, v in state.items() if k not in quantized}
+        result = model.load_state_dict(rest, strict=False, assign=True)  # CPU tensors, moved below
+        missing = [k for k in result.missing_keys if "lora_" not in k and k not in quantized]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"the checkpoint does not fit the model config {config.name!r}: "
+                f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        for module in model.modules():
+            if isinstance(module, LoRALinear) and module.r > 0:
+                module.to_empty(device=device, recurse=False)
+                module.reset_parameters()
+        model.cos, model.sin = model.rope_cache(device=device)  # non-persistent buffers, still on meta
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return model.to(device=device, dtype=dtype)
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -20,6 +20,7 @@ from finetune.quantize import (
     dequantize,
     is_nf4,
     is_quantized,
+    load_quantized_model,
     nf4_block_sizes,
     parameter_memory,
     parse_quantize_mode,
@@ -32,21 +33,13 @@ REPO = Path(__file__).resolve().parents[2]
 VOCAB = 256
 
 
-def tiny_config(**lora: object) -> Config:
+def tiny_config(**overrides: object) -> Config:
     """Falcon-7B's code paths (parallel residual, multi-query attention, rotary) at toy width."""
-    kwargs: dict = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_query=True, lora_value=True)
-    kwargs.update(lora)
-    return Config.from_name(
-        "falcon-7b",
-        n_layer=2,
-        n_embd=128,
-        n_head=4,
-        intermediate_size=512,
-        vocab_size=VOCAB,
-        padded_vocab_size=VOCAB,
-        block_size=64,
-        **kwargs,
-    )
+    kwargs: dict = dict(n_layer=2, n_embd=128, n_head=4, intermediate_size=512, vocab_size=VOCAB)
+    kwargs.update(padded_vocab_size=VOCAB, block_size=64)
+    kwargs.update(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_query=True, lora_value=True)
+    kwargs.update(overrides)
+    return Config.from_name("falcon-7b", **kwargs)
 
 
 def arithmetic_sequences(n: int, seed: int) -> torch.Tensor:
@@ -284,6 +277,30 @@ def test_layer_by_layer_from_a_checkpoint_into_a_meta_model(base_state: dict[str
         assert torch.equal(model(x), direct(x))
 
 
+def test_load_quantized_model_from_a_checkpoint_file(
+    base_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    # a base checkpoint as litgpt writes it: no LoRA tensors; `x.weight` for LoRA layers' `x.linear.weight`
+    path = tmp_path / "lit_model.pth"
+    torch.save({k.replace(".linear.", "."): v for k, v in base_state.items() if "lora_" not in k}, path)
+    torch.manual_seed(7)
+    model = load_quantized_model(tiny_config(), path, "nf4-dq", "cpu", torch.float32)
+
+    torch.manual_seed(7)
+    direct = make_model(base_state)
+    direct.transformer.h.apply(lambda m: m.reset_parameters() if hasattr(m, "lora_A") else None)
+    quantize_model(direct, "nf4-dq")
+    assert not any(p.is_meta for p in model.parameters()) and not model.cos.is_meta
+    assert model.transformer.h[0].attn.qkv.lora_B.abs().sum() == 0  # a fresh adapter starts at zero
+    assert is_nf4(model.transformer.h[0].mlp.proj.linear.weight)
+    assert torch.equal(model.lm_head.linear.weight, base_state["lm_head.linear.weight"])
+    x = arithmetic_sequences(2, seed=8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), direct(x))
+    with pytest.raises(ValueError, match="does not fit the model config"):
+        load_quantized_model(tiny_config(n_layer=3), path, "nf4", "cpu", torch.float32)
+
+
 # --- choices and errors ---------------------------------------------------------------------------------
 
 
@@ -295,6 +312,8 @@ def test_unknown_mode_names_the_valid_ones() -> None:
 
 def test_unsupported_devices_say_what_to_drop() -> None:
     check_quantize_support("nf4", "cpu")
+    with pytest.raises(QuantizationUnavailableError, match="drop --devices 2"):
+        check_quantize_support("nf4", "cpu", devices=2)
     with pytest.raises(QuantizationUnavailableError, match="drop --quantize"):
         check_quantize_support("nf4-dq", "mps")
     if not torch.cuda.is_available():
