@@ -1,11 +1,13 @@
-"""Fixtures of the ui tests (helpers live in `ui_standin.py`)."""
+"""Fixtures of the ui tests (helpers live in `ui_standin.py` and `ui_browser.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from ui_standin import StandIn, running_standin
+from ui_browser import RealTwin, twin_server
+from ui_standin import StandIn, free_port, running_standin
 
 
 @pytest.fixture
@@ -13,3 +15,12 @@ def standin() -> Iterator[StandIn]:
     """A stand-in twin server on 127.0.0.1; set `.answer` to script it."""
     with running_standin() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def real_twin(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealTwin]:
+    """The real twin server (`python -m serve`) on 127.0.0.1 with the tiny checkpoint, behind an API key."""
+    key = "ui-test-key"
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with twin_server(tiny_checkpoint, free_port(), key, log) as url:
+        yield RealTwin(url, key)

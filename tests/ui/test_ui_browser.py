@@ -19,6 +19,7 @@ from ui_browser import (
     CHROMIUM,
     RECORD_STREAMING_JS,
     Page,
+    RealTwin,
     bubbles,
     chromium,
     chromium_available,
@@ -53,7 +54,8 @@ def test_a_slow_reply_grows_in_the_browser_and_a_failure_is_a_message(browser: P
     words = ["yeah ", "friday ", "works ", "for ", "me ", "🙂"]
     with running_standin() as twin:
         twin.answer = sse([chunk(w) for w in words], pause_s=0.25)
-        with streamlit_app(free_port(), {"TWIN_API_URL": twin.url}, tmp_path / "streamlit.log") as url:
+        log = tmp_path / "streamlit.log"
+        with streamlit_app(free_port(), {"TWIN_API_URL": twin.url}, log, via_module=True) as url:
             open_app(browser, url)
             browser.evaluate(RECORD_STREAMING_JS)
             type_into(browser, CHAT_INPUT, "Are you free on friday?")
@@ -87,6 +89,25 @@ def test_a_slow_reply_grows_in_the_browser_and_a_failure_is_a_message(browser: P
             assert no_traceback(browser)
 
 
-def screenshot_path(tmp_path: Path) -> Path:
-    wanted = os.environ.get("TWIN_UI_SCREENSHOT")
-    return Path(wanted) if wanted else tmp_path / "ui.png"
+def test_the_twin_answers_in_the_browser(browser: Page, real_twin: RealTwin, tmp_path: Path) -> None:
+    env = {"TWIN_API_URL": real_twin.url, "TWIN_API_KEY": real_twin.api_key}
+    with streamlit_app(free_port(), env, tmp_path / "streamlit.log") as url:
+        open_app(browser, url)
+        type_into(browser, 'input[aria-label="Partner\'s name"]', "Anna")
+        caption = "You write as Anna; your twin answers the way you would."
+        wait_for("Anna in the caption", lambda: caption in page_text(browser, "stCaptionContainer"), 30)
+        type_into(browser, CHAT_INPUT, "Are you free on friday?")
+
+        def answered() -> list[tuple[str, str]] | None:
+            drawn = bubbles(browser)
+            return drawn if drawn and len(drawn) == 2 and drawn[1][1] else None
+
+        drawn = wait_for("the twin's reply", answered, 120)
+        assert drawn[0] == ("partner", "Are you free on friday?")
+        assert drawn[1][0] == "twin" and drawn[1][1].strip()
+        assert page_text(browser, "stAlertContainer") == []
+        assert no_traceback(browser)
+        wanted = os.environ.get("TWIN_UI_SCREENSHOT")
+        shot = Path(wanted) if wanted else tmp_path / "ui.png"
+        browser.screenshot(shot)
+        assert shot.read_bytes().startswith(b"\x89PNG")

@@ -1,4 +1,4 @@
-"""`ui.client` against real HTTP servers on 127.0.0.1: a scriptable stand-in, and nothing at all."""
+"""`ui.client` against real servers on 127.0.0.1: the twin server, a scriptable stand-in, nothing at all."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from ui_browser import RealTwin
 from ui_standin import StandIn, chunk, free_port, sse, status
 
 from ui.client import DEFAULT_URL, ServerSettings, TwinAPIError, check_health, stream_reply
@@ -198,3 +199,28 @@ def test_settings_from_the_environment() -> None:
     for bad in ("soon", "0", "-3", "nan"):
         with pytest.raises(ValueError, match="TWIN_API_TIMEOUT"):
             ServerSettings.from_env({"TWIN_API_TIMEOUT": bad})
+
+
+@pytest.mark.slow
+def test_the_real_twin_server_streams_a_reply(real_twin: RealTwin) -> None:
+    server = ServerSettings(real_twin.url, api_key=real_twin.api_key)
+    health = check_health(server)
+    assert health["ready"] is True and health["model"] == "twin"
+    pieces = list(stream_reply(server, HISTORY, temperature=0.0, max_tokens=12))
+    assert pieces and all(pieces)
+    assert "".join(pieces).strip()
+
+
+@pytest.mark.slow
+def test_the_real_twin_server_refusals_read_well(real_twin: RealTwin) -> None:
+    wrong = failure(ServerSettings(real_twin.url, api_key="not-the-key"))
+    assert wrong.status == 401 and "refused the API key" in str(wrong)
+    missing = failure(ServerSettings(real_twin.url))
+    assert missing.status == 401 and "needs an API key" in str(missing)
+
+    server = ServerSettings(real_twin.url, api_key=real_twin.api_key)
+    cap = int(check_health(server)["max_new_tokens"])
+    with pytest.raises(TwinAPIError) as caught:
+        list(stream_reply(server, HISTORY, temperature=0.7, max_tokens=cap + 1))
+    assert caught.value.status == 400
+    assert "refused the request (HTTP 400)" in str(caught.value) and str(cap) in str(caught.value)

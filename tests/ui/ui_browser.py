@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,7 +125,8 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[Pa
         devtools = f"http://127.0.0.1:{wait_for('chromium start-up', port, 60)}"
         tabs = httpx.get(f"{devtools}/json/list", timeout=10).json()
         [tab] = [t for t in tabs if t.get("type") == "page"][:1]
-        with connect(tab["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+        # no keepalive pings: DevTools need not answer them, and an idle tab is fine
+        with connect(tab["webSocketDebuggerUrl"], max_size=None, open_timeout=30, ping_interval=None) as ws:
             page = Page(ws)
             page.call("Page.enable")
             page.call("Runtime.enable")
@@ -140,19 +142,20 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[Pa
 
 
 @contextmanager
-def streamlit_app(port: int, env: Mapping[str, str], log_path: Path) -> Iterator[str]:
-    """`streamlit run ui/app.py` on 127.0.0.1:`port` (headless, no telemetry); yields its URL."""
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(REPO / "ui" / "app.py"),
+def streamlit_app(
+    port: int, env: Mapping[str, str], log_path: Path, via_module: bool = False
+) -> Iterator[str]:
+    """`streamlit run ui/app.py` (or `python -m ui`) on 127.0.0.1:`port`, headless; yields its URL."""
+    if via_module:
+        command = [sys.executable, "-m", "ui"]
+    else:
+        command = [sys.executable, "-m", "streamlit", "run", str(REPO / "ui" / "app.py")]
+        command += ["--browser.gatherUsageStats=false", "--client.toolbarMode=minimal"]
+    command += [
         "--server.headless=true",
         "--server.address=127.0.0.1",
         f"--server.port={port}",
         "--server.fileWatcherType=none",
-        "--browser.gatherUsageStats=false",
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=log)
@@ -173,6 +176,55 @@ def streamlit_app(port: int, env: Mapping[str, str], log_path: Path) -> Iterator
             process.terminate()
             try:
                 process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass(frozen=True)
+class RealTwin:
+    """Where the real twin server of a test session listens, and its API key."""
+
+    url: str
+    api_key: str
+
+
+@contextmanager
+def twin_server(
+    checkpoint: Path, port: int, api_key: str, log_path: Path, lora: Path | None = None
+) -> Iterator[str]:
+    """The real `python -m serve` on 127.0.0.1:`port` with `checkpoint`; yields its URL once it is ready.
+
+    It runs in an empty folder with no other TWIN_* variables, so a developer's `.env` or environment
+    cannot change what is tested.
+    """
+    command = [sys.executable, "-m", "serve", "--checkpoint-dir", str(checkpoint), "--port", str(port)]
+    if lora is not None:
+        command += ["--lora-path", str(lora)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
+    env["TWIN_API_KEY"] = api_key
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    workdir = log_path.parent / "serve-cwd"
+    workdir.mkdir(exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log)
+        try:
+
+            def ready() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"serve exited with {process.returncode}: {log_path.read_text()}")
+                try:
+                    return bool(httpx.get(f"{url}/health", timeout=2).json().get("ready"))
+                except (httpx.HTTPError, ValueError):
+                    return False
+
+            wait_for("the twin server's start-up", ready, 180, every_s=0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
