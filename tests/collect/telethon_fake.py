@@ -84,6 +84,17 @@ class FakeTelegram:
     dialog_faults: list[BaseException] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     served: Counter[int] = field(default_factory=Counter)
+    login_error: BaseException | None = None
+    connected: bool = False
+
+    async def start(self, phone: str) -> FakeTelegram:
+        if self.login_error is not None:
+            raise self.login_error
+        self.connected = True
+        return self
+
+    async def disconnect(self) -> None:
+        self.connected = False
 
     async def iter_dialogs(self) -> AsyncIterator[FakeDialog]:
         for index, dialog in enumerate(self.dialogs):

@@ -36,7 +36,7 @@ def read_raw(out: Path) -> dict[int, list[RawMessage]]:
 
 
 def run(path: Path, out: Path, **kw: Any) -> ImportSummary:
-    return import_desktop_export(path, out, progress=False, **kw)
+    return import_desktop_export(path, out, **{"progress": False, **kw})
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -324,3 +324,24 @@ def test_killed_after_a_dialog_was_renamed_but_before_the_manifest(
     monkeypatch.undo()
     assert run(FULL, tmp_path / "raw").new_messages == 0  # the files are the truth: rescanned, not redone
     assert read_raw(tmp_path / "raw") == read_raw(tmp_path / "clean")
+
+
+def test_progress_bar_follows_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = json.loads(FULL.read_text())
+    bob = big["chats"]["list"][0]
+    bob["messages"] = [
+        {
+            "id": i,
+            "type": "message",
+            "date_unixtime": str(1600000000 + i),
+            "from_id": "user111",
+            "text": f"m{i}",
+        }
+        for i in range(1, 9001)
+    ]
+    summary = run(
+        write_json(tmp_path / "result.json", big), tmp_path / "raw", progress=True, chunk_chars=4096
+    )
+    assert summary.new_messages == 9002
+    bars = capsys.readouterr().err
+    assert "importing" in bars and "100%" in bars and "Bob" in bars

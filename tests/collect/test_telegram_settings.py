@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from telethon import errors
+from telethon_fake import FakeTelegram, Fault, text, user
 
+import collect.telegram as telegram_module
 from collect.errors import CollectError
-from collect.telegram import load_settings, make_client
+from collect.telegram import TelegramSettings, load_settings, make_client, run_telegram_export
 
 REPO = Path(__file__).resolve().parents[2]
 HASH = "0123456789abcdef0123456789abcdef"
@@ -87,3 +92,61 @@ def test_cli_without_credentials_prints_one_line_and_exits_2(tmp_path: Path) -> 
     assert len(lines) == 1 and lines[0].startswith("error: Telegram API credentials")
     assert "Traceback" not in result.stderr and "TELEGRAM_API_ID" in lines[0]
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TelegramSettings:
+    monkeypatch.setenv("TELEGRAM_API_ID", "12345")
+    monkeypatch.setenv("TELEGRAM_API_HASH", HASH)
+    monkeypatch.setenv("TELEGRAM_PHONE", "+15550109999")
+    monkeypatch.setenv("TELEGRAM_SESSION", str(tmp_path / "session" / "telegram.session"))
+    return load_settings(None)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (errors.ApiIdInvalidError(request=None), "rejected TELEGRAM_API_ID / TELEGRAM_API_HASH"),
+        (errors.PhoneNumberInvalidError(request=None), "does not know TELEGRAM_PHONE"),
+        (errors.PhoneCodeInvalidError(request=None), "login code was wrong or expired"),
+        (errors.PasswordHashInvalidError(request=None), "wrong two-step verification password"),
+        (EOFError(), "needs a terminal"),
+        (ConnectionError("no route"), "cannot reach Telegram"),
+    ],
+)
+def test_login_failures_become_clear_errors(
+    settings: TelegramSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    error: BaseException,
+    expected: str,
+) -> None:
+    fake = FakeTelegram([], {}, login_error=error)
+    monkeypatch.setattr(telegram_module, "make_client", lambda s: fake)
+    with pytest.raises(CollectError, match=expected) as info:
+        asyncio.run(run_telegram_export(settings, tmp_path / "raw"))
+    assert HASH not in str(info.value) and "5550109999" not in str(info.value)
+
+
+def test_full_run_logs_in_exports_and_disconnects(
+    settings: TelegramSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake = FakeTelegram([user(5, "Zoe")], {5: [text(1, 5, "hello"), text(2, 5, "hi!", out=True)]})
+    fake.faults = [Fault(5, 1, errors.FloodWaitError(request=None, capture=0))]
+    monkeypatch.setattr(telegram_module, "make_client", lambda s: fake)
+    real_export = telegram_module.export_account
+
+    async def export_with_bars(*args: Any, **kwargs: Any) -> Any:
+        return await real_export(*args, progress=True, **kwargs)  # the bars, as on a terminal
+
+    monkeypatch.setattr(telegram_module, "export_account", export_with_bars)
+    summary = asyncio.run(run_telegram_export(settings, tmp_path / "raw"))
+    assert summary.new_messages == 2 and summary.flood_waits == 1 and not fake.connected
+    assert "collect telegram: 1 personal chats, 2 new messages" in summary.line()
+    bars = capsys.readouterr().err
+    assert "dialogs" in bars and "Zoe" in bars and "FloodWait" in bars
+    session = Path(settings.session)
+    assert stat.S_IMODE(session.stat().st_mode) == 0o600  # created owner-only even though unused here
