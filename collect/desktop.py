@@ -228,7 +228,7 @@ class _DesktopImport:
             raise stream.error("unexpected data after the end of the JSON document")
         if deferred is not None:
             self._import_chat(top, deferred, stream)
-        self._bar.update(self._bar.total - self._bar.n)
+        bar.update(bar.total - bar.n)
         self._check_found_something()
 
     def _read_personal_information(self, info: Any) -> None:
@@ -377,6 +377,8 @@ class _DesktopImport:
                 continue
             if me is not None:
                 out = sender == me
+                if not out and sender != dialog_id:
+                    others.add(sender)
             else:  # in a personal chat the partner's user id is the chat id; "me" is the other sender
                 out = sender != dialog_id
                 if out and sender not in others:
@@ -389,6 +391,12 @@ class _DesktopImport:
                 RawMessage(id=mid, date=date, out=out, message=text, dialog_id=dialog_id, dialog_name=name),
             )
         self.entries_in_personal_chats += index + 1
+        if me is not None and others:
+            log.warning(
+                "%s: chat %r (id %d) has messages from user(s) %s, who are neither you (%s = %d) nor the "
+                "partner; if %d is not your user id, re-import into a fresh --out with the right --me",
+                self.path, name, dialog_id, ", ".join(map(str, sorted(others))), self.me_from, me, me,
+            )  # fmt: skip
         return max_id
 
     def _ambiguous_me(self, dialog_id: int, name: str, others: set[int]) -> CollectError:

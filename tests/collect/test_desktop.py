@@ -345,3 +345,10 @@ def test_progress_bar_follows_the_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert summary.new_messages == 9002
     bars = capsys.readouterr().err
     assert "importing" in bars and "100%" in bars and "Bob" in bars
+
+
+def test_a_wrong_me_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run(FULL, tmp_path / "ok")
+    assert caplog.records == []
+    run(OLD, tmp_path / "wrong", me=12345)  # neither Dave (777, the partner) nor 999 (the real me)
+    assert "neither you (--me = 12345) nor the partner" in caplog.text and "999" in caplog.text
