@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = normalize_argv(sys.argv[1:] if argv is None else argv, list(COMMANDS.values()))
     try:
-        CLI(COMMANDS, args=args)
+        CLI(COMMANDS, args=args, prog="python -m collect")
     except CollectError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
