@@ -18,9 +18,13 @@ def standin() -> Iterator[StandIn]:
 
 
 @pytest.fixture(scope="session")
-def real_twin(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealTwin]:
-    """The real twin server (`python -m serve`) on 127.0.0.1 with the tiny checkpoint, behind an API key."""
+def real_twin(
+    tiny_checkpoint: Path, tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealTwin]:
+    """The real twin server (`python -m serve`) on 127.0.0.1: the tiny checkpoint with its tiny LoRA
+    adapter (so it answers in the twin's voice), behind an API key."""
     key = "ui-test-key"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with twin_server(tiny_checkpoint, free_port(), key, log) as url:
+    lora = tiny_adapter / "lit_model_lora_finetuned.pth"
+    with twin_server(tiny_checkpoint, free_port(), key, log, lora=lora) as url:
         yield RealTwin(url, key)
