@@ -228,8 +228,6 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         "val_records": len(val.examples),
         "train_fingerprint": encode_fingerprint(train),
     }
-    if fabric.is_global_zero:
-        save_hyperparameters(out_dir, hparams)
 
     fabric.seed_everything(args.train.seed, verbose=False)
     model = build_model(fabric, args, max_seq_length)
@@ -263,6 +261,8 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         log.info("resumed from %s (step %d of %d)", existing[-1], position.step, total_steps)
     elif args.run.resume:
         log.warning("--resume: no checkpoint in %s yet, starting from step 0", out_dir / "checkpoints")
+    if fabric.is_global_zero:  # only now: a refused resume leaves the out-dir as it was
+        save_hyperparameters(out_dir, hparams)
 
     metrics = MetricsFile(out_dir / METRICS_FILE, position.step if position.step else None)
     loop = Loop(fabric, args, fabric_model, optimizer, scheduler, plan, val, tokenizer, metrics, resume_key)
