@@ -84,7 +84,10 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
     console.print(table)
     console.print(
         f"Wrote {stats['train_records']} train and {stats['val_records']} val records to "
-        f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s"
+        f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
     )
 
 
@@ -107,7 +110,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         CLI(main, args=args)
     except PrepareError as e:
-        Console(stderr=True).print(Text.assemble(("prepare: ", "bold red"), str(e)))
+        Console(stderr=True).print(Text.assemble(("prepare: ", "bold red"), str(e)), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         Console(stderr=True).print("prepare: interrupted")

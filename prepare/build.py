@@ -44,6 +44,11 @@ class Built:
     scrubbed: Counter[str] = field(default_factory=Counter)
 
 
+def _ends(starts: np.ndarray, n: int) -> np.ndarray:
+    """End (exclusive) of each run that begins at `starts`, in a sequence of length `n`."""
+    return np.append(starts[1:], n) if len(starts) else starts
+
+
 def _scrub_turns(texts: list[str]) -> tuple[list[str], Counter[str]]:
     out: list[str] = []
     total: Counter[str] = Counter()
@@ -58,13 +63,14 @@ def _scrub_turns(texts: list[str]) -> tuple[list[str], Counter[str]]:
 
 def _partner_names(dialog: np.ndarray, names: list[str], scrubbed: Counter[str]) -> dict[int, str]:
     """Each dialog's partner name: its latest display name, whitespace-normalised and scrubbed (a
-    Telegram name can be a phone number)."""
-    last = np.flatnonzero(np.append(dialog[1:] != dialog[:-1], True))
+    Telegram name can be a phone number; a name that was nothing but a secret becomes "", which the
+    prompt shows as a neutral default)."""
+    last = np.flatnonzero(np.append(dialog[1:] != dialog[:-1], True)) if len(dialog) else dialog
     partners: dict[int, str] = {}
     for i in last.tolist():
         name, counts = scrub_secrets_with_counts(" ".join(names[i].split()))
         scrubbed.update(counts)
-        partners[int(dialog[i])] = name
+        partners[int(dialog[i])] = name if PLACEHOLDER.sub("", name).strip() else ""
     return partners
 
 
@@ -112,7 +118,7 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
     new_turn[1:] |= out[1:] != out[:-1]
 
     starts = np.flatnonzero(new_turn)
-    ends = np.append(starts[1:], n)
+    ends = _ends(starts, n)
     turn_texts = [
         texts[s] if e - s == 1 else "\n".join(texts[s:e])
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
@@ -125,7 +131,7 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
     turn_date = dates[starts].tolist()
     conv_of_turn = np.cumsum(new_conv)[starts] - 1
     conv_starts = np.flatnonzero(new_conv[starts])
-    conv_ends = np.append(conv_starts[1:], len(starts))
+    conv_ends = _ends(conv_starts, len(starts))
 
     records: list[Record] = []
     record_conv: list[int] = []

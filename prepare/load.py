@@ -102,6 +102,7 @@ def _load_fast(files: list[Path]) -> pd.DataFrame | None:
             read_options=pa_json.ReadOptions(block_size=1 << 24),
             parse_options=options,
         )
+        table.validate(full=True)  # the JSON reader does not check that strings are valid UTF-8
     except (pa.ArrowException, UnicodeDecodeError, ValueError):
         return None
     del parts

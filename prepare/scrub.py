@@ -266,7 +266,8 @@ def _find_passwords(text: str) -> Iterator[Span]:
     for m in _PW_KEYWORD.finditer(text):
         kw = m.group("kw").lower()
         is_pin = kw.startswith(("pin", "пин"))
-        pos, explicit, by_word, fillers = m.end(), False, False, []
+        pos, explicit, by_word = m.end(), False, False
+        fillers: list[str] = []
         for _ in range(8):
             t = _NEXT_TOKEN.match(text, pos)
             if t is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,56 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@dataclass
+class RefConversation:
+    dialog_id: int
+    partner: str
+    turns: list[Turn]
+    """Merged, scrubbed turns of the conversation, oldest first."""
+    dates: list[str]
+    """Raw date of each turn's first message."""
+
+
+def reference_conversations(messages: list[dict[str, Any]], gap_hours: float = 24) -> list[RefConversation]:
+    """The issue's rules written the slow, obvious way, per dialog: keep the last copy of each id; drop
+    blank messages; sort by instant, then id; a silence of more than `gap_hours` (total seconds) starts a
+    new conversation; runs of one speaker merge into a turn (newline-joined, then scrubbed)."""
+    dialogs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for m in messages:
+        dialogs[m["dialog_id"]][m["id"]] = m  # the last copy wins
+    conversations: list[RefConversation] = []
+    for dialog_id in sorted(dialogs):
+        kept = [m for m in dialogs[dialog_id].values() if clean_text(m["message"])]
+        kept.sort(key=lambda m: (datetime.fromisoformat(m["date"]), m["id"]))
+        if not kept:
+            continue
+        partner = scrub_secrets(" ".join(kept[-1]["dialog_name"].split()))
+        partner = partner if PLACEHOLDER.sub("", partner).strip() else ""
+        groups: list[list[dict[str, Any]]] = [[kept[0]]]
+        for prev, cur in zip(kept, kept[1:], strict=False):
+            gap = datetime.fromisoformat(cur["date"]) - datetime.fromisoformat(prev["date"])
+            if gap.total_seconds() > gap_hours * 3600:
+                groups.append([cur])
+            else:
+                groups[-1].append(cur)
+        for group in groups:
+            runs: list[list[dict[str, Any]]] = []
+            for m in group:
+                if runs and runs[-1][0]["out"] == m["out"]:
+                    runs[-1].append(m)
+                else:
+                    runs.append([m])
+            turns = [
+                Turn(
+                    "me" if run[0]["out"] else "partner",
+                    scrub_secrets("\n".join(clean_text(m["message"]) for m in run)),
+                )
+                for run in runs
+            ]
+            conversations.append(RefConversation(dialog_id, partner, turns, [run[0]["date"] for run in runs]))
+    return conversations
+
+
 def reference_records(
     messages: list[dict[str, Any]],
     gap_hours: float = 24,
@@ -51,56 +102,25 @@ def reference_records(
     max_chars: int = 1500,
     max_response_chars: int = 2000,
 ) -> list[tuple[dict[str, Any], int]]:
-    """The issue's rules written the slow, obvious way: (record, conversation key) in output order.
-
-    Per dialog: keep the last copy of each id; drop blank messages; sort by instant, then id; a silence
-    of more than `gap_hours` (total seconds) starts a new conversation; merge runs of one speaker; each
-    of the person's turns after a partner turn is a record, context = earlier turns of the conversation.
-    """
+    """(record, conversation number) in output order: each of the person's turns after a partner turn,
+    with the uncapped earlier turns handed to `cap_turns`."""
     out: list[tuple[dict[str, Any], int]] = []
-    dialogs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for m in messages:
-        dialogs[m["dialog_id"]][m["id"]] = m  # the last copy wins
-    conv_key = 0
-    for dialog_id in sorted(dialogs):
-        kept = [m for m in dialogs[dialog_id].values() if clean_text(m["message"])]
-        kept.sort(key=lambda m: (datetime.fromisoformat(m["date"]), m["id"]))
-        if not kept:
-            continue
-        partner = scrub_secrets(" ".join(kept[-1]["dialog_name"].split()))
-        conversations: list[list[dict[str, Any]]] = [[kept[0]]]
-        for prev, cur in zip(kept, kept[1:], strict=False):
-            gap = datetime.fromisoformat(cur["date"]) - datetime.fromisoformat(prev["date"])
-            if gap.total_seconds() > gap_hours * 3600:
-                conversations.append([cur])
-            else:
-                conversations[-1].append(cur)
-        for conv in conversations:
-            turns: list[tuple[bool, list[dict[str, Any]]]] = []
-            for m in conv:
-                if turns and turns[-1][0] == m["out"]:
-                    turns[-1][1].append(m)
-                else:
-                    turns.append((m["out"], [m]))
-            texts = [scrub_secrets("\n".join(clean_text(m["message"]) for m in ms)) for _, ms in turns]
-            prompt_turns = [Turn("me" if o else "partner", t) for (o, _), t in zip(turns, texts, strict=True)]
-            for k, (is_me, ms) in enumerate(turns):
-                if not is_me or k == 0:
-                    continue
-                response = texts[k]
-                if len(response) > max_response_chars or not PLACEHOLDER.sub("", response).strip():
-                    continue
-                context = render_context(
-                    cap_turns(prompt_turns[: k - 1], max_turns, max_chars, partner), partner
-                )
-                record = {
-                    "instruction": clip_text(texts[k - 1]),
-                    "context": context,
-                    "response": response,
-                    "dialog_id": dialog_id,
-                    "date": ms[0]["date"],
-                    "partner": partner,
-                }
-                out.append((record, conv_key))
-            conv_key += 1
+    for number, conv in enumerate(reference_conversations(messages, gap_hours)):
+        for k, turn in enumerate(conv.turns):
+            if turn.speaker != "me" or k == 0:
+                continue
+            if len(turn.text) > max_response_chars or not PLACEHOLDER.sub("", turn.text).strip():
+                continue
+            context = render_context(
+                cap_turns(conv.turns[: k - 1], max_turns, max_chars, conv.partner), conv.partner
+            )
+            record = {
+                "instruction": clip_text(conv.turns[k - 1].text),
+                "context": context,
+                "response": turn.text,
+                "dialog_id": conv.dialog_id,
+                "date": conv.dates[k],
+                "partner": conv.partner,
+            }
+            out.append((record, number))
     return out

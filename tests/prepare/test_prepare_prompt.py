@@ -1,0 +1,176 @@
+"""The one prompt format: training records and live chats render to the very same prompt."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prepare_helpers import msg, read_jsonl, write_raw
+
+from prepare.config import PrepareConfig
+from prepare.pipeline import prepare
+from prepare.prompt import (
+    CLIP_MARK,
+    MAX_TURN_CHARS,
+    TEMPLATE,
+    Turn,
+    cap_turns,
+    clean_text,
+    clip_text,
+    merge_turns,
+    prompt_from_messages,
+    render_context,
+    render_prompt,
+    render_record,
+    render_turn,
+)
+
+
+def test_template_is_gender_neutral_and_names_the_partner() -> None:
+    words = set(re.findall(r"[a-z]+", TEMPLATE.lower()))
+    assert not words & {"he", "she", "his", "her", "him", "hers"}
+    prompt = render_prompt("see you at 7?", "Me: hi", "Anna")
+    assert "Anna" in prompt and prompt.count("Anna") >= 2
+    assert prompt.endswith("### My reply:\n")
+    assert "see you at 7?" in prompt and "Me: hi" in prompt
+
+
+def test_unknown_partner_and_empty_context_have_neutral_defaults() -> None:
+    prompt = render_prompt("hi", "", None)
+    assert "Friend" in prompt and "(this is the start of the conversation)" in prompt
+    assert render_prompt("hi", "", "  ") == prompt
+
+
+def test_render_record() -> None:
+    record = {
+        "instruction": "ok?",
+        "context": "Anna: hi",
+        "response": "ok!",
+        "dialog_id": 1,
+        "date": "",
+        "partner": "Anna",
+    }
+    assert render_record(record) == (render_prompt("ok?", "Anna: hi", "Anna"), "ok!")
+    del record["partner"]  # records written before `partner` existed still render
+    assert render_record(record)[0] == render_prompt("ok?", "Anna: hi", None)
+
+
+def test_clean_text() -> None:
+    assert clean_text("  hi\r\nthere\u200b \t") == "hi\nthere"
+    assert clean_text("\u200b\ufeff \n") == ""
+    assert clean_text("🙂") == "🙂"
+
+
+@given(st.text(max_size=3000), st.integers(10, 2000))
+def test_clip_text_fits_and_is_idempotent(text: str, limit: int) -> None:
+    clipped = clip_text(text, limit)
+    assert len(clipped) <= limit
+    assert clip_text(clipped, limit) == clipped
+    assert clipped == text or clipped.endswith(CLIP_MARK)
+
+
+def test_long_turns_are_clipped_in_context_and_instruction() -> None:
+    long = "x" * (MAX_TURN_CHARS + 500)
+    assert len(render_turn(Turn("partner", long), "Anna")) == len("Anna: ") + MAX_TURN_CHARS
+    assert render_prompt(long, "", "Anna") == render_prompt(clip_text(long), "", "Anna")
+
+
+def test_merge_turns() -> None:
+    turns = merge_turns(
+        [("partner", "hi"), ("partner", " "), ("partner", "there"), ("me", "yo"), ("partner", "?")]
+    )
+    assert turns == [Turn("partner", "hi\nthere"), Turn("me", "yo"), Turn("partner", "?")]
+
+
+TURNS = st.lists(
+    st.builds(Turn, st.sampled_from(["me", "partner"]), st.text(min_size=1, max_size=1200)), max_size=20
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TURNS, st.integers(0, 10), st.integers(0, 3000), st.sampled_from([None, "Anna", "Иван Петров"]))
+def test_cap_turns_keeps_the_most_recent_whole_turns_within_both_caps(
+    turns: list[Turn], max_turns: int, max_chars: int, partner: str | None
+) -> None:
+    kept = cap_turns(turns, max_turns, max_chars, partner)
+    assert len(kept) <= max_turns
+    assert len(render_context(kept, partner)) <= max_chars
+    assert kept == (turns[len(turns) - len(kept) :] if kept else [])  # a suffix: the most recent ones
+    if len(kept) < min(len(turns), max_turns):  # stopped early: one more turn would not have fit
+        assert len(render_context(turns[len(turns) - len(kept) - 1 :], partner)) > max_chars
+    # prepare hands cap_turns only the last `max_turns` turns; that must not change the result
+    assert cap_turns(turns[-max_turns:] if max_turns else [], max_turns, max_chars, partner) == kept
+
+
+def test_prompt_from_messages() -> None:
+    messages = [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "hi", "name": "Anna"},
+        {"role": "assistant", "content": "hey"},
+        {"role": "user", "content": "dinner?"},
+        {"role": "user", "content": "at 7"},
+    ]
+    assert prompt_from_messages(messages) == render_prompt("dinner?\nat 7", "Anna: hi\nMe: hey", "Anna")
+    assert prompt_from_messages(messages, partner="Boris") == render_prompt(
+        "dinner?\nat 7", "Boris: hi\nMe: hey", "Boris"
+    )
+    with pytest.raises(ValueError, match="must end with"):
+        prompt_from_messages(messages[:3])
+    with pytest.raises(ValueError, match="unknown role"):
+        prompt_from_messages([{"role": "tool", "content": "x"}])
+
+
+def _serve_prompts(messages: list[dict[str, Any]], gap_hours: float = 24) -> dict[tuple[int, str], str]:
+    """For every reply of the person: the prompt the server builds from the live chat before it (the
+    conversation so far, as a chat app would send it), keyed by (dialog, date of the reply)."""
+    prompts: dict[tuple[int, str], str] = {}
+    for dialog_id in {m["dialog_id"] for m in messages}:
+        chat = sorted(
+            (m for m in messages if m["dialog_id"] == dialog_id and clean_text(m["message"])),
+            key=lambda m: (datetime.fromisoformat(m["date"]), m["id"]),
+        )
+        start = 0
+        for i, m in enumerate(chat):
+            gap = (
+                datetime.fromisoformat(m["date"]) - datetime.fromisoformat(chat[i - 1]["date"]) if i else None
+            )
+            if gap is not None and gap > timedelta(hours=gap_hours):
+                start = i
+            if m["out"] and i > start and not chat[i - 1]["out"]:
+                history = [
+                    {"role": "assistant" if x["out"] else "user", "content": x["message"]}
+                    for x in chat[start:i]
+                ]
+                prompts[(dialog_id, m["date"])] = prompt_from_messages(history, partner=m["dialog_name"])
+    return prompts
+
+
+def test_serve_time_prompt_equals_the_training_prompt_of_the_matching_record(tmp_path: Path) -> None:
+    day = 24 * 60
+    long = "a long story " * 120
+    messages = [
+        msg(1, 0, False, "hi!", name="Anna  Maria"),
+        msg(2, 0.5, False, "  are you around?\r\n", name="Anna  Maria"),
+        msg(3, 1, True, "yes", name="Anna  Maria"),
+        msg(4, 1.5, True, "\u200b", name="Anna  Maria"),  # invisible: dropped on both sides
+        msg(5, 2, True, "what's up", name="Anna  Maria"),
+        msg(6, 3, False, long, name="Anna  Maria"),  # clipped on both sides
+        msg(7, 4, True, "wow 😂", name="Anna  Maria"),
+        *[msg(8 + i, 5 + i, i % 2 == 1, f"line {i}", name="Anna  Maria") for i in range(14)],
+        msg(30, 2 * day, False, "new day", name="Anna  Maria"),
+        msg(31, 2 * day + 1, True, "morning", name="Anna  Maria"),
+        msg(1, 10, False, "yo", dialog_id=2, name="Boris"),
+        msg(2, 11, True, "sup", dialog_id=2, name="Boris"),
+    ]
+    raw = write_raw(tmp_path / "raw", messages)
+    prepare(PrepareConfig(raw=raw, out=tmp_path / "out", val_fraction=0))
+    records = read_jsonl(tmp_path / "out" / "train.jsonl")
+    serve = _serve_prompts(messages)
+    assert len(records) == len(serve) == 11
+    for record in records:
+        assert render_record(record)[0] == serve[(record["dialog_id"], record["date"])]
