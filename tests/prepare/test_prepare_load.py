@@ -57,9 +57,9 @@ def test_only_empty_files(tmp_path: Path) -> None:
         load_messages(tmp_path / "raw")
 
 
-BAD_LINES = {
+BAD_LINES: dict[str, tuple[str, str]] = {
     "not JSON": (f'{{"id": 7, "message": "{SECRET}"', "is not valid JSON"),
-    "not UTF-8": (good_line().replace(SECRET, "\udcff"), None),
+    "not UTF-8": (good_line().replace(SECRET, "\udcff"), "is not valid UTF-8"),
     "not an object": (json.dumps([SECRET]), "expected a JSON object"),
     "missing field": (
         json.dumps({k: v for k, v in json.loads(good_line()).items() if k != "out"}),
@@ -89,7 +89,6 @@ def test_bad_line_is_reported_with_file_and_line_but_not_its_text(tmp_path: Path
     data = "\n".join([good_line(id=1), "", good_line(id=2), line, good_line(id=3)]) + "\n"
     if case == "not UTF-8":
         (raw / "2.jsonl").write_bytes(data.encode("utf-8", "surrogateescape"))
-        expected = "is not valid UTF-8"
     else:
         (raw / "2.jsonl").write_text(data, encoding="utf-8")
     with pytest.raises(PrepareError) as info:

@@ -282,7 +282,7 @@ def test_plain_number_patterns_are_never_touched(parts: list[str], sep: str) -> 
 
 
 SNIPPETS = st.sampled_from([t for t, _, _ in POSITIVES] + NEGATIVES + PLAIN_NUMBERS)
-NOISE = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=25)
+NOISE = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=25)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
