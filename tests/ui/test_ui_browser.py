@@ -99,6 +99,8 @@ def test_the_twin_answers_in_the_browser(browser: Page, real_twin: RealTwin, tmp
         type_into(browser, CHAT_INPUT, "Are you free on friday?")
 
         def answered() -> list[tuple[str, str]] | None:
+            if alerts := page_text(browser, "stAlertContainer"):
+                raise AssertionError(f"the page shows an error instead of a reply: {alerts}")
             drawn = bubbles(browser)
             return drawn if drawn and len(drawn) == 2 and drawn[1][1] else None
 

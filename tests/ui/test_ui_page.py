@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import ui.client
 from ui.client import ServerSettings, TwinAPIError
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
-Script = Sequence[str | BaseException]
+Script = Iterable[str | BaseException]
 
 
 @dataclass
@@ -32,6 +32,7 @@ class ScriptedServer:
     """Stands in for `ui.client`: records each request and answers with the next script.
 
     A script is the reply's pieces in order; an exception in it is raised at that point of the stream.
+    Scripts are read lazily, one piece per piece the page asks for (a generator shows how far it got).
     """
 
     scripts: list[Script] = field(default_factory=list)
@@ -147,8 +148,9 @@ def test_the_reply_is_read_piece_by_piece_and_a_break_midway_keeps_nothing_of_it
             yield piece
         yield failure
 
-    twin.scripts = [list(tracked(["Hel", "lo"], TwinAPIError("The connection broke; please try again.")))]
+    twin.scripts = [tracked(["Hel", "lo"], TwinAPIError("The connection broke; please try again."))]
     at = start()
+    assert taken == []
     say(at, "hey")
     assert taken == ["Hel", "lo"]
     assert bubbles(at) == [("partner", "hey")]
