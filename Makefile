@@ -13,7 +13,7 @@ CHECKPOINT ?= checkpoints/tiiuae/falcon-7b
 OUT ?= out/twin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint collect prepare tiny train download serve ui
+.PHONY: help install browser test lint collect prepare tiny train download serve ui
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install twin with dev extras
 
-test: $(STAMP) ## run the whole test suite
+browser: ## install Debian's chromium for the browser test (only if /usr/bin/chromium is missing)
+	@bash tests/ui/install_chromium.sh
+
+test: $(STAMP) browser ## run the whole test suite (installs everything it needs first)
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff + mypy
@@ -65,4 +68,4 @@ serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000
 	$(PY) -m serve --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT)/lit_model_lora_finetuned.pth
 
 ui: $(STAMP) ## the chat page (talks to the server at TWIN_API_URL)
-	$(PY) -m streamlit run ui/app.py
+	$(PY) -m ui
