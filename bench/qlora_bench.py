@@ -9,13 +9,16 @@
 
 Training: litgpt's LoRA GPT (r=16, alpha=32, dropout 0.05 on q and v — the finetune defaults) on
 synthetic chat-length sequences (ragged, ~50–600 tokens), length-bucketed into micro-batches under a
-padded-token budget by `finetune.data.BatchPlan`; loss on the reply tokens through litgpt's chunked
-cross-entropy; AdamW on the LoRA tensors. Each variant `MODE[+cd][+ckpt]@TOKENS` reports non-pad
-tokens/s, padding and the peak GPU memory of its training (after `torch.cuda.reset_peak_memory_stats()`):
-MODE is bf16, nf4 or nf4-dq; `cd` = compiled NF4 dequantization; `ckpt` = activation checkpointing per
-block; TOKENS = padded tokens per micro-batch. The NF4 model is built layer by layer from a lazily
-generated random "checkpoint" (`quantize_model(..., weights=...)`), so the bf16 base never sits on the
-GPU whole; its build peak is reported too.
+padded-token budget by `finetune.data.BatchPlan` with the loop's defaults; loss on the reply tokens
+through litgpt's chunked cross-entropy; AdamW on the LoRA tensors. Each variant
+`MODE[+cd][+ckpt][+compile]@TOKENS` reports non-pad tokens/s, padding and the peak GPU memory of its training
+(after `torch.cuda.reset_peak_memory_stats()`): MODE is bf16, nf4 or nf4-dq; `cd` = compiled NF4
+dequantization; `ckpt` = activation checkpointing per block; `compile` = `torch.compile` per block (as
+`python -m finetune --compile`); TOKENS = padded tokens per micro-batch. `vs_bf16` divides by the first
+bf16 variant (the loop's default budget).
+The NF4 model is built layer by layer from a lazily generated random "checkpoint"
+(`quantize_model(..., weights=...)`), so the bf16 base never sits on the GPU whole; its build peak is
+reported too.
 
 Serving: the NF4 base with the LoRA applied on top (not merged), a KV cache, a 512-token prompt, then
 batch-1 greedy decoding: eager, with compiled dequantization, and fully compiled with CUDA graphs.
@@ -48,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from litgpt.lora import GPT, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
 from litgpt.utils import chunked_cross_entropy  # noqa: E402
 
-from finetune.data import BatchPlan, Example, MicroBatch, collate  # noqa: E402
+from finetune.args import TrainArgs  # noqa: E402
+from finetune.data import BatchPlan, Example, MicroBatch  # noqa: E402
 from finetune.quantize import (  # noqa: E402
     NF4Linear,
     check_quantize_support,
@@ -59,7 +63,9 @@ from finetune.quantize import (  # noqa: E402
 
 log = logging.getLogger("qlora_bench")
 GIB = 2**30
-DEFAULT_VARIANTS = "bf16@4096,nf4-dq@2048,nf4-dq+cd@2048,nf4-dq+cd+ckpt@8192,nf4+cd@2048"
+DEFAULT_VARIANTS = (
+    "bf16@8192,bf16@2048,nf4-dq@2048,nf4-dq+cd@2048,nf4-dq+cd+ckpt@8192,nf4-dq+ckpt+compile@8192,nf4+cd@2048"
+)
 SMOKE_VARIANTS = "bf16@512,nf4-dq@256,nf4-dq+cd@256,nf4-dq+cd+ckpt@512,nf4@256"
 
 
@@ -142,8 +148,11 @@ def build_model(
     }
 
 
-def set_variant(model: GPT, compiled_dequant: bool, checkpointing: bool) -> None:
-    """Switch compiled NF4 dequantization and per-block activation checkpointing on or off in place."""
+def set_variant(
+    model: GPT, compiled_dequant: bool, checkpointing: bool, compiled_blocks: bool = False
+) -> None:
+    """Switch compiled NF4 dequantization, per-block activation checkpointing and per-block
+    `torch.compile` (as `python -m finetune --compile` does it) on or off in place."""
     for module in model.modules():
         if isinstance(module, NF4Linear):
             module.compile_dequant = compiled_dequant
@@ -154,6 +163,10 @@ def set_variant(model: GPT, compiled_dequant: bool, checkpointing: bool) -> None
             block.forward = functools.partial(
                 checkpoint, type(block).forward.__get__(block), use_reentrant=False
             )
+        if compiled_blocks:
+            block.compile()
+        else:
+            block._compiled_call_impl = None
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -173,14 +186,34 @@ def chat_examples(n: int, vocab_size: int, seed: int, max_length: int) -> list[E
 def plan_micro_batches(
     examples: list[Example], tokens: int, count: int, max_length: int, seed: int = 0
 ) -> list[MicroBatch]:
-    """`count` micro-batches drawn at random from an epoch planned as training plans it (steps of 128
-    sequences, sorted by length and packed under a budget of `tokens` padded tokens)."""
+    """`count` micro-batches drawn at random from an epoch planned as `python -m finetune` plans it (its
+    default steps, length grouping and padding), under a budget of `tokens` padded tokens each."""
+    defaults = TrainArgs()
     plan = BatchPlan(
-        examples, global_batch_size=128, micro_batch_tokens=tokens, micro_batch_size=128, pad_multiple=16,
-        max_length=max_length, seed=0,
-    )  # fmt: skip
+        examples,
+        global_batch_size=defaults.global_batch_size,
+        micro_batch_tokens=tokens,
+        micro_batch_size=defaults.micro_batch_size,
+        pad_multiple=defaults.pad_multiple,
+        max_length=max_length,
+        seed=0,
+        length_grouping=defaults.length_grouping,
+    )
     batches = [batch for step in plan.steps(0) for batch in step.micro_batches]
     return random.Random(seed).sample(batches, min(count, len(batches)))
+
+
+def pad_batch(batch: MicroBatch, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, targets), both (B, T), right-padded; targets: the next token on the reply, else -100."""
+    input_ids = torch.zeros((len(batch.indices), batch.length), dtype=torch.long)
+    targets = torch.full_like(input_ids, -100)
+    for row, i in enumerate(batch.indices):
+        ex = examples[i]
+        n = len(ex)
+        input_ids[row, :n] = ex.input_ids
+        first = max(ex.prompt_len, 1) - 1  # the last prompt token predicts the reply's first token
+        targets[row, first : n - 1] = ex.input_ids[first + 1 : n]
+    return input_ids, targets
 
 
 # -------------------------------------------------------------------------------------------- measuring
@@ -215,7 +248,7 @@ def train_variant(
             sync(device)
             started = time.perf_counter()
             real = padded = 0
-        input_ids, targets = (t.to(device, non_blocking=True) for t in collate(batch, examples, pad_id=0))
+        input_ids, targets = (t.to(device, non_blocking=True) for t in pad_batch(batch, examples))
         logits = model(input_ids, lm_head_chunk_size=128)  # list of (B, 128, vocab)
         loss = chunked_cross_entropy(logits, targets)
         loss.backward()
@@ -278,23 +311,36 @@ class Variant:
     compiled_dequant: bool
     checkpointing: bool
     tokens: int
+    compiled_blocks: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.mode}{'+cd' * self.compiled_dequant}{'+ckpt' * self.checkpointing}@{self.tokens}"
+        flags = (
+            "+cd" * self.compiled_dequant + "+ckpt" * self.checkpointing + "+compile" * self.compiled_blocks
+        )
+        return f"{self.mode}{flags}@{self.tokens}"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         spec, _, tokens = text.partition("@")
         mode, *flags = spec.split("+")
-        unknown = set(flags) - {"cd", "ckpt"}
+        unknown = set(flags) - {"cd", "ckpt", "compile"}
         if mode != "bf16":
             parse_quantize_mode(mode)
         if unknown or not tokens.isdigit():
-            raise ValueError(f"variant {text!r}: use MODE[+cd][+ckpt]@TOKENS, e.g. nf4-dq+cd@2048")
+            raise ValueError(f"variant {text!r}: use MODE[+cd][+ckpt][+compile]@TOKENS, e.g. nf4-dq+cd@2048")
         if mode == "bf16" and "cd" in flags:
             raise ValueError(f"variant {text!r}: bf16 has nothing to dequantize")
-        return cls(mode, "cd" in flags, "ckpt" in flags, int(tokens))
+        return cls(mode, "cd" in flags, "ckpt" in flags, int(tokens), "compile" in flags)
+
+
+def report(args: argparse.Namespace, result: dict, row: dict) -> None:
+    """One JSON line to stderr per measurement, and everything so far to --out (a run cut short by a
+    time limit keeps what it measured)."""
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -333,14 +379,14 @@ def run(args: argparse.Namespace) -> dict:
         log.info("%s model: %s", mode, built)
         for v in mode_variants:
             name = v.name
-            set_variant(model, v.compiled_dequant, v.checkpointing)
+            set_variant(model, v.compiled_dequant, v.checkpointing, v.compiled_blocks)
             batches = plan_micro_batches(examples, v.tokens, args.warmup + args.steps, max_length)
             try:
                 result["train"][name] = train_variant(model, batches, examples, args.warmup, device)
             except torch.OutOfMemoryError as e:
                 result["train"][name] = {"error": f"CUDA out of memory: {str(e).splitlines()[0]}"}
             log.info("%s: %s", name, result["train"][name])
-            print(json.dumps({name: result["train"][name]}), file=sys.stderr, flush=True)
+            report(args, result, {name: result["train"][name]})
         if mode == serve_mode:
             serve_model = model  # reused below rather than quantized again
         del model
@@ -363,7 +409,7 @@ def run(args: argparse.Namespace) -> dict:
                     "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 }
             log.info("decode %s: %s", how, result["serve"][how])
-            print(json.dumps({f"decode {how}": result["serve"][how]}), file=sys.stderr, flush=True)
+            report(args, result, {f"decode {how}": result["serve"][how]})
     bf16 = [k for k in result["train"] if k.startswith("bf16@") and "error" not in result["train"][k]]
     if bf16:
         reference = result["train"][bf16[0]]["non_pad_tokens_per_s"]

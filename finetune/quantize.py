@@ -24,6 +24,7 @@ Typical use (a 7B base never sits on the GPU in bf16, only one layer at a time):
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -170,6 +171,13 @@ def quantize_nf4(weight: torch.Tensor, *, double_quant: bool) -> NF4Tensor:
     return nf4_cls.__tensor_unflatten__(inner, metadata, packed.size(), packed.stride())
 
 
+def clone_nf4(weight: NF4Tensor) -> NF4Tensor:
+    """A copy of an NF4Tensor's quantized parts (its own `clone()` re-quantizes)."""
+    names, metadata = weight.__tensor_flatten__()
+    inner = {name: getattr(weight, name).clone() for name in names}
+    return type(weight).__tensor_unflatten__(inner, metadata, weight.size(), weight.stride())
+
+
 def _dequantize(weight: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
     return weight.get_original_weight().to(dtype)
 
@@ -231,6 +239,25 @@ class NF4Linear(nn.Module):
         mode = "nf4-dq" if self.double_quant else "nf4"
         has_bias = self.bias is not None
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={has_bias}, {mode}"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NF4Linear:
+        # torchao's NF4Tensor.clone() re-quantizes the dequantized weight with its default block sizes,
+        # which loses plain NF4's exact scalers and fails on block counts not divisible by 256: copy the
+        # quantized parts instead.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key == "_parameters":
+                value = {
+                    name: nn.Parameter(clone_nf4(p), requires_grad=False)
+                    if name == "weight"
+                    else copy.deepcopy(p, memo)
+                    for name, p in value.items()
+                }
+            else:
+                value = copy.deepcopy(value, memo)
+            new.__dict__[key] = value
+        return new
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> NF4Linear:
         weight = self.weight

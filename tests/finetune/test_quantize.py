@@ -254,6 +254,30 @@ def test_loading_a_full_precision_checkpoint_quantizes_it_in_the_same_mode(
             assert torch.equal(loaded, p), name
 
 
+@pytest.mark.parametrize("mode", ["nf4", "nf4-dq"])
+def test_deepcopy_and_saved_state_keep_the_quantized_weights(
+    base_state: dict[str, torch.Tensor], mode: str, tmp_path: Path
+) -> None:
+    model = make_model(base_state)
+    quantize_model(model, mode)
+    x = arithmetic_sequences(2, seed=9)
+    with torch.no_grad():
+        expected = model(x)
+        # torchao's own NF4Tensor.clone() would re-quantize (and fail on 384 scalers in blocks of 256)
+        copied = copy.deepcopy(model)
+        assert torch.equal(copied(x), expected)
+        torch.save(model.state_dict(), tmp_path / "state.pth")
+        state = torch.load(tmp_path / "state.pth", weights_only=True)
+        restored = GPT(tiny_config())
+        quantize_model(restored, mode)
+        restored.load_state_dict(state)
+        assert torch.equal(restored(x), expected)
+    weight = copied.transformer.h[0].attn.qkv.linear.weight
+    original = model.transformer.h[0].attn.qkv.linear.weight
+    assert weight.quantized_scalers.dtype == original.quantized_scalers.dtype
+    assert weight.quantized_data.data_ptr() != original.quantized_data.data_ptr()
+
+
 def test_layer_by_layer_from_a_checkpoint_into_a_meta_model(base_state: dict[str, torch.Tensor]) -> None:
     with torch.device("meta"):
         model = GPT(tiny_config())
