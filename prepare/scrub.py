@@ -47,7 +47,7 @@ Span = tuple[int, int, str]
 # same pattern also runs through RE2 (pyarrow) in `scrub_many`, so keep it free of look-arounds, `\b`
 # and back-references.
 _SHAPES = (
-    r"@|://|www\.|-----BEGIN|PuTTY|eyJ"
+    r"@|://|www\.|-----BEGIN|PuTTY|eyJ|[\[({][ \t]*(?:at|собака)[ \t]*[\])}]"
     r"|\d[\d \t().+/-]{5,}\d"  # 7+ digits with separators: phones, cards, bot tokens
     r"|[A-Za-z0-9_+/=-]{16}"  # long unbroken runs: keys, tokens, high-entropy strings
     r"|[A-Z]{2}\d{2}[ \t]?[A-Z0-9]{4}"  # the head of an IBAN
@@ -107,6 +107,10 @@ def iban_ok(compact: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
+_HEX = frozenset("0123456789abcdef")
+_PARTS = re.compile(r"[-._]")
+
+
 def looks_random(token: str) -> bool:
     """A machine-made string (key, token): long, mixed character classes, high Shannon entropy."""
     core = token.strip("=.")
@@ -115,11 +119,18 @@ def looks_random(token: str) -> bool:
         return False
     digits = sum(c.isdigit() for c in core)
     letters = sum(c.isalpha() for c in core)
-    mixed_case = any(c.isupper() for c in core) and any(c.islower() for c in core)
-    if letters == 0 or (digits == 0 and not (n >= 24 and mixed_case)):
-        return False  # all digits (an id, a number) or glued-together words
-    if "." in core and all(part.isalpha() or part.isdigit() for part in core.split(".")):
-        return False  # dotted names and versions: mail.example.com, 1.2.3.4
+    if letters == 0:
+        return False  # an id, a number, a date
+    if all(part.isalpha() or part.isdigit() for part in _PARTS.split(core) if part):
+        return False  # words and numbers joined by dots/dashes: mail.example.com, 2024-05-01-backup
+    if digits and set(core.lower()) <= _HEX:
+        # Hex keys use only 16 symbols, so their entropy tops out at 4 bits a character.
+        return shannon_entropy(core.lower()) >= (2.5 if n < 24 else 3.0)
+    if digits == 0:
+        # Letters only: random ones mix cases evenly; CamelCaseWords have one capital per word.
+        upper = sum(c.isupper() for c in core)
+        if not 0.25 <= upper / letters <= 0.75:
+            return False
     return shannon_entropy(core) >= (3.0 if n < 24 else 3.5)
 
 
@@ -316,7 +327,9 @@ def _find_passwords(text: str) -> Iterator[Span]:
 _OTP = re.compile(
     r"(?<!\w)(?:(?:verification|confirmation|security|sms|one[- ]time|2fa|otp|auth(?:entication)?|login"
     r"|access)[ \t]+code|otp|2fa|(?:смс|sms)[- ]?код|код[ \t]+(?:из|с|в)[ \t]+(?:смс|sms|сообщения)"
-    r"|код[ \t]+(?:подтверждения|для[ \t]+входа|доступа))[ \t]*(?:is|:|=|-|—)?[ \t]*(?P<value>\d{4,8})(?!\d)",
+    r"|код[ \t]+(?:подтверждения|для[ \t]+входа|доступа))"
+    r"(?:[ \t]+[^\s\d:=]{1,20}){0,3}?"  # "Код для входа в Telegram: 12345", "code for X is 12345"
+    r"[ \t]*(?:is|:|=|-|—)?[ \t]*(?P<value>\d{4,8})(?!\d)",
     re.IGNORECASE,
 )
 _CVV = re.compile(
@@ -333,21 +346,37 @@ _KEY_KEYWORD = re.compile(
     r"|ключ\w{0,2}|токен\w{0,2}|секрет\w{0,2}|апи[ -]?ключ\w{0,2})(?![^\W\d_])",
     re.IGNORECASE,
 )
-_CANDIDATE = re.compile(r"(?<![A-Za-z0-9_+/=.~-])[A-Za-z0-9_+/=.~-]{16,}")
+_CANDIDATE = re.compile(r"(?<![A-Za-z0-9_+/.~-])[A-Za-z0-9_+/.~-][A-Za-z0-9_+/=.~-]{15,}")  # "token=" glues
 _KEY_WINDOW = 80  # how far after the keyword a value may start
+
+
+_VALUE_END = re.compile(r"[^\s\"'`«»]*")
+_QUOTE_CLOSE = {'"': '"', "'": "'", "`": "`", "«": "»"}
 
 
 def _find_keyword_secrets(text: str) -> Iterator[Span]:
     last_end = -1
     for m in _KEY_KEYWORD.finditer(text):
         kw = m.group("kw").lower()
-        kind = "TOKEN" if ("token" in kw or "токен" in kw) else "API_KEY"
+        kind = (
+            "TOKEN" if ("token" in kw or "токен" in kw) else "PRIVATE_KEY" if "private" in kw else "API_KEY"
+        )
         for c in _CANDIDATE.finditer(text, m.end()):
             if c.start() > m.end() + _KEY_WINDOW:
                 break
-            if c.start() >= last_end and looks_random(c.group(0)):
-                last_end = c.end()
-                yield (c.start(), c.end(), kind)
+            if c.start() < last_end or not looks_random(c.group(0)):
+                continue
+            # The value may go on past the candidate's characters ("8x!kq2v@z9$w3"): take the rest of a
+            # quoted string, else the rest of the whitespace-delimited word (less closing punctuation).
+            opening = text[c.start() - 1] if c.start() else ""
+            close = text.find(_QUOTE_CLOSE[opening], c.end()) if opening in _QUOTE_CLOSE else -1
+            if close != -1 and "\n" not in text[c.end() : close]:
+                end = close
+            else:
+                rest = _VALUE_END.match(text, c.end())
+                end = c.end() + len(rest.group(0).rstrip(_TRAILING_PUNCT)) if rest else c.end()
+            last_end = end
+            yield (c.start(), end, kind)
 
 
 # ---- bare machine-made strings, no keyword: 32+ chars, upper, lower and digits, high entropy -----
@@ -370,6 +399,14 @@ _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 _EMAIL = re.compile(
     r"(?<![\w.%+-])(?<!//)[\w.%+-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")*\.[^\W\d_]{2,24}(?![\w-])"
 )
+# Spelled out to dodge scrapers: "ivan [at] gmail [dot] com", "ivan(at)mail(dot)ru", "ivan {собака} mail.ru".
+_B = r"[ \t]*[\[({][ \t]*"
+_E = r"[ \t]*[\])}][ \t]*"
+_EMAIL_SPELLED = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]{1,64}" + _B + r"(?:at|собака)" + _E + _LABEL
+    + r"(?:(?:" + _B + r"(?:dot|точка)" + _E + r"|\.)" + _LABEL + r")+(?![\w-])",
+    re.IGNORECASE,
+)  # fmt: skip
 
 # International: "+" and 10–15 digits in groups ("+7 (912) 345-67-89", "+44 20 7946 0958", "+14155552671").
 # Russian trunk prefix 8: "8 912 345 67 89", "8(495)123-45-67", "89123456789"; North American:
@@ -381,10 +418,12 @@ _PHONE = re.compile(
     r"|(?<![\w+/.,:-])(?:"
     r"8" + _S + r"\(?\d{3}\)?" + _S + r"\d{3}" + _S + r"\d{2}" + _S + r"\d{2}"
     r"|[78]9\d{9}"
-    r"|1[ .-]\d{3}[ .-]\d{3}[ .-]\d{4}"
-    r"|\(\d{3}\)[ \t]?\d{3}[ \t.-]\d{4}"
-    r"|\d{3}[.-]\d{3}[.-]\d{4}"
+    r"|1[ .-][2-9]\d\d[ .-]\d{3}[ .-]\d{4}"  # North American: area codes start with 2-9
+    r"|\([2-9]\d\d\)[ \t]?\d{3}[ \t.-]\d{4}"
+    r"|[2-9]\d\d([.-])\d{3}\1\d{4}"
     r"|(?:\(\d{3,5}\)[ \t]?)?\d{3}-\d{2}-\d{2}"
+    r"|\(?9\d\d\)?[ -]\d{3}[ -]?\d{2}[ -]?\d{2}"  # Russian mobile without the 8/+7: 912 345 67 89
+    r"|[2-9]\d\d [2-9]\d\d \d{4}"  # with spaces only when the exchange starts with 2-9, too: 415 555 2671
     r"|0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}"
     r")(?![\w/-]|[.,:]\d)"
 )
@@ -476,6 +515,7 @@ RULES: tuple[Rule, ...] = (
         for name, kind, pattern in _TOKEN_PATTERNS
     ),
     Rule("email", "EMAIL", _EMAIL, needs=("@",)),
+    Rule("email_spelled_out", "EMAIL", _EMAIL_SPELLED, needs=("at", "собака")),
     Rule(
         "password",
         "PASSWORD",
