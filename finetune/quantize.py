@@ -447,6 +447,19 @@ def load_quantized_model(
     return model.to(device=device, dtype=dtype)
 
 
+def strip_unused_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRA layer without an adapter (r=0: by default the head, projections and MLP) by the
+    layer it wraps, in place; for inference, where code expects `model.lm_head.weight` as in a plain GPT.
+    """
+    from litgpt.lora import LoRALinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear) and module.r == 0:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.linear)
+    return model
+
+
 def is_quantized(model: nn.Module) -> bool:
     """Whether any layer of `model` holds an NF4 weight (then LoRA must not be merged into it)."""
     return any(isinstance(m, NF4Linear) for m in model.modules())

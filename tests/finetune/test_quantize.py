@@ -26,6 +26,7 @@ from finetune.quantize import (
     parse_quantize_mode,
     quantize_model,
     quantize_nf4,
+    strip_unused_lora,
     tensor_nbytes,
 )
 
@@ -323,6 +324,19 @@ def test_load_quantized_model_from_a_checkpoint_file(
         assert torch.allclose(model(x), direct(x))
     with pytest.raises(ValueError, match="does not fit the model config"):
         load_quantized_model(tiny_config(n_layer=3), path, "nf4", "cpu", torch.float32)
+
+
+def test_for_serving_unused_lora_wrappers_go_and_the_adapter_stays_unmerged(trained: dict) -> None:
+    model = copy.deepcopy(trained["model"]).eval()
+    val = trained["val"][:, :-1]
+    with torch.no_grad():
+        expected = model(val)
+        strip_unused_lora(model)
+        assert torch.equal(model(val), expected)
+    assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight.shape[0] == VOCAB
+    assert isinstance(model.transformer.h[0].mlp.fc, NF4Linear)  # r=0: the wrapper is gone
+    qkv = model.transformer.h[0].attn.qkv
+    assert isinstance(qkv.linear, NF4Linear) and qkv.lora_B.abs().sum() > 0 and not qkv.merged
 
 
 # --- choices and errors ---------------------------------------------------------------------------------
