@@ -49,7 +49,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 NF4_BLOCK_SIZE = 64  # weights per absmax scaler (QLoRA paper, bitsandbytes and torchao default)
 DQ_SCALER_BLOCK_SIZE = 256  # scalers per int8 scale factor in double quantization (same sources)
-TORCHAO_MIN_VERSION = "0.16"  # NF4Tensor in `torchao.quantization`; tested with 0.18.0
+TORCHAO_MIN_VERSION = "0.18"  # NF4Tensor under `torchao.quantization` (tested with 0.18.0)
 SUPPORTED_DEVICE_TYPES = ("cuda", "cpu")
 
 
