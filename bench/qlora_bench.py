@@ -272,7 +272,8 @@ def train_variant(
 def decode_variant(model: GPT, prompt_len: int, new_tokens: int, device: torch.device, how: str) -> dict:
     """Batch-1 greedy decoding after a `prompt_len` prefill; `how`: eager, cd (compiled dequant), compiled."""
     model.eval()
-    set_variant(model, compiled_dequant=how != "eager", checkpointing=False)
+    # whole-step compile fuses the dequantization itself; `cd` compiles only the dequantization
+    set_variant(model, compiled_dequant=how == "cd", checkpointing=False)
     cleanup(device)
     max_seq = prompt_len + new_tokens
     model.max_seq_length = max_seq
