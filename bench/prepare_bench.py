@@ -8,13 +8,15 @@ messages minutes apart separated by silences of hours to weeks (some right at th
 runs of one speaker, mixed English/Russian text with emoji, UTC offsets that change mid-dialog (DST,
 travel), equal timestamps, lines out of order, re-exported duplicates, blank messages, long pastes,
 dialogs where the person never replies, and ~1% messages carrying a secret. Generating the data is not
-timed; reading, building, scrubbing, splitting and writing are. Prints one JSON object.
+timed; reading, building, scrubbing, splitting and writing are, in a fresh process (wall and CPU time,
+peak memory). Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,11 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prepare.config import PrepareConfig  # noqa: E402
-from prepare.pipeline import prepare  # noqa: E402
 
 WORDS = (
     "ok yes no sure thanks lol haha hey hi hello see you tomorrow today tonight later maybe really what why "
@@ -55,18 +52,23 @@ OFFSETS_MIN = np.array([180, 0, -300, -240, 60, 120, 330, 540])
 
 
 def _secret(rng: np.random.Generator) -> str:
-    k = int(rng.integers(0, 8))
     n = int(rng.integers(100, 999))
-    return [
+    options = [
         f"my email is user{n}@example.com",
         f"звони +7 (9{n // 10:02d}) {n}-{n % 90 + 10:02d}-{n % 89 + 10:02d}",
+        f"call me 8 912 {n} 45 67 tonight",
         "карта 4111 1111 1111 1111, срок 12/27",
         f"пароль от вайфая: Qwerty{n}!",
+        f"my password is hunter{n}",
         "IBAN DE89 3704 0044 0532 0130 00",
         f"token: ghp_{'aB3dE5fG7h' * 3}{n}xyz",
         "api key sk-proj-9f8e7d6c5b4a39281706f5e4d3c2b1a0ZZ",
-        f"my password is hunter{n}",
-    ][k]
+        f"db at postgres://app:S3cret{n}@10.0.0.5:5432/prod",
+        "key:\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n"
+        "-----END OPENSSH PRIVATE KEY-----",
+        f"bot {n}456789:AAH4kG9z8mQ2wX7vB3nC5dE6fR1tY0uI-oP",
+    ]
+    return options[int(rng.integers(0, len(options)))]
 
 
 def make_raw(folder: Path, n_messages: int, n_dialogs: int, seed: int = 0) -> int:
@@ -142,26 +144,51 @@ def make_raw(folder: Path, n_messages: int, n_dialogs: int, seed: int = 0) -> in
     return written
 
 
+_TIMED = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from prepare.config import PrepareConfig
+from prepare.pipeline import prepare
+wall, cpu = time.perf_counter(), time.process_time()
+stats = prepare(PrepareConfig(raw=Path({raw!r}), out=Path({out!r})))
+print(json.dumps({{"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "stats": stats}}))
+"""
+
+
 def main(messages: int = 1_000_000, dialogs: int = 4000, seed: int = 0, keep: Path | None = None) -> dict:
-    """Generate, then time one full `prepare` run on it."""
+    """Generate a corpus, then time one `prepare` run on it in a fresh process (imports not timed).
+
+    Args:
+        messages: How many raw messages to generate.
+        dialogs: Roughly how many dialog files to spread them over.
+        seed: Seed of the generator.
+        keep: Write raw/ and prepared/ here and keep them (default: a temp dir, removed after).
+    """
     with tempfile.TemporaryDirectory(prefix="prepare-bench-") as tmp:
-        root = keep or Path(tmp)
+        root = Path(keep or tmp)
         raw, out = root / "raw", root / "prepared"
         t = time.perf_counter()
         lines = make_raw(raw, messages, dialogs, seed)
         generate_s = time.perf_counter() - t
-        t = time.perf_counter()
-        stats = prepare(PrepareConfig(raw=raw, out=out))
-        seconds = time.perf_counter() - t
+        load_before = os.getloadavg()[0]
+        code = _TIMED.format(root=str(Path(__file__).resolve().parents[1]), raw=str(raw), out=str(out))
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        timed = json.loads(run.stdout.strip().splitlines()[-1])
+        stats = timed["stats"]
         result = {
             "bench": "prepare raw->records",
             "raw_lines": lines,
             "dialogs": stats["dialogs"],
             "records": stats["records"],
             "scrubbed": sum(stats["scrubbed"].values()),
-            "seconds": round(seconds, 2),
-            "messages_per_s": round(lines / seconds),
+            "seconds": round(timed["wall"], 2),
+            "cpu_seconds": round(timed["cpu"], 2),
+            "messages_per_s": round(lines / timed["wall"]),
+            "peak_rss_mib": round(timed["rss_mib"]),
             "generate_seconds": round(generate_s, 1),
+            "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "cpus": os.cpu_count(),
         }
     print(json.dumps(result))

@@ -61,14 +61,16 @@ def _scrub_turns(texts: list[str]) -> tuple[list[str], Counter[str]]:
     return out, total
 
 
-def _partner_names(dialog: np.ndarray, names: list[str], scrubbed: Counter[str]) -> dict[int, str]:
+def _partner_names(
+    dialog: np.ndarray, row: np.ndarray, names: pd.Series, scrubbed: Counter[str]
+) -> dict[int, str]:
     """Each dialog's partner name: its latest display name, whitespace-normalised and scrubbed (a
     Telegram name can be a phone number; a name that was nothing but a secret becomes "", which the
     prompt shows as a neutral default)."""
     last = np.flatnonzero(np.append(dialog[1:] != dialog[:-1], True)) if len(dialog) else dialog
     partners: dict[int, str] = {}
-    for i in last.tolist():
-        name, counts = scrub_secrets_with_counts(" ".join(names[i].split()))
+    for i, raw_name in zip(last.tolist(), names.iloc[row[last]].tolist(), strict=True):
+        name, counts = scrub_secrets_with_counts(" ".join(raw_name.split()))
         scrubbed.update(counts)
         partners[int(dialog[i])] = name if PLACEHOLDER.sub("", name).strip() else ""
     return partners
@@ -98,14 +100,14 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
     dialog = dialog_all[visible]
     msg_id = messages["id"].to_numpy()[visible]
     out = messages["out"].to_numpy()[visible]
-    dates = messages["date"].to_numpy(dtype=object)[visible]
-    names = messages["dialog_name"].to_numpy(dtype=object)[visible]
-    keep_idx = np.flatnonzero(visible)
 
-    # Chronological within each dialog; equal instants keep Telegram's id order.
+    # Chronological within each dialog; equal instants keep Telegram's id order. `row` maps each kept,
+    # sorted message back to its row in `messages` (dates and names are fetched only where needed).
     order = np.lexsort((msg_id, ts, dialog))
-    ts, dialog, out, dates, names = ts[order], dialog[order], out[order], dates[order], names[order]
-    texts = [cleaned[i] for i in keep_idx[order].tolist()]
+    ts, dialog, out = ts[order], dialog[order], out[order]
+    row = np.flatnonzero(visible)[order]
+    texts = [cleaned[i] for i in row.tolist()]
+    del cleaned
     n = len(texts)
 
     # A new conversation starts at each dialog's first message and after every silence > gap (instants,
@@ -124,11 +126,11 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
     ]
     turn_texts, scrubbed = _scrub_turns(turn_texts)
-    partners = _partner_names(dialog, names.tolist(), scrubbed)
+    partners = _partner_names(dialog, row, messages["dialog_name"], scrubbed)
 
     turn_out = out[starts].tolist()
     turn_dialog = dialog[starts].tolist()
-    turn_date = dates[starts].tolist()
+    turn_date = messages["date"].iloc[row[starts]].tolist()
     conv_of_turn = np.cumsum(new_conv)[starts] - 1
     conv_starts = np.flatnonzero(new_conv[starts])
     conv_ends = _ends(conv_starts, len(starts))

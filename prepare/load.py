@@ -96,16 +96,18 @@ def _load_fast(files: list[Path]) -> pd.DataFrame | None:
     if expected == 0:
         return None
     options = pa_json.ParseOptions(explicit_schema=ARROW_SCHEMA, unexpected_field_behavior="ignore")
+    buffer = b"".join(parts)
+    parts.clear()
     try:
         table = pa_json.read_json(
-            pa.BufferReader(b"".join(parts)),
+            pa.BufferReader(buffer),
             read_options=pa_json.ReadOptions(block_size=1 << 24),
             parse_options=options,
         )
         table.validate(full=True)  # the JSON reader does not check that strings are valid UTF-8
     except (pa.ArrowException, UnicodeDecodeError, ValueError):
         return None
-    del parts
+    del buffer
     # A line with two objects on it reads as two rows; a missing field reads as null.
     if table.num_rows != expected or any(col.null_count for col in table.columns):
         return None
