@@ -1,0 +1,166 @@
+"""Score and sample the twin and its base with litgpt: held-out reply perplexity and generated replies.
+
+One litgpt LoRA model serves both: with every LoRA scaling set to zero it *is* the base model (exactly),
+so the base is measured first; then the scalings are restored and the LoRA merged into the weights for
+the twin. Generation is litgpt's KV-cache `generate` on the same prompt text the server builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from litgpt.generate.base import generate
+from litgpt.lora import GPT, Config, LoRALinear, merge_lora_weights
+from litgpt.tokenizer import Tokenizer
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from finetune.data import IGNORE_INDEX, Example
+from finetune.errors import UserError
+from finetune.export import load_adapter, load_lora_spec, resolve_adapter
+
+
+@dataclass(frozen=True, slots=True)
+class Perplexity:
+    """Mean negative log-likelihood of the reply tokens (and the EOS after each reply)."""
+
+    nll: float
+    tokens: int
+
+    @property
+    def value(self) -> float:
+        return float(torch.tensor(self.nll).exp())
+
+
+def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """cuda in bf16 when there is one (or asked for), else the CPU in float32."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU: use --device cpu")
+    device = torch.device(name)
+    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def load_lora_model(
+    checkpoint_dir: Path, lora_path: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[GPT, Tokenizer]:
+    """litgpt's LoRA GPT with the base weights and the adapter loaded, unmerged, in eval mode."""
+    if (
+        not (checkpoint_dir / "lit_model.pth").is_file()
+        or not (checkpoint_dir / "model_config.yaml").is_file()
+    ):
+        raise UserError(
+            f"{checkpoint_dir} is not a litgpt checkpoint: run `make download` (Falcon-7B) or "
+            "`python -m finetune.tiny` (the tiny demo model)"
+        )
+    pth, hparams = resolve_adapter(lora_path)
+    spec = load_lora_spec(hparams)
+    config = Config.from_file(checkpoint_dir / "model_config.yaml", **asdict(spec))
+    with torch.device("meta"):
+        model = GPT(config)
+    base = torch.load(checkpoint_dir / "lit_model.pth", map_location="cpu", mmap=True, weights_only=True)
+    state = {**base.get("model", base), **load_adapter(pth)}
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        raise UserError(
+            f"the adapter {pth} does not fit {checkpoint_dir}: {str(e).splitlines()[0]}"
+        ) from None
+    model.cos, model.sin = model.rope_cache(device=device)  # built on the meta device above
+    model.max_seq_length = config.block_size
+    return model.eval(), Tokenizer(checkpoint_dir)
+
+
+@contextlib.contextmanager
+def lora_off(model: GPT) -> Iterator[None]:
+    """The base model: every LoRA update scaled by zero (the LoRA must not be merged yet)."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear) and hasattr(m, "scaling")]
+    if any(m.merged for m in layers):
+        raise RuntimeError("LoRA already merged: measure the base first")
+    saved = [m.scaling for m in layers]
+    for m in layers:
+        m.scaling = 0.0
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, saved, strict=True):
+            m.scaling = s
+
+
+def merge(model: GPT) -> None:
+    """Fold the LoRA into the weights: the twin, as fast as the base."""
+    model.clear_kv_cache()
+    merge_lora_weights(model)
+
+
+@torch.inference_mode()
+def reply_perplexity(
+    model: GPT, examples: Sequence[Example], batch_tokens: int = 4096, desc: str = ""
+) -> Perplexity:
+    """Perplexity over the reply tokens of `examples` (prompt tokens carry no loss, as in training)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    batches: list[list[int]] = []
+    for i in order:  # length-sorted, so padding stays small
+        if batches and (len(batches[-1]) + 1) * len(examples[i]) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    nll, tokens = 0.0, 0
+    for batch in tqdm(batches, desc=desc or "perplexity", unit="batch", leave=False):
+        length = max(len(examples[i]) for i in batch)
+        x = torch.zeros(len(batch), length, dtype=torch.long)
+        y = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
+        for row, i in enumerate(batch):
+            ex = examples[i]
+            x[row, : len(ex)] = ex.input_ids
+            y[row, : len(ex) - 1] = ex.labels[1:]  # position t predicts token t + 1
+        logits = model(x.to(device))  # (B, T, vocab)
+        target = y.to(device)
+        nll += F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="sum").item()
+        tokens += int((target != IGNORE_INDEX).sum())
+    if tokens == 0:
+        raise UserError("the validation records have no reply tokens to score")
+    return Perplexity(nll / tokens, tokens)
+
+
+@torch.inference_mode()
+def generate_replies(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 48,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 42,
+    desc: str = "",
+) -> list[str]:
+    """One sampled reply per prompt (sample i is seeded with seed + i, so base and twin draw alike)."""
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    max_new_tokens = min(max_new_tokens, block // 2)
+    model.set_kv_cache(batch_size=1, device=device)
+    replies = []
+    for i, prompt in enumerate(tqdm(prompts, desc=desc or "generating", unit="reply", leave=False)):
+        ids = tokenizer.encode(prompt, device=device)[-(block - max_new_tokens) :]  # keep the newest context
+        torch.manual_seed(seed + i)
+        out = generate(
+            model,
+            ids,
+            len(ids) + max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_id=tokenizer.eos_id,
+            include_prompt=False,
+        )
+        if len(out) and tokenizer.eos_id is not None and int(out[-1]) == tokenizer.eos_id:
+            out = out[:-1]
+        replies.append(tokenizer.decode(out).strip() if len(out) else "")
+    model.clear_kv_cache()
+    return replies

@@ -1,0 +1,366 @@
+"""The twin-quality report: does the fine-tuned twin sound like the person, and more than its base does?
+
+    python -m finetune.report --data data/prepared --checkpoint-dir CKPT --lora-path ADAPTER --out out/report
+
+Writes `report.md` (+ `report.json` with every number, PNG plots): perplexity of the person's held-out
+replies (val.jsonl, reply tokens only, exactly as training scores them) under the base and the twin;
+reply length, emoji, punctuation and letter-case rates of replies sampled from the twin and the base next
+to the person's real ones; ten side-by-side samples; and the training loss curve from the adapter's
+metrics.csv. The report quotes private messages, so its folder is owner-only like the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from collect.private import make_private_dir, write_private_atomic
+from finetune.data import VAL_FILE, encode_records, load_records
+from finetune.errors import UserError
+from finetune.evaluate import (
+    Perplexity,
+    generate_replies,
+    load_lora_model,
+    lora_off,
+    merge,
+    pick_device,
+    reply_perplexity,
+)
+from finetune.export import resolve_adapter
+from finetune.metrics import read_rows
+from finetune.style import RATE_LABELS, StyleStats, style_stats
+from prepare.prompt import render_record
+
+SIDE_BY_SIDE = 10
+COLORS = {"real": "tab:green", "twin": "tab:blue", "base": "tab:gray"}
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field that is also a CLI flag: its help lives here and nowhere else."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ReportArgs:
+    """Settings of `python -m finetune.report` (saved into report.json); each field is a --flag."""
+
+    data: Path = option(
+        Path("data/prepared"), "prepare's output folder (the held-out replies are its val.jsonl)"
+    )
+    checkpoint_dir: Path = option(
+        Path("checkpoints/tiiuae/falcon-7b"), "the litgpt base checkpoint the twin was fine-tuned from"
+    )
+    lora_path: Path = option(
+        Path("out/twin"),
+        "the adapter (lit_model_lora_finetuned.pth) or its finetune out-dir (with metrics.csv)",
+    )
+    out: Path = option(Path("out/report"), "folder for report.md, report.json and the plots")
+    samples: int = option(100, "validation prompts to sample a twin and a base reply for")
+    max_new_tokens: int = option(48, "longest sampled reply, in tokens")
+    temperature: float = option(0.7, "sampling temperature of the sampled replies")
+    top_p: float = option(0.9, "nucleus-sampling threshold of the sampled replies")
+    seed: int = option(42, "seed for choosing the prompts and for sampling (base and twin share it)")
+    device: str = option("auto", "auto (cuda if present, else cpu), cuda or cpu")
+
+    def check(self) -> None:
+        problems = []
+        if self.samples < 1:
+            problems.append(f"--samples must be at least 1 (got {self.samples})")
+        if self.max_new_tokens < 1:
+            problems.append(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.temperature < 0:
+            problems.append(f"--temperature must not be negative (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.device not in {"auto", "cuda", "cpu"}:
+            problems.append(f"--device must be auto, cuda or cpu (got {self.device!r})")
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+@dataclass
+class Findings:
+    """Everything measured; report.json is this as JSON."""
+
+    base: Perplexity
+    twin: Perplexity
+    style: dict[str, StyleStats]
+    samples: list[dict[str, str]]
+    loss_rows: list[dict[str, float | None]]
+    val_records: int
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------- measuring
+def measure(args: ReportArgs) -> Findings:
+    t0 = time.perf_counter()
+    records = load_records(args.data / VAL_FILE)
+    if not records:
+        raise UserError(f"{args.data / VAL_FILE} holds no records: run `make prepare` with more chats")
+    device, dtype = pick_device(args.device)
+    model, tokenizer = load_lora_model(args.checkpoint_dir, args.lora_path, device, dtype)
+    examples = encode_records(records, tokenizer, model.config.block_size).examples
+    chosen = random.Random(args.seed).sample(range(len(records)), min(args.samples, len(records)))
+    prompts = [render_record(records[i])[0] for i in chosen]
+    sampling = dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+    with lora_off(model):
+        base = reply_perplexity(model, examples, desc="base perplexity")
+        base_replies = generate_replies(model, tokenizer, prompts, desc="base replies", **sampling)  # type: ignore[arg-type]
+    merge(model)
+    twin = reply_perplexity(model, examples, desc="twin perplexity")
+    twin_replies = generate_replies(model, tokenizer, prompts, desc="twin replies", **sampling)  # type: ignore[arg-type]
+    real = [records[i]["response"] for i in chosen]
+    samples = [
+        {
+            "partner": str(records[i].get("partner") or "Friend"),
+            "context": records[i]["context"],
+            "message": records[i]["instruction"],
+            "real": real[k],
+            "twin": twin_replies[k],
+            "base": base_replies[k],
+        }
+        for k, i in enumerate(chosen)
+    ]
+    return Findings(
+        base=base,
+        twin=twin,
+        style={
+            "real": style_stats(real),
+            "twin": style_stats(twin_replies),
+            "base": style_stats(base_replies),
+        },
+        samples=samples,
+        loss_rows=read_metrics(args.lora_path),
+        val_records=len(records),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def read_metrics(lora_path: Path) -> list[dict[str, float | None]]:
+    """The finetune run's metrics.csv next to the adapter (empty if the run wrote none)."""
+    path = resolve_adapter(lora_path)[0].parent / "metrics.csv"
+    return read_rows(path) if path.is_file() else []
+
+
+# ------------------------------------------------------------------------------------------- plotting
+def save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_private_atomic(path, buffer.getvalue())
+
+
+def plot_all(f: Findings, out: Path) -> list[str]:
+    """Write the report's PNGs; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    bars = ax.bar(["base", "twin"], [f.base.value, f.twin.value], color=[COLORS["base"], COLORS["twin"]])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(f"Held-out replies ({f.twin.tokens} tokens)")
+    save_figure(fig, out / "perplexity.png")
+    names.append("perplexity.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.27
+    keys = list(RATE_LABELS)
+    for k, who in enumerate(("real", "twin", "base")):
+        values = [getattr(f.style[who], key) for key in keys]
+        ax.bar([i + (k - 1) * width for i in range(len(keys))], values, width, label=who, color=COLORS[who])
+    ax.set_xticks(range(len(keys)), [RATE_LABELS[k] for k in keys], rotation=15)
+    ax.set_ylabel("rate")
+    ax.set_title("Style of the replies: the person (real), the twin and the base")
+    ax.legend()
+    save_figure(fig, out / "style.png")
+    names.append("style.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    lengths = {who: [len(s[who]) for s in f.samples] for who in ("real", "twin", "base")}
+    top = max([1, *(max(v, default=0) for v in lengths.values())])
+    bins = list(range(0, top + 10, max(1, top // 25)))
+    for who, values in lengths.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.8, label=who, color=COLORS[who])
+    ax.set_xlabel("reply length (characters)")
+    ax.set_ylabel("replies")
+    ax.legend()
+    save_figure(fig, out / "lengths.png")
+    names.append("lengths.png")
+
+    train = [(r["step"], r["train_loss"]) for r in f.loss_rows if r.get("train_loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in f.loss_rows if r.get("val_loss") is not None]
+    if train or val:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", alpha=0.8)
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", label="validation loss", color="tab:orange")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy per reply token")
+        ax.set_title("Fine-tuning")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save_figure(fig, out / "loss.png")
+        names.append("loss.png")
+    return names
+
+
+# ------------------------------------------------------------------------------------------- writing
+def cell(text: str, limit: int = 400) -> str:
+    """Markdown-table-safe text: HTML-escaped (placeholders like <EMAIL> stay visible), one line."""
+    text = text if len(text) <= limit else "…" + text[-limit:]
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", "<br>") or "*(empty)*"
+
+
+def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
+    gain = (1 - f.twin.value / f.base.value) * 100
+    verdict = "beats" if f.twin.value < f.base.value else "does **not** beat"
+    lines = [
+        "# Twin quality report",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · base `{args.checkpoint_dir}` · "
+        f"adapter `{args.lora_path}` · {f.val_records} held-out records in `{args.data / VAL_FILE}` · "
+        f"{f.seconds:.0f} s",
+        "",
+        "## Held-out perplexity",
+        "",
+        "Perplexity of the person's real replies (reply tokens and the end-of-reply token, given the same",
+        "prompt as in training) in validation conversations the twin never trained on.",
+        "",
+        "| model | perplexity | mean NLL / token | reply tokens |",
+        "|---|---:|---:|---:|",
+        f"| base | {f.base.value:.2f} | {f.base.nll:.3f} | {f.base.tokens} |",
+        f"| twin | {f.twin.value:.2f} | {f.twin.nll:.3f} | {f.twin.tokens} |",
+        "",
+        f"The twin {verdict} its base: perplexity {f.base.value:.2f} → {f.twin.value:.2f} "
+        f"({gain:.0f}% lower).",
+        "",
+    ]
+    if "perplexity.png" in plots:
+        lines += ["![perplexity](perplexity.png)", ""]
+    n = f.style["real"].replies
+    lines += [
+        "## Style",
+        "",
+        f"{n} validation prompts; the twin and the base each sampled one reply per prompt (temperature "
+        f"{args.temperature}, top-p {args.top_p}, at most {args.max_new_tokens} tokens); *real* is what the "
+        "person actually wrote.",
+        "",
+        "| | " + " | ".join(f.style) + " |",
+        "|---|" + "---:|" * len(f.style),
+    ]
+    for stat in fields(StyleStats):
+        if stat.name == "replies":
+            continue
+        values = [getattr(s, stat.name) for s in f.style.values()]
+        fmt = "{:.1f}" if stat.name.endswith("chars") else "{:.1%}"
+        label = RATE_LABELS.get(stat.name, stat.name.replace("_", " "))
+        lines.append(f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " |")
+    lines += ["", "![style](style.png)", "", "![reply lengths](lengths.png)", ""]
+    lines += ["## Side by side", ""]
+    for k, s in enumerate(f.samples[:SIDE_BY_SIDE], start=1):
+        lines += [
+            f"### {k}. with {cell(s['partner'])}",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| earlier turns | {cell(s['context'])} |",
+            f"| {cell(s['partner'])} wrote | {cell(s['message'])} |",
+            f"| **real reply** | {cell(s['real'])} |",
+            f"| **twin** | {cell(s['twin'])} |",
+            f"| base | {cell(s['base'])} |",
+            "",
+        ]
+    lines += ["## Training loss", ""]
+    if "loss.png" in plots:
+        last_val = [r["val_loss"] for r in f.loss_rows if r.get("val_loss") is not None]
+        if last_val:
+            lines.append(
+                f"Validation loss {last_val[0]:.3f} before the first step → {last_val[-1]:.3f} at the end."
+            )
+            lines.append("")
+        lines += ["![loss curve](loss.png)", ""]
+    else:
+        lines += ["No metrics.csv next to the adapter, so no loss curve.", ""]
+    return "\n".join(lines)
+
+
+def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
+    def plain(obj: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in obj.items()}
+
+    return {
+        "args": plain(asdict(args)),
+        "perplexity": {
+            "base": f.base.value,
+            "twin": f.twin.value,
+            "base_nll": f.base.nll,
+            "twin_nll": f.twin.nll,
+            "reply_tokens": f.twin.tokens,
+            "val_records": f.val_records,
+        },
+        "style": {who: s.as_dict() for who, s in f.style.items()},
+        "samples": f.samples[:SIDE_BY_SIDE],
+        "seconds": f.seconds,
+    }
+
+
+def write_report(args: ReportArgs, f: Findings) -> Path:
+    out = make_private_dir(args.out)
+    plots = plot_all(f, out)
+    write_private_atomic(
+        out / "report.json", json.dumps(findings_json(args, f), indent=2, ensure_ascii=False) + "\n"
+    )
+    path = out / "report.md"
+    write_private_atomic(path, render_markdown(args, f, plots))
+    return path
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> ReportArgs:
+    p = argparse.ArgumentParser(prog="python -m finetune.report", description=__doc__.split("\n\n")[0])
+    for f in fields(ReportArgs):
+        kind = {"Path": Path, "int": int, "float": float, "str": str}[str(f.type)]
+        help_text = f"{f.metadata['help']} (default: %(default)s)"
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=help_text)
+    return ReportArgs(**vars(p.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        args.check()
+        findings = measure(args)
+        path = write_report(args, findings)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    b, t = findings.base.value, findings.twin.value
+    print(
+        f"report in {path}: held-out perplexity base {b:.2f} → twin {t:.2f} on {findings.twin.tokens} reply "
+        f"tokens; {findings.style['real'].replies} sampled replies ({findings.seconds:.0f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
