@@ -32,7 +32,8 @@ def main(
     val_fraction: float = _D.val_fraction,
     seed: int = _D.seed,
 ) -> dict[str, Any]:
-    """Turn raw Telegram chats into train/val instruction records with secrets scrubbed.
+    """Turn raw Telegram chats into train/val instruction records with secrets scrubbed (flags may also
+    be written with dashes: --gap-hours).
 
     Args:
         raw: Folder of raw dialog files (`<dialog_id>.jsonl`) written by `make collect`.
@@ -108,7 +109,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     args = _underscore_flags(sys.argv[1:] if argv is None else argv)
     try:
-        CLI(main, args=args)
+        CLI(main, args=args, prog="python -m prepare")
     except PrepareError as e:
         Console(stderr=True).print(Text.assemble(("prepare: ", "bold red"), str(e)), soft_wrap=True)
         return 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -109,16 +108,18 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         )
     is_val = split_conversations(built.conversation, config.val_fraction, config.seed)
 
-    out = make_private_dir(config.out)
-    write_jsonl(out / TRAIN_FILE, (r for r, v in zip(built.records, is_val.tolist(), strict=True) if not v))
-    write_jsonl(out / VAL_FILE, (r for r, v in zip(built.records, is_val.tolist(), strict=True) if v))
-    write_private_atomic(
-        out / CONFIG_FILE, orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
-    )
-    stats = make_stats(built, is_val, time.perf_counter() - started)
-    write_private_atomic(out / STATS_FILE, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+    try:
+        out = make_private_dir(config.out)
+        is_val_list = is_val.tolist()
+        write_jsonl(out / TRAIN_FILE, (r for r, v in zip(built.records, is_val_list, strict=True) if not v))
+        write_jsonl(out / VAL_FILE, (r for r, v in zip(built.records, is_val_list, strict=True) if v))
+        settings = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
+        write_private_atomic(out / CONFIG_FILE, settings)
+        stats = make_stats(built, is_val, time.perf_counter() - started)
+        write_private_atomic(out / STATS_FILE, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as e:
+        where = e.filename or config.out
+        raise PrepareError(
+            f"cannot write {where}: {e.strerror or type(e).__name__}; pick another --out"
+        ) from None
     return stats
-
-
-def skipped_total(stats: dict[str, Any]) -> int:
-    return sum(Counter(stats["skipped"]).values())

@@ -157,3 +157,17 @@ def test_cli_subprocess_missing_raw_folder(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "does not exist: run `make collect` first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unwritable_out_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = write_raw(tmp_path / "raw", chat(2))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert cli(["--raw", str(raw), "--out", str(tmp_path / "taken")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_dashed_flags_with_equals_sign(tmp_path: Path) -> None:
+    raw = write_raw(tmp_path / "raw", chat(2))
+    assert cli([f"--raw={raw}", f"--out={tmp_path / 'out'}", "--max-context-turns=1", "--gap-hours=0.5"]) == 0
+    config = json.loads((tmp_path / "out" / "prepare_config.json").read_text())
+    assert config["max_context_turns"] == 1 and config["gap_hours"] == 0.5
