@@ -172,12 +172,25 @@ def _group(m: re.Match[str], kind: str, group: str = "value") -> Span:
 
 
 # ---- private keys --------------------------------------------------------------------------------
-_PRIVATE_KEY = re.compile(
-    r"-----BEGIN[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:.*?-----END[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----"  # a whole block ...
-    r"|(?:\s*\n[ \t]*(?:[A-Za-z0-9+/=]{8,}|[\w-]+:[^\n]*))*)",  # ... or the lines that survived a paste
-    re.DOTALL,
-)
+_PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = re.compile(
+    r"(?:[ \t\r]*\n[ \t]*(?:[A-Za-z0-9+/=]{8,}|[\w-]+:[^\n]*))*"
+)  # lines left of a cut paste
+
+
+def _find_private_keys(text: str) -> Iterator[Span]:
+    """Whole BEGIN…END blocks; a block cut off before its END loses its header and base64 lines."""
+    pos, no_end = 0, False
+    while (begin := _PEM_BEGIN.search(text, pos)) is not None:
+        end = None if no_end else _PEM_END.search(text, begin.end())
+        no_end = end is None  # searched to the end of the text once: never again (stays linear)
+        body = _PEM_BODY.match(text, begin.end())  # always matches (possibly nothing)
+        stop = end.end() if end is not None else body.end() if body else begin.end()
+        yield (begin.start(), stop, "PRIVATE_KEY")
+        pos = stop
+
+
 _PUTTY_KEY = re.compile(
     r"PuTTY-User-Key-File-\d:.*?(?:Private-(?:MAC|Hash):[ \t]*[0-9a-fA-F]+|\Z)", re.DOTALL
 )
@@ -354,6 +367,9 @@ _VALUE_END = re.compile(r"[^\s\"'`«»]*")
 _QUOTE_CLOSE = {'"': '"', "'": "'", "`": "`", "«": "»"}
 
 
+_TOKEN_START = re.compile(r"(?<![A-Za-z0-9_+/.~-])[A-Za-z0-9_+/.~-]")
+
+
 def _find_keyword_secrets(text: str) -> Iterator[Span]:
     last_end = -1
     for m in _KEY_KEYWORD.finditer(text):
@@ -361,10 +377,13 @@ def _find_keyword_secrets(text: str) -> Iterator[Span]:
         kind = (
             "TOKEN" if ("token" in kw or "токен" in kw) else "PRIVATE_KEY" if "private" in kw else "API_KEY"
         )
-        for c in _CANDIDATE.finditer(text, m.end()):
-            if c.start() > m.end() + _KEY_WINDOW:
-                break
-            if c.start() < last_end or not looks_random(c.group(0)):
+        # Values starting within the window after the keyword (found by their first character, so a
+        # keyword-dense text stays linear).
+        for start in _TOKEN_START.finditer(text, max(m.end(), last_end), m.end() + _KEY_WINDOW + 1):
+            if start.start() < last_end:
+                continue
+            c = _CANDIDATE.match(text, start.start())
+            if c is None or not looks_random(c.group(0)):
                 continue
             # The value may go on past the candidate's characters ("8x!kq2v@z9$w3"): take the rest of a
             # quoted string, else the rest of the whitespace-delimited word (less closing punctuation).
@@ -414,7 +433,7 @@ _EMAIL_SPELLED = re.compile(
 # European trunk 0: "020 7946 0958", "030 12345678".
 _S = r"[ \t.-]?"
 _PHONE = re.compile(
-    r"(?<![\w+])\+\d(?:[ \t.-]?\(?\d{1,5}\)?){2,7}(?![\w/-]|[.,]\d)"
+    r"(?<![\w+])\+\d(?:[ \t.-]?+\(?+\d++\)?+)++(?![\w/-]|[.,]\d)"  # possessive: no backtracking blow-up
     r"|(?<![\w+/.,:-])(?:"
     r"8" + _S + r"\(?\d{3}\)?" + _S + r"\d{3}" + _S + r"\d{2}" + _S + r"\d{2}"
     r"|[78]9\d{9}"
@@ -500,7 +519,7 @@ _TOKEN_NEEDS: dict[str, tuple[str, ...]] = {
 _DIGIT_RUN = re.compile(r"\d[\d \t().+/-]{5,}\d")
 
 RULES: tuple[Rule, ...] = (
-    Rule("private_key", "PRIVATE_KEY", _PRIVATE_KEY, needs=("-----begin",)),
+    Rule("private_key", "PRIVATE_KEY", _PEM_BEGIN, finder=_find_private_keys, needs=("-----begin",)),
     Rule("putty_key", "PRIVATE_KEY", _PUTTY_KEY, needs=("putty-user-key-file",)),
     Rule("secret_url", "SECRET_URL", _URL, finder=_find_secret_urls, needs=("://", "www.")),
     *(
