@@ -10,13 +10,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-from serve.app import create_app
-from serve.model import ModelLoadError
-from serve.service import build_service
 from serve.settings import Settings
 
 
@@ -32,6 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 2
+    # the web stack, torch and litgpt load only now: --help and settings mistakes answer at once
+    import uvicorn
+
+    from serve.app import create_app
+    from serve.model import ModelLoadError
+    from serve.service import build_service
+
     try:
         service = build_service(settings)  # fails fast on a wrong path, before binding the port
     except (ModelLoadError, ValueError) as e:

@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
         version="0.1.0",
         lifespan=lifespan,
     )
+    if service is not None:
+        app.state.service = service  # also without a lifespan run (ASGI test transports)
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(meta.router)
     app.include_router(chat.router)

@@ -211,8 +211,9 @@ class Engine:
         self._outbox: dict[
             asyncio.AbstractEventLoop, list[tuple[Sequence, list[int], FinishReason | None]]
         ] = {}
-        self.steps = 0
+        self.steps = 0  # decode steps run (a step decodes every busy slot)
         self.tokens_generated = 0
+        self.finished: collections.Counter[str] = collections.Counter()  # by finish reason
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -256,6 +257,9 @@ class Engine:
             "max_seq_length": self.config.max_seq_length,
             "active": sum(s is not None for s in self._slots),
             "queued": queued,
+            "decode_steps": self.steps,
+            "tokens_generated": self.tokens_generated,
+            "finished": dict(self.finished),
         }
 
     def device_name(self) -> str | None:
@@ -517,6 +521,7 @@ class Engine:
             return
         seq.done = True
         seq.finish_reason = reason
+        self.finished["timeout" if seq.timed_out else "queue_timeout" if seq.busy else reason] += 1
         if 0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq:
             self._slots[seq.slot] = None
         with self._lock:  # re-entrant: also called under it

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 FinishReason = Literal["stop", "length"]
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 5.0 is the integer 5 (as JSON Schema says); 5.5 and "5" stay errors."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_integral)]
 
 
 class TextPart(BaseModel):
@@ -69,8 +77,10 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(
         min_length=1, max_length=512, description="the chat so far, oldest first"
     )
-    max_tokens: int | None = Field(None, ge=1, description="reply length cap in tokens (server caps it too)")
-    max_completion_tokens: int | None = Field(
+    max_tokens: WholeNumber | None = Field(
+        None, ge=1, description="reply length cap in tokens (server caps it too)"
+    )
+    max_completion_tokens: WholeNumber | None = Field(
         None, ge=1, description="newer name of max_tokens; wins if both"
     )
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0: greedy")
@@ -82,7 +92,7 @@ class ChatCompletionRequest(BaseModel):
     )
     stream: bool = Field(False, description="send Server-Sent Events chunks, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only 1 choice is supported")
+    n: WholeNumber = Field(1, ge=1, le=1, description="only 1 choice is supported")
     user: str | None = None
 
     def stop_list(self) -> list[str]:
@@ -169,8 +179,11 @@ class Health(BaseModel):
     max_batch_size: int
     max_input_tokens: int
     max_new_tokens: int
-    active: int
-    queued: int
+    active: int = Field(description="requests generating now")
+    queued: int = Field(description="requests waiting for a slot")
+    decode_steps: int = Field(description="decode steps since start (each decodes every generating request)")
+    tokens_generated: int
+    finished: dict[str, int] = Field(description="requests ended since start, by reason (stop, length, ...)")
 
 
 class ErrorBody(BaseModel):

@@ -51,10 +51,6 @@ class TwinService:
     limits: Limits
     created: int
 
-    @property
-    def model_name(self) -> str:
-        return self.settings.model_name
-
 
 def build_service(settings: Settings) -> TwinService:
     """Tokenizer and limits now (fast, fails early); the engine loads the model when started."""

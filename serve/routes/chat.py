@@ -21,7 +21,8 @@ from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from prepare.prompt import prompt_from_messages
-from serve.deps import ServiceDep, require_api_key
+from prepare.scrub import scrub_secrets
+from serve.deps import ServiceDep, SettingsDep, require_api_key
 from serve.engine import EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
 from serve.schemas import (
     AssistantMessage,
@@ -34,6 +35,7 @@ from serve.schemas import (
     Usage,
 )
 from serve.service import TwinService
+from serve.settings import Settings
 from serve.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,13 @@ def error(code: int, detail: str, retry_after: int | None = None) -> HTTPExcepti
     return HTTPException(code, detail=detail, headers=headers)
 
 
-async def plan_generation(body: ChatCompletionRequest, service: TwinService) -> Plan:
+async def plan_generation(body: ChatCompletionRequest, service: TwinService, settings: Settings) -> Plan:
     """Check what the schema cannot (model, server limits, chat shape); render and tokenize the prompt."""
-    settings, limits = service.settings, service.limits
-    if body.model is not None and body.model != service.model_name:
+    limits = service.limits
+    if body.model is not None and body.model != settings.model_name:
         raise error(
             status.HTTP_404_NOT_FOUND,
-            f"model {body.model!r} does not exist: this server serves {service.model_name!r} "
+            f"model {body.model!r} does not exist: this server serves {settings.model_name!r} "
             "(see GET /v1/models)",
         )
     max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
@@ -107,15 +109,15 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService) -> 
     )
 
 
-def submit(service: TwinService, plan: Plan) -> Sequence:
+def submit(service: TwinService, settings: Settings, plan: Plan) -> Sequence:
     request = GenerationRequest(
         prompt_ids=plan.prompt_ids,
         max_new_tokens=plan.max_tokens,
         temperature=plan.temperature,
         top_p=plan.top_p,
-        timeout_s=service.settings.request_timeout,
+        timeout_s=settings.request_timeout,
     )
-    retry = service.settings.retry_after
+    retry = settings.retry_after
     try:
         return service.engine.submit(request)
     except EngineNotReady as e:
@@ -150,9 +152,9 @@ async def until_disconnected(work: Awaitable[T], request: Request) -> T:
     raise ClientGone
 
 
-def engine_failure(e: Exception, service: TwinService) -> HTTPException:
+def engine_failure(e: Exception, settings: Settings) -> HTTPException:
     if isinstance(e, EngineBusy):  # waited longer than the request timeout for a slot
-        retry = service.settings.retry_after
+        retry = settings.retry_after
         return error(status.HTTP_503_SERVICE_UNAVAILABLE, f"server busy: {e}; retry in {retry} s", retry)
     return error(status.HTTP_500_INTERNAL_SERVER_ERROR, str(e))
 
@@ -161,11 +163,9 @@ def finish_reason(seq: Sequence, text: TextStream) -> FinishReason:
     return "stop" if text.stopped or seq.finish_reason == "stop" else "length"
 
 
-def log_exchange(service: TwinService, completion_id: str, prompt: str, reply: str) -> None:
+def log_exchange(settings: Settings, completion_id: str, prompt: str, reply: str) -> None:
     """Only with TWIN_LOG_CONTENT=true, and scrubbed of secrets even then."""
-    if service.settings.log_content:
-        from prepare.scrub import scrub_secrets
-
+    if settings.log_content:
         log.info("%s prompt=%r reply=%r", completion_id, scrub_secrets(prompt), scrub_secrets(reply))
 
 
@@ -207,11 +207,11 @@ def chunk(
     },
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, service: ServiceDep
+    body: ChatCompletionRequest, request: Request, service: ServiceDep, settings: SettingsDep
 ) -> ChatCompletion | Response:
     """The twin's reply to the last `user` message, in your voice."""
-    plan = await plan_generation(body, service)
-    seq = submit(service, plan)
+    plan = await plan_generation(body, service, settings)
+    seq = submit(service, settings, plan)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     text = TextStream(service.tokenizer, plan.prompt_ids, plan.stop)
     tokens = seq.tokens()
@@ -222,10 +222,10 @@ async def create_chat_completion(
         seq.cancel()
         return Response(status_code=499)
     except (EngineBusy, EngineError) as e:
-        raise engine_failure(e, service) from e
+        raise engine_failure(e, settings) from e
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = stream_events(service, seq, tokens, first, text, completion_id, plan, include_usage)
+        events = stream_events(settings, seq, tokens, first, text, completion_id, plan, include_usage)
         return EventSourceResponse(events, sep="\n", ping=15)
     try:
         await until_disconnected(collect(seq, tokens, first, text), request)
@@ -233,12 +233,12 @@ async def create_chat_completion(
         seq.cancel()
         return Response(status_code=499)
     except (EngineBusy, EngineError) as e:
-        raise engine_failure(e, service) from e
-    log_exchange(service, completion_id, plan.prompt, text.text)
+        raise engine_failure(e, settings) from e
+    log_exchange(settings, completion_id, plan.prompt, text.text)
     return ChatCompletion(
         id=completion_id,
         created=int(time.time()),
-        model=service.model_name,
+        model=settings.model_name,
         choices=[Choice(message=AssistantMessage(content=text.text), finish_reason=finish_reason(seq, text))],
         usage=Usage(
             prompt_tokens=len(plan.prompt_ids),
@@ -263,7 +263,7 @@ async def collect(
 
 
 async def stream_events(
-    service: TwinService,
+    settings: Settings,
     seq: Sequence,
     tokens: AsyncIterator[list[int]],
     first: list[int] | None,
@@ -272,7 +272,7 @@ async def stream_events(
     plan: Plan,
     include_usage: bool,
 ) -> AsyncIterator[dict[str, str]]:
-    created, model = int(time.time()), service.model_name
+    created, model = int(time.time()), settings.model_name
 
     def event(delta: dict[str, str], finish: FinishReason | None = None) -> dict[str, str]:
         return {"data": chunk(completion_id, created, model, delta, finish, include_usage)}
@@ -309,7 +309,7 @@ async def stream_events(
                 )
             }
         yield {"data": "[DONE]"}
-        log_exchange(service, completion_id, plan.prompt, text.text)
+        log_exchange(settings, completion_id, plan.prompt, text.text)
     except (EngineBusy, EngineError) as e:
         yield {"data": json.dumps({"error": {"message": str(e), "type": "server_error", "code": None}})}
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response, status
 
-from serve.deps import ServiceDep, require_api_key
+from serve.deps import ServiceDep, SettingsDep, require_api_key
 from serve.schemas import ErrorResponse, Health, ModelCard, ModelList
 
 router = APIRouter()
@@ -16,17 +16,17 @@ router = APIRouter()
     responses={503: {"model": Health, "description": "loading (retry), or the model failed to load"}},
     tags=["meta"],
 )
-def health(service: ServiceDep, response: Response) -> Health:
+def health(service: ServiceDep, settings: SettingsDep, response: Response) -> Health:
     """Ready once the model is loaded and warmed up (compiled); 503 until then. Needs no API key."""
     stats = service.engine.stats()
     ready = stats["state"] == "ready"
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        response.headers["Retry-After"] = str(service.settings.retry_after)
+        response.headers["Retry-After"] = str(settings.retry_after)
     return Health(
         status="ok" if ready else "loading" if stats["state"] in ("created", "loading") else stats["state"],
         ready=ready,
-        model=service.model_name,
+        model=settings.model_name,
         device=stats["device"],
         dtype=stats["dtype"],
         compiled=stats["compiled"],
@@ -38,6 +38,9 @@ def health(service: ServiceDep, response: Response) -> Health:
         max_new_tokens=service.limits.max_new_tokens,
         active=stats["active"],
         queued=stats["queued"],
+        decode_steps=stats["decode_steps"],
+        tokens_generated=stats["tokens_generated"],
+        finished=stats["finished"],
     )
 
 
@@ -48,6 +51,6 @@ def health(service: ServiceDep, response: Response) -> Health:
     responses={401: {"model": ErrorResponse}},
     tags=["models"],
 )
-def list_models(service: ServiceDep) -> ModelList:
+def list_models(service: ServiceDep, settings: SettingsDep) -> ModelList:
     """The one model this server serves."""
-    return ModelList(data=[ModelCard(id=service.model_name, created=service.created)])
+    return ModelList(data=[ModelCard(id=settings.model_name, created=service.created)])

@@ -1,0 +1,78 @@
+"""Helpers of the serve tests (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from litgpt import lora
+from litgpt.config import Config
+
+from serve.settings import Settings
+
+ADAPTER_FILE = "lit_model_lora_finetuned.pth"
+LORA_HPARAMS = {
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "lora_query": True,
+    "lora_key": True,
+    "lora_value": True,
+    "lora_projection": True,
+    "lora_mlp": True,
+    "lora_head": True,
+}
+
+
+def make_adapter(checkpoint_dir: Path, out: Path, seed: int = 0, scale: float = 0.05) -> Path:
+    """An out-dir like finetune's, with random (non-zero) LoRA tensors on every LoRA-able layer."""
+    config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    torch.manual_seed(seed)
+    model = lora.GPT(lora.Config(**asdict(config), **LORA_HPARAMS))
+    tensors = {
+        k: torch.randn_like(v) * scale for k, v in model.state_dict().items() if lora.lora_filter(k, v)
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(tensors, out / ADAPTER_FILE)
+    (out / "hyperparameters.yaml").write_text(
+        yaml.safe_dump({**LORA_HPARAMS, "checkpoint_dir": str(checkpoint_dir)})
+    )
+    return out / ADAPTER_FILE
+
+
+def make_settings(checkpoint_dir: Path, lora_path: Path | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "checkpoint_dir": checkpoint_dir,
+        "lora_path": lora_path,
+        "api_key": None,
+        "device": "cpu",
+        "compile": False,
+        "max_input_tokens": 160,
+        "max_new_tokens": 48,
+        "default_max_tokens": 12,
+        "max_batch_size": 4,
+        "max_queue": 16,
+        "request_timeout": 60.0,
+        "default_stop": [],
+        "cors_origins": [],
+        "log_content": False,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def user(content: str, name: str | None = None) -> dict[str, str]:
+    message = {"role": "user", "content": content}
+    if name is not None:
+        message["name"] = name
+    return message

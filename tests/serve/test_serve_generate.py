@@ -1,0 +1,161 @@
+"""Generation functions and model loading against litgpt itself: sampling, the slot KV cache with
+continuous batching (identical tokens to litgpt's own `generate`), the LoRA merge, load errors."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from litgpt import lora
+from litgpt.config import Config
+from litgpt.generate.base import generate
+from litgpt.model import GPT
+from serve_helpers import LORA_HPARAMS, make_adapter
+
+from serve.engine import Engine, EngineConfig, GenerationRequest
+from serve.generate import sample
+from serve.model import ModelLoadError, load_model
+
+CPU = torch.device("cpu")
+
+
+def test_sample_greedy_rows_take_the_argmax_and_top_p_zero_is_greedy() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    temperature = torch.tensor([0.0, 1.0, 0.0, 1.5])
+    top_p = torch.tensor([1.0, 1e-6, 0.5, 1e-6])  # a tiny nucleus keeps only the most likely token
+    for _ in range(20):
+        assert sample(logits, temperature, top_p).tolist() == logits.argmax(-1).tolist()
+
+
+def test_sample_follows_the_distribution_and_cuts_the_nucleus() -> None:
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 4000
+    logits = probs.log().expand(n, 4).contiguous()
+    drawn = sample(logits, torch.ones(n), torch.ones(n))
+    freq = torch.bincount(drawn, minlength=4).float() / n
+    assert torch.allclose(freq, probs, atol=0.03), freq
+    # top_p 0.7: tokens 0 (0.5) and 1 (0.3) make the nucleus; 2 and 3 never come out
+    drawn = sample(logits, torch.ones(n), torch.full((n,), 0.7))
+    assert set(drawn.tolist()) == {0, 1}
+    # temperature sharpens: at 0.25 token 0 dominates far beyond its 50%
+    drawn = sample(logits, torch.full((n,), 0.25), torch.ones(n))
+    assert (drawn == 0).float().mean() > 0.85
+
+
+def reference_greedy(checkpoint: Path, prompt: list[int], n: int) -> list[int]:
+    """litgpt's own generate (its KV cache and attention) on the same weights."""
+    model = load_model(checkpoint, None, CPU, torch.float32)
+    model.max_seq_length = len(prompt) + n
+    model.set_kv_cache(batch_size=1)
+    out = generate(model, torch.tensor(prompt), len(prompt) + n, temperature=0.0, include_prompt=False)
+    return out.tolist()
+
+
+def test_continuous_batching_matches_litgpt_generate(tiny_checkpoint: Path) -> None:
+    """Three prompts of different lengths join a running batch at different steps; each slot decodes at
+    its own position, and every sequence comes out token for token as litgpt generates it alone."""
+    n = 24
+    prompts = [[5, 17, 99, 3, 250], list(range(40, 71)), [300, 2]]
+    engine = Engine(
+        partial(load_model, tiny_checkpoint, None, CPU, torch.float32),
+        EngineConfig(max_batch_size=4, max_seq_length=96, warmup_prompt_tokens=16),
+    )
+    engine.start()
+    assert engine.wait_ready(60), engine.load_error
+
+    async def run() -> list[list[int]]:
+        outs: list[list[int]] = [[] for _ in prompts]
+
+        async def consume(i: int) -> None:
+            seq = engine.submit(GenerationRequest(prompts[i], n, temperature=0.0, ignore_eos=True))
+            async for chunk in seq.tokens():
+                outs[i].extend(chunk)
+                if i + 1 < len(prompts) and len(outs[i]) == 3 * (i + 1) and not started[i + 1].is_set():
+                    started[i + 1].set()  # the next request arrives while this one is generating
+
+        started = [asyncio.Event() for _ in prompts]
+        started[0].set()
+
+        async def staggered(i: int) -> None:
+            await started[i].wait()
+            await consume(i)
+
+        await asyncio.gather(*(staggered(i) for i in range(len(prompts))))
+        return outs
+
+    try:
+        outs = asyncio.run(run())
+        assert engine.steps < sum(len(o) for o in outs)  # requests shared decode steps
+    finally:
+        engine.stop()
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert out == reference_greedy(tiny_checkpoint, prompt, n)
+
+
+def test_lora_is_merged_into_the_weights(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The served (merged, plain GPT) model computes what litgpt's unmerged LoRA model computes."""
+    adapter = make_adapter(tiny_checkpoint, tmp_path / "twin")
+    merged = load_model(tiny_checkpoint, adapter, CPU, torch.float32)
+    config = Config.from_file(tiny_checkpoint / "model_config.yaml")
+    reference = lora.GPT(lora.Config(**{**asdict(config), **LORA_HPARAMS}))
+    state = torch.load(tiny_checkpoint / "lit_model.pth", weights_only=True)
+    reference.load_state_dict({**state, **torch.load(adapter, weights_only=True)})
+    base = GPT(config)
+    base.load_state_dict(state)
+    x = torch.randint(0, config.vocab_size, (2, 12))
+    with torch.no_grad():
+        want, got, plain = reference.eval()(x), merged(x), base.eval()(x)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-2)  # the adapter changes the model
+
+
+def copy_checkpoint(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("no_dir", "does not exist"),
+        ("no_weights", "lacks lit_model.pth"),
+        ("no_adapter", "LoRA adapter"),
+        ("no_hparams", "hyperparameters.yaml"),
+        ("hparams_missing_key", "lacks lora_alpha"),
+        ("full_weights_as_adapter", "is not a LoRA adapter"),
+        ("wrong_rank", "does not fit the checkpoint"),
+    ],
+)
+def test_load_errors_say_what_to_fix(
+    tiny_checkpoint: Path, tmp_path: Path, breakage: str, message: str
+) -> None:
+    checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    adapter: Path | None = make_adapter(tiny_checkpoint, tmp_path / "out")
+    assert adapter is not None
+    if breakage == "no_dir":
+        checkpoint = tmp_path / "missing"
+    elif breakage == "no_weights":
+        (checkpoint / "lit_model.pth").unlink()
+    elif breakage == "no_adapter":
+        adapter = tmp_path / "out" / "nope.pth"
+    elif breakage == "no_hparams":
+        (tmp_path / "out" / "hyperparameters.yaml").unlink()
+    elif breakage == "hparams_missing_key":
+        hparams = yaml.safe_load((tmp_path / "out" / "hyperparameters.yaml").read_text())
+        del hparams["lora_alpha"]
+        (tmp_path / "out" / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams))
+    elif breakage == "full_weights_as_adapter":
+        shutil.copy(checkpoint / "lit_model.pth", adapter)
+    elif breakage == "wrong_rank":
+        hparams = yaml.safe_load((tmp_path / "out" / "hyperparameters.yaml").read_text())
+        (tmp_path / "out" / "hyperparameters.yaml").write_text(yaml.safe_dump({**hparams, "lora_r": 8}))
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(checkpoint, adapter, CPU, torch.float32)
