@@ -57,7 +57,6 @@ _KEYWORDS = (
     r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|credential|aws"
 )
 _MAYBE_SHAPE = re.compile(_SHAPES)
-# (the keyword list is also the union of the rules' `needs` guards below, digits and shapes aside)
 _MAYBE_KEYWORD = re.compile(_KEYWORDS)  # run on the lower-cased text: much faster than re.IGNORECASE
 _MAYBE_RE2 = "(?i)" + _SHAPES.replace(r"\d", r"\p{Nd}") + "|" + _KEYWORDS  # RE2's \d is ASCII-only
 
@@ -121,7 +120,8 @@ def looks_random(token: str) -> bool:
     letters = sum(c.isalpha() for c in core)
     if letters == 0:
         return False  # an id, a number, a date
-    if all(part.isalpha() or part.isdigit() for part in _PARTS.split(core) if part):
+    parts = [part for part in _PARTS.split(core) if part]
+    if len(parts) > 1 and all(part.isalpha() or part.isdigit() for part in parts):
         return False  # words and numbers joined by dots/dashes: mail.example.com, 2024-05-01-backup
     if digits and set(core.lower()) <= _HEX:
         # Hex keys use only 16 symbols, so their entropy tops out at 4 bits a character.
@@ -308,10 +308,14 @@ def _find_passwords(text: str) -> Iterator[Span]:
                     continue
                 tok, start = rest, start + len(tok) - len(rest)
             elif tok[0] in _QUOTES:
-                line_end = text.find("\n", start)
-                close = text.find(_QUOTES[tok[0]], start + 1, len(text) if line_end < 0 else line_end)
-                if close > start + 1 and (explicit or not is_pin):
-                    yield (start, close + 1, "PASSWORD")
+                # A quoted value: `password: "two words"`. Without a separator only after a space and not
+                # an apostrophe ("password's fine" is no value).
+                spaced = start > t.start()
+                if explicit or (spaced and tok[0] != "'" and not is_pin):
+                    line_end = text.find("\n", start)
+                    close = text.find(_QUOTES[tok[0]], start + 1, len(text) if line_end < 0 else line_end)
+                    if close > start + 1:
+                        yield (start, close + 1, "PASSWORD")
                 break
             elif len(tok) > 1 and tok[-1] == ":" and not explicit and len(fillers) < 3:
                 fillers.append(tok[:-1].lower())  # "пароль такой:", "wifi password:"
@@ -360,14 +364,10 @@ _KEY_KEYWORD = re.compile(
     re.IGNORECASE,
 )
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9_+/.~-])[A-Za-z0-9_+/.~-][A-Za-z0-9_+/=.~-]{15,}")  # "token=" glues
+_TOKEN_START = re.compile(r"(?<![A-Za-z0-9_+/.~-])[A-Za-z0-9_+/.~-]")
 _KEY_WINDOW = 80  # how far after the keyword a value may start
-
-
 _VALUE_END = re.compile(r"[^\s\"'`«»]*")
 _QUOTE_CLOSE = {'"': '"', "'": "'", "`": "`", "«": "»"}
-
-
-_TOKEN_START = re.compile(r"(?<![A-Za-z0-9_+/.~-])[A-Za-z0-9_+/.~-]")
 
 
 def _find_keyword_secrets(text: str) -> Iterator[Span]:
