@@ -125,6 +125,20 @@ async def run_stream(engine: Engine, request: GenerationRequest) -> tuple[float,
     return t_submit, arrivals
 
 
+def compile_counters() -> dict[str, Any]:
+    """Did compilation do what it should: few graphs, no recompiles past the buckets, CUDA graphs used."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "dynamo_unique_graphs": counters["stats"].get("unique_graphs", 0),
+        "dynamo_graph_breaks": sum(counters["graph_break"].values()),
+        "cudagraph_skips": counters["inductor"].get("cudagraph_skips", 0),
+        "cudagraph_non_static_inputs_recorded": counters["inductor"].get(
+            "cudagraph_recorded_non_static_inputs", 0
+        ),
+    }
+
+
 def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
     cfg = plan.config
     engine_config = EngineConfig(
@@ -150,6 +164,7 @@ def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
             "buckets": engine.buckets,
             "max_batch": plan.max_batch,
             "max_seq": plan.max_seq,
+            **compile_counters(),
         },
         sink,
     )
@@ -329,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     plan = make_plan(args)
     sink: list[dict[str, Any]] = []
+    torch._logging.set_logs(perf_hints=True, recompiles=True)  # why CUDA graphs were skipped, if they were
     import litgpt
 
     emit(

@@ -372,6 +372,7 @@ class Engine:
         self._tokens.zero_()
         self._pos.zero_()
         self._temperature.zero_()
+        self.steps = 0  # count served steps only
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
