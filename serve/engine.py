@@ -326,8 +326,8 @@ class Engine:
         model = self._build_model()
         setup_caches(model, cfg.max_batch_size, cfg.max_seq_length)
         self.model = model
-        self.device = model.lm_head.weight.device
-        self.dtype = model.lm_head.weight.dtype
+        self.device = model.transformer.wte.weight.device  # the head may be a LoRA layer (NF4 base)
+        self.dtype = model.transformer.wte.weight.dtype
         self.vocab_size = model.config.vocab_size
         B, dev = cfg.max_batch_size, self.device
         self._tokens = torch.zeros(B, dtype=torch.int64, device=dev)  # last token of each slot

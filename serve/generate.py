@@ -19,6 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from litgpt import lora
 from litgpt.model import GPT, CausalSelfAttention, KVCache, build_mask_cache
 
 
@@ -74,6 +75,10 @@ class DecodeAttention(CausalSelfAttention):
         return y.reshape(B, nh_q, 1, hs).transpose(1, 2)  # (B, 1, nh_q, hs)
 
 
+# litgpt's LoRA attention too: an NF4 base is served with the adapter unmerged (`--quantize`)
+SERVABLE_ATTENTION = (CausalSelfAttention, lora.CausalSelfAttention)
+
+
 def setup_caches(model: GPT, max_batch: int, max_seq: int) -> None:
     """Give `model` a static (max_batch, max_seq) slot KV cache and the decode attention, in place.
 
@@ -86,7 +91,7 @@ def setup_caches(model: GPT, max_batch: int, max_seq: int) -> None:
         )
     if max_seq > config.block_size:
         raise ValueError(f"max_seq {max_seq} exceeds the model's context length {config.block_size}")
-    weight = model.lm_head.weight
+    weight = model.transformer.wte.weight  # not lm_head: it may be a LoRA layer (`--quantize`)
     device, dtype = weight.device, weight.dtype
     model.mask_cache = None
     model.max_seq_length = max_seq
@@ -94,7 +99,7 @@ def setup_caches(model: GPT, max_batch: int, max_seq: int) -> None:
     rope_n = model.rope_cache_length()
     for block in model.transformer.h:
         attn = block.attn
-        if type(attn) is not CausalSelfAttention and not isinstance(attn, DecodeAttention):
+        if type(attn) not in SERVABLE_ATTENTION and not isinstance(attn, DecodeAttention):
             raise ValueError(f"unsupported attention module {type(attn).__name__}: serve a plain litgpt GPT")
         attn.__class__ = DecodeAttention  # same module and weights; only the attention kernel call differs
         v_shape = (max_batch, config.n_query_groups, max_seq, config.head_size)

@@ -116,11 +116,20 @@ def merge_lora(
     return {k.replace("linear.", ""): v for k, v in model.state_dict().items() if not lora.lora_filter(k, v)}
 
 
-def load_model(checkpoint_dir: Path, lora_path: Path | None, device: torch.device, dtype: torch.dtype) -> GPT:
-    """The checkpoint's GPT on `device` in `dtype`, with the adapter (if any) merged into its weights."""
+def load_model(
+    checkpoint_dir: Path,
+    lora_path: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantize: str = "none",
+) -> GPT:
+    """The checkpoint's GPT on `device` in `dtype`, with the adapter (if any) merged into its weights;
+    with `quantize` (nf4, nf4-dq) the base in NF4 and the adapter on top, unmerged."""
     check_checkpoint_dir(checkpoint_dir)
     config = Config.from_file(checkpoint_dir / "model_config.yaml")
     base = _load_state(checkpoint_dir / "lit_model.pth")
+    if quantize != "none":
+        return load_quantized(config, base, lora_path, device, dtype, quantize)
     if lora_path is not None:
         state = merge_lora(config, base, lora_path, device, dtype)
     else:
@@ -134,6 +143,59 @@ def load_model(checkpoint_dir: Path, lora_path: Path | None, device: torch.devic
             f"lit_model.pth in {str(checkpoint_dir)!r} does not match its model_config.yaml: {e}"
         ) from e
     model.cos, model.sin = model.rope_cache(device=device)  # buffers built on meta above
+    return model.eval().requires_grad_(False)
+
+
+def check_quantize(mode: str, device: torch.device) -> None:
+    """Fail early, with what to install or which flag to drop, where `--quantize mode` cannot run."""
+    from finetune.quantize import QuantizationUnavailableError, check_quantize_support
+
+    try:
+        check_quantize_support(mode, device)
+    except QuantizationUnavailableError as e:
+        raise ModelLoadError(str(e)) from e
+
+
+def load_quantized(
+    config: Config,
+    base: dict[str, torch.Tensor],
+    lora_path: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    mode: str,
+) -> GPT:
+    """The base in NF4 (finetune.quantize), quantized layer by layer on `device`, with the adapter applied
+    on top of it, not merged: merging would re-quantize the weights and round most of the adapter away.
+
+    Returns litgpt's LoRA GPT (a `GPT`), its LoRA-less layers unwrapped so that it looks like a plain one.
+    """
+    from finetune.quantize import load_quantized_model, strip_unused_lora
+
+    check_quantize(mode, device)
+    hparams = read_lora_hparams(lora_path) if lora_path is not None else {"lora_r": 0}
+    lora_config = lora.Config(**{**asdict(config), **hparams, "lora_dropout": 0.0})
+    try:
+        model = load_quantized_model(lora_config, base, mode, device, dtype)
+    except ValueError as e:
+        raise ModelLoadError(f"lit_model.pth does not match its model_config.yaml: {e}") from e
+    if lora_path is not None:
+        adapter = _load_state(lora_path)
+        if not adapter or any("lora_" not in key for key in adapter):
+            raise ModelLoadError(
+                f"{str(lora_path)!r} is not a LoRA adapter (expected only lora_A/lora_B tensors)"
+            )
+        try:
+            result = model.load_state_dict(adapter, strict=False)
+            problems = [f"missing {k}" for k in result.missing_keys if "lora_" in k]
+            problems += [f"unexpected {k}" for k in result.unexpected_keys]
+        except RuntimeError as e:  # shape mismatches
+            problems = [str(e)]
+        if problems:
+            raise ModelLoadError(
+                f"{str(lora_path)!r} does not fit the checkpoint and its hyperparameters.yaml "
+                f"(trained on another base model?): {'; '.join(problems[:4])}"
+            )
+    strip_unused_lora(model)
     return model.eval().requires_grad_(False)
 
 

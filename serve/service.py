@@ -11,7 +11,7 @@ from litgpt.config import Config
 from litgpt.tokenizer import Tokenizer
 
 from serve.engine import Engine, EngineConfig, resolve_device, resolve_dtype
-from serve.model import check_adapter, check_checkpoint_dir, load_model, load_tokenizer
+from serve.model import check_adapter, check_checkpoint_dir, check_quantize, load_model, load_tokenizer
 from serve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,11 @@ def build_service(settings: Settings) -> TwinService:
         max_queue=settings.max_queue,
         compile=settings.compile,
     )
-    build = partial(load_model, settings.checkpoint_dir, settings.lora_path, device, dtype)
+    if settings.quantize != "none":
+        check_quantize(settings.quantize, device)
+    build = partial(
+        load_model, settings.checkpoint_dir, settings.lora_path, device, dtype, quantize=settings.quantize
+    )
     eos = () if tokenizer.eos_id is None else (tokenizer.eos_id,)
     engine = Engine(build, engine_config, eos_ids=eos)
     return TwinService(settings, tokenizer, engine, limits, created=int(time.time()))
