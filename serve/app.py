@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["*"],  # OpenAI's JS client sends its own x-stainless-* headers
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     )
     default_temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="when a request sets none")
     default_top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="when a request sets none")
-    max_batch_size: int = Field(default=16, ge=1, le=1024, description="requests generating at once (slots)")
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="requests generating at once (slots)")
     max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot; more: 503")
     request_timeout: float = Field(
         default=120.0, gt=0, description="seconds a request may take, queue included"

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from prepare.prompt import prompt_from_messages
+from prepare.prompt import MAX_CONTEXT_TURNS, prompt_from_messages
 from prepare.scrub import scrub_secrets
 from serve.deps import ServiceDep, SettingsDep, require_api_key
 from serve.engine import EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
@@ -41,6 +41,8 @@ from serve.text import TextStream
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CONTEXT_TURNS_TRIED = (MAX_CONTEXT_TURNS, 4, 2, 1, 0)
+"""Earlier turns kept as context, most first, until the prompt fits TWIN_MAX_INPUT_TOKENS."""
 LONG_PROMPT_CHARS = 20_000
 """Prompts longer than this are tokenized in a thread, not on the event loop."""
 
@@ -85,19 +87,23 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
             "(TWIN_MAX_NEW_TOKENS): ask for fewer",
         )
     messages = [{"role": m.role, "content": m.text(), "name": m.name} for m in body.messages]
-    try:
-        prompt = prompt_from_messages(messages)
-    except ValueError as e:
-        raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
-    if len(prompt) > LONG_PROMPT_CHARS:
-        ids = (await asyncio.to_thread(service.tokenizer.encode, prompt)).tolist()
+    # the prompt module keeps the last MAX_CONTEXT_TURNS turns; if that is over the token limit, fewer
+    for turns in CONTEXT_TURNS_TRIED:
+        try:
+            prompt = prompt_from_messages(messages, max_turns=turns)
+        except ValueError as e:
+            raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
+        if len(prompt) > LONG_PROMPT_CHARS:
+            ids = (await asyncio.to_thread(service.tokenizer.encode, prompt)).tolist()
+        else:
+            ids = service.tokenizer.encode(prompt).tolist()
+        if len(ids) <= limits.max_input_tokens:
+            break
     else:
-        ids = service.tokenizer.encode(prompt).tolist()
-    if len(ids) > limits.max_input_tokens:
         raise error(
             status.HTTP_400_BAD_REQUEST,
-            f"the chat renders to a {len(ids)}-token prompt; this server accepts at most "
-            f"{limits.max_input_tokens} (TWIN_MAX_INPUT_TOKENS): send a shorter last message",
+            f"the last message alone renders to a {len(ids)}-token prompt; this server accepts at most "
+            f"{limits.max_input_tokens} (TWIN_MAX_INPUT_TOKENS): send a shorter message",
         )
     return Plan(
         prompt=prompt,

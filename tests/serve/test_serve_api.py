@@ -107,6 +107,21 @@ def test_stream_matches_the_plain_reply(client: TestClient) -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
 
 
+def test_a_long_history_keeps_fewer_context_turns(client: TestClient, service: TwinService) -> None:
+    history: list[dict[str, Any]] = []
+    for i in range(8):
+        history += [
+            user(f"message number {i} about the concert and the weekend plans"),
+            {"role": "assistant", "content": f"reply {i} sure thing, sounds good to me"},
+        ]
+    messages = [*history, user("so, friday?")]
+    full = len(service.tokenizer.encode(prompt_from_messages(messages)))
+    assert full > 160  # over TWIN_MAX_INPUT_TOKENS with the prompt module's default 8 turns
+    body = chat(client, messages, max_tokens=2)
+    fits = [len(service.tokenizer.encode(prompt_from_messages(messages, max_turns=n))) for n in (4, 2, 1, 0)]
+    assert body["usage"]["prompt_tokens"] == next(n for n in fits if n <= 160)
+
+
 def test_stop_strings_cut_the_reply(client: TestClient) -> None:
     messages = [user("How was your day?")]
     full = chat(client, messages, max_tokens=24, temperature=0)["choices"][0]["message"]["content"]
@@ -180,7 +195,8 @@ def test_client_mistakes_are_4xx_with_a_detail(
     assert r.status_code == status, r.text
     body = r.json()
     assert detail in json.dumps(body["detail"]), body
-    assert body["error"]["message"] and body["error"]["type"] == "invalid_request_error" or status == 404
+    assert body["error"]["message"]
+    assert body["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
 
 
 def test_body_over_the_limit_is_413(client: TestClient) -> None:
