@@ -12,14 +12,13 @@ Two modes, as in litgpt's `bnb.nf4` / `bnb.nf4-dq`:
 - `nf4-dq`: double quantization (QLoRA paper, 3.1): the scalers themselves stored as int8 around their
   mean with one scale factor per block of up to 256 scalers — torchao's `NF4Tensor.from_tensor`.
 
-Typical use (a 7B base never sits on the GPU in bf16, only one layer at a time)::
+Typical use — a 7B base never sits on the GPU in bf16, only one layer at a time::
 
-    with torch.device("meta"):
-        model = GPT(config)
-    checkpoint = torch.load(path, mmap=True, weights_only=True)
-    model.load_state_dict(checkpoint, strict=False, assign=True)    # CPU, memory-mapped
-    quantize_model(model, "nf4-dq", device=torch.device("cuda"))     # layer by layer onto the GPU
-    ...                                                              # then the rest to the GPU, LoRA init
+    model = load_quantized_model(lora_config, checkpoint_dir / "lit_model.pth", "nf4-dq", "cuda")
+    model.load_state_dict(adapter, strict=False)  # optional: a trained adapter, applied unmerged
+
+`quantize_model` does the in-place conversion for a model built any other way; `parameter_memory` and
+`tensor_nbytes` count what the weights really take; `create_optimizer` offers torchao's 8-/4-bit AdamW.
 """
 
 from __future__ import annotations
