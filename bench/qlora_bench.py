@@ -21,7 +21,9 @@ The NF4 model is built layer by layer from a lazily generated random "checkpoint
 reported too.
 
 Serving: the NF4 base with the LoRA applied on top (not merged), a KV cache, a 512-token prompt, then
-batch-1 greedy decoding: eager, with compiled dequantization, and fully compiled with CUDA graphs.
+batch-1 greedy decoding: litgpt's forward eager and with compiled dequantization, and the server's own
+engine (`serve.engine`, decode step compiled with CUDA graphs on a GPU) as `python -m serve --quantize`
+runs it; peak memory of each after `torch.cuda.reset_peak_memory_stats()`.
 Prints one JSON object (and writes it to --out).
 """
 
@@ -59,6 +61,7 @@ from finetune.quantize import (  # noqa: E402
     parameter_memory,
     parse_quantize_mode,
     quantize_model,
+    strip_unused_lora,
 )
 
 log = logging.getLogger("qlora_bench")
@@ -269,6 +272,49 @@ def train_variant(
     }
 
 
+def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.device) -> dict:
+    """Batch-1 greedy decoding through the server's own engine (`serve.engine`: slot KV cache, decode
+    step compiled with CUDA graphs on a GPU) around the NF4 model, as `python -m serve --quantize` runs it."""
+    import asyncio
+
+    from serve.engine import Engine, EngineConfig, GenerationRequest
+
+    model.eval().requires_grad_(False)
+    set_variant(model, compiled_dequant=False, checkpointing=False)
+    strip_unused_lora(model)
+    cleanup(device)
+    config = EngineConfig(
+        max_batch_size=1, max_seq_length=prompt_len + new_tokens + 8, warmup_prompt_tokens=prompt_len
+    )
+    engine = Engine(lambda: model, config)
+    started = time.perf_counter()
+    engine.start()
+    try:
+        if not engine.wait_ready(timeout=420):
+            return {"error": f"engine not ready: {engine.load_error}"}
+        startup_s = time.perf_counter() - started
+        prompt = torch.randint(1, model.config.vocab_size, (prompt_len,)).tolist()
+
+        async def stream() -> list[float]:
+            seq = engine.submit(GenerationRequest(prompt, new_tokens, temperature=0.0, ignore_eos=True))
+            arrivals: list[float] = []
+            async for chunk in seq.tokens():
+                arrivals.extend([time.perf_counter()] * len(chunk))
+            return arrivals
+
+        arrivals = asyncio.run(stream())
+    finally:
+        engine.stop()
+    return {
+        "tokens_per_s": round((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 1),
+        "peak_gib": peak_gib(device),
+        "prompt_tokens": prompt_len,
+        "compiled": engine.compiled,
+        "compile_error": engine.compile_error,
+        "startup_to_ready_s": round(startup_s, 1),
+    }
+
+
 def decode_variant(model: GPT, prompt_len: int, new_tokens: int, device: torch.device, how: str) -> dict:
     """Batch-1 greedy decoding after a `prompt_len` prefill; `how`: eager, cd (compiled dequant), compiled."""
     model.eval()
@@ -404,7 +450,12 @@ def run(args: argparse.Namespace) -> dict:
         model = serve_model
         for how in args.decode.split(","):
             try:
-                result["serve"][how] = decode_variant(model, args.prompt_tokens, args.new_tokens, device, how)
+                if how == "engine":
+                    result["serve"][how] = engine_decode(model, args.prompt_tokens, args.new_tokens, device)
+                else:
+                    result["serve"][how] = decode_variant(
+                        model, args.prompt_tokens, args.new_tokens, device, how
+                    )
             except Exception as e:  # a bench records a failing path and goes on to the next
                 result["serve"][how] = {
                     "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -443,7 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve-mode", default="nf4-dq", help="base for the decode test: nf4, nf4-dq or none"
     )
-    parser.add_argument("--decode", default="eager,cd,compiled", help="decode variants to run")
+    parser.add_argument(
+        "--decode",
+        default="eager,cd,engine",
+        help="decode variants, in order: eager, cd (compiled dequantization), compiled (the whole step, "
+        "CUDA graphs), engine (serve's engine, last: it rewires the model)",
+    )
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--no-quantize-check", dest="quantize_check", action="store_false")
@@ -454,8 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 3)
         args.prompt_tokens, args.new_tokens = min(args.prompt_tokens, 64), min(args.new_tokens, 24)
-        if args.decode == "eager,cd,compiled":
-            args.decode = "eager,cd"  # CUDA graphs need a GPU
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     result = run(args)
     text = json.dumps(result, indent=2)
