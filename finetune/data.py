@@ -336,14 +336,36 @@ def padding_fraction(plan: BatchPlan, epoch: int = 0) -> float:
     return 1.0 - real / padded if padded else 0.0
 
 
-def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, targets) of shape (B, T); targets are the labels shifted left by one (-100 on pads)."""
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A micro-batch as tensors (on the host; `to` moves it)."""
+
+    input_ids: torch.Tensor
+    """(B, T) token ids, right-padded."""
+    positions: torch.Tensor
+    """(N,) flat indices into B*T of the positions whose next token carries loss (the reply + EOS)."""
+    targets: torch.Tensor
+    """(N,) the next token at each of `positions`."""
+
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cuda":  # pinned host memory: the copies overlap with compute, no sync
+            return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in self))
+        return Batch(*(t.to(device) for t in self))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.input_ids, self.positions, self.targets))
+
+
+def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int) -> Batch:
+    """Pad a micro-batch and list its loss positions; position t of a row predicts token t+1."""
     b, t = len(batch.indices), batch.length
     input_ids = torch.full((b, t), pad_id, dtype=torch.long)
-    targets = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+    positions, targets = [], []
     for row, i in enumerate(batch.indices):
         ex = examples[i]
         n = len(ex)
         input_ids[row, :n] = ex.input_ids
-        targets[row, : n - 1] = ex.labels[1:]
-    return input_ids, targets
+        first = max(ex.prompt_len, 1) - 1  # the last prompt token predicts the reply's first token
+        positions.append(torch.arange(row * t + first, row * t + n - 1))
+        targets.append(ex.input_ids[first + 1 : n])
+    return Batch(input_ids, torch.cat(positions), torch.cat(targets))

@@ -26,7 +26,7 @@ import torch
 from litgpt.generate.base import generate
 from litgpt.lora import GPT, Block, Config, mark_only_lora_as_trainable
 from litgpt.tokenizer import Tokenizer
-from litgpt.utils import chunked_cross_entropy, num_parameters
+from litgpt.utils import num_parameters
 from tqdm import tqdm
 
 from collect.private import make_private_dir
@@ -34,6 +34,16 @@ from finetune.args import FinetuneArgs
 from finetune.data import BatchPlan, Encoded, collate, encode_records, load_splits, padding_fraction
 from finetune.errors import UserError
 from finetune.metrics import MetricsFile, Row, format_duration, peak_memory_gib, plot_losses
+from finetune.model import (
+    LossPositions,
+    attach_loss_positions,
+    batch_loss,
+    compile_blocks,
+    enable_activation_checkpointing,
+    make_optimizer,
+    prepare_lora_layers,
+    train_step,
+)
 from finetune.state import (
     Position,
     list_checkpoints,
@@ -48,7 +58,6 @@ log = logging.getLogger("finetune")
 
 METRICS_FILE = "metrics.csv"
 PLOT_FILE = "loss.png"
-LM_HEAD_CHUNK = 128
 CHECKPOINT_FILES = ("lit_model.pth", "model_config.yaml", "tokenizer_config.json")
 
 
@@ -133,26 +142,21 @@ def setup(args: FinetuneArgs) -> Summary | None:
 
 
 # -------------------------------------------------------------------------------------------- model
-def checkpointed_forward(block: torch.nn.Module, *args: Any) -> torch.Tensor:
-    # use_reentrant=False works with frozen inputs and under torch.compile
-    return torch.utils.checkpoint.checkpoint(type(block).forward, block, *args, use_reentrant=False)
-
-
-def build_model(fabric: L.Fabric, args: FinetuneArgs, max_seq_length: int) -> GPT:
-    """litgpt's LoRA GPT with the base weights loaded; only LoRA tensors train."""
+def build_model(fabric: L.Fabric, args: FinetuneArgs, max_seq_length: int) -> tuple[GPT, LossPositions]:
+    """litgpt's LoRA GPT (base weights are loaded after set-up); only LoRA tensors train."""
     config = Config.from_file(args.run.checkpoint_dir / "model_config.yaml", **vars(args.lora))
     fsdp = args.run.strategy == "fsdp" and fabric.world_size > 1
     with fabric.init_module(empty_init=fsdp):
         model = GPT(config)
     model.max_seq_length = max_seq_length
     mark_only_lora_as_trainable(model)
-    if args.train.activation_checkpointing and not fsdp:
-        for block in model.transformer.h:
-            block.forward = functools.partial(checkpointed_forward, block)
+    prepare_lora_layers(model, build_buffers=not fsdp)
+    head = attach_loss_positions(model)
+    if args.train.activation_checkpointing and not fsdp:  # FSDP wraps blocks itself (make_strategy)
+        enable_activation_checkpointing(model)
     if args.train.compile:
-        for block in model.transformer.h:
-            block.compile()
-    return model
+        compile_blocks(model)
+    return model, head
 
 
 def load_base_weights(fabric: L.Fabric, model: torch.nn.Module, checkpoint_dir: Path) -> None:
@@ -230,7 +234,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     }
 
     fabric.seed_everything(args.train.seed, verbose=False)
-    model = build_model(fabric, args, max_seq_length)
+    model, head = build_model(fabric, args, max_seq_length)
     log.info(
         "model %s: %s trainable LoRA parameters, %s frozen; %d train / %d val records; %d steps of %d "
         "sequences (%d per epoch); padding %.1f%%",
@@ -241,13 +245,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     fabric_model = fabric.setup_module(model)
     load_base_weights(fabric, fabric_model, args.run.checkpoint_dir)
 
-    trainable = [p for p in fabric_model.parameters() if p.requires_grad]
-    adamw = torch.optim.AdamW(
-        trainable,
-        lr=args.train.learning_rate,
-        weight_decay=args.train.weight_decay,
-        fused=fabric.device.type == "cuda",
-    )
+    adamw = make_optimizer(fabric_model, args.train.learning_rate, args.train.weight_decay, fabric.device)
     optimizer: Any = fabric.setup_optimizers(adamw)
     warmup = min(args.train.warmup_steps, total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -265,7 +263,9 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         save_hyperparameters(out_dir, hparams)
 
     metrics = MetricsFile(out_dir / METRICS_FILE, position.step if position.step else None)
-    loop = Loop(fabric, args, fabric_model, optimizer, scheduler, plan, val, tokenizer, metrics, resume_key)
+    loop = Loop(
+        fabric, args, fabric_model, head, optimizer, scheduler, plan, val, tokenizer, metrics, resume_key
+    )
     try:
         first_val, final_val, nonpad_rate = loop.fit(position, total_steps, steps_per_epoch, val_records)
     except torch.cuda.OutOfMemoryError:
@@ -319,6 +319,7 @@ class Loop:
         fabric: L.Fabric,
         args: FinetuneArgs,
         model: Any,
+        head: LossPositions,
         optimizer: Any,
         scheduler: Any,
         plan: BatchPlan,
@@ -327,7 +328,7 @@ class Loop:
         metrics: MetricsFile,
         resume_key: dict[str, Any],
     ) -> None:
-        self.fabric, self.args, self.model = fabric, args, model
+        self.fabric, self.args, self.model, self.head = fabric, args, model, head
         self.optimizer, self.scheduler, self.plan = optimizer, scheduler, plan
         self.val, self.tokenizer, self.metrics, self.resume_key = val, tokenizer, metrics, resume_key
         self.pad_id = tokenizer.eos_id or 0
@@ -347,16 +348,10 @@ class Loop:
         all_val = list(range(len(val.examples)))
         self.val_step = val_plan.make_step(all_val[: len(all_val) - len(all_val) % fabric.world_size])
 
-    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.fabric.device.type == "cuda":
-            return tensor.pin_memory().to(self.fabric.device, non_blocking=True)
-        return tensor.to(self.fabric.device)
-
     def fit(
         self, position: Position, total_steps: int, steps_per_epoch: int, val_records: list[dict[str, Any]]
     ) -> tuple[float, float, float]:
         fabric, args = self.fabric, self.args
-        world = fabric.world_size
         ev = args.eval
         first_val = final_val = float("nan")
         if position.step == 0:
@@ -379,25 +374,21 @@ class Loop:
         while position.step < total_steps:
             for step in islice(self.plan.steps(position.epoch), position.step_in_epoch, None):
                 self.seed_step(position.step)
-                for k, mb in enumerate(step.micro_batches):
-                    is_last = k == len(step.micro_batches) - 1
-                    input_ids, targets = collate(mb, self.plan.examples, self.pad_id)
-                    input_ids, targets = self.to_device(input_ids), self.to_device(targets)
-                    with fabric.no_backward_sync(self.model, enabled=not is_last):
-                        logits = self.model(input_ids, lm_head_chunk_size=LM_HEAD_CHUNK)
-                        loss = chunked_cross_entropy(logits, targets, chunk_size=LM_HEAD_CHUNK)
-                        # sum over this micro-batch's reply tokens / the step's, times world (DDP averages)
-                        fabric.backward(loss * (mb.loss_tokens * world / step.global_loss_tokens))
-                    loss_sum += loss.detach() * mb.loss_tokens
-                    loss_tokens += mb.loss_tokens
-                    window_tokens += mb.padded_tokens
-                    window_nonpad += mb.tokens
-                if args.train.grad_clip > 0:
-                    fabric.clip_gradients(self.model, self.optimizer, max_norm=args.train.grad_clip)
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                loss_sum += train_step(
+                    fabric,
+                    self.model,
+                    self.optimizer,
+                    self.head,
+                    step,
+                    self.plan.examples,
+                    self.pad_id,
+                    args.train.grad_clip,
+                )
                 self.scheduler.step()
+                loss_tokens += sum(mb.loss_tokens for mb in step.micro_batches)
+                window_tokens += step.global_padded_tokens
+                window_nonpad += step.global_tokens
                 position.step += 1
                 position.step_in_epoch += 1
                 if position.step_in_epoch == steps_per_epoch:
@@ -407,9 +398,8 @@ class Loop:
                 epoch = position.step / steps_per_epoch
 
                 if position.step % ev.log_interval == 0 or done:
-                    train_loss, tokens, nonpad = self.reduce_window(
-                        loss_sum, loss_tokens, window_tokens, window_nonpad
-                    )
+                    train_loss = self.mean_train_loss(loss_sum, loss_tokens)
+                    tokens, nonpad = window_tokens, window_nonpad
                     dt = time.perf_counter() - t_window
                     total_nonpad, total_time = total_nonpad + nonpad, total_time + dt
                     row = Row(
@@ -454,21 +444,13 @@ class Loop:
         """Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones."""
         torch.manual_seed(hash((self.args.train.seed, step, self.fabric.global_rank)) & 0x7FFF_FFFF)
 
-    def reduce_window(
-        self, loss_sum: torch.Tensor, loss_tokens: int, tokens: int, nonpad: int
-    ) -> tuple[float, int, int]:
-        """(mean train loss per reply token, padded tokens, non-pad tokens) over all ranks: one sync."""
-        stats: Any = torch.stack(
-            [loss_sum, torch.tensor(float(loss_tokens), device=loss_sum.device)]
-            + [
-                torch.tensor(float(tokens), device=loss_sum.device),
-                torch.tensor(float(nonpad), device=loss_sum.device),
-            ]
-        )
+    def mean_train_loss(self, loss_sum: torch.Tensor, loss_tokens: int) -> float:
+        """Mean loss per reply token since the last log, over all ranks: the one sync of a log row."""
+        stats: Any = torch.stack([loss_sum, torch.tensor(float(loss_tokens), device=loss_sum.device)])
         if self.fabric.world_size > 1:
             stats = self.fabric.all_reduce(stats, reduce_op="sum")
-        loss, count, tokens_all, nonpad_all = stats.tolist()
-        return loss / max(count, 1.0), int(tokens_all), int(nonpad_all)
+        loss, count = stats.tolist()
+        return loss / max(count, 1.0)
 
     def first_val_from_metrics(self) -> float:
         from finetune.metrics import read_rows
@@ -485,10 +467,8 @@ class Loop:
         total: Any = torch.zeros(2, device=self.fabric.device)
         with eager():
             for mb in self.val_step.micro_batches:
-                input_ids, targets = collate(mb, self.val.examples, self.pad_id)
-                logits = self.model(self.to_device(input_ids), lm_head_chunk_size=LM_HEAD_CHUNK)
-                loss = chunked_cross_entropy(logits, self.to_device(targets), chunk_size=LM_HEAD_CHUNK)
-                total[0] += loss * mb.loss_tokens
+                batch = collate(mb, self.val.examples, self.pad_id).to(self.fabric.device)
+                total[0] += batch_loss(self.model, self.head, batch) * mb.loss_tokens
                 total[1] += mb.loss_tokens
         if self.fabric.world_size > 1:
             total = self.fabric.all_reduce(total, reduce_op="sum")

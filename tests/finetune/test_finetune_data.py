@@ -57,21 +57,26 @@ def test_prompt_tokens_carry_no_loss(chat_records, tokenizer: Tokenizer) -> None
         assert tokenizer.decode(ex.input_ids[: ex.prompt_len]) == prompt
 
 
-def test_collate_shifts_targets_and_masks_padding(chat_records, tokenizer: Tokenizer) -> None:
+def test_collate_lists_exactly_the_reply_positions(chat_records, tokenizer: Tokenizer) -> None:
     encoded = encode_records(chat_records["train"][:40], tokenizer, max_seq_length=256)
     step = next(plan_for(encoded.examples).steps(0))
     mb = step.micro_batches[0]
-    input_ids, targets = collate(mb, encoded.examples, pad_id=tokenizer.eos_id)
-    assert input_ids.shape == targets.shape == (len(mb.indices), mb.length)
+    batch = collate(mb, encoded.examples, pad_id=tokenizer.eos_id)
+    b, t = batch.input_ids.shape
+    assert (b, t) == (len(mb.indices), mb.length)
+    assert batch.positions.shape == batch.targets.shape == (mb.loss_tokens,)
+    flat = batch.input_ids.reshape(-1)
+    # position p predicts the token at p + 1: every target is the next token of its row
+    assert torch.equal(flat[batch.positions + 1], batch.targets)
+    rows, cols = batch.positions // t, batch.positions % t
     for row, i in enumerate(mb.indices):
         ex = encoded.examples[i]
-        n = len(ex)
-        assert torch.equal(input_ids[row, :n], ex.input_ids)
-        # position t predicts token t+1: its target is the label of t+1
-        assert torch.equal(targets[row, : n - 1], ex.labels[1:])
-        assert (targets[row, n - 1 :] == IGNORE_INDEX).all()
-        assert int((targets[row] != IGNORE_INDEX).sum()) == ex.loss_tokens
-    assert int((targets != IGNORE_INDEX).sum()) == mb.loss_tokens
+        mine = cols[rows == row]
+        # from the last prompt token (predicting the reply's first) to the token before EOS
+        assert mine.tolist() == list(range(ex.prompt_len - 1, len(ex) - 1))
+        assert torch.equal(batch.input_ids[row, : len(ex)], ex.input_ids)
+        assert (batch.input_ids[row, len(ex) :] == tokenizer.eos_id).all()  # padding, never a target
+    assert batch.targets[-1].item() == tokenizer.eos_id
 
 
 def test_long_records_keep_their_end_and_are_counted(chat_records, tokenizer: Tokenizer) -> None:
