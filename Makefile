@@ -11,9 +11,12 @@ RAW ?= data/raw
 PREPARED ?= data/prepared
 CHECKPOINT ?= checkpoints/tiiuae/falcon-7b
 OUT ?= out/twin
+HF_OUT ?= $(OUT)-hf
+FORMAT ?= merged
+REPORT ?= $(OUT)-report
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test lint collect prepare tiny train download serve ui
+.PHONY: help install browser test lint collect prepare tiny train download serve ui demo export report
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,7 +64,16 @@ tiny: $(STAMP) ## build a tiny Falcon-shaped checkpoint (CPU-friendly) from the 
 download: $(STAMP) ## download Falcon-7B (needs internet, ~14 GB) into checkpoints/tiiuae/falcon-7b
 	$(VENV)/bin/litgpt download tiiuae/falcon-7b --checkpoint_dir checkpoints
 
-train: prepare ## prepare + LoRA fine-tune on CHECKPOINT (default Falcon-7B) into OUT
+train: $(STAMP) ## prepare + LoRA fine-tune on CHECKPOINT (default Falcon-7B) into OUT
+	@if [ ! -f "$(CHECKPOINT)/lit_model.pth" ]; then \
+		echo "make train needs the base model at $(CHECKPOINT) (no lit_model.pth there):"; \
+		echo "  - Falcon-7B (GPU, ~14 GB download):  make download   then  make train"; \
+		echo "  - no GPU or no internet: the tiny CPU model on your data:  make tiny   then"; \
+		echo "    make train CHECKPOINT=checkpoints/tiny-falcon TRAIN_ARGS='--precision 32-true'"; \
+		echo "  - just looking: make demo   (sample chats, tiny model, CPU, about 5 minutes)"; \
+		exit 2; \
+	fi
+	@$(MAKE) --no-print-directory prepare RAW=$(RAW) PREPARED=$(PREPARED)
 	$(PY) -m finetune --data $(PREPARED) --checkpoint-dir $(CHECKPOINT) --out-dir $(OUT) $(TRAIN_ARGS)
 
 serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000
@@ -69,3 +81,12 @@ serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000
 
 ui: $(STAMP) ## the chat page (talks to the server at TWIN_API_URL)
 	$(PY) -m ui
+
+demo: $(STAMP) ## the whole pipeline on the shipped sample chats: CPU, no credentials, no downloads
+	$(PY) scripts/demo.py
+
+export: $(STAMP) ## the twin as a Hugging Face model (FORMAT=merged) or PEFT adapter (FORMAT=peft) into HF_OUT
+	$(PY) -m finetune.export --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT) --out $(HF_OUT) --format $(FORMAT)
+
+report: $(STAMP) ## twin-quality report (held-out perplexity, style, samples, loss curve) into REPORT
+	$(PY) -m finetune.report --data $(PREPARED) --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT) --out $(REPORT)
