@@ -295,18 +295,22 @@ def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.de
         startup_s = time.perf_counter() - started
         prompt = torch.randint(1, model.config.vocab_size, (prompt_len,)).tolist()
 
-        async def stream() -> list[float]:
+        async def stream() -> list[tuple[float, int]]:
             seq = engine.submit(GenerationRequest(prompt, new_tokens, temperature=0.0, ignore_eos=True))
-            arrivals: list[float] = []
+            chunks: list[tuple[float, int]] = []  # (arrival time, tokens in the chunk)
             async for chunk in seq.tokens():
-                arrivals.extend([time.perf_counter()] * len(chunk))
-            return arrivals
+                chunks.append((time.perf_counter(), len(chunk)))
+            return chunks
 
-        arrivals = asyncio.run(stream())
+        chunks = asyncio.run(stream())
     finally:
         engine.stop()
+    # decode rate after the first chunk (which carries the prefill's token)
+    decoded = sum(n for _, n in chunks[1:])
+    span = chunks[-1][0] - chunks[0][0]
     return {
-        "tokens_per_s": round((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 1),
+        "tokens_per_s": round(decoded / span, 1) if span > 0 else None,
+        "chunks": len(chunks),
         "peak_gib": peak_gib(device),
         "prompt_tokens": prompt_len,
         "compiled": engine.compiled,

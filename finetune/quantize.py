@@ -189,7 +189,9 @@ def _compiled_dequantize() -> Callable[[NF4Tensor, torch.dtype], torch.Tensor]:
 
 def dequantize(weight: NF4Tensor, dtype: torch.dtype, *, compiled: bool = False) -> torch.Tensor:
     """The full-precision weight an NF4Tensor stands for, in `dtype`."""
-    return (_compiled_dequantize() if compiled else _dequantize)(weight, dtype)
+    if compiled and not torch.compiler.is_compiling():  # inside a compiled region it fuses anyway
+        return _compiled_dequantize()(weight, dtype)
+    return _dequantize(weight, dtype)
 
 
 class _LinearNF4(torch.autograd.Function):
