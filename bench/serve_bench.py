@@ -60,6 +60,7 @@ class Plan:
     stream_tokens: int
     anchor_tokens: int
     compile: bool | None
+    tuning: bool
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -78,7 +79,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             shared_attention_norm=True,
             bias=False,
         )
-        return Plan("cpu", torch.float32, config, 8, 256, 64, 48, [1, 2, 4, 8], 32, 24, 24, args.compile)
+        return Plan(
+            "cpu", torch.float32, config, 8, 256, 64, 48, [1, 2, 4, 8], 32, 24, 24, args.compile, args.tuning
+        )
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU: run with --smoke on a CPU")
     config = Config.from_name("falcon-7b")
@@ -95,6 +98,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         args.stream_tokens,
         args.anchor_tokens,
         args.compile,
+        args.tuning,
     )
 
 
@@ -364,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor-tokens", type=int, default=128, help="tokens per litgpt generate run")
     p.add_argument("--budget-s", type=float, default=400.0, help="start no anchor/restart run past this (s)")
     p.add_argument("--no-anchor", action="store_true", help="skip timing plain litgpt")
+    p.add_argument("--no-tuning", dest="tuning", action="store_false", help="compile without kernel tuning")
     p.add_argument("--restart", action="store_true", help="last: time a second start (warm compile caches)")
     compile_group = p.add_mutually_exclusive_group()
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None)

@@ -60,6 +60,9 @@ class EngineConfig:
     """Requests that may wait for a slot; one more is answered EngineBusy (HTTP 503)."""
     compile: bool | None = None
     """torch.compile the decode step (CUDA graphs on GPU). None: on for CUDA, off on CPU."""
+    compile_tuning: bool = True
+    """Let inductor benchmark its kernels' launch configs while compiling (coordinate descent, as
+    gpt-fast and `litgpt generate --compile` do): a longer start-up for faster steps."""
     prefill_token_budget: int = 4096
     """Prompt tokens prefilled between two decode steps (at least one request), bounding the stall
     a burst of new prompts causes for streams that are already generating."""
@@ -341,20 +344,21 @@ class Engine:
         self._flip = 0
         self._decode: Callable[..., torch.Tensor] = decode_one_token
         want_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
-        if want_compile:
+        # one graph (CUDA graphs need it); if that fails, let dynamo split it; last, eager
+        for fullgraph in (True, False) if want_compile else ():
             try:
-                self._decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+                self._decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=fullgraph)
                 self.compiled = True
-                self._warm_up()
-            except Exception as e:  # serve eagerly rather than not at all; /health says why
-                log.exception("compiling the decode step failed; decoding eagerly")
-                self.compile_error = f"{type(e).__name__}: {e}"[:500]
+                with torch._inductor.config.patch(coordinate_descent_tuning=cfg.compile_tuning):
+                    self._warm_up()  # compiles here, on the first calls
+                return
+            except Exception as e:  # serve rather than not at all; /health says why
+                log.exception("compiling the decode step (fullgraph=%s) failed", fullgraph)
+                self.compile_error = f"fullgraph={fullgraph}: {type(e).__name__}: {e}"[:500]
                 self.compiled = False
-                self._decode = decode_one_token
                 torch._dynamo.reset()
-                self._warm_up()
-        else:
-            self._warm_up()
+        self._decode = decode_one_token
+        self._warm_up()
 
     def _warm_up(self) -> None:
         """Run every code path once (and compile / record CUDA graphs) before serving."""
