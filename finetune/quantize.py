@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,32 +57,33 @@ class QuantizationUnavailableError(RuntimeError):
     """The quantized path was asked for where it cannot run; the message says what to install or drop."""
 
 
-def _install_hint() -> str:
-    return (
-        f"install torchao (pip install 'torchao>={TORCHAO_MIN_VERSION}', a 3 MiB pure-PyTorch wheel), "
-        "or drop --quantize to train/serve the base in bf16"
-    )
+def _install_hint(instead: str) -> str:
+    wheel = f"pip install 'torchao>={TORCHAO_MIN_VERSION}', a 3 MiB pure-PyTorch wheel"
+    return f"install torchao ({wheel}), or {instead}"
 
 
-@functools.cache
-def _torchao_nf4() -> Any:
-    """torchao's NF4Tensor class; raises QuantizationUnavailableError with what to install."""
+def _import_torchao(module: str, flag: str, instead: str) -> Any:
+    """torchao's `module`; if it is missing, a QuantizationUnavailableError says what to install or do."""
     # torchao logs a warning per CUDA/cutlass extension it cannot load (always so on a CPU-only box) and
-    # torch one on its pytree registrations; none concerns NF4, so keep both quiet during the import.
+    # torch one on its pytree registrations; none concerns NF4 or the optimizers, so keep them quiet.
     loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        from torchao.quantization import NF4Tensor
+        return importlib.import_module(module)
     except ImportError as e:
-        raise QuantizationUnavailableError(
-            f"--quantize needs torchao's NF4 tensor ({e}): {_install_hint()}"
-        ) from e
+        raise QuantizationUnavailableError(f"{flag} needs torchao ({e}): {_install_hint(instead)}") from e
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-    return NF4Tensor
+
+
+@functools.cache
+def _torchao_nf4() -> Any:
+    """torchao's NF4Tensor class; raises QuantizationUnavailableError with what to install."""
+    drop = "drop --quantize to train/serve the base in bf16"
+    return _import_torchao("torchao.quantization", "--quantize", drop).NF4Tensor
 
 
 def parse_quantize_mode(mode: str) -> QuantizeMode:
@@ -120,6 +122,23 @@ def check_quantize_support(
                 f"compiled NF4 dequantization needs Triton, which needs a GPU of compute capability 7.0+ "
                 f"({torch.cuda.get_device_name(device)} is {major}.x): drop the compile option"
             )
+
+
+def check_qlora_options(quantize: str, optimizer: str, device: torch.device | str, devices: int = 1) -> None:
+    """The checks a run with `--quantize` (unless "none") and `--optimizer` needs before it starts."""
+    if quantize != "none":
+        check_quantize_support(quantize, device, devices=devices)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if optimizer != "adamw":
+        _import_torchao("torchao.optim", f"--optimizer {optimizer}", "use --optimizer adamw")
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The parameter dtype of a Lightning precision ("bf16-true" → bfloat16; mixed and 32-true → float32)."""
+    return {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}.get(
+        precision, torch.float32
+    )
 
 
 def _largest_divisor(n: int, at_most: int, even: bool = False) -> int:
@@ -531,11 +550,6 @@ def create_optimizer(
         raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
-    try:
-        from torchao.optim import AdamW4bit, AdamW8bit
-    except ImportError as e:
-        raise QuantizationUnavailableError(
-            f"--optimizer {name} needs torchao ({e}): {_install_hint()}"
-        ) from e
-    cls = AdamW8bit if name == "adamw8bit" else AdamW4bit
+    optim = _import_torchao("torchao.optim", f"--optimizer {name}", "use --optimizer adamw")
+    cls = optim.AdamW8bit if name == "adamw8bit" else optim.AdamW4bit
     return cast(torch.optim.Optimizer, cls(params, lr=lr, weight_decay=weight_decay, betas=betas))
