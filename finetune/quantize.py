@@ -418,7 +418,7 @@ def load_quantized_model(
     dtype: torch.dtype = torch.bfloat16,
     *,
     skip: Iterable[str] = ("lm_head",),
-    compile_dequant: bool = False,
+    compile_dequant: bool | None = None,
 ) -> GPT:
     """litgpt's LoRA GPT for `config` with its base weights from `checkpoint` (a `lit_model.pth` or a
     state dict) in NF4 on `device`; the full-precision base is never on the device whole.
@@ -426,11 +426,14 @@ def load_quantized_model(
     The checkpoint is memory-mapped on the CPU; the Linear weights go to the device one at a time and
     are quantized there, the other weights (embeddings, norms, head) follow in `dtype`, and the LoRA
     tensors are freshly initialized on the device (A random, B zero) — seed before calling, and load an
-    adapter afterwards with `model.load_state_dict(adapter, strict=False)`.
+    adapter afterwards with `model.load_state_dict(adapter, strict=False)`. `compile_dequant` None: on
+    for CUDA GPUs that Triton supports (compute capability 7.0+), off elsewhere.
     """
     from litgpt.lora import GPT, LoRALinear
 
     device = torch.device(device)
+    if compile_dequant is None:
+        compile_dequant = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 7
     check_quantize_support(mode, device, compile_dequant=compile_dequant)
     if isinstance(checkpoint, Path):
         state: Mapping[str, torch.Tensor] = torch.load(
