@@ -23,6 +23,8 @@ from finetune.errors import UserError
 Strategy = Literal["auto", "ddp", "fsdp"]
 Precision = Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]
 Accelerator = Literal["auto", "cuda", "cpu"]
+Quantize = Literal["none", "nf4", "nf4-dq"]
+Optimizer = Literal["adamw", "adamw8bit", "adamw4bit"]
 
 
 @dataclass
@@ -78,6 +80,8 @@ class TrainArgs:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this (0: no clipping)."""
+    optimizer: Optimizer = "adamw"
+    """adamw, or torchao's AdamW with 8-/4-bit block-quantized states (less memory for big adapters)."""
     seed: int = 1337
     """Seed of the data order, the LoRA initialisation and dropout."""
     compile: bool = False
@@ -124,6 +128,9 @@ class RunArgs:
     """Multi-device strategy: ddp (replicated model) or fsdp (sharded); auto picks ddp."""
     precision: Precision = "bf16-true"
     """Numeric precision; on a CPU bf16/16 fall back to 32-true with a warning."""
+    quantize: Quantize = "none"
+    """QLoRA: the frozen base in 4-bit NF4 (nf4-dq: double-quantized scalers), LoRA in --precision; one
+    device; Falcon-7B then trains on a 12-16 GB GPU (needs torchao)."""
 
 
 GROUPS: tuple[type, ...] = (RunArgs, TrainArgs, LoraArgs, EvalArgs)
@@ -178,6 +185,10 @@ class FinetuneArgs:
             )
         if not any(getattr(lo, f.name) for f in fields(lo) if f.type in ("bool", bool)):
             out.append("no LoRA target: enable at least one of --lora-query/key/value/projection/mlp/head")
+        if r.quantize != "none" and r.devices > 1:
+            out.append(
+                f"--quantize {r.quantize} trains on one device: drop --devices {r.devices} or --quantize"
+            )
         if t.compile and r.strategy == "fsdp":
             out.append("--compile is not supported with --strategy fsdp: use --strategy ddp")
         return out

@@ -21,6 +21,7 @@ from litgpt.lora import GPT, Block, LoRAQKVLinear
 from litgpt.utils import chunked_cross_entropy
 
 from finetune.data import Batch, Example, Step, collate
+from finetune.quantize import create_optimizer
 
 LOSS_CHUNK = 1024
 """Rows of logits per cross-entropy chunk (litgpt's chunked_cross_entropy)."""
@@ -132,7 +133,12 @@ def train_step(
     return loss_sum
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> Any:
-    """AdamW over the trainable (LoRA) parameters; the fused kernel on CUDA."""
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, name: str = "adamw"
+) -> Any:
+    """AdamW over the trainable (LoRA) parameters; the fused kernel on CUDA. `name` adamw8bit/adamw4bit:
+    torchao's AdamW with block-quantized states (finetune.quantize.create_optimizer)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if name != "adamw":
+        return create_optimizer(name, trainable, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")

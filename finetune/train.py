@@ -44,6 +44,12 @@ from finetune.model import (
     prepare_lora_layers,
     train_step,
 )
+from finetune.quantize import (
+    QuantizationUnavailableError,
+    check_qlora_options,
+    load_quantized_model,
+    precision_dtype,
+)
 from finetune.state import (
     Position,
     list_checkpoints,
@@ -132,6 +138,10 @@ def setup(args: FinetuneArgs) -> Summary | None:
     check_checkpoint_dir(args.run.checkpoint_dir)
     load_splits(args.run.data)  # fail fast, before processes are launched
     accelerator, precision = resolve_device(args)
+    try:
+        check_qlora_options(args.run.quantize, args.train.optimizer, accelerator, args.run.devices)
+    except QuantizationUnavailableError as e:
+        raise UserError(str(e)) from None
     fabric = L.Fabric(
         accelerator=accelerator,
         devices=args.run.devices,
@@ -142,12 +152,20 @@ def setup(args: FinetuneArgs) -> Summary | None:
 
 
 # -------------------------------------------------------------------------------------------- model
-def build_model(fabric: L.Fabric, args: FinetuneArgs, max_seq_length: int) -> tuple[GPT, LossPositions]:
-    """litgpt's LoRA GPT (base weights are loaded after set-up); only LoRA tensors train."""
+def build_model(
+    fabric: L.Fabric, args: FinetuneArgs, max_seq_length: int, precision: str = "32-true"
+) -> tuple[GPT, LossPositions]:
+    """litgpt's LoRA GPT (base weights are loaded after set-up, or here in NF4); only LoRA tensors train."""
     config = Config.from_file(args.run.checkpoint_dir / "model_config.yaml", **vars(args.lora))
     fsdp = args.run.strategy == "fsdp" and fabric.world_size > 1
-    with fabric.init_module(empty_init=fsdp):
-        model = GPT(config)
+    if args.run.quantize != "none":  # QLoRA: the base reaches the device one NF4 layer at a time
+        model = load_quantized_model(
+            config, args.run.checkpoint_dir / "lit_model.pth", args.run.quantize, fabric.device,
+            precision_dtype(precision),
+        )  # fmt: skip
+    else:
+        with fabric.init_module(empty_init=fsdp):
+            model = GPT(config)
     model.max_seq_length = max_seq_length
     mark_only_lora_as_trainable(model)
     prepare_lora_layers(model, build_buffers=not fsdp)
@@ -234,7 +252,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     }
 
     fabric.seed_everything(args.train.seed, verbose=False)
-    model, head = build_model(fabric, args, max_seq_length)
+    model, head = build_model(fabric, args, max_seq_length, precision)
     log.info(
         "model %s: %s trainable LoRA parameters, %s frozen; %d train / %d val records; %d steps of %d "
         "sequences (%d per epoch); padding %.1f%%",
@@ -243,9 +261,12 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         total_steps, plan.global_batch_size, steps_per_epoch, 100 * pad_fraction,
     )  # fmt: skip
     fabric_model = fabric.setup_module(model)
-    load_base_weights(fabric, fabric_model, args.run.checkpoint_dir)
+    if args.run.quantize == "none":  # a quantized model was built from the checkpoint
+        load_base_weights(fabric, fabric_model, args.run.checkpoint_dir)
 
-    adamw = make_optimizer(fabric_model, args.train.learning_rate, args.train.weight_decay, fabric.device)
+    adamw = make_optimizer(
+        fabric_model, args.train.learning_rate, args.train.weight_decay, fabric.device, args.train.optimizer
+    )
     optimizer: Any = fabric.setup_optimizers(adamw)
     warmup = min(args.train.warmup_steps, total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -339,6 +339,37 @@ def test_for_serving_unused_lora_wrappers_go_and_the_adapter_stays_unmerged(trai
     assert isinstance(qkv.linear, NF4Linear) and qkv.lora_B.abs().sum() > 0 and not qkv.merged
 
 
+# --- the finetune loop and its CLI ------------------------------------------------------------------------
+
+
+def test_finetune_loop_trains_on_an_nf4_base(
+    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path
+) -> None:
+    from finetune.train import setup, tiny_run_args
+
+    out = tmp_path / "qlora"
+    args = tiny_run_args(tiny_checkpoint, prepared_dir, out, quantize="nf4-dq", eval_samples=0, max_steps=10)
+    summary = setup(args)
+    assert summary is not None
+    assert summary.final_val_loss < 0.9 * summary.first_val_loss
+    adapter = torch.load(summary.adapter, weights_only=True)
+    assert adapter and all("lora_" in k for k in adapter)
+    assert "quantize: nf4-dq" in (out / "hyperparameters.yaml").read_text()
+
+
+def test_cli_quantize_flags() -> None:
+    from finetune.args import parse_args
+    from finetune.errors import UserError
+
+    args = parse_args(["--quantize", "nf4", "--optimizer", "adamw8bit"])
+    assert args.run.quantize == "nf4" and args.train.optimizer == "adamw8bit"
+    assert parse_args([]).run.quantize == "none"
+    with pytest.raises(UserError, match="drop --devices 2 or --quantize"):
+        parse_args(["--quantize", "nf4-dq", "--devices", "2"])
+    with pytest.raises(SystemExit):
+        parse_args(["--quantize", "int4"])
+
+
 # --- choices and errors ---------------------------------------------------------------------------------
 
 
