@@ -30,31 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_EXPORT = Path("examples/sample_export")
 # Two partners of the sample chats write to the twin (in English and in Russian); it answers as Sasha.
 QUESTIONS = [("Maya Fontaine", "Climbing on saturday?"), ("Дима Орлов", "Смотришь сегодня матч?")]
-# The tiny model: 4 layers of width 128 (~0.9M parameters), a 1k BPE vocabulary, 256-token context.
-TINY_ARGS = [
-    "--n-layer",
-    "4",
-    "--n-embd",
-    "128",
-    "--n-head",
-    "4",
-    "--block-size",
-    "256",
-    "--vocab-size",
-    "1024",
-]
-TINY_ARGS += ["--pretrain-steps", "150"]
+# The tiny model: 4 layers of width 128 (~0.9M parameters), a 1k BPE vocabulary, 512-token context.
+TINY_ARGS = (
+    "--n-layer 4 --n-embd 128 --n-head 4 --block-size 512 --vocab-size 1024 --pretrain-steps 100".split()
+)
 # A short CPU fine-tune: batches of 16 replies, 8 epochs, LoRA on every attention and MLP layer.
-TRAIN_ARGS = ["--accelerator", "cpu", "--precision", "32-true", "--global-batch-size", "16", "--epochs", "8"]
-TRAIN_ARGS += [
-    "--learning-rate",
-    "2e-3",
-    "--eval-interval",
-    "40",
-    "--lora-key",
-    "--lora-projection",
-    "--lora-mlp",
-]
+TRAIN_ARGS = (
+    "--accelerator cpu --precision 32-true --global-batch-size 16 --epochs 8 --learning-rate 2e-3".split()
+)
+TRAIN_ARGS += "--eval-interval 40 --lora-key --lora-projection --lora-mlp".split()
 
 
 @dataclass(frozen=True)
@@ -132,7 +116,9 @@ def wait_ready(url: str, server: subprocess.Popen[bytes], log: Path, timeout: fl
     raise DemoError(f"the server was not ready after {timeout:.0f} s:\n{tail(log)}")
 
 
-def ask_twin(paths: Paths, timings: dict[str, float]) -> list[str]:
+def ask_twin(
+    paths: Paths, timings: dict[str, float], questions: Sequence[tuple[str, str]] = QUESTIONS
+) -> list[str]:
     """Start the server on a free loopback port, fetch the twin's reply to each question, stop the server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -151,7 +137,7 @@ def ask_twin(paths: Paths, timings: dict[str, float]) -> list[str]:
             f"  /health: ready on {health.get('device')} after {time.perf_counter() - t0:.1f} s", flush=True
         )
         replies = []
-        for name, text in QUESTIONS:
+        for name, text in questions:
             messages = [{"role": "user", "name": name, "content": text}]
             request = {"model": "twin", "messages": messages, "max_tokens": 40, "temperature": 0.3}
             response = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=120.0)
