@@ -3,34 +3,35 @@
     # GPU box (torch 2.11 + lightning there; carry the wheels, install them without deps):
     pip install --no-deps wheels/torchao-0.18.0-*.whl wheels/litgpt-0.5.13-*.whl \
         wheels/jsonargparse-4.41.0-*.whl wheels/docstring_parser-0.18.0-*.whl
-    python bench/qlora_bench.py --out $OUT/qlora_bench.json          # ~5 min on an H100
-    # here, on a CPU, a tiny config in under a minute:
+    python bench/qlora_bench.py --out $OUT/qlora_bench.json                   # ~5 min on an H100
+    python bench/qlora_bench.py --variants bf16+compile@8192,nf4-dq+compile@8192 --serve-mode none \
+        --out $OUT/qlora_bench_compile.json                                   # per-block torch.compile
+    # here, on a CPU, a tiny config:
     .venv/bin/python bench/qlora_bench.py --smoke
 
-Training: litgpt's LoRA GPT (r=16, alpha=32, dropout 0.05 on q and v — the finetune defaults) on
-synthetic chat-length sequences (ragged, ~50–600 tokens), length-bucketed into micro-batches under a
-padded-token budget by `finetune.data.BatchPlan` with the loop's defaults; loss on the reply tokens
-through litgpt's chunked cross-entropy; AdamW on the LoRA tensors. Each variant
-`MODE[+cd][+ckpt][+compile]@TOKENS` reports non-pad tokens/s, padding and the peak GPU memory of its training
-(after `torch.cuda.reset_peak_memory_stats()`): MODE is bf16, nf4 or nf4-dq; `cd` = compiled NF4
-dequantization; `ckpt` = activation checkpointing per block; `compile` = `torch.compile` per block (as
-`python -m finetune --compile`); TOKENS = padded tokens per micro-batch. `vs_bf16` divides by the first
-bf16 variant (the loop's default budget).
-The NF4 model is built layer by layer from a lazily generated random "checkpoint"
-(`quantize_model(..., weights=...)`), so the bf16 base never sits on the GPU whole; its build peak is
-reported too.
+Training times the loop's own code — `finetune.model.train_step` through Lightning Fabric (bf16-true),
+LoRA r=16, alpha=32, dropout 0.05 on q and v (the finetune defaults), optimizer steps of 128 sequences
+planned by `finetune.data.BatchPlan` (length grouping, micro-batches under a padded-token budget) — on
+synthetic sequences whose lengths spread like `bench/finetune_bench.py`'s chat records (log-normal,
+median ~180 tokens, 60–600; replies median ~18). Each variant `MODE[+cd][+ckpt][+compile]@TOKENS`
+reports non-pad tokens/s, padding and the peak GPU memory of its steps (after
+`torch.cuda.reset_peak_memory_stats()`): MODE is bf16, nf4 or nf4-dq; `cd` = compiled NF4
+dequantization (what `python -m finetune --quantize` uses on a GPU); `ckpt` = activation checkpointing;
+`compile` = `torch.compile` per block (`--compile`); TOKENS = `--micro-batch-tokens`. `vs_bf16` divides
+by the first bf16 variant. The NF4 model is built on the meta device and quantized layer by layer from
+a lazily generated random "checkpoint" (`quantize_model(..., weights=...)`), so the bf16 base never sits
+on the GPU whole; its build peak is reported too.
 
-Serving: the NF4 base with the LoRA applied on top (not merged), a KV cache, a 512-token prompt, then
-batch-1 greedy decoding: litgpt's forward eager and with compiled dequantization, and the server's own
-engine (`serve.engine`, decode step compiled with CUDA graphs on a GPU) as `python -m serve --quantize`
-runs it; peak memory of each after `torch.cuda.reset_peak_memory_stats()`.
-Prints one JSON object (and writes it to --out).
+Serving: the NF4 base with the LoRA on top (not merged), a 512-token prompt, then batch-1 greedy
+decoding: litgpt's KV-cache forward eager (`eager`) and with compiled dequantization (`cd`), and the
+server's own engine (`engine`: `serve.engine`, decode step compiled with CUDA graphs on a GPU) as
+`python -m serve --quantize` runs it; peak memory of each after `torch.cuda.reset_peak_memory_stats()`.
+Prints one JSON object (and keeps --out up to date after every measurement).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import logging
@@ -44,17 +45,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from litgpt.lora import GPT, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
-from litgpt.utils import chunked_cross_entropy  # noqa: E402
+from litgpt.lora import GPT, Block, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
 
 from finetune.args import TrainArgs  # noqa: E402
-from finetune.data import BatchPlan, Example, MicroBatch  # noqa: E402
+from finetune.data import BatchPlan, Example, Step  # noqa: E402
+from finetune.model import (  # noqa: E402
+    CheckpointedBlock,
+    attach_loss_positions,
+    compile_blocks,
+    make_optimizer,
+    prepare_lora_layers,
+    train_step,
+)
 from finetune.quantize import (  # noqa: E402
     NF4Linear,
     check_quantize_support,
@@ -66,10 +74,8 @@ from finetune.quantize import (  # noqa: E402
 
 log = logging.getLogger("qlora_bench")
 GIB = 2**30
-DEFAULT_VARIANTS = (
-    "bf16@8192,bf16@2048,nf4-dq@2048,nf4-dq+cd@2048,nf4-dq+cd+ckpt@8192,nf4-dq+ckpt+compile@8192,nf4+cd@2048"
-)
-SMOKE_VARIANTS = "bf16@512,nf4-dq@256,nf4-dq+cd@256,nf4-dq+cd+ckpt@512,nf4@256"
+DEFAULT_VARIANTS = "bf16@8192,nf4-dq@4096,nf4-dq+cd@4096,nf4-dq+cd@8192,nf4-dq+cd+ckpt@16384,nf4+cd@4096"
+SMOKE_VARIANTS = "bf16@512,nf4-dq@512,nf4-dq+cd@512,nf4-dq+cd+ckpt@1024,nf4@512"
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -85,7 +91,7 @@ def lora_config(name: str, smoke: bool) -> Config:
 
 
 class RandomWeights(Mapping[str, torch.Tensor]):
-    """A lazy "checkpoint": each base Linear weight made on the device in bf16 when asked for."""
+    """A lazy "checkpoint": each base Linear weight made on the device when asked for."""
 
     def __init__(self, shapes: dict[str, torch.Size], device: torch.device, dtype: torch.dtype) -> None:
         self.shapes, self.device, self.dtype = shapes, device, dtype
@@ -100,7 +106,7 @@ class RandomWeights(Mapping[str, torch.Tensor]):
         return len(self.shapes)
 
 
-def init_rest(model: GPT, device: torch.device, lora_b_std: float = 0.0) -> None:
+def init_rest(model: GPT, device: torch.device) -> None:
     """Materialize what is still on the meta device (all of it for bf16) with a GPT-like random init."""
     model.to_empty(device=device)  # NF4 weights already live on `device` and stay as they are
     with torch.no_grad():
@@ -114,16 +120,23 @@ def init_rest(model: GPT, device: torch.device, lora_b_std: float = 0.0) -> None
                 if isinstance(bias, torch.Tensor):
                     bias.zero_()
             if isinstance(module, LoRALinear) and module.r > 0:
-                module.reset_parameters()  # A kaiming-uniform, B zero (as training starts)
-                if lora_b_std:
-                    module.lora_B.normal_(0.0, lora_b_std)  # a trained-looking adapter for serving
+                module.reset_parameters()  # A kaiming-uniform, B zero
+                module.lora_B.normal_(0.0, 1e-3)  # as if trained a little (a zero B is a special case)
     model.cos, model.sin = model.rope_cache(device=device)
 
 
-def build_model(
-    config: Config, mode: str, device: torch.device, dtype: torch.dtype, lora_b_std: float
-) -> dict:
-    """The model on `device`; for NF4 quantized layer by layer, never holding the bf16 base whole."""
+@dataclass
+class Built:
+    model: GPT
+    fabric_model: Any
+    head: Any
+    optimizer: Any
+    info: dict[str, Any]
+
+
+def build(fabric: L.Fabric, config: Config, mode: str, dtype: torch.dtype) -> Built:
+    """The model set up as the training loop sets it up; for NF4 quantized layer by layer on the device."""
+    device = fabric.device
     cleanup(device)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # so that `to_empty` makes bf16 tensors, never an fp32 7B
@@ -136,65 +149,59 @@ def build_model(
     if mode != "bf16":
         shapes = {f"{n}.weight": m.weight.shape for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         quantize_model(model, mode, device=device, dtype=dtype, weights=RandomWeights(shapes, device, dtype))
-    init_rest(model, device, lora_b_std)
-    model.to(dtype)
+    init_rest(model, device)
     mark_only_lora_as_trainable(model)
+    prepare_lora_layers(model)
+    head = attach_loss_positions(model)
+    fabric_model = fabric.setup_module(model)
+    optimizer = fabric.setup_optimizers(make_optimizer(fabric_model, 1e-4, 0.01, device))
     sync(device)
     memory = parameter_memory(model)
-    return {
-        "model": model,
+    info = {
         "build_s": round(time.perf_counter() - started, 1),
         "build_peak_gib": peak_gib(device),
         "weights_gib": round(memory.total_bytes / GIB, 3),
         "bits_per_nf4_param": round(memory.bits_per_quantized_param, 3) if memory.quantized_params else None,
         "trainable_params": memory.trainable_params,
     }
+    return Built(model, fabric_model, head, optimizer, info)
 
 
-def set_variant(
-    model: GPT, compiled_dequant: bool, checkpointing: bool, compiled_blocks: bool = False
-) -> None:
-    """Switch compiled NF4 dequantization, per-block activation checkpointing and per-block
-    `torch.compile` (as `python -m finetune --compile` does it) on or off in place."""
+def set_variant(model: GPT, compiled_dequant: bool, checkpointing: bool, compiled_blocks: bool) -> None:
+    """Switch compiled NF4 dequantization, activation checkpointing (the loop's `CheckpointedBlock`) and
+    per-block `torch.compile` (the loop's `compile_blocks`) on or off in place."""
     for module in model.modules():
         if isinstance(module, NF4Linear):
             module.compile_dequant = compiled_dequant
     for block in model.transformer.h:
-        block.__dict__.pop("forward", None)
-        if checkpointing:
-            # recompute the block's activations in the backward: keep only its input
-            block.forward = functools.partial(
-                checkpoint, type(block).forward.__get__(block), use_reentrant=False
-            )
-        if compiled_blocks:
-            block.compile()
-        else:
-            block._compiled_call_impl = None
+        block.__class__ = CheckpointedBlock if checkpointing else Block
+        block._compiled_call_impl = None
+    if compiled_blocks:
+        compile_blocks(model)
 
 
 # ------------------------------------------------------------------------------------------------- data
 def chat_examples(n: int, vocab_size: int, seed: int, max_length: int) -> list[Example]:
-    """Token sequences with chat-like lengths: log-normal around ~170 tokens, clipped to [50, 600];
-    the last ~30% (at least 8 tokens) is the reply that carries the loss."""
+    """Token sequences with the length spread of bench/finetune_bench.py's synthetic chat records."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     examples = []
     for _ in range(n):
-        length = min(max(int(rng.lognormvariate(math.log(170), 0.6)), 50), 600, max_length)
+        length = min(600, max(60, int(rng.lognormvariate(math.log(180), 0.6))), max_length)
+        reply = min(120, max(2, int(rng.lognormvariate(math.log(18), 0.7)))) + 1  # + EOS
         ids = torch.randint(1, vocab_size, (length,), generator=generator)
-        examples.append(Example(ids, prompt_len=length - max(8, int(0.3 * length))))
+        examples.append(Example(ids, prompt_len=max(1, length - reply)))
     return examples
 
 
-def plan_micro_batches(
-    examples: list[Example], tokens: int, count: int, max_length: int, seed: int = 0
-) -> list[MicroBatch]:
-    """`count` micro-batches drawn at random from an epoch planned as `python -m finetune` plans it (its
-    default steps, length grouping and padding), under a budget of `tokens` padded tokens each."""
+def planned_steps(
+    examples: list[Example], tokens: int, count: int, max_length: int, batch: int
+) -> list[Step]:
+    """`count` optimizer steps planned as `python -m finetune` plans them, micro-batches of `tokens`."""
     defaults = TrainArgs()
     plan = BatchPlan(
         examples,
-        global_batch_size=defaults.global_batch_size,
+        global_batch_size=batch,
         micro_batch_tokens=tokens,
         micro_batch_size=defaults.micro_batch_size,
         pad_multiple=defaults.pad_multiple,
@@ -202,21 +209,12 @@ def plan_micro_batches(
         seed=0,
         length_grouping=defaults.length_grouping,
     )
-    batches = [batch for step in plan.steps(0) for batch in step.micro_batches]
-    return random.Random(seed).sample(batches, min(count, len(batches)))
-
-
-def pad_batch(batch: MicroBatch, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, targets), both (B, T), right-padded; targets: the next token on the reply, else -100."""
-    input_ids = torch.zeros((len(batch.indices), batch.length), dtype=torch.long)
-    targets = torch.full_like(input_ids, -100)
-    for row, i in enumerate(batch.indices):
-        ex = examples[i]
-        n = len(ex)
-        input_ids[row, :n] = ex.input_ids
-        first = max(ex.prompt_len, 1) - 1  # the last prompt token predicts the reply's first token
-        targets[row, first : n - 1] = ex.input_ids[first + 1 : n]
-    return input_ids, targets
+    steps: list[Step] = []
+    epoch = 0
+    while len(steps) < count:
+        steps += list(plan.steps(epoch))
+        epoch += 1
+    return steps[:count]
 
 
 # -------------------------------------------------------------------------------------------- measuring
@@ -237,38 +235,31 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def train_variant(
-    model: GPT, batches: list[MicroBatch], examples: list[Example], warmup: int, device: torch.device
+    fabric: L.Fabric, built: Built, steps: list[Step], examples: list[Example], warmup: int
 ) -> dict:
-    """Forward + backward + AdamW step per micro-batch; throughput over the batches after `warmup`."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-    model.train()
-    cleanup(device)
+    """Optimizer steps through the loop's `train_step`; throughput over the steps after `warmup`."""
+    built.model.train()
+    cleanup(fabric.device)
     real = padded = 0
     started = time.perf_counter()
-    for i, batch in enumerate(batches):
+    for i, step in enumerate(steps):
         if i == warmup:
-            sync(device)
+            sync(fabric.device)
             started = time.perf_counter()
             real = padded = 0
-        input_ids, targets = (t.to(device, non_blocking=True) for t in pad_batch(batch, examples))
-        logits = model(input_ids, lm_head_chunk_size=128)  # list of (B, 128, vocab)
-        loss = chunked_cross_entropy(logits, targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        real += batch.tokens
-        padded += batch.padded_tokens
-    sync(device)
+        loss = train_step(fabric, built.fabric_model, built.optimizer, built.head, step, examples, 0, 1.0)
+        real += sum(mb.tokens for mb in step.micro_batches)
+        padded += sum(mb.padded_tokens for mb in step.micro_batches)
+    sync(fabric.device)
     elapsed = time.perf_counter() - started
-    del optimizer, params
+    micro_batches = sum(len(s.micro_batches) for s in steps[warmup:])
     return {
         "non_pad_tokens_per_s": round(real / elapsed),
         "padding": round(1 - real / padded, 4),
-        "timed_micro_batches": len(batches) - warmup,
-        "mean_padded_tokens_per_micro_batch": round(padded / (len(batches) - warmup)),
-        "train_peak_gib": peak_gib(device),
-        "last_loss": round(loss.item(), 4),
+        "timed_steps": len(steps) - warmup,
+        "mean_padded_tokens_per_micro_batch": round(padded / micro_batches),
+        "train_peak_gib": peak_gib(fabric.device),
+        "last_step_loss_sum": round(float(loss), 2),
     }
 
 
@@ -280,7 +271,7 @@ def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.de
     from serve.engine import Engine, EngineConfig, GenerationRequest
 
     model.eval().requires_grad_(False)
-    set_variant(model, compiled_dequant=False, checkpointing=False)
+    set_variant(model, compiled_dequant=False, checkpointing=False, compiled_blocks=False)
     strip_unused_lora(model)
     cleanup(device)
     config = EngineConfig(
@@ -320,14 +311,16 @@ def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.de
 
 
 def decode_variant(model: GPT, prompt_len: int, new_tokens: int, device: torch.device, how: str) -> dict:
-    """Batch-1 greedy decoding after a `prompt_len` prefill; `how`: eager, cd (compiled dequant), compiled."""
+    """Batch-1 greedy decoding with litgpt's KV cache after a `prompt_len` prefill; `how`: eager, cd
+    (compiled dequantization), compiled (the whole step, CUDA graphs)."""
     model.eval()
-    # whole-step compile fuses the dequantization itself; `cd` compiles only the dequantization
-    set_variant(model, compiled_dequant=how == "cd", checkpointing=False)
+    # a whole-step compile fuses the dequantization itself; `cd` compiles only the dequantization
+    set_variant(model, compiled_dequant=how == "cd", checkpointing=False, compiled_blocks=False)
     cleanup(device)
     max_seq = prompt_len + new_tokens
     model.max_seq_length = max_seq
-    model.set_kv_cache(batch_size=1, max_seq_length=max_seq, device=device, dtype=torch.bfloat16)
+    dtype = model.transformer.wte.weight.dtype
+    model.set_kv_cache(batch_size=1, max_seq_length=max_seq, device=device, dtype=dtype)
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda idx, pos: model(idx, pos)  # noqa: E731
     if how == "compiled":
         step = torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
@@ -361,8 +354,8 @@ class Variant:
     mode: str
     compiled_dequant: bool
     checkpointing: bool
+    compiled_blocks: bool
     tokens: int
-    compiled_blocks: bool = False
 
     @property
     def name(self) -> str:
@@ -375,14 +368,13 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         spec, _, tokens = text.partition("@")
         mode, *flags = spec.split("+")
-        unknown = set(flags) - {"cd", "ckpt", "compile"}
         if mode != "bf16":
             parse_quantize_mode(mode)
-        if unknown or not tokens.isdigit():
-            raise ValueError(f"variant {text!r}: use MODE[+cd][+ckpt][+compile]@TOKENS, e.g. nf4-dq+cd@2048")
+        if set(flags) - {"cd", "ckpt", "compile"} or not tokens.isdigit():
+            raise ValueError(f"variant {text!r}: use MODE[+cd][+ckpt][+compile]@TOKENS, e.g. nf4-dq+cd@4096")
         if mode == "bf16" and "cd" in flags:
             raise ValueError(f"variant {text!r}: bf16 has nothing to dequantize")
-        return cls(mode, "cd" in flags, "ckpt" in flags, int(tokens), "compile" in flags)
+        return cls(mode, "cd" in flags, "ckpt" in flags, "compile" in flags, int(tokens))
 
 
 def report(args: argparse.Namespace, result: dict, row: dict) -> None:
@@ -395,15 +387,17 @@ def report(args: argparse.Namespace, result: dict, row: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    dtype = torch.bfloat16
+    accelerator = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    precision = "bf16-true" if accelerator == "cuda" else "32-true"  # as the loop on a CPU
+    dtype = torch.bfloat16 if accelerator == "cuda" else torch.float32
+    fabric = L.Fabric(accelerator=accelerator, devices=1, precision=precision)  # type: ignore[arg-type]
+    device = fabric.device
     variants = [Variant.parse(v) for v in args.variants.split(",")]
-    if args.quantize_check:
-        for v in variants:
-            if v.mode != "bf16":
-                check_quantize_support(v.mode, device, compile_dequant=v.compiled_dequant)
+    for mode in {v.mode for v in variants} | ({args.serve_mode} - {"none"}):
+        if mode != "bf16":
+            check_quantize_support(mode, device)
     config = lora_config(args.model, args.smoke)
-    max_length = 128 if args.smoke else min(config.block_size, 640)
+    max_length = min(config.block_size, 640)
     examples = chat_examples(4096, config.vocab_size, seed=0, max_length=max_length)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device)
@@ -414,6 +408,8 @@ def run(args: argparse.Namespace) -> dict:
         "litgpt": _version("litgpt"),
         "model": config.name + (" (smoke: 2 layers, width 128)" if args.smoke else ""),
         "lora": "r=16 alpha=32 dropout=0.05 on q,v",
+        "precision": precision,
+        "global_batch": args.global_batch,
         "command": " ".join(["python", *sys.argv]),
         "train": {},
         "serve": {},
@@ -421,52 +417,44 @@ def run(args: argparse.Namespace) -> dict:
     by_mode: dict[str, list[Variant]] = {}
     for v in variants:
         by_mode.setdefault(v.mode, []).append(v)
-    serve_mode = args.serve_mode
     serve_model: GPT | None = None
     for mode, mode_variants in by_mode.items():
-        built = build_model(config, mode, device, dtype, lora_b_std=0.0)
-        model = built.pop("model")
-        result["train"][f"{mode} model"] = built
-        log.info("%s model: %s", mode, built)
+        built = build(fabric, config, mode, dtype)
+        result["train"][f"{mode} model"] = built.info
+        report(args, result, {f"{mode} model": built.info})
         for v in mode_variants:
-            name = v.name
-            set_variant(model, v.compiled_dequant, v.checkpointing, v.compiled_blocks)
-            batches = plan_micro_batches(examples, v.tokens, args.warmup + args.steps, max_length)
+            set_variant(built.model, v.compiled_dequant, v.checkpointing, v.compiled_blocks)
+            warmup = args.warmup + (2 if v.compiled_blocks else 0)
+            steps = planned_steps(examples, v.tokens, warmup + args.steps, max_length, args.global_batch)
             try:
-                result["train"][name] = train_variant(model, batches, examples, args.warmup, device)
+                row = train_variant(fabric, built, steps, examples, warmup)
             except torch.OutOfMemoryError as e:
-                result["train"][name] = {"error": f"CUDA out of memory: {str(e).splitlines()[0]}"}
-            log.info("%s: %s", name, result["train"][name])
-            report(args, result, {name: result["train"][name]})
-        if mode == serve_mode:
-            serve_model = model  # reused below rather than quantized again
-        del model
+                row = {"error": f"CUDA out of memory: {str(e).splitlines()[0]}"}
+            result["train"][v.name] = row
+            report(args, result, {v.name: row})
+        if mode == args.serve_mode:
+            serve_model = built.model  # reused below rather than quantized again
+        del built
         cleanup(device)
-    if serve_mode != "none":
+    if args.serve_mode != "none":
         if serve_model is None:
-            built = build_model(config, serve_mode, device, dtype, lora_b_std=0.01)
-            serve_model = built.pop("model")
-            result["serve"][f"{serve_mode} model"] = built
-        with torch.no_grad():
-            for module in serve_model.modules():
-                if isinstance(module, LoRALinear) and module.r > 0:
-                    module.lora_B.normal_(0.0, 0.01)  # a trained-looking adapter, applied unmerged
-        model = serve_model
+            built = build(fabric, config, args.serve_mode, dtype)
+            result["serve"][f"{args.serve_mode} model"] = built.info
+            serve_model = built.model
+            del built
         for how in args.decode.split(","):
             try:
                 if how == "engine":
-                    result["serve"][how] = engine_decode(model, args.prompt_tokens, args.new_tokens, device)
+                    row = engine_decode(serve_model, args.prompt_tokens, args.new_tokens, device)
                 else:
-                    result["serve"][how] = decode_variant(
-                        model, args.prompt_tokens, args.new_tokens, device, how
-                    )
+                    row = decode_variant(serve_model, args.prompt_tokens, args.new_tokens, device, how)
             except Exception as e:  # a bench records a failing path and goes on to the next
-                result["serve"][how] = {
-                    "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                }
-            log.info("decode %s: %s", how, result["serve"][how])
-            report(args, result, {f"decode {how}": result["serve"][how]})
-    bf16 = [k for k in result["train"] if k.startswith("bf16@") and "error" not in result["train"][k]]
+                row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            result["serve"][how] = row
+            report(args, result, {f"decode {how}": row})
+    bf16 = [
+        k for k in result["train"] if k.startswith("bf16") and "@" in k and "error" not in result["train"][k]
+    ]
     if bf16:
         reference = result["train"][bf16[0]]["non_pad_tokens_per_s"]
         for name, row in result["train"].items():
@@ -493,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="falcon-7b", help="litgpt config name (random weights)")
     parser.add_argument("--variants", default=None, help=f"comma-separated; default {DEFAULT_VARIANTS}")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed micro-batches per variant")
-    parser.add_argument("--steps", type=int, default=12, help="timed micro-batches per variant")
+    parser.add_argument("--global-batch", type=int, default=TrainArgs().global_batch_size)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps per variant")
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant")
     parser.add_argument(
         "--serve-mode", default="nf4-dq", help="base for the decode test: nf4, nf4-dq or none"
     )
@@ -506,20 +495,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--no-quantize-check", dest="quantize_check", action="store_false")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.variants is None:
         args.variants = SMOKE_VARIANTS if args.smoke else DEFAULT_VARIANTS
     if args.smoke:
-        args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 3)
+        args.global_batch, args.steps = min(args.global_batch, 16), min(args.steps, 2)
         args.prompt_tokens, args.new_tokens = min(args.prompt_tokens, 64), min(args.new_tokens, 24)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     return 0
 
