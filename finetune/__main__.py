@@ -6,6 +6,7 @@ See `python -m finetune -h` for every flag; defaults live in `finetune/args.py`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ from finetune.errors import UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # ragged micro-batches fragment the CUDA caching allocator less with expandable segments
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("lightning.fabric", "lightning_fabric", "torch._dynamo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

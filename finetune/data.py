@@ -201,19 +201,29 @@ def pack_micro_batches(
 ) -> list[MicroBatch]:
     """Cut length-sorted (longest first) indices into contiguous micro-batches that minimise padded
     tokens + `MICRO_BATCH_OVERHEAD` per micro-batch, each within `max_tokens` and `max_size`
-    (exact dynamic programme; n is at most a step's sequences, so n * max_size is small)."""
+    (exact dynamic programme; n is at most a step's sequences, so n * max_size is small).
+
+    Single-sequence micro-batches are avoided while pairs fit the budget: a batch dimension of 1 is a
+    special case for `torch.compile` (one more graph to compile) and saves next to nothing.
+    """
     lengths = [min(round_up(len(examples[i]), pad_multiple), max_length) for i in indices]
     n = len(lengths)
-    best = [0.0] + [math.inf] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j - 1, max(0, j - max_size) - 1, -1):
-            padded = (j - i) * lengths[i]  # sorted longest first: lengths[i] is the segment's max
-            if padded > max_tokens and j - i > 1:
-                break  # longer segments only grow
-            cost = best[i] + padded + MICRO_BATCH_OVERHEAD
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
+    for allow_single in (n == 1 or max_size == 1, True):
+        best = [0.0] + [math.inf] * n
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            for i in range(j - 1, max(0, j - max_size) - 1, -1):
+                size = j - i
+                padded = size * lengths[i]  # sorted longest first: lengths[i] is the segment's max
+                if padded > max_tokens and size > 1:
+                    break  # longer segments only grow
+                if size == 1 and not allow_single and 2 * lengths[i] <= max_tokens:
+                    continue
+                cost = best[i] + padded + MICRO_BATCH_OVERHEAD
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        if best[n] < math.inf:
+            break
     batches: list[MicroBatch] = []
     j = n
     while j > 0:

@@ -28,6 +28,7 @@ from litgpt.lora import GPT, Block, Config, mark_only_lora_as_trainable
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import num_parameters
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from collect.private import make_private_dir
 from finetune.args import FinetuneArgs
@@ -288,7 +289,8 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         fabric, args, fabric_model, head, optimizer, scheduler, plan, val, tokenizer, metrics, resume_key
     )
     try:
-        first_val, final_val, nonpad_rate = loop.fit(position, total_steps, steps_per_epoch, val_records)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            first_val, final_val, nonpad_rate = loop.fit(position, total_steps, steps_per_epoch, val_records)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory: lower --micro-batch-tokens (now {args.train.micro_batch_tokens}) or "

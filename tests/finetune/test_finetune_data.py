@@ -158,3 +158,24 @@ def test_missing_or_empty_data_says_to_run_prepare(tmp_path: Path) -> None:
     (tmp_path / "val.jsonl").write_text("")
     with pytest.raises(UserError, match=r"train\.jsonl holds no records: run `make prepare`"):
         load_splits(tmp_path)
+
+
+def test_packing_minimises_padding_within_the_budget(chat_records, tokenizer: Tokenizer) -> None:
+    from finetune.data import MICRO_BATCH_OVERHEAD, pack_micro_batches
+
+    examples = encode_records(chat_records["train"][:64], tokenizer, 256).examples
+    order = sorted(range(64), key=lambda i: -len(examples[i]))
+    batches = pack_micro_batches(order, examples, 2048, max_size=64, pad_multiple=8, max_length=256)
+    assert [i for mb in batches for i in mb.indices] == order  # contiguous runs of the sorted order
+    assert all(mb.padded_tokens <= 2048 and len(mb.indices) >= 2 for mb in batches)
+    cost = sum(mb.padded_tokens + MICRO_BATCH_OVERHEAD for mb in batches)
+    # at least as good as filling each micro-batch greedily up to the budget
+    rounded = [-(-len(examples[i]) // 8) * 8 for i in order]
+    greedy, start = 0, 0
+    while start < len(order):
+        size = max(k for k in range(1, len(order) - start + 1) if k * rounded[start] <= 2048)
+        greedy += size * rounded[start] + MICRO_BATCH_OVERHEAD
+        start += size
+    assert cost <= greedy
+    assert cost < sum(r + MICRO_BATCH_OVERHEAD for r in rounded)  # and than one sequence at a time
+    assert len(pack_micro_batches(order[:1], examples, 2048, 64, 8, 256)) == 1
