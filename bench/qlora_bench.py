@@ -3,9 +3,9 @@
     # GPU box (torch 2.11 + lightning there; carry the wheels, install them without deps):
     pip install --no-deps wheels/torchao-0.18.0-*.whl wheels/litgpt-0.5.13-*.whl \
         wheels/jsonargparse-4.41.0-*.whl wheels/docstring_parser-0.18.0-*.whl
-    python bench/qlora_bench.py --out $OUT/qlora_bench.json                   # ~5 min on an H100
-    python bench/qlora_bench.py --variants bf16+compile@8192,nf4-dq+compile@8192 --serve-mode none \
-        --out $OUT/qlora_bench_compile.json                                   # per-block torch.compile
+    python bench/qlora_bench.py --out $OUT/qlora_bench.json                   # ~4 min on an H100
+    python bench/qlora_bench.py --variants bf16+compile@8192,nf4-dq+compile@8192 --decode engine \
+        --out $OUT/qlora_bench_compile.json        # what compiles: per-block torch.compile, serve engine
     # here, on a CPU, a tiny config:
     .venv/bin/python bench/qlora_bench.py --smoke
 
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--decode",
-        default="eager,cd,engine",
+        default="eager,cd",
         help="decode variants, in order: eager, cd (compiled dequantization), compiled (the whole step, "
         "CUDA graphs), engine (serve's engine, last: it rewires the model)",
     )
