@@ -15,7 +15,6 @@ replays the very same order.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,53 +26,21 @@ import torch
 
 from finetune.errors import UserError
 from prepare.prompt import render_record
+from prepare.records import TRAIN_FILE, VAL_FILE, read_records
 
-TRAIN_FILE = "train.jsonl"
-VAL_FILE = "val.jsonl"
 IGNORE_INDEX = -100
 RUN_PREPARE = "run `make prepare` (python -m prepare --raw data/raw --out data/prepared) first"
 
-TEXT_FIELDS = ("instruction", "context", "response")
-OPTIONAL_FIELDS: dict[str, type] = {"dialog_id": int, "date": str, "partner": str}
-
 
 # ----------------------------------------------------------------------------------------------- records
-def check_record(obj: Any, where: str) -> dict[str, Any]:
-    """Validate one decoded JSON line; the error names `where` (file:line) and what is wrong."""
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object with fields {list(TEXT_FIELDS)}")
-    problems = []
-    for name in TEXT_FIELDS:
-        if name not in obj:
-            problems.append(f"missing field {name!r}")
-        elif not isinstance(obj[name], str):
-            problems.append(f"field {name!r} must be a string")
-    for name, typ in OPTIONAL_FIELDS.items():
-        value = obj.get(name)
-        if value is not None and (not isinstance(value, typ) or isinstance(value, bool)):
-            problems.append(f"field {name!r} must be {typ.__name__}")
-    if not problems and not obj["response"].strip():
-        problems.append("field 'response' is empty")
-    if problems:
-        raise UserError(f"{where}: {'; '.join(problems)}")
-    return obj
-
-
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """All records of one JSONL file (blank lines skipped); raises `UserError` naming file and line."""
+    """All records of one JSONL file, validated by prepare's own reader (errors name file and line)."""
     if not path.is_file():
         raise UserError(f"no instruction records at {path}: {RUN_PREPARE}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); {RUN_PREPARE} again") from None
-            records.append(check_record(obj, f"{path}:{n}"))
-    return records
+    try:
+        return [record.to_dict() for record in read_records(path)]
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def load_splits(data_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -29,8 +29,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from collect.private import make_private_dir, open_private, write_private_atomic
-from finetune.data import TRAIN_FILE, load_records, render_texts
+from finetune.data import load_records, render_texts
 from finetune.errors import UserError
+from prepare.records import TRAIN_FILE
 
 log = logging.getLogger(__name__)
 

@@ -139,6 +139,7 @@ def test_ranks_split_each_step_evenly(chat_records, tokenizer: Tokenizer, world_
 
 def test_bad_records_name_file_and_line(tmp_path: Path) -> None:
     good = {"instruction": "hi", "context": "", "response": "hey", "dialog_id": 1, "partner": "A"}
+    good["date"] = "2024-05-01T09:31:00+00:00"
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({"instruction": "hi", "context": ""}) + "\n")
     with pytest.raises(UserError, match=r"train\.jsonl:2: missing field 'response'"):
@@ -147,7 +148,7 @@ def test_bad_records_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"train\.jsonl:2: not valid JSON"):
         load_records(path)
     path.write_text(json.dumps(good | {"dialog_id": "x"}) + "\n")
-    with pytest.raises(UserError, match="'dialog_id' must be int"):
+    with pytest.raises(UserError, match=r"train\.jsonl:1: field 'dialog_id' must be an integer"):
         load_records(path)
 
 
