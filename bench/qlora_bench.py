@@ -1,8 +1,8 @@
 """QLoRA benchmark: NF4 base + LoRA vs bf16 LoRA, Falcon-7B's shape with random weights; NF4 serving.
 
-    # GPU box (torch 2.11 + lightning there; carry the wheels, install them without deps):
-    pip install --no-deps wheels/torchao-0.18.0-*.whl wheels/litgpt-0.5.13-*.whl \
-        wheels/jsonargparse-4.41.0-*.whl wheels/docstring_parser-0.18.0-*.whl
+    # GPU box (torch 2.11 + lightning there; carry the ignored .whl/ folder, install without deps):
+    pip install --no-deps .whl/torchao-0.18.0-*.whl .whl/litgpt-0.5.13-*.whl \
+        .whl/jsonargparse-4.41.0-*.whl .whl/docstring_parser-0.18.0-*.whl
     python bench/qlora_bench.py --out $OUT/qlora_bench.json                   # ~4 min on an H100
     python bench/qlora_bench.py --variants bf16+compile@8192,nf4-dq+compile@8192 --decode engine \
         --out $OUT/qlora_bench_compile.json        # what compiles: per-block torch.compile, serve engine
