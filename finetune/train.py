@@ -523,7 +523,10 @@ class Loop:
                 max_returned = len(ids) + self.args.eval.sample_max_new_tokens
                 if max_returned > model.max_seq_length:
                     continue
-                model.set_kv_cache(batch_size=1, max_seq_length=max_returned, device=self.fabric.device)
+                dtype = next(model.parameters()).dtype  # the cache in the model's precision
+                model.set_kv_cache(
+                    batch_size=1, max_seq_length=max_returned, device=self.fabric.device, dtype=dtype
+                )
                 torch.manual_seed(self.args.train.seed)
                 out = generate(
                     model, ids, max_returned, temperature=0.7, top_k=50, eos_id=tokenizer.eos_id,

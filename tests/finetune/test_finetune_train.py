@@ -157,7 +157,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(
     tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path
 ) -> None:
     # no dropout: then a step's gradient is the same however its 32 sequences are split over ranks
-    settings = dict(max_steps=2, lora_dropout=0.0, eval_samples=0, eval_interval=100, save_interval=100)
+    settings = dict(max_steps=2, lora_dropout=0.0, eval_samples=1, eval_interval=100, save_interval=100)
     single = setup(tiny_run_args(tiny_checkpoint, prepared_dir, tmp_path / "one", **settings))
     assert single is not None
 
@@ -167,6 +167,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "adapter:" in done.stdout
+    assert done.stderr.count("sample | ") == 2  # sample replies at steps 0 and 2, logged by rank 0 only
     one, two = read_rows(tmp_path / "one" / "metrics.csv"), read_rows(tmp_path / "two" / "metrics.csv")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 2]
     for a, b in zip(one, two, strict=True):
