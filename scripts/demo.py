@@ -34,9 +34,9 @@ QUESTIONS = [("Maya Fontaine", "Climbing on saturday?"), ("Дима Орлов",
 TINY_ARGS = (
     "--n-layer 4 --n-embd 128 --n-head 4 --block-size 512 --vocab-size 1024 --pretrain-steps 100".split()
 )
-# A short CPU fine-tune: batches of 16 replies, 8 epochs, LoRA on every attention and MLP layer.
+# A short CPU fine-tune: batches of 16 replies, 12 epochs, LoRA on every attention and MLP layer.
 TRAIN_ARGS = (
-    "--accelerator cpu --precision 32-true --global-batch-size 16 --epochs 8 --learning-rate 2e-3".split()
+    "--accelerator cpu --precision 32-true --global-batch-size 16 --epochs 12 --learning-rate 2e-3".split()
 )
 TRAIN_ARGS += "--eval-interval 40 --lora-key --lora-projection --lora-mlp".split()
 
