@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from litgpt.generate.base import generate
 from litgpt.lora import GPT, Block, Config, mark_only_lora_as_trainable
 from litgpt.tokenizer import Tokenizer
@@ -143,12 +144,15 @@ def setup(args: FinetuneArgs) -> Summary | None:
         check_qlora_options(args.run.quantize, args.train.optimizer, accelerator, args.run.devices)
     except QuantizationUnavailableError as e:
         raise UserError(str(e)) from None
-    fabric = L.Fabric(
-        accelerator=accelerator,
-        devices=args.run.devices,
-        strategy=make_strategy(args),
-        precision=precision,  # type: ignore[arg-type]
-    )
+    try:
+        fabric = L.Fabric(
+            accelerator=accelerator,
+            devices=args.run.devices,
+            strategy=make_strategy(args),
+            precision=precision,  # type: ignore[arg-type]
+        )
+    except (ValueError, RuntimeError, MisconfigurationException) as e:  # e.g. more devices than present
+        raise UserError(f"cannot train on {args.run.devices} {accelerator} device(s): {e}") from None
     return fabric.launch(main, args, precision)  # type: ignore[arg-type]
 
 
