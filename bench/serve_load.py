@@ -149,6 +149,8 @@ def start_server(args: argparse.Namespace, port: int, key: str) -> subprocess.Po
     cmd = [sys.executable, "-m", "serve", "--checkpoint-dir", str(args.checkpoint_dir), "--port", str(port)]
     if args.lora_path:
         cmd += ["--lora-path", str(args.lora_path)]
+    if args.cpu_threads:
+        env["TWIN_CPU_THREADS"] = str(args.cpu_threads)
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=8, help="the server's TWIN_MAX_BATCH_SIZE")
     p.add_argument("--max-input-tokens", type=int, default=256, help="the server's TWIN_MAX_INPUT_TOKENS")
     p.add_argument("--time-limit", type=float, default=300.0, help="stop sending new requests after this")
+    p.add_argument("--cpu-threads", type=int, help="the server's TWIN_CPU_THREADS (default: cores - 1)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "failures": len(load.results) - len(ok),
         "failure_examples": sorted({r.error or "" for r in load.results if not r.ok})[:5],
         "concurrency": args.concurrency,
+        "server_cpu_threads": args.cpu_threads or "default",
         "streamed": sum(r.stream for r in load.results),
         "max_tokens": args.max_tokens,
         "wall_s": round(wall, 2),

@@ -7,6 +7,7 @@ only as `TWIN_API_KEY`, never a flag (flags show up in `ps`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,9 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return 2
     # the web stack, torch and litgpt load only now: --help and settings mistakes answer at once
+    import torch
     import uvicorn
 
     from serve.app import create_app
+    from serve.engine import resolve_device
     from serve.model import ModelLoadError
     from serve.service import build_service
 
@@ -40,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if resolve_device(settings.device).type == "cpu":
+        # one core stays with the HTTP side: more torch threads than free cores make every op wait
+        # for a descheduled thread (on a 2-core box that is ~10x slower, see docs/BENCHMARKS.md)
+        torch.set_num_threads(settings.cpu_threads or max(1, (os.cpu_count() or 1) - 1))
     app = create_app(settings, service)
     service.engine.start()
     try:

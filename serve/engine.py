@@ -114,6 +114,7 @@ class Sequence:
     busy: bool = False
     """The error is "waited too long for a slot" (EngineBusy on the asyncio side)."""
     cancelled: bool = False
+    stop_string: bool = False
     done: bool = False  # worker side: slot released / dropped
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -121,9 +122,12 @@ class Sequence:
     _event: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False  # asyncio side: finish seen
 
-    def cancel(self) -> None:
-        """Stop generating (client went away); the worker frees the slot before its next step."""
-        self.cancelled = True
+    def cancel(self, stop_string: bool = False) -> None:
+        """Stop generating (the client went away, or its reply hit a stop string): the worker frees the
+        slot before its next step."""
+        if not self.cancelled:
+            self.stop_string = stop_string
+            self.cancelled = True
 
     def _receive(self, tokens: list[int], finish: FinishReason | None) -> None:  # on the event loop
         self._buffer.extend(tokens)
@@ -526,7 +530,12 @@ class Engine:
             return
         seq.done = True
         seq.finish_reason = reason
-        self.finished["timeout" if seq.timed_out else "queue_timeout" if seq.busy else reason] += 1
+        if seq.timed_out:
+            self.finished["timeout"] += 1
+        elif seq.busy:
+            self.finished["queue_timeout"] += 1
+        else:
+            self.finished["stop_string" if reason == "cancelled" and seq.stop_string else reason] += 1
         if 0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq:
             self._slots[seq.slot] = None
         with self._lock:  # re-entrant: also called under it

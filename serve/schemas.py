@@ -183,7 +183,10 @@ class Health(BaseModel):
     queued: int = Field(description="requests waiting for a slot")
     decode_steps: int = Field(description="decode steps since start (each decodes every generating request)")
     tokens_generated: int
-    finished: dict[str, int] = Field(description="requests ended since start, by reason (stop, length, ...)")
+    finished: dict[str, int] = Field(
+        description="requests ended since start: stop (EOS), stop_string, length, timeout, cancelled "
+        "(client gone), queue_timeout, error"
+    )
 
 
 class ErrorBody(BaseModel):

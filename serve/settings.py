@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     compile: bool | None = Field(
         default=None, description="compile the decode step (CUDA graphs); default: on for CUDA, off on CPU"
     )
+    cpu_threads: int | None = Field(
+        default=None, ge=1, description="torch threads when serving on a CPU; default: all cores but one"
+    )
     quantize: Literal["none", "nf4", "nf4-dq"] = Field(
         default="none",
         description="hold the base in 4-bit NF4 (nf4-dq: double-quantized scalers) with the LoRA on top, "

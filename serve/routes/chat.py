@@ -264,7 +264,7 @@ async def collect(
             text.push(ids)
             if text.stopped:
                 break
-    seq.cancel()  # after a stop string: free the slot now (no-op when the engine already finished)
+    seq.cancel(stop_string=text.stopped)  # free the slot now (no-op when the engine has finished)
     text.flush()
 
 
@@ -294,7 +294,7 @@ async def stream_events(
                         yield event({"content": delta})
                     if text.stopped:
                         break
-        seq.cancel()
+        seq.cancel(stop_string=text.stopped)
         if tail := text.flush():
             yield event({"content": tail})
         yield event({}, finish_reason(seq, text))

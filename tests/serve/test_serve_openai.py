@@ -4,7 +4,9 @@ and a client that hangs up mid-stream. Plus the CLI's refusals."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,10 +18,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 from serve_helpers import free_port, make_adapter, user
 
 KEY = "test-key-0123456789"
-MAX_NEW = 150
+MAX_NEW = 1024
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -59,13 +62,20 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 180.
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # a scrambled (random) adapter: its greedy replies never hit EOS, so long generations stay long
-    adapter = make_adapter(
-        tiny_checkpoint, tmp_path_factory.mktemp("openai-adapter") / "twin", seed=1, scale=0.3
-    )
+    # The tiny checkpoint with no end-of-text token and a 2048-token context (RoPE extends to any length;
+    # the weights do not depend on it), and a scrambled adapter: replies run to max_tokens, so the tests
+    # below can act while a request is still generating.
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path_factory.mktemp("openai") / "tiny-falcon"))
+    config = yaml.safe_load((checkpoint / "model_config.yaml").read_text())
+    (checkpoint / "model_config.yaml").write_text(yaml.safe_dump({**config, "block_size": 2048}))
+    tokenizer_config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    del tokenizer_config["eos_token"], tokenizer_config["bos_token"]
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (checkpoint / "generation_config.json").unlink(missing_ok=True)
+    adapter = make_adapter(checkpoint, checkpoint.parent / "twin", seed=1, scale=0.3)
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("TWIN_")},
         "TWIN_API_KEY": KEY,
         "TWIN_MAX_BATCH_SIZE": "2",
         "TWIN_MAX_QUEUE": "0",
@@ -75,7 +85,7 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "TWIN_DEVICE": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
-    args = ["--checkpoint-dir", str(tiny_checkpoint), "--lora-path", str(adapter), "--port", str(port)]
+    args = ["--checkpoint-dir", str(checkpoint), "--lora-path", str(adapter), "--port", str(port)]
     process = subprocess.Popen([sys.executable, "-m", "serve", *args], cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -143,7 +153,7 @@ def auth() -> dict[str, str]:
 
 
 def test_long_greedy_reply_precondition(server: Server) -> None:
-    """The requests below rely on this reply running to max_tokens (no EOS before)."""
+    """The requests below rely on replies running to max_tokens."""
     reply = server.client().chat.completions.create(
         model="twin", messages=MESSAGES, max_tokens=MAX_NEW, temperature=0
     )
@@ -154,13 +164,31 @@ def test_long_greedy_reply_precondition(server: Server) -> None:
     )
 
 
+def test_a_stop_string_ends_generation_early(server: Server) -> None:
+    client = server.client()
+    full = client.chat.completions.create(model="twin", messages=MESSAGES, max_tokens=40, temperature=0)
+    text = full.choices[0].message.content or ""
+    stop = text[4:7]
+    before = server.wait_idle()["finished"]
+    cut = client.chat.completions.create(
+        model="twin", messages=MESSAGES, max_tokens=MAX_NEW, temperature=0, stop=stop
+    )
+    assert (
+        cut.choices[0].message.content == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    )
+    assert cut.usage is not None and cut.usage.completion_tokens < 40
+    after = server.wait_idle()["finished"]  # the slot was freed there, not after MAX_NEW tokens
+    assert after.get("stop_string", 0) == before.get("stop_string", 0) + 1
+    assert after.get("length", 0) == before.get("length", 0)
+
+
 def test_concurrent_requests_are_decoded_together(server: Server) -> None:
     before = server.wait_idle()
     results: list[int] = []
 
     def ask() -> None:
         reply = server.client().chat.completions.create(
-            model="twin", messages=MESSAGES, max_tokens=60, temperature=0
+            model="twin", messages=MESSAGES, max_tokens=300, temperature=0
         )
         assert reply.usage is not None
         results.append(reply.usage.completion_tokens)
@@ -171,9 +199,9 @@ def test_concurrent_requests_are_decoded_together(server: Server) -> None:
     for t in threads:
         t.join()
     after = server.health()
-    assert results == [60, 60]
+    assert results == [300, 300]
     steps = after["decode_steps"] - before["decode_steps"]
-    assert steps < 2 * 60 - 2  # one decode step served both requests most of the time
+    assert steps < 2 * 300 - 2  # one decode step served both requests most of the time
 
 
 def test_full_server_answers_503_with_retry_after(server: Server) -> None:
@@ -184,10 +212,13 @@ def test_full_server_answers_503_with_retry_after(server: Server) -> None:
             http.stream("POST", "/v1/chat/completions", json=long_request()) as b,
         ):
             assert a.status_code == b.status_code == 200
-            next(a.iter_lines()), next(b.iter_lines())  # both generating: 2 slots busy, no queue
+            # keep both line iterators: a dropped one closes its connection (httpx), which cancels
+            lines_a, lines_b = a.iter_lines(), b.iter_lines()
+            next(lines_a), next(lines_b)  # both generating: 2 slots busy, no queue
             r = http.post("/v1/chat/completions", json={**long_request(), "stream": False, "max_tokens": 4})
             assert r.status_code == 503
             assert r.headers["retry-after"] == "2" and "server busy" in r.json()["detail"]
+            assert server.health()["active"] == 2
 
 
 def test_hanging_up_cancels_the_generation(server: Server) -> None:
