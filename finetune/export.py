@@ -24,9 +24,9 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 import yaml
@@ -47,7 +47,8 @@ from finetune.hf_falcon import (
 
 log = logging.getLogger(__name__)
 
-Format = Literal["merged", "peft"]
+FORMATS = ("merged", "peft")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 ADAPTER_FILE = "lit_model_lora_finetuned.pth"
 HPARAMS_FILE = "hyperparameters.yaml"
 # litgpt module (inside a block, or at the top) → its HF Falcon name; the LoRA flag that enables it
@@ -313,55 +314,33 @@ def check_inputs(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, LoraSpe
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+def option(default: Any = MISSING, help: str = "", choices: Sequence[str] | None = None) -> Any:
+    """A dataclass field that is also a CLI flag: its default and help live here and nowhere else."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class ExportArgs:
     """What `python -m finetune.export` exports, and where (saved as export.json next to the output)."""
 
-    checkpoint_dir: Path
-    """The litgpt base checkpoint the adapter was trained on."""
-    lora_path: Path
-    """The adapter (lit_model_lora_finetuned.pth) or the finetune out-dir holding it."""
-    out: Path = Path("out/twin-hf")
-    """The folder to write."""
-    format: Format = "merged"
-    """merged: a full transformers model; peft: a PEFT LoRA adapter for the base."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype of the written model (auto: the base checkpoint's)."""
-    base_model: str | None = None
-    """peft only: the HF base's name or path for adapter_config.json (default: the Hub name of a known
-    checkpoint, else the converted base written to OUT/base)."""
+    checkpoint_dir: Path = option(help="the litgpt base checkpoint the adapter was trained on")
+    lora_path: Path = option(help="the adapter (lit_model_lora_finetuned.pth) or its finetune out-dir")
+    out: Path = option(Path("out/twin-hf"), "the folder to write")
+    format: str = option("merged", "merged: a full transformers model; peft: a LoRA adapter", FORMATS)
+    dtype: str = option("auto", "weight dtype of the written model (auto: the base checkpoint's)", DTYPES)
+    base_model: str | None = option(
+        None, "peft: the base's HF name or path to record (default: its Hub name, else OUT/base)"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ExportArgs:
-    docs = {
-        "checkpoint_dir": "the litgpt base checkpoint the adapter was trained on",
-        "lora_path": "the adapter file (lit_model_lora_finetuned.pth) or its finetune out-dir",
-    }
-    p = argparse.ArgumentParser(
-        prog="python -m finetune.export", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--checkpoint-dir", type=Path, required=True, help=docs["checkpoint_dir"])
-    p.add_argument("--lora-path", type=Path, required=True, help=docs["lora_path"])
-    p.add_argument(
-        "--out", type=Path, default=ExportArgs.out, help="the folder to write (default: %(default)s)"
-    )
-    p.add_argument(
-        "--format",
-        choices=["merged", "peft"],
-        default=ExportArgs.format,
-        help="merged: a full transformers model; peft: a LoRA adapter for the base",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default=ExportArgs.dtype,
-        help="weight dtype (auto: the base checkpoint's)",
-    )
-    p.add_argument(
-        "--base-model",
-        default=None,
-        help="peft: the base's HF name or path to record (default: Hub name or OUT/base)",
-    )
+    p = argparse.ArgumentParser(prog="python -m finetune.export", description=__doc__.split("\n\n")[0])
+    for f in fields(ExportArgs):
+        flag, required = f"--{f.name.replace('_', '-')}", f.default is MISSING
+        kind = Path if "Path" in str(f.type) else str
+        help_text = f.metadata["help"] + ("" if required or f.default is None else " (default: %(default)s)")
+        p.add_argument(flag, type=kind, required=required, default=None if required else f.default,
+                       choices=f.metadata["choices"], help=help_text)  # fmt: skip
     return ExportArgs(**vars(p.parse_args(argv)))
 
 
