@@ -88,6 +88,8 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 with FastAPI's error list (minus the echoed input: it may be private) and one readable line."""
     assert isinstance(exc, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k not in ("input", "url", "ctx")} for e in exc.errors()]
+    for e in errors:  # our own checks' messages read as they are written
+        e["msg"] = str(e.get("msg", "")).removeprefix("Value error, ")
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     message = f"{where}: {first.get('msg', 'invalid')}" + (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 FinishReason = Literal["stop", "length"]
 
@@ -20,6 +20,15 @@ def _integral(value: Any) -> Any:
 
 
 WholeNumber = Annotated[int, BeforeValidator(_integral)]
+
+
+def unpaired_surrogate(text: str) -> bool:
+    """JSON may carry "\\ud800" (half a surrogate pair): that is no text, and no tokenizer takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class TextPart(BaseModel):
@@ -94,6 +103,16 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: WholeNumber = Field(1, ge=1, le=1, description="only 1 choice is supported")
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> ChatCompletionRequest:
+        texts = [(f"messages[{i}].content", m.text()) for i, m in enumerate(self.messages)]
+        texts += [(f"messages[{i}].name", m.name or "") for i, m in enumerate(self.messages)]
+        texts += [("stop", stop) for stop in self.stop_list()]
+        for where, text in texts:
+            if unpaired_surrogate(text):
+                raise ValueError(f"{where} holds an unpaired surrogate (\\ud800-\\udfff): not valid Unicode")
+        return self
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -150,6 +150,8 @@ LONG = "word " * 400
         ({}, 422, "Field required"),
         ({"messages": [{"role": "bot", "content": "hi"}]}, 422, "'system', 'user' or 'assistant'"),
         ({"messages": [{"role": "user", "content": 5}]}, 422, "content"),
+        ('{"messages": [{"role": "user", "content": "half \\ud800 a pair"}]}', 422, "unpaired surrogate"),
+        ('{"messages": ' + "[" * 50_000 + "]" * 50_000 + "}", 400, "error parsing the body"),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}, 422, "valid integer"),
         (
             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
