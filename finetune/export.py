@@ -105,8 +105,8 @@ def resolve_adapter(lora_path: Path) -> tuple[Path, Path]:
     pth = lora_path / ADAPTER_FILE if lora_path.is_dir() else lora_path
     if not pth.is_file():
         raise UserError(
-            f"no LoRA adapter at {lora_path}: pass the {ADAPTER_FILE} that `python -m finetune` wrote "
-            "(or its out-dir), e.g. --lora-path out/twin"
+            f"no LoRA adapter at {lora_path}: train one first (`make train`, or `make demo` for the tiny "
+            f"model), then pass the {ADAPTER_FILE} it wrote or its out-dir, e.g. --lora-path out/twin"
         )
     hparams = pth.parent / HPARAMS_FILE
     if not hparams.is_file():
