@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from litgpt.model import GPT
 
-from serve.generate import decode_one_token, prefill, setup_caches
+from serve.generate import decode_logits, prefill, sample, setup_caches
 
 log = logging.getLogger(__name__)
 
@@ -346,12 +346,12 @@ class Engine:
         self._host = [torch.zeros(B, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._host_prefill = torch.zeros(1, dtype=torch.int64, pin_memory=pin)
         self._flip = 0
-        self._decode: Callable[..., torch.Tensor] = decode_one_token
+        self._decode: Callable[..., torch.Tensor] = decode_logits
         want_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
         # one graph (CUDA graphs need it); if that fails, let dynamo split it; last, eager
         for fullgraph in (True, False) if want_compile else ():
             try:
-                self._decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=fullgraph)
+                self._decode = torch.compile(decode_logits, mode="reduce-overhead", fullgraph=fullgraph)
                 self.compiled = True
                 with torch._inductor.config.patch(coordinate_descent_tuning=cfg.compile_tuning):
                     self._warm_up()  # compiles here, on the first calls
@@ -361,7 +361,7 @@ class Engine:
                 self.compile_error = f"fullgraph={fullgraph}: {type(e).__name__}: {e}"[:500]
                 self.compiled = False
                 torch._dynamo.reset()
-        self._decode = decode_one_token
+        self._decode = decode_logits
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -470,13 +470,9 @@ class Engine:
         """Enqueue one decode step for slots [0, b) and the copy of its tokens to the host."""
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
-        tokens = self._decode(
-            self.model,
-            self._tokens[:b].view(b, 1),
-            self._pos[:b].view(b, 1),
-            self._temperature[:b],
-            self._top_p[:b],
-        )  # (b,)
+        logits = self._decode(self.model, self._tokens[:b].view(b, 1), self._pos[:b].view(b, 1))  # (b, V)
+        # sampled eagerly, before the next step's graph replay overwrites `logits`
+        tokens = sample(logits, self._temperature[:b], self._top_p[:b])  # (b,)
         self._tokens[:b].copy_(tokens)
         # idle slots keep stepping; the clamp keeps their (ignored) writes inside the cache
         self._pos[:b].add_(1).clamp_(max=self.config.max_seq_length - 1)
