@@ -7,8 +7,10 @@ import io
 import math
 import resource
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,17 +83,11 @@ class MetricsFile:
             csv.writer(f, lineterminator="\n").writerow(row.cells())
 
 
-def plot_losses(csv_path: Path, png_path: Path, title: str = "LoRA fine-tuning") -> None:
-    """Train and validation loss against step, written as a PNG (0600)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_rows(csv_path)
-    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
-    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+def draw_losses(ax: Any, rows: Iterable[Mapping[str, Any]], title: str) -> bool:
+    """Draw train and validation loss against step on `ax`; False when there is nothing to draw."""
+    rows = list(rows)
+    train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", alpha=0.8)
     if val:
@@ -101,11 +97,30 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "LoRA fine-tuning")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    return bool(train or val)
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as a PNG (0600, atomically) and close it."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    write_private_atomic(png_path, buffer.getvalue())
+    write_private_atomic(path, buffer.getvalue())
+
+
+def plot_losses(csv_path: Path, png_path: Path, title: str = "LoRA fine-tuning") -> None:
+    """Train and validation loss against step, written as a PNG (0600)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw_losses(ax, read_rows(csv_path), title)
+    save_figure(fig, png_path)
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import json
 import random
 import sys
@@ -37,7 +36,7 @@ from finetune.evaluate import (
     reply_perplexity,
 )
 from finetune.export import resolve_adapter
-from finetune.metrics import read_rows
+from finetune.metrics import draw_losses, read_rows, save_figure
 from finetune.style import RATE_LABELS, StyleStats, style_stats
 from prepare.prompt import render_record
 
@@ -155,16 +154,6 @@ def read_metrics(lora_path: Path) -> list[dict[str, float | None]]:
 
 
 # ------------------------------------------------------------------------------------------- plotting
-def save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_private_atomic(path, buffer.getvalue())
-
-
 def plot_all(f: Findings, out: Path) -> list[str]:
     """Write the report's PNGs; returns their file names."""
     import matplotlib
@@ -178,7 +167,7 @@ def plot_all(f: Findings, out: Path) -> list[str]:
     ax.bar_label(bars, fmt="%.1f")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(f"Held-out replies ({f.twin.tokens} tokens)")
-    save_figure(fig, out / "perplexity.png")
+    save_figure(fig, out / "perplexity.png", dpi=110)
     names.append("perplexity.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -191,7 +180,7 @@ def plot_all(f: Findings, out: Path) -> list[str]:
     ax.set_ylabel("rate")
     ax.set_title("Style of the replies: the person (real), the twin and the base")
     ax.legend()
-    save_figure(fig, out / "style.png")
+    save_figure(fig, out / "style.png", dpi=110)
     names.append("style.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -203,24 +192,15 @@ def plot_all(f: Findings, out: Path) -> list[str]:
     ax.set_xlabel("reply length (characters)")
     ax.set_ylabel("replies")
     ax.legend()
-    save_figure(fig, out / "lengths.png")
+    save_figure(fig, out / "lengths.png", dpi=110)
     names.append("lengths.png")
 
-    train = [(r["step"], r["train_loss"]) for r in f.loss_rows if r.get("train_loss") is not None]
-    val = [(r["step"], r["val_loss"]) for r in f.loss_rows if r.get("val_loss") is not None]
-    if train or val:
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        if train:
-            ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", alpha=0.8)
-        if val:
-            ax.plot(*zip(*val, strict=True), "o-", label="validation loss", color="tab:orange")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("cross-entropy per reply token")
-        ax.set_title("Fine-tuning")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        save_figure(fig, out / "loss.png")
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    if draw_losses(ax, f.loss_rows, "Fine-tuning"):
+        save_figure(fig, out / "loss.png", dpi=110)
         names.append("loss.png")
+    else:
+        plt.close(fig)
     return names
 
 
