@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-engine", action="store_true", help="skip the serve engine (time only litgpt)")
     p.add_argument("--no-anchor", action="store_true", help="skip timing plain litgpt")
-    p.add_argument("--no-tuning", dest="tuning", action="store_false", help="compile without kernel tuning")
+    p.add_argument("--tuning", action="store_true", help="compile with coordinate-descent kernel tuning")
     p.add_argument("--restart", action="store_true", help="last: time a second start (warm compile caches)")
     compile_group = p.add_mutually_exclusive_group()
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None)
