@@ -142,6 +142,43 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[Pa
 
 
 @contextmanager
+def running_process(
+    name: str,
+    command: list[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    start_timeout_s: float,
+    every_s: float,
+    stop_timeout_s: float,
+) -> Iterator[None]:
+    """Run `command` (output to `log_path`) until the block ends; enter once `ready()` says so.
+
+    A process that exits while starting fails the wait with its log; on the way out it is terminated,
+    then killed if it does not stop within `stop_timeout_s`.
+    """
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=dict(env), stdout=log, stderr=log)
+        try:
+
+            def probe() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}: {log_path.read_text()}")
+                return ready()
+
+            wait_for(f"{name} start-up", probe, start_timeout_s, every_s=every_s)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
 def streamlit_app(
     port: int, env: Mapping[str, str], log_path: Path, via_module: bool = False
 ) -> Iterator[str]:
@@ -157,28 +194,16 @@ def streamlit_app(
         f"--server.port={port}",
         "--server.fileWatcherType=none",
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=log)
-        url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
         try:
+            return httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok"
+        except httpx.HTTPError:
+            return False
 
-            def healthy() -> bool:
-                if process.poll() is not None:
-                    raise RuntimeError(f"streamlit exited with {process.returncode}: {log_path.read_text()}")
-                try:
-                    return httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok"
-                except httpx.HTTPError:
-                    return False
-
-            wait_for("streamlit start-up", healthy, 90, every_s=0.25)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_process("streamlit", command, REPO, {**os.environ, **env}, log_path, healthy, 90, 0.25, 10):
+        yield url
 
 
 @dataclass(frozen=True)
@@ -207,27 +232,15 @@ def twin_server(
     workdir = log_path.parent / "serve-cwd"
     workdir.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log)
+
+    def ready() -> bool:
         try:
+            return bool(httpx.get(f"{url}/health", timeout=2).json().get("ready"))
+        except (httpx.HTTPError, ValueError):
+            return False
 
-            def ready() -> bool:
-                if process.poll() is not None:
-                    raise RuntimeError(f"serve exited with {process.returncode}: {log_path.read_text()}")
-                try:
-                    return bool(httpx.get(f"{url}/health", timeout=2).json().get("ready"))
-                except (httpx.HTTPError, ValueError):
-                    return False
-
-            wait_for("the twin server's start-up", ready, 180, every_s=0.5)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_process("serve", command, workdir, env, log_path, ready, 180, 0.5, 15):
+        yield url
 
 
 CHAT_INPUT = 'textarea[data-testid="stChatInputTextArea"]'
