@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from litgpt.config import Config  # noqa: E402
 from litgpt.model import GPT  # noqa: E402
 
+from finetune.tiny import tiny_config  # noqa: E402
 from serve.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
 from serve.model import random_model  # noqa: E402
 
@@ -81,20 +82,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.smoke:
-        config = Config(
-            name="tiny-falcon",
-            block_size=512,
-            vocab_size=512,
-            padding_multiple=64,
-            n_layer=2,
-            n_head=4,
-            n_embd=64,
-            n_query_groups=1,
-            rotary_percentage=1.0,
-            parallel_residual=True,
-            shared_attention_norm=True,
-            bias=False,
-        )
+        config = tiny_config(vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=512)
         return Plan(
             "cpu", torch.float32, config, 8, 256, 64, 48, [1, 2, 4, 8], 32, 24, 24, args.compile, args.tuning
         )
