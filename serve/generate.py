@@ -156,21 +156,11 @@ def decode_logits(model: GPT, tokens: torch.Tensor, input_pos: torch.Tensor) -> 
     """The model half of a decode step for slots [0, B): token i sits at position input_pos[i] of slot i.
 
     tokens, input_pos: (B, 1) int64. Returns the next-token logits, (B, vocab_size) float32. This is the
-    part the engine compiles into CUDA graphs; `sample` stays outside them (see `decode_one_token`).
+    part the engine compiles into CUDA graphs. `sample` stays outside them: Inductor (torch 2.11,
+    Triton) cannot generate the top-p cumsum fused with the sampling argmax over a 65k vocabulary
+    ("NYI TritonSplitDimKernel reductions"), and the eager sampling kernels cost far less than the
+    weights' read.
     """
     logits = model(tokens, input_pos)  # (B, 1, V)
     # padded vocabulary rows are no tokens: sample among the first vocab_size only
     return logits[:, -1, : model.config.vocab_size].float()  # (B, vocab_size)
-
-
-def decode_one_token(
-    model: GPT, tokens: torch.Tensor, input_pos: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor
-) -> torch.Tensor:
-    """One step for slots [0, B): the model's logits, then one sampled token per slot.
-
-    tokens, input_pos: (B, 1) int64; temperature, top_p: (B,). Returns the next tokens, (B,) int64.
-    Only `decode_logits` is compiled: Inductor (torch 2.11, Triton) cannot generate the top-p cumsum
-    fused with the sampling argmax over a 65k vocabulary ("NYI TritonSplitDimKernel reductions"), and
-    the eager sampling kernels cost far less than the weights' read.
-    """
-    return sample(decode_logits(model, tokens, input_pos), temperature, top_p)
