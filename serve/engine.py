@@ -2,9 +2,12 @@
 
 Requests wait in a bounded queue; the worker admits them into free *slots* of a static KV cache
 (prefilling each prompt into its slot), then runs one decode step for all busy slots at once
-(continuous batching: a request joins or leaves between any two steps). The decode step is
-`torch.compile(mode="reduce-overhead")`d on CUDA, which records CUDA graphs per batch bucket
-(1, 2, 4, ... up to the slot count) during warm-up, before the engine says it is ready.
+(continuous batching: a request joins or leaves between any two steps). The decode step — model,
+sampler and the update of the engine's token/position buffers — is `torch.compile`d and recorded as
+CUDA graphs on GPU, per batch bucket (1, 2, 4, ... up to the slot count), during warm-up, before the
+engine says it is ready. The graphs are recorded by hand (`torch.cuda.graph`), reading and writing the
+engine's own buffers: a step is one graph launch, with no input copies. Each bucket has two graphs
+that take turns, so launching step k+1 never waits for the same graph's step k to finish.
 
 While the GPU runs step k, the worker turns step k-1's tokens into deliveries (one step of lookahead);
 a slot that finished at step k-1 just wastes its row of step k. Tokens reach each request's asyncio
@@ -29,7 +32,7 @@ from typing import Any, Literal
 import torch
 from litgpt.model import GPT
 
-from serve.generate import decode_logits, prefill, sample, setup_caches
+from serve.generate import decode_step, fuse_parallel_blocks, prefill, setup_caches
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,14 @@ class EngineConfig:
     max_queue: int = 64
     """Requests that may wait for a slot; one more is answered EngineBusy (HTTP 503)."""
     compile: bool | None = None
-    """torch.compile the decode step (CUDA graphs on GPU). None: on for CUDA, off on CPU."""
+    """torch.compile the decode step (and record CUDA graphs on GPU). None: on for CUDA, off on CPU."""
     compile_tuning: bool = False
     """Let inductor benchmark its kernels' launch configs while compiling (coordinate descent, as
     gpt-fast and `litgpt generate --compile` do). Off: on an H100 at Falcon-7B's shape it made the
     compile 2.3x longer (82 s vs 35 s for batch 1) and the step 5% slower (7.12 vs 6.80 ms)."""
+    fuse_blocks: bool = True
+    """Fuse each Falcon-style parallel block's four matmuls into two (`serve.generate.ParallelBlock`):
+    same results, fewer and larger GEMVs. Off: litgpt's blocks as they are (for comparisons)."""
     prefill_token_budget: int = 4096
     """Prompt tokens prefilled between two decode steps (at least one request), bounding the stall
     a burst of new prompts causes for streams that are already generating."""
@@ -204,6 +210,7 @@ class Engine:
         self.load_error: str | None = None
         self.compile_error: str | None = None
         self.compiled = False
+        self.fused_blocks = 0
         self.startup_seconds: float | None = None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
@@ -258,6 +265,7 @@ class Engine:
             "device": self.device_name(),
             "dtype": str(self.dtype).removeprefix("torch.") if self.dtype else None,
             "compiled": self.compiled,
+            "fused_blocks": self.fused_blocks,
             "compile_error": self.compile_error,
             "load_error": self.load_error,
             "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 3),
@@ -332,6 +340,8 @@ class Engine:
     def _load(self) -> None:
         cfg = self.config
         model = self._build_model()
+        if cfg.fuse_blocks:
+            self.fused_blocks = fuse_parallel_blocks(model)
         setup_caches(model, cfg.max_batch_size, cfg.max_seq_length)
         self.model = model
         self.device = model.transformer.wte.weight.device  # the head may be a LoRA layer (NF4 base)
@@ -347,22 +357,25 @@ class Engine:
         self._host = [torch.zeros(B, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._host_prefill = torch.zeros(1, dtype=torch.int64, pin_memory=pin)
         self._flip = 0
-        self._decode: Callable[..., torch.Tensor] = decode_logits
+        self._decode: Callable[..., torch.Tensor] = decode_step
+        self._graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
+        self._turn = 0
         want_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
-        # one graph (CUDA graphs need it); if that fails, let dynamo split it; last, eager
+        # one graph; if that fails, let dynamo split it; last, eager
         for fullgraph in (True, False) if want_compile else ():
             try:
-                self._decode = torch.compile(decode_logits, mode="reduce-overhead", fullgraph=fullgraph)
+                self._decode = torch.compile(decode_step, fullgraph=fullgraph)
                 self.compiled = True
                 with torch._inductor.config.patch(coordinate_descent_tuning=cfg.compile_tuning):
-                    self._warm_up()  # compiles here, on the first calls
+                    self._warm_up()  # compiles here, on the first calls, then records the graphs
                 return
             except Exception as e:  # serve rather than not at all; /health says why
                 log.exception("compiling the decode step (fullgraph=%s) failed", fullgraph)
                 self.compile_error = f"fullgraph={fullgraph}: {type(e).__name__}: {e}"[:500]
                 self.compiled = False
+                self._graphs = {}
                 torch._dynamo.reset()
-        self._decode = decode_logits
+        self._decode = decode_step
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -373,15 +386,54 @@ class Engine:
             prompt = torch.arange(length, device=self.device) % self.vocab_size
             prefill(self.model, prompt, 0, self._temperature[:1], self._top_p[:1])
         self._pos.fill_(min(n, self.config.max_seq_length - 1))
-        self._temperature.fill_(1.0)  # the sampling branch, not only argmax
+        self._temperature.fill_(1.0)  # sampling, not only argmax (eager: each branch runs once)
+        cuda = self.device is not None and self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if cuda else None
+        if side is not None:  # warm-up and capture off the default stream, as torch.cuda.graph wants
+            side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            for b in self.buckets:
+                for _ in range(2):  # compiles (first bucket, then once more with a dynamic batch size)
+                    self._step(b)
+            if side is not None and self.compiled:
+                self._graphs = self._record_graphs(side)
+        if side is not None:
+            torch.cuda.current_stream(self.device).wait_stream(side)
         for b in self.buckets:
-            for _ in range(3):  # CUDA graph trees: warm-up run, record, replay
+            for _ in range(2):  # replay each graph once (the first launch uploads it)
                 self._launch(b, [None] * b)
         self._sync()
         self._tokens.zero_()
         self._pos.zero_()
         self._temperature.zero_()
         self.steps = 0  # count served steps only
+
+    def _step(self, b: int) -> None:
+        """One decode step for slots [0, b), in place on the engine's buffers (what a graph records)."""
+        tokens = self._decode(
+            self.model,
+            self._tokens[:b].view(b, 1),
+            self._pos[:b].view(b, 1),
+            self._temperature[:b],
+            self._top_p[:b],
+        )  # (b,)
+        self._tokens[:b].copy_(tokens)
+        # idle slots keep stepping; the clamp keeps their (ignored) writes inside the cache
+        self._pos[:b].add_(1).clamp_(max=self.config.max_seq_length - 1)
+
+    def _record_graphs(self, stream: torch.cuda.Stream) -> dict[int, list[torch.cuda.CUDAGraph]]:
+        """Two CUDA graphs of `_step` per bucket, sharing one memory pool (they never run at once, and
+        nothing a graph allocates outlives its replay: results land in the engine's buffers)."""
+        pool = torch.cuda.graph_pool_handle()
+        graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
+        for b in self.buckets:
+            graphs[b] = []
+            for _ in range(2):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self._step(b)
+                graphs[b].append(graph)
+        return graphs
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
@@ -469,14 +521,12 @@ class Engine:
 
     def _launch(self, b: int, seqs: list[Sequence | None]) -> _Step:
         """Enqueue one decode step for slots [0, b) and the copy of its tokens to the host."""
-        if self.compiled:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
-        logits = self._decode(self.model, self._tokens[:b].view(b, 1), self._pos[:b].view(b, 1))  # (b, V)
-        # sampled eagerly, before the next step's graph replay overwrites `logits`
-        tokens = sample(logits, self._temperature[:b], self._top_p[:b])  # (b,)
-        self._tokens[:b].copy_(tokens)
-        # idle slots keep stepping; the clamp keeps their (ignored) writes inside the cache
-        self._pos[:b].add_(1).clamp_(max=self.config.max_seq_length - 1)
+        if self._graphs:
+            self._graphs[b][self._turn].replay()
+            self._turn ^= 1
+        else:
+            self._step(b)
+        tokens = self._tokens[:b]  # the new tokens
         host = self._host[self._flip]
         self._flip ^= 1
         host[:b].copy_(tokens, non_blocking=True)

@@ -2,13 +2,17 @@
 
 The decode step runs every *slot* of a static batch at once, each slot at its own position, so requests
 that arrived at different times share one forward pass (continuous batching, driven by `serve.engine`).
-Two small additions to litgpt make that possible, both subclasses of litgpt's own modules:
+Three small additions to litgpt make that possible and fast:
 
 - `SlotKVCache`: a static KV cache of shape (slots, kv heads, max_seq, head size) that writes each batch
   row at its own position while decoding, and one chosen slot while prefilling a prompt.
 - `DecodeAttention`: for multi-query attention (Falcon-7B: 71 query heads, 1 key/value head) it folds the
   query heads into the query-length axis while decoding, so attention reads the cache once instead of
   broadcasting it to 71 heads (which makes the math kernel copy the cache on every step).
+- `ParallelBlock`: a parallel-residual block with a shared norm (Falcon's) reads its four weight matrices
+  as two: `[qkv; fc]` on the normed input and `[proj | mlp.proj]` on `[attention heads, gelu(fc)]`, whose
+  sum is exactly `attention_output + mlp_output`. One big GEMV streams the weights closer to the memory
+  bandwidth than two small ones, and the step has fewer kernels.
 
 This module imports only torch and litgpt: the GPU benchmark runs it without the web stack.
 """
@@ -16,10 +20,16 @@ This module imports only torch and litgpt: the GPU benchmark runs it without the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from litgpt import lora
-from litgpt.model import GPT, CausalSelfAttention, KVCache, build_mask_cache
+from litgpt.config import Config
+from litgpt.model import GPT, Block, CausalSelfAttention, GptNeoxMLP, KVCache, build_mask_cache
+from torch import nn
+
+from serve import kernels
 
 
 class SlotKVCache(KVCache):
@@ -45,12 +55,12 @@ class SlotKVCache(KVCache):
             return k_rows, v_rows  # (bs, G, max_seq, hs)
         # decode: batch row i is slot i, at its own positions input_pos[i]: (bs, T)
         rows = torch.arange(bs, device=k.device).unsqueeze(1)  # (bs, 1)
-        k_rows = self.k[:bs]
-        v_rows = self.v[:bs]
-        # advanced indices around a slice put the indexed dims first: (bs, T, G, hs)
-        k_rows[rows, :, input_pos] = k.transpose(1, 2)
-        v_rows[rows, :, input_pos] = v.transpose(1, 2)
-        return k_rows, v_rows  # (bs, G, max_seq, hs)
+        # advanced indices around a slice put the indexed dims first: (bs, T, G, hs). Written into the
+        # whole buffer, not into a `[:bs]` view of it: under torch.compile a write through the view
+        # copies the view's slots (a slot's whole cache, every layer, every step) before writing
+        self.k[rows, :, input_pos] = k.transpose(1, 2)
+        self.v[rows, :, input_pos] = v.transpose(1, 2)
+        return self.k[:bs], self.v[:bs]  # (bs, G, max_seq, hs)
 
 
 class DecodeAttention(CausalSelfAttention):
@@ -80,6 +90,116 @@ class DecodeAttention(CausalSelfAttention):
 
 # litgpt's LoRA attention too: an NF4 base is served with the adapter unmerged (`--quantize`)
 SERVABLE_ATTENTION = (CausalSelfAttention, lora.CausalSelfAttention)
+
+
+class ParallelBlock(nn.Module):
+    """A parallel-residual, shared-norm litgpt `Block` (Falcon's) with its matmuls fused two by two.
+
+    `x + proj(attn(qkv(n))) + mlp.proj(gelu(mlp.fc(n)))`, n = norm_1(x), computed as
+    `x + w_out([attn(h[:qkv]), gelu(h[qkv:])])` with `h = w_in(n)`, `w_in = [qkv; fc]` (rows stacked) and
+    `w_out = [proj | mlp.proj]` (columns side by side). The block's attention module is kept, its `qkv`
+    and `proj` replaced by identities: it receives the fused GEMM's qkv part and returns the heads side
+    by side, so its KV cache and `DecodeAttention` work unchanged.
+    """
+
+    def __init__(self, block: Block, gemv: bool = True) -> None:
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        self.config = block.config
+        self.norm_1 = block.norm_1
+        # one token on a GPU: Triton GEMVs that also do the norm, GELU, concatenation and residual add
+        self.gemv = gemv and kernels.available() and type(self.norm_1) is nn.LayerNorm
+        self.qkv_size = attn.qkv.out_features
+        self.w_in = _stack_linear(attn.qkv, mlp.fc, dim=0)
+        self.w_out = _stack_linear(attn.proj, mlp.proj, dim=1)
+        attn.qkv, attn.proj = nn.Identity(), nn.Identity()
+        self.attn = attn
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+    ) -> torch.Tensor:
+        one_token = self.gemv and kernels.use_gemv(x)  # static under torch.compile: shapes are fixed
+        if one_token:
+            h = kernels.norm_gemv(x, self.norm_1, self.w_in.weight, self.w_in.bias)
+        else:
+            h = self.w_in(self.norm_1(x))  # (B, T, qkv + intermediate)
+        qkv, fc = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
+        heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
+        approximate = self.config.gelu_approximate
+        if one_token:
+            return kernels.gelu_gemv(heads, fc, self.w_out.weight, self.w_out.bias, x, approximate)
+        act = F.gelu(fc, approximate=approximate)
+        return self.w_out(torch.cat((heads, act), dim=-1)) + x
+
+
+class GemvLinear(nn.Linear):
+    """An `nn.Linear` (same weights) that multiplies one token with the Triton GEMV (the LM head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.use_gemv(x):
+            return kernels.gemv(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def _stack_linear(a: nn.Linear, b: nn.Linear, dim: int) -> nn.Linear:
+    """One Linear computing `cat(a(x), b(x))` (dim 0: rows stacked) or `a(x1) + b(x2)` on `cat(x1, x2)`
+    (dim 1: columns side by side). Frees `a`'s and `b`'s weights as it goes (peak: one extra layer)."""
+    weight = torch.cat((a.weight, b.weight), dim=dim)
+    a.weight = b.weight = None  # type: ignore[assignment]  # drop the originals before the next layer
+    out_features, in_features = weight.shape
+    fused = nn.Linear(in_features, out_features, bias=a.bias is not None or b.bias is not None, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if fused.bias is not None:
+        if dim == 0:
+            parts: list[torch.Tensor] = [
+                lin.bias if lin.bias is not None else weight.new_zeros(lin.out_features) for lin in (a, b)
+            ]
+            bias = torch.cat(parts)
+        else:
+            bias = sum(lin.bias for lin in (a, b) if lin.bias is not None)  # type: ignore[assignment]
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
+
+
+def can_fuse(block: nn.Module) -> bool:
+    """Whether `ParallelBlock` computes `block` exactly: a plain litgpt Block (no LoRA, no NF4) of the
+    parallel-residual, shared-norm, GELU-MLP kind, without extra norms around attention and MLP."""
+    if type(block) is not Block:
+        return False
+    config: Config = block.config
+    attn: Any = block.attn
+    mlp: Any = block.mlp
+    return bool(
+        config.parallel_residual
+        and config.shared_attention_norm
+        and type(attn) in (CausalSelfAttention, DecodeAttention)
+        and type(mlp) is GptNeoxMLP
+        and all(type(lin) is nn.Linear for lin in (attn.qkv, attn.proj, mlp.fc, mlp.proj))
+        and all(isinstance(n, nn.Identity) for n in (block.post_attention_norm, block.post_mlp_norm))
+    )
+
+
+def fuse_parallel_blocks(model: GPT, gemv: bool = True) -> int:
+    """Replace every fusable block of `model` by a `ParallelBlock`, in place; returns how many.
+
+    With `gemv` (and Triton installed) one-token steps on a GPU run `serve.kernels`' GEMVs, the LM head's
+    too. Inference only: the fused model has other parameter names (it is never saved or trained).
+    """
+    blocks = model.transformer.h
+    n = 0
+    for i, block in enumerate(blocks):
+        if can_fuse(block):
+            blocks[i] = ParallelBlock(block, gemv=gemv)
+            n += 1
+    if gemv and kernels.available() and type(model.lm_head) is nn.Linear:
+        model.lm_head.__class__ = GemvLinear  # same module and weight; only the one-token path differs
+    return n
 
 
 def setup_caches(model: GPT, max_batch: int, max_seq: int) -> None:
@@ -118,20 +238,33 @@ def set_prefill_slot(model: GPT, slot: int) -> None:
         cache.prefill_slot = slot
 
 
-def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """One token per row: greedy where temperature is 0, else top-p sampling at that temperature.
+TOP_P_CANDIDATES = 1024
+"""Top-p sampling (top_p < 1) picks its nucleus among this many most likely tokens."""
+
+
+def sample(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, candidates: int = TOP_P_CANDIDATES
+) -> torch.Tensor:
+    """One token per row: greedy where temperature is 0, else sampling at that temperature from the
+    top-p nucleus (top_p < 1; found among the `candidates` most likely tokens) or the whole vocabulary.
 
     logits: (B, V) float; temperature, top_p: (B,) float. Returns (B,) int64. No host syncs, no
-    data-dependent shapes (CUDA-graph friendly): the exponential race below replaces `multinomial`.
+    data-dependent shapes, no full-vocabulary sort: this runs inside the decode step's CUDA graph. The
+    nucleus comes from a `topk` prefix, so its cumsum is short (Inductor cannot generate a
+    65k-wide scan fused with the argmax: "NYI TritonSplitDimKernel reductions"); a nucleus wider than
+    `candidates` tokens is cut there. The exponential race replaces `multinomial`:
+    argmax(p / Exp(1)) is distributed as Categorical(p).
     """
     greedy = logits.argmax(dim=-1)  # (B,)
     probs = torch.softmax(logits / temperature.clamp_min(1e-5).unsqueeze(-1), dim=-1)  # (B, V)
-    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)  # (B, V)
-    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
-    sorted_probs = sorted_probs.masked_fill(before > top_p.unsqueeze(-1), 0.0)  # keeps the top token
-    race = torch.empty_like(sorted_probs).exponential_(1)  # argmax(p / Exp(1)) ~ Categorical(p)
-    choice = (sorted_probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
-    sampled = sorted_ids.gather(-1, choice).squeeze(-1)  # (B,)
+    race = torch.empty_like(probs).exponential_(1)  # (B, V), i.i.d.
+    whole = (probs / race).argmax(dim=-1)  # (B,) sampled from the whole vocabulary
+    top_probs, top_ids = probs.topk(min(candidates, probs.size(-1)), dim=-1)  # (B, k), descending
+    before = top_probs.cumsum(dim=-1) - top_probs  # mass of the more likely tokens
+    top_probs = top_probs.masked_fill(before > top_p.unsqueeze(-1), 0.0)  # keeps the top token
+    choice = (top_probs / race[:, : top_probs.size(-1)]).argmax(dim=-1, keepdim=True)  # (B, 1)
+    nucleus = top_ids.gather(-1, choice).squeeze(-1)  # (B,)
+    sampled = torch.where(top_p < 1.0, nucleus, whole)
     return torch.where(temperature > 0, sampled, greedy)
 
 
@@ -155,12 +288,23 @@ def prefill(
 def decode_logits(model: GPT, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     """The model half of a decode step for slots [0, B): token i sits at position input_pos[i] of slot i.
 
-    tokens, input_pos: (B, 1) int64. Returns the next-token logits, (B, vocab_size) float32. This is the
-    part the engine compiles into CUDA graphs. `sample` stays outside them: Inductor (torch 2.11,
-    Triton) cannot generate the top-p cumsum fused with the sampling argmax over a 65k vocabulary
-    ("NYI TritonSplitDimKernel reductions"), and the eager sampling kernels cost far less than the
-    weights' read.
+    tokens, input_pos: (B, 1) int64. Returns the next-token logits, (B, vocab_size) float32.
     """
     logits = model(tokens, input_pos)  # (B, 1, V)
     # padded vocabulary rows are no tokens: sample among the first vocab_size only
     return logits[:, -1, : model.config.vocab_size].float()  # (B, vocab_size)
+
+
+def decode_step(
+    model: GPT,
+    tokens: torch.Tensor,
+    input_pos: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+) -> torch.Tensor:
+    """One decode step for slots [0, B), sampling included: the function the engine compiles into CUDA
+    graphs (model and sampler in one graph, no kernel launched from Python per step).
+
+    tokens, input_pos: (B, 1) int64; temperature, top_p: (B,) float. Returns the next tokens, (B,) int64.
+    """
+    return sample(decode_logits(model, tokens, input_pos), temperature, top_p)

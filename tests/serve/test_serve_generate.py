@@ -18,8 +18,9 @@ from litgpt.generate.base import generate
 from litgpt.model import GPT
 from serve_helpers import LORA_HPARAMS, make_adapter
 
+from finetune.tiny import tiny_config
 from serve.engine import Engine, EngineConfig, GenerationRequest
-from serve.generate import sample
+from serve.generate import ParallelBlock, fuse_parallel_blocks, sample
 from serve.model import ModelLoadError, load_model
 
 CPU = torch.device("cpu")
@@ -48,6 +49,57 @@ def test_sample_follows_the_distribution_and_cuts_the_nucleus() -> None:
     # temperature sharpens: at 0.25 token 0 dominates far beyond its 50%
     drawn = sample(logits, torch.full((n,), 0.25), torch.ones(n))
     assert (drawn == 0).float().mean() > 0.85
+
+
+def test_top_p_nucleus_is_cut_at_the_candidate_count_and_top_p_one_samples_everything() -> None:
+    torch.manual_seed(0)
+    n = 3000
+    logits = torch.arange(10, 0, -1).float().log().expand(n, 10).contiguous()  # p ∝ 10, 9, ..., 1
+    ones = torch.ones(n)
+    # a 0.99 nucleus holds 9 tokens, but only the 3 most likely are candidates
+    drawn = sample(logits, ones, torch.full((n,), 0.99), candidates=3)
+    assert set(drawn.tolist()) == {0, 1, 2}
+    # top_p 1 is the whole vocabulary, whatever the candidate count
+    drawn = sample(logits, ones, ones, candidates=3)
+    assert set(drawn.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_parallel_blocks_compute_what_litgpt_computes(bias: bool) -> None:
+    """Falcon's four matmuls a block as two: litgpt's logits, on a prompt and in KV-cache decoding."""
+    torch.manual_seed(0)
+    config = tiny_config(300)
+    config.bias = bias
+    reference = GPT(config).eval()
+    if bias:  # nonzero biases, so that a dropped or misplaced one shows
+        for name, param in reference.named_parameters():
+            if name.endswith(".bias"):
+                torch.nn.init.normal_(param)
+    fused = GPT(config).eval()
+    fused.load_state_dict(reference.state_dict())
+    assert fuse_parallel_blocks(fused) == config.n_layer
+    assert all(isinstance(block, ParallelBlock) for block in fused.transformer.h)
+    # the same matrices, stacked (the two output biases are summed into one)
+    matrices = [sum(p.numel() for p in m.parameters() if p.dim() == 2) for m in (fused, reference)]
+    assert matrices[0] == matrices[1]
+    x = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), reference(x))
+        for model in (reference, fused):
+            model.set_kv_cache(batch_size=2, max_seq_length=16)
+        pos = torch.arange(9)
+        torch.testing.assert_close(fused(x, pos), reference(x, pos))
+        step = torch.tensor([9])
+        torch.testing.assert_close(fused(x[:, :1], step), reference(x[:, :1], step))
+
+
+def test_blocks_of_other_shapes_are_left_alone() -> None:
+    """Only parallel-residual blocks with one shared norm are fused (e.g. not Pythia's two norms)."""
+    config = Config.from_name("pythia-14m")
+    assert config.parallel_residual and not config.shared_attention_norm
+    model = GPT(config)
+    assert fuse_parallel_blocks(model) == 0
+    assert not any(isinstance(block, ParallelBlock) for block in model.transformer.h)
 
 
 def reference_greedy(checkpoint: Path, prompt: list[int], n: int) -> list[int]:
