@@ -10,9 +10,11 @@ Variants (each compiled with `mode="reduce-overhead"`, batch 1, position 300 of 
 - `litgpt-blocks, in-graph sampler`: `serve.generate.decode_step` (the top-k-prefix sampler in the graph);
 - `fused blocks (cuBLAS), in-graph sampler`: after `fuse_parallel_blocks(gemv=False)`: two big
   matmuls a block instead of four, still cuBLAS;
-- `fused blocks + Triton GEMVs, in-graph sampler`: `serve.kernels` for the block matmuls (with the
-  norm, GELU, concatenation and residual folded in) and the LM head — what the engine runs now;
+- `fused blocks + Triton GEMVs, in-graph sampler`: `serve.kernels` GEMVs for the block matmuls (with
+  the norm, GELU, concatenation and residual folded in) and the LM head;
+- `... + Triton decode attention`: and `serve.kernels.decode_attention` — what the engine runs now;
 - the same with Inductor's `combo_kernels` (horizontal fusion of independent small kernels).
+The variants before the last two use the plain-matmul decode attention.
 
 For the last variant a torch.profiler pass splits the step into GEMM/GEMV kernels, Inductor's fused
 Triton kernels and the rest. Also prints the device's copy bandwidth (the roofline of a batch-1 step).
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from litgpt.config import Config  # noqa: E402
 
 from finetune.tiny import tiny_config  # noqa: E402
+from serve import kernels  # noqa: E402
 from serve.generate import (  # noqa: E402
     GemvLinear,
     ParallelBlock,
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="CPU, tiny config, eager (checks the script)")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--quick", action="store_true", help="only the first (old engine) and the current variant")
     p.add_argument("--out", type=Path, help="also write the records here (JSON)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -161,15 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
     with torch.no_grad():
         setup_caches(model, 1, max_seq)
-        variants: list[tuple[str, str, bool, dict[str, Any]]] = [
-            ("litgpt blocks, eager sort sampler", "litgpt", False, {}),
-            ("litgpt blocks, in-graph sampler", "litgpt", True, {}),
-            ("fused blocks (cuBLAS), in-graph sampler", "fused", True, {}),
-            ("fused blocks + Triton GEMVs, in-graph sampler", "gemv", True, {}),
-            ("... + Inductor combo_kernels", "gemv", True, {"combo_kernels": True}),
+        variants: list[tuple[str, str, bool, bool, dict[str, Any]]] = [
+            ("litgpt blocks, eager sort sampler", "litgpt", False, False, {}),
+            ("litgpt blocks, in-graph sampler", "litgpt", True, False, {}),
+            ("fused blocks (cuBLAS), in-graph sampler", "fused", True, False, {}),
+            ("fused blocks + Triton GEMVs, in-graph sampler", "gemv", True, False, {}),
+            ("... + Triton decode attention", "gemv", True, True, {}),
+            ("... + Inductor combo_kernels", "gemv", True, True, {"combo_kernels": True}),
         ]
+        if args.quick:
+            variants = [variants[0], variants[4]]
         steps: list[Callable[[], torch.Tensor]] = []
-        for name, blocks, in_graph, inductor in variants:
+        for name, blocks, in_graph, attention, inductor in variants:
+            kernels.attention = attention
             torch._dynamo.reset()
             if blocks != "litgpt" and not isinstance(model.transformer.h[0], ParallelBlock):
                 fuse_parallel_blocks(model, gemv=False)  # in place: the later variants are all fused

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from litgpt.model import GPT
 
+from serve import kernels
 from serve.generate import decode_step, fuse_parallel_blocks, prefill, setup_caches
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch.") if self.dtype else None,
             "compiled": self.compiled,
             "fused_blocks": self.fused_blocks,
+            "triton_kernels": kernels.enabled and kernels.available() and self.device_is_cuda(),
             "compile_error": self.compile_error,
             "load_error": self.load_error,
             "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 3),
@@ -277,6 +279,9 @@ class Engine:
             "tokens_generated": self.tokens_generated,
             "finished": dict(self.finished),
         }
+
+    def device_is_cuda(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
 
     def device_name(self) -> str | None:
         if self.device is None:
@@ -361,8 +366,12 @@ class Engine:
         self._graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
         self._turn = 0
         want_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
-        # one graph; if that fails, let dynamo split it; last, eager
-        for fullgraph in (True, False) if want_compile else ():
+        # one graph with our Triton kernels; if that fails, without them; then let dynamo split the
+        # graph; last, eager (serve.kernels.enabled stays as the last attempt left it)
+        attempts = [(True, True)] if kernels.enabled and kernels.available() else []
+        attempts += [(True, False), (False, False)]
+        for fullgraph, with_kernels in attempts if want_compile else ():
+            kernels.enabled = with_kernels
             try:
                 self._decode = torch.compile(decode_step, fullgraph=fullgraph)
                 self.compiled = True
@@ -370,8 +379,9 @@ class Engine:
                     self._warm_up()  # compiles here, on the first calls, then records the graphs
                 return
             except Exception as e:  # serve rather than not at all; /health says why
-                log.exception("compiling the decode step (fullgraph=%s) failed", fullgraph)
-                self.compile_error = f"fullgraph={fullgraph}: {type(e).__name__}: {e}"[:500]
+                attempt = f"fullgraph={fullgraph}, kernels={with_kernels}"
+                log.exception("compiling the decode step (%s) failed", attempt)
+                self.compile_error = f"{attempt}: {type(e).__name__}: {e}"[:500]
                 self.compiled = False
                 self._graphs = {}
                 torch._dynamo.reset()

@@ -76,9 +76,11 @@ class DecodeAttention(CausalSelfAttention):
             return super().scaled_dot_product_attention(q, k, v, mask)
         # query head h uses key/value group h // q_per_kv (litgpt's repeat_interleave order), so the
         # q_per_kv heads of a group become q_per_kv "positions" attending to that group's cache
-        q = q.reshape(B, nh_kv, nh_q // nh_kv, hs)  # (B, nh_kv, q_per_kv, hs)
         scale = 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size)
         scale = scale * self.mscale * self.mscale  # as litgpt's
+        if kernels.attention_supported(q, k):  # on a GPU: one Triton kernel instead of three
+            return kernels.decode_attention(q, k, v, mask, scale)
+        q = q.reshape(B, nh_kv, nh_q // nh_kv, hs)  # (B, nh_kv, q_per_kv, hs)
         # mask: (B, 1, 1, S) bool, the same row for every query of a slot. Plain matmuls and a softmax,
         # not F.scaled_dot_product_attention: for one query token the fused kernels are latency-bound
         # (cuDNN's flash kernel took ~32 us a layer on an H100, 15% of a Falcon-7B decode step)
@@ -107,8 +109,8 @@ class ParallelBlock(nn.Module):
         attn, mlp = block.attn, block.mlp
         self.config = block.config
         self.norm_1 = block.norm_1
-        # one token on a GPU: Triton GEMVs that also do the norm, GELU, concatenation and residual add
-        self.gemv = gemv and kernels.available() and type(self.norm_1) is nn.LayerNorm
+        # one token on a GPU: Triton GEMVs that also do the GELU, concatenation and residual add
+        self.gemv = gemv and kernels.available()
         self.qkv_size = attn.qkv.out_features
         self.w_in = _stack_linear(attn.qkv, mlp.fc, dim=0)
         self.w_out = _stack_linear(attn.proj, mlp.proj, dim=1)
@@ -124,16 +126,16 @@ class ParallelBlock(nn.Module):
         input_pos: torch.Tensor | None = None,
         input_pos_maxp1: int | None = None,
     ) -> torch.Tensor:
-        one_token = self.gemv and kernels.use_gemv(x)  # static under torch.compile: shapes are fixed
-        if one_token:
-            h = kernels.norm_gemv(x, self.norm_1, self.w_in.weight, self.w_in.bias)
-        else:
-            h = self.w_in(self.norm_1(x))  # (B, T, qkv + intermediate)
+        approximate = self.config.gelu_approximate
+        if self.gemv and kernels.use_gemv(x):  # static under torch.compile: shapes are fixed
+            # [qkv, gelu(fc)] from one Triton GEMV, then [proj | mlp.proj] @ [heads, gelu(fc)] + x
+            h = kernels.gemv(self.norm_1(x), self.w_in.weight, self.w_in.bias, self.qkv_size, approximate)
+            qkv, act = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
+            heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
+            return kernels.cat_gemv(heads, act, self.w_out.weight, self.w_out.bias, x)
+        h = self.w_in(self.norm_1(x))  # (B, T, qkv + intermediate)
         qkv, fc = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
         heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
-        approximate = self.config.gelu_approximate
-        if one_token:
-            return kernels.gelu_gemv(heads, fc, self.w_out.weight, self.w_out.bias, x, approximate)
         act = F.gelu(fc, approximate=approximate)
         return self.w_out(torch.cat((heads, act), dim=-1)) + x
 

@@ -5,16 +5,20 @@ an H100 at Falcon-7B's shapes, this one about 2.9 (a 4-row tile a program, 512-w
 marked evict-first). It also takes the work of the kernels around it, each of which costs a launch gap
 and a tail inside the CUDA graph:
 
-- `norm_gemv`: LayerNorm of the input in the prologue (every program recomputes the row statistics
-  of the one input vector from L2), then `W @ norm(x)`;
-- `gelu_gemv`: `W @ cat(a, gelu(b)) + residual`: the concatenation, the GELU and the residual add
-  of Falcon's parallel block happen while loading / storing;
-- `gemv`: plain `W @ x` (the LM head).
+- `gemv`: `W @ x`, optionally with GELU applied to the output rows from `gelu_from` on (Falcon's
+  fused `[qkv; fc]` matmul gives `[qkv, gelu(fc)]`), and a residual added to the output;
+- `cat_gemv`: `W @ cat(a, b) + residual` reading `a` and `b` where they are (no concatenation copy):
+  Falcon's fused `[proj | mlp.proj]` matmul with the block's residual add.
+(Folding the LayerNorm into the first GEMV's prologue, and the GELU into the second's, was measured
+slower: every program recomputed them for the whole input vector.)
+- `decode_attention`: one query token of grouped/multi-query attention over a slot KV cache in one
+  kernel (online softmax over blocks of keys, only up to the last position the mask allows), where
+  two matmuls and a softmax were three kernels a layer.
 
-Rounding follows the unfused modules (the normed input, the GELU output and the matmul output are
-rounded to the activation dtype where the eager model rounds them). Used only for a single token on
-a CUDA device (`use_gemv`); everything else takes `F.linear`. With `TRITON_INTERPRET=1` the kernels
-run on CPU tensors (the tests do that).
+Rounding follows the unfused modules (the matmul output and the GELU output are rounded to the
+activation dtype where the eager model rounds them). Used only for a single token on
+a CUDA device (`use_gemv`); everything else takes `F.linear`. Tests run them on CPU tensors through
+Triton's interpreter (`TRITON_INTERPRET=1` and `cpu_interpreter`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 try:
     import triton
@@ -41,11 +44,25 @@ def available() -> bool:
     return triton is not None
 
 
+enabled = True
+"""Use the kernels at all (the engine switches them off if compiling them fails)."""
+attention = True
+"""Use `decode_attention` where it applies (benchmarks switch it off to compare)."""
+cpu_interpreter = False
+"""Run the kernels on CPU tensors too (tests): needs TRITON_INTERPRET=1 set before triton was imported."""
+
+
+def _runs_on(x: torch.Tensor) -> bool:
+    return (
+        enabled
+        and triton is not None
+        and (x.is_cuda or (cpu_interpreter and os.environ.get("TRITON_INTERPRET") == "1"))
+    )
+
+
 def use_gemv(x: torch.Tensor) -> bool:
-    """Whether the Triton path serves this input: one token, on CUDA (or anywhere under the interpreter)."""
-    if triton is None or x.numel() != x.size(-1):
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether the Triton path serves this input: one token on a CUDA device."""
+    return x.numel() == x.size(-1) and _runs_on(x)
 
 
 if triton is not None:
@@ -65,54 +82,34 @@ if triton is not None:
         w_ptr,
         bias_ptr,
         res_ptr,
-        ln_w_ptr,
-        ln_b_ptr,
         y_ptr,
         N,
         K1,
         K,
-        eps,
-        NORM: tl.constexpr,
-        HAS_LN_B: tl.constexpr,
+        gelu_from,
+        HAS_X2: tl.constexpr,
         GELU: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         HAS_RES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        # y[rows] = W[rows, :] @ input (+ bias) (+ res); input = norm(x), or cat(x[:K1], gelu(x2)), or x
+        # y[rows] = W[rows, :] @ input (+ bias), gelu'd from row gelu_from on, (+ res);
+        # input = cat(x[:K1], x2[:K - K1]) or x
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         dtype = y_ptr.dtype.element_ty
-        if NORM:  # LayerNorm statistics of x (K values), two passes in fp32
-            total = tl.zeros([BLOCK_K], dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                total += tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            mean = tl.sum(total, axis=0) / K
-            sq = tl.zeros([BLOCK_K], dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                d = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32) - mean
-                sq += tl.where(cols < K, d * d, 0.0)
-            rstd = 1.0 / tl.sqrt(tl.sum(sq, axis=0) / K + eps)
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_mask = cols < K
-            if GELU != 0:
-                first = tl.load(x_ptr + cols, mask=cols < K1, other=0.0).to(tl.float32)
-                second = tl.load(x2_ptr + (cols - K1), mask=(cols >= K1) & col_mask, other=0.0).to(tl.float32)
-                second = _gelu(second, GELU).to(dtype).to(tl.float32)
-                a = tl.where(cols < K1, first, second)
+            if HAS_X2:
+                first = tl.load(x_ptr + cols, mask=cols < K1, other=0.0)
+                second = tl.load(x2_ptr + (cols - K1), mask=(cols >= K1) & col_mask, other=0.0)
+                a = tl.where(cols < K1, first, second).to(tl.float32)
             else:
                 a = tl.load(x_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-                if NORM:
-                    a = (a - mean) * rstd * tl.load(ln_w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-                    if HAS_LN_B:
-                        a += tl.load(ln_b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-                    a = a.to(dtype).to(tl.float32)
             w = tl.load(
                 w_ptr + rows[:, None] * K + cols[None, :],
                 mask=row_mask[:, None] & col_mask[None, :],
@@ -123,20 +120,156 @@ if triton is not None:
         y = tl.sum(acc, axis=1)
         if HAS_BIAS:
             y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+        y = y.to(dtype).to(tl.float32)  # the linear layer's output, rounded as the module rounds it
+        if GELU != 0:
+            y = tl.where(rows >= gelu_from, _gelu(y, GELU).to(dtype).to(tl.float32), y)
         if HAS_RES:
-            y = y.to(dtype).to(tl.float32) + tl.load(res_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+            y += tl.load(res_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(dtype), mask=row_mask)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_attention_kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        mask_ptr,
+        out_ptr,
+        S,
+        q_per_kv,
+        scale,
+        stride_qb,
+        stride_qh,
+        stride_kb,
+        stride_kg,
+        stride_ks,
+        stride_vb,
+        stride_vg,
+        stride_vs,
+        stride_mb,
+        HS: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        MASK_BLOCK: tl.constexpr,
+    ):
+        # program (b, g, h): query heads [h * BLOCK_H, ...) of key/value group g in batch row b
+        b = tl.program_id(0)
+        g = tl.program_id(1)
+        heads = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+        head_mask = heads < q_per_kv
+        q_heads = g * q_per_kv + heads
+        dims = tl.arange(0, HS)
+        q = tl.load(
+            q_ptr + b * stride_qb + q_heads[:, None] * stride_qh + dims[None, :],
+            mask=head_mask[:, None],
+            other=0.0,
+        ).to(tl.float32)  # (BLOCK_H, HS); fp32 dots (TF32 on the GPU holds bf16 inputs exactly; the
+        # interpreter's bf16 dot is wrong)
+        # the mask row is a causal prefix (True up to the token's own position): stop after it
+        every = tl.arange(0, MASK_BLOCK)
+        n = tl.sum(tl.load(mask_ptr + b * stride_mb + every, mask=every < S, other=0).to(tl.int32), axis=0)
+        m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_H, HS], dtype=tl.float32)
+        for s0 in range(0, n, BLOCK_S):
+            keys = s0 + tl.arange(0, BLOCK_S)
+            allowed = tl.load(mask_ptr + b * stride_mb + keys, mask=keys < n, other=0) != 0
+            k = tl.load(
+                k_ptr + b * stride_kb + g * stride_kg + keys[:, None] * stride_ks + dims[None, :],
+                mask=allowed[:, None],
+                other=0.0,
+            ).to(tl.float32)  # (BLOCK_S, HS)
+            # (BLOCK_H, BLOCK_S); the cast: under torch.compile a Python float argument can arrive as fp64
+            scores = (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)
+            scores = tl.where(allowed[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            p = tl.exp(scores - m_new[:, None]).to(tl.float32)
+            alpha = tl.exp(m_i - m_new)
+            v = tl.load(
+                v_ptr + b * stride_vb + g * stride_vg + keys[:, None] * stride_vs + dims[None, :],
+                mask=allowed[:, None],
+                other=0.0,
+            ).to(tl.float32)  # (BLOCK_S, HS)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p, v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        # out: (B, nh_q, HS) contiguous
+        tl.store(
+            out_ptr + (b * q_per_kv * tl.num_programs(1) + q_heads[:, None]) * HS + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=head_mask[:, None],
+        )
+
+
+def attention_supported(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether `decode_attention` serves q (B, nh_q, 1, hs) over k (B, nh_kv, S, hs)."""
+    hs = q.size(-1)
+    return (
+        attention
+        and _runs_on(q)
+        and q.size(2) == 1
+        and k.size(-1) == hs
+        and hs >= 16
+        and hs & (hs - 1) == 0
+        and q.size(1) % k.size(1) == 0
+    )
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v for one query token, query head h on key/value group h // (nh_q /
+    nh_kv). q: (B, nh_q, 1, hs); k, v: (B, nh_kv, S, hs); mask: (B, 1, 1, S) bool, a causal prefix.
+    Returns (B, 1, nh_q, hs)."""
+    B, nh_q, _, hs = q.shape
+    nh_kv, S = k.size(1), k.size(2)
+    q_per_kv = nh_q // nh_kv
+    q3 = q.reshape(B, nh_q, hs)
+    mask2 = mask.reshape(B, S)
+    if q3.stride(-1) != 1:
+        q3 = q3.contiguous()
+    if k.stride(-1) != 1 or v.stride(-1) != 1 or mask2.stride(-1) != 1:
+        raise ValueError("decode_attention needs the last dimension of k, v and mask contiguous")
+    out = torch.empty(B, nh_q, hs, device=q.device, dtype=q.dtype)
+    block_h = 16
+    _decode_attention_kernel[(B, nh_kv, triton.cdiv(q_per_kv, block_h))](
+        q3,
+        k,
+        v,
+        mask2,
+        out,
+        S,
+        q_per_kv,
+        scale,
+        q3.stride(0),
+        q3.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        mask2.stride(0),
+        HS=hs,
+        BLOCK_H=block_h,
+        BLOCK_S=64,
+        MASK_BLOCK=triton.next_power_of_2(S),
+        num_warps=4,
+    )
+    return out.view(B, 1, nh_q, hs)
 
 
 def _launch(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
+    bias: torch.Tensor | None,
     x2: torch.Tensor | None = None,
-    gelu: str | None = None,
+    gelu_from: int | None = None,
+    approximate: str = "none",
     residual: torch.Tensor | None = None,
-    norm: torch.nn.LayerNorm | None = None,
 ) -> torch.Tensor:
     N, K = weight.shape
     out_shape = (*x.shape[:-1], N)
@@ -148,25 +281,19 @@ def _launch(
     if k1 + k2 != K:
         raise ValueError(f"an input of {k1} + {k2} values for a {N}x{K} weight")
     y = torch.empty(N, device=x.device, dtype=x.dtype)
-    dummy = x  # pointer arguments a variant does not read
-    ln_w = norm.weight if norm is not None else None
-    ln_b = norm.bias if norm is not None else None
     _gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
         x,
-        x2 if x2 is not None else dummy,
+        x2 if x2 is not None else x,  # pointers a variant does not read
         weight,
-        bias if bias is not None else dummy,
-        residual.reshape(-1) if residual is not None else dummy,
-        ln_w if ln_w is not None else dummy,
-        ln_b if ln_b is not None else dummy,
+        bias if bias is not None else x,
+        residual.reshape(-1) if residual is not None else x,
         y,
         N,
         k1,
         K,
-        norm.eps if norm is not None else 0.0,
-        NORM=norm is not None,
-        HAS_LN_B=ln_b is not None,
-        GELU=0 if gelu is None else GELU_MODES[gelu],
+        N if gelu_from is None else gelu_from,
+        HAS_X2=x2 is not None,
+        GELU=0 if gelu_from is None else GELU_MODES[approximate],
         HAS_BIAS=bias is not None,
         HAS_RES=residual is not None,
         BLOCK_N=BLOCK_N,
@@ -177,37 +304,20 @@ def _launch(
     return y.view(out_shape)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for one token."""
-    return _launch(x, weight, bias)
-
-
-def norm_gemv(
-    x: torch.Tensor, norm: torch.nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`F.linear(norm(x), weight, bias)` for one token; `norm` a LayerNorm."""
-    return _launch(x, weight, bias, norm=norm)
-
-
-def gelu_gemv(
-    a: torch.Tensor,
-    b: torch.Tensor,
+def gemv(
+    x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    gelu_from: int | None = None,
     approximate: str = "none",
 ) -> torch.Tensor:
-    """`F.linear(cat(a, gelu(b)), weight, bias) + residual` for one token."""
-    return _launch(a, weight, bias, x2=b, gelu=approximate, residual=residual)
+    """`F.linear(x, weight, bias)` for one token; with `gelu_from`, output features from that index on
+    go through `F.gelu(..., approximate=approximate)`."""
+    return _launch(x, weight, bias, gelu_from=gelu_from, approximate=approximate)
 
 
-def reference_gelu_gemv(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    approximate: str = "none",
+def cat_gemv(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
 ) -> torch.Tensor:
-    """What `gelu_gemv` computes, in PyTorch (any shape, any device)."""
-    return F.linear(torch.cat((a, F.gelu(b, approximate=approximate)), dim=-1), weight, bias) + residual
+    """`F.linear(cat(a, b), weight, bias) + residual` for one token."""
+    return _launch(a, weight, bias, x2=b, residual=residual)

@@ -7,18 +7,25 @@ Both are built once per test session in seconds; treat them as read-only.
 
 from __future__ import annotations
 
-import json
-import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+import os
 
-import pytest
-import torch
+# Triton's interpreter runs the serve kernels on this CPU (tests/serve/test_serve_kernels.py); triton.jit
+# reads this when a kernel is defined, so it must be set before anything imports triton. The kernels
+# still only run on CPU tensors where a test switches `serve.kernels.cpu_interpreter` on.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from prepare.prompt import Turn, cap_turns, render_context
+import json  # noqa: E402
+import random  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from prepare.prompt import Turn, cap_turns, render_context  # noqa: E402
 
 PARTNERS = ["Anna", "Boris", "Chloe", "Dmitri", "Eva", "Farid", "Greta", "Hiro"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
