@@ -2,7 +2,7 @@
 
 The decode step runs every *slot* of a static batch at once, each slot at its own position, so requests
 that arrived at different times share one forward pass (continuous batching, driven by `serve.engine`).
-Three small additions to litgpt make that possible and fast:
+Three additions to litgpt make that possible and fast:
 
 - `SlotKVCache`: a static KV cache of shape (slots, kv heads, max_seq, head size) that writes each batch
   row at its own position while decoding, and one chosen slot while prefilling a prompt.
@@ -12,9 +12,11 @@ Three small additions to litgpt make that possible and fast:
 - `ParallelBlock`: a parallel-residual block with a shared norm (Falcon's) reads its four weight matrices
   as two: `[qkv; fc]` on the normed input and `[proj | mlp.proj]` on `[attention heads, gelu(fc)]`, whose
   sum is exactly `attention_output + mlp_output`. One big GEMV streams the weights closer to the memory
-  bandwidth than two small ones, and the step has fewer kernels.
+  bandwidth than two small ones, and the step has fewer kernels. One-token steps on a GPU run these
+  (and the LM head, and the decode attention) as `serve.kernels`' Triton kernels.
 
-This module imports only torch and litgpt: the GPU benchmark runs it without the web stack.
+The sampler (`sample`) runs inside the decode step's graph too. This module imports only torch, litgpt
+and `serve.kernels` (Triton where installed): the GPU benchmark runs it without the web stack.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ if triton is not None:
         if MODE == 1:  # erf, as F.gelu(approximate="none")
             return 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))
         else:  # tanh approximation
-            inner = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+            # clamped where tanh is +-1 in fp32 anyway (no exp overflow on the way)
+            inner = tl.minimum(tl.maximum(0.7978845608028654 * (v + 0.044715 * v * v * v), -20.0), 20.0)
             return 0.5 * v * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
 
     @triton.jit
