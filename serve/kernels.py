@@ -11,9 +11,10 @@ and a tail inside the CUDA graph:
   Falcon's fused `[proj | mlp.proj]` matmul with the block's residual add.
 (Folding the LayerNorm into the first GEMV's prologue, and the GELU into the second's, was measured
 slower: every program recomputed them for the whole input vector.)
-- `decode_attention`: one query token of grouped/multi-query attention over a slot KV cache in one
-  kernel (online softmax over blocks of keys, only up to the last position the mask allows), where
-  two matmuls and a softmax were three kernels a layer.
+- `decode_attention`: one query token of grouped/multi-query attention over a slot KV cache (flash
+  decoding: chunks of 128 keys in parallel with an online softmax, then one combining kernel; keys past
+  the last position the mask allows are never read), where two matmuls and a softmax were three
+  kernels a layer over the whole cache.
 
 Rounding follows the unfused modules (the matmul output and the GELU output are rounded to the
 activation dtype where the eager model rounds them). Used only for a single token on
@@ -132,14 +133,18 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _decode_attention_kernel(
+    def _attention_split_kernel(
         q_ptr,
         k_ptr,
         v_ptr,
         mask_ptr,
-        out_ptr,
+        m_ptr,
+        l_ptr,
+        acc_ptr,
         S,
+        nh_q,
         q_per_kv,
+        n_splits,
         scale,
         stride_qb,
         stride_qh,
@@ -153,56 +158,111 @@ if triton is not None:
         HS: tl.constexpr,
         BLOCK_H: tl.constexpr,
         BLOCK_S: tl.constexpr,
+        CHUNK: tl.constexpr,
         MASK_BLOCK: tl.constexpr,
     ):
-        # program (b, g, h): query heads [h * BLOCK_H, ...) of key/value group g in batch row b
-        b = tl.program_id(0)
-        g = tl.program_id(1)
-        heads = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
-        head_mask = heads < q_per_kv
-        q_heads = g * q_per_kv + heads
-        dims = tl.arange(0, HS)
-        q = tl.load(
-            q_ptr + b * stride_qb + q_heads[:, None] * stride_qh + dims[None, :],
-            mask=head_mask[:, None],
-            other=0.0,
-        ).to(tl.float32)  # (BLOCK_H, HS); fp32 dots (TF32 on the GPU holds bf16 inputs exactly; the
-        # interpreter's bf16 dot is wrong)
-        # the mask row is a causal prefix (True up to the token's own position): stop after it
+        # program (b * groups + g, h, split): query heads [h * BLOCK_H, ...) of key/value group g in batch
+        # row b, over keys [split * CHUNK, (split + 1) * CHUNK); writes that chunk's softmax max, sum and
+        # unnormalized output (flash decoding), combined by _attention_combine_kernel
+        bg = tl.program_id(0)
+        groups = nh_q // q_per_kv
+        b = bg // groups
+        g = bg % groups
+        split = tl.program_id(2)
+        # the mask row is a causal prefix (True up to the token's own position): keys past it are skipped
         every = tl.arange(0, MASK_BLOCK)
         n = tl.sum(tl.load(mask_ptr + b * stride_mb + every, mask=every < S, other=0).to(tl.int32), axis=0)
-        m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_H, HS], dtype=tl.float32)
-        for s0 in range(0, n, BLOCK_S):
-            keys = s0 + tl.arange(0, BLOCK_S)
-            allowed = tl.load(mask_ptr + b * stride_mb + keys, mask=keys < n, other=0) != 0
-            k = tl.load(
-                k_ptr + b * stride_kb + g * stride_kg + keys[:, None] * stride_ks + dims[None, :],
-                mask=allowed[:, None],
+        start = split * CHUNK
+        if start < n:
+            heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+            head_mask = heads < q_per_kv
+            q_heads = g * q_per_kv + heads
+            dims = tl.arange(0, HS)
+            # fp32 dots: TF32 on the GPU holds bf16 inputs exactly (and the interpreter's bf16 dot is wrong)
+            q = tl.load(
+                q_ptr + b * stride_qb + q_heads[:, None] * stride_qh + dims[None, :],
+                mask=head_mask[:, None],
                 other=0.0,
-            ).to(tl.float32)  # (BLOCK_S, HS)
-            # (BLOCK_H, BLOCK_S); the cast: under torch.compile a Python float argument can arrive as fp64
-            scores = (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)
-            scores = tl.where(allowed[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            p = tl.exp(scores - m_new[:, None]).to(tl.float32)
-            alpha = tl.exp(m_i - m_new)
-            v = tl.load(
-                v_ptr + b * stride_vb + g * stride_vg + keys[:, None] * stride_vs + dims[None, :],
-                mask=allowed[:, None],
-                other=0.0,
-            ).to(tl.float32)  # (BLOCK_S, HS)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p, v)
-            m_i = m_new
-        out = acc / l_i[:, None]
+            ).to(tl.float32)  # (BLOCK_H, HS)
+            m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_H, HS], dtype=tl.float32)
+            end = tl.minimum(start + CHUNK, n)
+            for s0 in range(start, end, BLOCK_S):
+                keys = s0 + tl.arange(0, BLOCK_S)
+                allowed = tl.load(mask_ptr + b * stride_mb + keys, mask=keys < end, other=0) != 0
+                k = tl.load(
+                    k_ptr + b * stride_kb + g * stride_kg + keys[:, None] * stride_ks + dims[None, :],
+                    mask=allowed[:, None],
+                    other=0.0,
+                ).to(tl.float32)  # (BLOCK_S, HS)
+                # the cast: under torch.compile a Python float argument can arrive as fp64
+                scores = (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)  # (BLOCK_H, BLOCK_S)
+                scores = tl.where(allowed[None, :], scores, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+                p = tl.exp(scores - m_new[:, None]).to(tl.float32)
+                alpha = tl.exp(m_i - m_new)
+                v = tl.load(
+                    v_ptr + b * stride_vb + g * stride_vg + keys[:, None] * stride_vs + dims[None, :],
+                    mask=allowed[:, None],
+                    other=0.0,
+                ).to(tl.float32)  # (BLOCK_S, HS)
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                acc = acc * alpha[:, None] + tl.dot(p, v)
+                m_i = m_new
+            row = (b * nh_q + q_heads) * n_splits + split  # scratch: (B, nh_q, n_splits[, HS])
+            tl.store(m_ptr + row, m_i, mask=head_mask)
+            tl.store(l_ptr + row, l_i, mask=head_mask)
+            tl.store(acc_ptr + row[:, None] * HS + dims[None, :], acc, mask=head_mask[:, None])
+
+    @triton.jit
+    def _attention_combine_kernel(
+        mask_ptr,
+        m_ptr,
+        l_ptr,
+        acc_ptr,
+        out_ptr,
+        S,
+        nh_q,
+        n_splits,
+        stride_mb,
+        HS: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        CHUNK: tl.constexpr,
+        MASK_BLOCK: tl.constexpr,
+    ):
+        # program (b, h): heads [h * BLOCK_H, ...) of batch row b, combining the chunks that had keys
+        b = tl.program_id(0)
+        heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        head_mask = heads < nh_q
+        dims = tl.arange(0, HS)
+        every = tl.arange(0, MASK_BLOCK)
+        n = tl.sum(tl.load(mask_ptr + b * stride_mb + every, mask=every < S, other=0).to(tl.int32), axis=0)
+        used = (n + CHUNK - 1) // CHUNK
+        rows = (b * nh_q + heads) * n_splits
+        m_all = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+        for split in range(0, used):
+            m_all = tl.maximum(m_all, tl.load(m_ptr + rows + split, mask=head_mask, other=float("-inf")))
+        m_all = tl.where(head_mask, m_all, 0.0)  # padding heads: no -inf - -inf below
+        total = tl.zeros([BLOCK_H], dtype=tl.float32)
+        out = tl.zeros([BLOCK_H, HS], dtype=tl.float32)
+        for split in range(0, used):
+            weight = tl.exp(tl.load(m_ptr + rows + split, mask=head_mask, other=float("-inf")) - m_all)
+            weight = tl.where(head_mask, weight, 0.0)
+            total += weight * tl.load(l_ptr + rows + split, mask=head_mask, other=0.0)
+            part = acc_ptr + (rows + split)[:, None] * HS + dims[None, :]
+            out += weight[:, None] * tl.load(part, mask=head_mask[:, None], other=0.0)
+        out = out / tl.where(head_mask, total, 1.0)[:, None]
         # out: (B, nh_q, HS) contiguous
         tl.store(
-            out_ptr + (b * q_per_kv * tl.num_programs(1) + q_heads[:, None]) * HS + dims[None, :],
+            out_ptr + (b * nh_q + heads[:, None]) * HS + dims[None, :],
             out.to(out_ptr.dtype.element_ty),
             mask=head_mask[:, None],
         )
+
+
+ATTENTION_CHUNK = 128
+"""Keys per program of the split (flash-decoding) attention."""
 
 
 def attention_supported(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -224,7 +284,7 @@ def decode_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale, masked) v for one query token, query head h on key/value group h // (nh_q /
     nh_kv). q: (B, nh_q, 1, hs); k, v: (B, nh_kv, S, hs); mask: (B, 1, 1, S) bool, a causal prefix.
-    Returns (B, 1, nh_q, hs)."""
+    Returns (B, 1, nh_q, hs). Two kernels: chunks of 128 keys in parallel, then their combination."""
     B, nh_q, _, hs = q.shape
     nh_kv, S = k.size(1), k.size(2)
     q_per_kv = nh_q // nh_kv
@@ -234,16 +294,24 @@ def decode_attention(
         q3 = q3.contiguous()
     if k.stride(-1) != 1 or v.stride(-1) != 1 or mask2.stride(-1) != 1:
         raise ValueError("decode_attention needs the last dimension of k, v and mask contiguous")
+    n_splits = triton.cdiv(S, ATTENTION_CHUNK)
+    m = torch.empty(B, nh_q, n_splits, device=q.device, dtype=torch.float32)
+    l = torch.empty_like(m)  # noqa: E741
+    acc = torch.empty(B, nh_q, n_splits, hs, device=q.device, dtype=torch.float32)
     out = torch.empty(B, nh_q, hs, device=q.device, dtype=q.dtype)
-    block_h = 16
-    _decode_attention_kernel[(B, nh_kv, triton.cdiv(q_per_kv, block_h))](
+    block_h, mask_block = 16, triton.next_power_of_2(S)
+    _attention_split_kernel[(B * nh_kv, triton.cdiv(q_per_kv, block_h), n_splits)](
         q3,
         k,
         v,
         mask2,
-        out,
+        m,
+        l,
+        acc,
         S,
+        nh_q,
         q_per_kv,
+        n_splits,
         scale,
         q3.stride(0),
         q3.stride(1),
@@ -257,7 +325,24 @@ def decode_attention(
         HS=hs,
         BLOCK_H=block_h,
         BLOCK_S=64,
-        MASK_BLOCK=triton.next_power_of_2(S),
+        CHUNK=ATTENTION_CHUNK,
+        MASK_BLOCK=mask_block,
+        num_warps=4,
+    )
+    _attention_combine_kernel[(B, triton.cdiv(nh_q, block_h))](
+        mask2,
+        m,
+        l,
+        acc,
+        out,
+        S,
+        nh_q,
+        n_splits,
+        mask2.stride(0),
+        HS=hs,
+        BLOCK_H=block_h,
+        CHUNK=ATTENTION_CHUNK,
+        MASK_BLOCK=mask_block,
         num_warps=4,
     )
     return out.view(B, 1, nh_q, hs)

@@ -20,7 +20,7 @@ from serve_helpers import LORA_HPARAMS, make_adapter
 
 from finetune.tiny import tiny_config
 from serve.engine import Engine, EngineConfig, GenerationRequest
-from serve.generate import ParallelBlock, fuse_parallel_blocks, sample
+from serve.generate import ParallelBlock, argmax_rows, fuse_parallel_blocks, sample
 from serve.model import ModelLoadError, load_model
 
 CPU = torch.device("cpu")
@@ -49,6 +49,17 @@ def test_sample_follows_the_distribution_and_cuts_the_nucleus() -> None:
     # temperature sharpens: at 0.25 token 0 dominates far beyond its 50%
     drawn = sample(logits, torch.full((n,), 0.25), torch.ones(n))
     assert (drawn == 0).float().mean() > 0.85
+
+
+def test_chunked_argmax_is_argmax_including_ties_and_padding() -> None:
+    torch.manual_seed(0)
+    for width in (5, 256, 300, 1000, 65024):  # below, at, and not a multiple of the 256-wide chunk
+        x = torch.randn(7, width)
+        assert torch.equal(argmax_rows(x), x.argmax(-1)), width
+    ties = torch.zeros(3, 600)
+    ties[0, [10, 500]] = 1.0  # the first of equal maxima, across chunks
+    ties[2, 599] = 2.0  # in the padded last chunk
+    assert argmax_rows(ties).tolist() == [10, 0, 599] == ties.argmax(-1).tolist()
 
 
 def test_top_p_nucleus_is_cut_at_the_candidate_count_and_top_p_one_samples_everything() -> None:
