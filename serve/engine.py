@@ -7,7 +7,8 @@ sampler and the update of the engine's token/position buffers — is `torch.comp
 CUDA graphs on GPU, per batch bucket (1, 2, 4, ... up to the slot count), during warm-up, before the
 engine says it is ready. The graphs are recorded by hand (`torch.cuda.graph`), reading and writing the
 engine's own buffers: a step is one graph launch, with no input copies. Each bucket has two graphs
-that take turns, so launching step k+1 never waits for the same graph's step k to finish.
+that take turns, so step k+1 is never a relaunch of the executable still running step k (a
+precaution for the one-step lookahead below; not measured apart from the rest of the change).
 
 While the GPU runs step k, the worker turns step k-1's tokens into deliveries (one step of lookahead);
 a slot that finished at step k-1 just wastes its row of step k. Tokens reach each request's asyncio
@@ -397,20 +398,20 @@ class Engine:
             prefill(self.model, prompt, 0, self._temperature[:1], self._top_p[:1])
         self._pos.fill_(min(n, self.config.max_seq_length - 1))
         self._temperature.fill_(1.0)  # sampling, not only argmax (eager: each branch runs once)
-        cuda = self.device is not None and self.device.type == "cuda"
-        side = torch.cuda.Stream(self.device) if cuda else None
-        if side is not None:  # warm-up and capture off the default stream, as torch.cuda.graph wants
-            side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            for b in self.buckets:
-                for _ in range(2):  # compiles (first bucket, then once more with a dynamic batch size)
-                    self._step(b)
-            if side is not None and self.compiled:
-                self._graphs = self._record_graphs(side)
-        if side is not None:
-            torch.cuda.current_stream(self.device).wait_stream(side)
+        if self.compiled:
+            side = torch.cuda.Stream(self.device) if self.device_is_cuda() else None
+            if side is not None:  # warm-up and capture off the default stream, as torch.cuda.graph wants
+                side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for b in self.buckets:
+                    for _ in range(2):  # compiles (first bucket, then once more with a dynamic batch size)
+                        self._step(b)
+                if side is not None:
+                    self._graphs = self._record_graphs(side)
+            if side is not None:
+                torch.cuda.current_stream(self.device).wait_stream(side)
         for b in self.buckets:
-            for _ in range(2):  # replay each graph once (the first launch uploads it)
+            for _ in range(2):  # every path once; replays each graph once (the first launch uploads it)
                 self._launch(b, [None] * b)
         self._sync()
         self._tokens.zero_()
@@ -446,7 +447,7 @@ class Engine:
         return graphs
 
     def _sync(self) -> None:
-        if self.device is not None and self.device.type == "cuda":
+        if self.device_is_cuda():
             torch.cuda.synchronize(self.device)
 
     def _serve(self) -> None:
@@ -541,7 +542,7 @@ class Engine:
         self._flip ^= 1
         host[:b].copy_(tokens, non_blocking=True)
         event = None
-        if self.device is not None and self.device.type == "cuda":
+        if self.device_is_cuda():
             event = torch.cuda.Event()
             event.record()
         self.steps += 1
@@ -549,7 +550,7 @@ class Engine:
 
     def _to_host(self, token: torch.Tensor) -> list[int]:
         self._host_prefill.copy_(token, non_blocking=True)
-        if self.device is not None and self.device.type == "cuda":
+        if self.device_is_cuda():
             event = torch.cuda.Event()
             event.record()
             event.synchronize()  # waits without holding the GIL: the HTTP side keeps running

@@ -129,16 +129,19 @@ class ParallelBlock(nn.Module):
         input_pos_maxp1: int | None = None,
     ) -> torch.Tensor:
         approximate = self.config.gelu_approximate
-        if self.gemv and kernels.use_gemv(x):  # static under torch.compile: shapes are fixed
-            # [qkv, gelu(fc)] from one Triton GEMV, then [proj | mlp.proj] @ [heads, gelu(fc)] + x
-            h = kernels.gemv(self.norm_1(x), self.w_in.weight, self.w_in.bias, self.qkv_size, approximate)
-            qkv, act = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
-            heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
-            return kernels.cat_gemv(heads, act, self.w_out.weight, self.w_out.bias, x)
-        h = self.w_in(self.norm_1(x))  # (B, T, qkv + intermediate)
-        qkv, fc = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
+        # one token: Triton GEMVs, the first giving [qkv, gelu(fc)], the second adding x (static under
+        # torch.compile: shapes are fixed)
+        one_token = self.gemv and kernels.use_gemv(x)
+        n = self.norm_1(x)
+        if one_token:
+            h = kernels.gemv(n, self.w_in.weight, self.w_in.bias, self.qkv_size, approximate)
+        else:
+            h = self.w_in(n)  # (B, T, qkv + intermediate)
+        qkv, mlp = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
         heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
-        act = F.gelu(fc, approximate=approximate)
+        if one_token:
+            return kernels.cat_gemv(heads, mlp, self.w_out.weight, self.w_out.bias, x)
+        act = F.gelu(mlp, approximate=approximate)
         return self.w_out(torch.cat((heads, act), dim=-1)) + x
 
 

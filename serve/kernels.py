@@ -133,6 +133,12 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
+    def _prefix_length(mask_row_ptr, S, MASK_BLOCK: tl.constexpr):
+        # a decode step's mask row is a causal prefix (True up to the token's own position): its length
+        every = tl.arange(0, MASK_BLOCK)
+        return tl.sum(tl.load(mask_row_ptr + every, mask=every < S, other=0).to(tl.int32), axis=0)
+
+    @triton.jit
     def _attention_split_kernel(
         q_ptr,
         k_ptr,
@@ -169,9 +175,7 @@ if triton is not None:
         b = bg // groups
         g = bg % groups
         split = tl.program_id(2)
-        # the mask row is a causal prefix (True up to the token's own position): keys past it are skipped
-        every = tl.arange(0, MASK_BLOCK)
-        n = tl.sum(tl.load(mask_ptr + b * stride_mb + every, mask=every < S, other=0).to(tl.int32), axis=0)
+        n = _prefix_length(mask_ptr + b * stride_mb, S, MASK_BLOCK)  # keys past it are skipped
         start = split * CHUNK
         if start < n:
             heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -236,8 +240,7 @@ if triton is not None:
         heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         head_mask = heads < nh_q
         dims = tl.arange(0, HS)
-        every = tl.arange(0, MASK_BLOCK)
-        n = tl.sum(tl.load(mask_ptr + b * stride_mb + every, mask=every < S, other=0).to(tl.int32), axis=0)
+        n = _prefix_length(mask_ptr + b * stride_mb, S, MASK_BLOCK)
         used = (n + CHUNK - 1) // CHUNK
         rows = (b * nh_q + heads) * n_splits
         m_all = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
