@@ -70,6 +70,14 @@ def sort_sampler(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.T
     return torch.where(temperature > 0, sampled, greedy)
 
 
+def use_gemv_path(model: torch.nn.Module, on: bool) -> None:
+    """Switch the fused blocks and the LM head between the Triton GEMVs and cuBLAS, in place."""
+    for block in model.transformer.h:
+        if isinstance(block, ParallelBlock):
+            block.gemv = on
+    model.lm_head.__class__ = GemvLinear if on else torch.nn.Linear
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -181,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.reset()
             if blocks != "litgpt" and not isinstance(model.transformer.h[0], ParallelBlock):
                 fuse_parallel_blocks(model, gemv=False)  # in place: the later variants are all fused
-            for block in model.transformer.h:
-                if isinstance(block, ParallelBlock):
-                    block.gemv = blocks == "gemv"
-            if blocks == "gemv":
-                model.lm_head.__class__ = GemvLinear
+            use_gemv_path(model, blocks == "gemv")
             fn: Callable[..., torch.Tensor] = decode_step if in_graph else decode_logits
             if compile_:
                 fn = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
@@ -226,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         # the Triton path against cuBLAS on the same weights (eager, one token)
         logits = {}
         for on in (False, True):
-            for block in model.transformer.h:
-                if isinstance(block, ParallelBlock):
-                    block.gemv = on
-            model.lm_head.__class__ = GemvLinear if on else torch.nn.Linear
+            use_gemv_path(model, on)
             logits[on] = decode_logits(model, tokens, pos)
         emit(
             {

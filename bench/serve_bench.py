@@ -40,7 +40,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from litgpt.config import Config  # noqa: E402
-from litgpt.model import GPT  # noqa: E402
 
 from finetune.tiny import tiny_config  # noqa: E402
 from serve.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
@@ -154,16 +153,22 @@ def compile_counters() -> dict[str, Any]:
     }
 
 
-def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
-    cfg = plan.config
-    engine_config = EngineConfig(
-        max_batch_size=plan.max_batch, max_seq_length=plan.max_seq, compile=plan.compile
+def make_engine(plan: Plan, seed: int = 0) -> Engine:
+    """The serve engine over a random model of the plan's shape (not started)."""
+    return Engine(
+        lambda: random_model(plan.config, torch.device(plan.device), plan.dtype, seed=seed),
+        EngineConfig(
+            max_batch_size=plan.max_batch,
+            max_seq_length=plan.max_seq,
+            compile=plan.compile,
+            compile_tuning=plan.tuning,
+        ),
     )
 
-    def build() -> GPT:
-        return random_model(cfg, torch.device(plan.device), plan.dtype)
 
-    engine = Engine(build, engine_config)
+def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
+    cfg = plan.config
+    engine = make_engine(plan)
     t = time.perf_counter()
     engine.start()
     ok = engine.wait_ready(timeout=900)
@@ -304,10 +309,7 @@ def bench_restart(argv: list[str], sink: list[dict[str, Any]]) -> None:
 
 def bench_startup_only(plan: Plan, sink: list[dict[str, Any]]) -> None:
     """Start the engine, time it to ready, then its first request (TTFT and 64 decoded tokens)."""
-    engine = Engine(
-        lambda: random_model(plan.config, torch.device(plan.device), plan.dtype, seed=1),
-        EngineConfig(max_batch_size=plan.max_batch, max_seq_length=plan.max_seq, compile=plan.compile),
-    )
+    engine = make_engine(plan, seed=1)
     t = time.perf_counter()
     engine.start()
     ok = engine.wait_ready(timeout=900)
