@@ -132,13 +132,18 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[Pa
             page.call("Runtime.enable")
             yield page
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=10)
         log.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Terminate `process`; kill it if it has not exited within `timeout_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager
@@ -170,12 +175,7 @@ def running_process(
             wait_for(f"{name} start-up", probe, start_timeout_s, every_s=every_s)
             yield
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, stop_timeout_s)
 
 
 @contextmanager
