@@ -475,12 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.restart:
         if time_left() > 120:
             gc.collect()
-            child_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"]
-            child_argv = [
-                a
-                for i, a in enumerate(child_argv)
-                if a != "--out" and (i == 0 or child_argv[i - 1] != "--out")
-            ]
+            # what decides the engine's shape and compile, from the parsed flags
+            child_argv = ["--smoke"] if args.smoke else []
+            child_argv += ["--streams", ",".join(map(str, args.streams))]
+            child_argv += {True: ["--compile"], False: ["--no-compile"], None: []}[args.compile]
+            child_argv += ["--tuning"] if args.tuning else []
             guarded("restart", lambda: bench_restart(child_argv, sink), sink)
         else:
             emit({"what": "restart: skipped (time budget; run the bench again on the same machine)"}, sink)
