@@ -39,7 +39,7 @@ test: $(STAMP) browser ## run the whole test suite (installs everything it needs
 lint: $(STAMP) ## ruff + mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy collect prepare $(wildcard finetune serve ui)
+	$(PY) -m mypy common collect prepare $(wildcard finetune serve ui)
 
 collect: $(STAMP) ## export your chats: EXPORT=path/to/result.json (Telegram Desktop) or Telethon with TELEGRAM_API_ID/HASH
 	@if [ -n "$(EXPORT)" ]; then \

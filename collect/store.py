@@ -28,8 +28,8 @@ from typing import IO, Any
 import orjson
 
 from collect.errors import CollectError
-from collect.private import make_private_dir, open_private, write_private_atomic
 from collect.records import MANIFEST_NAME, RawMessage, dialog_path
+from common.files import make_private_dir, open_private, write_private_atomic
 
 MANIFEST_VERSION = 1
 MANIFEST_INTERVAL_S = 2.0

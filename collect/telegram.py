@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from collect.errors import CollectError
 from collect.options import SERVICE_NOTIFICATIONS_ID, CollectOptions
-from collect.private import FILE_MODE, make_private_dir
 from collect.records import RawMessage
 from collect.store import RawStore
+from common.files import FILE_MODE, make_private_dir
 
 log = logging.getLogger(__name__)
 

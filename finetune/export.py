@@ -34,7 +34,7 @@ from litgpt.config import Config
 from litgpt.scripts.convert_lit_checkpoint import qkv_reassemble
 from tqdm import tqdm
 
-from collect.private import make_private_dir, write_private_atomic
+from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
 from finetune.hf_falcon import (
     base_weights,

@@ -21,7 +21,7 @@ from litgpt.scripts.convert_lit_checkpoint import copy_weights_falcon
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from collect.private import make_private_dir, open_private, write_private_atomic
+from common.files import make_private_dir, open_private, write_private_atomic
 from finetune.errors import UserError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

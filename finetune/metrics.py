@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from collect.private import open_private, write_private_atomic
+from common.files import open_private, write_private_atomic
 
 COLUMNS = (
     "step",

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from collect.private import make_private_dir, write_private_atomic
+from common.files import make_private_dir, write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
 from finetune.errors import UserError
 from finetune.evaluate import (

@@ -23,7 +23,7 @@ import torch
 import yaml
 from litgpt.lora import lora_filter
 
-from collect.private import make_private_dir, write_private_atomic
+from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
 
 ADAPTER_FILE = "lit_model_lora_finetuned.pth"

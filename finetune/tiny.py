@@ -28,7 +28,7 @@ from litgpt.model import GPT
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from collect.private import make_private_dir, open_private, write_private_atomic
+from common.files import make_private_dir, open_private, write_private_atomic
 from finetune.data import load_records, render_texts
 from finetune.errors import UserError
 from prepare.records import TRAIN_FILE

@@ -31,7 +31,7 @@ from litgpt.utils import num_parameters
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from collect.private import make_private_dir
+from common.files import make_private_dir
 from finetune.args import FinetuneArgs
 from finetune.data import BatchPlan, Encoded, collate, encode_records, load_splits, padding_fraction
 from finetune.errors import UserError

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from collect.private import make_private_dir, open_private, write_private_atomic
+from common.files import make_private_dir, open_private, write_private_atomic
 
 from .build import SKIP_REASONS, Built, build_records
 from .config import PrepareConfig

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from collect.private import make_private_dir
+from common.files import make_private_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_EXPORT = Path("examples/sample_export")
