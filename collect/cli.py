@@ -1,26 +1,21 @@
-"""`python -m collect telegram|desktop ...`: the typed signatures below are the CLI (jsonargparse).
+"""`python -m collect telegram|desktop ...`: the typed signatures below are the CLI (common/cli.py).
 
-Options are spelled with dashes (`--limit-dialogs`, `--keep-forwarded`, as in the README) or underscores;
-a bool option given alone means true. User errors print one line (no traceback) and exit 2.
+Flags are kebab-case (`--limit-dialogs`, `--keep-forwarded`); a bool flag given alone means true and
+`--no-keep-forwarded` false. User errors print one line (no traceback) and exit 2.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from collect.desktop import import_desktop_export
 from collect.errors import CollectError
 from collect.options import CollectOptions, parse_since
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+from common.cli import run_function
 
 
 def telegram(
@@ -87,42 +82,13 @@ def _options(since: str | None, keep_forwarded: bool) -> CollectOptions:
         raise CollectError(str(e)) from None
 
 
-def normalize_argv(argv: Sequence[str], commands: Sequence[Callable[..., Any]]) -> list[str]:
-    """`--keep-forwarded` → `--keep_forwarded true`, `--limit-dialogs 3` → `--limit_dialogs 3`."""
-    flags = {
-        name
-        for command in commands
-        for name, param in inspect.signature(command).parameters.items()
-        if param.annotation in (bool, "bool")
-    }
-    result: list[str] = []
-    for i, arg in enumerate(argv):
-        if not arg.startswith("--") or arg == "--":
-            result.append(arg)
-            continue
-        name, eq, value = arg[2:].partition("=")
-        name = name.replace("-", "_")
-        result.append(f"--{name}{eq}{value}")
-        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
-        if name in flags and not eq and following not in ("true", "false"):
-            result.append("true")
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from jsonargparse import CLI
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    args = normalize_argv(sys.argv[1:] if argv is None else argv, list(COMMANDS.values()))
-    try:
-        CLI(COMMANDS, args=args, prog="python -m collect")
-    except CollectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: everything written so far is kept; run the same command again to continue",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    return 0
+    return run_function(
+        COMMANDS,
+        argv,
+        prog="python -m collect",
+        errors=(CollectError,),
+        interrupted="\ninterrupted: everything written so far is kept; "
+        "run the same command again to continue",
+    )

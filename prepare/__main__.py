@@ -1,7 +1,7 @@
 """`python -m prepare --raw data/raw --out data/prepared [...]`: raw chats → train/val instruction records.
 
-The typed signature of `main` is the CLI (jsonargparse); its defaults come from `PrepareConfig`, their one
-home. Flags may be written with dashes or underscores (`--gap-hours 12` or `--gap_hours 12`).
+The typed signature of `main` is the CLI (common/cli.py: kebab-case flags such as `--gap-hours 12`); its
+defaults come from `PrepareConfig`, their one home.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
+
+from common.cli import run_function
 
 from .config import PrepareConfig
 from .errors import PrepareError
@@ -32,8 +33,7 @@ def main(
     val_fraction: float = _D.val_fraction,
     seed: int = _D.seed,
 ) -> dict[str, Any]:
-    """Turn raw Telegram chats into train/val instruction records with secrets scrubbed (flags may also
-    be written with dashes: --gap-hours).
+    """Turn raw Telegram chats into train/val instruction records with secrets scrubbed.
 
     Args:
         raw: Folder of raw dialog files (`<dialog_id>.jsonl`) written by `make collect`.
@@ -92,31 +92,16 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
     )
 
 
-def _underscore_flags(argv: list[str]) -> list[str]:
-    """`--gap-hours=3` → `--gap_hours=3` (jsonargparse names flags after the parameters)."""
-    fixed = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        fixed.append(arg)
-    return fixed
-
-
 def cli(argv: list[str] | None = None) -> int:
-    """Entry point: parse flags, run, and turn user errors into one line on stderr and exit code 1."""
-    from jsonargparse import CLI
-
-    args = _underscore_flags(sys.argv[1:] if argv is None else argv)
-    try:
-        CLI(main, args=args, prog="python -m prepare")
-    except PrepareError as e:
-        Console(stderr=True).print(Text.assemble(("prepare: ", "bold red"), str(e)), soft_wrap=True)
-        return 1
-    except KeyboardInterrupt:
-        Console(stderr=True).print("prepare: interrupted")
-        return 130
-    return 0
+    """Entry point: parse flags, run; a user error is one line on stderr and exit code 2."""
+    return run_function(
+        main,
+        argv,
+        prog="python -m prepare",
+        errors=(PrepareError,),
+        prefix="prepare: ",
+        interrupted="prepare: interrupted",
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ SKIP_REASONS: dict[str, str] = {
     "duplicate_message": "the same message (dialog id + message id) appeared again; the last copy was kept",
     "empty_message": "a message with nothing visible after cleaning (whitespace, invisible characters)",
     "reply_opens_conversation": "the person's turn opens a conversation, so there is nothing it replies to",
-    "response_too_long": "the person's reply is longer than --max_response_chars (a paste, not a reply)",
+    "response_too_long": "the person's reply is longer than --max-response-chars (a paste, not a reply)",
     "response_only_placeholders": "the person's reply was nothing but scrubbed secrets",
 }
 """Why an item was skipped: message-level reasons count messages, the others count reply turns."""

@@ -33,15 +33,15 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         problems = []
         if not self.gap_hours > 0:
-            problems.append(f"--gap_hours must be > 0 (got {self.gap_hours}); 24 is a good start")
+            problems.append(f"--gap-hours must be > 0 (got {self.gap_hours}); 24 is a good start")
         if self.max_context_turns < 0:
-            problems.append(f"--max_context_turns must be >= 0 (got {self.max_context_turns})")
+            problems.append(f"--max-context-turns must be >= 0 (got {self.max_context_turns})")
         if self.max_context_chars < 0:
-            problems.append(f"--max_context_chars must be >= 0 (got {self.max_context_chars})")
+            problems.append(f"--max-context-chars must be >= 0 (got {self.max_context_chars})")
         if self.max_response_chars < 1:
-            problems.append(f"--max_response_chars must be >= 1 (got {self.max_response_chars})")
+            problems.append(f"--max-response-chars must be >= 1 (got {self.max_response_chars})")
         if not 0 <= self.val_fraction < 1:
-            problems.append(f"--val_fraction must be in [0, 1) (got {self.val_fraction}); e.g. 0.05")
+            problems.append(f"--val-fraction must be in [0, 1) (got {self.val_fraction}); e.g. 0.05")
         if Path(self.raw).resolve() == Path(self.out).resolve():
             problems.append(
                 "--out must differ from --raw: prepare would read its own output as chats next time"

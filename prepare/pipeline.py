@@ -67,7 +67,7 @@ def _why_no_records(built: Built) -> str:
     ):
         return (
             "each of your messages opens a conversation: none follows a partner's message within "
-            "--gap_hours; try a larger --gap_hours"
+            "--gap-hours; try a larger --gap-hours"
         )
     parts = ", ".join(f"{n} {reason}" for reason, n in s.items() if n and reason in SKIP_REASONS)
     return f"every reply of yours was skipped ({parts}); see docs/data-format.md for the reasons"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collect.cli import COMMANDS, normalize_argv
+from collect.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "telegram"
@@ -67,11 +67,36 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[s
     assert "Traceback" not in result.stderr
 
 
-def test_normalize_argv() -> None:
-    commands = list(COMMANDS.values())
-    assert normalize_argv(["telegram", "--limit-dialogs", "3", "--keep-forwarded", "--out=x"], commands) == [
-        "telegram", "--limit_dialogs", "3", "--keep_forwarded", "true", "--out=x",
-    ]  # fmt: skip
-    assert normalize_argv(["desktop", "p", "--keep_forwarded", "false"], commands) == [
-        "desktop", "p", "--keep_forwarded", "false",
-    ]  # fmt: skip
+def test_help_lists_every_flag_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["telegram", "-h"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    flags = ("--out", "--limit-dialogs", "--since", "--keep-forwarded", "--no-keep-forwarded", "--env-file")
+    assert all(flag in help_text for flag in flags)
+    assert "default: data/raw" in help_text and "default: .env" in help_text
+    assert "export only the N most recent one-to-one chats" in help_text  # the docstring is the help
+    assert main(["desktop", "-h"]) == 0
+    assert "--me ME" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["desktop", "x.json", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+        (["telegram", "--limit-dialogs", "many"], "--limit-dialogs: 'many' is not an integer"),
+        (["desktop"], "PATH is required"),
+        (["fax"], "invalid choice: 'fax'"),
+    ],
+)
+def test_bad_flags_and_values_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_underscore_spelling_and_negated_switch(tmp_path: Path) -> None:
+    export = FIXTURES / "tkonverter_personal_result.json"
+    argv = ["desktop", str(export), "--out", str(tmp_path / "raw"), "--keep_forwarded", "--no-keep-forwarded"]
+    result = collect(*argv, cwd=tmp_path)
+    assert result.returncode == 0 and "9 new messages" in result.stdout, result.stderr

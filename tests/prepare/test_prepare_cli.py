@@ -12,6 +12,7 @@ import pytest
 from prepare_helpers import msg, read_jsonl, write_raw
 
 from prepare.__main__ import cli
+from prepare.config import PrepareConfig
 from prepare.records import RECORD_FIELDS, Record, read_records
 from prepare.scrub import KINDS
 
@@ -113,7 +114,7 @@ def test_zero_records_explains_why(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], messages: list[dict], why: str
 ) -> None:
     raw = write_raw(tmp_path / "raw", messages)
-    assert cli(["--raw", str(raw), "--out", str(tmp_path / "out")]) == 1
+    assert cli(["--raw", str(raw), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "no training records" in err and why in err
     assert not (tmp_path / "out" / "train.jsonl").exists()
@@ -125,8 +126,8 @@ def test_invalid_settings_are_collected_into_one_message(
     raw = write_raw(tmp_path / "raw", chat(2))
     code = cli(["--raw", str(raw), "--out", str(raw), "--gap-hours", "0", "--val-fraction", "1.5"])
     err = capsys.readouterr().err
-    assert code == 1
-    assert "--gap_hours must be > 0" in err and "--val_fraction must be in [0, 1)" in err
+    assert code == 2
+    assert "--gap-hours must be > 0" in err and "--val-fraction must be in [0, 1)" in err
     assert "--out must differ from --raw" in err
 
 
@@ -140,7 +141,7 @@ def test_cli_subprocess_user_error_is_one_line_without_traceback(tmp_path: Path)
         text=True,
         cwd=ROOT,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith(f"prepare: {raw / '5.jsonl'}:1: line is not valid JSON")
@@ -154,7 +155,7 @@ def test_cli_subprocess_missing_raw_folder(tmp_path: Path) -> None:
         text=True,
         cwd=ROOT,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "does not exist: run `make collect` first" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -162,7 +163,7 @@ def test_cli_subprocess_missing_raw_folder(tmp_path: Path) -> None:
 def test_unwritable_out_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = write_raw(tmp_path / "raw", chat(2))
     (tmp_path / "taken").write_text("a file, not a folder")
-    assert cli(["--raw", str(raw), "--out", str(tmp_path / "taken")]) == 1
+    assert cli(["--raw", str(raw), "--out", str(tmp_path / "taken")]) == 2
     assert "cannot write" in capsys.readouterr().err
 
 
@@ -171,3 +172,30 @@ def test_dashed_flags_with_equals_sign(tmp_path: Path) -> None:
     assert cli([f"--raw={raw}", f"--out={tmp_path / 'out'}", "--max-context-turns=1", "--gap-hours=0.5"]) == 0
     config = json.loads((tmp_path / "out" / "prepare_config.json").read_text())
     assert config["max_context_turns"] == 1 and config["gap_hours"] == 0.5
+
+
+def test_help_lists_every_flag_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["-h"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    defaults = PrepareConfig()
+    for name in ("raw", "out", "gap_hours", "max_context_turns", "max_context_chars", "max_response_chars"):
+        flag = "--" + name.replace("_", "-")
+        assert flag in help_text and f"default: {getattr(defaults, name)})" in help_text, flag
+    assert "--val-fraction" in help_text and "--seed" in help_text and "--gap_hours" not in help_text
+    assert "starts a new conversation" in help_text  # the docstring is the help
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--gap-hourz", "3"], "unrecognized arguments: --gap-hourz 3"),
+        (["--gap-hours", "soon"], "--gap-hours: 'soon' is not a number"),
+        (["--seed", "1.5"], "--seed: '1.5' is not an integer"),
+    ],
+)
+def test_bad_flags_and_values_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
