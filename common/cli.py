@@ -54,6 +54,8 @@ class HelpFormatter(DefaultHelpFormatter):
     """jsonargparse's help (type and default after each flag's help) with readable type names."""
 
     def _get_type_str(self, action: argparse.Action) -> str | None:
+        if action.choices or typing.get_origin(getattr(action, "_typehint", None)) is Literal:
+            return None  # the {a,b} after the flag says it
         text = super()._get_type_str(action)
         return None if text is None else re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text)
 
@@ -89,7 +91,11 @@ class Parser(jsonargparse.ArgumentParser):
         message = " ".join(message.split()).removeprefix("Validation failed: ")
         if required := re.match(r'Key "([\w.]+)" is required', message):
             leaf = required.group(1).rsplit(".", 1)[-1]
-            return (leaf.upper() if leaf in positional_names(self) else flag_name(leaf)) + " is required"
+            return (
+                f"the {leaf} argument is required"
+                if leaf in positional_names(self)
+                else f"{flag_name(leaf)} is required"
+            )
         if message.startswith("Unrecognized arguments: "):
             return f"unrecognized arguments: {message.split(': ', 1)[1]} (-h lists every flag)"
         if bad := re.match(r'Parser key "([\w.]+)":', message):
@@ -200,7 +206,7 @@ def dataclass_parser(classes: Sequence[type], *, prog: str, description: str | N
     """One flat group of flags per dataclass: its docstring the title, each field's docstring the help."""
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = Parser(prog=prog, description=description)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of settings (flags win)")
+    parser.add_argument("--config", action=ActionConfigFile, help="Path to a configuration file.")
     for cls in classes:
         parser.add_class_arguments(cls)
     return parser

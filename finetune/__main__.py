@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from common.cli import run
 from finetune.args import parse_args
 from finetune.errors import UserError
 
@@ -20,20 +21,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("lightning.fabric", "lightning_fabric", "torch._dynamo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        args = parse_args(argv)
-        from finetune.train import setup  # heavy imports only after the flags are valid
+    return run(
+        lambda: train(argv),
+        errors=(UserError,),
+        interrupted="interrupted: continue later with the same command plus --resume",
+    )
 
-        summary = setup(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue later with the same command plus --resume", file=sys.stderr)
-        return 130
+
+def train(argv: Sequence[str] | None) -> None:
+    args = parse_args(argv)
+    from finetune.train import setup  # heavy imports only after the flags are valid
+
+    summary = setup(args)
     if summary is not None:
         print(summary.line())
-    return 0
 
 
 if __name__ == "__main__":

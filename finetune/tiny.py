@@ -11,7 +11,6 @@ pretraining on the same texts make the base speak the corpus' language rather th
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from litgpt.model import GPT
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from common.cli import run_function
 from common.files import make_private_dir, open_private, write_private_atomic
 from finetune.data import load_records, render_texts
 from finetune.errors import UserError
@@ -125,15 +125,16 @@ def make_tiny_checkpoint(
     texts: Sequence[str],
     *,
     pretrain_texts: Sequence[str] | None = None,
-    vocab_size: int = 2048,
-    n_layer: int = 4,
-    n_embd: int = 128,
-    n_head: int = 4,
-    block_size: int = 512,
-    pretrain_steps: int = 300,
-    seed: int = 0,
+    vocab_size: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    block_size: int,
+    pretrain_steps: int,
+    seed: int,
 ) -> Path:
-    """Write a litgpt checkpoint folder into `out_dir` (created 0700, files 0600) and return its path.
+    """Write a litgpt checkpoint folder into `out_dir` (created 0700, files 0600) and return its path
+    (the sizes' defaults are `build`'s, the CLI).
 
     The tokenizer is trained on `texts`; the base model is pretrained on `pretrain_texts` (default:
     `texts`) for `pretrain_steps` steps of 8 windows of `block_size` tokens.
@@ -174,53 +175,60 @@ def make_tiny_checkpoint(
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m finetune.tiny", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepare's output folder")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder to write")
-    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
-    p.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
-    p.add_argument("--n-embd", type=int, default=128, help="width (a multiple of --n-head)")
-    p.add_argument("--n-head", type=int, default=4, help="attention heads (one shared key/value head)")
-    p.add_argument("--block-size", type=int, default=512, help="context length in tokens")
-    p.add_argument("--pretrain-steps", type=int, default=300, help="next-token steps on the texts (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    return p.parse_args(argv)
+def build(
+    data: Path = Path("data/prepared"),
+    out: Path = DEFAULT_OUT,
+    vocab_size: int = 2048,
+    n_layer: int = 4,
+    n_embd: int = 128,
+    n_head: int = 4,
+    block_size: int = 512,
+    pretrain_steps: int = 300,
+    seed: int = 0,
+) -> None:
+    """Build a tiny Falcon-shaped litgpt checkpoint from prepare's train records (a CPU, seconds).
+
+    Args:
+        data: prepare's output folder
+        out: checkpoint folder to write
+        vocab_size: BPE vocabulary size
+        n_layer: transformer blocks
+        n_embd: width (a multiple of --n-head)
+        n_head: attention heads (one shared key/value head)
+        block_size: context length in tokens
+        pretrain_steps: next-token steps on the texts (0: none)
+        seed: random seed
+    """
+    problems = []
+    if n_embd % n_head:
+        problems.append("--n-embd must be a multiple of --n-head")
+    if min(vocab_size, n_layer, n_embd, n_head, block_size) < 1:
+        problems.append("sizes must be positive")
+    if vocab_size < 300:
+        problems.append("--vocab-size must be at least 300 (256 bytes + merges)")
+    if problems:
+        raise UserError("; ".join(problems))
+    # train split only: the validation replies stay unseen by the base as well
+    records = load_records(data / TRAIN_FILE)
+    t0 = time.perf_counter()
+    path = make_tiny_checkpoint(
+        out,
+        render_texts(records),
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        block_size=block_size,
+        pretrain_steps=pretrain_steps,
+        seed=seed,
+    )
+    n_params = sum(p.numel() for p in torch.load(path / "lit_model.pth", weights_only=True).values())
+    print(f"tiny checkpoint ({n_params / 1e6:.2f}M parameters) in {path} ({time.perf_counter() - t0:.0f} s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    try:
-        problems = []
-        if args.n_embd % args.n_head:
-            problems.append("--n-embd must be a multiple of --n-head")
-        if min(args.vocab_size, args.n_layer, args.n_embd, args.n_head, args.block_size) < 1:
-            problems.append("sizes must be positive")
-        if args.vocab_size < 300:
-            problems.append("--vocab-size must be at least 300 (256 bytes + merges)")
-        if problems:
-            raise UserError("; ".join(problems))
-        # train split only: the validation replies stay unseen by the base as well
-        records = load_records(args.data / TRAIN_FILE)
-        t0 = time.perf_counter()
-        out = make_tiny_checkpoint(
-            args.out,
-            render_texts(records),
-            vocab_size=args.vocab_size,
-            n_layer=args.n_layer,
-            n_embd=args.n_embd,
-            n_head=args.n_head,
-            block_size=args.block_size,
-            pretrain_steps=args.pretrain_steps,
-            seed=args.seed,
-        )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n_params = sum(p.numel() for p in torch.load(out / "lit_model.pth", weights_only=True).values())
-    print(f"tiny checkpoint ({n_params / 1e6:.2f}M parameters) in {out} ({time.perf_counter() - t0:.0f} s)")
-    return 0
+    return run_function(build, argv, prog="python -m finetune.tiny", errors=(UserError,))
 
 
 if __name__ == "__main__":

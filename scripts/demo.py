@@ -171,7 +171,7 @@ def pipeline(paths: Paths) -> list[tuple[str, list[str]]]:
         ("collect the sample Telegram Desktop export",
          ["python", "-m", "collect", "desktop", str(SAMPLE_EXPORT), "--out", str(paths.raw)]),
         ("prepare instruction records (secrets scrubbed)",
-         ["python", "-m", "prepare", "--raw", str(paths.raw), "--out", data, "--val_fraction", "0.1"]),
+         ["python", "-m", "prepare", "--raw", str(paths.raw), "--out", data, "--val-fraction", "0.1"]),
         ("build a tiny Falcon-shaped base model",
          ["python", "-m", "finetune.tiny", "--data", data, "--out", ckpt, *TINY_ARGS]),
         ("LoRA fine-tune the twin on the CPU",

@@ -83,7 +83,7 @@ def test_help_lists_every_flag_with_its_default(capsys: pytest.CaptureFixture[st
     [
         (["desktop", "x.json", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
         (["telegram", "--limit-dialogs", "many"], "--limit-dialogs: 'many' is not an integer"),
-        (["desktop"], "PATH is required"),
+        (["desktop"], "the path argument is required"),
         (["fax"], "invalid choice: 'fax'"),
     ],
 )

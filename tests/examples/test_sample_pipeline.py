@@ -33,7 +33,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     run_cli("collect", "desktop", str(EXPORT), "--out", str(root / "raw"))
-    run_cli("prepare", "--raw", str(root / "raw"), "--out", str(root / "prepared"), "--val_fraction", "0.1")
+    run_cli("prepare", "--raw", str(root / "raw"), "--out", str(root / "prepared"), "--val-fraction", "0.1")
     return root
 
 
