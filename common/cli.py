@@ -28,15 +28,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import jsonargparse
+import yaml
 from jsonargparse import ActionConfigFile, DefaultHelpFormatter
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+PARSER_MODE = "twin"
+"""jsonargparse's YAML values, plus `none` (any case) for "no value" besides YAML's `null`."""
 
 T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------- the parser
+def load_value(text: str) -> Any:
+    """A flag's value as YAML, `--max-steps none` included (a str or Literal flag keeps the text)."""
+    return None if text.strip().lower() == "none" else yaml_load(text)
+
+
+yaml_load = jsonargparse.get_loader("yaml")
+jsonargparse.set_loader(PARSER_MODE, load_value, exceptions=(yaml.YAMLError,))
+
+
 class Switch(argparse.Action):
     """A bool flag: `--name` sets True, `--no-name` False (like argparse's BooleanOptionalAction)."""
 
@@ -53,6 +65,10 @@ class Switch(argparse.Action):
 class HelpFormatter(DefaultHelpFormatter):
     """jsonargparse's help (type and default after each flag's help) with readable type names."""
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action)
+        return text.replace("default: %(default)s", "default: none") if action.default is None else text
+
     def _get_type_str(self, action: argparse.Action) -> str | None:
         if action.choices or typing.get_origin(getattr(action, "_typehint", None)) is Literal:
             return None  # the {a,b} after the flag says it
@@ -63,8 +79,10 @@ class HelpFormatter(DefaultHelpFormatter):
 class Parser(jsonargparse.ArgumentParser):
     """jsonargparse's parser with kebab-case flags, bool switches and one-line errors that exit 2."""
 
-    def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kwargs: Any) -> None:
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+    def __init__(
+        self, *args: Any, formatter_class: type = HelpFormatter, parser_mode: str = PARSER_MODE, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, formatter_class=formatter_class, parser_mode=parser_mode, **kwargs)
 
     def add_argument(self, *args: Any, **kwargs: Any) -> Any:
         # jsonargparse copies this method's source into its argument-group class, so it stays
@@ -153,7 +171,7 @@ def describe(typehint: Any) -> str:
     """What a value of `typehint` looks like, for error messages: `an integer or none`, `one of a, b`."""
     if is_union(typehint):
         parts = [describe(a) for a in typing.get_args(typehint) if a is not type(None)]
-        return " or ".join(parts) + (" or null" if type(None) in typing.get_args(typehint) else "")
+        return " or ".join(parts) + (" or none" if type(None) in typing.get_args(typehint) else "")
     if typing.get_origin(typehint) is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(typehint))
     if typing.get_origin(typehint) is list:
