@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import jsonargparse
 import yaml
@@ -36,16 +36,21 @@ EXIT_INTERRUPTED = 130
 PARSER_MODE = "twin"
 """jsonargparse's YAML values, plus `none` (any case) for "no value" besides YAML's `null`."""
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound="BaseSettings")
 
 
 # ------------------------------------------------------------------------------------------- the parser
+yaml_load = jsonargparse.get_loader("yaml")
+
+
 def load_value(text: str) -> Any:
     """A flag's value as YAML, `--max-steps none` included (a str or Literal flag keeps the text)."""
     return None if text.strip().lower() == "none" else yaml_load(text)
 
 
-yaml_load = jsonargparse.get_loader("yaml")
 jsonargparse.set_loader(PARSER_MODE, load_value, exceptions=(yaml.YAMLError,))
 
 
@@ -194,7 +199,7 @@ def run(
     try:
         body()
     except SystemExit as e:  # the parser's: -h (0) or a bad flag (2, its one line already printed)
-        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -239,16 +244,15 @@ def parse_dataclasses(
     return [cls(**{f.name: namespace[f.name] for f in fields(cls)}) for cls in classes]
 
 
-def parse_settings(cls: type[T], argv: Sequence[str] | None, *, prog: str, epilog: str | None = None) -> T:
+def parse_settings(cls: type[S], argv: Sequence[str] | None, *, prog: str, epilog: str | None = None) -> S:
     """A pydantic-settings object from its environment (prefix, `.env`) and the command line.
 
     Every field is a flag except those marked `CliSuppress` (secrets: flags show up in `ps`); a flag's
     default is the value the environment gives, so `-h` shows what a run without flags would use.
     """
     from pydantic import TypeAdapter, ValidationError
-    from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource
+    from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource
 
-    assert issubclass(cls, BaseSettings)
     parser = Parser(prog=prog, description=cls.__doc__, epilog=epilog)
     prefix = str(cls.model_config.get("env_prefix", ""))
     try:
