@@ -64,6 +64,7 @@ from finetune.model import (  # noqa: E402
     train_step,
 )
 from finetune.tiny import EOS_TOKEN, train_tokenizer  # noqa: E402
+from prepare.records import Record  # noqa: E402
 
 N_PARAMS = 7.22e9
 PEAK_FLOPS = 989e12  # H100 SXM, dense bf16
@@ -142,7 +143,7 @@ def tokenizer_texts(records: list[dict[str, Any]]) -> list[str]:
     it, as English is to Falcon's tokenizer, so neither side pays for a template it does not know."""
     alpaca = Alpaca()
     sample = records[:2000]
-    texts = render_texts(sample)
+    texts = render_texts([Record(**r) for r in sample])
     texts += [alpaca.apply(r["instruction"], input=r["context"]) + r["response"] for r in sample]
     return texts
 
@@ -326,7 +327,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     records = synthetic_records(args.records, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_tokenizer(Path(tmp), tokenizer_texts(records), 16384)
-    encoded = encode_records(records, tokenizer, args.max_seq_length)
+    encoded = encode_records([Record(**r) for r in records], tokenizer, args.max_seq_length)
     examples = encoded.examples
     lengths = sorted(len(e) for e in examples)
     config = model_config(args, tokenizer.vocab_size if args.smoke else 0)

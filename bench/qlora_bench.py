@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from litgpt.lora import GPT, Block, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
 
+from common.nf4 import NF4Linear, parameter_memory, quantize_model, strip_unused_lora  # noqa: E402
+from common.quantize import check_quantize_support, parse_quantize_mode  # noqa: E402
 from finetune.args import TrainArgs  # noqa: E402
 from finetune.data import BatchPlan, Example, Step  # noqa: E402
 from finetune.model import (  # noqa: E402
@@ -62,14 +64,6 @@ from finetune.model import (  # noqa: E402
     make_optimizer,
     prepare_lora_layers,
     train_step,
-)
-from finetune.quantize import (  # noqa: E402
-    NF4Linear,
-    check_quantize_support,
-    parameter_memory,
-    parse_quantize_mode,
-    quantize_model,
-    strip_unused_lora,
 )
 
 log = logging.getLogger("qlora_bench")

@@ -18,37 +18,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from common.quantize import Quantize
 from finetune.errors import UserError
+from finetune.twin import LoraArgs
 
 Strategy = Literal["auto", "ddp", "fsdp"]
 Precision = Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]
 Accelerator = Literal["auto", "cuda", "cpu"]
-Quantize = Literal["none", "nf4", "nf4-dq"]
 Optimizer = Literal["adamw", "adamw8bit", "adamw4bit"]
-
-
-@dataclass
-class LoraArgs:
-    """Which layers get LoRA adapters, and their shape (the names are litgpt's `Config` fields)."""
-
-    lora_r: int = 16
-    """Rank of the LoRA update matrices."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA branch's input."""
-    lora_query: bool = True
-    """Adapt the attention query projection."""
-    lora_key: bool = False
-    """Adapt the attention key projection."""
-    lora_value: bool = True
-    """Adapt the attention value projection."""
-    lora_projection: bool = False
-    """Adapt the attention output projection."""
-    lora_mlp: bool = False
-    """Adapt the MLP layers."""
-    lora_head: bool = False
-    """Adapt the output head (lm_head)."""
 
 
 @dataclass

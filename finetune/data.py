@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,24 +26,24 @@ import torch
 
 from finetune.errors import UserError
 from prepare.prompt import render_record
-from prepare.records import TRAIN_FILE, VAL_FILE, read_records
+from prepare.records import TRAIN_FILE, VAL_FILE, Record, read_records
 
 IGNORE_INDEX = -100
 RUN_PREPARE = "run `make prepare` (python -m prepare --raw data/raw --out data/prepared) first"
 
 
 # ----------------------------------------------------------------------------------------------- records
-def load_records(path: Path) -> list[dict[str, Any]]:
+def load_records(path: Path) -> list[Record]:
     """All records of one JSONL file, validated by prepare's own reader (errors name file and line)."""
     if not path.is_file():
         raise UserError(f"no instruction records at {path}: {RUN_PREPARE}")
     try:
-        return [record.to_dict() for record in read_records(path)]
+        return read_records(path)
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
-def load_splits(data_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_splits(data_dir: Path) -> tuple[list[Record], list[Record]]:
     """(train, val) records of a prepared folder; empty or missing data is a `UserError`."""
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist: {RUN_PREPARE}")
@@ -55,7 +55,7 @@ def load_splits(data_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     return train, val
 
 
-def render_texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def render_texts(records: Sequence[Record]) -> list[str]:
     """The full training text (prompt + reply) of each record, e.g. to train a tokenizer on."""
     return [prompt + response for prompt, response in map(render_record, records)]
 
@@ -92,7 +92,7 @@ class Encoded:
     """Records longer than the max sequence length; their oldest tokens were cut (see `encode_records`)."""
 
 
-def encode_records(records: Sequence[Mapping[str, Any]], tokenizer: Any, max_seq_length: int) -> Encoded:
+def encode_records(records: Sequence[Record], tokenizer: Any, max_seq_length: int) -> Encoded:
     """Encode records with a litgpt `Tokenizer`.
 
     A sequence longer than `max_seq_length` keeps its *last* `max_seq_length` tokens: the new message,

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from litgpt.generate.base import generate
-from litgpt.lora import GPT, Config, LoRALinear, merge_lora_weights
+from litgpt.lora import GPT, LoRALinear, merge_lora_weights
 from litgpt.tokenizer import Tokenizer
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from finetune.data import IGNORE_INDEX, Example
 from finetune.errors import UserError
-from finetune.export import load_adapter, load_lora_spec, resolve_adapter
+from finetune.twin import TwinError, load_base_weights, load_twin, lora_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,41 +36,21 @@ class Perplexity:
         return float(torch.tensor(self.nll).exp())
 
 
-def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """cuda in bf16 when there is one (or asked for), else the CPU in float32."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA GPU: use --device cpu")
-    device = torch.device(name)
-    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
-
-
 def load_lora_model(
     checkpoint_dir: Path, lora_path: Path, device: torch.device, dtype: torch.dtype
 ) -> tuple[GPT, Tokenizer]:
     """litgpt's LoRA GPT with the base weights and the adapter loaded, unmerged, in eval mode."""
-    if (
-        not (checkpoint_dir / "lit_model.pth").is_file()
-        or not (checkpoint_dir / "model_config.yaml").is_file()
-    ):
-        raise UserError(
-            f"{checkpoint_dir} is not a litgpt checkpoint: run `make download` (Falcon-7B) or "
-            "`python -m finetune.tiny` (the tiny demo model)"
-        )
-    pth, hparams = resolve_adapter(lora_path)
-    spec = load_lora_spec(hparams)
-    config = Config.from_file(checkpoint_dir / "model_config.yaml", **asdict(spec))
+    base_config, adapter = load_twin(checkpoint_dir, lora_path)
+    config = lora_config(base_config, adapter.spec)
     with torch.device("meta"):
         model = GPT(config)
-    base = torch.load(checkpoint_dir / "lit_model.pth", map_location="cpu", mmap=True, weights_only=True)
-    state = {**base.get("model", base), **load_adapter(pth)}
+    state = {**load_base_weights(checkpoint_dir), **adapter.tensors}
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as e:
-        raise UserError(
-            f"the adapter {pth} does not fit {checkpoint_dir}: {str(e).splitlines()[0]}"
+        raise TwinError(
+            f"the adapter {adapter.path} does not fit {checkpoint_dir}: {str(e).splitlines()[0]}"
         ) from None
     model.cos, model.sin = model.rope_cache(device=device)  # built on the meta device above
     model.max_seq_length = config.block_size

@@ -29,28 +29,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from litgpt.config import Config
 from litgpt.scripts.convert_lit_checkpoint import qkv_reassemble
 from tqdm import tqdm
 
+from common.device import resolve_dtype
 from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
 from finetune.hf_falcon import (
-    base_weights,
     copy_tokenizer,
     falcon_problems,
     save_private_safetensors,
     token_ids,
     write_hf_model,
 )
+from finetune.twin import LoraArgs, check_base, load_adapter, load_base_config, load_base_weights
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("merged", "peft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ADAPTER_FILE = "lit_model_lora_finetuned.pth"
-HPARAMS_FILE = "hyperparameters.yaml"
 # litgpt module (inside a block, or at the top) → its HF Falcon name; the LoRA flag that enables it
 LIT_TO_HF = {
     "attn.qkv": "query_key_value",
@@ -66,112 +64,26 @@ FLAG_OF = {
 }
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    """The LoRA settings of a fine-tuning run (the `lora_*` keys of its hyperparameters.yaml)."""
-
-    lora_r: int
-    lora_alpha: float
-    lora_dropout: float = 0.0
-    lora_query: bool = False
-    lora_key: bool = False
-    lora_value: bool = False
-    lora_projection: bool = False
-    lora_mlp: bool = False
-    lora_head: bool = False
-
-    @property
-    def qkv(self) -> tuple[bool, bool, bool]:
-        return (self.lora_query, self.lora_key, self.lora_value)
-
-    @property
-    def n_qkv(self) -> int:
-        """How many of q, k, v carry an update (the factor between litgpt's and HF's rank)."""
-        return sum(self.qkv)
-
-    @property
-    def scaling(self) -> float:
-        return self.lora_alpha / self.lora_r
-
-    @property
-    def export_rank(self) -> int:
-        """The single rank of the exported adapter (the fused qkv LoRA needs r per enabled part)."""
-        return self.lora_r * max(1, self.n_qkv)
+def qkv_flags(lora: LoraArgs) -> tuple[bool, bool, bool]:
+    return (lora.lora_query, lora.lora_key, lora.lora_value)
 
 
-# ------------------------------------------------------------------------------------------ reading inputs
-def resolve_adapter(lora_path: Path) -> tuple[Path, Path]:
-    """(adapter .pth, hyperparameters.yaml) from the adapter file or the finetune out-dir holding it."""
-    pth = lora_path / ADAPTER_FILE if lora_path.is_dir() else lora_path
-    if not pth.is_file():
-        raise UserError(
-            f"no LoRA adapter at {lora_path}: train one first (`make train`, or `make demo` for the tiny "
-            f"model), then pass the {ADAPTER_FILE} it wrote or its out-dir, e.g. --lora-path out/twin"
-        )
-    hparams = pth.parent / HPARAMS_FILE
-    if not hparams.is_file():
-        raise UserError(
-            f"{hparams} is missing: the adapter's LoRA settings (rank, alpha, layers) are read from it"
-        )
-    return pth, hparams
-
-
-def load_lora_spec(hparams_path: Path) -> LoraSpec:
-    try:
-        hparams = yaml.safe_load(hparams_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{hparams_path} is not valid YAML: {e}") from None
-    if not isinstance(hparams, dict):
-        raise UserError(f"{hparams_path}: expected a mapping of hyperparameters")
-    known = {k: hparams[k] for k in LoraSpec.__dataclass_fields__ if k in hparams}
-    if "lora_r" not in known or "lora_alpha" not in known:
-        raise UserError(f"{hparams_path} has no lora_r/lora_alpha: is it a `python -m finetune` out-dir?")
-    spec = LoraSpec(**known)
-    if (
-        spec.lora_r < 1
-        or not any(getattr(spec, f) for f in ("lora_projection", "lora_mlp", "lora_head"))
-        and not spec.n_qkv
-    ):
-        raise UserError(
-            f"{hparams_path}: the adapter has no LoRA layers (lora_r={spec.lora_r}, no layer enabled)"
-        )
-    return spec
-
-
-def load_config(checkpoint_dir: Path) -> Config:
-    if (
-        not (checkpoint_dir / "model_config.yaml").is_file()
-        or not (checkpoint_dir / "lit_model.pth").is_file()
-    ):
-        raise UserError(
-            f"{checkpoint_dir} is not a litgpt checkpoint (model_config.yaml + lit_model.pth): run "
-            "`make download` for Falcon-7B or `python -m finetune.tiny` for the tiny demo model"
-        )
-    return Config.from_file(checkpoint_dir / "model_config.yaml")
-
-
-def load_adapter(pth: Path) -> dict[str, torch.Tensor]:
-    try:
-        sd = torch.load(pth, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise UserError(f"cannot read the adapter {pth}: {e}") from None
-    sd = sd.get("model", sd) if isinstance(sd, dict) else sd
-    if not isinstance(sd, dict) or not any("lora_A" in k for k in sd):
-        raise UserError(f"{pth} holds no LoRA tensors (lora_A/lora_B): is it a `python -m finetune` adapter?")
-    return {k.replace(".linear.", "."): v for k, v in sd.items() if "lora_" in k}
+def export_rank(lora: LoraArgs) -> int:
+    """The single rank of the exported adapter (the fused qkv LoRA needs r per enabled part)."""
+    return lora.lora_r * max(1, sum(qkv_flags(lora)))
 
 
 # ------------------------------------------------------------------------------- the LoRA update, per layer
-def module_names(config: Config, spec: LoraSpec) -> list[str]:
+def module_names(config: Config, lora: LoraArgs) -> list[str]:
     """litgpt names of the layers that carry LoRA (`transformer.h.0.attn.qkv`, ..., `lm_head`)."""
     names = []
     for i in range(config.n_layer):
-        if spec.n_qkv:
+        if any(qkv_flags(lora)):
             names.append(f"transformer.h.{i}.attn.qkv")
         for sub in ("attn.proj", "mlp.fc", "mlp.proj"):
-            if getattr(spec, FLAG_OF[sub]):
+            if getattr(lora, FLAG_OF[sub]):
                 names.append(f"transformer.h.{i}.{sub}")
-    if spec.lora_head:
+    if lora.lora_head:
         names.append("lm_head")
     return names
 
@@ -185,27 +97,27 @@ def qkv_part_sizes(config: Config) -> tuple[int, int, int]:
 
 
 def lora_factors(
-    name: str, adapter: Mapping[str, torch.Tensor], config: Config, spec: LoraSpec
+    name: str, adapter: Mapping[str, torch.Tensor], config: Config, lora: LoraArgs
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) of one layer in litgpt's row layout with ΔW = B @ A · scaling, at rank `spec.export_rank`."""
+    """(A, B) of one layer in litgpt's row layout with ΔW = B @ A · scaling, at rank `export_rank`."""
     try:
         a, b = adapter[f"{name}.lora_A"], adapter[f"{name}.lora_B"]
     except KeyError as e:
         raise UserError(
             f"the adapter has no {e.args[0]}: it does not match its hyperparameters.yaml"
         ) from None
-    r, rank = spec.lora_r, spec.export_rank
+    r, rank, qkv = lora.lora_r, export_rank(lora), qkv_flags(lora)
     if name.endswith("attn.qkv"):
         sizes = qkv_part_sizes(config)
-        enabled = [s for s, on in zip(sizes, spec.qkv, strict=True) if on]
+        enabled = [s for s, on in zip(sizes, qkv, strict=True) if on]
         if a.shape[0] != r * len(enabled) or b.shape != (sum(enabled), r):
             raise UserError(
                 f"{name}: LoRA shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit r={r} on "
-                f"q,k,v={spec.qkv} of this checkpoint: is --checkpoint-dir the base it was trained on?"
+                f"q,k,v={qkv} of this checkpoint: is --checkpoint-dir the base it was trained on?"
             )
         full_b = b.new_zeros(sum(sizes), rank)  # (q+k+v rows, R): block-diagonal, zero rows for parts off
         row, col, part = 0, 0, 0
-        for size, on in zip(sizes, spec.qkv, strict=True):
+        for size, on in zip(sizes, qkv, strict=True):
             if on:
                 full_b[row : row + size, col : col + r] = b[part : part + size]
                 col += r
@@ -230,13 +142,13 @@ def hf_module_name(name: str) -> str:
 @torch.inference_mode()
 def export_merged(checkpoint_dir: Path, lora_path: Path, out: Path, dtype: str = "auto") -> list[Path]:
     """LoRA merged into the base, written as an HF transformers Falcon folder; returns the weight files."""
-    config, spec, adapter = check_inputs(checkpoint_dir, lora_path)
-    lit = dict(base_weights(checkpoint_dir))
-    target = resolve_dtype(dtype)
-    for name in tqdm(module_names(config, spec), desc="merging LoRA", unit="layer"):
-        a, b = lora_factors(name, adapter, config, spec)
+    config, lora, adapter = check_inputs(checkpoint_dir, lora_path)
+    lit = dict(load_base_weights(checkpoint_dir))
+    target = output_dtype(dtype)
+    for name in tqdm(module_names(config, lora), desc="merging LoRA", unit="layer"):
+        a, b = lora_factors(name, adapter, config, lora)
         weight = lit[f"{name}.weight"]
-        delta = (b.float() @ a.float()) * spec.scaling  # (out, in), litgpt's row layout
+        delta = (b.float() @ a.float()) * lora.scaling  # (out, in), litgpt's row layout
         lit[f"{name}.weight"] = (weight.float() + delta).to(weight.dtype if target is None else target)
     return write_hf_model(lit, config, checkpoint_dir, out, target or next(iter(lit.values())).dtype)
 
@@ -246,7 +158,7 @@ def export_peft(
     checkpoint_dir: Path, lora_path: Path, out: Path, base_model: str | None = None, dtype: str = "auto"
 ) -> list[Path]:
     """A PEFT LoRA adapter for the HF Falcon base (which goes to OUT/base unless it is on the Hub)."""
-    config, spec, adapter = check_inputs(checkpoint_dir, lora_path)
+    config, lora, adapter = check_inputs(checkpoint_dir, lora_path)
     make_private_dir(out)
     files: list[Path] = []
     if base_model is None:
@@ -254,19 +166,19 @@ def export_peft(
         if hub.get("org") and hub.get("name"):
             base_model = f"{hub['org']}/{hub['name']}"
         else:
-            lit = base_weights(checkpoint_dir)
+            lit = load_base_weights(checkpoint_dir)
             files += write_hf_model(
                 dict(lit),
                 config,
                 checkpoint_dir,
                 out / "base",
-                resolve_dtype(dtype) or next(iter(lit.values())).dtype,
+                output_dtype(dtype) or next(iter(lit.values())).dtype,
             )
             base_model = str((out / "base").resolve())
     tensors: dict[str, torch.Tensor] = {}
     targets = set()
-    for name in tqdm(module_names(config, spec), desc="mapping LoRA", unit="layer"):
-        a, b = lora_factors(name, adapter, config, spec)
+    for name in tqdm(module_names(config, lora), desc="mapping LoRA", unit="layer"):
+        a, b = lora_factors(name, adapter, config, lora)
         if name.endswith("attn.qkv"):
             b = qkv_reassemble(b, config)  # rows into HF's per-group [q.., k, v] layout, as the weights
         hf_name = hf_module_name(name)
@@ -277,9 +189,9 @@ def export_peft(
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
-        "r": spec.export_rank,
-        "lora_alpha": spec.lora_alpha * max(1, spec.n_qkv),  # alpha'/R == alpha/r
-        "lora_dropout": spec.lora_dropout,
+        "r": export_rank(lora),
+        "lora_alpha": lora.lora_alpha * max(1, sum(qkv_flags(lora))),  # alpha'/R == alpha/r
+        "lora_dropout": lora.lora_dropout,
         "target_modules": sorted(targets),
         "bias": "none",
         "fan_in_fan_out": False,
@@ -296,21 +208,23 @@ def export_peft(
     return [out / "adapter_model.safetensors", *files]
 
 
-def resolve_dtype(dtype: str) -> torch.dtype | None:
-    """None for `auto` (keep the checkpoint's dtype), else the named torch dtype."""
-    return None if dtype == "auto" else getattr(torch, dtype)
+def output_dtype(dtype: str) -> torch.dtype | None:
+    """None for `auto` (keep the checkpoint's dtype), else the named dtype."""
+    return None if dtype == "auto" else resolve_dtype(dtype)
 
 
-def check_inputs(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, LoraSpec, dict[str, torch.Tensor]]:
-    config = load_config(checkpoint_dir)
+def check_inputs(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, LoraArgs, dict[str, torch.Tensor]]:
+    """The base's config, the adapter's LoRA settings and tensors; refused with a reason unless the
+    base has an exact HF Falcon equivalent and is the one the adapter was trained on."""
+    config = load_base_config(checkpoint_dir)
     if problems := falcon_problems(config):
         raise UserError(
             "this checkpoint has no exact Hugging Face Falcon equivalent, so it cannot be exported: "
             + "; ".join(problems)
         )
-    pth, hparams = resolve_adapter(lora_path)
-    spec = load_lora_spec(hparams)
-    return config, spec, load_adapter(pth)
+    adapter = load_adapter(lora_path)
+    check_base(adapter.spec, config, checkpoint_dir)
+    return config, adapter.spec.lora, adapter.tensors
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -173,11 +173,6 @@ def copy_tokenizer(checkpoint_dir: Path, out: Path, bos_id: int, eos_id: int) ->
     write_private_atomic(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
 
 
-def base_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(checkpoint_dir / "lit_model.pth", map_location="cpu", mmap=True, weights_only=True)
-    return sd.get("model", sd)
-
-
 def write_hf_model(
     lit: dict[str, torch.Tensor], config: Config, checkpoint_dir: Path, out: Path, dtype: torch.dtype
 ) -> list[Path]:

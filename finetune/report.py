@@ -23,21 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
 from common.files import make_private_dir, write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
 from finetune.errors import UserError
-from finetune.evaluate import (
-    Perplexity,
-    generate_replies,
-    load_lora_model,
-    lora_off,
-    merge,
-    pick_device,
-    reply_perplexity,
-)
-from finetune.export import resolve_adapter
+from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
 from finetune.metrics import draw_losses, read_rows, save_figure
 from finetune.style import RATE_LABELS, StyleStats, style_stats
+from finetune.twin import METRICS_FILE, resolve_adapter
 from prepare.prompt import render_record
 
 SIDE_BY_SIDE = 10
@@ -106,7 +99,11 @@ def measure(args: ReportArgs) -> Findings:
     records = load_records(args.data / VAL_FILE)
     if not records:
         raise UserError(f"{args.data / VAL_FILE} holds no records: run `make prepare` with more chats")
-    device, dtype = pick_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailableError as e:
+        raise UserError(str(e)) from None
+    dtype = resolve_dtype("auto", device)
     model, tokenizer = load_lora_model(args.checkpoint_dir, args.lora_path, device, dtype)
     examples = encode_records(records, tokenizer, model.config.block_size).examples
     chosen = random.Random(args.seed).sample(range(len(records)), min(args.samples, len(records)))
@@ -120,12 +117,12 @@ def measure(args: ReportArgs) -> Findings:
     merge(model)
     twin = reply_perplexity(model, examples, desc="twin perplexity")
     twin_replies = generate_replies(model, tokenizer, prompts, desc="twin replies", **sampling)  # type: ignore[arg-type]
-    real = [records[i]["response"] for i in chosen]
+    real = [records[i].response for i in chosen]
     samples = [
         {
-            "partner": str(records[i].get("partner") or "Friend"),
-            "context": records[i]["context"],
-            "message": records[i]["instruction"],
+            "partner": records[i].partner or "Friend",
+            "context": records[i].context,
+            "message": records[i].instruction,
             "real": real[k],
             "twin": twin_replies[k],
             "base": base_replies[k],
@@ -149,7 +146,7 @@ def measure(args: ReportArgs) -> Findings:
 
 def read_metrics(lora_path: Path) -> list[dict[str, float | None]]:
     """The finetune run's metrics.csv next to the adapter (empty if the run wrote none)."""
-    path = resolve_adapter(lora_path)[0].parent / "metrics.csv"
+    path = resolve_adapter(lora_path).parent / METRICS_FILE
     return read_rows(path) if path.is_file() else []
 
 

@@ -7,7 +7,7 @@
   litgpt's names (`transformer.h.0.attn.qkv.lora_A`, ...), loadable with `load_state_dict(strict=False)`
   into `litgpt.lora.GPT` and accepted by litgpt's `merge_lora`.
 - `hyperparameters.yaml`: every resolved setting, flat, including litgpt merge_lora's keys
-  (`lora_*`, `checkpoint_dir`, `precision`) and `max_seq_length`.
+  (`lora_*`, `checkpoint_dir`, `precision`), `max_seq_length` and the adapter's spec (`finetune.twin`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from litgpt.lora import lora_filter
 
 from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
+from finetune.twin import ADAPTER_FILE, HPARAMS_FILE, LORA_FIELDS
 
-ADAPTER_FILE = "lit_model_lora_finetuned.pth"
-HPARAMS_FILE = "hyperparameters.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.pth$")
 
@@ -44,15 +43,7 @@ RESUME_KEYS = (
     "weight_decay",
     "grad_clip",
     "seed",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_query",
-    "lora_key",
-    "lora_value",
-    "lora_projection",
-    "lora_mlp",
-    "lora_head",
+    *LORA_FIELDS,
     "train_records",
     "train_fingerprint",
 )

@@ -31,26 +31,24 @@ from litgpt.utils import num_parameters
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
 from common.files import make_private_dir
+from common.nf4 import load_quantized_model
+from common.quantize import QuantizationUnavailableError, check_quantize_support
 from finetune.args import FinetuneArgs
-from finetune.data import BatchPlan, Encoded, collate, encode_records, load_splits, padding_fraction
+from finetune.data import BatchPlan, Encoded, Step, collate, encode_records, load_splits, padding_fraction
 from finetune.errors import UserError
 from finetune.metrics import MetricsFile, Row, format_duration, peak_memory_gib, plot_losses
 from finetune.model import (
     LossPositions,
     attach_loss_positions,
     batch_loss,
+    check_optimizer,
     compile_blocks,
     enable_activation_checkpointing,
     make_optimizer,
     prepare_lora_layers,
     train_step,
-)
-from finetune.quantize import (
-    QuantizationUnavailableError,
-    check_qlora_options,
-    load_quantized_model,
-    precision_dtype,
 )
 from finetune.state import (
     Position,
@@ -60,13 +58,13 @@ from finetune.state import (
     save_checkpoint,
     save_hyperparameters,
 )
+from finetune.twin import METRICS_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, adapter_spec, check_checkpoint_dir
 from prepare.prompt import render_record
+from prepare.records import Record
 
 log = logging.getLogger("finetune")
 
-METRICS_FILE = "metrics.csv"
 PLOT_FILE = "loss.png"
-CHECKPOINT_FILES = ("lit_model.pth", "model_config.yaml", "tokenizer_config.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,25 +90,12 @@ class Summary:
 
 
 # ------------------------------------------------------------------------------------------ set-up
-def check_checkpoint_dir(path: Path) -> None:
-    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
-    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()):
-        missing.append("tokenizer.json")
-    if missing:
-        what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
-        raise UserError(
-            f"no base model checkpoint at {path} ({what}): run `make download` for Falcon-7B, or "
-            "`python -m finetune.tiny` for a tiny CPU model and pass --checkpoint-dir checkpoints/tiny-falcon"
-        )
-
-
-def resolve_device(args: FinetuneArgs) -> tuple[str, str]:
+def resolve_accelerator(args: FinetuneArgs) -> tuple[str, str]:
     """(accelerator, precision): a CPU runs 32-true, since bf16/16 there is slow or unsupported."""
-    accelerator = args.run.accelerator
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise UserError("--accelerator cuda, but no CUDA GPU is visible: use --accelerator cpu")
+    try:
+        accelerator = resolve_device(args.run.accelerator, "--accelerator").type
+    except DeviceUnavailableError as e:
+        raise UserError(str(e)) from None
     precision = args.run.precision
     if accelerator == "cpu" and precision != "32-true":
         log.warning("precision %s is slow or unsupported on a CPU: falling back to 32-true", precision)
@@ -139,9 +124,11 @@ def setup(args: FinetuneArgs) -> Summary | None:
     args.check()
     check_checkpoint_dir(args.run.checkpoint_dir)
     load_splits(args.run.data)  # fail fast, before processes are launched
-    accelerator, precision = resolve_device(args)
+    accelerator, precision = resolve_accelerator(args)
     try:
-        check_qlora_options(args.run.quantize, args.train.optimizer, accelerator, args.run.devices)
+        if args.run.quantize != "none":
+            check_quantize_support(args.run.quantize, accelerator, devices=args.run.devices)
+        check_optimizer(args.train.optimizer)
     except QuantizationUnavailableError as e:
         raise UserError(str(e)) from None
     try:
@@ -161,12 +148,12 @@ def build_model(
     fabric: L.Fabric, args: FinetuneArgs, max_seq_length: int, precision: str = "32-true"
 ) -> tuple[GPT, LossPositions]:
     """litgpt's LoRA GPT (base weights are loaded after set-up, or here in NF4); only LoRA tensors train."""
-    config = Config.from_file(args.run.checkpoint_dir / "model_config.yaml", **vars(args.lora))
+    config = Config.from_file(args.run.checkpoint_dir / MODEL_CONFIG_FILE, **vars(args.lora))
     fsdp = args.run.strategy == "fsdp" and fabric.world_size > 1
     if args.run.quantize != "none":  # QLoRA: the base reaches the device one NF4 layer at a time
         model = load_quantized_model(
-            config, args.run.checkpoint_dir / "lit_model.pth", args.run.quantize, fabric.device,
-            precision_dtype(precision),
+            config, args.run.checkpoint_dir / WEIGHTS_FILE, args.run.quantize, fabric.device,
+            resolve_dtype(precision),
         )  # fmt: skip
     else:
         with fabric.init_module(empty_init=fsdp):
@@ -183,7 +170,7 @@ def build_model(
 
 
 def load_base_weights(fabric: L.Fabric, model: torch.nn.Module, checkpoint_dir: Path) -> None:
-    fabric.load_raw(checkpoint_dir / "lit_model.pth", model, strict=False)
+    fabric.load_raw(checkpoint_dir / WEIGHTS_FILE, model, strict=False)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -210,7 +197,8 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         make_private_dir(out_dir)
 
     tokenizer = Tokenizer(args.run.checkpoint_dir)
-    block_size = Config.from_file(args.run.checkpoint_dir / "model_config.yaml").block_size
+    base_config = Config.from_file(args.run.checkpoint_dir / MODEL_CONFIG_FILE)
+    block_size = base_config.block_size
     max_seq_length = min(args.train.max_seq_length or block_size, block_size)
     train_records, val_records = load_splits(args.run.data)
     train = encode_records(train_records, tokenizer, max_seq_length)
@@ -246,7 +234,8 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         total_steps = min(total_steps, args.train.max_steps)
     pad_fraction = padding_fraction(plan)
 
-    hparams = args.flat() | {
+    hparams = args.flat() | adapter_spec(args.lora, base_config).hparams()  # the spec: finetune.twin
+    hparams |= {
         "precision": precision,
         "max_seq_length": max_seq_length,
         "global_batch_size": plan.global_batch_size,
@@ -288,13 +277,26 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     if fabric.is_global_zero:  # only now: a refused resume leaves the out-dir as it was
         save_hyperparameters(out_dir, hparams)
 
-    metrics = MetricsFile(out_dir / METRICS_FILE, position.step if position.step else None)
-    loop = Loop(
-        fabric, args, fabric_model, head, optimizer, scheduler, plan, val, tokenizer, metrics, resume_key
+    run = Run(
+        fabric=fabric,
+        args=args,
+        model=fabric_model,
+        head=head,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        plan=plan,
+        val=val,
+        val_step=validation_step(plan, val, args),
+        val_records=val_records,
+        tokenizer=tokenizer,
+        metrics=MetricsFile(out_dir / METRICS_FILE, position.step if position.step else None),
+        resume_key=resume_key,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
     )
     try:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-            first_val, final_val, nonpad_rate = loop.fit(position, total_steps, steps_per_epoch, val_records)
+            first_val, final_val, nonpad_rate = fit(run, position)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory: lower --micro-batch-tokens (now {args.train.micro_batch_tokens}) or "
@@ -338,226 +340,221 @@ def eager() -> Iterator[None]:
         yield
 
 
-class Loop:
-    """fit / validate / sample over one set-up model; state lives in `fit`'s locals and the objects."""
+@dataclass
+class Run:
+    """What the loop works on, built once by `main`: `fit` and `validate` take it as their one argument."""
 
-    def __init__(
-        self,
-        fabric: L.Fabric,
-        args: FinetuneArgs,
-        model: Any,
-        head: LossPositions,
-        optimizer: Any,
-        scheduler: Any,
-        plan: BatchPlan,
-        val: Encoded,
-        tokenizer: Tokenizer,
-        metrics: MetricsFile,
-        resume_key: dict[str, Any],
-    ) -> None:
-        self.fabric, self.args, self.model, self.head = fabric, args, model, head
-        self.optimizer, self.scheduler, self.plan = optimizer, scheduler, plan
-        self.val, self.tokenizer, self.metrics, self.resume_key = val, tokenizer, metrics, resume_key
-        self.pad_id = tokenizer.eos_id or 0
-        val_plan = BatchPlan(
-            examples=val.examples,
-            global_batch_size=len(val.examples),
-            micro_batch_tokens=args.train.micro_batch_tokens,
-            micro_batch_size=args.train.micro_batch_size,
-            pad_multiple=args.train.pad_multiple,
-            max_length=plan.max_length,
-            seed=0,
-            world_size=fabric.world_size,
-            rank=fabric.global_rank,
-        )
-        # sorted by length, every val record once (ranks hold equal counts; a remainder < world_size is
-        # left out so that all ranks run the same number of forward passes)
-        all_val = list(range(len(val.examples)))
-        self.val_step = val_plan.make_step(all_val[: len(all_val) - len(all_val) % fabric.world_size])
+    fabric: L.Fabric
+    args: FinetuneArgs
+    model: Any
+    """The Fabric-wrapped LoRA GPT."""
+    head: LossPositions
+    optimizer: Any
+    scheduler: Any
+    plan: BatchPlan
+    """The training steps of every epoch, for this rank."""
+    val: Encoded
+    val_step: Step
+    """Every validation example once, in this rank's micro-batches (`validation_step`)."""
+    val_records: list[Record]
+    """The validation records whose first few get a sampled reply at each validation."""
+    tokenizer: Tokenizer
+    metrics: MetricsFile
+    resume_key: dict[str, Any]
+    total_steps: int
+    steps_per_epoch: int
 
-    def fit(
-        self, position: Position, total_steps: int, steps_per_epoch: int, val_records: list[dict[str, Any]]
-    ) -> tuple[float, float, float]:
-        fabric, args = self.fabric, self.args
-        ev = args.eval
-        first_val = final_val = float("nan")
-        if position.step == 0:
-            first_val = final_val = self.validate_and_log(0, 0.0, val_records)
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.eos_id or 0
 
-        bar = tqdm(
-            total=total_steps,
-            initial=position.step,
-            disable=not fabric.is_global_zero,
-            unit="step",
-            dynamic_ncols=True,
-            desc="fine-tuning",
-        )
-        loss_sum = torch.zeros((), device=fabric.device)
-        loss_tokens = 0
-        window_tokens = window_nonpad = 0
-        total_nonpad, total_time = 0, 0.0
-        t_window = time.perf_counter()
-        self.model.train()
-        while position.step < total_steps:
-            for step in islice(self.plan.steps(position.epoch), position.step_in_epoch, None):
-                self.seed_step(position.step)
-                lr = self.optimizer.param_groups[0]["lr"]
-                loss_sum += train_step(
+
+def validation_step(plan: BatchPlan, val: Encoded, args: FinetuneArgs) -> Step:
+    """Every validation example once, sorted by length into micro-batches (ranks hold equal counts; a
+    remainder < world_size is left out so that all ranks run the same number of forward passes)."""
+    val_plan = BatchPlan(
+        examples=val.examples,
+        global_batch_size=len(val.examples),
+        micro_batch_tokens=args.train.micro_batch_tokens,
+        micro_batch_size=args.train.micro_batch_size,
+        pad_multiple=args.train.pad_multiple,
+        max_length=plan.max_length,
+        seed=0,
+        world_size=plan.world_size,
+        rank=plan.rank,
+    )
+    all_val = list(range(len(val.examples)))
+    return val_plan.make_step(all_val[: len(all_val) - len(all_val) % plan.world_size])
+
+
+def fit(run: Run, position: Position) -> tuple[float, float, float]:
+    """Train from `position` (advanced in place) to the last step; (first val loss, final val loss,
+    non-pad tokens per second)."""
+    fabric, args, ev = run.fabric, run.args, run.args.eval
+    total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
+    first_val = final_val = float("nan")
+    if position.step == 0:
+        first_val = final_val = validate_and_log(run, 0, 0.0)
+
+    bar = tqdm(
+        total=total_steps,
+        initial=position.step,
+        disable=not fabric.is_global_zero,
+        unit="step",
+        dynamic_ncols=True,
+        desc="fine-tuning",
+    )
+    loss_sum = torch.zeros((), device=fabric.device)
+    loss_tokens = 0
+    window_tokens = window_nonpad = 0
+    total_nonpad, total_time = 0, 0.0
+    t_window = time.perf_counter()
+    run.model.train()
+    while position.step < total_steps:
+        for step in islice(run.plan.steps(position.epoch), position.step_in_epoch, None):
+            seed_step(run, position.step)
+            lr = run.optimizer.param_groups[0]["lr"]
+            loss_sum += train_step(
+                fabric,
+                run.model,
+                run.optimizer,
+                run.head,
+                step,
+                run.plan.examples,
+                run.pad_id,
+                args.train.grad_clip,
+            )
+            run.scheduler.step()
+            loss_tokens += sum(mb.loss_tokens for mb in step.micro_batches)
+            window_tokens += step.global_padded_tokens
+            window_nonpad += step.global_tokens
+            position.step += 1
+            position.step_in_epoch += 1
+            if position.step_in_epoch == steps_per_epoch:
+                position.epoch, position.step_in_epoch = position.epoch + 1, 0
+            bar.update(1)
+            done = position.step >= total_steps
+            epoch = position.step / steps_per_epoch
+
+            if position.step % ev.log_interval == 0 or done:
+                train_loss = mean_train_loss(run, loss_sum, loss_tokens)
+                tokens, nonpad = window_tokens, window_nonpad
+                dt = time.perf_counter() - t_window
+                total_nonpad, total_time = total_nonpad + nonpad, total_time + dt
+                row = Row(
+                    step=position.step,
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    lr=lr,
+                    tokens_per_s=tokens / dt,
+                    nonpad_tokens_per_s=nonpad / dt,
+                    peak_memory_gib=peak_memory_gib(fabric.device),
+                )
+                if fabric.is_global_zero:
+                    run.metrics.write(row)
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{nonpad / dt:,.0f}")
+                loss_sum.zero_()
+                loss_tokens = window_tokens = window_nonpad = 0
+                t_window = time.perf_counter()
+
+            if position.step % ev.eval_interval == 0 or done:
+                final_val = validate_and_log(run, position.step, epoch)
+            if position.step % ev.save_interval == 0 and not done:
+                save_checkpoint(
                     fabric,
-                    self.model,
-                    self.optimizer,
-                    self.head,
-                    step,
-                    self.plan.examples,
-                    self.pad_id,
-                    args.train.grad_clip,
+                    args.run.out_dir,
+                    run.model,
+                    run.optimizer,
+                    run.scheduler,
+                    position,
+                    run.resume_key,
+                    ev.keep_checkpoints,
                 )
-                self.scheduler.step()
-                loss_tokens += sum(mb.loss_tokens for mb in step.micro_batches)
-                window_tokens += step.global_padded_tokens
-                window_nonpad += step.global_tokens
-                position.step += 1
-                position.step_in_epoch += 1
-                if position.step_in_epoch == steps_per_epoch:
-                    position.epoch, position.step_in_epoch = position.epoch + 1, 0
-                bar.update(1)
-                done = position.step >= total_steps
-                epoch = position.step / steps_per_epoch
-
-                if position.step % ev.log_interval == 0 or done:
-                    train_loss = self.mean_train_loss(loss_sum, loss_tokens)
-                    tokens, nonpad = window_tokens, window_nonpad
-                    dt = time.perf_counter() - t_window
-                    total_nonpad, total_time = total_nonpad + nonpad, total_time + dt
-                    row = Row(
-                        step=position.step,
-                        epoch=epoch,
-                        train_loss=train_loss,
-                        lr=lr,
-                        tokens_per_s=tokens / dt,
-                        nonpad_tokens_per_s=nonpad / dt,
-                        peak_memory_gib=peak_memory_gib(fabric.device),
-                    )
-                    if fabric.is_global_zero:
-                        self.metrics.write(row)
-                    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{nonpad / dt:,.0f}")
-                    loss_sum.zero_()
-                    loss_tokens = window_tokens = window_nonpad = 0
-                    t_window = time.perf_counter()
-
-                if position.step % ev.eval_interval == 0 or done:
-                    final_val = self.validate_and_log(position.step, epoch, val_records)
-                if position.step % ev.save_interval == 0 and not done:
-                    save_checkpoint(
-                        fabric,
-                        args.run.out_dir,
-                        self.model,
-                        self.optimizer,
-                        self.scheduler,
-                        position,
-                        self.resume_key,
-                        ev.keep_checkpoints,
-                    )
-                if position.step % ev.eval_interval == 0 or position.step % ev.save_interval == 0:
-                    t_window = time.perf_counter()  # validation and saving are not training time
-                if done:
-                    break
-        bar.close()
-        if math.isnan(first_val):  # resumed: the first validation is in the killed run's metrics
-            first_val = self.first_val_from_metrics()
-        return first_val, final_val, total_nonpad / total_time if total_time else 0.0
-
-    def seed_step(self, step: int) -> None:
-        """Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones."""
-        torch.manual_seed(hash((self.args.train.seed, step, self.fabric.global_rank)) & 0x7FFF_FFFF)
-
-    def mean_train_loss(self, loss_sum: torch.Tensor, loss_tokens: int) -> float:
-        """Mean loss per reply token since the last log, over all ranks: the one sync of a log row."""
-        stats: Any = torch.stack([loss_sum, torch.tensor(float(loss_tokens), device=loss_sum.device)])
-        if self.fabric.world_size > 1:
-            stats = self.fabric.all_reduce(stats, reduce_op="sum")
-        loss, count = stats.tolist()
-        return loss / max(count, 1.0)
-
-    def first_val_from_metrics(self) -> float:
-        from finetune.metrics import read_rows
-
-        if not self.fabric.is_global_zero:
-            return float("nan")
-        vals = [r["val_loss"] for r in read_rows(self.metrics.path) if r["val_loss"] is not None]
-        return float(vals[0]) if vals else float("nan")
-
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Mean cross-entropy per reply token over the whole validation set (all ranks)."""
-        self.model.eval()
-        total: Any = torch.zeros(2, device=self.fabric.device)
-        with eager():
-            for mb in self.val_step.micro_batches:
-                batch = collate(mb, self.val.examples, self.pad_id).to(self.fabric.device)
-                total[0] += batch_loss(self.model, self.head, batch) * mb.loss_tokens
-                total[1] += mb.loss_tokens
-        if self.fabric.world_size > 1:
-            total = self.fabric.all_reduce(total, reduce_op="sum")
-        self.model.train()
-        loss_sum, count = total.tolist()
-        return loss_sum / max(count, 1.0)
-
-    def validate_and_log(self, step: int, epoch: float, val_records: list[dict[str, Any]]) -> float:
-        val_loss = self.validate()
-        if self.fabric.is_global_zero:
-            self.metrics.write(Row(step=step, epoch=epoch, val_loss=val_loss))
-            log.info("step %d: val loss %.4f", step, val_loss)
-            plot_losses(self.metrics.path, self.args.run.out_dir / PLOT_FILE)
-        self.sample_replies(val_records)
-        return val_loss
-
-    @torch.no_grad()
-    def sample_replies(self, val_records: list[dict[str, Any]]) -> None:
-        """Log the model's replies to the first few validation prompts (every rank runs the same work)."""
-        n = self.args.eval.eval_samples
-        if n == 0 or (self.args.run.strategy == "fsdp" and self.fabric.world_size > 1):
-            return
-        model, tokenizer = self.model, self.tokenizer
-        model.eval()
-        with eager():
-            for record in val_records[:n]:
-                prompt, truth = render_record(record)
-                ids = tokenizer.encode(prompt, device=self.fabric.device)
-                max_returned = len(ids) + self.args.eval.sample_max_new_tokens
-                if max_returned > model.max_seq_length:
-                    continue
-                dtype = next(model.parameters()).dtype  # the cache in the model's precision
-                model.set_kv_cache(
-                    batch_size=1, max_seq_length=max_returned, device=self.fabric.device, dtype=dtype
-                )
-                torch.manual_seed(self.args.train.seed)
-                out = generate(
-                    model, ids, max_returned, temperature=0.7, top_k=50, eos_id=tokenizer.eos_id,
-                    include_prompt=False,
-                )  # fmt: skip
-                model.clear_kv_cache()
-                reply = tokenizer.decode(out[out != tokenizer.eos_id]).strip()
-                if self.fabric.is_global_zero:
-                    log.info("sample | %s\n  twin: %s\n  real: %s", record["instruction"][:200], reply, truth)
-        model.train()
+            if position.step % ev.eval_interval == 0 or position.step % ev.save_interval == 0:
+                t_window = time.perf_counter()  # validation and saving are not training time
+            if done:
+                break
+    bar.close()
+    if math.isnan(first_val):  # resumed: the first validation is in the killed run's metrics
+        first_val = first_val_from_metrics(run)
+    return first_val, final_val, total_nonpad / total_time if total_time else 0.0
 
 
-def tiny_run_args(checkpoint_dir: Path, data: Path, out_dir: Path, **overrides: Any) -> FinetuneArgs:
-    """Settings for a seconds-long CPU run on the tiny checkpoint (tests and demos)."""
-    args = FinetuneArgs()
-    args.run.checkpoint_dir, args.run.data, args.run.out_dir = checkpoint_dir, data, out_dir
-    args.run.accelerator, args.run.precision = "cpu", "32-true"
-    args.train.epochs = 1
-    args.train.global_batch_size = 32
-    args.train.learning_rate = 1e-2
-    args.train.warmup_steps = 2
-    args.eval.eval_interval = 5
-    args.eval.save_interval = 5
-    args.eval.eval_samples = 1
-    args.eval.sample_max_new_tokens = 16
-    for key, value in overrides.items():
-        group = next(g for g in (args.run, args.train, args.lora, args.eval) if hasattr(g, key))
-        setattr(group, key, value)
-    args.check()
-    return args
+def seed_step(run: Run, step: int) -> None:
+    """Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones."""
+    torch.manual_seed(hash((run.args.train.seed, step, run.fabric.global_rank)) & 0x7FFF_FFFF)
+
+
+def mean_train_loss(run: Run, loss_sum: torch.Tensor, loss_tokens: int) -> float:
+    """Mean loss per reply token since the last log, over all ranks: the one sync of a log row."""
+    stats: Any = torch.stack([loss_sum, torch.tensor(float(loss_tokens), device=loss_sum.device)])
+    if run.fabric.world_size > 1:
+        stats = run.fabric.all_reduce(stats, reduce_op="sum")
+    loss, count = stats.tolist()
+    return loss / max(count, 1.0)
+
+
+def first_val_from_metrics(run: Run) -> float:
+    from finetune.metrics import read_rows
+
+    if not run.fabric.is_global_zero:
+        return float("nan")
+    vals = [r["val_loss"] for r in read_rows(run.metrics.path) if r["val_loss"] is not None]
+    return float(vals[0]) if vals else float("nan")
+
+
+@torch.no_grad()
+def validate(run: Run) -> float:
+    """Mean cross-entropy per reply token over the whole validation set (all ranks)."""
+    run.model.eval()
+    total: Any = torch.zeros(2, device=run.fabric.device)
+    with eager():
+        for mb in run.val_step.micro_batches:
+            batch = collate(mb, run.val.examples, run.pad_id).to(run.fabric.device)
+            total[0] += batch_loss(run.model, run.head, batch) * mb.loss_tokens
+            total[1] += mb.loss_tokens
+    if run.fabric.world_size > 1:
+        total = run.fabric.all_reduce(total, reduce_op="sum")
+    run.model.train()
+    loss_sum, count = total.tolist()
+    return loss_sum / max(count, 1.0)
+
+
+def validate_and_log(run: Run, step: int, epoch: float) -> float:
+    val_loss = validate(run)
+    if run.fabric.is_global_zero:
+        run.metrics.write(Row(step=step, epoch=epoch, val_loss=val_loss))
+        log.info("step %d: val loss %.4f", step, val_loss)
+        plot_losses(run.metrics.path, run.args.run.out_dir / PLOT_FILE)
+    sample_replies(run)
+    return val_loss
+
+
+@torch.no_grad()
+def sample_replies(run: Run) -> None:
+    """Log the model's replies to the first few validation prompts (every rank runs the same work)."""
+    args, fabric = run.args, run.fabric
+    n = args.eval.eval_samples
+    if n == 0 or (args.run.strategy == "fsdp" and fabric.world_size > 1):
+        return
+    model, tokenizer = run.model, run.tokenizer
+    model.eval()
+    with eager():
+        for record in run.val_records[:n]:
+            prompt, truth = render_record(record)
+            ids = tokenizer.encode(prompt, device=fabric.device)
+            max_returned = len(ids) + args.eval.sample_max_new_tokens
+            if max_returned > model.max_seq_length:
+                continue
+            dtype = next(model.parameters()).dtype  # the cache in the model's precision
+            model.set_kv_cache(batch_size=1, max_seq_length=max_returned, device=fabric.device, dtype=dtype)
+            torch.manual_seed(args.train.seed)
+            out = generate(
+                model, ids, max_returned, temperature=0.7, top_k=50, eos_id=tokenizer.eos_id,
+                include_prompt=False,
+            )  # fmt: skip
+            model.clear_kv_cache()
+            reply = tokenizer.decode(out[out != tokenizer.eos_id]).strip()
+            if fabric.is_global_zero:
+                log.info("sample | %s\n  twin: %s\n  real: %s", record.instruction[:200], reply, truth)
+    model.train()

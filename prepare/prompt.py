@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from prepare.records import Record
 
 Speaker = Literal["me", "partner"]
 
@@ -29,6 +32,11 @@ MAX_TURN_CHARS = 1000
 """A turn longer than this (a pasted article, a log) is clipped to its head plus an ellipsis when it is
 rendered into a prompt, so one paste cannot crowd out the rest of the conversation."""
 CLIP_MARK = " […]"
+
+PromptFormat = Literal["twin-v1"]
+"""The prompt formats a twin can be trained with (finetune records its one next to the adapter)."""
+PROMPT_FORMAT: PromptFormat = "twin-v1"
+"""The format `TEMPLATE` renders: the only one so far."""
 
 TEMPLATE = (
     "You are me, chatting with {partner} on Telegram. Write my reply to their new message, "
@@ -131,10 +139,12 @@ def render_prompt(instruction: str, context: str, partner: str | None = None) ->
     )
 
 
-def render_record(record: Mapping[str, Any]) -> tuple[str, str]:
-    """(prompt, response) of an instruction record from prepare's train/val JSONL."""
-    prompt = render_prompt(record["instruction"], record["context"], record.get("partner"))
-    return prompt, record["response"]
+def render_record(record: Record | Mapping[str, Any]) -> tuple[str, str]:
+    """(prompt, response) of an instruction record: a `Record`, or a decoded line of train/val JSONL."""
+    if isinstance(record, Mapping):
+        prompt = render_prompt(record["instruction"], record["context"], record.get("partner"))
+        return prompt, record["response"]
+    return render_prompt(record.instruction, record.context, record.partner), record.response
 
 
 def merge_turns(messages: Iterable[tuple[Speaker, str]]) -> list[Turn]:

@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     import uvicorn
 
+    from common.device import resolve_device
     from serve.app import create_app
-    from serve.engine import resolve_device
     from serve.model import ModelLoadError
     from serve.service import build_service
 

@@ -167,27 +167,6 @@ class _Step:
     event: torch.cuda.Event | None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    return device
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """ "auto": bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of auto, {', '.join(dtypes)}; got {precision!r}")
-    return dtypes[precision]
-
-
 def decode_buckets(max_batch: int) -> list[int]:
     """Batch sizes the decode step runs at: powers of two below max_batch, and max_batch."""
     return sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})

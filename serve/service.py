@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from litgpt.config import Config
 from litgpt.tokenizer import Tokenizer
 
-from serve.engine import Engine, EngineConfig, resolve_device, resolve_dtype
-from serve.model import check_adapter, check_checkpoint_dir, check_quantize, load_model, load_tokenizer
+from common.device import resolve_device, resolve_dtype
+from finetune.twin import check_base, load_base_config, read_adapter_spec
+from serve.engine import Engine, EngineConfig
+from serve.model import check_quantize, load_model, load_tokenizer
 from serve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,9 @@ class TwinService:
 
 def build_service(settings: Settings) -> TwinService:
     """Tokenizer and limits now (fast, fails early); the engine loads the model when started."""
-    check_checkpoint_dir(settings.checkpoint_dir)
-    if settings.lora_path is not None:
-        check_adapter(settings.lora_path)
-    config = Config.from_file(settings.checkpoint_dir / "model_config.yaml")
+    config = load_base_config(settings.checkpoint_dir)
+    if settings.lora_path is not None:  # the adapter's spec only: its tensors load with the model
+        check_base(read_adapter_spec(settings.lora_path), config, settings.checkpoint_dir)
     tokenizer = load_tokenizer(settings.checkpoint_dir)
     limits = fit_limits(settings, config.block_size)
     device = resolve_device(settings.device)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
+
+from common.device import Precision
+from common.quantize import Quantize
 
 DEFAULT_CHECKPOINT = Path("checkpoints/tiiuae/falcon-7b")
 
@@ -32,7 +34,9 @@ class Settings(BaseSettings):
         default=DEFAULT_CHECKPOINT, description="litgpt checkpoint of the base model"
     )
     lora_path: Path | None = Field(
-        default=None, description="LoRA adapter (out/twin/lit_model_lora_finetuned.pth); none: the base model"
+        default=None,
+        description="LoRA adapter: finetune's out-dir (out/twin) or the lit_model_lora_finetuned.pth in it; "
+        "none: the base model",
     )
     host: str = Field(
         default="127.0.0.1", description="address to bind; beyond loopback only with an API key"
@@ -50,16 +54,14 @@ class Settings(BaseSettings):
     )
 
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
-    )
+    precision: Precision = Field(default="auto", description="auto: bf16 on GPU, fp32 on CPU")
     compile: bool | None = Field(
         default=None, description="compile the decode step (CUDA graphs); default: on for CUDA, off on CPU"
     )
     cpu_threads: int | None = Field(
         default=None, ge=1, description="torch threads when serving on a CPU; default: all cores but one"
     )
-    quantize: Literal["none", "nf4", "nf4-dq"] = Field(
+    quantize: Quantize = Field(
         default="none",
         description="hold the base in 4-bit NF4 (nf4-dq: double-quantized scalers) with the LoRA on top, "
         "unmerged: ~4.5 GB of weights for Falcon-7B instead of 14.4 (needs torchao)",

@@ -16,16 +16,20 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import json  # noqa: E402
 import random  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from prepare.prompt import Turn, cap_turns, render_context  # noqa: E402
+from prepare.records import Record  # noqa: E402
+
+if TYPE_CHECKING:
+    from finetune.args import FinetuneArgs
 
 PARTNERS = ["Anna", "Boris", "Chloe", "Dmitri", "Eva", "Farid", "Greta", "Hiro"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -65,7 +69,7 @@ TOPICS: list[tuple[str, list[str], list[str]]] = [
 SMALL_TALK = ["hey", "hi!", "hello", "yo", "sup", "morning", "good evening", "hey there"]
 
 
-def generate_chat_records(n: int, seed: int, style: str = "twin") -> list[dict[str, Any]]:
+def generate_chat_records(n: int, seed: int, style: str = "twin") -> list[Record]:
     """`n` instruction records in prepare's format; `style` "twin" or "generic" picks the reply voice."""
     rng = random.Random(seed)
     start = datetime(2024, 1, 1, tzinfo=UTC)
@@ -85,14 +89,14 @@ def generate_chat_records(n: int, seed: int, style: str = "twin") -> list[dict[s
         }
         response = rng.choice(twin if style == "twin" else generic).format(**slots)
         records.append(
-            {
-                "instruction": message.format(**slots),
-                "context": render_context(cap_turns(turns, partner=partner), partner),
-                "response": response,
-                "dialog_id": 1000 + PARTNERS.index(partner),
-                "date": (start + timedelta(minutes=37 * i)).isoformat(),
-                "partner": partner,
-            }
+            Record(
+                instruction=message.format(**slots),
+                context=render_context(cap_turns(turns, partner=partner), partner),
+                response=response,
+                dialog_id=1000 + PARTNERS.index(partner),
+                date=(start + timedelta(minutes=37 * i)).isoformat(),
+                partner=partner,
+            )
         )
     return records
 
@@ -109,13 +113,14 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+def write_jsonl(path: Path, records: list[Record]) -> None:
+    lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+    path.write_text("".join(lines), encoding="utf-8")
     path.chmod(0o600)
 
 
 @pytest.fixture(scope="session")
-def chat_records() -> dict[str, list[dict[str, Any]]]:
+def chat_records() -> dict[str, list[Record]]:
     """The twin's records: {"train": 480 records, "val": 64 records}."""
     return {"train": generate_chat_records(480, seed=1), "val": generate_chat_records(64, seed=2)}
 
@@ -161,10 +166,38 @@ def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
     `lit_model_lora_finetuned.pth` (LoRA tensors only, litgpt names), `hyperparameters.yaml` (with
     litgpt merge_lora's keys), `metrics.csv`, `loss.png` and `checkpoints/`.
     """
-    from finetune.train import setup, tiny_run_args
+    from finetune.train import setup
 
     out = tmp_path_factory.mktemp("adapter") / "twin"
     with one_thread():
-        summary = setup(tiny_run_args(tiny_checkpoint, prepared_dir, out))
+        summary = setup(make_tiny_run_args(tiny_checkpoint, prepared_dir, out))
     assert summary is not None
     return out
+
+
+def make_tiny_run_args(checkpoint_dir: Path, data: Path, out_dir: Path, **overrides: Any) -> FinetuneArgs:
+    """Settings for a seconds-long CPU fine-tuning run on the tiny checkpoint; `overrides` by field name."""
+    from finetune.args import FinetuneArgs
+
+    args = FinetuneArgs()
+    args.run.checkpoint_dir, args.run.data, args.run.out_dir = checkpoint_dir, data, out_dir
+    args.run.accelerator, args.run.precision = "cpu", "32-true"
+    args.train.epochs = 1
+    args.train.global_batch_size = 32
+    args.train.learning_rate = 1e-2
+    args.train.warmup_steps = 2
+    args.eval.eval_interval = 5
+    args.eval.save_interval = 5
+    args.eval.eval_samples = 1
+    args.eval.sample_max_new_tokens = 16
+    for key, value in overrides.items():
+        group = next(g for g in (args.run, args.train, args.lora, args.eval) if hasattr(g, key))
+        setattr(group, key, value)
+    args.check()
+    return args
+
+
+@pytest.fixture(scope="session")
+def tiny_run_args() -> Callable[..., FinetuneArgs]:
+    """`make_tiny_run_args`: tiny-run settings for the tests that start a fine-tuning run themselves."""
+    return make_tiny_run_args

@@ -12,8 +12,7 @@ import yaml
 from finetune.__main__ import main
 from finetune.args import FinetuneArgs, build_parser, parse_args, to_argv
 from finetune.metrics import read_rows
-from finetune.state import HPARAMS_FILE
-from finetune.train import tiny_run_args
+from finetune.twin import HPARAMS_FILE
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -38,7 +37,7 @@ def test_defaults_are_the_recipe() -> None:
     assert args == FinetuneArgs()  # the CLI adds no defaults of its own
 
 
-def test_flags_round_trip_and_have_help() -> None:
+def test_flags_round_trip_and_have_help(tiny_run_args) -> None:
     args = tiny_run_args(Path("ck"), Path("data"), Path("out"), lora_mlp=True, max_steps=7, compile=True)
     assert parse_args(to_argv(args)) == args
     help_text = build_parser().format_help()
@@ -81,7 +80,7 @@ def test_missing_or_empty_data_says_to_run_prepare(
 
 
 def test_existing_run_needs_resume_and_same_settings(
-    tiny_adapter: Path, tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, capsys
+    tiny_adapter: Path, tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, capsys, tiny_run_args
 ) -> None:
     out = tmp_path / "copy"
     shutil.copytree(tiny_adapter, out)
@@ -98,7 +97,7 @@ def test_existing_run_needs_resume_and_same_settings(
 
 
 def test_cpu_run_truncates_long_records_warns_and_summarises(
-    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, capsys, caplog
+    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, capsys, caplog, tiny_run_args
 ) -> None:
     args = tiny_run_args(tiny_checkpoint, prepared_dir, tmp_path / "o", max_steps=1, max_seq_length=60)
     args.run.precision = "bf16-true"  # the default: a CPU must fall back

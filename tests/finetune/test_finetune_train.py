@@ -20,8 +20,9 @@ from litgpt.scripts.merge_lora import merge_lora
 
 from finetune.args import to_argv
 from finetune.metrics import COLUMNS, read_rows
-from finetune.state import ADAPTER_FILE, HPARAMS_FILE, list_checkpoints
-from finetune.train import setup, tiny_run_args
+from finetune.state import list_checkpoints
+from finetune.train import setup
+from finetune.twin import ADAPTER_FILE, HPARAMS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 MERGE_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_query", "lora_key", "lora_value")
@@ -114,7 +115,7 @@ def test_outputs_metrics_and_plot(tiny_adapter: Path) -> None:
 
 
 def test_kill_and_resume_gives_the_same_curve(
-    tiny_adapter: Path, tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, caplog
+    tiny_adapter: Path, tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, caplog, tiny_run_args
 ) -> None:
     out = tmp_path / "killed"
     argv = to_argv(tiny_run_args(tiny_checkpoint, prepared_dir, out))
@@ -154,7 +155,7 @@ def test_kill_and_resume_gives_the_same_curve(
 
 
 def test_two_process_ddp_on_cpu_matches_one_process(
-    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path
+    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, tiny_run_args
 ) -> None:
     # no dropout: then a step's gradient is the same however its 32 sequences are split over ranks
     settings = dict(max_steps=2, lora_dropout=0.0, eval_samples=1, eval_interval=100, save_interval=100)

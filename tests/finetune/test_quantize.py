@@ -1,4 +1,4 @@
-"""QLoRA's NF4 base (finetune/quantize.py) on a tiny Falcon-shaped litgpt LoRA model, on this CPU."""
+"""QLoRA's NF4 base (common/nf4.py) on a tiny Falcon-shaped litgpt LoRA model, on this CPU."""
 
 from __future__ import annotations
 
@@ -12,23 +12,21 @@ import torch
 import torch.nn.functional as F
 from litgpt.lora import GPT, Config, lora_filter, mark_only_lora_as_trainable
 
-from finetune.quantize import (
+from common.nf4 import (
     NF4Linear,
-    QuantizationUnavailableError,
-    check_quantize_support,
-    create_optimizer,
     dequantize,
     is_nf4,
     is_quantized,
     load_quantized_model,
     nf4_block_sizes,
     parameter_memory,
-    parse_quantize_mode,
     quantize_model,
     quantize_nf4,
     strip_unused_lora,
     tensor_nbytes,
 )
+from common.quantize import QuantizationUnavailableError, check_quantize_support, parse_quantize_mode
+from finetune.model import make_optimizer
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 256
@@ -343,9 +341,9 @@ def test_for_serving_unused_lora_wrappers_go_and_the_adapter_stays_unmerged(trai
 
 
 def test_finetune_loop_trains_on_an_nf4_base(
-    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path
+    tiny_checkpoint: Path, prepared_dir: Path, tmp_path: Path, tiny_run_args
 ) -> None:
-    from finetune.train import setup, tiny_run_args
+    from finetune.train import setup
 
     out = tmp_path / "qlora"
     args = tiny_run_args(tiny_checkpoint, prepared_dir, out, quantize="nf4-dq", eval_samples=0, max_steps=10)
@@ -393,7 +391,7 @@ def test_unsupported_devices_say_what_to_drop() -> None:
 def test_without_torchao_the_error_says_what_to_install() -> None:
     code = (
         "import sys; sys.modules['torchao'] = None\n"  # as if torchao were not installed
-        "from finetune.quantize import check_quantize_support, QuantizationUnavailableError\n"
+        "from common.quantize import check_quantize_support, QuantizationUnavailableError\n"
         "try:\n    check_quantize_support('nf4', 'cpu')\n"
         "except QuantizationUnavailableError as e:\n    print(e)\n"
     )
@@ -403,9 +401,9 @@ def test_without_torchao_the_error_says_what_to_install() -> None:
 
 def test_8bit_optimizer_keeps_int8_states_and_steps() -> None:
     with pytest.raises(ValueError, match="adamw, adamw8bit, adamw4bit"):
-        create_optimizer("sgd", [], lr=1.0)
+        make_optimizer(torch.nn.Module(), 1.0, 0.0, torch.device("cpu"), "sgd")
     param = torch.nn.Parameter(torch.randn(64, 128))
-    optimizer = create_optimizer("adamw8bit", [param], lr=1e-2)
+    optimizer = make_optimizer(torch.nn.ParameterList([param]), 1e-2, 0.0, torch.device("cpu"), "adamw8bit")
     target = torch.randn(64, 128)
     before = F.mse_loss(param, target).item()
     for _ in range(3):

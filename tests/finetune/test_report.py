@@ -75,7 +75,7 @@ def test_report_on_the_tiny_twin(
     assert ppl["twin_nll"] == pytest.approx(val_losses[-1], rel=1e-3)
     assert ppl["base"] == pytest.approx(math.exp(ppl["base_nll"]))
 
-    val = {(r["instruction"], r["response"]) for r in load_records(prepared_dir / "val.jsonl")}
+    val = {(r.instruction, r.response) for r in load_records(prepared_dir / "val.jsonl")}
     assert len(found["samples"]) == 10
     assert all((s["message"], s["real"]) in val for s in found["samples"])
     assert found["style"]["real"]["replies"] == 12

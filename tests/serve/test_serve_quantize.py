@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 from serve_helpers import make_settings
 
-from finetune.quantize import NF4Linear, is_nf4, is_quantized
+from common.nf4 import NF4Linear, is_nf4, is_quantized
 from serve.engine import Engine, EngineConfig, GenerationRequest, Sequence
 from serve.model import ModelLoadError, load_model
 from serve.service import build_service

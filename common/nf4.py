@@ -7,10 +7,8 @@ holding a frozen `NF4Tensor`; the LoRA `A`/`B` matrices are plain parameters of 
 stay in the model's dtype and trainable. The module tree and state-dict keys are unchanged, so
 `lit_model_lora_finetuned.pth` (LoRA tensors only) loads onto a quantized or an unquantized base alike.
 
-Two modes, as in litgpt's `bnb.nf4` / `bnb.nf4-dq`:
-- `nf4`: per-block absmax scalers (one per 64 weights) kept exactly, in the weight's dtype.
-- `nf4-dq`: double quantization (QLoRA paper, 3.1): the scalers themselves stored as int8 around their
-  mean with one scale factor per block of up to 256 scalers — torchao's `NF4Tensor.from_tensor`.
+The two modes, `nf4` and `nf4-dq` (double-quantized scalers), and the checks whether one can run here
+are in `common.quantize`.
 
 Typical use — a 7B base never sits on the GPU in bf16, only one layer at a time::
 
@@ -18,23 +16,24 @@ Typical use — a 7B base never sits on the GPU in bf16, only one layer at a tim
     model.load_state_dict(adapter, strict=False)  # optional: a trained adapter, applied unmerged
 
 `quantize_model` does the in-place conversion for a model built any other way; `parameter_memory` and
-`tensor_nbytes` count what the weights really take; `create_optimizer` offers torchao's 8-/4-bit AdamW.
+`tensor_nbytes` count what the weights really take.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common.quantize import QuantizeMode, check_quantize_support, nf4_tensor_class, parse_quantize_mode
 
 if TYPE_CHECKING:
     from litgpt.lora import GPT, Config
@@ -42,103 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QuantizeMode = Literal["nf4", "nf4-dq"]
-QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
-OptimizerName = Literal["adamw", "adamw8bit", "adamw4bit"]
-OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-
 NF4_BLOCK_SIZE = 64  # weights per absmax scaler (QLoRA paper, bitsandbytes and torchao default)
 DQ_SCALER_BLOCK_SIZE = 256  # scalers per int8 scale factor in double quantization (same sources)
-TORCHAO_MIN_VERSION = "0.18"  # NF4Tensor under `torchao.quantization` (tested with 0.18.0)
-SUPPORTED_DEVICE_TYPES = ("cuda", "cpu")
-
-
-class QuantizationUnavailableError(RuntimeError):
-    """The quantized path was asked for where it cannot run; the message says what to install or drop."""
-
-
-def _install_hint(instead: str) -> str:
-    wheel = f"pip install 'torchao>={TORCHAO_MIN_VERSION}', a 3 MiB pure-PyTorch wheel"
-    return f"install torchao ({wheel}), or {instead}"
-
-
-def _import_torchao(module: str, flag: str, instead: str) -> Any:
-    """torchao's `module`; if it is missing, a QuantizationUnavailableError says what to install or do."""
-    # torchao logs a warning per CUDA/cutlass extension it cannot load (always so on a CPU-only box) and
-    # torch one on its pytree registrations; none concerns NF4 or the optimizers, so keep them quiet.
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise QuantizationUnavailableError(f"{flag} needs torchao ({e}): {_install_hint(instead)}") from e
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-@functools.cache
-def _torchao_nf4() -> Any:
-    """torchao's NF4Tensor class; raises QuantizationUnavailableError with what to install."""
-    drop = "drop --quantize to train/serve the base in bf16"
-    return _import_torchao("torchao.quantization", "--quantize", drop).NF4Tensor
-
-
-def parse_quantize_mode(mode: str) -> QuantizeMode:
-    """`mode` checked against QUANTIZE_MODES; a ValueError names the valid ones."""
-    if mode not in QUANTIZE_MODES:
-        raise ValueError(f"unknown quantize mode {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
-    return cast(QuantizeMode, mode)
-
-
-def check_quantize_support(
-    mode: str, device: torch.device | str, *, devices: int = 1, compile_dequant: bool = False
-) -> None:
-    """Raise (with what to install or which flag to drop) unless `mode` can run on `device` here."""
-    parse_quantize_mode(mode)
-    device = torch.device(device)
-    if devices > 1:
-        raise QuantizationUnavailableError(
-            f"--quantize {mode} trains on one GPU (its point is a single small card): "
-            f"drop --devices {devices}, or drop --quantize to train in bf16 across {devices} GPUs"
-        )
-    if device.type not in SUPPORTED_DEVICE_TYPES:
-        raise QuantizationUnavailableError(
-            f"--quantize {mode} runs on CUDA GPUs (and slowly on CPUs), not on {device.type!r}: "
-            "drop --quantize, or run on a CUDA GPU"
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise QuantizationUnavailableError(
-            f"--quantize {mode} on {device} but this torch ({torch.__version__}) sees no CUDA GPU: install a "
-            "CUDA build of torch (https://pytorch.org/get-started/locally/) or drop --quantize"
-        )
-    _torchao_nf4()
-    if compile_dequant and device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        if major < 7:
-            raise QuantizationUnavailableError(
-                f"compiled NF4 dequantization needs Triton, which needs a GPU of compute capability 7.0+ "
-                f"({torch.cuda.get_device_name(device)} is {major}.x): drop the compile option"
-            )
-
-
-def check_qlora_options(quantize: str, optimizer: str, device: torch.device | str, devices: int = 1) -> None:
-    """The checks a run with `--quantize` (unless "none") and `--optimizer` needs before it starts."""
-    if quantize != "none":
-        check_quantize_support(quantize, device, devices=devices)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    if optimizer != "adamw":
-        _import_torchao("torchao.optim", f"--optimizer {optimizer}", "use --optimizer adamw")
-
-
-def precision_dtype(precision: str) -> torch.dtype:
-    """The parameter dtype of a Lightning precision ("bf16-true" → bfloat16; mixed and 32-true → float32)."""
-    return {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}.get(
-        precision, torch.float32
-    )
 
 
 def _largest_divisor(n: int, at_most: int, even: bool = False) -> int:
@@ -165,7 +69,7 @@ def nf4_block_sizes(numel: int, double_quant: bool) -> tuple[int, int] | None:
 
 def quantize_nf4(weight: torch.Tensor, *, double_quant: bool) -> NF4Tensor:
     """`weight` (2-D, floating) as an NF4Tensor on its device; dequantizes to `weight.dtype`."""
-    nf4_cls = _torchao_nf4()
+    nf4_cls = nf4_tensor_class()
     sizes = nf4_block_sizes(weight.numel(), double_quant)
     if sizes is None or weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(
@@ -316,7 +220,7 @@ class NF4Linear(nn.Module):
                 f"size mismatch for {key}: {tuple(incoming.shape)} vs {tuple(self.weight.shape)}"
             )
             return
-        if not isinstance(incoming, _torchao_nf4()):
+        if not isinstance(incoming, nf4_tensor_class()):
             incoming = quantize_nf4(
                 incoming.to(device=self.weight.device, dtype=self.weight.dtype),
                 double_quant=self.double_quant,
@@ -490,7 +394,7 @@ def is_quantized(model: nn.Module) -> bool:
 
 def is_nf4(tensor: torch.Tensor) -> bool:
     """Whether `tensor` is an NF4Tensor (a quantized base weight)."""
-    return isinstance(tensor, _torchao_nf4())
+    return isinstance(tensor, nf4_tensor_class())
 
 
 def tensor_nbytes(tensor: torch.Tensor) -> int:
@@ -534,25 +438,3 @@ def parameter_memory(model: nn.Module) -> ParameterMemory:
         if p.requires_grad:
             trainable += p.numel()
     return ParameterMemory(q_params, q_bytes, other, trainable)
-
-
-def create_optimizer(
-    name: str,
-    params: Iterable[torch.Tensor],
-    *,
-    lr: float,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-) -> torch.optim.Optimizer:
-    """AdamW with full-precision states (`adamw`) or torchao's 8-/4-bit block-quantized states.
-
-    The low-bit states save memory in proportion to the trainable parameters only — for LoRA r=16 on
-    q and v of Falcon-7B that is ~7M parameters (~40 MB of states) — so `adamw` is the default.
-    """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
-    optim = _import_torchao("torchao.optim", f"--optimizer {name}", "use --optimizer adamw")
-    cls = optim.AdamW8bit if name == "adamw8bit" else optim.AdamW4bit
-    return cast(torch.optim.Optimizer, cls(params, lr=lr, weight_decay=weight_decay, betas=betas))

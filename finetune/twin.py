@@ -1,0 +1,297 @@
+"""The trained twin: a base checkpoint plus the LoRA adapter `python -m finetune` trained on it.
+
+This module owns that contract, as `prepare/records.py` owns the records: the file names, the adapter's
+spec, the one check of a checkpoint folder and the one adapter loader. serve, export, the report and the
+training script import it. It imports only yaml and prepare's prompt up front, and torch and litgpt
+inside the functions that need them, so a CLI's settings can name `LoraArgs` without loading torch.
+
+- A base checkpoint is a litgpt folder: `model_config.yaml`, `lit_model.pth` and the tokenizer
+  (`tokenizer.json` or `tokenizer.model`, with `tokenizer_config.json` / `generation_config.json`
+  naming its special tokens).
+- The finetune out-dir holds `lit_model_lora_finetuned.pth` (the LoRA tensors only, a flat
+  `{name: tensor}` dict under litgpt's names: `transformer.h.0.attn.qkv.lora_A`, ...) and beside it
+  `hyperparameters.yaml`: every setting of the run, flat. Its `lora_*` keys (litgpt's `merge_lora` reads
+  them), `base_name`, `base_family` and `prompt_format` are the `AdapterSpec`. Files written before the
+  last three existed still load: the base is then read from the recorded `checkpoint_dir`, and the
+  prompt format is the one there was (`twin-v1`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast, get_args
+
+import yaml
+
+from finetune.errors import UserError
+from prepare.prompt import PROMPT_FORMAT, PromptFormat
+
+if TYPE_CHECKING:
+    import torch
+    from litgpt import lora
+    from litgpt.config import Config
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_FILE = "model_config.yaml"
+WEIGHTS_FILE = "lit_model.pth"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+"""litgpt's `Tokenizer` reads either (the first when both are there)."""
+ADAPTER_FILE = "lit_model_lora_finetuned.pth"
+HPARAMS_FILE = "hyperparameters.yaml"
+METRICS_FILE = "metrics.csv"
+GET_A_CHECKPOINT = (
+    "run `make download` for Falcon-7B (checkpoints/tiiuae/falcon-7b), or `make tiny` "
+    "(python -m finetune.tiny) for a tiny CPU model (checkpoints/tiny-falcon), and pass that folder "
+    "as --checkpoint-dir"
+)
+
+
+class TwinError(UserError):
+    """A base checkpoint or adapter that cannot be used; the message says what to fix."""
+
+
+# ------------------------------------------------------------------------------------------- the spec
+@dataclass
+class LoraArgs:
+    """Which layers get LoRA adapters, and their shape (the names are litgpt's `Config` fields)."""
+
+    lora_r: int = 16
+    """Rank of the LoRA update matrices."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch's input."""
+    lora_query: bool = True
+    """Adapt the attention query projection."""
+    lora_key: bool = False
+    """Adapt the attention key projection."""
+    lora_value: bool = True
+    """Adapt the attention value projection."""
+    lora_projection: bool = False
+    """Adapt the attention output projection."""
+    lora_mlp: bool = False
+    """Adapt the MLP layers."""
+    lora_head: bool = False
+    """Adapt the output head (lm_head)."""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The enabled layer flags (`lora_query`, ...)."""
+        return tuple(name for name in LORA_TARGETS if getattr(self, name))
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.lora_r
+
+
+LORA_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LoraArgs))
+LORA_TARGETS: tuple[str, ...] = tuple(f.name for f in fields(LoraArgs) if f.type in ("bool", bool))
+# written by every finetune run; lora_dropout has always had a default
+REQUIRED_LORA_FIELDS = tuple(name for name in LORA_FIELDS if name != "lora_dropout")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What an adapter is: its LoRA settings, the base it was trained on and the prompt format it learned."""
+
+    lora: LoraArgs
+    base_name: str | None
+    """The base model's litgpt `Config.name` (None: an old adapter whose base cannot be read any more)."""
+    base_family: str | None
+    """The base's family (`model_family`): falcon, llama, ..."""
+    prompt_format: PromptFormat = PROMPT_FORMAT
+    """The prompt format the adapter was trained with (prepare.prompt)."""
+
+    def hparams(self) -> dict[str, Any]:
+        """The spec as flat hyperparameters.yaml keys."""
+        return asdict(self.lora) | {
+            "base_name": self.base_name,
+            "base_family": self.base_family,
+            "prompt_format": self.prompt_format,
+        }
+
+
+def model_family(config: Config) -> str:
+    """The family of a litgpt model, grouped as litgpt's `convert_lit_checkpoint` groups weight layouts:
+    falcon (falcon-7b, tiny-falcon), phi, qwen2 (Qwen2.5, QwQ), qwen3, olmo2, gemma2, gemma3, llama
+    (every other LLaMA-style model: Llama, Mistral, SmolLM2, Falcon3, ...) or gpt_neox (Pythia, ...)."""
+    if "falcon" in config.name:  # case-sensitive like litgpt's: Falcon3 is LLaMA-shaped
+        return "falcon"
+    prefixes = {"phi": "phi", "qwen2.5": "qwen2", "qwq": "qwen2", "qwen3": "qwen3", "olmo-2-": "olmo2"}
+    prefixes |= {"gemma-2": "gemma2", "gemma-3": "gemma3"}
+    for prefix, family in prefixes.items():
+        if config.name.lower().startswith(prefix):
+            return family
+    return "llama" if config.mlp_class_name in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE") else "gpt_neox"
+
+
+def adapter_spec(lora_args: LoraArgs, config: Config) -> AdapterSpec:
+    """The spec of an adapter with `lora_args` trained on the base `config` in today's prompt format."""
+    return AdapterSpec(lora_args, config.name, model_family(config), PROMPT_FORMAT)
+
+
+def parse_adapter_spec(hparams: Any, where: Path) -> AdapterSpec:
+    """The spec in a hyperparameters.yaml's content; every problem goes into one `TwinError`."""
+    if not isinstance(hparams, dict):
+        raise TwinError(f"{where}: expected a mapping of hyperparameters")
+    missing = [name for name in REQUIRED_LORA_FIELDS if name not in hparams]
+    if missing:
+        raise TwinError(
+            f"{where} lacks {', '.join(missing)}: point at the out-dir of a `python -m finetune` run"
+        )
+    problems = []
+    for f in fields(LoraArgs):
+        value = hparams.get(f.name, getattr(LoraArgs, f.name))
+        if f.name in LORA_TARGETS:
+            ok = isinstance(value, bool)
+        elif f.name == "lora_r":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        if not ok:
+            problems.append(f"{f.name}: {value!r}")
+    lora_args = LoraArgs(**{name: hparams[name] for name in LORA_FIELDS if name in hparams})
+    if not problems and not lora_args.targets:
+        problems.append("no LoRA layer is enabled")
+    prompt_format = hparams.get("prompt_format", PROMPT_FORMAT)
+    if prompt_format not in (known := get_args(PromptFormat)):
+        problems.append(f"prompt_format {prompt_format!r} is not one this version knows ({', '.join(known)})")
+    if problems:
+        raise TwinError(f"{where} does not describe a usable adapter: {'; '.join(problems)}")
+    base_name, base_family = hparams.get("base_name"), hparams.get("base_family")
+    if base_name is None:  # written before the base was recorded: read it from the recorded checkpoint
+        base_name, base_family = recorded_base(hparams.get("checkpoint_dir"))
+    return AdapterSpec(lora_args, base_name, base_family, cast(PromptFormat, prompt_format))
+
+
+def recorded_base(checkpoint_dir: Any) -> tuple[str | None, str | None]:
+    """(name, family) of the checkpoint a run recorded, or (None, None) if it cannot be read now."""
+    from litgpt.config import Config
+
+    if not checkpoint_dir or not (Path(checkpoint_dir) / MODEL_CONFIG_FILE).is_file():
+        return None, None
+    try:
+        config = Config.from_file(Path(checkpoint_dir) / MODEL_CONFIG_FILE)
+    except (OSError, yaml.YAMLError, TypeError, ValueError):
+        return None, None
+    return config.name, model_family(config)
+
+
+# ------------------------------------------------------------------------------------------- the base
+def check_checkpoint_dir(checkpoint_dir: Path) -> None:
+    """Raise a `TwinError` saying how to get one unless `checkpoint_dir` is a litgpt checkpoint folder."""
+    if not checkpoint_dir.is_dir():
+        raise TwinError(
+            f"{checkpoint_dir} is not a litgpt checkpoint (the folder does not exist): {GET_A_CHECKPOINT}"
+        )
+    missing = [name for name in (MODEL_CONFIG_FILE, WEIGHTS_FILE) if not (checkpoint_dir / name).is_file()]
+    if not any((checkpoint_dir / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(" or ".join(TOKENIZER_FILES))
+    if missing:
+        raise TwinError(
+            f"{checkpoint_dir} is not a litgpt checkpoint (it lacks {', '.join(missing)}): {GET_A_CHECKPOINT}"
+        )
+
+
+def load_base_config(checkpoint_dir: Path) -> Config:
+    """The litgpt config of a checked checkpoint folder."""
+    from litgpt.config import Config
+
+    check_checkpoint_dir(checkpoint_dir)
+    try:
+        return Config.from_file(checkpoint_dir / MODEL_CONFIG_FILE)
+    except (yaml.YAMLError, TypeError, ValueError) as e:
+        raise TwinError(f"{checkpoint_dir / MODEL_CONFIG_FILE} is not a litgpt model config: {e}") from None
+
+
+def check_base(spec: AdapterSpec, config: Config, checkpoint_dir: Path) -> None:
+    """Refuse a base other than the one the adapter was trained on, naming both."""
+    if spec.base_name is None:
+        log.warning("the adapter does not record its base model: not checked against %s", config.name)
+    elif spec.base_name != config.name:
+        raise TwinError(
+            f"the adapter was trained on {spec.base_name!r}, but {checkpoint_dir} holds {config.name!r}: "
+            f"pass the {spec.base_name} checkpoint as --checkpoint-dir"
+        )
+
+
+def lora_config(config: Config, spec: AdapterSpec) -> lora.Config:
+    """litgpt's LoRA config: the base `config` with the adapter's layers, for inference (no dropout)."""
+    from litgpt import lora
+
+    return lora.Config(**(asdict(config) | asdict(spec.lora) | {"lora_dropout": 0.0}))
+
+
+# ------------------------------------------------------------------------------------------- the adapter
+def resolve_adapter(lora_path: Path) -> Path:
+    """The adapter file of `lora_path`: the file itself, or the one in the finetune out-dir it names."""
+    adapter = lora_path / ADAPTER_FILE if lora_path.is_dir() else lora_path
+    if not adapter.is_file():
+        raise TwinError(
+            f"no LoRA adapter at {lora_path}: train one first (`make train`, or `make demo` for the tiny "
+            f"model), then pass its out-dir or the {ADAPTER_FILE} in it, e.g. --lora-path out/twin"
+        )
+    return adapter
+
+
+def read_adapter_spec(lora_path: Path) -> AdapterSpec:
+    """The spec from the hyperparameters.yaml beside the adapter (file or out-dir); tensors not read."""
+    hparams_file = resolve_adapter(lora_path).parent / HPARAMS_FILE
+    if not hparams_file.is_file():
+        raise TwinError(
+            f"{hparams_file} is missing: the adapter's LoRA settings (rank, alpha, layers) are read from "
+            f"the {HPARAMS_FILE} that `python -m finetune` writes next to {ADAPTER_FILE}"
+        )
+    try:
+        hparams = yaml.safe_load(hparams_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise TwinError(f"{hparams_file} is not valid YAML: {e}") from None
+    return parse_adapter_spec(hparams, hparams_file)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A trained adapter: its file, its spec and its LoRA tensors (on the CPU, litgpt's names)."""
+
+    path: Path
+    spec: AdapterSpec
+    tensors: dict[str, torch.Tensor]
+
+
+def load_adapter(lora_path: Path) -> Adapter:
+    """The adapter at `lora_path` (the .pth file or its finetune out-dir), checked: only LoRA tensors."""
+    import torch
+
+    path = resolve_adapter(lora_path)
+    spec = read_adapter_spec(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which one
+        raise TwinError(f"cannot read the adapter {path}: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # {"model": {...}}, as a resumable checkpoint holds the LoRA tensors
+    if not isinstance(state, dict) or not state or any("lora_" not in str(key) for key in state):
+        raise TwinError(
+            f"{path} is not a LoRA adapter (expected only lora_A/lora_B tensors): pass the {ADAPTER_FILE} "
+            "that `python -m finetune` wrote, or its out-dir"
+        )
+    return Adapter(path, spec, state)
+
+
+def load_twin(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, Adapter]:
+    """The base's config and the adapter, checked against each other (same base name)."""
+    config = load_base_config(checkpoint_dir)
+    adapter = load_adapter(lora_path)
+    check_base(adapter.spec, config, checkpoint_dir)
+    return config, adapter
+
+
+def load_base_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """The base's `lit_model.pth`, memory-mapped on the CPU."""
+    import torch
+
+    state = torch.load(checkpoint_dir / WEIGHTS_FILE, mmap=True, weights_only=True, map_location="cpu")
+    return state.get("model", state)
