@@ -58,7 +58,14 @@ from finetune.state import (
     save_checkpoint,
     save_hyperparameters,
 )
-from finetune.twin import METRICS_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, adapter_spec, check_checkpoint_dir
+from finetune.twin import (
+    METRICS_FILE,
+    MODEL_CONFIG_FILE,
+    WEIGHTS_FILE,
+    adapter_spec,
+    check_checkpoint_dir,
+    load_base_config,
+)
 from prepare.prompt import render_record
 from prepare.records import Record
 
@@ -197,7 +204,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         make_private_dir(out_dir)
 
     tokenizer = Tokenizer(args.run.checkpoint_dir)
-    base_config = Config.from_file(args.run.checkpoint_dir / MODEL_CONFIG_FILE)
+    base_config = load_base_config(args.run.checkpoint_dir)
     block_size = base_config.block_size
     max_seq_length = min(args.train.max_seq_length or block_size, block_size)
     train_records, val_records = load_splits(args.run.data)
