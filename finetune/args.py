@@ -1,4 +1,4 @@
-"""Hyperparameters of a fine-tuning run, and the CLI that is generated from them.
+"""Hyperparameters of a fine-tuning run, and the CLI that is generated from them (common/cli.py).
 
 Each dataclass field is one `--kebab-case` flag whose help is the field's docstring, so the defaults live
 here and nowhere else. `FinetuneArgs.problems()` collects every bad value into one message.
@@ -6,18 +6,12 @@ here and nowhere else. `FinetuneArgs.problems()` collects every bad value into o
 
 from __future__ import annotations
 
-import argparse
-import ast
-import inspect
-import textwrap
-import types
-import typing
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from functools import cache
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from common.cli import Parser, dataclass_parser, parse_dataclasses
 from common.quantize import Quantize
 from finetune.errors import UserError
 from finetune.twin import LoraArgs
@@ -184,83 +178,23 @@ class FinetuneArgs:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (read from its source, like litgpt's CLI does)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, after in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-        ):
-            docs[node.target.id] = str(after.value.value)
-    return docs
+PROG = "python -m finetune"
+DESCRIPTION = "LoRA-fine-tune a litgpt checkpoint (Falcon-7B by default) on prepare's records."
 
 
-def resolve_type(annotation: Any) -> tuple[Any, bool]:
-    """(base type, optional) of a field annotation given as a string or a type."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**globals(), **typing.__dict__})  # our own annotations only
-    args = typing.get_args(annotation)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        base = [a for a in args if a is not type(None)]
-        return base[0], True
-    return annotation, False
-
-
-def optional(kind: Any) -> Any:
-    def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else kind(text)
-
-    parse.__name__ = getattr(kind, "__name__", "value")
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m finetune",
-        description="LoRA-fine-tune a litgpt checkpoint (Falcon-7B by default) on prepare's records.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for cls in GROUPS:
-        group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip())
-        docs = field_docs(cls)
-        for f in fields(cls):
-            kind, is_optional = resolve_type(f.type)
-            flag = "--" + f.name.replace("_", "-")
-            default = f.default if f.default is not MISSING else None
-            help_text = docs.get(f.name, "")
-            if kind is bool:
-                group.add_argument(
-                    flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
-                )
-            elif typing.get_origin(kind) is Literal:
-                group.add_argument(flag, choices=typing.get_args(kind), default=default, help=help_text)
-            else:
-                group.add_argument(
-                    flag,
-                    type=optional(kind) if is_optional else kind,
-                    default=default,
-                    help=help_text,
-                    metavar=f.name.upper(),
-                )
-    return parser
+def build_parser() -> Parser:
+    """The flags of `python -m finetune`: one per field of `GROUPS`, its docstring the help."""
+    return dataclass_parser(GROUPS, prog=PROG, description=DESCRIPTION)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> FinetuneArgs:
-    """FinetuneArgs from command-line flags (argparse exits with usage on unknown flags)."""
-    namespace = vars(build_parser().parse_args(argv))
-    groups = [cls(**{f.name: namespace[f.name] for f in fields(cls)}) for cls in GROUPS]
-    run, train, lora, eval_ = groups
+    """FinetuneArgs from command-line flags (a bad flag exits 2 with one line; bad values: `UserError`)."""
+    run, train, lora, eval_ = parse_dataclasses(GROUPS, argv, prog=PROG, description=DESCRIPTION)
     return FinetuneArgs(run=run, train=train, lora=lora, eval=eval_)
 
 
 def to_argv(args: FinetuneArgs) -> list[str]:
-    """The command-line flags that `parse_args` turns back into `args` (to relaunch or log a run)."""
+    """The command-line flags that `parse_args` turns back into `args` (to launch a run in a subprocess)."""
     argv: list[str] = []
     for group in (args.run, args.train, args.lora, args.eval):
         for f in fields(group):

@@ -18,21 +18,21 @@ one alpha, which every LoRA loader understands.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import torch
 from litgpt.config import Config
 from litgpt.scripts.convert_lit_checkpoint import qkv_reassemble
 from tqdm import tqdm
 
+from common.cli import parse_dataclasses, run
 from common.device import resolve_dtype
 from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
@@ -47,8 +47,8 @@ from finetune.twin import LoraArgs, check_base, load_adapter, load_base_config, 
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("merged", "peft")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+Format = Literal["merged", "peft"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 # litgpt module (inside a block, or at the top) → its HF Falcon name; the LoRA flag that enables it
 LIT_TO_HF = {
     "attn.qkv": "query_key_value",
@@ -228,34 +228,29 @@ def check_inputs(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, LoraArg
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-def option(default: Any = MISSING, help: str = "", choices: Sequence[str] | None = None) -> Any:
-    """A dataclass field that is also a CLI flag: its default and help live here and nowhere else."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass
 class ExportArgs:
     """What `python -m finetune.export` exports, and where (saved as export.json next to the output)."""
 
-    checkpoint_dir: Path = option(help="the litgpt base checkpoint the adapter was trained on")
-    lora_path: Path = option(help="the adapter (lit_model_lora_finetuned.pth) or its finetune out-dir")
-    out: Path = option(Path("out/twin-hf"), "the folder to write")
-    format: str = option("merged", "merged: a full transformers model; peft: a LoRA adapter", FORMATS)
-    dtype: str = option("auto", "weight dtype of the written model (auto: the base checkpoint's)", DTYPES)
-    base_model: str | None = option(
-        None, "peft: the base's HF name or path to record (default: its Hub name, else OUT/base)"
-    )
+    checkpoint_dir: Path
+    """The litgpt base checkpoint the adapter was trained on."""
+    lora_path: Path
+    """The adapter (lit_model_lora_finetuned.pth) or its finetune out-dir."""
+    out: Path = Path("out/twin-hf")
+    """The folder to write."""
+    format: Format = "merged"
+    """merged: a full transformers model; peft: a LoRA adapter."""
+    dtype: Dtype = "auto"
+    """Weight dtype of the written model (auto: the base checkpoint's)."""
+    base_model: str | None = None
+    """peft: the base's HF name or path to record (default: its Hub name, else OUT/base)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ExportArgs:
-    p = argparse.ArgumentParser(prog="python -m finetune.export", description=__doc__.split("\n\n")[0])
-    for f in fields(ExportArgs):
-        flag, required = f"--{f.name.replace('_', '-')}", f.default is MISSING
-        kind = Path if "Path" in str(f.type) else str
-        help_text = f.metadata["help"] + ("" if required or f.default is None else " (default: %(default)s)")
-        p.add_argument(flag, type=kind, required=required, default=None if required else f.default,
-                       choices=f.metadata["choices"], help=help_text)  # fmt: skip
-    return ExportArgs(**vars(p.parse_args(argv)))
+    """ExportArgs from command-line flags (a bad flag exits 2 with one line)."""
+    description = (__doc__ or "").split("\n\n")[0]
+    (args,) = parse_dataclasses([ExportArgs], argv, prog="python -m finetune.export", description=description)
+    return args
 
 
 def directory_size(paths: Iterable[Path]) -> int:
@@ -264,22 +259,21 @@ def directory_size(paths: Iterable[Path]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
+    return run(lambda: export(parse_args(argv)), errors=(UserError,))
+
+
+def export(args: ExportArgs) -> None:
+    """Write the export `args` asks for, with export.json (the resolved settings) beside it."""
     t0 = time.perf_counter()
-    try:
-        if args.format == "merged":
-            files = export_merged(args.checkpoint_dir, args.lora_path, args.out, args.dtype)
-        else:
-            files = export_peft(args.checkpoint_dir, args.lora_path, args.out, args.base_model, args.dtype)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.format == "merged":
+        files = export_merged(args.checkpoint_dir, args.lora_path, args.out, args.dtype)
+    else:
+        files = export_peft(args.checkpoint_dir, args.lora_path, args.out, args.base_model, args.dtype)
     resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
     write_private_atomic(args.out / "export.json", json.dumps(resolved, indent=2) + "\n")
     size = directory_size(files) / 2**20
     what = "merged transformers model" if args.format == "merged" else "PEFT LoRA adapter"
     print(f"exported the twin as a {what} to {args.out} ({size:.1f} MiB, {time.perf_counter() - t0:.1f} s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,18 +11,18 @@ metrics.csv. The report quotes private messages, so its folder is owner-only lik
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.cli import parse_dataclasses, run
 from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
 from common.files import make_private_dir, write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
@@ -37,32 +37,30 @@ SIDE_BY_SIDE = 10
 COLORS = {"real": "tab:green", "twin": "tab:blue", "base": "tab:gray"}
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field that is also a CLI flag: its help lives here and nowhere else."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class ReportArgs:
     """Settings of `python -m finetune.report` (saved into report.json); each field is a --flag."""
 
-    data: Path = option(
-        Path("data/prepared"), "prepare's output folder (the held-out replies are its val.jsonl)"
-    )
-    checkpoint_dir: Path = option(
-        Path("checkpoints/tiiuae/falcon-7b"), "the litgpt base checkpoint the twin was fine-tuned from"
-    )
-    lora_path: Path = option(
-        Path("out/twin"),
-        "the adapter (lit_model_lora_finetuned.pth) or its finetune out-dir (with metrics.csv)",
-    )
-    out: Path = option(Path("out/report"), "folder for report.md, report.json and the plots")
-    samples: int = option(100, "validation prompts to sample a twin and a base reply for")
-    max_new_tokens: int = option(48, "longest sampled reply, in tokens")
-    temperature: float = option(0.7, "sampling temperature of the sampled replies")
-    top_p: float = option(0.9, "nucleus-sampling threshold of the sampled replies")
-    seed: int = option(42, "seed for choosing the prompts and for sampling (base and twin share it)")
-    device: str = option("auto", "auto (cuda if present, else cpu), cuda or cpu")
+    data: Path = Path("data/prepared")
+    """prepare's output folder (the held-out replies are its val.jsonl)."""
+    checkpoint_dir: Path = Path("checkpoints/tiiuae/falcon-7b")
+    """The litgpt base checkpoint the twin was fine-tuned from."""
+    lora_path: Path = Path("out/twin")
+    """The adapter (lit_model_lora_finetuned.pth) or its finetune out-dir (with metrics.csv)."""
+    out: Path = Path("out/report")
+    """Folder for report.md, report.json and the plots."""
+    samples: int = 100
+    """Validation prompts to sample a twin and a base reply for."""
+    max_new_tokens: int = 48
+    """Longest sampled reply, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature of the sampled replies."""
+    top_p: float = 0.9
+    """Nucleus-sampling threshold of the sampled replies."""
+    seed: int = 42
+    """Seed for choosing the prompts and for sampling (base and twin share it)."""
+    device: str = "auto"
+    """auto (cuda if present, else cpu), cuda or cpu."""
 
     def check(self) -> None:
         problems = []
@@ -314,29 +312,26 @@ def write_report(args: ReportArgs, f: Findings) -> Path:
 
 # -------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> ReportArgs:
-    p = argparse.ArgumentParser(prog="python -m finetune.report", description=__doc__.split("\n\n")[0])
-    for f in fields(ReportArgs):
-        kind = {"Path": Path, "int": int, "float": float, "str": str}[str(f.type)]
-        help_text = f"{f.metadata['help']} (default: %(default)s)"
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=help_text)
-    return ReportArgs(**vars(p.parse_args(argv)))
+    """ReportArgs from command-line flags (a bad flag exits 2 with one line)."""
+    description = (__doc__ or "").split("\n\n")[0]
+    (args,) = parse_dataclasses([ReportArgs], argv, prog="python -m finetune.report", description=description)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        args.check()
-        findings = measure(args)
-        path = write_report(args, findings)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(lambda: report(parse_args(argv)), errors=(UserError,))
+
+
+def report(args: ReportArgs) -> None:
+    """Measure, write the report, and say in one line where it is and what it found."""
+    args.check()
+    findings = measure(args)
+    path = write_report(args, findings)
     b, t = findings.base.value, findings.twin.value
     print(
         f"report in {path}: held-out perplexity base {b:.2f} → twin {t:.2f} on {findings.twin.tokens} reply "
         f"tokens; {findings.style['real'].replies} sampled replies ({findings.seconds:.0f} s)"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_defaults_are_the_recipe() -> None:
 def test_flags_round_trip_and_have_help(tiny_run_args) -> None:
     args = tiny_run_args(Path("ck"), Path("data"), Path("out"), lora_mlp=True, max_steps=7, compile=True)
     assert parse_args(to_argv(args)) == args
-    help_text = build_parser().format_help()
+    help_text = " ".join(build_parser().format_help().split())  # unwrapped
     for flag in ("--max-steps", "--epochs", "--devices", "--precision", "--resume", "--no-lora-value"):
         assert flag in help_text
     assert "Most padded tokens in one forward pass" in help_text  # field docstrings are the help
@@ -113,3 +113,37 @@ def test_cpu_run_truncates_long_records_warns_and_summarises(
     assert "non-pad tokens/s" in summary and "padding" in summary
     assert yaml.safe_load((tmp_path / "o" / HPARAMS_FILE).read_text())["precision"] == "32-true"
     assert [r["step"] for r in read_rows(tmp_path / "o" / "metrics.csv")] == [0, 1, 1]
+
+
+def test_help_lists_every_flag_with_its_default(capsys) -> None:
+    assert main(["-h"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for group in (FinetuneArgs().run, FinetuneArgs().train, FinetuneArgs().lora, FinetuneArgs().eval):
+        for name, value in vars(group).items():
+            flag = "--" + name.replace("_", "-")
+            assert f"{flag} " in help_text or f"{flag}," in help_text, flag
+            shown = "none" if value is None else str(value)
+            assert f"default: {shown})" in help_text, (flag, shown)
+    assert "--no-lora-value" in help_text and "--max_steps" not in help_text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--max-stepz", "3"], "unrecognized arguments: --max-stepz 3"),
+        (["--epochs", "two"], "--epochs: 'two' is not an integer"),
+        (["--precision", "fp8"], "--precision: expected one of bf16-true"),
+        (["--compile=yes"], "--compile"),
+    ],
+)
+def test_bad_flags_and_values_are_one_line_and_exit_2(argv: list[str], expected: str, capsys) -> None:
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and expected in one_line_error(err)
+
+
+def test_kebab_and_underscore_flags_parse() -> None:
+    argv = ["--max-steps", "7", "--micro_batch_tokens", "512", "--lora-mlp", "--no-lora-value", "--compile"]
+    args = parse_args([*argv, "--max-seq-length", "null", "--out-dir=o"])
+    assert (args.train.max_steps, args.train.micro_batch_tokens, args.train.compile) == (7, 512, True)
+    assert args.lora.lora_mlp and not args.lora.lora_value and args.train.max_seq_length is None
+    assert args.run.out_dir == Path("o")
