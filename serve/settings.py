@@ -25,9 +25,6 @@ class Settings(BaseSettings):
         env_prefix="TWIN_",
         env_file=".env",
         extra="ignore",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_prog_name="python -m serve",
     )
 
     checkpoint_dir: Path = Field(
