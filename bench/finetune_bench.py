@@ -1,25 +1,45 @@
-"""Fine-tuning throughput of our loop on Falcon-7B's shape, and of plain `litgpt finetune_lora` (anchor).
+"""Fine-tuning throughput of our loop at Falcon-7B's and Llama-3.1-8B's shapes, with Hugging Face
+transformers + PEFT in the same run and plain `litgpt finetune_lora` (`--anchor`) as anchors.
 
-    python bench/finetune_bench.py                    # GPU: every configuration, ~8 minutes on an H100
+    python bench/finetune_bench.py --model falcon-7b,llama-3.1-8b --out $OUT/finetune_bench.json
+                                                      # GPU: both shapes' key rows, within 10 minutes
+    python bench/finetune_bench.py --configs all      # GPU: every row at Falcon-7B's shape
     python bench/finetune_bench.py --anchor           # GPU: litgpt 0.5.13 `finetune_lora`, its defaults
-    python bench/finetune_bench.py --smoke            # CPU: a tiny Falcon-shaped model, seconds
-    python bench/finetune_bench.py --configs ours-compile,ours-compile-ac --lora-targets q,k,v
+    python bench/finetune_bench.py --smoke --model falcon-7b,llama-3.1-8b   # CPU: tiny models
 
-Weights are random (bf16; 32-true on a CPU) — speed does not depend on their values. The data are
-synthetic chat records whose token lengths spread like real chats (log-normal, ~60–600 tokens, median
-~180), rendered with our prompt and tokenized by a byte-level BPE trained on them; the anchor trains on
-the very same records as litgpt JSON data. Each configuration runs warm-up steps (torch.compile
-compiles there), then timed optimizer steps of `--global-batch` sequences through `finetune.model.
-train_step` — the training loop's own code. Prints one JSON object per configuration and a summary.
+Weights are random (bf16; fp32 on a CPU): speed does not depend on their values. `--smoke` builds a
+2-layer, 128-wide model of each family: Falcon's (parallel residual, shared LayerNorm, multi-query
+attention, GELU MLP) and Llama's (sequential residual, RMSNorm, grouped-query attention, SwiGLU MLP).
+The data are synthetic chat records whose token lengths spread like real chats (log-normal, ~60–600
+tokens, median ~180), rendered with our prompt and tokenized by a byte-level BPE trained on them; every
+row, the Hugging Face ones and the litgpt anchor included, trains on the very same records.
 
-MFU counts useful work only (non-pad tokens): 4·N FLOPs per token (forward 2N + input-gradient 2N; the
-frozen weights need no weight-gradient) with N = 7.22e9, plus causal attention 6·n_layer·n_embd·L² per
-sequence of length L, over the H100's dense bf16 peak of 989 TFLOP/s.
+Rows (`--configs`, comma-separated, in priority order; ours run first, then Hugging Face's):
+- ours-* and naive-*: `finetune.model.train_step` (the training loop's own code) on litgpt's LoRA GPT
+  through Fabric. `naive` = micro-batches of 8 sequences in data order, each padded to its longest;
+  `ours` = the loop's batching (length-grouped steps cut into micro-batches under a token budget);
+  `compile` = `--compile`; `ac` = `--activation-checkpointing`; 2k/3k/16k = `--micro-batch-tokens`.
+- hf-*: transformers + PEFT as a user of Trainer gets it (bench/hf_anchor.py): length-grouped batches,
+  `torch.compile` of the whole model (or `regional`), `gc` = gradient checkpointing.
+Each row runs warm-up steps (compiling where asked), then `--steps` timed optimizer steps of
+`--global-batch` sequences between two `torch.cuda.synchronize()`; peak memory is reset per row.
+
+Per row: non-pad tokens/s; MFU and model TFLOP/s by bench/train_flops.py's count of the matmuls the
+step needs (per-layer shapes; frozen weights forward + input-gradient; LoRA with weight-gradients;
+attention on the real lengths; the LM head on reply tokens only, as our loop runs it; no embedding)
+over the device's dense bf16 peak, picked by its name and stated in the JSON with the measured matmul
+rate; executed TFLOP/s (padding, the head where it runs, recomputation) beside them; peak memory.
+
+`--time-budget` (seconds for the whole run): a row starts only if its estimate, plus those of the
+higher-priority rows still to come (at this shape and the next), fits what is left; the others are
+listed as skipped. With `--out` the JSON is rewritten after every row, so a run cut short still leaves
+its numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import io
 import json
@@ -28,10 +48,12 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +64,20 @@ import yaml
 from litgpt.lora import GPT, Block, Config, LoRALinear, mark_only_lora_as_trainable
 from litgpt.prompts import Alpaca
 from litgpt.tokenizer import Tokenizer
+from torch._dynamo.utils import counters
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo's packages, and this folder's helpers
+
+import hf_anchor as hf  # noqa: E402
+import train_flops as flops  # noqa: E402
 
 from finetune.data import (  # noqa: E402
     BatchPlan,
     Example,
     MicroBatch,
     Step,
+    collate,
     encode_records,
     make_micro_batch,
     render_texts,
@@ -58,6 +85,7 @@ from finetune.data import (  # noqa: E402
 from finetune.model import (  # noqa: E402
     CheckpointedBlock,
     attach_loss_positions,
+    batch_loss,
     compile_blocks,
     make_optimizer,
     prepare_lora_layers,
@@ -66,9 +94,23 @@ from finetune.model import (  # noqa: E402
 from finetune.tiny import EOS_TOKEN, train_tokenizer  # noqa: E402
 from prepare.records import Record  # noqa: E402
 
-N_PARAMS = 7.22e9
-PEAK_FLOPS = 989e12  # H100 SXM, dense bf16
+MODELS = {"falcon-7b": "falcon-7b", "llama-3.1-8b": "Llama-3.1-8B"}
+"""--model names → litgpt `Config.from_name` names."""
+SMOKE_SHAPES: dict[str, dict[str, int]] = {
+    "falcon-7b": dict(n_layer=2, n_embd=128, n_head=4, head_size=32, n_query_groups=1, intermediate_size=512),
+    "llama-3.1-8b": dict(
+        n_layer=2, n_embd=128, n_head=4, head_size=32, n_query_groups=2, intermediate_size=352
+    ),
+}
+LORA_R, LORA_ALPHA, LORA_DROPOUT = 16, 32, 0.05
 WORDS = 1000
+PER_MODEL_BUDGET_S = 255.0
+"""Default --time-budget per model on a GPU: two shapes, with the imports before the clock starts and a
+last row running over, fit one 10-minute call."""
+BUILD_ESTIMATE_S = {"ours": 15.0, "hf": 20.0}
+"""GPU seconds to build a 7–8B model with random weights (charged to the first row that needs it)."""
+MAX_24GB = 24e9
+"""What the allocator reserved must fit: a 24 GB card has ~23.6 GB usable at most."""
 
 
 @dataclass(frozen=True)
@@ -81,33 +123,64 @@ class BenchConfig:
     micro_batch_size: int = 64
     compile: bool = False
     activation_checkpointing: bool = False
+    step_s: float = 2.0
+    """Guessed GPU seconds per optimizer step of 128 chat sequences at a 7–8B shape (time budget)."""
+    compile_s: float = 0.0
+    """Guessed GPU seconds to compile (the warm-up's extra time)."""
     note: str = ""
 
 
 CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) comes late
-    BenchConfig("naive-eager", "naive", micro_batch_size=8, note="plain loop: 8 sequences, padded"),
-    BenchConfig("ours-eager", "ours"),
-    BenchConfig("ours-compile", "ours", compile=True),
-    BenchConfig("ours-compile-16k", "ours", micro_batch_tokens=16384, compile=True),
-    BenchConfig("ours-compile-3k", "ours", micro_batch_tokens=3072, compile=True, note="<= 24 GB candidate"),
-    BenchConfig("ours-compile-2k", "ours", micro_batch_tokens=2048, compile=True, note="<= 24 GB candidate"),
-    BenchConfig("naive-compile", "naive", micro_batch_size=8, compile=True),
-    BenchConfig("ours-compile-ac", "ours", compile=True, activation_checkpointing=True, note="<= 24 GB"),
+    BenchConfig(
+        "naive-eager", "naive", micro_batch_size=8, step_s=3.5, note="plain loop: 8 sequences, padded"
+    ),
+    BenchConfig("ours-eager", "ours", step_s=2.1),
+    BenchConfig("ours-compile", "ours", compile=True, step_s=1.5, compile_s=45),
+    BenchConfig("ours-compile-16k", "ours", micro_batch_tokens=16384, compile=True, step_s=1.4, compile_s=45),
+    BenchConfig("ours-compile-3k", "ours", micro_batch_tokens=3072, compile=True, step_s=1.9, compile_s=45),
+    BenchConfig(
+        "ours-compile-2k",
+        "ours",
+        micro_batch_tokens=2048,
+        compile=True,
+        step_s=1.9,
+        compile_s=45,
+        note="<= 24 GB",
+    ),
+    BenchConfig("naive-compile", "naive", micro_batch_size=8, compile=True, step_s=3.0, compile_s=45),
+    BenchConfig(
+        "ours-compile-ac", "ours", compile=True, activation_checkpointing=True, step_s=2.0, compile_s=60
+    ),
     BenchConfig(
         "ours-compile-ac-16k",
         "ours",
         micro_batch_tokens=16384,
         compile=True,
         activation_checkpointing=True,
-        note="<= 24 GB candidate",
-    ),
-    BenchConfig("ours-eager-ac", "ours", activation_checkpointing=True),
+        step_s=1.9,
+        compile_s=60,
+    ),  # fmt: skip
+    BenchConfig("ours-eager-ac", "ours", activation_checkpointing=True, step_s=2.2, note="<= 24 GB"),
 ]
-SMOKE_CONFIGS = ["naive-eager", "ours-eager", "ours-eager-ac"]
+KEY_ROWS = [
+    "ours-compile",
+    "hf-compile",
+    "ours-eager-ac",
+    "hf-eager-gc",
+    "ours-compile-2k",
+    "hf-regional-gc",
+    "hf-compile-gc",
+]
+"""The default rows, in priority order: our default setting and the anchor's (both compiled), then the
+<= 24 GB settings, cheapest first, so each side has one at each shape within the default budget; the
+compiled <= 24 GB ones (ours' best so far, and Hugging Face's) run when the time allows."""
+SMOKE_ROWS = ["ours-eager", "hf-eager", "ours-eager-ac", "hf-eager-gc", "naive-eager"]
+ALL_ROWS = [c.name for c in CONFIGS] + [r.name for r in hf.HF_ROWS]
+Row = BenchConfig | hf.HFRow
 
 
 # ------------------------------------------------------------------------------------------------ data
-def synthetic_records(n: int, seed: int) -> list[dict[str, Any]]:
+def synthetic_records(n: int, seed: int) -> list[Record]:
     """Chat records in prepare's format with a skewed length spread (in words ≈ BPE tokens)."""
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -126,25 +199,25 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, Any]]:
         for t in range(turns):
             lines.append(f"{'Me' if t % 2 else 'Alex'}: {words(context_words // max(turns, 1) - 2)}")
         records.append(
-            {
-                "instruction": words(message),
-                "context": "\n".join(lines),
-                "response": words(reply),
-                "dialog_id": i % 50,
-                "date": "2024-01-01T00:00:00+00:00",
-                "partner": "Alex",
-            }
+            Record(
+                instruction=words(message),
+                context="\n".join(lines),
+                response=words(reply),
+                dialog_id=i % 50,
+                date="2024-01-01T00:00:00+00:00",
+                partner="Alex",
+            )
         )
     return records
 
 
-def tokenizer_texts(records: list[dict[str, Any]]) -> list[str]:
+def tokenizer_texts(records: list[Record]) -> list[str]:
     """Texts to train the BPE on: both prompt templates (ours and litgpt's alpaca) are common words to
     it, as English is to Falcon's tokenizer, so neither side pays for a template it does not know."""
     alpaca = Alpaca()
     sample = records[:2000]
-    texts = render_texts([Record(**r) for r in sample])
-    texts += [alpaca.apply(r["instruction"], input=r["context"]) + r["response"] for r in sample]
+    texts = render_texts(sample)
+    texts += [alpaca.apply(r.instruction, input=r.context) + r.response for r in sample]
     return texts
 
 
@@ -154,6 +227,42 @@ def write_tokenizer(folder: Path, texts: list[str], vocab_size: int) -> Tokenize
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return Tokenizer(folder)
+
+
+@dataclass
+class Data:
+    records: list[Record]
+    tokenizer: Tokenizer
+    examples: list[Example]
+    truncated: int
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.eos_id or 0
+
+    def summary(self) -> dict[str, Any]:
+        lengths = sorted(len(e) for e in self.examples)
+        return {
+            "records": len(self.examples),
+            "truncated": self.truncated,
+            "length_tokens": {
+                "mean": round(sum(lengths) / len(lengths), 1),
+                "p10": lengths[len(lengths) // 10],
+                "p50": lengths[len(lengths) // 2],
+                "p90": lengths[len(lengths) * 9 // 10],
+                "max": lengths[-1],
+            },
+            "reply_token_fraction": round(sum(e.loss_tokens for e in self.examples) / sum(lengths), 3),
+        }
+
+
+def make_data(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> Data:
+    """The synthetic records, a BPE trained on them (its files kept in `tokenizer_dir` if given), encoded."""
+    records = synthetic_records(args.records, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = write_tokenizer(tokenizer_dir or Path(tmp), tokenizer_texts(records), 16384)
+    encoded = encode_records(records, tokenizer, args.max_seq_length)
+    return Data(records, tokenizer, encoded.examples, encoded.truncated)
 
 
 def naive_steps(examples: list[Example], global_batch: int, micro_batch_size: int, steps: int) -> list[Step]:
@@ -167,17 +276,15 @@ def naive_steps(examples: list[Example], global_batch: int, micro_batch_size: in
         for k in range(0, len(chunk), micro_batch_size):
             idx = chunk[k : k + micro_batch_size]
             mbs.append(make_micro_batch(idx, -(-max(len(examples[i]) for i in idx) // 8) * 8, examples))
-        out.append(make_step(mbs, examples))
+        out.append(
+            Step(
+                micro_batches=mbs,
+                global_loss_tokens=sum(mb.loss_tokens for mb in mbs),
+                global_tokens=sum(mb.tokens for mb in mbs),
+                global_padded_tokens=sum(mb.padded_tokens for mb in mbs),
+            )
+        )
     return out
-
-
-def make_step(mbs: list[MicroBatch], examples: list[Example]) -> Step:
-    return Step(
-        micro_batches=mbs,
-        global_loss_tokens=sum(mb.loss_tokens for mb in mbs),
-        global_tokens=sum(mb.tokens for mb in mbs),
-        global_padded_tokens=sum(mb.padded_tokens for mb in mbs),
-    )
 
 
 def planned_steps(examples: list[Example], cfg: BenchConfig, args: argparse.Namespace, n: int) -> list[Step]:
@@ -202,12 +309,13 @@ def planned_steps(examples: list[Example], cfg: BenchConfig, args: argparse.Name
 
 
 # ----------------------------------------------------------------------------------------------- model
-def model_config(args: argparse.Namespace, vocab_size: int, lora: bool = True) -> Config:
-    targets = set(args.lora_targets.split(",")) if lora else set()
+def model_config(model: str, args: argparse.Namespace, vocab_size: int, lora_r: int = LORA_R) -> Config:
+    """litgpt's config of `model` (a tiny one of its family with --smoke), LoRA on --lora-targets."""
+    targets = set(args.lora_targets)
     lora_kwargs = dict(
-        lora_r=16 if lora else 0,
-        lora_alpha=32,
-        lora_dropout=0.05,
+        lora_r=lora_r,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=LORA_DROPOUT,
         lora_query="q" in targets,
         lora_key="k" in targets,
         lora_value="v" in targets,
@@ -215,24 +323,17 @@ def model_config(args: argparse.Namespace, vocab_size: int, lora: bool = True) -
         lora_mlp="mlp" in targets,
         lora_head="head" in targets,
     )
-    if args.smoke:
-        return Config(
-            name="tiny-falcon-bench",
-            block_size=1024,
-            vocab_size=vocab_size,
-            padded_vocab_size=-(-vocab_size // 64) * 64,
-            n_layer=2,
-            n_head=4,
-            n_embd=128,
-            n_query_groups=1,
-            rotary_percentage=1.0,
-            parallel_residual=True,
-            shared_attention_norm=True,
-            bias=False,
-            **lora_kwargs,
-        )
-    config = Config.from_name("falcon-7b", **lora_kwargs)
-    assert config is not None
+    if not args.smoke:
+        return Config.from_name(MODELS[model], **lora_kwargs)
+    config = Config.from_name(
+        MODELS[model],
+        block_size=1024,
+        vocab_size=vocab_size,
+        padded_vocab_size=-(-vocab_size // 64) * 64,
+        **SMOKE_SHAPES[model],
+        **lora_kwargs,
+    )
+    config.name = f"tiny-{model}-bench"
     return config
 
 
@@ -257,80 +358,32 @@ def set_speed_options(model: GPT, compile: bool, checkpointing: bool) -> None:
         compile_blocks(model)
 
 
-def flops(lengths: list[int], config: Config) -> float:
-    return sum(4 * N_PARAMS * n + 6 * config.n_layer * config.n_embd * n * n for n in lengths)
-
-
-def run_config(
-    fabric: L.Fabric, model: GPT, fabric_model: Any, head: Any, optimizer: Any, cfg: BenchConfig,
-    examples: list[Example], pad_id: int, args: argparse.Namespace,
-) -> dict[str, Any]:  # fmt: skip
-    cuda = fabric.device.type == "cuda"
-    set_speed_options(model, cfg.compile, cfg.activation_checkpointing)
-    warmup = args.warmup + (args.compile_warmup if cfg.compile else 0)
-    steps = planned_steps(examples, cfg, args, warmup + args.steps)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for step in steps[:warmup]:
-        train_step(fabric, fabric_model, optimizer, head, step, examples, pad_id, 1.0)
-    if cuda:
-        torch.cuda.synchronize()
-    t_warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loss = torch.zeros((), device=fabric.device)
-    for step in steps[warmup:]:
-        loss = train_step(fabric, fabric_model, optimizer, head, step, examples, pad_id, 1.0)
-    if cuda:
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    timed = steps[warmup:]
-    nonpad = sum(s.global_tokens for s in timed)
-    padded = sum(s.global_padded_tokens for s in timed)
-    lengths = [len(examples[i]) for s in timed for mb in s.micro_batches for i in mb.indices]
-    result = {
-        "config": cfg.name,
-        "batching": cfg.batching,
-        "micro_batch_tokens": cfg.micro_batch_tokens if cfg.batching == "ours" else None,
-        "micro_batch_size": cfg.micro_batch_size,
-        "compile": cfg.compile,
-        "activation_checkpointing": cfg.activation_checkpointing,
-        "nonpad_tokens_per_s": round(nonpad / dt, 1),
-        "tokens_per_s": round(padded / dt, 1),
-        "mfu": round(flops(lengths, model.config) / dt / PEAK_FLOPS, 4) if cuda else None,
-        "padding_fraction": round(1 - nonpad / padded, 4),
-        "micro_batches_per_step": round(sum(len(s.micro_batches) for s in timed) / len(timed), 1),
-        "step_s": round(dt / len(timed), 3),
-        "warmup_s": round(t_warm, 1),
-        "timed_steps": len(timed),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
-        "last_step_loss": round(loss.item() / max(timed[-1].global_loss_tokens, 1), 4),
-        "note": cfg.note,
-    }
-    return result
-
-
-def adapter_bytes(model: GPT) -> int:
+def adapter_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save({k: v for k, v in model.state_dict().items() if "lora_" in k}, buffer)
     return buffer.tell()
 
 
-def bench(args: argparse.Namespace) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    accelerator = "cpu" if args.smoke else "cuda"
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA GPU: run with --smoke for the CPU check")
-    fabric = L.Fabric(accelerator=accelerator, devices=1, precision="32-true" if args.smoke else "bf16-true")
-    records = synthetic_records(args.records, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = write_tokenizer(Path(tmp), tokenizer_texts(records), 16384)
-    encoded = encode_records([Record(**r) for r in records], tokenizer, args.max_seq_length)
-    examples = encoded.examples
-    lengths = sorted(len(e) for e in examples)
-    config = model_config(args, tokenizer.vocab_size if args.smoke else 0)
+def release_memory() -> None:
+    """Drop compiled graphs and cached blocks, so the next model or row starts from a clean device."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Ours:
+    """Our loop's model, wrapped by Fabric, with its optimizer and loss-position hook."""
+
+    fabric: L.Fabric
+    model: GPT
+    fabric_model: Any
+    head: Any
+    optimizer: Any
+
+
+def build_ours(fabric: L.Fabric, config: Config, args: argparse.Namespace) -> Ours:
     with fabric.init_module(empty_init=True):
         model = GPT(config)
     randomize(model)
@@ -340,82 +393,515 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     prepare_lora_layers(model)
     head = attach_loss_positions(model)
     fabric_model = fabric.setup_module(model)
-    optimizer: Any = fabric.setup_optimizers(make_optimizer(fabric_model, 1e-4, 0.01, fabric.device))
-    summary: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if accelerator == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "model": config.name,
-        "lora_targets": args.lora_targets,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "adapter_mib": round(adapter_bytes(model) / 2**20, 2),
-        "global_batch": args.global_batch,
-        "records": len(examples),
-        "truncated": encoded.truncated,
-        "length_tokens": {
-            "mean": round(sum(lengths) / len(lengths), 1),
-            "p10": lengths[len(lengths) // 10],
-            "p50": lengths[len(lengths) // 2],
-            "p90": lengths[len(lengths) * 9 // 10],
-            "max": lengths[-1],
+    optimizer = fabric.setup_optimizers(make_optimizer(fabric_model, 1e-4, 0.01, fabric.device))
+    return Ours(fabric, model, fabric_model, head, optimizer)
+
+
+# ------------------------------------------------------------------------------------------------ rows
+@dataclass(frozen=True)
+class Timing:
+    warmup_s: float
+    timed_s: float
+    loss: torch.Tensor
+    """The last timed step's loss sum (on the device)."""
+    graphs_compiled: int
+    """Graphs torch.compile compiled during the timed steps: 0 unless a step met a new shape."""
+    allocated_at_start: int
+    """Bytes allocated when the row started (the model's weights; more would be a leak)."""
+
+
+def time_steps(run: Callable[[Any], torch.Tensor], steps: Sequence[Any], warmup: int, cuda: bool) -> Timing:
+    """Warm-up steps, then the timed ones between two synchronizations: the same method for every row."""
+    release_memory()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    allocated = torch.cuda.memory_allocated() if cuda else 0
+    t0 = time.perf_counter()
+    for step in steps[:warmup]:
+        run(step)
+    if cuda:
+        torch.cuda.synchronize()
+    t_warm = time.perf_counter() - t0
+    graphs = counters["stats"]["unique_graphs"]
+    t0 = time.perf_counter()
+    loss = torch.zeros(())
+    for step in steps[warmup:]:
+        loss = run(step)
+    if cuda:
+        torch.cuda.synchronize()
+    graphs = counters["stats"]["unique_graphs"] - graphs
+    return Timing(t_warm, time.perf_counter() - t0, loss, graphs, allocated)
+
+
+@dataclass
+class Env:
+    """What every row of the run shares."""
+
+    args: argparse.Namespace
+    data: Data
+    device: torch.device
+    peak: dict[str, Any]
+    t_start: float
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def row_metrics(
+    env: Env, timing: Timing, indices: Sequence[Sequence[int]], padded: int, executed: float,
+    last_loss_tokens: int, shape: flops.Shape, steps: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Throughput, FLOP rates and memory of the timed steps; `indices`: each timed micro-batch's."""
+    examples = env.data.examples
+    lengths = [len(examples[i]) for mb in indices for i in mb]
+    loss_tokens = sum(examples[i].loss_tokens for mb in indices for i in mb)
+    nonpad = sum(lengths)
+    model = flops.model_flops(shape, lengths, loss_tokens)
+    spec = env.peak.get("spec_dense_bf16_tflops")
+    measured = env.peak.get("measured_matmul_bf16_tflops_this_run") or env.peak.get(
+        "measured_matmul_bf16_tflops"
+    )
+    dt = timing.timed_s
+    achieved = model / dt / 1e12
+    return {
+        "nonpad_tokens_per_s": round(nonpad / dt, 1),
+        "tokens_per_s": round(padded / dt, 1),
+        "padding_fraction": round(1 - nonpad / padded, 4),
+        "mfu": round(achieved / spec, 4) if spec else None,
+        "mfu_of_measured_peak": round(achieved / measured, 4) if measured else None,
+        "model_tflops": float(f"{achieved:.4g}"),
+        "executed_tflops": float(f"{executed / dt / 1e12:.4g}"),
+        "model_gflop_per_nonpad_token": round(model / nonpad / 1e9, 3),
+        "step_s": round(dt / steps, 3),
+        "warmup_s": round(timing.warmup_s, 1),
+        "graphs_compiled_in_timed_steps": timing.graphs_compiled,
+        "timed_steps": steps,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if env.cuda else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if env.cuda else None,
+        "allocated_at_start_gib": round(timing.allocated_at_start / 2**30, 2) if env.cuda else None,
+        "last_step_loss": round(timing.loss.item() / max(last_loss_tokens, 1), 4),
+    }
+
+
+def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict[str, Any]:
+    args, examples = env.args, env.data.examples
+    set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
+    warmup = args.warmup + (args.compile_warmup if cfg.compile else 0)
+    steps = planned_steps(examples, cfg, args, warmup + args.steps)
+
+    def run(step: Step) -> torch.Tensor:
+        return train_step(
+            ours.fabric, ours.fabric_model, ours.optimizer, ours.head, step, examples, env.data.pad_id, 1.0
+        )
+
+    timing = time_steps(run, steps, warmup, env.cuda)
+    timed = steps[warmup:]
+    mbs = [mb for s in timed for mb in s.micro_batches]
+    executed = flops.executed_flops(
+        shape,
+        ((len(mb.indices), mb.length) for mb in mbs),
+        head_tokens=sum(mb.loss_tokens for mb in mbs),
+        recompute=cfg.activation_checkpointing,
+    )
+    padded = sum(s.global_padded_tokens for s in timed)
+    indices = [mb.indices for mb in mbs]
+    last_loss_tokens = timed[-1].global_loss_tokens
+    metrics = row_metrics(env, timing, indices, padded, executed, last_loss_tokens, shape, len(timed))
+    return {
+        "config": cfg.name,
+        "family": "ours",
+        "batching": cfg.batching,
+        "micro_batch_tokens": cfg.micro_batch_tokens if cfg.batching == "ours" else None,
+        "micro_batch_size": cfg.micro_batch_size,
+        "compile": cfg.compile,
+        "activation_checkpointing": cfg.activation_checkpointing,
+        "micro_batches_per_step": round(len(mbs) / len(timed), 1),
+        **metrics,
+        "note": cfg.note,
+    }
+
+
+def run_hf(
+    env: Env, model: Any, row: hf.HFRow, config: Config, shape: flops.Shape, hf_shape: flops.Shape
+) -> dict[str, Any]:
+    args, examples = env.args, env.data.examples
+    micro_batch_size = hf.micro_batch_size(row, config)
+    hf.set_gradient_checkpointing(model, row.gradient_checkpointing)
+    runner = hf.compiled(model, row.compile)
+    optimizer = hf.make_optimizer(model, env.device)
+    warmup = args.warmup + (args.compile_warmup if row.compile else 0)
+    lengths = [len(e) for e in examples]
+    steps = hf.length_grouped_steps(lengths, micro_batch_size, args.global_batch, warmup, args.steps, seed=0)
+
+    def run(micro_batches: list[list[int]]) -> torch.Tensor:
+        return hf.train_step(
+            runner,
+            optimizer,
+            micro_batches,
+            examples,
+            env.data.pad_id,
+            env.device,
+            mark_dynamic=bool(row.compile),
+        )
+
+    timing = time_steps(run, steps, warmup, env.cuda)
+    mbs = [mb for s in steps[warmup:] for mb in s]
+    padded_shapes = [(len(mb), -(-max(lengths[i] for i in mb) // 8) * 8) for mb in mbs]
+    padded = sum(b * t for b, t in padded_shapes)
+    executed = flops.executed_flops(
+        hf_shape,
+        padded_shapes,
+        head_tokens=padded,  # transformers computes the logits of every position
+        recompute=row.gradient_checkpointing,
+        embedding_grad=hf.embedding_carries_gradient(model),
+    )
+    last_loss_tokens = sum(examples[i].loss_tokens for mb in steps[-1] for i in mb)
+    metrics = row_metrics(env, timing, mbs, padded, executed, last_loss_tokens, shape, args.steps)
+    return {
+        "config": row.name,
+        "family": "hf",
+        "batching": "length-grouped (Trainer group_by_length)",
+        "micro_batch_size": micro_batch_size,
+        "gradient_accumulation": args.global_batch // micro_batch_size,
+        "compile": row.compile or False,
+        "gradient_checkpointing": row.gradient_checkpointing,
+        "micro_batches_per_step": round(len(mbs) / args.steps, 1),
+        **metrics,
+        "note": row.note,
+    }
+
+
+# ------------------------------------------------------------------------------------------ flop check
+def counted_matmul_flops(run: Callable[[], None], ops: tuple[str, ...]) -> int:
+    """Matmul FLOPs that torch's FlopCounterMode sees while `run` runs (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return sum(v for k, v in counter.get_flop_counts()["Global"].items() if str(k) in ops)
+
+
+def flop_check(
+    env: Env, ours: Ours | None, hf_model: Any, shape: flops.Shape, hf_shape: flops.Shape
+) -> dict[str, Any]:
+    """train_flops' count against torch's FlopCounterMode on one sequence (no padding, eager), matmuls
+    only: on a CPU, SDPA's fused kernel is not counted (and Hugging Face Falcon's attention shows up as
+    bmm, so only mm/addmm are compared there)."""
+    examples = env.data.examples
+    ex = examples[0]
+    n, out = len(ex), {}
+    if ours is not None:
+        batch = collate(make_micro_batch([0], n, examples), examples, env.data.pad_id).to(env.device)
+        for checkpointing in (False, True):
+            set_speed_options(ours.model, False, checkpointing)
+
+            def run() -> None:
+                batch_loss(ours.fabric_model, ours.head, batch).backward()
+
+            counted = counted_matmul_flops(run, ("aten.mm", "aten.bmm", "aten.addmm"))
+            ours.optimizer.zero_grad(set_to_none=True)
+            expected = flops.step_flops(shape, n, 0, ex.loss_tokens, recompute=checkpointing)["total"]
+            out["ours-ac" if checkpointing else "ours"] = round(counted / expected, 6)
+    if hf_model is not None:
+        inputs = {k: v.to(env.device) for k, v in hf.collate([0], examples, env.data.pad_id, 1).items()}
+        for checkpointing in (False, True):
+            hf.set_gradient_checkpointing(hf_model, checkpointing)
+
+            def run() -> None:
+                hf_model(**inputs).loss.backward()
+
+            counted = counted_matmul_flops(run, ("aten.mm", "aten.addmm"))
+            hf_model.zero_grad(set_to_none=True)
+            grad = hf.embedding_carries_gradient(hf_model)
+            expected = flops.step_flops(hf_shape, n, 0, n, checkpointing, grad)["total"]
+            out["hf-gc" if checkpointing else "hf"] = round(counted / expected, 6)
+    what = " ".join((flop_check.__doc__ or "").split())
+    return {"counted_over_computed": out, "sequence_tokens": n, "what": what}
+
+
+# ------------------------------------------------------------------------------------------ the run
+def family_of(row: Row) -> str:
+    return "hf" if isinstance(row, hf.HFRow) else "ours"
+
+
+def row_kind(row: Row) -> tuple[str, str, bool]:
+    if isinstance(row, hf.HFRow):
+        return ("hf", row.compile, row.gradient_checkpointing)
+    return ("ours", "compile" if row.compile else "", row.activation_checkpointing)
+
+
+RECOMPILE_SHARE = 0.3
+"""What compiling a row costs when a row of the same kind compiled at this shape already (caches)."""
+
+
+class Planner:
+    """Which rows fit the time budget of the whole run. The run is a list of (model, row) in run order
+    (model by model); a row starts only if its cost, plus the costs of every later row of higher
+    priority (at this shape or the next ones), fits before the deadline, so a lower-priority row never
+    takes the time of a higher-priority one, at this shape or the next.
+
+    A row's cost = its steps × its guessed step time + its guessed compile time (less when a row of the
+    same kind compiled at this shape already) + building the model if not built yet. Every finished row
+    corrects the guesses of the rows after it: step and compile times are scaled by the median ratio of
+    measured to guessed so far in this run."""
+
+    def __init__(self, args: argparse.Namespace, runs: list[tuple[str, Row]], deadline: float) -> None:
+        self.args, self.runs, self.deadline = args, runs, deadline
+        self.priority = {name: k for k, name in enumerate(args.configs)}
+        self.step_ratios: list[float] = []
+        self.compile_ratios: list[float] = []
+        self.built: set[tuple[str, str]] = set()  # (model, family)
+        self.compiled: set[tuple[str, tuple[str, str, bool]]] = set()  # (model, row kind)
+
+    def steps(self, row: Row) -> int:
+        return self.args.warmup + self.args.steps + (self.args.compile_warmup if row.compile else 0)
+
+    def cost(self, model: str, row: Row) -> float:
+        step = row.step_s * statistics.median(self.step_ratios or [1.0])
+        compile_s = row.compile_s * statistics.median(self.compile_ratios or [1.0])
+        if (model, row_kind(row)) in self.compiled:
+            compile_s *= RECOMPILE_SHARE
+        return self.steps(row) * step + compile_s
+
+    def fits(self, k: int) -> tuple[bool, str]:
+        """Whether run `k` (an index into `runs`) may start now, and if not, why."""
+        left = self.deadline - time.perf_counter()
+        if self.args.smoke:  # no guesses for a CPU: only the deadline itself
+            return left > 0, f"time budget used ({left:.0f} s left)"
+        row = self.runs[k][1]
+        ahead = [(m, r) for m, r in self.runs[k + 1 :] if self.priority[r.name] < self.priority[row.name]]
+        runs = [self.runs[k], *ahead]
+        builds = {(m, family_of(r)) for m, r in runs} - self.built
+        need = sum(self.cost(m, r) for m, r in runs) + sum(BUILD_ESTIMATE_S[f] for _, f in builds)
+        if need <= left:
+            return True, ""
+        why = f"time budget: this row and the higher-priority ones after it need ~{need:.0f} s"
+        return False, f"{why}, {left:.0f} s left"
+
+    def done(self, k: int, result: dict[str, Any]) -> None:
+        model, row = self.runs[k]
+        self.built.add((model, family_of(row)))
+        if "step_s" not in result:
+            return
+        self.step_ratios.append(result["step_s"] / row.step_s)
+        if row.compile and (model, row_kind(row)) not in self.compiled:
+            warmup_steps = self.args.warmup + self.args.compile_warmup
+            compile_s = max(result["warmup_s"] - warmup_steps * result["step_s"], 0.0)
+            self.compile_ratios.append(compile_s / row.compile_s)
+        if row.compile:
+            self.compiled.add((model, row_kind(row)))
+
+
+def planned_runs(args: argparse.Namespace) -> list[tuple[str, Row]]:
+    """(model, row) in run order: model by model; ours first (new compiles late), then Hugging Face's."""
+    every: list[Row] = [*CONFIGS, *hf.HF_ROWS]
+    return [(model, row) for model in args.model for row in every if row.name in args.configs]
+
+
+SHAPE_FIELDS = (
+    "n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "padded_vocab_size",
+    "mlp_class_name", "norm_class_name", "parallel_residual",
+)  # fmt: skip
+
+
+@dataclass
+class OnDevice:
+    """One shape's models, built when a row first needs them; at most one on the device at a time."""
+
+    env: Env
+    config: Config
+    shapes: tuple[flops.Shape, flops.Shape]
+    """(ours, Hugging Face's) matmul shapes: they differ in how the q/k/v LoRA is laid out."""
+    result: dict[str, Any]
+    """The model's JSON entry: what building finds out goes there."""
+    ours: Ours | None = None
+    hf_model: Any = None
+
+    def our_model(self) -> Ours:
+        if self.ours is None:
+            env = self.env
+            fabric = L.Fabric(
+                accelerator=env.device.type, devices=1, precision="32-true" if env.args.smoke else "bf16-true"
+            )
+            self.ours = build_ours(fabric, self.config, env.args)
+            trainable = [p for p in self.ours.model.parameters() if p.requires_grad]
+            self.result["trainable_params"] = sum(p.numel() for p in trainable)
+            self.result["adapter_mib"] = round(adapter_bytes(self.ours.model) / 2**20, 2)
+            if env.args.smoke:
+                self.result["flop_check"] = flop_check(env, self.ours, None, *self.shapes)
+        return self.ours
+
+    def hf(self) -> Any:
+        if self.ours is not None:  # one model on the device at a time
+            self.ours = None
+            release_memory()
+        if self.hf_model is None:
+            env, args = self.env, self.env.args
+            dtype = torch.float32 if args.smoke else torch.bfloat16
+            self.hf_model = hf.build_model(
+                self.config, args.lora_targets, LORA_R, LORA_ALPHA, LORA_DROPOUT, env.device, dtype
+            )
+            trainable = [p for p in self.hf_model.parameters() if p.requires_grad]
+            self.result["hf_trainable_params"] = sum(p.numel() for p in trainable)
+            self.result["hf_lora_modules"] = sorted(self.hf_model.peft_config["default"].target_modules)
+            if args.smoke:
+                check = flop_check(env, None, self.hf_model, *self.shapes)
+                self.result.setdefault("flop_check", check)["counted_over_computed"].update(
+                    check["counted_over_computed"]
+                )
+        return self.hf_model
+
+    def run(self, row: Row) -> dict[str, Any]:
+        if isinstance(row, BenchConfig):
+            return run_ours(self.env, self.our_model(), row, self.shapes[0])
+        return run_hf(self.env, self.hf(), row, self.config, *self.shapes)
+
+    def after_error(self) -> None:
+        if self.ours is not None:
+            self.ours.optimizer.zero_grad(set_to_none=True)
+        if self.hf_model is not None:
+            self.hf_model.zero_grad(set_to_none=True)
+
+    def release(self) -> None:
+        self.ours = self.hf_model = None
+        release_memory()
+
+
+def bench_model(
+    env: Env, key: str, planner: Planner, summary: dict[str, Any], write: Callable[[], None]
+) -> None:
+    """Every wanted row at one model's shape, appended to `summary["models"]` as they finish."""
+    args, data = env.args, env.data
+    config = model_config(key, args, data.tokenizer.vocab_size if args.smoke else 0)
+    shape = flops.model_shape(config, args.lora_targets, LORA_R, "litgpt")
+    hf_shape = flops.model_shape(config, args.lora_targets, LORA_R, hf.LORA_LAYOUT[hf.family(config)])
+    lengths = [len(e) for e in data.examples]
+    per_token = flops.model_flops(shape, lengths, sum(e.loss_tokens for e in data.examples)) / sum(lengths)
+    result: dict[str, Any] = {
+        "model": key,
+        "config": config.name,
+        "shape": {k: getattr(config, k) for k in SHAPE_FIELDS},
+        "lora": {
+            "targets": ",".join(args.lora_targets),
+            "r": LORA_R,
+            "alpha": LORA_ALPHA,
+            "dropout": LORA_DROPOUT,
         },
-        "reply_token_fraction": round(sum(e.loss_tokens for e in examples) / sum(lengths), 3),
+        "model_gflop_per_nonpad_token": round(per_token / 1e9, 3),
         "results": [],
     }
-    print(json.dumps({k: v for k, v in summary.items() if k != "results"}), flush=True)
-    wanted = (
-        args.configs.split(",")
-        if args.configs
-        else (SMOKE_CONFIGS if args.smoke else [c.name for c in CONFIGS])
-    )
-    by_name = {c.name: c for c in CONFIGS}
-    for name in wanted:
-        elapsed = time.perf_counter() - t_start
-        if elapsed > args.time_budget:
-            summary["results"].append(
-                {"config": name, "skipped": f"time budget ({args.time_budget:.0f} s) used"}
-            )
+    summary["models"].append(result)
+    models = OnDevice(env, config, (shape, hf_shape), result)
+    for k, (model, row) in enumerate(planner.runs):
+        if model != key:
             continue
-        try:
-            result = run_config(
-                fabric,
-                model,
-                fabric_model,
-                head,
-                optimizer,
-                by_name[name],
-                examples,
-                tokenizer.eos_id or 0,
-                args,
-            )
-        except torch.cuda.OutOfMemoryError:
-            optimizer.zero_grad(set_to_none=True)
-            result = {"config": name, "error": "CUDA out of memory"}
-        except Exception as e:  # keep the other configurations' numbers
-            optimizer.zero_grad(set_to_none=True)
-            result = {"config": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-        result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        summary["results"].append(result)
-        print(json.dumps(result), flush=True)
-        if args.out:  # after every configuration: a run cut short still leaves its numbers
-            write_json(args.out, summary)
-    done = [r for r in summary["results"] if "nonpad_tokens_per_s" in r]
-    if done:
-        best = max(done, key=lambda r: r["nonpad_tokens_per_s"])
-        # what the allocator held (reserved) must fit: 24 GB cards have ~23.6 GB usable at most
+        ok, why = planner.fits(k)
+        if not ok:
+            out: dict[str, Any] = {"config": row.name, "skipped": why}
+        else:
+            t_row = time.perf_counter()
+            try:
+                out = models.run(row)
+            except torch.cuda.OutOfMemoryError:
+                out = {"config": row.name, "error": "CUDA out of memory"}
+            except Exception as e:  # keep the other rows' numbers
+                out = {"config": row.name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            if "error" in out:
+                models.after_error()
+            planner.done(k, out)
+            out["row_s"] = round(time.perf_counter() - t_row, 1)
+            out["elapsed_s"] = round(time.perf_counter() - env.t_start, 1)
+        result["results"].append(out)
+        result.update(best_rows(result["results"]))
+        print(json.dumps({"model": key, **out}), flush=True)
+        write()
+    models.release()
+
+
+def best_rows(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest row of each family, overall and within 24 GB reserved, and ours over Hugging Face's."""
+    out: dict[str, Any] = {}
+    for fam in ("ours", "hf"):
+        done = [r for r in results if r.get("family") == fam and "nonpad_tokens_per_s" in r]
         small = [
-            r for r in done if r["peak_reserved_gib"] is not None and r["peak_reserved_gib"] * 2**30 <= 24e9
+            r
+            for r in done
+            if r["peak_reserved_gib"] is not None and r["peak_reserved_gib"] * 2**30 <= MAX_24GB
         ]
-        summary["best"] = {"config": best["config"], "nonpad_tokens_per_s": best["nonpad_tokens_per_s"]}
-        if small:
-            best_small = max(small, key=lambda r: r["nonpad_tokens_per_s"])
-            summary["best_within_24gb"] = {
-                "config": best_small["config"],
-                "nonpad_tokens_per_s": best_small["nonpad_tokens_per_s"],
-                "peak_memory_gib": best_small["peak_memory_gib"],
-                "peak_reserved_gib": best_small["peak_reserved_gib"],
-            }
-    summary["total_s"] = round(time.perf_counter() - t_start, 1)
+        for label, rows in (("best", done), ("best_within_24gb", small)):
+            if rows:
+                r = max(rows, key=lambda r: r["nonpad_tokens_per_s"])
+                out[f"{fam}_{label}"] = {
+                    k: r[k]
+                    for k in ("config", "nonpad_tokens_per_s", "mfu", "peak_memory_gib", "peak_reserved_gib")
+                }
+    for label in ("best", "best_within_24gb"):
+        ours, theirs = out.get(f"ours_{label}"), out.get(f"hf_{label}")
+        if ours and theirs:
+            out[f"speedup_over_hf_{label}"] = round(
+                ours["nonpad_tokens_per_s"] / theirs["nonpad_tokens_per_s"], 2
+            )
+    return out
+
+
+def measure_matmul_tflops() -> float:
+    """bf16 8192³ products on random data (KINDS.md's method): the device's reachable matmul rate."""
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return round(10 * 2 * 8192**3 / (start.elapsed_time(end) / 1e3) / 1e12, 1)
+
+
+def bench(args: argparse.Namespace, t_start: float) -> dict[str, Any]:
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU: run with --smoke for the CPU check")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = flops.device_peak(name)
+    if device.type == "cuda":
+        peak["measured_matmul_bf16_tflops_this_run"] = measure_matmul_tflops()
+    data = make_data(args)
+    env = Env(args, data, device, peak, t_start)
+    summary: dict[str, Any] = {
+        "bench": "finetune",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "device": name,
+        "peak": peak,
+        "versions": versions(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "global_batch": args.global_batch,
+        "data": data.summary(),
+        "models": [],
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "models"}), flush=True)
+
+    def write() -> None:
+        summary["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        if args.out:  # after every row: a run cut short still leaves its numbers
+            write_json(args.out, summary)
+
+    planner = Planner(args, planned_runs(args), deadline=t_start + args.time_budget)
+    for key in args.model:
+        bench_model(env, key, planner, summary, write)
+    write()
     return summary
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("torch", "lightning", "litgpt", "transformers", "peft", "accelerate"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- anchor
@@ -423,40 +909,40 @@ REPORT_RE = re.compile(r"Tok/sec\s*:\s*([\d.]+)")
 TIME_RE = re.compile(r"Training Time\s*:\s*([\d.]+)")
 MEMORY_RE = re.compile(r"Memory Used\s*:\s*([\d.]+)")
 TOKENS_RE = re.compile(r"Total Tokens \(w/ Padding\)\s*:\s*(\d+)")
+ANCHOR_LORA_R, ANCHOR_LORA_TARGETS = 8, ("q", "v")
+"""litgpt finetune_lora's defaults (lora_r 8 on query and value)."""
 
 
-def write_anchor_checkpoint(folder: Path, args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
-    """A litgpt checkpoint folder with random weights, as if downloaded (base model, no LoRA)."""
-    tokenizer = write_tokenizer(folder, tokenizer_texts(records), 16384)
-    config = model_config(args, tokenizer.vocab_size, lora=False)
-    device = "cpu" if args.smoke else "cuda"
-    dtype = torch.float32 if args.smoke else torch.bfloat16
+def write_anchor_checkpoint(folder: Path, config: Config, device: str) -> None:
+    """Random weights and config into a litgpt checkpoint folder (base model, no LoRA) that already
+    holds the tokenizer: as if downloaded."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device=device).to(dtype)
     randomize(model)
-    state = {k: v for k, v in model.state_dict().items()}
     (folder / "model_config.yaml").write_text(yaml.safe_dump(asdict(config)))
-    torch.save({k: v.cpu() for k, v in state.items()}, folder / "lit_model.pth")
-    del model, state
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "lit_model.pth")
+    del model
+    release_memory()
 
 
-def anchor(args: argparse.Namespace) -> dict[str, Any]:
+def anchor(args: argparse.Namespace, key: str) -> dict[str, Any]:
     """Time `litgpt finetune_lora` with its defaults on the same records (JSON data, alpaca prompt)."""
     t_start = time.perf_counter()
-    records = synthetic_records(args.records, seed=0)
     work = Path(tempfile.mkdtemp(prefix="anchor-", dir=args.work_dir))
     try:
-        checkpoint = work / ("tiny-falcon-bench" if args.smoke else "falcon-7b")
-        checkpoint.mkdir()
-        write_anchor_checkpoint(checkpoint, args, records)
+        folder = work / "checkpoint"
+        folder.mkdir()
+        prepared = make_data(args, tokenizer_dir=folder)
+        records = prepared.records
+        vocab = prepared.tokenizer.vocab_size if args.smoke else 0  # a tiny model's vocabulary is the BPE's
+        config = model_config(key, argparse.Namespace(**{**vars(args), "lora_targets": ()}), vocab, lora_r=0)
+        checkpoint = folder.rename(work / config.name)
+        write_anchor_checkpoint(checkpoint, config, "cpu" if args.smoke else "cuda")
         data = work / "data"
         data.mkdir()
-        rows = [
-            {"instruction": r["instruction"], "input": r["context"], "output": r["response"]} for r in records
-        ]
+        rows = [{"instruction": r.instruction, "input": r.context, "output": r.response} for r in records]
         (data / "train.json").write_text(json.dumps(rows[64:]))
         (data / "val.json").write_text(json.dumps(rows[:64]))
         t_written = time.perf_counter() - t_start
@@ -485,17 +971,31 @@ def anchor(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("litgpt printed no performance report; its output ends with:\n" + text[-3000:])
         tokens = TOKENS_RE.search(text)
         memory = MEMORY_RE.search(text)
+        # MFU: litgpt's rate times the model FLOPs per token of these records (its alpaca rendering is
+        # close to ours in length), LoRA as litgpt's defaults put it
+        shape = flops.model_shape(config, ANCHOR_LORA_TARGETS, ANCHOR_LORA_R, "litgpt")
+        cuda = torch.cuda.is_available() and not args.smoke
+        peak = flops.device_peak(torch.cuda.get_device_name() if cuda else "cpu")
+        spec = peak["spec_dense_bf16_tflops"]
+        lengths = [len(e) for e in prepared.examples]
+        per_token = flops.model_flops(shape, lengths, sum(e.loss_tokens for e in prepared.examples)) / sum(
+            lengths
+        )
         return {
             "anchor": "litgpt finetune_lora (defaults)",
+            "model": key,
+            "config": config.name,
             "litgpt": importlib.metadata.version("litgpt"),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu",
+            "device": peak["device"],
+            "peak": peak,
             "command": " ".join(command[1:]),
             "steps": args.anchor_steps,
             "nonpad_tokens_per_s": float(tok_s.group(1)),  # micro-batch 1: no padding at all
             "training_s": float(train_s.group(1)),
             "tokens": int(tokens.group(1)) if tokens else None,
             "peak_memory_gb": float(memory.group(1)) if memory else None,
-            "mfu": round(float(tok_s.group(1)) * 4 * N_PARAMS / PEAK_FLOPS, 4) if not args.smoke else None,
+            "model_gflop_per_token": round(per_token / 1e9, 3),
+            "mfu": round(float(tok_s.group(1)) * per_token / (spec * 1e12), 4) if spec and cuda else None,
             "checkpoint_write_s": round(t_written, 1),
             "litgpt_wall_s": round(time.perf_counter() - t_launch, 1),
         }
@@ -503,62 +1003,129 @@ def anchor(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny Falcon-shaped model, few steps")
+    p.add_argument("--smoke", action="store_true", help="CPU, a tiny model of each family, few steps")
+    p.add_argument(
+        "--model", default="falcon-7b", help=f"comma list of {', '.join(MODELS)} (default falcon-7b)"
+    )
     p.add_argument("--anchor", action="store_true", help="time plain `litgpt finetune_lora` instead")
     p.add_argument(
-        "--configs", default="", help=f"comma-separated subset of: {', '.join(c.name for c in CONFIGS)}"
+        "--configs",
+        default="",
+        help="comma list of rows in priority order, or 'all'; rows: "
+        + ", ".join(ALL_ROWS)
+        + f"\n(default: {','.join(KEY_ROWS)}; with --smoke: {','.join(SMOKE_ROWS)})",
     )
     p.add_argument("--lora-targets", default="q,v", help="comma list of q,k,v,proj,mlp,head (default: q,v)")
     p.add_argument(
-        "--steps", type=int, default=None, help="timed optimizer steps per config (default 4; smoke 1)"
+        "--steps", type=int, default=None, help="timed optimizer steps per row (default 4; smoke 1)"
     )
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per config")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per row")
     p.add_argument("--compile-warmup", type=int, default=1, help="extra untimed steps when compiling")
     p.add_argument(
         "--global-batch", type=int, default=None, help="sequences per step (default 128; smoke 16)"
     )
     p.add_argument("--records", type=int, default=None, help="synthetic records (default 4096; smoke 256)")
     p.add_argument("--max-seq-length", type=int, default=1024, help="longer records are truncated")
-    p.add_argument("--time-budget", type=float, default=450.0, help="start no configuration after this (s)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run, all models"
+        f" (default {PER_MODEL_BUDGET_S:.0f} per model; smoke 900 per model)",
+    )
     p.add_argument(
         "--anchor-steps", type=int, default=None, help="litgpt optimizer steps (default 30; smoke 2)"
     )
     p.add_argument("--anchor-precision", default="", help="override litgpt's default precision (bf16-mixed)")
-    p.add_argument(
-        "--work-dir", default=None, help="where the anchor's 14 GB checkpoint goes (default: TMPDIR)"
-    )
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON summary here")
+    p.add_argument("--work-dir", default=None, help="where the anchor's checkpoint goes (default: TMPDIR)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every row)")
     args = p.parse_args(argv)
+    problems = []
+    args.model = [m.strip().lower() for m in args.model.split(",") if m.strip()]
+    problems += [f"unknown --model {m!r} (use {', '.join(MODELS)})" for m in args.model if m not in MODELS]
+    args.lora_targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    problems += [f"unknown LoRA target {t!r} (use {','.join(flops.LORA_TARGETS)})" for t in args.lora_targets
+                 if t not in flops.LORA_TARGETS]  # fmt: skip
+    if args.configs == "all":
+        args.configs = list(ALL_ROWS)
+    else:
+        args.configs = [c.strip() for c in args.configs.split(",") if c.strip()] or (
+            SMOKE_ROWS if args.smoke else KEY_ROWS
+        )
+    problems += [f"unknown row {c!r} (see --help)" for c in args.configs if c not in ALL_ROWS]
     smoke = args.smoke
     args.steps = args.steps or (1 if smoke else 4)
     args.global_batch = args.global_batch or (16 if smoke else 128)
     args.records = args.records or (256 if smoke else 4096)
     args.anchor_steps = args.anchor_steps or (2 if smoke else 30)
+    args.time_budget = args.time_budget or (900.0 if smoke else PER_MODEL_BUDGET_S) * len(args.model)
+    sizes = {r.micro_batch_size or 0 for r in hf.HF_ROWS if r.name in args.configs} - {0}
+    sizes |= set(hf.GC_MICRO_BATCH.values())
+    if any(args.global_batch % size for size in sizes):
+        problems.append(
+            f"--global-batch must be a multiple of the Hugging Face micro-batches {sorted(sizes)}"
+        )
+    if problems:
+        p.error("; ".join(problems))
     if smoke and args.anchor and not args.anchor_precision:
         args.anchor_precision = "32-true"  # bf16 autocast on a CPU is far too slow for a smoke test
     return args
 
 
+def print_table(summary: dict[str, Any]) -> None:
+    """The rows as a short table, last in the output (a GPU call returns the output's tail)."""
+    print(f"\n{summary.get('device')}  peak {summary.get('peak')}")
+    cols = f"{'tok/s':>9} {'MFU':>6} {'TFLOP/s':>8} {'exec':>6} {'GiB':>6} {'resv':>6}"
+    print(f"{'model':<13} {'row':<20} {cols}  note")
+    for m in summary.get("models", []):
+        for r in m["results"]:
+            if "nonpad_tokens_per_s" in r:
+                mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+                gib = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
+                resv = f"{r['peak_reserved_gib']:.1f}" if r["peak_reserved_gib"] is not None else "-"
+                print(
+                    f"{m['model']:<13} {r['config']:<20} {r['nonpad_tokens_per_s']:>9,.0f} {mfu:>6}"
+                    f" {r['model_tflops']:>8.3g} {r['executed_tflops']:>6.3g} {gib:>6} {resv:>6}  {r['note']}"
+                )
+            else:
+                print(f"{m['model']:<13} {r['config']:<20} {r.get('skipped') or r.get('error')}")
+        speedups = {k: v for k, v in m.items() if k.startswith("speedup")}
+        if speedups:
+            print(f"{m['model']:<13} {speedups}")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)  # a reader (or a kill) never sees half a file
+
+
 def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
     args = parse_args(argv)
     # less fragmentation with ragged micro-batches (read at the first CUDA allocation)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if args.smoke:
         torch.set_num_threads(1)  # a smoke run shares a small CPU; one thread is the robust choice
-    summary = anchor(args) if args.anchor else bench(args)
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        write_json(args.out, summary)
+    if args.anchor:
+        summary: dict[str, Any] = {"anchors": []}
+        for key in args.model:
+            summary["anchors"].append(anchor(args, key))
+            if args.out:
+                write_json(args.out, summary)
+        print(json.dumps(summary, indent=2))
+        return 0
+    summary = bench(args, t_start)
+    if not args.out:
+        print(json.dumps(summary, indent=2))
+    print_table(summary)
     return 0
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":
