@@ -145,7 +145,7 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         compile=True,
         step_s=1.9,
         compile_s=45,
-        note="<= 24 GB",
+        note="<= 24 GB setting",
     ),
     BenchConfig("naive-compile", "naive", micro_batch_size=8, compile=True, step_s=3.0, compile_s=45),
     BenchConfig(
@@ -160,7 +160,7 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         step_s=1.9,
         compile_s=60,
     ),  # fmt: skip
-    BenchConfig("ours-eager-ac", "ours", activation_checkpointing=True, step_s=2.2, note="<= 24 GB"),
+    BenchConfig("ours-eager-ac", "ours", activation_checkpointing=True, step_s=2.2, note="<= 24 GB setting"),
 ]
 KEY_ROWS = [
     "ours-compile",
