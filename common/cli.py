@@ -67,6 +67,32 @@ class Switch(argparse.Action):
         setattr(namespace, self.dest, not negated)
 
 
+class Strings(list[str]):
+    """A list flag's value as given on this command line (so a repeated flag extends it, not its default)."""
+
+
+class ListFlag(argparse.Action):
+    """A `list[str]` flag read the way pydantic-settings reads one: JSON/YAML (`'["a", "b"]'`), `a,b`,
+    or the flag repeated (`--x a --x b`); the first use replaces the default."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.pop("type", None)
+        super().__init__(option_strings, dest, metavar="LIST", **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        text = str(values)
+        try:
+            loaded = yaml_load(text) if text.lstrip().startswith("[") else text.split(",")
+        except yaml.YAMLError:
+            loaded = None
+        if not isinstance(loaded, list):
+            parser.error(f'{option_string}: {text!r} is not a list such as a,b or \'["a", "b"]\'')
+        current = getattr(namespace, self.dest, None)
+        given = current if isinstance(current, Strings) else Strings()
+        given.extend(str(item) for item in loaded)
+        setattr(namespace, self.dest, given)
+
+
 class HelpFormatter(DefaultHelpFormatter):
     """jsonargparse's help (type and default after each flag's help) with readable type names."""
 
@@ -97,6 +123,10 @@ class Parser(jsonargparse.ArgumentParser):
         if args and str(args[0]).startswith("--") and is_bool_type(kind):
             kwargs.pop("type", None)
             kwargs["action"] = Switch
+        elif args and str(args[0]).startswith("--") and kind == list[str]:
+            kwargs.pop("type", None)
+            kwargs["action"] = ListFlag
+            args = tuple(a for a in args if not str(a).endswith("+"))  # jsonargparse's append form
         action = super().add_argument(*args, **kwargs)
         for option in getattr(action, "option_strings", ()):
             # the underscore spelling (`--gap_hours`) still works, without a second line in -h

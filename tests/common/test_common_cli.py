@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
-from common.cli import EXIT_INTERRUPTED, Parser, parse_dataclasses, run, run_function
+from common.cli import EXIT_INTERRUPTED, Parser, parse_dataclasses, parse_settings, run, run_function
 
 
 def unwrapped(text: str) -> str:
@@ -160,6 +162,86 @@ def test_parser_is_jsonargparse_with_kebab_names() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=1)
     assert parser.parse_args(["--max-new-tokens", "2"]).max_new_tokens == 2
     assert parser.parse_args(["--max_new_tokens", "3"]).max_new_tokens == 3
+
+
+class DemoSettings(BaseSettings):
+    """A server's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="DEMO_", env_file=".env", extra="ignore")
+
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
+    origins: list[str] = Field(default_factory=list, description="allowed origins")
+    compile: bool | None = Field(default=None, description="compile (none: decide later)")
+    secret: CliSuppress[str | None] = Field(default=None, description="environment only")
+
+
+def settings(argv: list[str]) -> DemoSettings:
+    return parse_settings(DemoSettings, argv, prog="prog")
+
+
+def test_settings_flags_default_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "2000")
+    (tmp_path / ".env").write_text('DEMO_PORT=8001\nDEMO_ORIGINS=["http://a"]\nDEMO_SECRET=s3cret\n')
+    monkeypatch.setenv("DEMO_PORT", "8123")  # the environment wins over .env, flags over both
+    got = settings([])
+    assert (got.port, got.origins, got.compile, got.secret) == (8123, ["http://a"], None, "s3cret")
+    assert settings(["--port", "9000", "--compile"]).port == 9000
+    with pytest.raises(SystemExit):
+        settings(["-h"])
+    help_text = unwrapped(capsys.readouterr().out)
+    assert "--port PORT TCP port [env DEMO_PORT] (type: int, default: 8123)" in help_text
+    assert (
+        "--compile, --no-compile compile (none: decide later) [env DEMO_COMPILE] (default: none)" in help_text
+    )
+    assert "--origins LIST allowed origins [env DEMO_ORIGINS] (default: ['http://a'])" in help_text
+    assert "--secret" not in help_text
+
+
+@pytest.mark.parametrize(
+    ("argv", "origins"),
+    [
+        (["--origins", "http://a"], ["http://a"]),
+        (["--origins", "http://a,http://b"], ["http://a", "http://b"]),
+        (["--origins", '["http://a", "http://b"]'], ["http://a", "http://b"]),
+        (["--origins", "http://a", "--origins", "http://b"], ["http://a", "http://b"]),
+        (["--origins", "[]"], []),
+    ],
+)
+def test_settings_list_flags_read_as_pydantic_settings_reads_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], origins: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEMO_ORIGINS", '["http://default"]')
+    assert settings(argv).origins == origins
+
+
+@pytest.mark.parametrize(
+    ("argv", "environment", "expected"),
+    [
+        (["--port", "70000"], {}, "error: --port: Input should be less than or equal to 65535"),
+        (["--secret", "x"], {}, "error: unrecognized arguments: --secret x"),
+        ([], {"DEMO_PORT": "many"}, "error: DEMO_PORT: Input should be a valid integer"),
+        (["--origins", "[a"], {}, "error: --origins: '[a' is not a list"),
+    ],
+)
+def test_settings_mistakes_are_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    environment: dict[str, str],
+    expected: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        settings(argv)
+    assert exit_.value.code == 2
+    assert one_error_line(capsys.readouterr().err).startswith(expected)
 
 
 # ------------------------------------------------------------------------------------------- the stages
