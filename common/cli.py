@@ -79,7 +79,9 @@ class ListFlag(argparse.Action):
         kwargs.pop("type", None)
         super().__init__(option_strings, dest, metavar="LIST", **kwargs)
 
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: str | None = None
+    ) -> None:
         text = str(values)
         try:
             loaded = yaml_load(text) if text.lstrip().startswith("[") else text.split(",")
