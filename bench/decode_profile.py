@@ -38,13 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from litgpt.config import Config  # noqa: E402
 
 from finetune.tiny import tiny_config  # noqa: E402
-from serve import kernels  # noqa: E402
 from serve.generate import (  # noqa: E402
-    GemvLinear,
     ParallelBlock,
     decode_logits,
     decode_step,
     fuse_parallel_blocks,
+    select_kernels,
     setup_caches,
 )
 from serve.model import random_model  # noqa: E402
@@ -68,14 +67,6 @@ def sort_sampler(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.T
     choice = (sorted_probs / race).argmax(dim=-1, keepdim=True)
     sampled = sorted_ids.gather(-1, choice).squeeze(-1)
     return torch.where(temperature > 0, sampled, greedy)
-
-
-def use_gemv_path(model: torch.nn.Module, on: bool) -> None:
-    """Switch the fused blocks and the LM head between the Triton GEMVs and cuBLAS, in place."""
-    for block in model.transformer.h:
-        if isinstance(block, ParallelBlock):
-            block.gemv = on
-    model.lm_head.__class__ = GemvLinear if on else torch.nn.Linear
 
 
 def sync(device: torch.device) -> None:
@@ -185,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             variants = [variants[0], variants[4]]
         steps: list[Callable[[], torch.Tensor]] = []
         for name, blocks, in_graph, attention, inductor in variants:
-            kernels.attention = attention
             torch._dynamo.reset()
             if blocks != "litgpt" and not isinstance(model.transformer.h[0], ParallelBlock):
                 fuse_parallel_blocks(model, gemv=False)  # in place: the later variants are all fused
-            use_gemv_path(model, blocks == "gemv")
+            # the fused blocks' and LM head's Triton GEMVs or cuBLAS, the Triton decode attention or not
+            select_kernels(model, gemv=blocks == "gemv", attention=attention)
             fn: Callable[..., torch.Tensor] = decode_step if in_graph else decode_logits
             if compile_:
                 fn = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
@@ -230,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         # the Triton path against cuBLAS on the same weights (eager, one token)
         logits = {}
         for on in (False, True):
-            use_gemv_path(model, on)
+            select_kernels(model, gemv=on, attention=True)
             logits[on] = decode_logits(model, tokens, pos)
         emit(
             {

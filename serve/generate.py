@@ -68,6 +68,9 @@ class SlotKVCache(KVCache):
 class DecodeAttention(CausalSelfAttention):
     """litgpt's attention; one-token steps of grouped/multi-query attention skip the head broadcast."""
 
+    attention_kernel: bool = False
+    """One-token steps on a GPU run `serve.kernels.decode_attention` (set by `setup_caches`)."""
+
     def scaled_dot_product_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -80,7 +83,7 @@ class DecodeAttention(CausalSelfAttention):
         # q_per_kv heads of a group become q_per_kv "positions" attending to that group's cache
         scale = 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size)
         scale = scale * self.mscale * self.mscale  # as litgpt's
-        if kernels.attention_supported(q, k):  # on a GPU: one Triton kernel instead of three
+        if self.attention_kernel and kernels.attention_supported(q, k):  # one Triton kernel, not three
             return kernels.decode_attention(q, k, v, mask, scale)
         q = q.reshape(B, nh_kv, nh_q // nh_kv, hs)  # (B, nh_kv, q_per_kv, hs)
         # mask: (B, 1, 1, S) bool, the same row for every query of a slot. Plain matmuls and a softmax,
@@ -209,10 +212,12 @@ def fuse_parallel_blocks(model: GPT, gemv: bool = True) -> int:
     return n
 
 
-def setup_caches(model: GPT, max_batch: int, max_seq: int) -> None:
+def setup_caches(model: GPT, max_batch: int, max_seq: int, attention_kernel: bool = True) -> None:
     """Give `model` a static (max_batch, max_seq) slot KV cache and the decode attention, in place.
 
-    Also rebuilds the RoPE cache on the model's device (a model built on the meta device has none).
+    With `attention_kernel` (and Triton installed) one-token steps on a GPU run the Triton decode
+    attention. Also rebuilds the RoPE cache on the model's device (a model built on the meta device has
+    none).
     """
     config = model.config
     if config.sliding_window_size is not None or config.latent_attention:
@@ -232,10 +237,37 @@ def setup_caches(model: GPT, max_batch: int, max_seq: int) -> None:
         if type(attn) not in SERVABLE_ATTENTION and not isinstance(attn, DecodeAttention):
             raise ValueError(f"unsupported attention module {type(attn).__name__}: serve a plain litgpt GPT")
         attn.__class__ = DecodeAttention  # same module and weights; only the attention kernel call differs
+        attn.attention_kernel = attention_kernel and kernels.available()
         v_shape = (max_batch, config.n_query_groups, max_seq, config.head_size)
         k_shape = (*v_shape[:3], rope_n + config.head_size - config.rope_n_elem)
         attn.kv_cache = SlotKVCache(k_shape, v_shape, device=device, dtype=dtype)
     model.mask_cache = build_mask_cache(max_seq, device)  # (1, 1, max_seq, max_seq) bool
+
+
+def select_kernels(model: GPT, gemv: bool, attention: bool) -> None:
+    """Switch a built model's one-token paths between `serve.kernels`' Triton kernels and torch, in place:
+    the fused blocks' and the LM head's GEMVs (`gemv`), the decode attention (`attention`).
+
+    For the runner's compile fallback (a compile with the kernels failed: try without) and benchmarks
+    that compare both paths on the same weights; call it before the step is traced, not during.
+    """
+    gemv, attention = gemv and kernels.available(), attention and kernels.available()
+    for block in model.transformer.h:
+        if isinstance(block, ParallelBlock):
+            block.gemv = gemv
+        if isinstance(block.attn, DecodeAttention):
+            block.attn.attention_kernel = attention
+    if type(model.lm_head) in (nn.Linear, GemvLinear):
+        model.lm_head.__class__ = GemvLinear if gemv else nn.Linear
+
+
+def uses_kernels(model: GPT) -> bool:
+    """Whether any of `model`'s one-token paths runs a `serve.kernels` Triton kernel (on a GPU)."""
+    return isinstance(model.lm_head, GemvLinear) or any(
+        (isinstance(block, ParallelBlock) and block.gemv)
+        or (isinstance(block.attn, DecodeAttention) and block.attn.attention_kernel)
+        for block in model.transformer.h
+    )
 
 
 def set_prefill_slot(model: GPT, slot: int) -> None:

@@ -45,19 +45,15 @@ def available() -> bool:
     return triton is not None
 
 
-enabled = True
-"""Use the kernels at all (the engine switches them off if compiling them fails)."""
-attention = True
-"""Use `decode_attention` where it applies (benchmarks switch it off to compare)."""
+# Whether a model uses these kernels at all is the model's own choice, made when its blocks are built
+# (`serve.generate.fuse_parallel_blocks` and `setup_caches`); the checks below only say where they can run.
 cpu_interpreter = False
 """Run the kernels on CPU tensors too (tests): needs TRITON_INTERPRET=1 set before triton was imported."""
 
 
 def _runs_on(x: torch.Tensor) -> bool:
-    return (
-        enabled
-        and triton is not None
-        and (x.is_cuda or (cpu_interpreter and os.environ.get("TRITON_INTERPRET") == "1"))
+    return triton is not None and (
+        x.is_cuda or (cpu_interpreter and os.environ.get("TRITON_INTERPRET") == "1")
     )
 
 
@@ -272,8 +268,7 @@ def attention_supported(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether `decode_attention` serves q (B, nh_q, 1, hs) over k (B, nh_kv, S, hs)."""
     hs = q.size(-1)
     return (
-        attention
-        and _runs_on(q)
+        _runs_on(q)
         and q.size(2) == 1
         and k.size(-1) == hs
         and hs >= 16

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 FinishReason = Literal["stop", "length"]
+"""OpenAI's finish_reason: "stop", the reply ended itself (end of sequence or a stop string); "length",
+a cap cut it (max_tokens or the request timeout). `serve.routes.chat` maps the engine's end reasons."""
 
 
 def _integral(value: Any) -> Any:
@@ -150,8 +160,14 @@ class ChatCompletion(BaseModel):
 
 
 class Delta(BaseModel):
+    """What a stream chunk adds; only the fields a chunk sets go on the wire (the last chunk's is `{}`)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_set_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
 
 
 class ChunkChoice(BaseModel):
@@ -162,7 +178,7 @@ class ChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One `data:` line of a stream (documentation; chunks are built by `serve.routes.chat.chunk`)."""
+    """One `data:` line of a stream (`usage` only with `stream_options.include_usage`)."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"

@@ -1,6 +1,7 @@
 """Server settings: one pydantic-settings class; environment variables `TWIN_*` or `python -m serve --flags`.
 
-Every default lives here (the CLI is generated from this class). `get_settings()` builds it once, lazily.
+Every default lives here (the CLI is generated from this class), the engine's (batch size, queue,
+compile) taken from `serve.engine_config.EngineConfig`. `get_settings()` builds it once, lazily.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
 from common.device import Precision
 from common.quantize import Quantize
+from serve.engine_config import EngineConfig
 
 DEFAULT_CHECKPOINT = Path("checkpoints/tiiuae/falcon-7b")
 
@@ -53,7 +55,8 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Precision = Field(default="auto", description="auto: bf16 on GPU, fp32 on CPU")
     compile: bool | None = Field(
-        default=None, description="compile the decode step (CUDA graphs); default: on for CUDA, off on CPU"
+        default=EngineConfig.compile,
+        description="compile the decode step (CUDA graphs); default: on for CUDA, off on CPU",
     )
     cpu_threads: int | None = Field(
         default=None, ge=1, description="torch threads when serving on a CPU; default: all cores but one"
@@ -71,8 +74,12 @@ class Settings(BaseSettings):
     )
     default_temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="when a request sets none")
     default_top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="when a request sets none")
-    max_batch_size: int = Field(default=32, ge=1, le=1024, description="requests generating at once (slots)")
-    max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot; more: 503")
+    max_batch_size: int = Field(
+        default=EngineConfig.max_batch_size, ge=1, le=1024, description="requests generating at once (slots)"
+    )
+    max_queue: int = Field(
+        default=EngineConfig.max_queue, ge=0, description="requests that may wait for a slot; more: 503"
+    )
     request_timeout: float = Field(
         default=120.0, gt=0, description="seconds a request may take, queue included"
     )
@@ -98,11 +105,6 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def max_seq_length(self) -> int:
-        """KV cache length per slot: the longest prompt plus the longest reply."""
-        return self.max_input_tokens + self.max_new_tokens
 
 
 def is_loopback(host: str) -> bool:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import Response
@@ -23,13 +23,15 @@ from sse_starlette import EventSourceResponse
 from prepare.prompt import MAX_CONTEXT_TURNS, prompt_from_messages
 from prepare.scrub import scrub_secrets
 from serve.deps import ServiceDep, SettingsDep, require_api_key
-from serve.engine import EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
+from serve.engine import EndReason, EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
 from serve.schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChunkChoice,
+    Delta,
     ErrorResponse,
     FinishReason,
     Usage,
@@ -165,8 +167,14 @@ def engine_failure(e: Exception, settings: Settings) -> HTTPException:
     return error(status.HTTP_500_INTERNAL_SERVER_ERROR, str(e))
 
 
-def finish_reason(seq: Sequence, text: TextStream) -> FinishReason:
-    return "stop" if text.stopped or seq.finish_reason == "stop" else "length"
+def openai_finish_reason(end: EndReason | None, stopped_by_text: bool) -> FinishReason:
+    """The engine's end reason as OpenAI's finish_reason: "stop" when the reply ended itself (the
+    end-of-sequence token, or a stop string found in the text, maybe before the engine ended the
+    sequence), "length" when a cap cut it (the engine's "length" and "timeout"). The other end reasons
+    never make a reply: the client is gone, or `tokens()` raised."""
+    if stopped_by_text or end in ("stop", "stop_string"):
+        return "stop"
+    return "length"
 
 
 def log_exchange(settings: Settings, completion_id: str, prompt: str, reply: str) -> None:
@@ -175,25 +183,9 @@ def log_exchange(settings: Settings, completion_id: str, prompt: str, reply: str
         log.info("%s prompt=%r reply=%r", completion_id, scrub_secrets(prompt), scrub_secrets(reply))
 
 
-def chunk(
-    completion_id: str,
-    created: int,
-    model: str,
-    delta: dict[str, str],
-    finish: FinishReason | None = None,
-    with_usage: bool = False,
-) -> str:
-    data: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if with_usage:
-        data["usage"] = None
-    return json.dumps(data, ensure_ascii=False)
+def chunk_json(chunk: ChatCompletionChunk, with_usage: bool) -> str:
+    """A stream chunk as its `data:` line; `usage` only with `stream_options.include_usage` (as OpenAI)."""
+    return json.dumps(chunk.model_dump(exclude=None if with_usage else {"usage"}), ensure_ascii=False)
 
 
 @router.post(
@@ -245,7 +237,12 @@ async def create_chat_completion(
         id=completion_id,
         created=int(time.time()),
         model=settings.model_name,
-        choices=[Choice(message=AssistantMessage(content=text.text), finish_reason=finish_reason(seq, text))],
+        choices=[
+            Choice(
+                message=AssistantMessage(content=text.text),
+                finish_reason=openai_finish_reason(seq.end_reason, text.stopped),
+            )
+        ],
         usage=Usage(
             prompt_tokens=len(plan.prompt_ids),
             completion_tokens=text.n_tokens,
@@ -280,40 +277,35 @@ async def stream_events(
 ) -> AsyncIterator[dict[str, str]]:
     created, model = int(time.time()), settings.model_name
 
-    def event(delta: dict[str, str], finish: FinishReason | None = None) -> dict[str, str]:
-        return {"data": chunk(completion_id, created, model, delta, finish, include_usage)}
+    def event(delta: Delta, finish: FinishReason | None = None) -> dict[str, str]:
+        choice = ChunkChoice(delta=delta, finish_reason=finish)
+        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[choice])
+        return {"data": chunk_json(chunk, include_usage)}
 
     try:
-        yield event({"role": "assistant", "content": ""})
+        yield event(Delta(role="assistant", content=""))
         if first is not None:
             if delta := text.push(first):
-                yield event({"content": delta})
+                yield event(Delta(content=delta))
             if not text.stopped:
                 async for ids in tokens:
                     if delta := text.push(ids):
-                        yield event({"content": delta})
+                        yield event(Delta(content=delta))
                     if text.stopped:
                         break
         seq.cancel(stop_string=text.stopped)
         if tail := text.flush():
-            yield event({"content": tail})
-        yield event({}, finish_reason(seq, text))
+            yield event(Delta(content=tail))
+        yield event(Delta(), openai_finish_reason(seq.end_reason, text.stopped))
         if include_usage:
             n_prompt = len(plan.prompt_ids)
             usage = Usage(
                 prompt_tokens=n_prompt, completion_tokens=text.n_tokens, total_tokens=n_prompt + text.n_tokens
             )
-            data = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-            }
-            yield {
-                "data": json.dumps(
-                    {**data, "system_fingerprint": None, "choices": [], "usage": usage.model_dump()}
-                )
-            }
+            totals = ChatCompletionChunk(
+                id=completion_id, created=created, model=model, choices=[], usage=usage
+            )
+            yield {"data": chunk_json(totals, with_usage=True)}
         yield {"data": "[DONE]"}
         log_exchange(settings, completion_id, plan.prompt, text.text)
     except (EngineBusy, EngineError) as e:

@@ -20,6 +20,7 @@ from serve.engine import (
     decode_buckets,
 )
 from serve.model import load_model
+from serve.routes.chat import openai_finish_reason
 
 PROMPT = [11, 42, 7, 99, 5, 23]
 
@@ -62,7 +63,7 @@ def test_generates_exactly_max_new_tokens(engine: Engine) -> None:
         return await drain(seq), seq
 
     out, seq = asyncio.run(run())
-    assert len(out) == 9 and seq.finish_reason == "length" and not seq.timed_out
+    assert len(out) == 9 and seq.end_reason == "length"  # not "timeout"
     assert engine.stats()["active"] == 0
 
 
@@ -80,7 +81,7 @@ def test_eos_ends_the_reply_without_being_sent(engine: Engine) -> None:
         out, seq = asyncio.run(run())
     finally:
         engine.eos_ids = saved
-    assert out == reference[:cut] and seq.finish_reason == "stop"
+    assert out == reference[:cut] and seq.end_reason == "stop"
 
 
 def test_full_engine_answers_busy(engine: Engine) -> None:
@@ -107,7 +108,7 @@ def test_cancel_frees_the_slot(engine: Engine) -> None:
         return out, seq
 
     out, seq = asyncio.run(run())
-    assert seq.finish_reason == "cancelled" and len(out) < 100
+    assert seq.end_reason == "cancelled" and len(out) < 100
     assert engine.stats()["active"] == 0
 
 
@@ -121,7 +122,8 @@ def test_timeout_while_generating_ends_with_length(engine: Engine) -> None:
         return out, seq
 
     out, seq = asyncio.run(run())
-    assert seq.finish_reason == "length" and seq.timed_out and 0 < len(out) < 100
+    assert seq.end_reason == "timeout" and 0 < len(out) < 100
+    assert openai_finish_reason(seq.end_reason, stopped_by_text=False) == "length"  # what the client sees
     assert engine.stats()["finished"]["timeout"] >= 1
 
 
