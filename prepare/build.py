@@ -2,8 +2,9 @@
 
 The per-message work is column operations on numpy/pandas (sorting, gap detection, run-length speaker
 merging); Python loops run once per *turn* (join, scrub) and once per *record* (context), never per
-message. Context is built with exactly `render_context(cap_turns(...))`, the same functions the
-server's `prompt_from_messages` uses, so a training prompt and a live prompt can never differ.
+message. Context is built with exactly `cap_turns(...)`, the function the server's
+`Prompter.prompt_from_messages` uses, so a training prompt and a live prompt can never differ; a record
+keeps those turns twice: rendered (`context`, twin-v1) and structured (`turns`, chat-template).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import PrepareConfig
-from .prompt import Speaker, Turn, cap_turns, clean_text, clip_text, render_context
+from .prompt import MAX_TURN_CHARS, Speaker, Turn, cap_turns, clean_text, clip_text, render_context
 from .records import Record
 from .scrub import PLACEHOLDER, scrub_many, scrub_secrets_with_counts
 
@@ -74,6 +75,11 @@ def _partner_names(
         scrubbed.update(counts)
         partners[int(dialog[i])] = name if PLACEHOLDER.sub("", name).strip() else ""
     return partners
+
+
+def clipped_turn(turn: Turn) -> Turn:
+    """`turn` as a record keeps it: clipped as the prompt clips it (most turns are short: the same one)."""
+    return turn if len(turn.text) <= MAX_TURN_CHARS else Turn(turn.speaker, clip_text(turn.text))
 
 
 def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
@@ -162,15 +168,16 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
                 # Turn k-1 is the partner's message; the context is what came before it. cap_turns only
                 # looks at the last `max_turns` turns, so hand it just that tail (long chats stay linear).
                 earlier = turns[max(0, k - 1 - max_turns) : k - 1] if max_turns > 0 else []
-                context = render_context(cap_turns(earlier, max_turns, max_chars, partner), partner)
+                kept = cap_turns(earlier, max_turns, max_chars, partner)
                 records.append(
                     Record(
                         instruction=clip_text(turn_texts[a + k - 1]),
-                        context=context,
+                        context=render_context(kept, partner),
                         response=response,
                         dialog_id=turn_dialog[a + k],
                         date=turn_date[a + k],
                         partner=partner,
+                        turns=tuple(clipped_turn(t) for t in kept),
                     )
                 )
                 record_conv.append(int(conv_of_turn[a + k]))

@@ -1,10 +1,21 @@
-"""The one prompt format, shared by `finetune` (training text) and `serve` (live chats).
+"""The prompt formats, shared by `finetune` (training text) and `serve` (live chats).
 
 A record is (partner's new message = instruction, earlier turns = context, person's reply = response).
-Training renders `render_prompt(...) + response`; the server turns an OpenAI-style message list
-(`user` = the partner, `assistant` = the person) into the very same prompt with `prompt_from_messages`.
-Everything that shapes the text — text cleaning, speaker labels, how turns are joined, how long turns
-are clipped, how context is capped — lives here so the two sides can never drift apart.
+Two formats render it:
+
+- `twin-v1`, the project's own template (`TEMPLATE`, below) for plain base models: labelled turns under
+  `###` headings, ending with `### My reply:`; the training text is the prompt + the reply + EOS.
+- `chat-template`, an instruct/chat model's own chat template (`prepare.chat_template`): a short system
+  line naming the partner, the partner's turns as `user`, the person's as `assistant`, then the template's
+  generation prompt; the training text is the prompt + the reply + the template's end-of-turn suffix
+  (e.g. `<|im_end|>\n`), so the twin learns to end its turn.
+
+A `Prompter` is one format made concrete (with its template): training calls `Prompter.render_record`,
+the server `Prompter.prompt_from_messages` (an OpenAI-style message list, `user` = the partner,
+`assistant` = the person), and both end in `Prompter.render`. Everything that shapes the text — text
+cleaning, speaker labels and roles, how turns are joined, how long turns are clipped, how context is
+capped — lives here so the two sides can never drift apart. The module-level `render_record` and
+`prompt_from_messages` are twin-v1's.
 
 This module imports nothing heavy (no pandas, no torch): the server imports it on start-up.
 """
@@ -15,6 +26,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from prepare.chat_template import ChatTemplate, ChatTemplateError
 
 if TYPE_CHECKING:
     from prepare.records import Record
@@ -33,10 +46,19 @@ MAX_TURN_CHARS = 1000
 rendered into a prompt, so one paste cannot crowd out the rest of the conversation."""
 CLIP_MARK = " […]"
 
-PromptFormat = Literal["twin-v1"]
+PromptFormat = Literal["twin-v1", "chat-template"]
 """The prompt formats a twin can be trained with (finetune records its one next to the adapter)."""
 PROMPT_FORMAT: PromptFormat = "twin-v1"
-"""The format `TEMPLATE` renders: the only one so far."""
+"""The format `TEMPLATE` renders (and the one of adapters that record none)."""
+CHAT_TEMPLATE: PromptFormat = "chat-template"
+"""The base's own chat template (`prepare.chat_template`)."""
+TWIN_V1_STOP = "\n###"
+"""Where a twin-v1 reply ends if the model runs on: the template's next section heading."""
+
+SYSTEM_LINE = "You are chatting with {partner} on Telegram. Reply as yourself, in your own words."
+"""chat-template's system message (merged into the first user message where a template takes none)."""
+ROLE_OF: dict[Speaker, str] = {"partner": "user", "me": "assistant"}
+REPLAY_PREPARE = "re-run `make prepare` (python -m prepare) to write records with their turns"
 
 TEMPLATE = (
     "You are me, chatting with {partner} on Telegram. Write my reply to their new message, "
@@ -139,14 +161,6 @@ def render_prompt(instruction: str, context: str, partner: str | None = None) ->
     )
 
 
-def render_record(record: Record | Mapping[str, Any]) -> tuple[str, str]:
-    """(prompt, response) of an instruction record: a `Record`, or a decoded line of train/val JSONL."""
-    if isinstance(record, Mapping):
-        prompt = render_prompt(record["instruction"], record["context"], record.get("partner"))
-        return prompt, record["response"]
-    return render_prompt(record.instruction, record.context, record.partner), record.response
-
-
 def merge_turns(messages: Iterable[tuple[Speaker, str]]) -> list[Turn]:
     """Merge consecutive messages of one speaker into one turn, newline-joined.
 
@@ -168,18 +182,14 @@ def merge_turns(messages: Iterable[tuple[Speaker, str]]) -> list[Turn]:
 ROLE_TO_SPEAKER: dict[str, Speaker] = {"user": "partner", "assistant": "me"}
 
 
-def prompt_from_messages(
-    messages: Sequence[Mapping[str, Any]],
-    partner: str | None = None,
-    max_turns: int = MAX_CONTEXT_TURNS,
-    max_chars: int = MAX_CONTEXT_CHARS,
-) -> str:
-    """Render a live OpenAI-style chat (`user` = partner, `assistant` = me) into the training prompt.
+def turns_from_messages(
+    messages: Sequence[Mapping[str, Any]], partner: str | None = None
+) -> tuple[list[Turn], str | None]:
+    """(turns, partner) of a live OpenAI-style chat (`user` = partner, `assistant` = me).
 
-    `system` messages are not part of the chat itself and are ignored; the partner's name comes from
-    `partner`, else from the `name` field of the last `user` message. The chat must end with the
-    partner's (user's) message: that is what the twin replies to. Pass the same caps that `prepare`
-    used (its `prepare_config.json`) when they were not the defaults.
+    `system` messages are not part of the chat itself and are ignored; the partner's name is `partner`,
+    else the `name` field of the last `user` message. The chat must end with the partner's (user's)
+    message: that is what the twin replies to.
     """
     pairs: list[tuple[Speaker, str]] = []
     named: str | None = None
@@ -192,10 +202,132 @@ def prompt_from_messages(
         if role == "user" and m.get("name"):
             named = str(m["name"])
         pairs.append((ROLE_TO_SPEAKER[role], str(m.get("content") or "")))
-    if partner is None:
-        partner = named
     turns = merge_turns(pairs)
     if not turns or turns[-1].speaker != "partner":
         raise ValueError("the conversation must end with a non-empty 'user' message (the partner's)")
-    context = render_context(cap_turns(turns[:-1], max_turns, max_chars, partner), partner)
-    return render_prompt(turns[-1].text, context, partner)
+    return turns, named if partner is None else partner
+
+
+def record_turns(record: Record | Mapping[str, Any]) -> list[Turn] | None:
+    """A record's context as turns (None for records written before prepare recorded them)."""
+    turns = record.get("turns") if isinstance(record, Mapping) else record.turns
+    if turns is None:
+        return None
+    return [t if isinstance(t, Turn) else Turn(t["speaker"], t["text"]) for t in turns]
+
+
+def _fields(record: Record | Mapping[str, Any]) -> tuple[str, str, str, str | None]:
+    """(instruction, context, response, partner) of a `Record` or a decoded line of train/val JSONL."""
+    if isinstance(record, Mapping):
+        return record["instruction"], record["context"], record["response"], record.get("partner")
+    return record.instruction, record.context, record.response, record.partner
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """One prompt format, made concrete: the functions training and serving both call.
+
+    twin-v1 needs nothing else; chat-template needs the base's `ChatTemplate` (the one recorded beside
+    the adapter, at serving time).
+    """
+
+    format: PromptFormat = PROMPT_FORMAT
+    template: ChatTemplate | None = None
+
+    def __post_init__(self) -> None:
+        if (self.format == CHAT_TEMPLATE) != (self.template is not None):
+            raise ValueError(f"prompt format {self.format!r} with template {self.template!r}")
+
+    # ---- both sides
+    def render(self, context: Sequence[Turn], instruction: str, partner: str | None = None) -> str:
+        """The prompt for a reply to `instruction` after the (already capped) `context` turns."""
+        if self.template is None:
+            return render_prompt(instruction, render_context(context, partner), partner)
+        messages = self.messages(context, instruction, partner)
+        return self.template.render(messages, add_generation_prompt=True)
+
+    def messages(
+        self, context: Sequence[Turn], instruction: str, partner: str | None
+    ) -> list[dict[str, str]]:
+        """chat-template's message list: the system line, then the turns as `user`/`assistant` (clipped
+        as twin-v1 clips them). A template that takes no system message (or insists on opening with the
+        user when the context opens with the person) gets the system line as the start of the chat's first
+        user message, or as a user message of its own before the person's first turn."""
+        chat = [{"role": ROLE_OF[t.speaker], "content": clip_text(t.text)} for t in context]
+        chat.append({"role": "user", "content": clip_text(instruction)})
+        system = SYSTEM_LINE.format(partner=partner_label(partner))
+        template = self.template
+        if template is None or (
+            template.takes_system and (chat[0]["role"] == "user" or template.takes_assistant_first)
+        ):
+            return [{"role": "system", "content": system}, *chat]
+        if chat[0]["role"] == "user":
+            return [{"role": "user", "content": f"{system}\n\n{chat[0]['content']}"}, *chat[1:]]
+        return [{"role": "user", "content": system}, *chat]
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Text that ends a reply if the model writes it (beside the end-of-turn/EOS tokens)."""
+        if self.template is None:
+            return [TWIN_V1_STOP]
+        return [self.template.end_of_turn] if self.template.end_of_turn else []
+
+    # ---- training
+    def render_record(self, record: Record | Mapping[str, Any]) -> tuple[str, str]:
+        """(prompt, response) of an instruction record: a `Record`, or a decoded line of train/val JSONL.
+
+        twin-v1: the response is the reply (finetune adds the EOS token). chat-template: the reply plus the
+        template's end-of-turn suffix, so that the loss teaches the twin to end its turn; it needs the
+        record's `turns` (a `ValueError` saying to re-run prepare for records written before them).
+        """
+        instruction, context, response, partner = _fields(record)
+        if self.template is None:
+            return render_prompt(instruction, context, partner), response
+        turns = record_turns(record)
+        if turns is None:
+            raise ValueError(
+                f"the records have no `turns` (written before the {CHAT_TEMPLATE} prompt format existed): "
+                f"{REPLAY_PREPARE}, or train with --prompt-format twin-v1"
+            )
+        messages = self.messages(turns, instruction, partner)
+        prompt = self.template.render(messages, add_generation_prompt=True)
+        suffix = self.template.reply_suffix(messages, response, prompt)
+        if not suffix.strip():
+            raise ChatTemplateError(
+                "the chat template writes nothing after the assistant's reply: there is no end-of-turn "
+                "marker for the twin to learn to stop at"
+            )
+        return prompt, response + suffix
+
+    # ---- serving
+    def prompt_from_messages(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        partner: str | None = None,
+        max_turns: int = MAX_CONTEXT_TURNS,
+        max_chars: int = MAX_CONTEXT_CHARS,
+    ) -> str:
+        """Render a live OpenAI-style chat into the training prompt (see `turns_from_messages`).
+
+        Pass the same caps that `prepare` used (its `prepare_config.json`) when they were not the defaults.
+        """
+        turns, partner = turns_from_messages(messages, partner)
+        return self.render(cap_turns(turns[:-1], max_turns, max_chars, partner), turns[-1].text, partner)
+
+
+TWIN_V1 = Prompter()
+
+
+def render_record(record: Record | Mapping[str, Any]) -> tuple[str, str]:
+    """twin-v1's (prompt, response) of an instruction record (`Prompter.render_record`)."""
+    return TWIN_V1.render_record(record)
+
+
+def prompt_from_messages(
+    messages: Sequence[Mapping[str, Any]],
+    partner: str | None = None,
+    max_turns: int = MAX_CONTEXT_TURNS,
+    max_chars: int = MAX_CONTEXT_CHARS,
+) -> str:
+    """twin-v1's prompt for a live OpenAI-style chat (`Prompter.prompt_from_messages`)."""
+    return TWIN_V1.prompt_from_messages(messages, partner, max_turns, max_chars)

@@ -1,7 +1,10 @@
 """The instruction record: what `prepare` writes to train.jsonl / val.jsonl and `finetune` reads.
 
-One JSON object a line, exactly these fields (documented in docs/data-format.md):
-`{"instruction": str, "context": str, "response": str, "dialog_id": int, "date": str, "partner": str}`.
+One JSON object a line, these fields (documented in docs/data-format.md):
+`{"instruction": str, "context": str, "response": str, "dialog_id": int, "date": str, "partner": str,
+"turns": [{"speaker": "me" | "partner", "text": str}, ...]}`. `turns` is the context as structured turns
+(what the chat-template prompt format renders); records written before it existed lack it and still
+read (as `turns=None`): the twin-v1 format renders their `context`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from prepare.prompt import Turn
 
 TRAIN_FILE = "train.jsonl"
 VAL_FILE = "val.jsonl"
@@ -34,9 +39,16 @@ class Record:
     """When the reply was sent: the raw ISO-8601 date (with its UTC offset) of its first message."""
     partner: str
     """The partner's display name, whitespace-normalised and scrubbed ("" when unknown)."""
+    turns: tuple[Turn, ...] | None = None
+    """The turns `context` renders (the same capped turns, oldest first, each clipped as the prompt
+    clips it); None for a record written before prepare recorded them."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The record as its JSON object (`turns` left out when not recorded)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "turns"}
+        if self.turns is not None:
+            out["turns"] = [{"speaker": t.speaker, "text": t.text} for t in self.turns]
+        return out
 
 
 RECORD_FIELDS: dict[str, type] = {
@@ -47,6 +59,8 @@ RECORD_FIELDS: dict[str, type] = {
     "date": str,
     "partner": str,
 }
+"""The fields every record has (`turns` is optional: see `Record.turns`)."""
+SPEAKERS = ("me", "partner")
 
 
 def parse_record(obj: Any, where: str) -> Record:
@@ -62,9 +76,19 @@ def parse_record(obj: Any, where: str) -> Record:
             problems.append(f"field {name!r} must be an integer")
         elif typ is not int and not isinstance(value, typ):
             problems.append(f"field {name!r} must be {typ.__name__}")
+    turns = obj.get("turns")
+    if turns is not None and not (
+        isinstance(turns, list)
+        and all(
+            isinstance(t, dict) and t.get("speaker") in SPEAKERS and isinstance(t.get("text"), str)
+            for t in turns
+        )
+    ):
+        problems.append('field \'turns\' must be a list of {"speaker": "me" or "partner", "text": str}')
     if problems:
         raise ValueError(f"{where}: {'; '.join(problems)}; re-run `make prepare`")
-    return Record(**{name: obj[name] for name in RECORD_FIELDS})
+    parsed = None if turns is None else tuple(Turn(t["speaker"], t["text"]) for t in turns)
+    return Record(**{name: obj[name] for name in RECORD_FIELDS}, turns=parsed)
 
 
 def read_records(path: str | Path) -> list[Record]:

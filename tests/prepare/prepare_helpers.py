@@ -111,9 +111,8 @@ def reference_records(
                 continue
             if len(turn.text) > max_response_chars or not PLACEHOLDER.sub("", turn.text).strip():
                 continue
-            context = render_context(
-                cap_turns(conv.turns[: k - 1], max_turns, max_chars, conv.partner), conv.partner
-            )
+            kept = cap_turns(conv.turns[: k - 1], max_turns, max_chars, conv.partner)
+            context = render_context(kept, conv.partner)
             record = {
                 "instruction": clip_text(conv.turns[k - 1].text),
                 "context": context,
@@ -121,6 +120,7 @@ def reference_records(
                 "dialog_id": conv.dialog_id,
                 "date": conv.dates[k],
                 "partner": conv.partner,
+                "turns": [{"speaker": t.speaker, "text": clip_text(t.text)} for t in kept],
             }
             out.append((record, number))
     return out

@@ -46,7 +46,7 @@ def test_run_writes_records_stats_and_config_owner_only(
     train, val = read_records(out / "train.jsonl"), read_records(out / "val.jsonl")
     assert len(train) == 18 and len(val) == 6  # 3 of 12 conversations, 2 records each
     assert all(isinstance(r, Record) for r in train + val)
-    assert list(read_jsonl(out / "train.jsonl")[0]) == list(RECORD_FIELDS)
+    assert list(read_jsonl(out / "train.jsonl")[0]) == [*RECORD_FIELDS, "turns"]
     assert not {r.dialog_id for r in val} - {1}
     assert not any("@example.com" in r.response for r in train + val)
 

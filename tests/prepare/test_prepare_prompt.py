@@ -12,12 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prepare_helpers import msg, read_jsonl, write_raw
 
+from prepare.chat_template import ChatTemplate
 from prepare.config import PrepareConfig
 from prepare.pipeline import prepare
 from prepare.prompt import (
+    CHAT_TEMPLATE,
     CLIP_MARK,
     MAX_TURN_CHARS,
     TEMPLATE,
+    TWIN_V1,
+    Prompter,
     Turn,
     cap_turns,
     clean_text,
@@ -125,7 +129,9 @@ def test_prompt_from_messages() -> None:
         prompt_from_messages([{"role": "tool", "content": "x"}])
 
 
-def _serve_prompts(messages: list[dict[str, Any]], gap_hours: float = 24) -> dict[tuple[int, str], str]:
+def _serve_prompts(
+    messages: list[dict[str, Any]], prompter: Prompter = TWIN_V1, gap_hours: float = 24
+) -> dict[tuple[int, str], str]:
     """For every reply of the person: the prompt the server builds from the live chat before it (the
     conversation so far, as a chat app would send it), keyed by (dialog, date of the reply)."""
     prompts: dict[tuple[int, str], str] = {}
@@ -146,11 +152,22 @@ def _serve_prompts(messages: list[dict[str, Any]], gap_hours: float = 24) -> dic
                     {"role": "assistant" if x["out"] else "user", "content": x["message"]}
                     for x in chat[start:i]
                 ]
-                prompts[(dialog_id, m["date"])] = prompt_from_messages(history, partner=m["dialog_name"])
+                prompts[(dialog_id, m["date"])] = prompter.prompt_from_messages(history, m["dialog_name"])
     return prompts
 
 
-def test_serve_time_prompt_equals_the_training_prompt_of_the_matching_record(tmp_path: Path) -> None:
+CHATML = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "chatml.jinja"
+PROMPTERS = {
+    "twin-v1": TWIN_V1,
+    "chat-template": Prompter(CHAT_TEMPLATE, ChatTemplate(CHATML.read_text(encoding="utf-8"))),
+}
+
+
+@pytest.mark.parametrize("prompt_format", sorted(PROMPTERS))
+def test_serve_time_prompt_equals_the_training_prompt_of_the_matching_record(
+    tmp_path: Path, prompt_format: str
+) -> None:
+    prompter = PROMPTERS[prompt_format]
     day = 24 * 60
     long = "a long story " * 120
     messages = [
@@ -170,7 +187,9 @@ def test_serve_time_prompt_equals_the_training_prompt_of_the_matching_record(tmp
     raw = write_raw(tmp_path / "raw", messages)
     prepare(PrepareConfig(raw=raw, out=tmp_path / "out", val_fraction=0))
     records = read_jsonl(tmp_path / "out" / "train.jsonl")
-    serve = _serve_prompts(messages)
+    serve = _serve_prompts(messages, prompter)
     assert len(records) == len(serve) == 11
     for record in records:
-        assert render_record(record)[0] == serve[(record["dialog_id"], record["date"])]
+        prompt, response = prompter.render_record(record)
+        assert prompt == serve[(record["dialog_id"], record["date"])]
+        assert response.startswith(record["response"])
