@@ -73,7 +73,10 @@ class Strings(list[str]):
 
 class ListFlag(argparse.Action):
     """A `list[str]` flag read the way pydantic-settings reads one: JSON/YAML (`'["a", "b"]'`), `a,b`,
-    or the flag repeated (`--x a --x b`); the first use replaces the default."""
+    or the flag repeated (`--x a --x b`); the first use replaces the default. A `list[str] | None` flag
+    also takes `none` (any case) for no value."""
+
+    allows_none = False
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         kwargs.pop("type", None)
@@ -83,6 +86,9 @@ class ListFlag(argparse.Action):
         self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: str | None = None
     ) -> None:
         text = str(values)
+        if self.allows_none and text.strip().lower() in ("none", "null"):
+            setattr(namespace, self.dest, None)
+            return
         try:
             loaded = yaml_load(text) if text.lstrip().startswith("[") else text.split(",")
         except yaml.YAMLError:
@@ -125,11 +131,13 @@ class Parser(jsonargparse.ArgumentParser):
         if args and str(args[0]).startswith("--") and is_bool_type(kind):
             kwargs.pop("type", None)
             kwargs["action"] = Switch
-        elif args and str(args[0]).startswith("--") and kind == list[str]:
+        elif args and str(args[0]).startswith("--") and kind in (list[str], list[str] | None):
             kwargs.pop("type", None)
             kwargs["action"] = ListFlag
             args = tuple(a for a in args if not str(a).endswith("+"))  # jsonargparse's append form
         action = super().add_argument(*args, **kwargs)
+        if isinstance(action, ListFlag):
+            action.allows_none = kind != list[str]
         for option in getattr(action, "option_strings", ()):
             # the underscore spelling (`--gap_hours`) still works, without a second line in -h
             self._option_string_actions.setdefault("--" + option[2:].replace("-", "_"), action)

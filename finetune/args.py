@@ -14,7 +14,7 @@ from typing import Any, Literal
 from common.cli import Parser, dataclass_parser, parse_dataclasses
 from common.quantize import Quantize
 from finetune.errors import UserError
-from finetune.twin import LoraArgs
+from finetune.twin import LoraArgs, PromptFormatChoice
 
 Strategy = Literal["auto", "ddp", "fsdp"]
 Precision = Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]
@@ -102,6 +102,10 @@ class RunArgs:
     quantize: Quantize = "none"
     """QLoRA: the frozen base in 4-bit NF4 (nf4-dq: double-quantized scalers), LoRA in --precision; one
     device; Falcon-7B then trains on a 12-16 GB GPU (needs torchao)."""
+    prompt_format: PromptFormatChoice = "auto"
+    """How a conversation becomes a prompt: chat-template (the base's own chat template: instruct/chat
+    bases), twin-v1 (the project's template: plain bases), or auto (chat-template when the base has one).
+    Saved beside the adapter; serve renders with it."""
 
 
 GROUPS: tuple[type, ...] = (RunArgs, TrainArgs, LoraArgs, EvalArgs)

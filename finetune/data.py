@@ -1,9 +1,10 @@
 """Instruction records → token sequences → length-bucketed micro-batches.
 
-The records are prepare's `train.jsonl` / `val.jsonl`; the training text of a record is
-`prepare.prompt.render_record(record)` = (prompt, response), encoded separately (exactly as the server
-encodes a live prompt) and joined with an EOS after the response. Labels are -100 on the prompt, so only
-the reply carries loss.
+The records are prepare's `train.jsonl` / `val.jsonl`; the training text of a record is the run's
+`Prompter.render_record(record)` = (prompt, response), encoded separately by `finetune.twin`'s
+`encode_prompt` (exactly as the server encodes a live prompt) and `encode_response` (twin-v1: the reply and
+an EOS; chat-template: the reply and the template's end-of-turn marker). Labels are -100 on the prompt, so
+only the reply and its end carry loss.
 
 Batching: every optimizer step takes `global_batch_size` sequences in a seeded per-epoch order (optionally
 grouped by length across a few steps). Inside a step the sequences are sorted by length, dealt
@@ -25,7 +26,9 @@ from typing import Any
 import torch
 
 from finetune.errors import UserError
-from prepare.prompt import render_record
+from finetune.twin import encode_prompt, encode_response
+from prepare.chat_template import ChatTemplateError
+from prepare.prompt import TWIN_V1, Prompter
 from prepare.records import TRAIN_FILE, VAL_FILE, Record, read_records
 
 IGNORE_INDEX = -100
@@ -55,9 +58,20 @@ def load_splits(data_dir: Path) -> tuple[list[Record], list[Record]]:
     return train, val
 
 
-def render_texts(records: Sequence[Record]) -> list[str]:
+def render_texts(records: Sequence[Record], prompter: Prompter = TWIN_V1) -> list[str]:
     """The full training text (prompt + reply) of each record, e.g. to train a tokenizer on."""
-    return [prompt + response for prompt, response in map(render_record, records)]
+    return [prompt + response for prompt, response in map(prompter.render_record, records)]
+
+
+def render_records(records: Sequence[Record], prompter: Prompter) -> list[tuple[str, str]]:
+    """(prompt, response) of each record; a record the format cannot render is a `UserError` (records
+    without turns under chat-template: re-run prepare)."""
+    try:
+        return [prompter.render_record(record) for record in records]
+    except ChatTemplateError as e:
+        raise UserError(f"{e}: use --prompt-format twin-v1") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 # -------------------------------------------------------------------------------------------- encoding
@@ -92,22 +106,21 @@ class Encoded:
     """Records longer than the max sequence length; their oldest tokens were cut (see `encode_records`)."""
 
 
-def encode_records(records: Sequence[Record], tokenizer: Any, max_seq_length: int) -> Encoded:
-    """Encode records with a litgpt `Tokenizer`.
+def encode_records(
+    records: Sequence[Record], tokenizer: Any, max_seq_length: int, prompter: Prompter = TWIN_V1
+) -> Encoded:
+    """Encode records with a litgpt `Tokenizer` in `prompter`'s format.
 
     A sequence longer than `max_seq_length` keeps its *last* `max_seq_length` tokens: the new message,
-    the reply and the EOS survive, the template head and the oldest context go. Truncated records are
+    the reply and its end survive, the template head and the oldest context go. Truncated records are
     counted, never silently dropped.
     """
     if tokenizer.eos_id is None:
         raise UserError("the checkpoint's tokenizer has no EOS token (tokenizer_config.json 'eos_token')")
     examples, truncated = [], 0
-    for record in records:
-        prompt, response = render_record(record)
-        prompt_ids = tokenizer.encode(prompt).long()
-        reply_ids = tokenizer.encode(response, bos=False).long()
-        eos = torch.tensor([tokenizer.eos_id], dtype=torch.long)
-        ids = torch.cat([prompt_ids, reply_ids, eos])
+    for prompt, response in render_records(records, prompter):
+        prompt_ids = encode_prompt(tokenizer, prompter, prompt)
+        ids = torch.tensor(prompt_ids + encode_response(tokenizer, prompter, response), dtype=torch.long)
         prompt_len = len(prompt_ids)
         if len(ids) > max_seq_length:
             truncated += 1

@@ -2,7 +2,9 @@
 
 One litgpt LoRA model serves both: with every LoRA scaling set to zero it *is* the base model (exactly),
 so the base is measured first; then the scalings are restored and the LoRA merged into the weights for
-the twin. Generation is litgpt's KV-cache `generate` on the same prompt text the server builds.
+the twin. Generation is litgpt's KV-cache generation on the same prompt (text and token ids) the server
+builds, in the adapter's prompt format, ending where the server ends a reply (`finetune.twin.stop_token_ids`
+and the format's stop strings).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from litgpt.generate.base import generate
+from litgpt.generate.base import generate_fn
 from litgpt.lora import GPT, LoRALinear, merge_lora_weights
 from litgpt.tokenizer import Tokenizer
 from torch.nn import functional as F
@@ -21,7 +23,8 @@ from tqdm import tqdm
 
 from finetune.data import IGNORE_INDEX, Example
 from finetune.errors import UserError
-from finetune.twin import TwinError, load_base_weights, load_twin, lora_config
+from finetune.twin import TwinError, encode_prompt, load_base_weights, load_twin, lora_config, stop_token_ids
+from prepare.prompt import Prompter
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +114,46 @@ def reply_perplexity(
 
 
 @torch.inference_mode()
+def sample_reply(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompter: Prompter,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+) -> str:
+    """One sampled reply to a rendered `prompt`, ended as the server ends it: at a stop token (EOS, the
+    chat template's end-of-turn marker) or a stop string (twin-v1's next `###` heading). The model's KV
+    cache must hold `max_new_tokens` more than the prompt (its newest tokens are kept if it is too long)."""
+    device = next(model.parameters()).device
+    ids = encode_prompt(tokenizer, prompter, prompt)[-(model.max_seq_length - max_new_tokens) :]
+    stops = stop_token_ids(tokenizer, prompter)
+    out = list(
+        generate_fn(
+            model,
+            torch.tensor(ids, device=device),
+            len(ids) + max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_tokens=tuple([i] for i in stops),
+            include_prompt=False,
+            include_eos=False,
+        )
+    )
+    text = tokenizer.decode(torch.cat(out)) if out else ""
+    for stop in prompter.stop_strings:
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+@torch.inference_mode()
 def generate_replies(
     model: GPT,
     tokenizer: Tokenizer,
+    prompter: Prompter,
     prompts: Sequence[str],
     max_new_tokens: int = 48,
     temperature: float = 0.7,
@@ -123,24 +163,13 @@ def generate_replies(
 ) -> list[str]:
     """One sampled reply per prompt (sample i is seeded with seed + i, so base and twin draw alike)."""
     device = next(model.parameters()).device
-    block = model.config.block_size
-    max_new_tokens = min(max_new_tokens, block // 2)
+    max_new_tokens = min(max_new_tokens, model.config.block_size // 2)
     model.set_kv_cache(batch_size=1, device=device)
     replies = []
     for i, prompt in enumerate(tqdm(prompts, desc=desc or "generating", unit="reply", leave=False)):
-        ids = tokenizer.encode(prompt, device=device)[-(block - max_new_tokens) :]  # keep the newest context
         torch.manual_seed(seed + i)
-        out = generate(
-            model,
-            ids,
-            len(ids) + max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            eos_id=tokenizer.eos_id,
-            include_prompt=False,
+        replies.append(
+            sample_reply(model, tokenizer, prompter, prompt, max_new_tokens, temperature, top_p=top_p)
         )
-        if len(out) and tokenizer.eos_id is not None and int(out[-1]) == tokenizer.eos_id:
-            out = out[:-1]
-        replies.append(tokenizer.decode(out).strip() if len(out) else "")
     model.clear_kv_cache()
     return replies

@@ -43,7 +43,16 @@ from finetune.hf_falcon import (
     token_ids,
     write_hf_model,
 )
-from finetune.twin import LoraArgs, check_base, load_adapter, load_base_config, load_base_weights
+from finetune.twin import (
+    TOKENIZER_CONFIG_FILE,
+    AdapterSpec,
+    LoraArgs,
+    check_base,
+    load_adapter,
+    load_base_config,
+    load_base_weights,
+    read_adapter_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(lambda: export(parse_args(argv)), errors=(UserError,))
 
 
+def write_chat_template(out: Path, spec: AdapterSpec) -> None:
+    """A chat-template twin's template (the one it was trained with) as the exported tokenizer's
+    `chat_template`, so that `apply_chat_template` renders prompts as training did."""
+    path = out / TOKENIZER_CONFIG_FILE
+    if spec.chat_template is None or not path.is_file():
+        return
+    tokenizer_config = json.loads(path.read_text(encoding="utf-8"))
+    tokenizer_config["chat_template"] = spec.chat_template.source
+    write_private_atomic(path, json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
+
+
 def export(args: ExportArgs) -> None:
     """Write the export `args` asks for, with export.json (the resolved settings) beside it."""
     t0 = time.perf_counter()
@@ -269,7 +289,10 @@ def export(args: ExportArgs) -> None:
         files = export_merged(args.checkpoint_dir, args.lora_path, args.out, args.dtype)
     else:
         files = export_peft(args.checkpoint_dir, args.lora_path, args.out, args.base_model, args.dtype)
+    spec = read_adapter_spec(args.lora_path)
+    write_chat_template(args.out, spec)
     resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
+    resolved["prompt_format"] = spec.prompt_format
     write_private_atomic(args.out / "export.json", json.dumps(resolved, indent=2) + "\n")
     size = directory_size(files) / 2**20
     what = "merged transformers model" if args.format == "merged" else "PEFT LoRA adapter"

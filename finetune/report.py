@@ -30,8 +30,7 @@ from finetune.errors import UserError
 from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
 from finetune.metrics import draw_losses, read_rows, save_figure
 from finetune.style import RATE_LABELS, StyleStats, style_stats
-from finetune.twin import METRICS_FILE, resolve_adapter
-from prepare.prompt import render_record
+from finetune.twin import METRICS_FILE, read_adapter_spec, resolve_adapter
 
 SIDE_BY_SIDE = 10
 COLORS = {"real": "tab:green", "twin": "tab:blue", "base": "tab:gray"}
@@ -103,18 +102,19 @@ def measure(args: ReportArgs) -> Findings:
         raise UserError(str(e)) from None
     dtype = resolve_dtype("auto", device)
     model, tokenizer = load_lora_model(args.checkpoint_dir, args.lora_path, device, dtype)
-    examples = encode_records(records, tokenizer, model.config.block_size).examples
+    prompter = read_adapter_spec(args.lora_path).prompter  # the format the twin was trained with
+    examples = encode_records(records, tokenizer, model.config.block_size, prompter).examples
     chosen = random.Random(args.seed).sample(range(len(records)), min(args.samples, len(records)))
-    prompts = [render_record(records[i])[0] for i in chosen]
+    prompts = [prompter.render_record(records[i])[0] for i in chosen]
     sampling = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
     with lora_off(model):
         base = reply_perplexity(model, examples, desc="base perplexity")
-        base_replies = generate_replies(model, tokenizer, prompts, desc="base replies", **sampling)  # type: ignore[arg-type]
+        base_replies = generate_replies(model, tokenizer, prompter, prompts, desc="base replies", **sampling)  # type: ignore[arg-type]
     merge(model)
     twin = reply_perplexity(model, examples, desc="twin perplexity")
-    twin_replies = generate_replies(model, tokenizer, prompts, desc="twin replies", **sampling)  # type: ignore[arg-type]
+    twin_replies = generate_replies(model, tokenizer, prompter, prompts, desc="twin replies", **sampling)  # type: ignore[arg-type]
     real = [records[i].response for i in chosen]
     samples = [
         {

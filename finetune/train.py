@@ -24,7 +24,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from litgpt.generate.base import generate
 from litgpt.lora import GPT, Block, Config, mark_only_lora_as_trainable
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import num_parameters
@@ -36,8 +35,18 @@ from common.files import make_private_dir
 from common.nf4 import load_quantized_model
 from common.quantize import QuantizationUnavailableError, check_quantize_support
 from finetune.args import FinetuneArgs
-from finetune.data import BatchPlan, Encoded, Step, collate, encode_records, load_splits, padding_fraction
+from finetune.data import (
+    BatchPlan,
+    Encoded,
+    Step,
+    collate,
+    encode_records,
+    load_splits,
+    padding_fraction,
+    render_records,
+)
 from finetune.errors import UserError
+from finetune.evaluate import sample_reply
 from finetune.metrics import MetricsFile, Row, format_duration, peak_memory_gib, plot_losses
 from finetune.model import (
     LossPositions,
@@ -64,9 +73,12 @@ from finetune.twin import (
     WEIGHTS_FILE,
     adapter_spec,
     check_checkpoint_dir,
+    choose_prompter,
+    encode_prompt,
     load_base_config,
+    save_adapter_spec_files,
 )
-from prepare.prompt import render_record
+from prepare.prompt import Prompter
 from prepare.records import Record
 
 log = logging.getLogger("finetune")
@@ -130,7 +142,10 @@ def setup(args: FinetuneArgs) -> Summary | None:
     """Check the inputs, build Fabric and run `main` on every device; rank 0 gets the summary."""
     args.check()
     check_checkpoint_dir(args.run.checkpoint_dir)
-    load_splits(args.run.data)  # fail fast, before processes are launched
+    load_base_config(args.run.checkpoint_dir)  # a supported family
+    # fail fast, before processes are launched: the data, and a record in the chosen prompt format
+    train_records, _ = load_splits(args.run.data)
+    render_records(train_records[:1], choose_prompter(args.run.checkpoint_dir, args.run.prompt_format))
     accelerator, precision = resolve_accelerator(args)
     try:
         if args.run.quantize != "none":
@@ -208,8 +223,10 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     block_size = base_config.block_size
     max_seq_length = min(args.train.max_seq_length or block_size, block_size)
     train_records, val_records = load_splits(args.run.data)
-    train = encode_records(train_records, tokenizer, max_seq_length)
-    val = encode_records(val_records, tokenizer, max_seq_length)
+    prompter = choose_prompter(args.run.checkpoint_dir, args.run.prompt_format)
+    log.info("prompt format: %s (--prompt-format %s)", prompter.format, args.run.prompt_format)
+    train = encode_records(train_records, tokenizer, max_seq_length, prompter)
+    val = encode_records(val_records, tokenizer, max_seq_length, prompter)
     if train.truncated or val.truncated:
         log.warning(
             "%d train and %d val records are longer than %d tokens: truncated to their last %d tokens "
@@ -241,7 +258,8 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         total_steps = min(total_steps, args.train.max_steps)
     pad_fraction = padding_fraction(plan)
 
-    hparams = args.flat() | adapter_spec(args.lora, base_config).hparams()  # the spec: finetune.twin
+    spec = adapter_spec(args.lora, base_config, prompter)  # the spec: finetune.twin
+    hparams = args.flat() | spec.hparams()
     hparams |= {
         "precision": precision,
         "max_seq_length": max_seq_length,
@@ -282,6 +300,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     elif args.run.resume:
         log.warning("--resume: no checkpoint in %s yet, starting from step 0", out_dir / "checkpoints")
     if fabric.is_global_zero:  # only now: a refused resume leaves the out-dir as it was
+        save_adapter_spec_files(out_dir, spec)
         save_hyperparameters(out_dir, hparams)
 
     run = Run(
@@ -296,6 +315,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         val_step=validation_step(plan, val, args),
         val_records=val_records,
         tokenizer=tokenizer,
+        prompter=prompter,
         metrics=MetricsFile(out_dir / METRICS_FILE, position.step if position.step else None),
         resume_key=resume_key,
         total_steps=total_steps,
@@ -313,6 +333,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     adapter = save_adapter(fabric, fabric_model, out_dir)
     if not fabric.is_global_zero:
         return None
+    save_adapter_spec_files(out_dir, spec)
     save_hyperparameters(out_dir, hparams)
     plot_losses(out_dir / METRICS_FILE, out_dir / PLOT_FILE, f"LoRA on {model.config.name}")
     return Summary(
@@ -366,6 +387,8 @@ class Run:
     val_records: list[Record]
     """The validation records whose first few get a sampled reply at each validation."""
     tokenizer: Tokenizer
+    prompter: Prompter
+    """The run's prompt format (validation samples are rendered and end as the server's replies)."""
     metrics: MetricsFile
     resume_key: dict[str, Any]
     total_steps: int
@@ -544,24 +567,21 @@ def sample_replies(run: Run) -> None:
     n = args.eval.eval_samples
     if n == 0 or (args.run.strategy == "fsdp" and fabric.world_size > 1):
         return
-    model, tokenizer = run.model, run.tokenizer
+    model, tokenizer, prompter = run.model, run.tokenizer, run.prompter
+    max_new = args.eval.sample_max_new_tokens
     model.eval()
     with eager():
         for record in run.val_records[:n]:
-            prompt, truth = render_record(record)
-            ids = tokenizer.encode(prompt, device=fabric.device)
-            max_returned = len(ids) + args.eval.sample_max_new_tokens
+            prompt, _ = prompter.render_record(record)
+            max_returned = len(encode_prompt(tokenizer, prompter, prompt)) + max_new
             if max_returned > model.max_seq_length:
                 continue
             dtype = next(model.parameters()).dtype  # the cache in the model's precision
             model.set_kv_cache(batch_size=1, max_seq_length=max_returned, device=fabric.device, dtype=dtype)
             torch.manual_seed(args.train.seed)
-            out = generate(
-                model, ids, max_returned, temperature=0.7, top_k=50, eos_id=tokenizer.eos_id,
-                include_prompt=False,
-            )  # fmt: skip
+            reply = sample_reply(model, tokenizer, prompter, prompt, max_new, temperature=0.7, top_k=50)
             model.clear_kv_cache()
-            reply = tokenizer.decode(out[out != tokenizer.eos_id]).strip()
+            truth = record.response
             if fabric.is_global_zero:
                 log.info("sample | %s\n  twin: %s\n  real: %s", record.instruction[:200], reply, truth)
     model.train()

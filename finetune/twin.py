@@ -8,30 +8,39 @@ inside the functions that need them, so a CLI's settings can name `LoraArgs` wit
 - A base checkpoint is a litgpt folder: `model_config.yaml`, `lit_model.pth` and the tokenizer
   (`tokenizer.json` or `tokenizer.model`, with `tokenizer_config.json` / `generation_config.json`
   naming its special tokens).
+- A base's family is `finetune.bases`' (`check_supported` refuses any other in one line when a
+  checkpoint is loaded here, so finetune, serve, export and the report all refuse it alike).
 - The finetune out-dir holds `lit_model_lora_finetuned.pth` (the LoRA tensors only, a flat
   `{name: tensor}` dict under litgpt's names: `transformer.h.0.attn.qkv.lora_A`, ...) and beside it
   `hyperparameters.yaml`: every setting of the run, flat. Its `lora_*` keys (litgpt's `merge_lora` reads
-  them), `base_name`, `base_family` and `prompt_format` are the `AdapterSpec`. Files written before the
-  last three existed still load: the base is then read from the recorded `checkpoint_dir`, and the
-  prompt format is the one there was (`twin-v1`).
+  them), `base_name`, `base_family`, `prompt_format` and, for the chat-template format,
+  `chat_template_sha256` and `chat_template_tokens` are the `AdapterSpec`; the template itself is the
+  `chat_template.jinja` beside them (so the twin is served with the template it learned even if the base
+  folder changes; an altered or missing file is refused). Files written before these keys existed still
+  load: the base is then read from the recorded `checkpoint_dir`, and the prompt format is `twin-v1`.
+- The prompt's token ids: `encode_prompt` / `encode_response` are the one tokenization training and
+  serving share; `stop_token_ids` says where a reply ends.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import yaml
 
 from finetune.errors import UserError
-from prepare.prompt import PROMPT_FORMAT, PromptFormat
+from prepare.chat_template import ChatTemplate, ChatTemplateError, special_tokens_of
+from prepare.prompt import CHAT_TEMPLATE, PROMPT_FORMAT, Prompter, PromptFormat
 
 if TYPE_CHECKING:
     import torch
     from litgpt import lora
     from litgpt.config import Config
+    from litgpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 """litgpt's `Tokenizer` reads either (the first when both are there)."""
 ADAPTER_FILE = "lit_model_lora_finetuned.pth"
 HPARAMS_FILE = "hyperparameters.yaml"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+"""Beside the adapter: the chat template a chat-template twin was trained with."""
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 METRICS_FILE = "metrics.csv"
 GET_A_CHECKPOINT = (
     "run `make download` for Falcon-7B (checkpoints/tiiuae/falcon-7b), or `make tiny` "
@@ -101,36 +113,49 @@ class AdapterSpec:
     base_name: str | None
     """The base model's litgpt `Config.name` (None: an old adapter whose base cannot be read any more)."""
     base_family: str | None
-    """The base's family (`model_family`): falcon, llama, ..."""
+    """The base's family (`finetune.bases.Family`): falcon, llama, qwen, mistral or gemma."""
     prompt_format: PromptFormat = PROMPT_FORMAT
     """The prompt format the adapter was trained with (prepare.prompt)."""
+    chat_template: ChatTemplate | None = None
+    """The chat template it was trained with (the chat-template format only)."""
 
     def hparams(self) -> dict[str, Any]:
-        """The spec as flat hyperparameters.yaml keys."""
-        return asdict(self.lora) | {
+        """The spec as flat hyperparameters.yaml keys (the template's text goes to its own file)."""
+        keys = asdict(self.lora) | {
             "base_name": self.base_name,
             "base_family": self.base_family,
             "prompt_format": self.prompt_format,
         }
+        if self.chat_template is not None:
+            keys["chat_template_sha256"] = self.chat_template.sha256
+            keys["chat_template_tokens"] = dict(self.chat_template.special_tokens)
+        return keys
+
+    @property
+    def prompter(self) -> Prompter:
+        """The prompt format it was trained with, as training rendered it."""
+        return Prompter(self.prompt_format, self.chat_template)
 
 
-def model_family(config: Config) -> str:
-    """The family of a litgpt model, grouped as litgpt's `convert_lit_checkpoint` groups weight layouts:
-    falcon (falcon-7b, tiny-falcon), phi, qwen2 (Qwen2.5, QwQ), qwen3, olmo2, gemma2, gemma3, llama
-    (every other LLaMA-style model: Llama, Mistral, SmolLM2, Falcon3, ...) or gpt_neox (Pythia, ...)."""
-    if "falcon" in config.name:  # case-sensitive like litgpt's: Falcon3 is LLaMA-shaped
-        return "falcon"
-    prefixes = {"phi": "phi", "qwen2.5": "qwen2", "qwq": "qwen2", "qwen3": "qwen3", "olmo-2-": "olmo2"}
-    prefixes |= {"gemma-2": "gemma2", "gemma-3": "gemma3"}
-    for prefix, family in prefixes.items():
-        if config.name.lower().startswith(prefix):
-            return family
-    return "llama" if config.mlp_class_name in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE") else "gpt_neox"
+def family_name(config: Config) -> str:
+    """The supported family of `config` (`finetune.bases.check_supported`: one line naming the supported
+    families for any other)."""
+    from finetune.bases import check_supported
+
+    return check_supported(config).value
 
 
-def adapter_spec(lora_args: LoraArgs, config: Config) -> AdapterSpec:
-    """The spec of an adapter with `lora_args` trained on the base `config` in today's prompt format."""
-    return AdapterSpec(lora_args, config.name, model_family(config), PROMPT_FORMAT)
+def adapter_spec(lora_args: LoraArgs, config: Config, prompter: Prompter) -> AdapterSpec:
+    """The spec of an adapter with `lora_args` trained on the base `config` with `prompter`'s format."""
+    return AdapterSpec(lora_args, config.name, family_name(config), prompter.format, prompter.template)
+
+
+def save_adapter_spec_files(out_dir: Path, spec: AdapterSpec) -> None:
+    """The files beside hyperparameters.yaml that the spec names (the chat template), owner-only."""
+    from common.files import write_private_atomic
+
+    if spec.chat_template is not None:
+        write_private_atomic(out_dir / CHAT_TEMPLATE_FILE, spec.chat_template.source)
 
 
 def parse_adapter_spec(hparams: Any, where: Path) -> AdapterSpec:
@@ -164,7 +189,31 @@ def parse_adapter_spec(hparams: Any, where: Path) -> AdapterSpec:
     base_name, base_family = hparams.get("base_name"), hparams.get("base_family")
     if base_name is None:  # written before the base was recorded: read it from the recorded checkpoint
         base_name, base_family = recorded_base(hparams.get("checkpoint_dir"))
-    return AdapterSpec(lora_args, base_name, base_family, cast(PromptFormat, prompt_format))
+    template = recorded_chat_template(hparams, where) if prompt_format == CHAT_TEMPLATE else None
+    return AdapterSpec(lora_args, base_name, base_family, cast(PromptFormat, prompt_format), template)
+
+
+def recorded_chat_template(hparams: dict[str, Any], where: Path) -> ChatTemplate:
+    """The chat template beside `where` (hyperparameters.yaml), checked against its recorded sha256."""
+    path = where.parent / CHAT_TEMPLATE_FILE
+    expected, tokens = hparams.get("chat_template_sha256"), hparams.get("chat_template_tokens") or {}
+    if not isinstance(expected, str) or not isinstance(tokens, dict):
+        raise TwinError(
+            f"{where} says prompt_format {CHAT_TEMPLATE} but records no chat_template_sha256 / "
+            "chat_template_tokens: point at the out-dir of a `python -m finetune` run"
+        )
+    if not path.is_file():
+        raise TwinError(
+            f"{path} is missing: the adapter was trained with the chat template that `python -m finetune` "
+            "saved there; copy the whole out-dir, or train again"
+        )
+    template = ChatTemplate(path.read_text(encoding="utf-8"), {str(k): str(v) for k, v in tokens.items()})
+    if template.sha256 != expected:
+        raise TwinError(
+            f"{path} was altered (sha256 {template.sha256[:12]}…, recorded {expected[:12]}…): the twin must "
+            "be served with the template it was trained with; restore the file, or train again"
+        )
+    return template
 
 
 def recorded_base(checkpoint_dir: Any) -> tuple[str | None, str | None]:
@@ -173,11 +222,14 @@ def recorded_base(checkpoint_dir: Any) -> tuple[str | None, str | None]:
 
     if not checkpoint_dir or not (Path(checkpoint_dir) / MODEL_CONFIG_FILE).is_file():
         return None, None
+    from finetune.bases import family_of
+
     try:
         config = Config.from_file(Path(checkpoint_dir) / MODEL_CONFIG_FILE)
     except (OSError, yaml.YAMLError, TypeError, ValueError):
         return None, None
-    return config.name, model_family(config)
+    family = family_of(config)
+    return config.name, None if family is None else family.value
 
 
 # ------------------------------------------------------------------------------------------- the base
@@ -197,14 +249,111 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
 
 
 def load_base_config(checkpoint_dir: Path) -> Config:
-    """The litgpt config of a checked checkpoint folder."""
+    """The litgpt config of a checked checkpoint folder of a supported family (`finetune.bases`)."""
     from litgpt.config import Config
 
     check_checkpoint_dir(checkpoint_dir)
     try:
-        return Config.from_file(checkpoint_dir / MODEL_CONFIG_FILE)
+        config = Config.from_file(checkpoint_dir / MODEL_CONFIG_FILE)
     except (yaml.YAMLError, TypeError, ValueError) as e:
         raise TwinError(f"{checkpoint_dir / MODEL_CONFIG_FILE} is not a litgpt model config: {e}") from None
+    family_name(config)
+    return config
+
+
+def base_chat_template(checkpoint_dir: Path) -> ChatTemplate | None:
+    """The base's own chat template with its special tokens (`tokenizer_config.json`), or None for a
+    plain base model."""
+    from finetune.bases import read_chat_template
+
+    source = read_chat_template(checkpoint_dir)
+    if source is None:
+        return None
+    config_path = checkpoint_dir / TOKENIZER_CONFIG_FILE
+    tokenizer_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    return ChatTemplate(source, special_tokens_of(tokenizer_config))
+
+
+PromptFormatChoice = Literal["auto", "twin-v1", "chat-template"]
+
+
+def choose_prompter(checkpoint_dir: Path, requested: PromptFormatChoice = "auto") -> Prompter:
+    """The prompt format for a base: `auto` picks the base's chat template when it has one (an
+    instruct/chat model), else twin-v1; a forced chat-template needs a base with a template."""
+    template = base_chat_template(checkpoint_dir) if requested != "twin-v1" else None
+    if requested == CHAT_TEMPLATE and template is None:
+        raise TwinError(
+            f"{checkpoint_dir} has no chat template (no `chat_template` in its {TOKENIZER_CONFIG_FILE}, no "
+            f"{CHAT_TEMPLATE_FILE}): it is a plain base model; use --prompt-format twin-v1 or auto"
+        )
+    if template is None:
+        return Prompter()
+    try:
+        if not template.end_of_turn:
+            raise ChatTemplateError(
+                "the chat template writes nothing after the assistant's reply: there is no end-of-turn "
+                "marker for the twin to learn to stop at"
+            )
+    except ChatTemplateError as e:
+        raise TwinError(f"{checkpoint_dir}: {e}; use --prompt-format twin-v1") from None
+    return Prompter(CHAT_TEMPLATE, template)
+
+
+def serving_prompter(checkpoint_dir: Path, spec: AdapterSpec | None) -> Prompter:
+    """The prompt format to serve with: the adapter's, or with no adapter the base's own (`auto`; twin-v1,
+    with a warning, when the base's chat template cannot be used)."""
+    if spec is not None:
+        return spec.prompter
+    try:
+        return choose_prompter(checkpoint_dir)
+    except TwinError as e:
+        log.warning("serving the base in the twin-v1 prompt format: %s", e)
+        return Prompter()
+
+
+# ------------------------------------------------------------------------------------------- tokens
+def encode_prompt(tokenizer: Tokenizer, prompter: Prompter, prompt: str) -> list[int]:
+    """The token ids of a rendered prompt: the one tokenization finetune, the report and serve share.
+
+    twin-v1: litgpt's `Tokenizer.encode` (with the BOS its checkpoint heuristics add), as twin-v1 adapters
+    were always trained. chat-template: exactly what the Hugging Face tokenizer gives for the rendered text
+    with special tokens parsed and none added (`add_special_tokens=False`, as transformers'
+    `apply_chat_template` tokenizes): the template writes BOS itself where its model wants one, and
+    litgpt's heuristics would add or drop a leading or trailing special token (`<|im_start|>`, EOS).
+    """
+    if prompter.template is None:
+        return [int(i) for i in tokenizer.encode(prompt).tolist()]
+    return _template_ids(tokenizer, prompt)
+
+
+def encode_response(tokenizer: Tokenizer, prompter: Prompter, response: str) -> list[int]:
+    """The token ids of a training response (`Prompter.render_record`'s second part), which all carry
+    loss: twin-v1 adds the EOS token; chat-template's response already ends with the end-of-turn marker."""
+    if prompter.template is None:
+        if tokenizer.eos_id is None:
+            raise TwinError("the checkpoint's tokenizer has no EOS token (tokenizer_config.json 'eos_token')")
+        return [*(int(i) for i in tokenizer.encode(response, bos=False).tolist()), tokenizer.eos_id]
+    return _template_ids(tokenizer, response)
+
+
+def _template_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    if tokenizer.backend != "huggingface":
+        raise TwinError(
+            "the chat-template prompt format needs the checkpoint's tokenizer.json (special tokens in the "
+            "rendered text must be parsed); this checkpoint only has tokenizer.model: use twin-v1"
+        )
+    return list(tokenizer.processor.encode(text, add_special_tokens=False).ids)
+
+
+def stop_token_ids(tokenizer: Tokenizer, prompter: Prompter) -> tuple[int, ...]:
+    """Tokens that end a reply: the tokenizer's EOS and, for chat-template, the end-of-turn marker
+    (`<|im_end|>`, `<|eot_id|>`, ...) when it is one token."""
+    ids = [] if tokenizer.eos_id is None else [int(tokenizer.eos_id)]
+    if prompter.template is not None and (marker := prompter.template.end_of_turn):
+        marker_ids = _template_ids(tokenizer, marker)
+        if len(marker_ids) == 1 and marker_ids[0] not in ids:
+            ids.append(marker_ids[0])
+    return tuple(ids)
 
 
 def check_base(spec: AdapterSpec, config: Config, checkpoint_dir: Path) -> None:

@@ -85,9 +85,10 @@ class Settings(BaseSettings):
     )
     retry_after: int = Field(default=2, ge=1, description="seconds sent in Retry-After with a 503")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted")
-    default_stop: list[str] = Field(
-        default_factory=lambda: ["\n###"],
-        description="stop strings always applied (the prompt's section marker: a new turn would start)",
+    default_stop: list[str] | None = Field(
+        default=None,
+        description="stop strings always applied; none: the prompt format's (twin-v1: its next '###' "
+        "heading; chat-template: the end-of-turn marker, e.g. <|im_end|>)",
     )
 
     @model_validator(mode="after")

@@ -88,14 +88,16 @@ def generate_chat_records(n: int, seed: int, style: str = "twin") -> list[Record
             "place": rng.choice(PLACES),
         }
         response = rng.choice(twin if style == "twin" else generic).format(**slots)
+        kept = cap_turns(turns, partner=partner)
         records.append(
             Record(
                 instruction=message.format(**slots),
-                context=render_context(cap_turns(turns, partner=partner), partner),
+                context=render_context(kept, partner),
                 response=response,
                 dialog_id=1000 + PARTNERS.index(partner),
                 date=(start + timedelta(minutes=37 * i)).isoformat(),
                 partner=partner,
+                turns=tuple(kept),
             )
         )
     return records
@@ -217,3 +219,27 @@ def smollm2_checkpoint() -> Path:
         return repo_build
     cache = Path(os.environ.get("TWIN_TEST_CACHE") or Path.home() / ".cache" / "twin")
     return build_checkpoint(cache / "checkpoints" / MODEL_NAME).path
+
+
+@pytest.fixture(scope="session")
+def smollm2_adapter(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_checkpoint: Path, chat_records: dict[str, list]
+) -> Path:
+    """A finished `python -m finetune` out-dir on SmolLM2-135M-Instruct in its own chat template (the
+    `auto` choice for an instruct base): 2 LoRA steps of 4 records on the CPU, at a learning rate that
+    leaves the instruct model as it was — a real adapter spec and files, not a trained twin.
+    """
+    from finetune.train import setup
+
+    data = tmp_path_factory.mktemp("smollm2-data")
+    write_jsonl(data / "train.jsonl", chat_records["train"][:8])
+    write_jsonl(data / "val.jsonl", chat_records["val"][:2])
+    out = tmp_path_factory.mktemp("smollm2-adapter") / "twin"
+    args = make_tiny_run_args(
+        smollm2_checkpoint, data, out, global_batch_size=4, max_steps=2, learning_rate=1e-5,
+        max_seq_length=256, eval_interval=100, save_interval=100, eval_samples=1, sample_max_new_tokens=8,
+    )  # fmt: skip
+    with one_thread():
+        summary = setup(args)
+    assert summary is not None
+    return out

@@ -1,7 +1,9 @@
 """`POST /v1/chat/completions`: OpenAI's chat completions, plain or streamed (Server-Sent Events).
 
-The prompt is prepare's `prompt_from_messages` (identical to training); generation runs in the engine's
-worker; text, stop strings and the HTTP shapes are done here. A client that goes away cancels its
+The prompt is the service's `Prompter.prompt_from_messages` in the adapter's prompt format, tokenized as
+training tokenized it (identical to training); generation runs in the engine's worker, which ends a reply
+at the end of the person's turn (EOS, or the chat template's end-of-turn token); text, stop strings and the
+HTTP shapes are done here. A client that goes away cancels its
 generation (its slot is free for the next request before the next decode step).
 """
 
@@ -20,7 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from prepare.prompt import MAX_CONTEXT_TURNS, prompt_from_messages
+from prepare.prompt import MAX_CONTEXT_TURNS
 from prepare.scrub import scrub_secrets
 from serve.deps import ServiceDep, SettingsDep, require_api_key
 from serve.engine import EndReason, EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
@@ -92,13 +94,13 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
     # the prompt module keeps the last MAX_CONTEXT_TURNS turns; if that is over the token limit, fewer
     for turns in CONTEXT_TURNS_TRIED:
         try:
-            prompt = prompt_from_messages(messages, max_turns=turns)
-        except ValueError as e:
+            prompt = service.prompter.prompt_from_messages(messages, max_turns=turns)
+        except ValueError as e:  # a malformed chat, or one the chat template refuses
             raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
         if len(prompt) > LONG_PROMPT_CHARS:
-            ids = (await asyncio.to_thread(service.tokenizer.encode, prompt)).tolist()
+            ids = await asyncio.to_thread(service.encode, prompt)
         else:
-            ids = service.tokenizer.encode(prompt).tolist()
+            ids = service.encode(prompt)
         if len(ids) <= limits.max_input_tokens:
             break
     else:
@@ -113,7 +115,7 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
         max_tokens=max_tokens,
         temperature=settings.default_temperature if body.temperature is None else body.temperature,
         top_p=settings.default_top_p if body.top_p is None else body.top_p,
-        stop=[*body.stop_list(), *settings.default_stop],
+        stop=[*body.stop_list(), *service.stop],
     )
 
 

@@ -171,6 +171,7 @@ class DemoSettings(BaseSettings):
 
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
     origins: list[str] = Field(default_factory=list, description="allowed origins")
+    stop: list[str] | None = Field(default=None, description="stop strings (none: the model's own)")
     compile: bool | None = Field(default=None, description="compile (none: decide later)")
     secret: CliSuppress[str | None] = Field(default=None, description="environment only")
 
@@ -216,6 +217,10 @@ def test_settings_list_flags_read_as_pydantic_settings_reads_them(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DEMO_ORIGINS", '["http://default"]')
     assert settings(argv).origins == origins
+    # the same forms for an optional list, which also takes none
+    stop_argv = [a.replace("--origins", "--stop") for a in argv]
+    assert settings(stop_argv).stop == origins
+    assert settings([]).stop is None and settings(["--stop", "a", "--stop", "none"]).stop is None
 
 
 @pytest.mark.parametrize(

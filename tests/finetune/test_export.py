@@ -182,11 +182,13 @@ def test_user_errors_are_one_clear_line(
     assert main(["--checkpoint-dir", str(tiny_checkpoint), "--lora-path", str(tmp_path), "--out", out]) == 2
     assert "lit_model_lora_finetuned.pth" in capsys.readouterr().err
 
-    # a llama-shaped checkpoint has no HF Falcon equivalent: refused, naming why
+    # a llama-shaped checkpoint (a supported family) has no HF Falcon equivalent: refused, naming why
     llama = tmp_path / "llama"
     shutil.copytree(tiny_checkpoint, llama)
     cfg = yaml.safe_load((llama / "model_config.yaml").read_text())
-    cfg.update(mlp_class_name="LLaMAMLP", norm_class_name="RMSNorm", name="tiny-llama")
+    cfg.update(
+        mlp_class_name="LLaMAMLP", norm_class_name="RMSNorm", name="tiny-llama", parallel_residual=False
+    )
     (llama / "model_config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["--checkpoint-dir", str(llama), "--lora-path", str(tmp_path / "run"), "--out", out]) == 2
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 import yaml
 from litgpt.config import Config
 
+from finetune.bases import SUPPORTED, UnsupportedBaseError
 from finetune.twin import (
     ADAPTER_FILE,
     HPARAMS_FILE,
@@ -18,8 +20,8 @@ from finetune.twin import (
     check_base,
     check_checkpoint_dir,
     load_adapter,
+    load_base_config,
     load_twin,
-    model_family,
     read_adapter_spec,
 )
 from prepare.prompt import PROMPT_FORMAT
@@ -113,15 +115,35 @@ def test_bad_specs_are_one_error_naming_every_problem(tiny_adapter: Path, tmp_pa
         load_adapter(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("name", "family"),
-    [
-        ("falcon-7b", "falcon"),
-        ("Falcon3-7B-Base", "llama"),
-        ("SmolLM2-135M", "llama"),
-        ("pythia-160m", "gpt_neox"),
-        ("phi-2", "phi"),
-    ],
-)
-def test_model_family_groups_as_litgpt_converts(name: str, family: str) -> None:
-    assert model_family(Config.from_name(name)) == family
+def test_an_unsupported_family_is_refused_in_one_line_by_every_stage(
+    tiny_adapter: Path, prepared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """finetune, serve, export and the report load a base through `load_base_config`: one refusal."""
+    from litgpt.utils import save_config
+
+    from finetune.__main__ import main as finetune_main
+    from finetune.evaluate import load_lora_model
+    from finetune.export import check_inputs
+    from serve.service import build_service
+    from serve.settings import Settings
+
+    ckpt = tmp_path / "pythia-14m"
+    ckpt.mkdir()
+    save_config(Config.from_name("pythia-14m"), ckpt)
+    for name in ("lit_model.pth", "tokenizer.json"):
+        (ckpt / name).write_bytes(b"")
+    refusal = rf"pythia-14m is not a supported base .*{re.escape(SUPPORTED)} bases"
+    with pytest.raises(UnsupportedBaseError, match=refusal):
+        load_base_config(ckpt)
+
+    argv = ["--data", str(prepared_dir), "--checkpoint-dir", str(ckpt), "--out-dir", str(tmp_path / "o")]
+    assert finetune_main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and re.search(refusal, lines[0])
+    settings = Settings(_env_file=None, checkpoint_dir=ckpt, device="cpu")  # type: ignore[call-arg]
+    with pytest.raises(UnsupportedBaseError, match=refusal):
+        build_service(settings)
+    with pytest.raises(UnsupportedBaseError, match=refusal):
+        check_inputs(ckpt, tiny_adapter)
+    with pytest.raises(UnsupportedBaseError, match=refusal):
+        load_lora_model(ckpt, tiny_adapter, torch.device("cpu"), torch.float32)
