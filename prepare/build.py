@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from common.scrub import PLACEHOLDER, scrub_many, scrub_secrets_with_counts
+
 from .config import PrepareConfig
 from .prompt import MAX_TURN_CHARS, Speaker, Turn, cap_turns, clean_text, clip_text, render_context
 from .records import Record
-from .scrub import PLACEHOLDER, scrub_many, scrub_secrets_with_counts
 
 SKIP_REASONS: dict[str, str] = {
     "duplicate_message": "the same message (dialog id + message id) appeared again; the last copy was kept",

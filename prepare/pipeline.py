@@ -12,13 +12,13 @@ import numpy as np
 import orjson
 
 from common.files import make_private_dir, open_private, write_private_atomic
+from common.scrub import KINDS
 
 from .build import SKIP_REASONS, Built, build_records
 from .config import PrepareConfig
 from .errors import PrepareError
 from .load import load_messages
 from .records import CONFIG_FILE, STATS_FILE, TRAIN_FILE, VAL_FILE, Record
-from .scrub import KINDS
 from .split import split_conversations
 
 STATS_VERSION = 1

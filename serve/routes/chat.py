@@ -22,8 +22,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
+from common.scrub import scrub_secrets
 from prepare.prompt import MAX_CONTEXT_TURNS
-from prepare.scrub import scrub_secrets
 from serve.deps import ServiceDep, SettingsDep, require_api_key
 from serve.engine import EndReason, EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
 from serve.schemas import (

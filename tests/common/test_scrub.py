@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prepare.scrub import (
+from common.scrub import (
     KINDS,
     PLACEHOLDER,
     iban_ok,
@@ -274,7 +274,7 @@ def test_empty_and_plain_text() -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, prepare.scrub; print(sorted({'pandas', 'torch', 'numpy'} & set(sys.modules)))"
+    code = "import sys, common.scrub; print(sorted({'pandas', 'torch', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from common.scrub import PLACEHOLDER, scrub_secrets
 from prepare.prompt import Turn, cap_turns, clean_text, clip_text, render_context
-from prepare.scrub import PLACEHOLDER, scrub_secrets
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prepare_helpers import msg, read_jsonl, write_raw
 
+from common.scrub import KINDS
 from prepare.__main__ import cli
 from prepare.config import PrepareConfig
 from prepare.records import RECORD_FIELDS, Record, read_records
-from prepare.scrub import KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prepare_helpers import reference_conversations, reference_records, write_raw
 
+from common.scrub import PLACEHOLDER
 from prepare.build import build_records
 from prepare.config import PrepareConfig
 from prepare.load import load_messages
 from prepare.prompt import clip_text, render_turn
-from prepare.scrub import PLACEHOLDER
 from prepare.split import split_conversations
 
 T0 = datetime(2024, 3, 30, 22, 0, tzinfo=UTC)
