@@ -27,8 +27,7 @@ import torch
 
 from finetune.errors import UserError
 from finetune.twin import encode_prompt, encode_response
-from prepare.chat_template import ChatTemplateError
-from prepare.prompt import TWIN_V1, Prompter
+from prepare.prompt import TWIN_V1, ChatTemplateError, Prompter
 from prepare.records import TRAIN_FILE, VAL_FILE, Record, read_records
 
 IGNORE_INDEX = -100

@@ -33,8 +33,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import yaml
 
 from finetune.errors import UserError
-from prepare.chat_template import ChatTemplate, ChatTemplateError, special_tokens_of
-from prepare.prompt import CHAT_TEMPLATE, PROMPT_FORMAT, Prompter, PromptFormat
+from prepare.prompt import (
+    CHAT_TEMPLATE,
+    PROMPT_FORMAT,
+    ChatTemplate,
+    ChatTemplateError,
+    Prompter,
+    PromptFormat,
+    special_tokens_of,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -27,7 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+# the chat-template renderer is this module's own part; finetune and serve import it through here
 from prepare.chat_template import ChatTemplate, ChatTemplateError
+from prepare.chat_template import special_tokens_of as special_tokens_of
 
 if TYPE_CHECKING:
     from prepare.records import Record
