@@ -25,16 +25,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 # the chat-template renderer is this module's own part; finetune and serve import it through here
 from prepare.chat_template import ChatTemplate, ChatTemplateError
 from prepare.chat_template import special_tokens_of as special_tokens_of
-
-if TYPE_CHECKING:
-    from prepare.records import Record
-
-Speaker = Literal["me", "partner"]
+from prepare.records import Record, Speaker, Turn
 
 ME_LABEL = "Me"
 DEFAULT_PARTNER = "Friend"
@@ -74,14 +70,6 @@ TEMPLATE = (
 # in a chat but would make two otherwise equal texts differ: zero-width spaces/joiners, word joiner,
 # BOM, bidi marks and embeddings.
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """Consecutive messages of one speaker, newline-joined."""
-
-    speaker: Speaker
-    text: str
 
 
 def clean_text(text: str) -> str:

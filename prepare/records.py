@@ -11,16 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-
-from prepare.prompt import Turn
 
 TRAIN_FILE = "train.jsonl"
 VAL_FILE = "val.jsonl"
 STATS_FILE = "stats.json"
 CONFIG_FILE = "prepare_config.json"
+
+Speaker = Literal["me", "partner"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Consecutive messages of one speaker, newline-joined."""
+
+    speaker: Speaker
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
