@@ -2,18 +2,24 @@
 
     python -m finetune.export --checkpoint-dir CKPT --lora-path ADAPTER --out DIR [--format merged|peft]
 
-`merged` (default) folds the LoRA update into the base weights and converts them with litgpt's Falcon
-converter into a transformers `FalconForCausalLM` folder (config.json, model*.safetensors, tokenizer files,
-generation_config.json) that vLLM, TGI or `AutoModelForCausalLM` load as is. `peft` writes a PEFT LoRA
-adapter (adapter_config.json + adapter_model.safetensors) for the HF Falcon base; when that base is not on
-the Hugging Face Hub (the tiny demo checkpoint), its converted weights go to `OUT/base/`.
+Every supported base family goes both ways (`finetune.hf_export` has the per-family transformers layout).
+`merged` (default) folds the LoRA update into the base weights with litgpt's own merge and converts them
+with litgpt's converter for the family into a transformers folder (config.json, model*.safetensors,
+tokenizer files, generation_config.json) that vLLM, TGI or `AutoModelForCausalLM` load as is. `peft` writes
+a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for the HF base: its Hub repo when the
+checkpoint holds the Hub's weights, else the base converted into `OUT/base/` (the tiny demo checkpoint, and
+the embedded SmolLM2, whose weights are dequantized from a 4-bit file). Both carry the twin's prompt: a
+chat-template twin's template in tokenizer_config.json, and generation_config.json stops at the end of the
+twin's turn as serve does.
 
 litgpt fuses q, k and v into one `attn.qkv` layer with a separate rank-r LoRA per enabled part (A is
-`(r·n, in)`, B the n parts stacked). HF Falcon's `query_key_value` is one linear layer too, so the update
-maps exactly onto one LoRA of rank `R = r·n`: A' = the n A-blocks stacked, B' = block-diagonal (zeros for
-the q/k/v parts that are off) with its rows permuted into HF's head layout, and alpha' = alpha·n keeps
-alpha'/R = alpha/r. Other layers are padded with zeros to the same rank so the adapter has one rank and
-one alpha, which every LoRA loader understands.
+`(r·n, in)`, B the n parts stacked). Llama-style layouts (Llama, Mistral, Qwen, Gemma) have separate
+q_proj/k_proj/v_proj, so each enabled part's A-block and B-rows become that projection's own rank-r LoRA,
+and litgpt's LLaMAMLP fc_1/fc_2/proj become gate_proj/up_proj/down_proj. HF Falcon's `query_key_value` is
+one linear layer, so there the update maps exactly onto one LoRA of rank `R = r·n`: A' = the n A-blocks
+stacked, B' = block-diagonal (zeros for the q/k/v parts that are off) with its rows permuted into HF's head
+layout, and alpha' = alpha·n keeps alpha'/R = alpha/r; its other layers are padded with zeros to the same
+rank so the adapter has one rank and one alpha, which every LoRA loader understands.
 """
 
 from __future__ import annotations
@@ -25,20 +31,23 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from litgpt.config import Config
 from litgpt.scripts.convert_lit_checkpoint import qkv_reassemble
-from tqdm import tqdm
 
 from common.cli import parse_dataclasses, run
 from common.device import resolve_dtype
 from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
-from finetune.hf_falcon import (
+from finetune.hf_export import (
+    HFLayout,
     copy_tokenizer,
-    falcon_problems,
+    hf_layout,
+    hf_weight_names,
+    hub_model_id,
+    qkv_part_sizes,
     save_private_safetensors,
     token_ids,
     write_hf_model,
@@ -51,157 +60,229 @@ from finetune.twin import (
     load_adapter,
     load_base_config,
     load_base_weights,
+    lora_config,
     read_adapter_spec,
+    stop_token_ids,
 )
+
+if TYPE_CHECKING:
+    from litgpt.lora import GPT as LoraGPT
 
 log = logging.getLogger(__name__)
 
 Format = Literal["merged", "peft"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-# litgpt module (inside a block, or at the top) → its HF Falcon name; the LoRA flag that enables it
-LIT_TO_HF = {
-    "attn.qkv": "query_key_value",
-    "attn.proj": "dense",
-    "mlp.fc": "dense_h_to_4h",
-    "mlp.proj": "dense_4h_to_h",
-}
-FLAG_OF = {
-    "attn.proj": "lora_projection",
-    "mlp.fc": "lora_mlp",
-    "mlp.proj": "lora_mlp",
-    "lm_head": "lora_head",
-}
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    """A checked base and adapter: the base's config and HF layout, the adapter's spec and LoRA tensors."""
+
+    config: Config
+    layout: HFLayout
+    spec: AdapterSpec
+    tensors: dict[str, torch.Tensor]
+    """litgpt's LoRA names (`transformer.h.0.attn.qkv.lora_A`, ...), each checked against the spec."""
+
+    @property
+    def lora(self) -> LoraArgs:
+        return self.spec.lora
 
 
 def qkv_flags(lora: LoraArgs) -> tuple[bool, bool, bool]:
     return (lora.lora_query, lora.lora_key, lora.lora_value)
 
 
-def export_rank(lora: LoraArgs) -> int:
-    """The single rank of the exported adapter (the fused qkv LoRA needs r per enabled part)."""
-    return lora.lora_r * max(1, sum(qkv_flags(lora)))
-
-
-# ------------------------------------------------------------------------------- the LoRA update, per layer
-def module_names(config: Config, lora: LoraArgs) -> list[str]:
+def lora_layers(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """litgpt names of the layers that carry LoRA (`transformer.h.0.attn.qkv`, ..., `lm_head`)."""
-    names = []
-    for i in range(config.n_layer):
-        if any(qkv_flags(lora)):
-            names.append(f"transformer.h.{i}.attn.qkv")
-        for sub in ("attn.proj", "mlp.fc", "mlp.proj"):
-            if getattr(lora, FLAG_OF[sub]):
-                names.append(f"transformer.h.{i}.{sub}")
-    if lora.lora_head:
-        names.append("lm_head")
-    return names
+    return list(dict.fromkeys(k.rsplit(".", 1)[0] for k in tensors))
 
 
-def qkv_part_sizes(config: Config) -> tuple[int, int, int]:
-    return (
-        config.n_head * config.head_size,
-        config.n_query_groups * config.head_size,
-        config.n_query_groups * config.head_size,
-    )
+def lora_model(config: Config, spec: AdapterSpec) -> LoraGPT:
+    """litgpt's LoRA model of the twin on the meta device: its names and shapes, no memory."""
+    from litgpt.lora import GPT
+
+    with torch.device("meta"):
+        model = GPT(lora_config(config, spec))
+    return model
 
 
-def lora_factors(
-    name: str, adapter: Mapping[str, torch.Tensor], config: Config, lora: LoraArgs
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) of one layer in litgpt's row layout with ΔW = B @ A · scaling, at rank `export_rank`."""
-    try:
-        a, b = adapter[f"{name}.lora_A"], adapter[f"{name}.lora_B"]
-    except KeyError as e:
+def check_adapter_tensors(model: LoraGPT, inputs: ExportInputs) -> None:
+    """Every LoRA tensor the spec implies is in the adapter with its shape, and nothing else."""
+    expected = {name: p.shape for name, p in model.named_parameters() if "lora_" in name}
+    if missing := [name for name in expected if name not in inputs.tensors]:
         raise UserError(
-            f"the adapter has no {e.args[0]}: it does not match its hyperparameters.yaml"
-        ) from None
-    r, rank, qkv = lora.lora_r, export_rank(lora), qkv_flags(lora)
-    if name.endswith("attn.qkv"):
-        sizes = qkv_part_sizes(config)
-        enabled = [s for s, on in zip(sizes, qkv, strict=True) if on]
-        if a.shape[0] != r * len(enabled) or b.shape != (sum(enabled), r):
+            f"the adapter has no {missing[0]} ({len(missing)} LoRA tensors missing): it does not match its "
+            "hyperparameters.yaml"
+        )
+    if extra := sorted(set(inputs.tensors) - set(expected)):
+        raise UserError(
+            f"the adapter has LoRA tensors its hyperparameters.yaml does not enable ({extra[0]}, ...): "
+            "it does not match them"
+        )
+    for name, shape in expected.items():
+        if inputs.tensors[name].shape != shape:
             raise UserError(
-                f"{name}: LoRA shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit r={r} on "
-                f"q,k,v={qkv} of this checkpoint: is --checkpoint-dir the base it was trained on?"
+                f"{name}: LoRA shapes {tuple(inputs.tensors[name].shape)} (expected {tuple(shape)}) do not "
+                f"fit r={inputs.lora.lora_r} on q,k,v={qkv_flags(inputs.lora)} of {inputs.config.name}: is "
+                "--checkpoint-dir the base it was trained on?"
             )
-        full_b = b.new_zeros(sum(sizes), rank)  # (q+k+v rows, R): block-diagonal, zero rows for parts off
+
+
+def check_inputs(checkpoint_dir: Path, lora_path: Path) -> ExportInputs:
+    """The base's config and layout and the adapter, checked: refused with a reason unless the base has an
+    exact HF equivalent, is the one the adapter was trained on and the tensors fit the adapter's spec."""
+    config = load_base_config(checkpoint_dir)
+    layout = hf_layout(config)
+    adapter = load_adapter(lora_path)
+    check_base(adapter.spec, config, checkpoint_dir)
+    inputs = ExportInputs(config, layout, adapter.spec, adapter.tensors)
+    check_adapter_tensors(lora_model(config, adapter.spec), inputs)
+    return inputs
+
+
+def twin_eos_ids(checkpoint_dir: Path, spec: AdapterSpec) -> list[int]:
+    """Where the twin's generation ends: the base's EOS ids, plus the end-of-turn token of the format it
+    was trained with (`<|im_end|>`, ...), as serve stops."""
+    from litgpt.tokenizer import Tokenizer
+
+    own = token_ids(checkpoint_dir)[1]
+    stops = stop_token_ids(Tokenizer(checkpoint_dir), spec.prompter)
+    return own + [i for i in stops if i not in own]
+
+
+# ------------------------------------------------------------------------------------------- merged
+@torch.inference_mode()
+def merged_weights(
+    checkpoint_dir: Path, inputs: ExportInputs, dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """The base with the LoRA merged by litgpt (`merge_lora_weights`), under litgpt's plain names.
+
+    As litgpt's `merge_lora` script: the LoRA model is built on the meta device and the memory-mapped base
+    weights are assigned into it, so only the merged layers take memory (in `dtype`, default the base's);
+    the update B @ A is computed from float32 factors. Unlike that script, a tied checkpoint's embeddings
+    stay as they are when the head has a LoRA."""
+    from litgpt.lora import lora_filter, merge_lora_weights
+
+    base = load_base_weights(checkpoint_dir)
+    state = {k: v if dtype is None else v.to(dtype) for k, v in base.items()}
+    # the merge adds in place: a layer's own copy, so that a tensor the checkpoint stores once for two
+    # names (tied embeddings: lm_head is wte) changes only under the merged name
+    state |= {f"{layer}.weight": state[f"{layer}.weight"].clone() for layer in lora_layers(inputs.tensors)}
+    state |= {k: v.float() for k, v in inputs.tensors.items()}
+    model = lora_model(inputs.config, inputs.spec)
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        raise UserError(
+            f"{checkpoint_dir / 'lit_model.pth'} does not fit its model_config.yaml ({inputs.config.name}): "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
+    merge_lora_weights(model)
+    return {k.replace("linear.", ""): v for k, v in model.state_dict().items() if not lora_filter(k, v)}
+
+
+def export_merged(checkpoint_dir: Path, lora_path: Path, out: Path, dtype: str = "auto") -> list[Path]:
+    """LoRA merged into the base, written as an HF transformers folder; returns the weight files."""
+    inputs = check_inputs(checkpoint_dir, lora_path)
+    lit = merged_weights(checkpoint_dir, inputs, output_dtype(dtype))
+    target = output_dtype(dtype) or next(iter(lit.values())).dtype
+    eos_ids = twin_eos_ids(checkpoint_dir, inputs.spec)
+    return write_hf_model(lit, inputs.config, checkpoint_dir, out, target, eos_ids)
+
+
+# ------------------------------------------------------------------------------------------- PEFT
+def peft_rank(layout: HFLayout, lora: LoraArgs) -> tuple[int, int]:
+    """(r, alpha) of the exported adapter: litgpt's, or for Falcon's fused qkv r and alpha times the
+    number of enabled q/k/v parts (the same alpha/r)."""
+    parts = max(1, sum(qkv_flags(lora))) if layout.fused_qkv else 1
+    return lora.lora_r * parts, lora.lora_alpha * parts
+
+
+def peft_factors(name: str, inputs: ExportInputs) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(HF module, A, B) for the LoRA of litgpt's layer `name`, with ΔW = B @ A · alpha/r in HF's layout."""
+    config, layout, lora = inputs.config, inputs.layout, inputs.lora
+    a, b = inputs.tensors[f"{name}.lora_A"], inputs.tensors[f"{name}.lora_B"]
+    try:
+        modules = [n.removesuffix(".weight") for n in hf_weight_names(config, layout, f"{name}.weight")]
+    except (KeyError, NotImplementedError):  # the converter knows no single-layer mapping for it
+        modules = []
+    r, rank = lora.lora_r, peft_rank(layout, lora)[0]
+    is_qkv = name.endswith("attn.qkv")
+    if len(modules) != (3 if is_qkv and not layout.fused_qkv else 1):
+        raise UserError(
+            f"litgpt's {name} becomes {modules} in {layout.architecture}: its LoRA cannot be expressed as a "
+            "PEFT adapter; export --format merged"
+        )
+    sizes, flags = qkv_part_sizes(config), qkv_flags(lora)
+    if is_qkv and not layout.fused_qkv:  # part j's A-block and B-rows are its projection's own LoRA
+        enabled = [(module, size) for module, size, on in zip(modules, sizes, flags, strict=True) if on]
+        row, factors = 0, []
+        for j, (module, size) in enumerate(enabled):
+            factors.append((module, a[j * r : (j + 1) * r], b[row : row + size]))
+            row += size
+        return factors
+    if is_qkv:  # Falcon: one rank-R LoRA, B block-diagonal over the parts, rows in HF's per-group layout
+        full_b = b.new_zeros(sum(sizes), rank)  # (q+k+v rows, R): zero rows for the parts that are off
         row, col, part = 0, 0, 0
-        for size, on in zip(sizes, qkv, strict=True):
+        for size, on in zip(sizes, flags, strict=True):
             if on:
                 full_b[row : row + size, col : col + r] = b[part : part + size]
                 col += r
                 part += size
             row += size
-        return a, full_b  # A is already the enabled A-blocks stacked: (R, in)
-    if a.shape[0] != r or b.shape[1] != r:
-        raise UserError(f"{name}: LoRA rank {a.shape[0]} does not match lora_r={r} in hyperparameters.yaml")
+        return [(modules[0], a, qkv_reassemble(full_b, config))]  # A: the enabled A-blocks stacked (R, in)
     pad = rank - r  # zero rows of A and columns of B leave B @ A unchanged
-    return torch.cat([a, a.new_zeros(pad, a.shape[1])]), torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1)
+    padded_a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
+    return [(modules[0], padded_a, torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1))]
 
 
-def hf_module_name(name: str) -> str:
-    """`transformer.h.3.attn.qkv` → `transformer.h.3.self_attention.query_key_value`, and so on."""
-    if name == "lm_head":
-        return name
-    layer, kind = name.removeprefix("transformer.h.").split(".", 1)
-    parent = "self_attention" if kind.startswith("attn.") else "mlp"
-    return f"transformer.h.{layer}.{parent}.{LIT_TO_HF[kind]}"
-
-
-@torch.inference_mode()
-def export_merged(checkpoint_dir: Path, lora_path: Path, out: Path, dtype: str = "auto") -> list[Path]:
-    """LoRA merged into the base, written as an HF transformers Falcon folder; returns the weight files."""
-    config, lora, adapter = check_inputs(checkpoint_dir, lora_path)
-    lit = dict(load_base_weights(checkpoint_dir))
-    target = output_dtype(dtype)
-    for name in tqdm(module_names(config, lora), desc="merging LoRA", unit="layer"):
-        a, b = lora_factors(name, adapter, config, lora)
-        weight = lit[f"{name}.weight"]
-        delta = (b.float() @ a.float()) * lora.scaling  # (out, in), litgpt's row layout
-        lit[f"{name}.weight"] = (weight.float() + delta).to(weight.dtype if target is None else target)
-    return write_hf_model(lit, config, checkpoint_dir, out, target or next(iter(lit.values())).dtype)
+def peft_tensors(inputs: ExportInputs) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The PEFT adapter's tensors (`base_model.model.<HF module>.lora_A.weight`, ...) and target modules;
+    refused in one line where two litgpt LoRAs would land on one HF module (a fused layer PEFT cannot
+    split, as Phi-3's gate_up_proj would be)."""
+    tensors: dict[str, torch.Tensor] = {}
+    targets = set()
+    for name in lora_layers(inputs.tensors):
+        for module, a, b in peft_factors(name, inputs):
+            key = f"base_model.model.{module}"
+            if f"{key}.lora_A.weight" in tensors:
+                raise UserError(
+                    f"litgpt's {name} and another LoRA layer both become {module} in "
+                    f"{inputs.layout.architecture}: one PEFT LoRA cannot express both; export --format merged"
+                )
+            targets.add(module.rsplit(".", 1)[-1])
+            tensors[f"{key}.lora_A.weight"] = a.contiguous()
+            tensors[f"{key}.lora_B.weight"] = b.contiguous()
+    return tensors, sorted(targets)
 
 
 @torch.inference_mode()
 def export_peft(
     checkpoint_dir: Path, lora_path: Path, out: Path, base_model: str | None = None, dtype: str = "auto"
 ) -> list[Path]:
-    """A PEFT LoRA adapter for the HF Falcon base (which goes to OUT/base unless it is on the Hub)."""
-    config, lora, adapter = check_inputs(checkpoint_dir, lora_path)
+    """A PEFT LoRA adapter for the HF base (which goes to OUT/base unless it is on the Hub)."""
+    inputs = check_inputs(checkpoint_dir, lora_path)
+    tensors, targets = peft_tensors(inputs)
     make_private_dir(out)
     files: list[Path] = []
     if base_model is None:
-        hub = config.hf_config or {}
-        if hub.get("org") and hub.get("name"):
-            base_model = f"{hub['org']}/{hub['name']}"
-        else:
-            lit = load_base_weights(checkpoint_dir)
-            files += write_hf_model(
-                dict(lit),
-                config,
-                checkpoint_dir,
-                out / "base",
-                output_dtype(dtype) or next(iter(lit.values())).dtype,
-            )
-            base_model = str((out / "base").resolve())
-    tensors: dict[str, torch.Tensor] = {}
-    targets = set()
-    for name in tqdm(module_names(config, lora), desc="mapping LoRA", unit="layer"):
-        a, b = lora_factors(name, adapter, config, lora)
-        if name.endswith("attn.qkv"):
-            b = qkv_reassemble(b, config)  # rows into HF's per-group [q.., k, v] layout, as the weights
-        hf_name = hf_module_name(name)
-        targets.add(hf_name.rsplit(".", 1)[-1])
-        tensors[f"base_model.model.{hf_name}.lora_A.weight"] = a
-        tensors[f"base_model.model.{hf_name}.lora_B.weight"] = b
+        base_model = hub_model_id(inputs.config, checkpoint_dir)
+    if base_model is None:
+        lit = load_base_weights(checkpoint_dir)
+        target = output_dtype(dtype) or next(iter(lit.values())).dtype
+        files += write_hf_model(lit, inputs.config, checkpoint_dir, out / "base", target)
+        base_model = str((out / "base").resolve())
+    log.info("PEFT adapter for the base %s", base_model)
+    rank, alpha = peft_rank(inputs.layout, inputs.lora)
     adapter_config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
-        "r": export_rank(lora),
-        "lora_alpha": lora.lora_alpha * max(1, sum(qkv_flags(lora))),  # alpha'/R == alpha/r
-        "lora_dropout": lora.lora_dropout,
-        "target_modules": sorted(targets),
+        "r": rank,
+        "lora_alpha": alpha,  # alpha/r as litgpt's
+        "lora_dropout": inputs.lora.lora_dropout,
+        "target_modules": targets,
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
@@ -212,28 +293,14 @@ def export_peft(
     }
     write_private_atomic(out / "adapter_config.json", json.dumps(adapter_config, indent=2) + "\n")
     save_private_safetensors(tensors, out / "adapter_model.safetensors", {"format": "pt"})
-    bos_id, eos_id = token_ids(checkpoint_dir)
-    copy_tokenizer(checkpoint_dir, out, bos_id, eos_id)
+    bos_id = token_ids(checkpoint_dir)[0]
+    copy_tokenizer(checkpoint_dir, out, bos_id, twin_eos_ids(checkpoint_dir, inputs.spec))
     return [out / "adapter_model.safetensors", *files]
 
 
 def output_dtype(dtype: str) -> torch.dtype | None:
     """None for `auto` (keep the checkpoint's dtype), else the named dtype."""
     return None if dtype == "auto" else resolve_dtype(dtype)
-
-
-def check_inputs(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, LoraArgs, dict[str, torch.Tensor]]:
-    """The base's config, the adapter's LoRA settings and tensors; refused with a reason unless the
-    base has an exact HF Falcon equivalent and is the one the adapter was trained on."""
-    config = load_base_config(checkpoint_dir)
-    if problems := falcon_problems(config):
-        raise UserError(
-            "this checkpoint has no exact Hugging Face Falcon equivalent, so it cannot be exported: "
-            + "; ".join(problems)
-        )
-    adapter = load_adapter(lora_path)
-    check_base(adapter.spec, config, checkpoint_dir)
-    return config, adapter.spec.lora, adapter.tensors
 
 
 # -------------------------------------------------------------------------------------------------- CLI
