@@ -2,18 +2,23 @@
 
 The decode step runs every *slot* of a static batch at once, each slot at its own position, so requests
 that arrived at different times share one forward pass (continuous batching, driven by `serve.engine`).
-Three additions to litgpt make that possible and fast:
+Four additions to litgpt make that possible and fast:
 
 - `SlotKVCache`: a static KV cache of shape (slots, kv heads, max_seq, head size) that writes each batch
   row at its own position while decoding, and one chosen slot while prefilling a prompt.
-- `DecodeAttention`: for multi-query attention (Falcon-7B: 71 query heads, 1 key/value head) it folds the
-  query heads into the query-length axis while decoding, so attention reads the cache once instead of
-  broadcasting it to 71 heads (which makes the math kernel copy the cache on every step).
+- `DecodeAttention`: one-token steps of grouped/multi-query attention never broadcast the key/value
+  heads to the query heads (litgpt's `repeat_interleave` copies the whole cache every step): the query
+  heads of a group attend to that group's cache as one small matmul, or one Triton kernel.
 - `ParallelBlock`: a parallel-residual block with a shared norm (Falcon's) reads its four weight matrices
   as two: `[qkv; fc]` on the normed input and `[proj | mlp.proj]` on `[attention heads, gelu(fc)]`, whose
-  sum is exactly `attention_output + mlp_output`. One big GEMV streams the weights closer to the memory
-  bandwidth than two small ones, and the step has fewer kernels. One-token steps on a GPU run these
-  (and the LM head, and the decode attention) as `serve.kernels`' Triton kernels.
+  sum is exactly `attention_output + mlp_output`.
+- `SequentialBlock`: a sequential-residual block with a gated MLP (Llama, SmolLM2, Mistral, Qwen2.5/3,
+  Gemma 1) reads its MLP's gate and up matrices as one `[gate; up]`; on one token the activation and
+  product ride in that GEMV's epilogue and both residual adds in the output projections'.
+One big GEMV streams the weights closer to the memory bandwidth than two small ones, and the step has
+fewer kernels. One-token steps on a GPU run these (and the LM head, and the decode attention) as
+`serve.kernels`' Triton kernels. `fuse_blocks` picks the fused block per litgpt block; a block of
+another kind (MoE, Gemma 2/3's extra norms, LoRA or NF4 layers) stays litgpt's own, correct but slower.
 
 The sampler (`sample`) runs inside the decode step's graph too. This module imports only torch, litgpt
 and `serve.kernels` (Triton where installed): the GPU benchmark runs it without the web stack.
@@ -21,6 +26,7 @@ and `serve.kernels` (Triton where installed): the GPU benchmark runs it without 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -28,10 +34,23 @@ import torch
 import torch.nn.functional as F
 from litgpt import lora
 from litgpt.config import Config
-from litgpt.model import GPT, Block, CausalSelfAttention, GptNeoxMLP, KVCache, build_mask_cache
+from litgpt.model import (
+    GPT,
+    Block,
+    CausalSelfAttention,
+    GemmaMLP,
+    GptNeoxMLP,
+    KVCache,
+    LLaMAMLP,
+    apply_rope,
+    apply_rope_interleave,
+    build_mask_cache,
+)
 from torch import nn
 
 from serve import kernels
+
+log = logging.getLogger(__name__)
 
 
 class SlotKVCache(KVCache):
@@ -71,13 +90,63 @@ class DecodeAttention(CausalSelfAttention):
     attention_kernel: bool = False
     """One-token steps on a GPU run `serve.kernels.decode_attention` (set by `setup_caches`)."""
 
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+    ) -> torch.Tensor:
+        """litgpt's forward, but a one-token step with a KV cache keeps the cache's key/value groups as
+        they are: litgpt repeats them to every query head (`repeat_interleave`), a copy of the whole
+        cache every layer and step (Llama-3.1-8B: 4 of its 32 heads' worth read, 32 written, 32 read)."""
+        config = self.config
+        B, T, _ = x.shape
+        if (
+            T != 1
+            or input_pos is None
+            or self.apply_sliding_window_attention
+            or config.attention_logit_softcapping is not None
+        ):
+            return super().forward(x, cos, sin, mask, input_pos, input_pos_maxp1)
+        hs, n_head, n_groups = config.head_size, config.n_head, config.n_query_groups
+        n_rope = config.rope_n_elem
+        qkv = self.qkv(x)  # (B, 1, (n_head + 2 * n_groups) * hs)
+        q, k, v = qkv.split((n_head * hs, n_groups * hs, n_groups * hs), dim=-1)
+        if config.norm_qk and config.norm_qk_type == "olmo2":
+            q, k = self.norm_q(q), self.norm_k(k)
+        q = q.view(B, T, n_head, hs).transpose(1, 2)  # (B, nh_q, 1, hs)
+        k = k.view(B, T, n_groups, hs).transpose(1, 2)  # (B, nh_kv, 1, hs)
+        v = v.view(B, T, n_groups, hs).transpose(1, 2)  # (B, nh_kv, 1, hs)
+        if config.norm_qk and config.norm_qk_type == "default":
+            q, k = self.norm_q(q), self.norm_k(k)
+        rope = apply_rope_interleave if config.rope_interleave else apply_rope
+        q = torch.cat((rope(q[..., :n_rope], cos, sin), q[..., n_rope:]), dim=-1)
+        k = torch.cat((rope(k[..., :n_rope], cos, sin), k[..., n_rope:]), dim=-1)
+        if not isinstance(self.kv_cache, KVCache):
+            raise TypeError("call serve.generate.setup_caches first")
+        k, v = self.kv_cache(input_pos, k, v)  # (B, nh_kv, S, hs): the groups, not broadcast
+        if input_pos_maxp1 is not None:
+            k, v = k[..., :input_pos_maxp1, :], v[..., :input_pos_maxp1, :]
+        y = self.scaled_dot_product_attention(q, k, v, mask)  # (B, 1, nh_q, hs)
+        return self.proj(y.reshape(B, T, n_head * hs))
+
     def scaled_dot_product_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        # q: (B, nh_q, T, hs); k, v: (B, nh_kv, S, hs) — litgpt leaves nh_kv = 1 un-broadcast when decoding
+        # q: (B, nh_q, T, hs); k, v: (B, nh_kv, S, hs), nh_kv dividing nh_q (not broadcast when decoding)
         B, nh_q, T, hs = q.shape
         nh_kv = k.size(1)
-        if T != 1 or nh_kv == nh_q or mask is None or self.config.attention_logit_softcapping is not None:
+        softcapping = self.config.attention_logit_softcapping is not None
+        if softcapping and mask is not None and mask.dtype == torch.bool:
+            # litgpt 0.5.13's soft-capping path adds the mask to the scores: a boolean one (its KV-cache
+            # mask) would add 1 where allowed and mask nothing (Gemma 2 attended to the empty cache)
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~mask, torch.finfo(q.dtype).min
+            )
+        if T != 1 or mask is None or softcapping:
             return super().scaled_dot_product_attention(q, k, v, mask)
         # query head h uses key/value group h // q_per_kv (litgpt's repeat_interleave order), so the
         # q_per_kv heads of a group become q_per_kv "positions" attending to that group's cache
@@ -99,7 +168,15 @@ class DecodeAttention(CausalSelfAttention):
 SERVABLE_ATTENTION = (CausalSelfAttention, lora.CausalSelfAttention)
 
 
-class ParallelBlock(nn.Module):
+class FusedBlock(nn.Module):
+    """A litgpt `Block` computed with fewer, larger matmuls (`ParallelBlock`, `SequentialBlock`)."""
+
+    gemv: bool
+    """One-token steps on a GPU run `serve.kernels`' GEMVs (set when the block is built;
+    `select_kernels` switches it)."""
+
+
+class ParallelBlock(FusedBlock):
     """A parallel-residual, shared-norm litgpt `Block` (Falcon's) with its matmuls fused two by two.
 
     `x + proj(attn(qkv(n))) + mlp.proj(gelu(mlp.fc(n)))`, n = norm_1(x), computed as
@@ -148,6 +225,67 @@ class ParallelBlock(nn.Module):
         return self.w_out(torch.cat((heads, act), dim=-1)) + x
 
 
+class SequentialBlock(FusedBlock):
+    """A sequential-residual litgpt `Block` with a gated MLP (Llama's SwiGLU, Gemma's GeGLU), its MLP's
+    gate and up matrices read as one.
+
+    `x = x + proj(attn(qkv(norm_1(x))))`, then `x + down(act(gate(n)) * up(n))` with n = norm_2(x),
+    computed with `w_in = [gate; up]` (rows stacked). One token on a GPU is four Triton GEMVs: qkv;
+    proj, adding x; `[gate; up]`, giving `act(gate) * up`; down, adding x. The norms stay torch's
+    (Inductor fuses each with its neighbours; folding the norm into a GEMV's prologue was slower at
+    Falcon-7B's shape). The attention module is kept, its `qkv` and `proj` replaced by identities, as in
+    `ParallelBlock`.
+    """
+
+    def __init__(self, block: Block, gemv: bool = True) -> None:
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        self.config = block.config
+        self.norm_1, self.norm_2 = block.norm_1, block.norm_2
+        # one token on a GPU: Triton GEMVs that also do the activation, product and residual adds
+        self.gemv = gemv and kernels.available()
+        if type(mlp) is GemmaMLP:
+            self.activation = "gelu_tanh" if self.config.gelu_approximate == "tanh" else "gelu"
+        else:
+            self.activation = "silu"
+        self.qkv, self.proj = attn.qkv, attn.proj
+        self.intermediate_size = mlp.fc_1.out_features
+        self.w_in = _stack_linear(mlp.fc_1, mlp.fc_2, dim=0)  # [gate; up]
+        self.w_down = mlp.proj
+        attn.qkv, attn.proj = nn.Identity(), nn.Identity()
+        self.attn = attn
+
+    def act(self, gate: torch.Tensor) -> torch.Tensor:
+        if self.activation == "silu":
+            return F.silu(gate)
+        return F.gelu(gate, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+    ) -> torch.Tensor:
+        # one token: Triton GEMVs (static under torch.compile: shapes are fixed)
+        one_token = self.gemv and kernels.use_gemv(x)
+        n = self.norm_1(x)
+        qkv = kernels.gemv(n, self.qkv.weight, self.qkv.bias) if one_token else self.qkv(n)
+        heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
+        if one_token:
+            x = kernels.gemv(heads, self.proj.weight, self.proj.bias, residual=x)
+        else:
+            x = self.proj(heads) + x  # (B, T, C)
+        n = self.norm_2(x)
+        if one_token:
+            act = kernels.glu_gemv(n, self.w_in.weight, self.w_in.bias, self.activation)
+            return kernels.gemv(act, self.w_down.weight, self.w_down.bias, residual=x)
+        gate, up = self.w_in(n).split(self.intermediate_size, dim=-1)  # 2 x (B, T, intermediate)
+        return self.w_down(self.act(gate) * up) + x
+
+
 class GemvLinear(nn.Linear):
     """An `nn.Linear` (same weights) that multiplies one token with the Triton GEMV (the LM head)."""
 
@@ -177,39 +315,73 @@ def _stack_linear(a: nn.Linear, b: nn.Linear, dim: int) -> nn.Linear:
     return fused
 
 
-def can_fuse(block: nn.Module) -> bool:
-    """Whether `ParallelBlock` computes `block` exactly: a plain litgpt Block (no LoRA, no NF4) of the
-    parallel-residual, shared-norm, GELU-MLP kind, without extra norms around attention and MLP."""
+def fusion_for(block: nn.Module) -> tuple[type[FusedBlock] | None, str]:
+    """The fused block that computes `block` exactly, or None and why there is none: a plain litgpt
+    Block (no LoRA, no NF4) without extra norms around attention and MLP, either parallel-residual with
+    one shared norm and a GELU MLP (Falcon) or sequential-residual with a gated MLP (Llama's kind)."""
     if type(block) is not Block:
-        return False
+        return None, f"{type(block).__module__}.{type(block).__name__} blocks (LoRA or another kind)"
     config: Config = block.config
     attn: Any = block.attn
     mlp: Any = block.mlp
-    return bool(
-        config.parallel_residual
-        and config.shared_attention_norm
-        and type(attn) in (CausalSelfAttention, DecodeAttention)
-        and type(mlp) is GptNeoxMLP
-        and all(type(lin) is nn.Linear for lin in (attn.qkv, attn.proj, mlp.fc, mlp.proj))
-        and all(isinstance(n, nn.Identity) for n in (block.post_attention_norm, block.post_mlp_norm))
-    )
+    if type(attn) not in (CausalSelfAttention, DecodeAttention):
+        return None, f"{type(attn).__name__} attention"
+    if not all(isinstance(n, nn.Identity) for n in (block.post_attention_norm, block.post_mlp_norm)):
+        return None, "norms after attention and MLP (Gemma 2/3)"
+    linears = [attn.qkv, attn.proj, *(getattr(mlp, name, None) for name in ("fc", "fc_1", "fc_2", "proj"))]
+    if not all(lin is None or type(lin) is nn.Linear for lin in linears):
+        return None, "LoRA or quantized linear layers"
+    if config.parallel_residual:
+        if config.shared_attention_norm and type(mlp) is GptNeoxMLP:
+            return ParallelBlock, ""
+        return None, f"a parallel residual with {'one' if config.shared_attention_norm else 'two'} norms" + (
+            f" and {type(mlp).__name__}" if type(mlp) is not GptNeoxMLP else ""
+        )
+    if type(mlp) in (LLaMAMLP, GemmaMLP):
+        return SequentialBlock, ""
+    return None, f"a sequential residual with {type(mlp).__name__}"
 
 
-def fuse_parallel_blocks(model: GPT, gemv: bool = True) -> int:
-    """Replace every fusable block of `model` by a `ParallelBlock`, in place; returns how many.
+def can_fuse(block: nn.Module) -> bool:
+    """Whether a fused block (`ParallelBlock` or `SequentialBlock`) computes `block` exactly."""
+    return fusion_for(block)[0] is not None
 
-    With `gemv` (and Triton installed) one-token steps on a GPU run `serve.kernels`' GEMVs, the LM head's
-    too. Inference only: the fused model has other parameter names (it is never saved or trained).
+
+def fuse_blocks(model: GPT, gemv: bool = True) -> int:
+    """Replace every fusable block of `model` by its fused block, in place; returns how many.
+
+    Blocks of a kind no fused block covers stay litgpt's own (correct, slower); a log line says which
+    and why. With `gemv` (and Triton installed) one-token steps on a GPU run `serve.kernels`' GEMVs, the
+    LM head's too. Inference only: the fused model has other parameter names (it is never saved or
+    trained).
     """
     blocks = model.transformer.h
     n = 0
+    left: dict[str, int] = {}
     for i, block in enumerate(blocks):
-        if can_fuse(block):
-            blocks[i] = ParallelBlock(block, gemv=gemv)
-            n += 1
+        if isinstance(block, FusedBlock):
+            continue
+        kind, why = fusion_for(block)
+        if kind is None:
+            left[why] = left.get(why, 0) + 1
+            continue
+        blocks[i] = kind(block, gemv=gemv)
+        n += 1
+    for why, count in left.items():
+        log.warning(
+            "%s: %d of %d blocks run as litgpt's own blocks, not fused (%s): same results, slower decoding",
+            model.config.name,
+            count,
+            len(blocks),
+            why,
+        )
     if gemv and kernels.available() and type(model.lm_head) is nn.Linear:
         model.lm_head.__class__ = GemvLinear  # same module and weight; only the one-token path differs
     return n
+
+
+fuse_parallel_blocks = fuse_blocks
+"""`fuse_blocks`' old name, from when Falcon's parallel blocks were the only fused kind."""
 
 
 def setup_caches(model: GPT, max_batch: int, max_seq: int, attention_kernel: bool = True) -> None:
@@ -217,15 +389,24 @@ def setup_caches(model: GPT, max_batch: int, max_seq: int, attention_kernel: boo
 
     With `attention_kernel` (and Triton installed) one-token steps on a GPU run the Triton decode
     attention. Also rebuilds the RoPE cache on the model's device (a model built on the meta device has
-    none).
+    none), with the config's RoPE settings (e.g. Llama-3.1's `rope_adjustments`). Sliding-window
+    attention (Mistral v0.1, Gemma 2/3) is served up to its window, where it is plain causal attention.
     """
     config = model.config
-    if config.sliding_window_size is not None or config.latent_attention:
-        raise ValueError(
-            f"{config.name}: sliding-window and latent attention are not supported by the server"
-        )
+    if config.latent_attention:
+        raise ValueError(f"{config.name}: latent attention is not supported by the server")
     if max_seq > config.block_size:
         raise ValueError(f"max_seq {max_seq} exceeds the model's context length {config.block_size}")
+    windowed = [block.attn for block in model.transformer.h if block.attn.apply_sliding_window_attention]
+    if windowed:
+        window = config.sliding_window_size
+        if window is None or max_seq > window:
+            raise ValueError(
+                f"{config.name}: sliding-window attention ({window} tokens) is not supported by the server "
+                f"beyond its window: use a max_seq_length of at most {window} (now {max_seq})"
+            )
+        for attn in windowed:  # a window as long as the cache is plain causal attention
+            attn.apply_sliding_window_attention = False
     weight = model.transformer.wte.weight  # not lm_head: it may be a LoRA layer (`--quantize`)
     device, dtype = weight.device, weight.dtype
     model.mask_cache = None
@@ -253,7 +434,7 @@ def select_kernels(model: GPT, gemv: bool, attention: bool) -> None:
     """
     gemv, attention = gemv and kernels.available(), attention and kernels.available()
     for block in model.transformer.h:
-        if isinstance(block, ParallelBlock):
+        if isinstance(block, FusedBlock):
             block.gemv = gemv
         if isinstance(block.attn, DecodeAttention):
             block.attn.attention_kernel = attention
@@ -264,7 +445,7 @@ def select_kernels(model: GPT, gemv: bool, attention: bool) -> None:
 def uses_kernels(model: GPT) -> bool:
     """Whether any of `model`'s one-token paths runs a `serve.kernels` Triton kernel (on a GPU)."""
     return isinstance(model.lm_head, GemvLinear) or any(
-        (isinstance(block, ParallelBlock) and block.gemv)
+        (isinstance(block, FusedBlock) and block.gemv)
         or (isinstance(block.attn, DecodeAttention) and block.attn.attention_kernel)
         for block in model.transformer.h
     )

@@ -6,17 +6,24 @@ marked evict-first). It also takes the work of the kernels around it, each of wh
 and a tail inside the CUDA graph:
 
 - `gemv`: `W @ x`, optionally with GELU applied to the output rows from `gelu_from` on (Falcon's
-  fused `[qkv; fc]` matmul gives `[qkv, gelu(fc)]`), and a residual added to the output;
+  fused `[qkv; fc]` matmul gives `[qkv, gelu(fc)]`), and a residual added to the output (a Llama
+  block's attention output projection with its residual add);
 - `cat_gemv`: `W @ cat(a, b) + residual` reading `a` and `b` where they are (no concatenation copy):
-  Falcon's fused `[proj | mlp.proj]` matmul with the block's residual add.
+  Falcon's fused `[proj | mlp.proj]` matmul with the block's residual add;
+- `glu_gemv`: `act(W_gate @ x) * (W_up @ x)` from one stacked `[gate; up]` weight (Llama's SwiGLU,
+  Gemma's GeGLU): each program reads its gate rows and the matching up rows and writes only the
+  product, so the MLP's activation and product cost no kernel and its down projection reads half
+  the bytes (folding them into the down projection's prologue instead would make every program of it
+  read both halves and recompute the activation).
 (Folding the LayerNorm into the first GEMV's prologue, and the GELU into the second's, was measured
-slower: every program recomputed them for the whole input vector.)
+slower at Falcon-7B's shape: every program recomputed them for the whole input vector; the norms stay
+Inductor's.)
 - `decode_attention`: one query token of grouped/multi-query attention over a slot KV cache (flash
   decoding: chunks of 128 keys in parallel with an online softmax, then one combining kernel; keys past
-  the last position the mask allows are never read), where two matmuls and a softmax were three
-  kernels a layer over the whole cache.
+  the last position the mask allows are never read; the query heads of a key/value group share each
+  key and value load), where two matmuls and a softmax were three kernels a layer over the whole cache.
 
-Rounding follows the unfused modules (the matmul output and the GELU output are rounded to the
+Rounding follows the unfused modules (the matmul output and the activation output are rounded to the
 activation dtype where the eager model rounds them). Used only for a single token on
 a CUDA device (`use_gemv`); everything else takes `F.linear`. Tests run them on CPU tensors through
 Triton's interpreter (`TRITON_INTERPRET=1` and `cpu_interpreter`).
@@ -38,7 +45,8 @@ BLOCK_N = 4
 BLOCK_K = 512
 NUM_WARPS = 4
 NUM_STAGES = 3
-GELU_MODES = {"none": 1, "tanh": 2}
+ACTIVATIONS = {"gelu": 1, "gelu_tanh": 2, "silu": 3}
+"""The epilogue activations: `F.gelu` (erf), `F.gelu(approximate="tanh")`, `F.silu`."""
 
 
 def available() -> bool:
@@ -46,7 +54,7 @@ def available() -> bool:
 
 
 # Whether a model uses these kernels at all is the model's own choice, made when its blocks are built
-# (`serve.generate.fuse_parallel_blocks` and `setup_caches`); the checks below only say where they can run.
+# (`serve.generate.fuse_blocks` and `setup_caches`); the checks below only say where they can run.
 cpu_interpreter = False
 """Run the kernels on CPU tensors too (tests): needs TRITON_INTERPRET=1 set before triton was imported."""
 
@@ -65,13 +73,15 @@ def use_gemv(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _gelu(v, MODE: tl.constexpr):
-        if MODE == 1:  # erf, as F.gelu(approximate="none")
+    def _activation(v, ACT: tl.constexpr):
+        if ACT == 1:  # erf GELU, as F.gelu(approximate="none")
             return 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))
-        else:  # tanh approximation
+        elif ACT == 2:  # tanh GELU
             # clamped where tanh is +-1 in fp32 anyway (no exp overflow on the way)
             inner = tl.minimum(tl.maximum(0.7978845608028654 * (v + 0.044715 * v * v * v), -20.0), 20.0)
             return 0.5 * v * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+        else:  # SiLU, as F.silu
+            return v * tl.sigmoid(v)
 
     @triton.jit
     def _gemv_kernel(
@@ -84,21 +94,24 @@ if triton is not None:
         N,
         K1,
         K,
-        gelu_from,
+        act_from,
         HAS_X2: tl.constexpr,
-        GELU: tl.constexpr,
+        ACT: tl.constexpr,
+        GLU: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         HAS_RES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        # y[rows] = W[rows, :] @ input (+ bias), gelu'd from row gelu_from on, (+ res);
-        # input = cat(x[:K1], x2[:K - K1]) or x
+        # y[rows] = W[rows, :] @ input (+ bias), act'd from row act_from on, (+ res);
+        # input = cat(x[:K1], x2[:K - K1]) or x. GLU: W has 2N rows [gate; up] and
+        # y[rows] = act(W[rows] @ input + bias[rows]) * (W[N + rows] @ input + bias[N + rows]) (+ res)
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         dtype = y_ptr.dtype.element_ty
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_mask = cols < K
@@ -108,19 +121,36 @@ if triton is not None:
                 a = tl.where(cols < K1, first, second).to(tl.float32)
             else:
                 a = tl.load(x_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+            tile_mask = row_mask[:, None] & col_mask[None, :]
             w = tl.load(
                 w_ptr + rows[:, None] * K + cols[None, :],
-                mask=row_mask[:, None] & col_mask[None, :],
+                mask=tile_mask,
                 other=0.0,
                 eviction_policy="evict_first",  # read once per step: keep L2 for the activations
             )
             acc += w.to(tl.float32) * a[None, :]
+            if GLU:
+                w_up = tl.load(
+                    w_ptr + (rows[:, None] + N) * K + cols[None, :],
+                    mask=tile_mask,
+                    other=0.0,
+                    eviction_policy="evict_first",
+                )
+                acc_up += w_up.to(tl.float32) * a[None, :]
         y = tl.sum(acc, axis=1)
         if HAS_BIAS:
             y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
         y = y.to(dtype).to(tl.float32)  # the linear layer's output, rounded as the module rounds it
-        if GELU != 0:
-            y = tl.where(rows >= gelu_from, _gelu(y, GELU).to(dtype).to(tl.float32), y)
+        if GLU:
+            up = tl.sum(acc_up, axis=1)
+            if HAS_BIAS:
+                up += tl.load(bias_ptr + N + rows, mask=row_mask, other=0.0).to(tl.float32)
+            up = up.to(dtype).to(tl.float32)
+            # act(gate) rounded as the activation module rounds it, then the product rounded
+            y = _activation(y, ACT).to(dtype).to(tl.float32) * up
+            y = y.to(dtype).to(tl.float32)
+        elif ACT != 0:
+            y = tl.where(rows >= act_from, _activation(y, ACT).to(dtype).to(tl.float32), y)
         if HAS_RES:
             y += tl.load(res_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(dtype), mask=row_mask)
@@ -351,11 +381,13 @@ def _launch(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     x2: torch.Tensor | None = None,
-    gelu_from: int | None = None,
-    approximate: str = "none",
+    act_from: int | None = None,
+    activation: str | None = None,
+    glu: bool = False,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    N, K = weight.shape
+    rows, K = weight.shape
+    N = rows // 2 if glu else rows
     out_shape = (*x.shape[:-1], N)
     x = x.reshape(-1)
     k1 = x.numel()
@@ -363,7 +395,9 @@ def _launch(
         x2 = x2.reshape(-1)
     k2 = 0 if x2 is None else x2.numel()
     if k1 + k2 != K:
-        raise ValueError(f"an input of {k1} + {k2} values for a {N}x{K} weight")
+        raise ValueError(f"an input of {k1} + {k2} values for a {rows}x{K} weight")
+    if glu and (rows % 2 or activation is None):
+        raise ValueError(f"a gated GEMV needs an activation and a [gate; up] weight, not {rows}x{K}")
     y = torch.empty(N, device=x.device, dtype=x.dtype)
     _gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
         x,
@@ -375,9 +409,10 @@ def _launch(
         N,
         k1,
         K,
-        N if gelu_from is None else gelu_from,
+        0 if act_from is None else act_from,
         HAS_X2=x2 is not None,
-        GELU=0 if gelu_from is None else GELU_MODES[approximate],
+        ACT=0 if activation is None else ACTIVATIONS[activation],
+        GLU=glu,
         HAS_BIAS=bias is not None,
         HAS_RES=residual is not None,
         BLOCK_N=BLOCK_N,
@@ -394,10 +429,20 @@ def gemv(
     bias: torch.Tensor | None = None,
     gelu_from: int | None = None,
     approximate: str = "none",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for one token; with `gelu_from`, output features from that index on
-    go through `F.gelu(..., approximate=approximate)`."""
-    return _launch(x, weight, bias, gelu_from=gelu_from, approximate=approximate)
+    """`F.linear(x, weight, bias) (+ residual)` for one token; with `gelu_from`, output features from
+    that index on go through `F.gelu(..., approximate=approximate)` (before the residual)."""
+    activation = None if gelu_from is None else "gelu_tanh" if approximate == "tanh" else "gelu"
+    return _launch(x, weight, bias, act_from=gelu_from, activation=activation, residual=residual)
+
+
+def glu_gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "silu"
+) -> torch.Tensor:
+    """`act(gate) * up` with `gate, up = F.linear(x, weight, bias).chunk(2, -1)` for one token: a gated
+    MLP's first half (`activation` one of ACTIVATIONS: silu for SwiGLU, gelu/gelu_tanh for GeGLU)."""
+    return _launch(x, weight, bias, activation=activation, glu=True)
 
 
 def cat_gemv(

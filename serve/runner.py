@@ -32,7 +32,7 @@ from litgpt.model import GPT
 from serve.engine_config import EngineConfig
 from serve.generate import (
     decode_step,
-    fuse_parallel_blocks,
+    fuse_blocks,
     prefill,
     select_kernels,
     setup_caches,
@@ -68,7 +68,7 @@ class Runner:
         """Fuse `model`'s blocks (if `config.fuse_blocks`), give it the slot KV cache, allocate the step
         buffers. Compiling and recording are `warm_up`'s."""
         self.config = config
-        self.fused_blocks = fuse_parallel_blocks(model) if config.fuse_blocks else 0
+        self.fused_blocks = fuse_blocks(model) if config.fuse_blocks else 0
         setup_caches(model, config.max_batch_size, config.max_seq_length)
         self.model = model
         weight = model.transformer.wte.weight  # not lm_head: it may be a LoRA layer (NF4 base)

@@ -1,9 +1,13 @@
-"""Generation functions and model loading against litgpt itself: sampling, the slot KV cache with
-continuous batching (identical tokens to litgpt's own `generate`), the LoRA merge, load errors."""
+"""Generation functions and model loading against litgpt itself: sampling, the fused blocks of every
+served family (Falcon, Llama, SmolLM2, Qwen, Mistral, Gemma; litgpt's own blocks for the rest), the slot
+KV cache with continuous batching (identical tokens to litgpt's own `generate`), the LoRA merge, load
+errors."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 import shutil
 from dataclasses import asdict
 from functools import partial
@@ -15,12 +19,27 @@ import yaml
 from litgpt import lora
 from litgpt.config import Config
 from litgpt.generate.base import generate
-from litgpt.model import GPT
+from litgpt.model import GPT, build_rope_cache
+from model_families import (
+    FAMILIES,
+    check_decodes_like_litgpt,
+    family_config,
+    random_family_model,
+)
 from serve_helpers import LORA_HPARAMS, make_adapter
 
 from finetune.tiny import tiny_config
 from serve.engine import Engine, EngineConfig, GenerationRequest
-from serve.generate import ParallelBlock, argmax_rows, fuse_parallel_blocks, sample
+from serve.generate import (
+    ParallelBlock,
+    SequentialBlock,
+    argmax_rows,
+    decode_logits,
+    fuse_blocks,
+    fuse_parallel_blocks,
+    sample,
+    setup_caches,
+)
 from serve.model import ModelLoadError, load_model
 
 CPU = torch.device("cpu")
@@ -111,6 +130,134 @@ def test_blocks_of_other_shapes_are_left_alone() -> None:
     model = GPT(config)
     assert fuse_parallel_blocks(model) == 0
     assert not any(isinstance(block, ParallelBlock) for block in model.transformer.h)
+
+
+def close_fp32(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fused_blocks_decode_what_litgpt_decodes(family: str) -> None:
+    """Every family's blocks fused (or, Gemma 2, left as litgpt's): the same logits as litgpt's model on
+    a whole prompt without a cache, and in prefill + KV-cache decoding through the slot caches, batched
+    and alone."""
+    reference = random_family_model(family)
+    n_layer = reference.config.n_layer
+    fused = copy.deepcopy(reference)
+    expected_kind = {"falcon": ParallelBlock, "gemma-2": None}.get(family, SequentialBlock)
+    assert fuse_blocks(fused, gemv=False) == (0 if expected_kind is None else n_layer)
+    if expected_kind is not None:
+        assert all(type(block) is expected_kind for block in fused.transformer.h)
+    # the same matrices, stacked (Falcon's two output biases are summed into one)
+    matrices = [sum(p.numel() for p in m.parameters() if p.dim() == 2) for m in (fused, reference)]
+    assert matrices[0] == matrices[1]
+    x = torch.randint(0, reference.config.vocab_size, (2, 11))
+    with torch.no_grad():
+        close_fp32(fused(x), reference(x))
+    check_decodes_like_litgpt(reference, lambda model: fuse_blocks(model, gemv=False), close_fp32)
+
+
+def test_unfused_families_fall_back_to_litgpt_blocks_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = random_family_model("gemma-2")
+    with caplog.at_level(logging.WARNING, logger="serve.generate"):
+        assert fuse_blocks(model) == 0
+    assert "2 of 2 blocks run as litgpt's own blocks" in caplog.text
+    assert "norms after attention and MLP" in caplog.text
+
+
+def test_grouped_query_decoding_never_broadcasts_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """litgpt repeats each key/value group to its query heads (a copy of the whole cache a layer and
+    step); our one-token steps attend to the groups as they are."""
+    model = random_family_model("llama-3.1")
+    fuse_blocks(model, gemv=False)
+    setup_caches(model, 2, 32)
+    tokens, positions = torch.tensor([[3], [4]]), torch.tensor([[5], [0]])
+    with torch.no_grad():
+        decode_logits(model, tokens, positions)  # works
+        monkeypatch.setattr(torch.Tensor, "repeat_interleave", lambda *a, **k: pytest.fail("broadcast"))
+        decode_logits(model, tokens, positions)
+
+
+def test_rope_cache_keeps_the_configs_rope_adjustments() -> None:
+    """Llama-3.1's scaled RoPE (`rope_adjustments`) is what setup_caches builds, not plain RoPE."""
+    model = random_family_model("llama-3.1")
+    config = model.config
+    setup_caches(model, 1, 64)
+    adjusted = {k: config.rope_adjustments[k] for k in config.rope_adjustments}  # type: ignore[union-attr]
+    cos, _ = build_rope_cache(64, config.rope_n_elem, base=config.rope_base, extra_config=adjusted)
+    plain, _ = build_rope_cache(64, config.rope_n_elem, base=config.rope_base)
+    torch.testing.assert_close(model.cos, cos)
+    assert not torch.allclose(model.cos, plain)
+
+
+def test_sliding_window_attention_is_served_up_to_its_window() -> None:
+    config = family_config("mistral")
+    config.sliding_window_size, config.sliding_window_indices = 32, [1] * config.n_layer
+    model = GPT(config).eval()
+    with pytest.raises(ValueError, match="max_seq_length of at most 32"):
+        setup_caches(model, 1, 40)
+    setup_caches(model, 1, 32)  # a window as long as the cache: plain causal attention
+    assert not any(block.attn.apply_sliding_window_attention for block in model.transformer.h)
+
+
+def llama_engine_tokens(reference: GPT, compile: bool, n: int) -> tuple[list[list[int]], Engine]:
+    """Greedy tokens of the engine over a copy of `reference`: two requests decoded together (batch
+    bucket 2), a third alone (bucket 1)."""
+    engine = Engine(
+        lambda: copy.deepcopy(reference),
+        EngineConfig(max_batch_size=2, max_seq_length=64, warmup_prompt_tokens=16, compile=compile),
+    )
+    engine.start()
+    try:
+        assert engine.wait_ready(300), engine.load_error
+
+        async def drain(prompt: list[int]) -> list[int]:
+            seq = engine.submit(GenerationRequest(prompt, n, temperature=0.0, ignore_eos=True))
+            return [t async for chunk in seq.tokens() for t in chunk]
+
+        async def run() -> list[list[int]]:
+            together = await asyncio.gather(drain(LLAMA_PROMPTS[0]), drain(LLAMA_PROMPTS[1]))
+            return [*together, await drain(LLAMA_PROMPTS[2])]
+
+        return asyncio.run(run()), engine
+    finally:
+        engine.stop()
+
+
+LLAMA_PROMPTS = [[5, 17, 99, 3, 250], list(range(40, 61)), [200, 2]]
+
+
+def llama_reference() -> GPT:
+    # no padded vocabulary rows: litgpt's generate samples among them too, the engine does not
+    return random_family_model("llama-3.1", vocab_size=320)
+
+
+def test_engine_on_a_llama_shaped_model_matches_litgpt_generate() -> None:
+    """The engine (fused sequential blocks, GQA, Llama-3.1 RoPE) generates litgpt's greedy tokens."""
+    reference, n = llama_reference(), 12
+    outs, engine = llama_engine_tokens(reference, compile=False, n=n)
+    assert engine.stats()["fused_blocks"] == reference.config.n_layer
+    for prompt, out in zip(LLAMA_PROMPTS, outs, strict=True):
+        model = copy.deepcopy(reference)
+        model.max_seq_length = len(prompt) + n
+        model.set_kv_cache(batch_size=1)
+        want = generate(model, torch.tensor(prompt), len(prompt) + n, temperature=0.0, include_prompt=False)
+        assert out == want.tolist()
+
+
+@pytest.mark.slow
+def test_compiled_llama_decode_step_gives_the_eager_tokens() -> None:
+    """torch.compile (fullgraph, on this CPU) of the Llama-shaped decode step: the eager engine's tokens."""
+    reference = llama_reference()
+    eager, _ = llama_engine_tokens(reference, compile=False, n=10)
+    try:
+        compiled, engine = llama_engine_tokens(reference, compile=True, n=10)
+    finally:
+        torch._dynamo.reset()  # the compiled step's caches stay out of later tests
+    assert engine.compiled and engine.compile_error is None  # fullgraph, the first attempt on a CPU
+    assert compiled == eager
 
 
 def reference_greedy(checkpoint: Path, prompt: list[int], n: int) -> list[int]:

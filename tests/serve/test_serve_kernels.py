@@ -1,8 +1,10 @@
 """The Triton kernels of one-token decoding, run by Triton's interpreter on this CPU (TRITON_INTERPRET=1):
-each against the PyTorch it replaces, and the whole fused model against litgpt's own decoding."""
+each against the PyTorch it replaces, and the whole fused model of every served family (Falcon's
+parallel blocks, the Llama kind's sequential ones) against litgpt's own decoding."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from collections.abc import Iterator
@@ -10,17 +12,17 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from litgpt.generate.base import generate
 from litgpt.model import GPT
+from model_families import FUSED_FAMILIES, check_decodes_like_litgpt, random_family_model
 
-from finetune.tiny import tiny_config
 from serve import kernels
+from serve.engine import Engine, EngineConfig, GenerationRequest
 from serve.generate import (
+    FusedBlock,
     GemvLinear,
-    ParallelBlock,
-    decode_logits,
-    fuse_parallel_blocks,
-    prefill,
-    setup_caches,
+    fuse_blocks,
+    uses_kernels,
 )
 
 pytest.importorskip("triton")  # installed with the dev extra; the GPU box has it with torch
@@ -65,11 +67,40 @@ def test_gemv_kernels_compute_what_the_modules_compute(interpreted: None, dtype:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_attention_matches_masked_softmax_attention(interpreted: None, dtype: torch.dtype) -> None:
-    """Two key/value groups of 20 query heads (two head blocks, one partly empty), batch rows at their own
-    positions (one past the first key block), keys beyond a row's position ignored."""
+def test_gated_and_residual_gemvs_compute_what_the_modules_compute(
+    interpreted: None, dtype: torch.dtype
+) -> None:
+    """A gated MLP's `act(gate) * up` from one stacked `[gate; up]` weight (SwiGLU, GeGLU), and a GEMV
+    adding a residual (the attention output projection of a sequential block)."""
     torch.manual_seed(0)
-    B, groups, per_group, S, hs = 3, 2, 20, 150, 32
+    n, c = 37, 600  # no multiples of the 4 x 512 tile: the masks matter
+    x = torch.randn(1, 1, c, dtype=dtype)
+    w, b = torch.randn(2 * n, c, dtype=dtype) / 10, torch.randn(2 * n, dtype=dtype)
+    acts = {
+        "silu": F.silu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
+    }
+    for name, act in acts.items():
+        for bias in (None, b):
+            gate, up = F.linear(x, w, bias).chunk(2, dim=-1)
+            close(kernels.glu_gemv(x, w, bias, name), act(gate) * up, dtype)
+    with pytest.raises(ValueError, match="a gated GEMV needs"):
+        kernels.glu_gemv(x, w[1:], None, "silu")
+    residual = torch.randn(1, 1, n, dtype=dtype)
+    close(kernels.gemv(x, w[:n], b[:n], residual=residual), F.linear(x, w[:n], b[:n]) + residual, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("groups", "per_group", "hs"), [(2, 20, 32), (2, 4, 128), (3, 1, 16)])
+def test_decode_attention_matches_masked_softmax_attention(
+    interpreted: None, dtype: torch.dtype, groups: int, per_group: int, hs: int
+) -> None:
+    """Key/value groups of several query heads (multi-query: Falcon's 71 a group, two head blocks, one
+    partly empty; grouped: Llama-3's 4 of head size 128) and plain multi-head attention, batch rows at
+    their own positions (one past the first key block), keys beyond a row's position ignored."""
+    torch.manual_seed(0)
+    B, S = 3, 150
     q = torch.randn(B, groups * per_group, 1, hs, dtype=dtype)
     k, v = (torch.randn(B, groups, S, hs, dtype=dtype) for _ in range(2))
     pos = torch.tensor([0, 70, 149])
@@ -86,30 +117,50 @@ def test_decode_attention_matches_masked_softmax_attention(interpreted: None, dt
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_the_kernel_path_decodes_what_litgpt_decodes(interpreted: None, dtype: torch.dtype) -> None:
-    """Fused blocks + all kernels against litgpt's own KV-cache decoding of one request: the request is
-    prefilled into slots 0 and 2 of 3 and decoded three at a time (slot 1 elsewhere) and alone."""
-    torch.manual_seed(0)
-    reference = GPT(tiny_config(300)).to(dtype).eval()
-    ours = copy.deepcopy(reference)
-    fuse_parallel_blocks(ours)
-    assert all(isinstance(block, ParallelBlock) and block.gemv for block in ours.transformer.h)
-    assert isinstance(ours.lm_head, GemvLinear)
-    reference.set_kv_cache(batch_size=1, max_seq_length=40)
-    setup_caches(ours, 3, 40)
-    prompt = torch.randint(0, 300, (9,))
-    ones = torch.ones(1)
-    with torch.no_grad():
-        reference(prompt.view(1, -1), torch.arange(9))
-        for slot in (0, 2):
-            prefill(ours, prompt, slot, ones, ones)
-        for position in range(9, 13):
-            token = 7 + position
-            expected = reference(torch.tensor([[token]]), torch.tensor([position]))[0, -1, :300]
-            tokens = torch.tensor([[token], [2], [token]])
-            positions = torch.tensor([[position], [0], [position]])
-            three = decode_logits(ours, tokens, positions)  # batch 3: attention kernel, torch matmuls
-            close(three[0], expected, dtype)
-            close(three[2], expected, dtype)
-            one = decode_logits(ours, tokens[:1], positions[:1])[0]  # batch 1 (slot 0): every kernel
-            close(one, expected, dtype)
+@pytest.mark.parametrize("family", FUSED_FAMILIES)
+def test_every_familys_kernel_path_decodes_what_litgpt_decodes(
+    interpreted: None, family: str, dtype: torch.dtype
+) -> None:
+    """Each family's fused blocks with every kernel (GEMVs with their epilogues, the LM head, the decode
+    attention) against litgpt's own KV-cache decoding of one request: prefilled into slots 0 and 2 of 3
+    and decoded three at a time (attention kernel, torch matmuls) and alone (every kernel)."""
+    reference = random_family_model(family, dtype=dtype)
+
+    def build(model: GPT) -> None:
+        assert fuse_blocks(model) == model.config.n_layer
+        assert all(isinstance(block, FusedBlock) and block.gemv for block in model.transformer.h)
+        assert isinstance(model.lm_head, GemvLinear)
+
+    ours = check_decodes_like_litgpt(reference, build, lambda a, e: close(a, e, dtype), steps=2)
+    assert all(block.attn.attention_kernel for block in ours.transformer.h)
+
+
+@pytest.mark.slow
+def test_engine_with_the_kernels_generates_litgpt_greedy_tokens(interpreted: None) -> None:
+    """The engine on a tiny Llama-shaped model with every kernel on (its batch-1 steps run them): the
+    greedy tokens of litgpt's own `generate`."""
+    reference = random_family_model("llama-3.1", vocab_size=320)  # no padded rows for litgpt to pick
+    prompts, n = [[5, 17, 99, 3, 250], [200, 2]], 6
+    engine = Engine(
+        lambda: copy.deepcopy(reference),
+        EngineConfig(max_batch_size=2, max_seq_length=32, warmup_prompt_tokens=8, compile=False),
+    )
+    engine.start()
+    try:
+        assert engine.wait_ready(300), engine.load_error
+        assert engine.stats()["fused_blocks"] == reference.config.n_layer
+        assert engine.runner is not None and uses_kernels(engine.runner.model)
+
+        async def drain(prompt: list[int]) -> list[int]:
+            seq = engine.submit(GenerationRequest(prompt, n, temperature=0.0, ignore_eos=True))
+            return [t async for chunk in seq.tokens() for t in chunk]
+
+        outs = [asyncio.run(drain(prompt)) for prompt in prompts]  # one at a time: batch 1, the GEMVs
+    finally:
+        engine.stop()
+    for prompt, out in zip(prompts, outs, strict=True):
+        model = copy.deepcopy(reference)
+        model.max_seq_length = len(prompt) + n
+        model.set_kv_cache(batch_size=1)
+        want = generate(model, torch.tensor(prompt), len(prompt) + n, temperature=0.0, include_prompt=False)
+        assert out == want.tolist()
