@@ -1,30 +1,36 @@
-"""Where one batch-1 decode step's time goes at Falcon-7B's shape (random bf16 weights), and what each
-serve-engine change buys, measured step by step in one process.
+"""Where one batch-1 decode step's time goes at Falcon-7B's or Llama-3.1-8B's shape (random bf16 weights),
+and what each serve-engine change buys, measured step by step in one process.
 
-    python bench/decode_profile.py --out decode_profile.json   # CUDA
-    python bench/decode_profile.py --smoke                     # CPU, tiny config: checks the script
+    python bench/decode_profile.py --out decode_profile.json                        # CUDA, Falcon-7B
+    python bench/decode_profile.py --model llama-3.1-8b --gemv-sweep --out x.json   # CUDA, Llama-3.1-8B
+    python bench/decode_profile.py --smoke [--model llama-3.1-8b] [--gemv-sweep]    # CPU: checks the script
 
 Variants (each compiled with `mode="reduce-overhead"`, batch 1, position 300 of a 2,048-token cache):
 - `litgpt-blocks, eager sort sampler`: litgpt's blocks; the CUDA graph returns logits and the top-p
   sampler (softmax, full-vocabulary sort, cumsum) runs eagerly after it — the engine before this change;
 - `litgpt-blocks, in-graph sampler`: `serve.generate.decode_step` (the top-k-prefix sampler in the graph);
-- `fused blocks (cuBLAS), in-graph sampler`: after `fuse_parallel_blocks(gemv=False)`: two big
-  matmuls a block instead of four, still cuBLAS;
+- `fused blocks (cuBLAS), in-graph sampler`: after `fuse_blocks(gemv=False)`: Falcon's four matmuls a
+  block as two, Llama's gate and up as one, still cuBLAS;
 - `fused blocks + Triton GEMVs, in-graph sampler`: `serve.kernels` GEMVs for the block matmuls (with
-  the norm, GELU, concatenation and residual folded in) and the LM head;
+  the activation, concatenation and residual adds folded in) and the LM head;
 - `... + Triton decode attention`: and `serve.kernels.decode_attention` — what the engine runs now;
 - the same with Inductor's `combo_kernels` (horizontal fusion of independent small kernels).
-The variants before the last two use the plain-matmul decode attention.
+The variants before the last two use the plain-matmul decode attention (never broadcasting the key/value
+groups to the query heads).
 
 For the last variant a torch.profiler pass splits the step into GEMM/GEMV kernels, Inductor's fused
 Triton kernels and the rest. Also prints the device's copy bandwidth (the roofline of a batch-1 step).
-Prints one JSON line per measurement.
+`--gemv-sweep` times the Triton GEMV alone on each of the model's weight matrices (the fused blocks' and
+the LM head's) for several tile shapes (rows a program, K chunk, warps), from HBM (the weights rotate
+through copies larger than L2, in one CUDA graph), against the copy bandwidth: which tile
+`serve.kernels` should use at that shape. Prints one JSON line per measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,15 +44,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from litgpt.config import Config  # noqa: E402
 
 from finetune.tiny import tiny_config  # noqa: E402
+from serve import kernels  # noqa: E402
 from serve.generate import (  # noqa: E402
+    FusedBlock,
     ParallelBlock,
+    SequentialBlock,
     decode_logits,
     decode_step,
-    fuse_parallel_blocks,
+    fuse_blocks,
     select_kernels,
     setup_caches,
 )
 from serve.model import random_model  # noqa: E402
+
+MODELS = {"falcon-7b": "falcon-7b", "llama-3.1-8b": "Llama-3.1-8B"}
+"""--model names → litgpt `Config.from_name` names."""
+GEMV_TILES = [(4, 512, 4), (2, 512, 4), (8, 256, 4), (4, 1024, 4), (4, 1024, 8), (8, 512, 8), (2, 1024, 4)]
+"""(rows a program, K chunk, warps) tried by --gemv-sweep; the first is serve.kernels' current tile."""
 
 RECORDS: list[dict[str, Any]] = []
 
@@ -120,15 +134,122 @@ def kernel_breakdown(step: Callable[[], torch.Tensor], device: torch.device, n: 
     }
 
 
+def smoke_config(model: str) -> Config:
+    """A tiny config of the shape's family (same block kind, grouping, RoPE settings)."""
+    if model == "falcon-7b":
+        return tiny_config(300)
+    config = Config.from_name(
+        MODELS[model],
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_query_groups=2,
+        head_size=16,
+        intermediate_size=160,
+        vocab_size=300,
+        padded_vocab_size=320,
+        block_size=512,
+    )
+    config.name = f"tiny-{model}"
+    return config
+
+
+def gemv_launches(
+    model: torch.nn.Module,
+) -> dict[str, tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], Any]]]:
+    """Each distinct one-token GEMV of the fused model: name → (weight, launch(x_source, weight))."""
+    block = model.transformer.h[0]
+    found: dict[str, tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], Any]]] = {}
+    if isinstance(block, ParallelBlock):
+        qkv, approximate = block.qkv_size, block.config.gelu_approximate
+        found["[qkv; fc] + gelu"] = (
+            block.w_in.weight,
+            lambda x, w: kernels.gemv(x[: w.size(1)], w, None, qkv, approximate),
+        )
+        heads = block.attn.config.n_head * block.attn.config.head_size
+        found["[proj | mlp.proj] + residual"] = (
+            block.w_out.weight,
+            lambda x, w: kernels.cat_gemv(x[:heads], x[heads : w.size(1)], w, None, x[: w.size(0)]),
+        )
+    elif isinstance(block, SequentialBlock):
+        activation = block.activation
+        found["qkv"] = (block.qkv.weight, lambda x, w: kernels.gemv(x[: w.size(1)], w))
+        found["proj + residual"] = (
+            block.proj.weight,
+            lambda x, w: kernels.gemv(x[: w.size(1)], w, residual=x[: w.size(0)]),
+        )
+        found["[gate; up] + act * up"] = (
+            block.w_in.weight,
+            lambda x, w: kernels.glu_gemv(x[: w.size(1)], w, None, activation),
+        )
+        found["down + residual"] = (
+            block.w_down.weight,
+            lambda x, w: kernels.gemv(x[: w.size(1)], w, residual=x[: w.size(0)]),
+        )
+    found["lm_head"] = (model.lm_head.weight, lambda x, w: kernels.gemv(x[: w.size(1)], w))
+    return found
+
+
+def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | None) -> None:
+    """Time the Triton GEMV on each of the model's weight matrices per tile in GEMV_TILES (see --help).
+    On a CPU (--smoke, with TRITON_INTERPRET=1 set) each launch runs once through Triton's interpreter."""
+    interpret = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if not kernels.available() or (device.type != "cuda" and not interpret):
+        emit({"what": "gemv sweep: skipped (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 on a CPU)"})
+        return
+    saved = (kernels.BLOCK_N, kernels.BLOCK_K, kernels.NUM_WARPS, kernels.cpu_interpreter)
+    kernels.cpu_interpreter = interpret
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
+    try:
+        for name, (weight, launch) in gemv_launches(model).items():
+            nbytes = weight.numel() * weight.element_size()
+            copies = max(1, -(-4 * l2 // nbytes))  # every launch reads its weight from HBM, not L2
+            weights = [weight] + [weight.clone() for _ in range(copies - 1)]
+            x = torch.randn(max(weight.shape), dtype=weight.dtype, device=device)
+            row: dict[str, Any] = {
+                "what": f"gemv sweep: {name}",
+                "shape": list(weight.shape),
+                "copies": copies,
+            }
+            for tile in GEMV_TILES:
+                kernels.BLOCK_N, kernels.BLOCK_K, kernels.NUM_WARPS = tile
+                try:
+                    ms = time_launches(lambda: [launch(x, w) for w in weights], device) / copies  # noqa: B023
+                except Exception as e:  # keep the other tiles
+                    row[str(tile)] = f"{type(e).__name__}: {e}"[:200]
+                    continue
+                row[str(tile)] = {
+                    "us": round(ms * 1e3, 2),
+                    "tb_per_s": round(nbytes / ms / 1e9, 3),
+                    **({"pct_of_copy": round(100 * nbytes / ms / 1e9 / bandwidth, 1)} if bandwidth else {}),
+                }
+            emit(row)
+    finally:
+        kernels.BLOCK_N, kernels.BLOCK_K, kernels.NUM_WARPS, kernels.cpu_interpreter = saved
+
+
+def time_launches(run: Callable[[], Any], device: torch.device) -> float:
+    """Milliseconds a call of `run`: replayed from one CUDA graph on a GPU (no launch gaps), once on a CPU."""
+    if device.type != "cuda":
+        t = time.perf_counter()
+        run()
+        return (time.perf_counter() - t) * 1e3
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(run, rep=50))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="CPU, tiny config, eager (checks the script)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--quick", action="store_true", help="only the first (old engine) and the current variant")
     p.add_argument("--out", type=Path, help="also write the records here (JSON)")
+    p.add_argument("--model", choices=list(MODELS), default="falcon-7b")
+    p.add_argument("--gemv-sweep", action="store_true", help="also time the GEMV's tile shapes per matrix")
     args = p.parse_args(argv)
     if args.smoke:
-        device, dtype, config, compile_ = torch.device("cpu"), torch.float32, tiny_config(300), False
+        device, dtype, config, compile_ = torch.device("cpu"), torch.float32, smoke_config(args.model), False
         args.steps = min(args.steps, 5)
     else:
         if not torch.cuda.is_available():
@@ -136,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         device, dtype, config, compile_ = (
             torch.device("cuda"),
             torch.bfloat16,
-            Config.from_name("falcon-7b"),
+            Config.from_name(MODELS[args.model]),
             True,
         )
         torch.set_float32_matmul_precision("high")
@@ -154,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     pos = torch.full((1, 1), min(300, max_seq - 1), dtype=torch.int64, device=device)
     temperature = torch.full((1,), 0.8, device=device)
     top_p = torch.full((1,), 0.95, device=device)
+    bandwidth = None
     if device.type == "cuda":
         x = torch.empty(2**31, dtype=torch.uint8, device=device)
         y = torch.empty_like(x)
         ms = time_steps(lambda: y.copy_(x), device, 20)
-        emit({"what": "copy bandwidth (read + write)", "tb_per_s": round(2 * x.numel() / ms / 1e9, 3)})
+        bandwidth = 2 * x.numel() / ms / 1e9  # TB/s
+        emit({"what": "copy bandwidth (read + write)", "tb_per_s": round(bandwidth, 3)})
         del x, y
     model = random_model(config, device, dtype)
     weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
@@ -177,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[Callable[[], torch.Tensor]] = []
         for name, blocks, in_graph, attention, inductor in variants:
             torch._dynamo.reset()
-            if blocks != "litgpt" and not isinstance(model.transformer.h[0], ParallelBlock):
-                fuse_parallel_blocks(model, gemv=False)  # in place: the later variants are all fused
+            if blocks != "litgpt" and not isinstance(model.transformer.h[0], FusedBlock):
+                fuse_blocks(model, gemv=False)  # in place: the later variants are all fused
             # the fused blocks' and LM head's Triton GEMVs or cuBLAS, the Triton decode attention or not
             select_kernels(model, gemv=blocks == "gemv", attention=attention)
             fn: Callable[..., torch.Tensor] = decode_step if in_graph else decode_logits
@@ -233,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         breakdown = kernel_breakdown(steps[-1], device)
         emit({"what": f"kernels of a step: {variants[-1][0]}", **breakdown})
+        if args.gemv_sweep:
+            gemv_sweep(model, device, bandwidth)
     if args.out:
         args.out.write_text(json.dumps(RECORDS, indent=1))
     return 0

@@ -1,20 +1,33 @@
-"""Speed of the serve engine at Falcon-7B's shape with random bf16 weights, and plain litgpt as the anchor.
+"""Speed of the serve engine at Falcon-7B's and Llama-3.1-8B's shapes (random bf16 weights), against the
+memory-bandwidth ceiling and two anchors, in one process.
 
-    python bench/serve_bench.py --out serve_bench.json     # CUDA: Falcon-7B shape, bf16 (< 8 minutes)
-    python bench/serve_bench.py --smoke                    # CPU: a tiny Falcon-shaped config, seconds
+    python bench/serve_bench.py --out serve_bench.json          # CUDA: both shapes, one 10-minute call
+    python bench/serve_bench.py --model llama-3.1-8b --out x.json
+    python bench/serve_bench.py --smoke                         # CPU: tiny configs of both families
 
-Measures, in one process:
-- start-up to ready: random weights on the device, KV cache, compile + CUDA-graph warm-up of every
-  decode batch bucket (what `python -m serve` does before /health says ready, minus reading 14 GB);
-- time to first token of a 512-token prompt on an idle engine;
-- batch-1 decode tokens/s of one stream (sampling at the server's default temperature/top-p);
-- total tokens/s with 1, 4, 16 and 64 concurrent streams (all submitted at once, EOS ignored);
-- the anchor: litgpt 0.5.13's own `generate` (eager; then `torch.compile(next_token,
-  mode="reduce-overhead")` as `litgpt generate --compile` does it, and, if that crashes, with the
-  two-line fix: `cudagraph_mark_step_begin()` before each step and a clone of the sampled token).
+Measures (one JSON record a row, the whole list rewritten to --out after every row):
+- the device's copy bandwidth: a 2 GiB device-to-device copy, bytes read + written (once);
+- per shape (`--model`, a comma list), in phases (`--phases`), each skipped when its guessed cost no
+  longer fits the whole run's `--budget-s`, in this order: every shape's `engine`, then every shape's
+  `hf`, and so on:
+  - `engine`: the serve engine as `python -m serve` runs it (fused blocks, Triton GEMVs and decode
+    attention, compiled decode step in CUDA graphs per batch bucket): start-up to ready, time to first
+    token of a 512-token prompt, batch-1 decode tokens/s (sampling at temperature 0.8, top-p 0.95) with
+    the batch-1 ceiling = weight bytes / copy bandwidth and the share of it reached, and total tokens/s
+    of --streams concurrent streams (all submitted at once, EOS ignored);
+  - `hf`: Hugging Face transformers' `generate` on its own model class for the shape (`FalconForCausalLM`,
+    `LlamaForCausalLM`, built from a config matching litgpt's, its own random init — speed only) with
+    its standard fast path: `generation_config.cache_implementation = "static"` and
+    `model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)`, batch 1,
+    sampling as the engine samples; `hf16`: the same at batch 16 (16 same-length prompts);
+  - `litgpt`: plain litgpt 0.5.13 `generate` (eager), batch 1; `litgpt-compile`: with
+    `torch.compile(next_token, mode="reduce-overhead")` as `litgpt generate --compile` does it (and the
+    two-line fix if that crashes);
+  - `restart`: a second engine start in a new process (warm compile caches) and its first request.
+- a summary per shape: engine batch 1 as a share of the ceiling and against each anchor.
 
-The engine is driven directly (no HTTP): this imports only torch, litgpt and `serve`'s engine modules,
-so it runs where the web stack is not installed. Prints one JSON line per measurement and a summary.
+The engine is driven directly (no HTTP): this imports only torch, litgpt, `serve`'s engine modules and
+(for `hf`) transformers, so it runs where the web stack is not installed.
 """
 
 from __future__ import annotations
@@ -31,13 +44,14 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo's packages, and this folder's helpers
 
 from litgpt.config import Config  # noqa: E402
 
@@ -46,8 +60,21 @@ from serve.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
 from serve.model import random_model  # noqa: E402
 
 T0 = time.perf_counter()
-BUDGET_S = 470.0  # the whole run (main() sets it from --budget-s); phases that would not fit are skipped
+BUDGET_S = 570.0  # the whole run (main() sets it from --budget-s); phases that would not fit are skipped
 CUDAGRAPH_NOTES: list[str] = []
+MODELS = {"falcon-7b": "falcon-7b", "llama-3.1-8b": "Llama-3.1-8B"}
+"""--model names → litgpt `Config.from_name` names."""
+PHASES = {
+    "engine": 170.0,
+    "hf": 150.0,
+    "litgpt": 30.0,
+    "hf16": 110.0,
+    "litgpt-compile": 150.0,
+    "restart": 60.0,
+}
+"""Phase → guessed GPU seconds at a 7–8B shape on a fresh machine (compiles dominate: the engine's two,
+transformers' prefill and decode graphs); a phase starts only if this much of the budget is left."""
+DEFAULT_PHASES = "engine,hf,litgpt,hf16"
 
 
 def time_left() -> float:
@@ -65,6 +92,9 @@ class _CudagraphNotes(logging.Handler):
 
 @dataclass
 class Plan:
+    """One shape's run: the model, its engine's sizes and the lengths measured."""
+
+    model: str
     device: str
     dtype: torch.dtype
     config: Config
@@ -79,20 +109,54 @@ class Plan:
     compile: bool | None
     tuning: bool
 
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
 
-def make_plan(args: argparse.Namespace) -> Plan:
+
+def smoke_config(model: str) -> Config:
+    """A tiny config of the shape's family (same block kind, grouping, RoPE settings)."""
+    if model == "falcon-7b":
+        return tiny_config(vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=512)
+    config = Config.from_name(
+        MODELS[model],
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_query_groups=2,
+        head_size=16,
+        intermediate_size=160,
+        vocab_size=512,
+        padded_vocab_size=512,
+        block_size=512,
+    )
+    config.name = f"tiny-{model}"
+    return config
+
+
+def make_plan(model: str, args: argparse.Namespace) -> Plan:
     if args.smoke:
-        config = tiny_config(vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=512)
         return Plan(
-            "cpu", torch.float32, config, 8, 256, 64, 48, [1, 2, 4, 8], 32, 24, 24, args.compile, args.tuning
+            model,
+            "cpu",
+            torch.float32,
+            smoke_config(model),
+            max(args.streams),
+            256,
+            64,
+            32,
+            args.streams,
+            32,
+            16,
+            16,
+            args.compile,
+            args.tuning,
         )
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: run with --smoke on a CPU")
-    config = Config.from_name("falcon-7b")
     return Plan(
+        model,
         "cuda",
         torch.bfloat16,
-        config,
+        Config.from_name(MODELS[model]),
         max(args.streams),
         2048,
         512,
@@ -107,14 +171,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 OUT: Path | None = None
+RECORDS: list[dict[str, Any]] = []
 
 
-def emit(record: dict[str, Any], sink: list[dict[str, Any]]) -> None:
+def emit(record: dict[str, Any]) -> dict[str, Any]:
     record = {"t": round(time.perf_counter() - T0, 1), **record}
-    sink.append(record)
+    RECORDS.append(record)
     print(json.dumps(record), flush=True)
     if OUT is not None:  # rewritten after every record: a run cut short keeps what it measured
-        OUT.write_text(json.dumps(sink, indent=2) + "\n", encoding="utf-8")
+        OUT.write_text(json.dumps(RECORDS, indent=2) + "\n", encoding="utf-8")
+    return record
 
 
 def sync() -> None:
@@ -122,11 +188,75 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+
+
 def random_prompt(n: int, vocab: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n,), generator=g).tolist()
 
 
+# ------------------------------------------------------------------------------------ the ceiling
+def measure_copy_bandwidth(device: str) -> float:
+    """Bytes read + written per second by a large device-to-device copy (2 GiB; 256 MiB on a CPU)."""
+    n = 2**31 if device == "cuda" else 2**28
+    x = torch.empty(n, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    reps = 20 if device == "cuda" else 5
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            y.copy_(x)
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+    else:
+        t = time.perf_counter()
+        for _ in range(reps):
+            y.copy_(x)
+        seconds = time.perf_counter() - t
+    del x, y
+    return 2 * n * reps / seconds
+
+
+def weight_bytes(config: Config, dtype: torch.dtype) -> dict[str, int]:
+    """The litgpt model's parameter bytes; and what a decode step reads of them (the embedding table
+    only one row a token: left out)."""
+    with torch.device("meta"):
+        from litgpt.model import GPT
+
+        model = GPT(config)
+    size = torch.empty((), dtype=dtype).element_size()
+    total = sum(p.numel() for p in model.parameters()) * size
+    embedding = model.transformer.wte.weight.numel() * size
+    return {"all": total, "read_per_step": total - embedding}
+
+
+CEILINGS: dict[str, dict[str, Any]] = {}
+"""model → its bandwidth ceiling record (for the summary)."""
+
+
+def ceiling_record(plan: Plan, bandwidth: float) -> dict[str, Any]:
+    sizes = weight_bytes(plan.config, plan.dtype)
+    record = {
+        "weight_gb": round(sizes["all"] / 1e9, 3),
+        "weight_gb_read_per_step": round(sizes["read_per_step"] / 1e9, 3),
+        "copy_bandwidth_tb_per_s": round(bandwidth / 1e12, 3),
+        "ceiling_tokens_per_s": round(bandwidth / sizes["all"], 1),
+        "ceiling_read_tokens_per_s": round(bandwidth / sizes["read_per_step"], 1),
+    }
+    CEILINGS[plan.model] = record
+    return record
+
+
+# --------------------------------------------------------------------------------------- engine
 async def run_stream(engine: Engine, request: GenerationRequest) -> tuple[float, list[float]]:
     """(submit time, arrival time of every token)."""
     t_submit = time.perf_counter()
@@ -146,9 +276,6 @@ def compile_counters() -> dict[str, Any]:
         "dynamo_unique_graphs": counters["stats"].get("unique_graphs", 0),
         "dynamo_graph_breaks": sum(counters["graph_break"].values()),
         "cudagraph_skips": counters["inductor"].get("cudagraph_skips", 0),
-        "cudagraph_non_static_inputs_recorded": counters["inductor"].get(
-            "cudagraph_recorded_non_static_inputs", 0
-        ),
         "cudagraph_notes": list(CUDAGRAPH_NOTES),
     }
 
@@ -156,7 +283,7 @@ def compile_counters() -> dict[str, Any]:
 def make_engine(plan: Plan, seed: int = 0) -> Engine:
     """The serve engine over a random model of the plan's shape (not started)."""
     return Engine(
-        lambda: random_model(plan.config, torch.device(plan.device), plan.dtype, seed=seed),
+        lambda: random_model(plan.config, plan.torch_device, plan.dtype, seed=seed),
         EngineConfig(
             max_batch_size=plan.max_batch,
             max_seq_length=plan.max_seq,
@@ -166,33 +293,39 @@ def make_engine(plan: Plan, seed: int = 0) -> Engine:
     )
 
 
-def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
-    cfg = plan.config
+RESULTS: dict[tuple[str, str], float] = {}
+"""(model, row key) → tokens/s, for the summary."""
+
+
+def bench_engine(plan: Plan) -> None:
+    cfg, model = plan.config, plan.model
     engine = make_engine(plan)
     t = time.perf_counter()
     engine.start()
     ok = engine.wait_ready(timeout=900)
-    startup = time.perf_counter() - t
+    stats = engine.stats()
     emit(
         {
+            "model": model,
             "what": "engine start-up to ready (random init + caches + compile/CUDA-graph warm-up)",
-            "seconds": round(startup, 2),
+            "seconds": round(time.perf_counter() - t, 2),
             "ready": ok,
             "compiled": engine.compiled,
             "compile_error": engine.compile_error,
             "load_error": engine.load_error,
+            "fused_blocks": stats["fused_blocks"],
+            "n_layer": cfg.n_layer,
+            "triton_kernels": stats["triton_kernels"],
             "buckets": engine.buckets,
             "max_batch": plan.max_batch,
             "max_seq": plan.max_seq,
             **compile_counters(),
-        },
-        sink,
+        }
     )
     if not ok:
         return
     vocab = cfg.vocab_size
     try:
-        # time to first token: a 512-token prompt on an idle engine
         ttfts = []
         for i in range(5):
             req = GenerationRequest(random_prompt(plan.ttft_prompt, vocab, i), 4, 0.8, 0.95, ignore_eos=True)
@@ -200,13 +333,12 @@ def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
             ttfts.append(arrivals[0] - t_submit)
         emit(
             {
+                "model": model,
                 "what": f"time to first token, {plan.ttft_prompt}-token prompt, idle engine",
                 "ms_median": round(1000 * statistics.median(ttfts), 2),
                 "ms_all": [round(1000 * x, 2) for x in ttfts],
-            },
-            sink,
+            }
         )
-        # batch-1 decode
         rates = []
         for i in range(3):
             req = GenerationRequest(
@@ -214,13 +346,25 @@ def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
             )
             _, arrivals = asyncio.run(run_stream(engine, req))
             rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+        rate = statistics.median(rates)
+        RESULTS[(model, "engine-b1")] = rate
+        ceiling = CEILINGS.get(model, {})
         emit(
             {
-                "what": f"batch-1 decode, {plan.decode_tokens} tokens, temperature 0.8 top-p 0.95",
-                "tokens_per_s_median": round(statistics.median(rates), 1),
+                "model": model,
+                "what": f"engine batch-1 decode, {plan.decode_tokens} tokens, temperature 0.8 top-p 0.95",
+                "tokens_per_s_median": round(rate, 1),
                 "tokens_per_s_all": [round(r, 1) for r in rates],
-            },
-            sink,
+                **ceiling,
+                **(
+                    {
+                        "pct_of_ceiling": round(100 * rate / ceiling["ceiling_tokens_per_s"], 1),
+                        "pct_of_read_ceiling": round(100 * rate / ceiling["ceiling_read_tokens_per_s"], 1),
+                    }
+                    if ceiling
+                    else {}
+                ),
+            }
         )
 
         # sampling inside the CUDA graph must draw new random numbers on every replay
@@ -231,13 +375,12 @@ def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
         draws = [asyncio.run(draw()) for _ in range(2)]
         emit(
             {
+                "model": model,
                 "what": "sampling check: the same prompt twice at temperature 1 (random weights)",
                 "different_replies": draws[0] != draws[1],
                 "distinct_tokens_in_first": len(set(draws[0])),
-            },
-            sink,
+            }
         )
-        # concurrent streams
         for n in plan.stream_counts:
             steps0 = engine.steps
 
@@ -260,9 +403,11 @@ def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
             total = sum(len(a) for _, a in results)
             ttft = sorted(a[0] - s for s, a in results)
             per_stream = [(len(a) - 1) / (a[-1] - a[0]) for _, a in results if len(a) > 1]
+            RESULTS[(model, f"engine-{n}-streams")] = total / wall
             emit(
                 {
-                    "what": f"{n} streams x {plan.stream_tokens} tokens at once",
+                    "model": model,
+                    "what": f"engine, {n} streams x {plan.stream_tokens} tokens at once",
                     "prompt_tokens": plan.stream_prompt,
                     "streams": n,
                     "total_tokens_per_s": round(total / wall, 1),
@@ -272,48 +417,226 @@ def bench_engine(plan: Plan, sink: list[dict[str, Any]]) -> None:
                     "ttft_ms_max": round(1000 * ttft[-1], 1),
                     "per_stream_decode_tokens_per_s_median": round(statistics.median(per_stream), 1),
                     "decode_steps": engine.steps - steps0,
-                },
-                sink,
+                }
             )
     finally:
         engine.stop()
         if torch.cuda.is_available():
             emit(
                 {
+                    "model": model,
                     "what": "engine peak GPU memory",
                     "gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                },
-                sink,
+                }
+            )
+            torch.cuda.reset_peak_memory_stats()
+
+
+# --------------------------------------------------------------------------- Hugging Face anchor
+def build_hf_model(plan: Plan) -> Any:
+    """transformers' own model class for the shape, from a config matching litgpt's (bench/hf_anchor.py),
+    its own random init, in the bench's dtype, SDPA attention, KV cache on."""
+    from hf_anchor import hf_config
+    from transformers import AutoModelForCausalLM
+
+    config = hf_config(plan.config)
+    config.use_cache = True
+    with torch.device(plan.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=plan.dtype, attn_implementation="sdpa")
+    return model.eval().requires_grad_(False)
+
+
+HF_AUTO_COMPILE = True
+"""Leave transformers' own auto-compile of the decode step on (main() sets it from --hf-no-auto-compile)."""
+
+
+def bench_hf(plan: Plan, batch: int) -> None:
+    """transformers `generate` with a static cache and `torch.compile(model.forward, mode="reduce-overhead",
+    fullgraph=True)`: two warm-up generations (compiles prefill and decode), then three timed ones.
+
+    On a GPU, `generate` with a static cache also wraps the decode step in its own `torch.compile`
+    (`_valid_auto_compile_criteria`), around the compiled forward; --smoke turns that on for the CPU too
+    (`CompileConfig._compile_all_devices`), so the CPU run takes the GPU's path."""
+    import transformers
+    from transformers.generation.configuration_utils import CompileConfig
+
+    model = build_hf_model(plan)
+    gen = model.generation_config
+    gen.cache_implementation = "static"
+    gen.eos_token_id = None  # random weights: never stop early
+    gen.pad_token_id = 0
+    recipe = "static cache + torch.compile(model.forward, reduce-overhead, fullgraph)"
+    if not HF_AUTO_COMPILE:
+        gen.disable_compile = True
+        recipe += ", disable_compile"
+    elif plan.device == "cpu":
+        gen.compile_config = CompileConfig()
+        gen.compile_config._compile_all_devices = True
+    model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    prompts = torch.tensor(
+        [random_prompt(32, plan.config.vocab_size, 7 + i) for i in range(batch)], device=plan.device
+    )  # (batch, 32), no padding
+    kwargs = dict(
+        max_new_tokens=plan.anchor_tokens,
+        min_new_tokens=plan.anchor_tokens,
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.95,
+        top_k=0,
+        attention_mask=torch.ones_like(prompts),
+    )
+
+    def generate() -> float:
+        sync()
+        t = time.perf_counter()
+        out = model.generate(prompts, **kwargs)
+        sync()
+        return (out.numel() - prompts.numel()) / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    try:
+        warm = [generate() for _ in range(2)]
+    except Exception as e:
+        if gen.disable_compile:
+            raise
+        # transformers' own auto-compile on top of ours: keep only ours
+        emit(
+            {
+                "model": plan.model,
+                "what": f"hf generate batch {batch}: the recipe as documented failed; again without "
+                "generate's own auto-compile (generation_config.disable_compile)",
+                "error": f"{type(e).__name__}: {e}"[:600],
+            }
+        )
+        torch._dynamo.reset()
+        gen.disable_compile = True
+        recipe += ", disable_compile"
+        warm = [generate() for _ in range(2)]
+    warm_s = time.perf_counter() - t
+    rates = [generate() for _ in range(3)]
+    rate = statistics.median(rates)
+    RESULTS[(plan.model, f"hf-b{batch}")] = rate
+    emit(
+        {
+            "model": plan.model,
+            "what": f"hf transformers generate, batch {batch}, {plan.anchor_tokens} new tokens, "
+            "temperature 0.8 top-p 0.95",
+            "total_tokens_per_s_median": round(rate, 1),
+            "tokens_per_s_per_stream": round(rate / batch, 1),
+            "tokens_per_s_all": [round(r, 1) for r in rates],
+            "warmup_s": round(warm_s, 1),
+            "warmup_tokens_per_s": [round(r, 1) for r in warm],
+            "recipe": recipe,
+            "model_class": type(model).__name__,
+            "transformers": transformers.__version__,
+        }
+    )
+
+
+# -------------------------------------------------------------------------------- litgpt anchor
+def bench_litgpt(plan: Plan, compile: bool) -> None:
+    """Plain litgpt 0.5.13 `generate`, set up as `litgpt generate` sets it up (minus Fabric)."""
+    import litgpt.generate.base as litgpt_generate
+
+    cfg = plan.config
+    model = random_model(cfg, plan.torch_device, plan.dtype)
+    prompt = torch.tensor(random_prompt(32, cfg.vocab_size, 7), device=plan.device)
+    max_returned = prompt.numel() + plan.anchor_tokens
+    model.max_seq_length = max_returned
+    model.set_kv_cache(batch_size=1, device=plan.torch_device, dtype=plan.dtype)
+
+    def time_generations(label: str, key: str, runs: int, extra: dict[str, Any] | None = None) -> None:
+        rates = []
+        for _ in range(runs):
+            if time_left() < 20:
+                emit({"model": plan.model, "what": f"{label}: the remaining runs skipped (time budget)"})
+                break
+            sync()
+            t = time.perf_counter()
+            y = litgpt_generate.generate(model, prompt, max_returned, temperature=0.8, top_k=50, top_p=1.0)
+            sync()
+            rates.append((y.numel() - prompt.numel()) / (time.perf_counter() - t))
+            for block in model.transformer.h:
+                block.attn.kv_cache.reset_parameters()
+        if rates:
+            RESULTS[(plan.model, key)] = max(rates)
+            emit(
+                {
+                    "model": plan.model,
+                    "what": label,
+                    "tokens_per_s_by_run": [round(r, 1) for r in rates],
+                    **(extra or {}),
+                }
             )
 
+    if not compile:
+        time_generations(f"litgpt generate eager, batch 1, {plan.anchor_tokens} tokens", "litgpt-b1", 2)
+        return
+    original = litgpt_generate.next_token
+    torch._dynamo.config.automatic_dynamic_shapes = True  # as litgpt's generate --compile
+    torch._inductor.config.triton.unique_kernel_names = True
+    torch._inductor.config.coordinate_descent_tuning = True
+    compiled = torch.compile(original, mode="reduce-overhead")
+    litgpt_generate.next_token = compiled
+    label = f"litgpt generate --compile (reduce-overhead), {plan.anchor_tokens} tokens"
+    try:
+        time_generations(label, "litgpt-compile-b1", 3)
+    except Exception as e:
+        emit(
+            {
+                "model": plan.model,
+                "what": "litgpt generate --compile",
+                "error": f"{type(e).__name__}: {e}"[:400],
+            }
+        )
 
-def bench_restart(argv: list[str], sink: list[dict[str, Any]]) -> None:
+        def fixed(*args: Any, **kwargs: Any) -> torch.Tensor:
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(*args, **kwargs).clone()
+
+        litgpt_generate.next_token = fixed
+        for block in model.transformer.h:
+            block.attn.kv_cache.reset_parameters()
+        time_generations(
+            f"litgpt generate --compile + mark_step_begin/clone fix, {plan.anchor_tokens} tokens",
+            "litgpt-compile-b1",
+            3,
+            {"note": "the first runs include compilation"},
+        )
+    finally:
+        litgpt_generate.next_token = original
+        torch._inductor.config.coordinate_descent_tuning = False
+
+
+# ------------------------------------------------------------------------------ restart (optional)
+def bench_restart(plan: Plan, argv: list[str]) -> None:
     """A second start in a new process, as a restarted server on the same machine gets it: compiled
     kernels and graphs come from inductor's on-disk caches. The child (`--startup-only`) also times its
     first request, to show the first user does not wait for a compile."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--startup-only", *argv]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--startup-only", "--model", plan.model, *argv]
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, time_left() - 10))
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     child = next((r for r in records if r.get("what") == "startup-only"), None)
     emit(
         {
+            "model": plan.model,
             "what": "engine start-up in a second process, compile caches warm (a restarted server)",
             "process_wall_s": round(time.perf_counter() - t, 2),
-            **({k: v for k, v in child.items() if k not in ("what", "t")} if child else {}),
+            **({k: v for k, v in child.items() if k not in ("what", "t", "model")} if child else {}),
             **({} if child else {"error": (done.stderr or done.stdout)[-1500:]}),
-        },
-        sink,
+        }
     )
 
 
-def bench_startup_only(plan: Plan, sink: list[dict[str, Any]]) -> None:
+def bench_startup_only(plan: Plan) -> None:
     """Start the engine, time it to ready, then its first request (TTFT and 64 decoded tokens)."""
     engine = make_engine(plan, seed=1)
     t = time.perf_counter()
     engine.start()
     ok = engine.wait_ready(timeout=900)
     record: dict[str, Any] = {
+        "model": plan.model,
         "what": "startup-only",
         "seconds_to_ready": round(time.perf_counter() - t, 2),
         "ready": ok,
@@ -332,159 +655,156 @@ def bench_startup_only(plan: Plan, sink: list[dict[str, Any]]) -> None:
             )
     finally:
         engine.stop()
-        emit(record, sink)
+        emit(record)
 
 
-def bench_anchor(plan: Plan, sink: list[dict[str, Any]]) -> None:
-    """Plain litgpt 0.5.13 `generate`, set up as `litgpt generate` sets it up (minus Fabric)."""
-    import litgpt.generate.base as litgpt_generate
-
-    cfg = plan.config
-    model = random_model(cfg, torch.device(plan.device), plan.dtype)
-    prompt = torch.tensor(random_prompt(32, cfg.vocab_size, 7), device=plan.device)
-    max_returned = prompt.numel() + plan.anchor_tokens
-    model.max_seq_length = max_returned
-    model.set_kv_cache(batch_size=1, device=torch.device(plan.device), dtype=plan.dtype)
-
-    def time_generations(label: str, runs: int, extra: dict[str, Any] | None = None) -> None:
-        rates = []
-        for _ in range(runs):
-            if time_left() < 20:
-                emit({"what": f"{label}: the remaining runs skipped (time budget)"}, sink)
-                break
-            sync()
-            t = time.perf_counter()
-            y = litgpt_generate.generate(model, prompt, max_returned, temperature=0.8, top_k=50, top_p=1.0)
-            sync()
-            rates.append((y.numel() - prompt.numel()) / (time.perf_counter() - t))
-            for block in model.transformer.h:
-                block.attn.kv_cache.reset_parameters()
-        if rates:
-            emit({"what": label, "tokens_per_s_by_run": [round(r, 1) for r in rates], **(extra or {})}, sink)
-
-    time_generations(f"litgpt generate eager, batch 1, {plan.anchor_tokens} tokens", 2)
-    if plan.device != "cuda" and not plan.compile:
-        return
-    if time_left() < 200:  # compiling 7B with coordinate-descent tuning takes minutes
-        emit({"what": "litgpt generate --compile: skipped (time budget; run with --no-engine)"}, sink)
-        return
-    original = litgpt_generate.next_token
-    torch._dynamo.config.automatic_dynamic_shapes = True  # as litgpt's generate --compile
-    torch._inductor.config.triton.unique_kernel_names = True
-    torch._inductor.config.coordinate_descent_tuning = True
-    compiled = torch.compile(original, mode="reduce-overhead")
-    litgpt_generate.next_token = compiled
-    try:
-        time_generations(f"litgpt generate --compile (reduce-overhead), {plan.anchor_tokens} tokens", 3)
-    except Exception as e:
-        emit({"what": "litgpt generate --compile", "error": f"{type(e).__name__}: {e}"[:400]}, sink)
-
-        def fixed(*args: Any, **kwargs: Any) -> torch.Tensor:
-            torch.compiler.cudagraph_mark_step_begin()
-            return compiled(*args, **kwargs).clone()
-
-        litgpt_generate.next_token = fixed
-        for block in model.transformer.h:
-            block.attn.kv_cache.reset_parameters()
-        try:
-            time_generations(
-                f"litgpt generate --compile + mark_step_begin/clone fix, {plan.anchor_tokens} tokens",
-                3,
-                {"note": "the first runs include compilation"},
-            )
-        except Exception as e2:
-            emit(
-                {"what": "litgpt generate --compile with fix", "error": f"{type(e2).__name__}: {e2}"[:400]},
-                sink,
-            )
-    finally:
-        litgpt_generate.next_token = original
-
-
-def guarded(name: str, fn: Callable[[], None], sink: list[dict[str, Any]]) -> None:
+# ----------------------------------------------------------------------------------------- driver
+def guarded(name: str, model: str, fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception as e:  # keep what was measured; report the failure
         emit(
             {
+                "model": model,
                 "what": name,
                 "error": f"{type(e).__name__}: {e}"[:600],
                 "trace": traceback.format_exc()[-1500:],
-            },
-            sink,
+            }
         )
+    finally:
+        release()
 
 
-def main(argv: list[str] | None = None) -> int:
+def summary(plans: list[Plan]) -> None:
+    for plan in plans:
+        m = plan.model
+        engine = RESULTS.get((m, "engine-b1"))
+        record: dict[str, Any] = {"model": m, "what": "summary", **CEILINGS.get(m, {})}
+        for key, value in sorted((k, v) for (mm, k), v in RESULTS.items() if mm == m):
+            record[f"{key}_tokens_per_s"] = round(value, 1)
+        if engine is not None:
+            if m in CEILINGS:
+                record["engine_b1_pct_of_ceiling"] = round(
+                    100 * engine / CEILINGS[m]["ceiling_tokens_per_s"], 1
+                )
+            for anchor in ("hf-b1", "litgpt-b1", "litgpt-compile-b1"):
+                if (m, anchor) in RESULTS:
+                    record[f"engine_b1_over_{anchor}"] = round(engine / RESULTS[(m, anchor)], 2)
+        streams16 = RESULTS.get((m, "engine-16-streams"))
+        if streams16 is not None and (m, "hf-b16") in RESULTS:
+            record["engine_16_streams_over_hf_b16"] = round(streams16 / RESULTS[(m, "hf-b16")], 2)
+        emit(record)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny config, seconds")
-    p.add_argument("--out", type=Path, help="also write the records here (JSON)")
-    p.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
-    p.add_argument("--decode-tokens", type=int, default=512, help="batch-1 decode length")
-    p.add_argument("--stream-tokens", type=int, default=256, help="tokens per concurrent stream")
-    p.add_argument("--anchor-tokens", type=int, default=128, help="tokens per litgpt generate run")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny configs of both families, every row type")
+    p.add_argument("--model", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     p.add_argument(
-        "--budget-s", type=float, default=470.0, help="the whole run; phases that won't fit are skipped"
+        "--phases", help=f"comma list of {', '.join(PHASES)} (default: {DEFAULT_PHASES}; --smoke: all)"
     )
-    p.add_argument("--no-engine", action="store_true", help="skip the serve engine (time only litgpt)")
-    p.add_argument("--no-anchor", action="store_true", help="skip timing plain litgpt")
+    p.add_argument("--out", type=Path, help="also write the records here (JSON)")
+    p.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[16])
+    p.add_argument("--decode-tokens", type=int, default=512, help="engine batch-1 decode length")
+    p.add_argument("--stream-tokens", type=int, default=256, help="tokens per concurrent stream")
+    p.add_argument("--anchor-tokens", type=int, default=128, help="new tokens per anchor generation")
+    p.add_argument(
+        "--budget-s", type=float, default=570.0, help="the whole run; phases that won't fit are skipped"
+    )
     p.add_argument("--tuning", action="store_true", help="compile with coordinate-descent kernel tuning")
     p.add_argument(
-        "--restart", action="store_true", help="last: time a second start in a new process (warm caches)"
+        "--hf-no-auto-compile",
+        action="store_true",
+        help="hf rows: only the documented forward compile (generation_config.disable_compile)",
     )
-    p.add_argument("--startup-only", action="store_true", help=argparse.SUPPRESS)  # --restart's child
+    p.add_argument("--startup-only", action="store_true", help=argparse.SUPPRESS)  # restart's child
     compile_group = p.add_mutually_exclusive_group()
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None)
     compile_group.add_argument("--no-compile", dest="compile", action="store_false")
     args = p.parse_args(argv)
-    global BUDGET_S, OUT
-    BUDGET_S, OUT = args.budget_s, args.out
-    plan = make_plan(args)
-    sink: list[dict[str, Any]] = []
+    problems = []
+    args.models = [m.strip() for m in args.model.split(",") if m.strip()]
+    phases = args.phases or (",".join(PHASES) if args.smoke else DEFAULT_PHASES)
+    args.phase_list = [x.strip() for x in phases.split(",") if x.strip()]
+    if unknown := [m for m in args.models if m not in MODELS]:
+        problems.append(f"--model {','.join(unknown)}: choose from {', '.join(MODELS)}")
+    if unknown := [x for x in args.phase_list if x not in PHASES]:
+        problems.append(f"--phases {','.join(unknown)}: choose from {', '.join(PHASES)}")
+    if problems:
+        p.error("; ".join(problems))
+    if not args.smoke and not torch.cuda.is_available():
+        p.error("no CUDA GPU: run with --smoke on a CPU")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    global BUDGET_S, OUT, HF_AUTO_COMPILE
+    BUDGET_S, OUT, HF_AUTO_COMPILE = args.budget_s, args.out, not args.hf_no_auto_compile
+    plans = [make_plan(m, args) for m in args.models]
     torch._logging.set_logs(perf_hints=True, recompiles=True)  # why CUDA graphs were skipped, if they were
     logging.getLogger("torch").addHandler(_CudagraphNotes())
-    import litgpt
-
+    if args.startup_only:
+        guarded("startup-only", plans[0].model, lambda: bench_startup_only(plans[0]))
+        return 0
+    emit({"what": "environment", **environment(plans[0].device), "argv": sys.argv[1:]})
+    bandwidth = measure_copy_bandwidth(plans[0].device)
     emit(
         {
-            "what": "environment",
-            "device": torch.cuda.get_device_name()
-            if plan.device == "cuda"
-            else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "litgpt": getattr(litgpt, "__version__", None) or _dist_version("litgpt"),
-            "python": platform.python_version(),
-            "model": plan.config.name,
-            "dtype": str(plan.dtype).removeprefix("torch."),
-            "plan": {k: v for k, v in asdict(plan).items() if k not in ("config", "dtype")},
-            "argv": sys.argv[1:],
-        },
-        sink,
+            "what": "device copy bandwidth (2 GiB device-to-device copy, bytes read + written)"
+            if plans[0].device == "cuda"
+            else "host copy bandwidth (256 MiB, bytes read + written)",
+            "tb_per_s": round(bandwidth / 1e12, 3),
+        }
     )
-    if args.startup_only:
-        guarded("startup-only", lambda: bench_startup_only(plan, sink), sink)
-        return 0
-    if not args.no_engine:
-        guarded("engine", lambda: bench_engine(plan, sink), sink)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch._dynamo.reset()
-            torch.cuda.empty_cache()
-    if not args.no_anchor and time_left() > 30:
-        guarded("anchor", lambda: bench_anchor(plan, sink), sink)
-    if args.restart:
-        if time_left() > 120:
-            gc.collect()
-            # what decides the engine's shape and compile, from the parsed flags
-            child_argv = ["--smoke"] if args.smoke else []
-            child_argv += ["--streams", ",".join(map(str, args.streams))]
-            child_argv += {True: ["--compile"], False: ["--no-compile"], None: []}[args.compile]
-            child_argv += ["--tuning"] if args.tuning else []
-            guarded("restart", lambda: bench_restart(child_argv, sink), sink)
-        else:
-            emit({"what": "restart: skipped (time budget; run the bench again on the same machine)"}, sink)
-    emit({"what": "done", "total_s": round(time.perf_counter() - T0, 1)}, sink)
+    for plan in plans:
+        emit(
+            {
+                "model": plan.model,
+                "what": "ceiling: weight bytes / copy bandwidth",
+                **ceiling_record(plan, bandwidth),
+            }
+        )
+    child_argv = (["--smoke"] if args.smoke else []) + ["--streams", ",".join(map(str, args.streams))]
+    child_argv += {True: ["--compile"], False: ["--no-compile"], None: []}[args.compile]
+    runs: dict[str, Callable[[Plan], None]] = {
+        "engine": bench_engine,
+        "hf": lambda plan: bench_hf(plan, 1),
+        "hf16": lambda plan: bench_hf(plan, 16),
+        "litgpt": lambda plan: bench_litgpt(plan, compile=False),
+        "litgpt-compile": lambda plan: bench_litgpt(plan, compile=True),
+        "restart": lambda plan: bench_restart(plan, child_argv),
+    }
+    for phase in args.phase_list:
+        for plan in plans:
+            needed = PHASES[phase] if not args.smoke else 0.0
+            if time_left() < needed:
+                emit(
+                    {
+                        "model": plan.model,
+                        "what": f"{phase}: skipped (time budget: {time_left():.0f} s left, about "
+                        f"{needed:.0f} s needed; run it alone with --model {plan.model} --phases {phase})",
+                    }
+                )
+                continue
+            guarded(phase, plan.model, lambda run=runs[phase], plan=plan: run(plan))
+    summary(plans)
+    emit({"what": "done", "total_s": round(time.perf_counter() - T0, 1)})
     return 0
+
+
+def environment(device: str) -> dict[str, Any]:
+    import litgpt
+
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": _dist_version("triton"),
+        "transformers": _dist_version("transformers"),
+        "litgpt": getattr(litgpt, "__version__", None) or _dist_version("litgpt"),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def _dist_version(name: str) -> str | None:
