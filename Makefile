@@ -89,7 +89,7 @@ serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000
 ui: $(STAMP) ## the chat page (talks to the server at TWIN_API_URL)
 	$(PY) -m ui
 
-demo: $(STAMP) ## the whole pipeline on the shipped sample chats: CPU, no credentials, no downloads
+demo: $(STAMP) ## sample chats -> LoRA on the embedded SmolLM2 -> report -> twin vs base replies (CPU, ~6 min)
 	$(PY) scripts/demo.py
 
 export: $(STAMP) ## the twin as a Hugging Face model (FORMAT=merged) or PEFT adapter (FORMAT=peft) into HF_OUT

@@ -60,7 +60,7 @@ from serve.model import random_model  # noqa: E402
 MODELS = {"falcon-7b": "falcon-7b", "llama-3.1-8b": "Llama-3.1-8B"}
 """--model names → litgpt `Config.from_name` names."""
 GEMV_TILES = [(4, 512, 4), (2, 512, 4), (8, 256, 4), (4, 1024, 4), (4, 1024, 8), (8, 512, 8), (2, 1024, 4)]
-"""(rows a program, K chunk, warps) tried by --gemv-sweep; the first is serve.kernels' current tile."""
+"""(rows a program, K chunk, warps) tried by --gemv-sweep (serve.kernels.gemv_tile picks per matrix)."""
 
 RECORDS: list[dict[str, Any]] = []
 
@@ -197,7 +197,7 @@ def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | 
     if not kernels.available() or (device.type != "cuda" and not interpret):
         emit({"what": "gemv sweep: skipped (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 on a CPU)"})
         return
-    saved = (kernels.BLOCK_N, kernels.BLOCK_K, kernels.NUM_WARPS, kernels.cpu_interpreter)
+    saved = (kernels.TILE, kernels.cpu_interpreter)
     kernels.cpu_interpreter = interpret
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     try:
@@ -212,7 +212,7 @@ def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | 
                 "copies": copies,
             }
             for tile in GEMV_TILES:
-                kernels.BLOCK_N, kernels.BLOCK_K, kernels.NUM_WARPS = tile
+                kernels.TILE = tile
                 try:
                     ms = time_launches(lambda: [launch(x, w) for w in weights], device) / copies  # noqa: B023
                 except Exception as e:  # keep the other tiles
@@ -225,7 +225,7 @@ def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | 
                 }
             emit(row)
     finally:
-        kernels.BLOCK_N, kernels.BLOCK_K, kernels.NUM_WARPS, kernels.cpu_interpreter = saved
+        kernels.TILE, kernels.cpu_interpreter = saved
 
 
 def time_launches(run: Callable[[], Any], device: torch.device) -> float:

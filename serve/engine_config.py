@@ -26,8 +26,10 @@ class EngineConfig:
     gpt-fast and `litgpt generate --compile` do). Off: on an H100 at Falcon-7B's shape it made the
     compile 2.3x longer (82 s vs 35 s for batch 1) and the step 5% slower (7.12 vs 6.80 ms)."""
     fuse_blocks: bool = True
-    """Fuse each Falcon-style parallel block's four matmuls into two (`serve.generate.ParallelBlock`):
-    same results, fewer and larger GEMVs. Off: litgpt's blocks as they are (for comparisons)."""
+    """Fuse each block's matmuls into fewer, larger GEMVs (`serve.generate.fuse_blocks`): Falcon's
+    parallel blocks' four into two (`ParallelBlock`), the Llama kind's gate and up projections into one
+    (`SequentialBlock`: Llama, SmolLM2, Mistral, Qwen, Gemma 1); same results. Blocks of other kinds stay
+    litgpt's. Off: litgpt's blocks as they are (for comparisons)."""
     prefill_token_budget: int = 4096
     """Prompt tokens prefilled between two decode steps (at least one request), bounding the stall
     a burst of new prompts causes for streams that are already generating."""

@@ -41,12 +41,24 @@ try:
 except ImportError:  # the CPU install has no Triton: use_gemv() is False and nothing here is called
     triton = None
 
-BLOCK_N = 4
-BLOCK_K = 512
-NUM_WARPS = 4
 NUM_STAGES = 3
+TILE: tuple[int, int, int] | None = None
+"""(rows a program, K chunk, warps) for every GEMV; None: `gemv_tile` picks one per matrix. The tile
+sweep of bench/decode_profile.py sets it."""
 ACTIVATIONS = {"gelu": 1, "gelu_tanh": 2, "silu": 3}
 """The epilogue activations: `F.gelu` (erf), `F.gelu(approximate="tanh")`, `F.silu`."""
+
+
+def gemv_tile(K: int, glu: bool) -> tuple[int, int, int]:
+    """The GEMV's tile for a weight of K columns: (rows a program, K chunk, warps).
+
+    Measured on an H200 at Llama-3.1-8B's matrices, from HBM (bench/decode_profile.py --gemv-sweep,
+    docs/BENCHMARKS.md): two rows a program beat four on every matrix, a 1,024-wide K chunk on the plain
+    GEMVs (qkv 6144x4096: 84% of the copy bandwidth vs 66% at (4, 512)), a 512-wide one on the gated
+    [gate; up] GEMV, which loads two rows of each (94% vs 74%)."""
+    if TILE is not None:
+        return TILE
+    return (2, 512 if glu or K < 1024 else 1024, 4)
 
 
 def available() -> bool:
@@ -399,7 +411,8 @@ def _launch(
     if glu and (rows % 2 or activation is None):
         raise ValueError(f"a gated GEMV needs an activation and a [gate; up] weight, not {rows}x{K}")
     y = torch.empty(N, device=x.device, dtype=x.dtype)
-    _gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
+    block_n, block_k, warps = gemv_tile(K, glu)
+    _gemv_kernel[(triton.cdiv(N, block_n),)](
         x,
         x2 if x2 is not None else x,  # pointers a variant does not read
         weight,
@@ -415,9 +428,9 @@ def _launch(
         GLU=glu,
         HAS_BIAS=bias is not None,
         HAS_RES=residual is not None,
-        BLOCK_N=BLOCK_N,
-        BLOCK_K=BLOCK_K,
-        num_warps=NUM_WARPS,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=warps,
         num_stages=NUM_STAGES,
     )
     return y.view(out_shape)

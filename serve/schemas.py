@@ -208,6 +208,8 @@ class Health(BaseModel):
     device: str | None
     dtype: str | None
     compiled: bool
+    fused_blocks: int = Field(0, description="blocks running as serve's fused blocks (the rest: litgpt's)")
+    triton_kernels: bool = Field(False, description="one-token steps run serve's Triton kernels")
     compile_error: str | None = None
     load_error: str | None = None
     startup_seconds: float | None = Field(None, description="from server start to ready (load + warm-up)")

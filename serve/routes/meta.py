@@ -30,6 +30,8 @@ def health(service: ServiceDep, settings: SettingsDep, response: Response) -> He
         device=stats["device"],
         dtype=stats["dtype"],
         compiled=stats["compiled"],
+        fused_blocks=stats["fused_blocks"],
+        triton_kernels=stats["triton_kernels"],
         compile_error=stats["compile_error"],
         load_error=stats["load_error"],
         startup_seconds=stats["startup_seconds"],

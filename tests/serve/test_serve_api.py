@@ -39,6 +39,8 @@ def test_health_reports_the_loaded_model(client: TestClient) -> None:
     assert body["model"] == "twin" and body["device"] == "cpu" and body["dtype"] == "float32"
     assert body["startup_seconds"] > 0 and body["max_batch_size"] == 4
     assert (body["max_input_tokens"], body["max_new_tokens"]) == (160, 48)
+    # the tiny Falcon-shaped model's blocks are fused; the Triton kernels are GPU-only
+    assert body["fused_blocks"] >= 1 and body["triton_kernels"] is False
 
 
 def test_models_lists_the_twin(client: TestClient) -> None:
