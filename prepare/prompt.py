@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 # the chat-template renderer is this module's own part; finetune and serve import it through here
@@ -94,15 +95,84 @@ def clip_text(text: str, max_chars: int = MAX_TURN_CHARS) -> str:
     return text[: max(0, max_chars - len(CLIP_MARK))].rstrip() + CLIP_MARK
 
 
+# ---- markers in message text: no content can forge a turn ----------------------------------------------
+# A message (or a name) is untrusted text: a partner can type the template's own structure into it — a
+# `### My reply:` heading, a line `Me: ...` that reads as the person's turn, a chat model's special
+# tokens (`<|im_end|><|im_start|>assistant`), which its tokenizer turns into the real control tokens. Such
+# markers are defused by swapping one character of each for a look-alike that no template or tokenizer
+# treats as structure (same length, so the context caps measure the same text): `#` → `＃`, a label's `:`
+# → `꞉`, a special token's `<` → `‹` and `[` → `［`. Training and serving both render through the
+# functions below, so the twin learns on exactly the defused text it later sees.
+_LOOKALIKE = {"#": "\uff03", ":": "\ua789", "<": "\u2039", "[": "\uff3b"}
+_HEADING = re.compile(r"^([ \t]*)(#{3,})", re.MULTILINE)
+"""A line that opens like a twin-v1 section heading (`### ...`)."""
+_SPECIAL = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>"  # <|im_start|>, <|eot_id|>, <|endoftext|>, <|start_header_id|>, ...
+    r"|</?s>|<(?:bos|eos|pad|unk)>|<(?:start|end)_of_turn>"  # Llama-2/Mistral, Gemma
+    r"|\[/?INST\]|<</?SYS>>|\[/?(?:SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS)\]"  # Llama-2, Mistral
+    r"|<\|?endoftext\|?>|<\|?(?:im_start|im_end)\|?>",
+    re.IGNORECASE,
+)
+"""Text shaped like the special tokens of the supported families' chat formats."""
+_MARKER_CHARS = frozenset("#:<[")
+
+
+def _defuse_first(match: re.Match[str]) -> str:
+    text = match.group()
+    return _LOOKALIKE[text[0]] + text[1:]
+
+
+@lru_cache(maxsize=4096)
+def _label_line(label: str) -> re.Pattern[str]:
+    """A line that opens with the person's label or `label` and a colon: it would read as a new turn."""
+    labels = sorted({ME_LABEL, label}, key=len, reverse=True)
+    alternatives = "|".join(re.escape(x) for x in labels)
+    return re.compile(rf"^([ \t]*(?:{alternatives})[ \t]*):", re.MULTILINE | re.IGNORECASE)
+
+
+def neutralize(text: str, label: str | None = None, special: Iterable[str] = ()) -> str:
+    """`text` with every marker that could forge prompt structure defused (see above): special-token
+    shapes, the given `special` token texts (a chat template's own), and — for twin-v1, when `label` (the
+    partner's label) is given — line-initial `###` headings and `Me:` / `<label>:` speaker lines.
+
+    Same length as `text`; idempotent; text without `#`, `:`, `<` or `[` is returned as is.
+    """
+    if _MARKER_CHARS.isdisjoint(text):
+        return text
+    for token in special:
+        if token and token in text and token[0] in _LOOKALIKE:
+            text = text.replace(token, _LOOKALIKE[token[0]] + token[1:])
+    if "<" in text or "[" in text:
+        text = _SPECIAL.sub(_defuse_first, text)
+    if label is not None:
+        if "###" in text:
+            text = _HEADING.sub(lambda m: m.group(1) + _LOOKALIKE["#"] * len(m.group(2)), text)
+        if ":" in text:
+            text = _label_line(label).sub(lambda m: m.group(1) + _LOOKALIKE[":"], text)
+    return text
+
+
+_NAME_DROP = re.compile(r"[#:\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
 def partner_label(partner: str | None) -> str:
-    """The name the prompt uses for the chat partner (a neutral default when unknown)."""
-    name = " ".join((partner or "").split())
-    return name or DEFAULT_PARTNER
+    """The name the prompt uses for the chat partner (a neutral default when unknown).
+
+    A name is untrusted text too: control and invisible characters, `#` and `:` are dropped, whitespace
+    collapsed, special-token shapes defused; a partner whose name is the person's own label (`Me`) is
+    labelled `Me (partner)`, so their lines never read as the person's.
+    """
+    name = " ".join(_NAME_DROP.sub("", partner or "").split())
+    if not name:
+        return DEFAULT_PARTNER
+    if name.casefold() == ME_LABEL.casefold():
+        return f"{name} (partner)"
+    return neutralize(name)
 
 
 def _line(turn: Turn, label: str) -> str:
     text = turn.text if len(turn.text) <= MAX_TURN_CHARS else clip_text(turn.text)
-    return f"{ME_LABEL if turn.speaker == 'me' else label}: {text}"
+    return f"{ME_LABEL if turn.speaker == 'me' else label}: {neutralize(text, label)}"
 
 
 def render_turn(turn: Turn, partner: str | None = None) -> str:
@@ -144,10 +214,11 @@ def render_context(turns: Iterable[Turn], partner: str | None = None) -> str:
 
 def render_prompt(instruction: str, context: str, partner: str | None = None) -> str:
     """The prompt for one reply; the training text is this plus the response (and EOS)."""
+    label = partner_label(partner)
     return TEMPLATE.format(
-        partner=partner_label(partner),
+        partner=label,
         context=context or NO_CONTEXT,
-        instruction=clip_text(instruction),
+        instruction=neutralize(clip_text(instruction), label),
     )
 
 
@@ -243,8 +314,12 @@ class Prompter:
         as twin-v1 clips them). A template that takes no system message (or insists on opening with the
         user when the context opens with the person) gets the system line as the start of the chat's first
         user message, or as a user message of its own before the person's first turn."""
-        chat = [{"role": ROLE_OF[t.speaker], "content": clip_text(t.text)} for t in context]
-        chat.append({"role": "user", "content": clip_text(instruction)})
+        special = self._special_tokens
+        chat = [
+            {"role": ROLE_OF[t.speaker], "content": neutralize(clip_text(t.text), None, special)}
+            for t in context
+        ]
+        chat.append({"role": "user", "content": neutralize(clip_text(instruction), None, special)})
         system = SYSTEM_LINE.format(partner=partner_label(partner))
         template = self.template
         if template is None or (
@@ -254,6 +329,14 @@ class Prompter:
         if chat[0]["role"] == "user":
             return [{"role": "user", "content": f"{system}\n\n{chat[0]['content']}"}, *chat[1:]]
         return [{"role": "user", "content": system}, *chat]
+
+    @property
+    def _special_tokens(self) -> tuple[str, ...]:
+        """The template's own special-token texts (its named tokens, its end-of-turn marker), defused in
+        message text beside the generic special-token shapes."""
+        if self.template is None:
+            return ()
+        return (*self.template.special_tokens.values(), self.template.end_of_turn)
 
     @property
     def stop_strings(self) -> list[str]:
@@ -272,7 +355,7 @@ class Prompter:
         """
         instruction, context, response, partner = _fields(record)
         if self.template is None:
-            return render_prompt(instruction, context, partner), response
+            return render_prompt(instruction, context, partner), neutralize(response, partner_label(partner))
         turns = record_turns(record)
         if turns is None:
             raise ValueError(
@@ -280,6 +363,7 @@ class Prompter:
                 f"{REPLAY_PREPARE}, or train with --prompt-format twin-v1"
             )
         messages = self.messages(turns, instruction, partner)
+        response = neutralize(response, None, self._special_tokens)
         prompt = self.template.render(messages, add_generation_prompt=True)
         suffix = self.template.reply_suffix(messages, response, prompt)
         if not suffix.strip():
