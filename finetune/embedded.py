@@ -279,6 +279,14 @@ def check_free_space(folder: Path) -> None:
 
 def write_checkpoint(gguf_path: Path, folder: Path) -> None:
     """Dequantize `gguf_path` and write the litgpt checkpoint files into the existing `folder`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        # transformers imports torchao when it is installed; on a CPU-only torch torchao warns that its
+        # CUDA-only extensions (mxfp8, CUTLASS) did not load — noise in a CPU build, which needs neither
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+    # and torchao's enum registrations make torch warn of a deprecation that is torchao's to fix
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
