@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -57,6 +57,9 @@ class DialogState:
     """False while the file holds an out-of-date-order append that has not been re-sorted yet."""
     updated: str = ""
     """When this entry was last written (UTC)."""
+    synced: str | None = None
+    """When the last complete live export of this dialog started (UTC): the next run looks for edits
+    made since then (see collect/telegram.py). None until a live export has finished the dialog."""
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> DialogState:
@@ -154,11 +157,20 @@ class RawStore:
             self.save_manifest()
 
     # ---- resume ------------------------------------------------------------------------------
-    def resume(self, dialog_id: int, name: str) -> int:
-        """The id after which this dialog continues; repairs what a killed run left behind."""
+    def resume(self, dialog_id: int, name: str, *, keep_empty: bool = False) -> int:
+        """The id after which this dialog continues; repairs what a killed run left behind.
+
+        A dialog without a file starts from scratch, unless `keep_empty` and the manifest says it was
+        looked at before with nothing kept (media only, service messages): then its cursor stands, so
+        the live export does not fetch the whole chat again on every run. (The Desktop import reads a
+        local file, so it starts such a dialog afresh: a later import without --since fills it in.)
+        """
         path = dialog_path(self.dir, dialog_id)
         state = self.dialogs.get(dialog_id)
         if not path.exists():
+            if keep_empty and state is not None and state.count == 0:
+                state.name = name
+                return state.last_id
             # Never exported, or the user deleted the file to export this dialog afresh.
             self.dialogs[dialog_id] = DialogState(name=name)
             return 0
@@ -207,6 +219,7 @@ class RawStore:
             last_date=last_date,
             sorted=in_order,
             updated=_now(),
+            synced=old.synced if old else None,
         )
 
     # ---- live export: append batches ---------------------------------------------------------
@@ -234,10 +247,51 @@ class RawStore:
         state.updated = _now()
         self.save_manifest()
 
-    def finish(self, dialog_id: int) -> None:
-        """Re-sort the dialog's file if an append broke date order."""
-        if not self.dialogs[dialog_id].sorted:
+    def finish(self, dialog_id: int, synced: str | None = None) -> None:
+        """Re-sort the dialog's file if an append broke date order; record when this pass started."""
+        state = self.dialogs[dialog_id]
+        if synced is not None:
+            state.synced = synced
+            self.save_manifest()
+        if not state.sorted:
             self._sort_file(dialog_id)
+
+    def replace(
+        self,
+        dialog_id: int,
+        source: str,
+        changed: Sequence[tuple[float, RawMessage]],
+        removed: Collection[int] = (),
+    ) -> int:
+        """Put `changed` messages in place of the lines with their ids (adding those not there yet) and
+        drop the `removed` ids; the file is rebuilt sorted and swapped in atomically.
+
+        Returns how many lines actually changed; an unchanged file is not rewritten.
+        """
+        state = self.dialogs[dialog_id]
+        path = dialog_path(self.dir, dialog_id)
+        old = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+        lines = {int(orjson.loads(line)["id"]): line for line in old}
+        edits = 0
+        for _, message in changed:
+            line = encode_line(message)
+            if lines.get(message.id) != line:
+                lines[message.id] = line
+                edits += 1
+        for mid in removed:
+            if lines.pop(mid, None) is not None:
+                edits += 1
+        if edits == 0:
+            return 0
+        write_private_atomic(path, b"".join(_sorted_lines(list(lines.values()))))
+        state.count = len(lines)
+        state.bytes = path.stat().st_size
+        state.last_date = _last_date(path)
+        state.sorted = True
+        state.source = source
+        state.updated = _now()
+        self.save_manifest()
+        return edits
 
     def _sort_file(self, dialog_id: int) -> None:
         path = dialog_path(self.dir, dialog_id)

@@ -5,20 +5,33 @@ tests hand it a fake; `run_telegram_export` builds the real `TelegramClient` fro
 
 Per dialog it asks for messages newer than the last exported id (`min_id`, `reverse=True`: oldest
 first), appends them in batches (flush + fsync) and records the last id in the manifest after each
-batch. A killed run therefore resumes where the files end; a later run fetches only newer messages.
-`FloodWaitError` → wait the time Telegram asks (shown in the progress bar); network errors → retry
-with exponential backoff, a bounded number of times in a row.
+batch. A killed run therefore resumes where the files end; a later run fetches only newer messages. A dialog
+in which nothing was kept (media only) keeps its cursor too, so it is not fetched again.
+
+Edits: Telegram lets a message be edited for 48 hours after it is sent (`edit_time_limit` in
+help.getConfig), so a message that was older than that when the dialog was last exported cannot have
+changed since. Each run therefore re-reads, newest first, the already exported messages sent within
+`EDIT_WINDOW` before the previous export of the dialog started, and puts every one edited since then
+(`edit_date`) in place of its old line (a message that no longer qualifies, e.g. a caption edited away,
+is dropped; a photo that gained a caption is added). One short request per active dialog; dialogs whose
+last message is older than the window are not asked at all.
+
+`FloodWaitError` → wait the time Telegram asks (shown in the progress bar). Network errors and
+Telegram's own trouble (500s, -503 timeouts, which Telethon retries a few times itself before giving up)
+→ reconnect if the connection is gone, then retry with exponential backoff, a bounded number of times
+in a row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +61,22 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
-    errors.ServerError,  # Telegram's 500s, after Telethon's own few retries
+    errors.ServerError,  # Telegram's 500s (RpcCallFail, InterdcCall...), after Telethon's own retries
     errors.TimedOutError,  # Telegram's -503 "Timeout"
 )
+TELETHON_GAVE_UP = "Request was unsuccessful"
+"""Telethon's ValueError after `request_retries` server errors (without `raise_last_call_error`)."""
+EDIT_WINDOW = timedelta(days=3)
+"""How far before the previous export edits are looked for: Telegram's 48-hour edit limit, plus margin."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""Edits this much before the previous export started are looked at again, in case clocks disagree."""
+LOGIN_ATTEMPTS = 3
+"""Wrong login codes or passwords typed before giving up."""
+CLIENT_OPTIONS: dict[str, Any] = {
+    "flood_sleep_threshold": 0,  # every FloodWait reaches the exporter (and its progress bar)
+    "raise_last_call_error": True,  # after Telethon's own retries: the ServerError itself, not ValueError
+}
+"""How `make_client` builds the `TelegramClient` (tests build theirs with the same options)."""
 NON_TEXT_MEDIA: tuple[type, ...] = (
     types.MessageMediaPoll,
     types.MessageMediaToDo,
@@ -124,16 +150,28 @@ def _reason(err: Any) -> str:
 
 
 # ---- filtering ----------------------------------------------------------------------------------
-def is_personal_dialog(dialog: Any) -> bool:
-    """A one-to-one chat with a person: not a group, channel, bot, Saved Messages or Telegram's notices."""
+def left_out_reason(dialog: Any) -> str | None:
+    """Why a dialog is not a one-to-one chat with a person (None when it is one)."""
     if not getattr(dialog, "is_user", False):
-        return False
+        return "group or channel"
     entity = dialog.entity
-    return not (
-        getattr(entity, "bot", False)
-        or getattr(entity, "is_self", False)
-        or entity.id == SERVICE_NOTIFICATIONS_ID
-    )
+    if getattr(entity, "is_self", False):
+        return "Saved Messages"
+    if entity.id == SERVICE_NOTIFICATIONS_ID:
+        return "Telegram notices"
+    if getattr(entity, "bot", False):
+        return "bot"
+    if getattr(entity, "support", False):
+        return "support account"  # Telegram's volunteer support: not a friend's words
+    if getattr(entity, "deleted", False):
+        return "deleted account"
+    return None
+
+
+def is_personal_dialog(dialog: Any) -> bool:
+    """A one-to-one chat with a person: not a group, channel, bot, support or deleted account, Saved
+    Messages or Telegram's notices."""
+    return left_out_reason(dialog) is None
 
 
 def dialog_name(dialog: Any) -> str:
@@ -151,7 +189,11 @@ def convert_message(
     """A kept message as (timestamp, record), or the reason it is skipped."""
     if getattr(message, "action", None) is not None:
         return "service"
-    if getattr(message, "fwd_from", None) is not None and not options.keep_forwarded:
+    forward = getattr(message, "fwd_from", None)
+    # History imported from another app (WhatsApp, ...) carries a forward header marked `imported`:
+    # those are the chat's own messages, with `out` saying who wrote them, not forwards.
+    imported = forward is not None and bool(getattr(forward, "imported", False))
+    if forward is not None and not imported and not options.keep_forwarded:
         return "forwarded"
     if isinstance(getattr(message, "media", None), NON_TEXT_MEDIA):
         return "poll, contact or other non-text"
@@ -160,13 +202,25 @@ def convert_message(
     text = getattr(message, "message", None) or ""
     if not text.strip():
         return "media without caption or empty"
-    date = message.date if message.date.tzinfo else message.date.replace(tzinfo=UTC)
+    sent = forward.date if forward is not None and imported and forward.date else message.date
+    date = _utc(sent)  # an imported message: when it was originally sent, not when it was imported
     ts = date.timestamp()
     if ts < options.since_ts:
         return "before --since"
     iso = date.astimezone(UTC).isoformat()
     return ts, RawMessage(id=message.id, date=iso, out=bool(message.out), message=text, dialog_id=dialog_id,
                           dialog_name=name)  # fmt: skip
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying after a pause: the network, or Telegram's own trouble (500s, -503 timeouts)."""
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    return isinstance(error, ValueError) and str(error).startswith(TELETHON_GAVE_UP)
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -177,17 +231,30 @@ class ExportSummary:
     out: Path
     dialogs: int = 0
     new_messages: int = 0
+    edited: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    left_out: Counter[str] = field(default_factory=Counter)
+    """Dialogs that are not one-to-one chats with a person, by reason."""
     flood_waits: int = 0
     network_retries: int = 0
+    reconnects: int = 0
 
     def line(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) or "none"
+        left_out = ", ".join(f"{n} {_plural(why, n)}" for why, n in self.left_out.most_common()) or "none"
         return (
-            f"collect telegram: {self.dialogs} personal chats, {self.new_messages} new messages "
-            f"-> {self.out}/ ; "
-            f"skipped {skipped}; {self.flood_waits} flood waits, {self.network_retries} network retries"
+            f"collect telegram: {self.dialogs} personal chats, {self.new_messages} new messages, "
+            f"{self.edited} edited -> {self.out}/ ; "
+            f"skipped {skipped}; left out chats: {left_out}; "
+            f"{self.flood_waits} flood waits, {self.network_retries} network retries, "
+            f"{self.reconnects} reconnects"
         )
+
+
+def _plural(what: str, n: int) -> str:
+    if n == 1 or what[0].isupper():  # "Saved Messages", "Telegram notices"
+        return what
+    return what.replace("group or channel", "groups or channels") if what.startswith("group") else what + "s"
 
 
 async def export_account(
@@ -200,15 +267,18 @@ async def export_account(
     progress: bool | None = None,
     batch_size: int = BATCH_SIZE,
     max_retries: int = MAX_RETRIES,
+    edit_window: timedelta = EDIT_WINDOW,
 ) -> ExportSummary:
-    """Export the personal dialogs reachable through `client` into `out` (see the module docstring)."""
+    """Export the personal dialogs reachable through `client` into `out` (see the module docstring).
+
+    `client` needs Telethon's `iter_dialogs`, `iter_messages`, `is_connected` and `connect`.
+    """
     if limit_dialogs is not None and limit_dialogs < 1:
         raise CollectError(
             f"--limit-dialogs {limit_dialogs}: must be at least 1 (or left out for all dialogs)"
         )
-    exporter = _Exporter(
-        client, RawStore(out), options or CollectOptions(), sleep, progress, batch_size, max_retries
-    )
+    exporter = _Exporter(client, RawStore(out), options or CollectOptions(), sleep, progress, batch_size,
+                         max_retries, edit_window)  # fmt: skip
     await exporter.run(limit_dialogs)
     return exporter.summary
 
@@ -223,6 +293,7 @@ class _Exporter:
         progress: bool | None,
         batch_size: int,
         max_retries: int,
+        edit_window: timedelta,
     ) -> None:
         self.client = client
         self.store = store
@@ -231,6 +302,7 @@ class _Exporter:
         self.disable = None if progress is None else not progress
         self.batch_size = max(1, batch_size)
         self.max_retries = max_retries
+        self.edit_window = edit_window
         self.summary = ExportSummary(out=store.dir)
 
     async def run(self, limit_dialogs: int | None) -> None:
@@ -247,18 +319,44 @@ class _Exporter:
         failures = 0
         while True:
             dialogs: list[Any] = []
+            left_out: Counter[str] = Counter()
             try:
-                async for dialog in self.client.iter_dialogs():
-                    if is_personal_dialog(dialog):
-                        dialogs.append(dialog)
-                        if limit is not None and len(dialogs) >= limit:
-                            break
+                await self._connect_if_needed()
+                async for dialog in _guarded(self.client.iter_dialogs().__aiter__()):
+                    reason = left_out_reason(dialog)
+                    if reason is not None:
+                        left_out[reason] += 1
+                        continue
+                    dialogs.append(dialog)
+                    if limit is not None and len(dialogs) >= limit:
+                        break
+                self.summary.left_out = left_out
                 return dialogs
-            except errors.FloodWaitError as e:
-                await self._flood_wait(e, bar)
-            except TRANSIENT_ERRORS as e:
-                failures += 1
-                await self._backoff(e, failures, bar)
+            except _FetchError as wrapped:
+                failures = await self._recover(wrapped.error, failures, bar)
+
+    async def _connect_if_needed(self) -> None:
+        """Telethon reconnects by itself a few times; after a longer outage the client stays
+        disconnected and every request fails at once, so connect again before retrying."""
+        if self.client.is_connected():
+            return
+        log.info("connection to Telegram lost: reconnecting")
+        try:
+            await self.client.connect()
+        except Exception as e:
+            if isinstance(e, errors.FloodWaitError) or is_transient(e):
+                raise _FetchError(e) from e
+            raise
+        self.summary.reconnects += 1
+
+    async def _recover(self, error: BaseException, failures: int, bar: tqdm) -> int:
+        """Wait out a FloodWait, or back off after a network or server error; the new failure count."""
+        if isinstance(error, errors.FloodWaitError):
+            await self._flood_wait(error, bar)
+            return failures
+        failures += 1
+        await self._backoff(error, failures, bar)
+        return failures
 
     async def _flood_wait(self, e: errors.FloodWaitError, bar: tqdm) -> None:
         self.summary.flood_waits += 1
@@ -286,7 +384,8 @@ class _Exporter:
     async def _export_dialog(self, dialog: Any, overall: tqdm) -> None:
         entity = dialog.entity
         dialog_id, name = int(entity.id), dialog_name(dialog)
-        cursor = self.store.resume(dialog_id, name)
+        cursor = self.store.resume(dialog_id, name, keep_empty=True)
+        started = datetime.now(UTC)
         batch: list[tuple[float, RawMessage]] = []
         looked_at = 0
         failures = 0
@@ -299,13 +398,16 @@ class _Exporter:
             looked_at = 0
 
         with tqdm(desc=name[:24], unit="msg", leave=False, disable=self.disable, position=1) as bar:
+            if cursor > 0:
+                await self._refresh_edits(dialog, dialog_id, name, cursor, bar)
             while True:
                 kwargs: dict[str, Any] = {"min_id": cursor, "reverse": True}
                 if cursor == 0 and self.options.since is not None:
                     # with reverse=True: messages *after* offset_date (exclusive), so step back a second
                     kwargs["offset_date"] = self.options.since - timedelta(seconds=1)
-                messages = self.client.iter_messages(entity, **kwargs).__aiter__()
                 try:
+                    await self._connect_if_needed()
+                    messages = self.client.iter_messages(entity, **kwargs).__aiter__()
                     async for message in _guarded(messages):
                         failures = 0
                         if message.id <= cursor:
@@ -323,14 +425,48 @@ class _Exporter:
                     break
                 except _FetchError as wrapped:
                     commit()  # keep what arrived before the error, then wait and continue from it
-                    e = wrapped.error
-                    if isinstance(e, errors.FloodWaitError):
-                        await self._flood_wait(e, bar)
-                    else:
-                        failures += 1
-                        await self._backoff(e, failures, bar)
+                    failures = await self._recover(wrapped.error, failures, bar)
             commit()
-            self.store.finish(dialog_id)
+            self.store.finish(dialog_id, synced=started.isoformat(timespec="seconds"))
+
+    async def _refresh_edits(self, dialog: Any, dialog_id: int, name: str, cursor: int, bar: tqdm) -> None:
+        """Put messages edited since the dialog's previous export in place of their old lines."""
+        state = self.store.dialogs[dialog_id]
+        previous = state.synced or state.updated
+        if not previous:
+            return
+        last_export = _utc(datetime.fromisoformat(previous))
+        window_start = last_export - self.edit_window
+        last_message = getattr(dialog, "date", None)
+        if isinstance(last_message, datetime) and _utc(last_message) < window_start:
+            return  # nothing in this chat was sent recently enough to be edited since
+        failures = 0
+        while True:
+            changed: list[tuple[float, RawMessage]] = []
+            removed: list[int] = []
+            try:
+                await self._connect_if_needed()
+                # newest first, only what the previous runs already saw (ids up to the cursor)
+                messages = self.client.iter_messages(dialog.entity, max_id=cursor + 1).__aiter__()
+                async for message in _guarded(messages):
+                    failures = 0
+                    if message.id > cursor:
+                        continue
+                    if _utc(message.date) < window_start:
+                        break
+                    edited = getattr(message, "edit_date", None)
+                    if edited is None or _utc(edited) < last_export - CLOCK_SKEW:
+                        continue
+                    kept = convert_message(message, dialog_id, name, self.options)
+                    if isinstance(kept, str):
+                        removed.append(message.id)
+                    else:
+                        changed.append(kept)
+                break
+            except _FetchError as wrapped:
+                failures = await self._recover(wrapped.error, failures, bar)
+        if changed or removed:
+            self.summary.edited += self.store.replace(dialog_id, SOURCE, changed, removed)
 
 
 class _FetchError(Exception):
@@ -341,18 +477,20 @@ class _FetchError(Exception):
         self.error = error
 
 
-async def _guarded(messages: Any) -> Any:
-    """Yield from a Telethon message iterator, wrapping only FloodWait and network errors."""
+async def _guarded(items: Any) -> Any:
+    """Yield from a Telethon iterator, wrapping only FloodWait, network and server errors."""
     while True:
         try:
-            message = await messages.__anext__()
+            item = await items.__anext__()
         except StopAsyncIteration:
             return
         except errors.FloodWaitError as e:
             raise _FetchError(e) from e
-        except TRANSIENT_ERRORS as e:
-            raise _FetchError(e) from e
-        yield message
+        except Exception as e:
+            if is_transient(e):
+                raise _FetchError(e) from e
+            raise
+        yield item
 
 
 # ---- the real client ----------------------------------------------------------------------------
@@ -369,53 +507,111 @@ def prepare_session_file(path: str | Path) -> Path:
 
 
 def make_client(settings: TelegramSettings) -> Any:
-    """A not-yet-connected `TelegramClient` whose FloodWaits all reach us (so they show in the bar)."""
+    """A not-yet-connected `TelegramClient` (with `CLIENT_OPTIONS`) on the owner-only session file."""
     from telethon import TelegramClient
 
     session = prepare_session_file(settings.session)
     client = TelegramClient(
-        str(session), settings.api_id, settings.api_hash.get_secret_value(), flood_sleep_threshold=0
+        str(session), settings.api_id, settings.api_hash.get_secret_value(), **CLIENT_OPTIONS
     )
     os.chmod(session, FILE_MODE)
     return client
 
 
+class LoginError(CollectError):
+    """The login did not succeed; the message says what to do (one line, no secrets)."""
+
+
 async def login(client: Any, settings: TelegramSettings) -> None:
-    """Connect and log in: on the first run Telegram sends a code (then asks the 2FA password, if set)."""
+    """Connect and log in: on the first run Telegram sends a code (then asks the 2FA password, if set).
+
+    Done step by step rather than with Telethon's `client.start()`, which catches a wrong or expired
+    code itself, re-prompts, and ends in a bare RuntimeError or ValueError.
+    """
     try:
-        await client.start(phone=settings.phone.get_secret_value())
+        await _sign_in(client, settings.phone.get_secret_value())
+    except CollectError:
+        raise
     except errors.ApiIdInvalidError:
-        raise CollectError(
+        raise LoginError(
             f"Telegram rejected TELEGRAM_API_ID / TELEGRAM_API_HASH: copy both again ({GET_KEYS})"
         ) from None
     except (errors.PhoneNumberInvalidError, errors.PhoneNumberUnoccupiedError):
-        raise CollectError(
+        raise LoginError(
             "Telegram does not know TELEGRAM_PHONE: set it to your account's number in international format, "
             "e.g. +441234567890"
         ) from None
     except errors.PhoneNumberBannedError:
-        raise CollectError("Telegram reports this phone number as banned; nothing can be exported") from None
-    except (errors.PhoneCodeInvalidError, errors.PhoneCodeExpiredError):
-        raise CollectError(
-            "the login code was wrong or expired: run the command again for a new one"
-        ) from None
+        raise LoginError("Telegram reports this phone number as banned; nothing can be exported") from None
+    except errors.PhoneCodeExpiredError:
+        raise LoginError(_CODE_EXPIRED) from None
+    except (errors.PhoneCodeInvalidError, errors.PhoneCodeEmptyError):
+        raise LoginError("the login code was wrong: run the command again for a new code") from None
     except errors.PasswordHashInvalidError:
-        raise CollectError("wrong two-step verification password: run the command again") from None
+        raise LoginError("wrong two-step verification password: run the command again") from None
     except errors.FloodWaitError as e:
-        raise CollectError(f"Telegram asks to wait {e.seconds}s before logging in again; try later") from None
+        raise LoginError(f"Telegram asks to wait {e.seconds}s before logging in again; try later") from None
     except EOFError:
-        raise CollectError(
+        raise LoginError(
             "the first login needs a terminal to type the code Telegram sends you: run "
             "`python -m collect telegram` once in a terminal (later runs reuse the saved session)"
         ) from None
     except errors.RPCError as e:
-        raise CollectError(
+        if is_transient(e):
+            raise LoginError(_SERVER_TROUBLE.format(type(e).__name__)) from None
+        raise LoginError(
             f"Telegram refused the login ({type(e).__name__}); check TELEGRAM_* settings"
         ) from None
-    except TRANSIENT_ERRORS as e:
-        raise CollectError(
-            f"cannot reach Telegram ({type(e).__name__}): check the connection and retry"
-        ) from None
+    except Exception as e:
+        if isinstance(e, ValueError) and str(e).startswith(TELETHON_GAVE_UP):
+            raise LoginError(_SERVER_TROUBLE.format("server errors")) from None
+        if is_transient(e):
+            raise LoginError(
+                f"cannot reach Telegram ({type(e).__name__}): check the connection and retry"
+            ) from None
+        raise
+
+
+_CODE_EXPIRED = (
+    "the login code expired: run the command again and type the new code within a few minutes "
+    "(a code that was sent to anyone, even to yourself in a chat, expires at once)"
+)
+_SERVER_TROUBLE = "Telegram is having trouble ({}) during the login: try again in a few minutes"
+
+
+async def _sign_in(client: Any, phone: str) -> None:
+    if not client.is_connected():
+        await client.connect()
+    if await client.is_user_authorized():
+        return  # the saved session is still valid
+    await client.send_code_request(phone)
+    prompt = "Enter the login code Telegram sent you: "
+    for attempt in range(1, LOGIN_ATTEMPTS + 1):
+        code = input(prompt).strip().replace(" ", "")
+        try:
+            await client.sign_in(phone, code=code)
+            return
+        except errors.SessionPasswordNeededError:
+            break
+        except (errors.PhoneCodeInvalidError, errors.PhoneCodeEmptyError):
+            if attempt == LOGIN_ATTEMPTS:
+                raise LoginError(
+                    f"the login code was wrong {LOGIN_ATTEMPTS} times: run the command again for a new "
+                    "code (it arrives in your Telegram app, from the account named Telegram)"
+                ) from None
+            prompt = f"That code was wrong ({LOGIN_ATTEMPTS - attempt} tries left); enter it again: "
+    prompt = "Two-step verification is on; enter your Telegram password: "
+    for attempt in range(1, LOGIN_ATTEMPTS + 1):
+        password = getpass.getpass(prompt)
+        try:
+            await client.sign_in(password=password)
+            return
+        except errors.PasswordHashInvalidError:
+            if attempt == LOGIN_ATTEMPTS:
+                raise LoginError(
+                    f"wrong two-step verification password {LOGIN_ATTEMPTS} times: run the command again"
+                ) from None
+            prompt = f"Wrong password ({LOGIN_ATTEMPTS - attempt} tries left); enter it again: "
 
 
 async def run_telegram_export(
@@ -429,7 +625,13 @@ async def run_telegram_export(
     client = make_client(settings)
     try:
         await login(client, settings)
-        return await export_account(client, out, options=options, limit_dialogs=limit_dialogs)
+        try:
+            return await export_account(client, out, options=options, limit_dialogs=limit_dialogs)
+        except errors.UnauthorizedError as e:
+            raise CollectError(
+                f"Telegram no longer accepts the saved session ({type(e).__name__}): delete "
+                f"{settings.session} and run the command again to log in afresh"
+            ) from None
     finally:
         await client.disconnect()
         os.chmod(prepare_session_file(settings.session), FILE_MODE)

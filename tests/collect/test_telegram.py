@@ -111,8 +111,9 @@ def test_exports_personal_text_messages_only(tmp_path: Path) -> None:
     assert summary.skipped["poll, contact or other non-text"] == 3
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["dialogs"][str(ALICE)] | {"updated": None} == {
+    assert manifest["dialogs"][str(ALICE)] | {"updated": None, "synced": None} == {
         "name": "Alice", "count": 4, "last_id": 11, "source": "telegram", "sorted": True, "updated": None,
+        "synced": None,
         "bytes": (out / f"{ALICE}.jsonl").stat().st_size, "last_date": "2024-01-01T09:10:00+00:00",
     }  # fmt: skip
     assert stat.S_IMODE(out.stat().st_mode) == 0o700

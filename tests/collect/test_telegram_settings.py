@@ -103,29 +103,73 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TelegramSetting
     return load_settings(None)
 
 
+def wrong_code() -> BaseException:
+    return errors.PhoneCodeInvalidError(request=None)
+
+
+def needs_password() -> BaseException:
+    return errors.SessionPasswordNeededError(request=None)
+
+
 @pytest.mark.parametrize(
-    ("error", "expected"),
+    ("fake", "typed", "expected"),
     [
-        (errors.ApiIdInvalidError(request=None), "rejected TELEGRAM_API_ID / TELEGRAM_API_HASH"),
-        (errors.PhoneNumberInvalidError(request=None), "does not know TELEGRAM_PHONE"),
-        (errors.PhoneCodeInvalidError(request=None), "login code was wrong or expired"),
-        (errors.PasswordHashInvalidError(request=None), "wrong two-step verification password"),
-        (EOFError(), "needs a terminal"),
-        (ConnectionError("no route"), "cannot reach Telegram"),
+        (FakeTelegram([], {}, authorized=False, send_code_error=errors.ApiIdInvalidError(request=None)),
+         [], "rejected TELEGRAM_API_ID / TELEGRAM_API_HASH"),
+        (FakeTelegram([], {}, authorized=False, send_code_error=errors.PhoneNumberInvalidError(request=None)),
+         [], "does not know TELEGRAM_PHONE"),
+        (FakeTelegram([], {}, authorized=False, code_results=[wrong_code()] * 3),
+         ["1", "2", "3"], "the login code was wrong 3 times: run the command again for a new code"),
+        (FakeTelegram([], {}, authorized=False, code_results=[errors.PhoneCodeExpiredError(request=None)]),
+         ["12345"], "the login code expired: run the command again"),
+        (FakeTelegram([], {}, authorized=False, code_results=[needs_password()],
+                      password_results=[errors.PasswordHashInvalidError(request=None)] * 3),
+         ["12345"], "wrong two-step verification password 3 times"),
+        (FakeTelegram([], {}, authorized=False), [EOFError()], "needs a terminal"),
+        (FakeTelegram([], {}, connect_errors=[ConnectionError("no route")]), [], "cannot reach Telegram"),
+        (FakeTelegram([], {}, connect_errors=[ValueError("Request was unsuccessful 6 time(s)")]), [],
+         "Telegram is having trouble"),
     ],
-)
+)  # fmt: skip
 def test_login_failures_become_clear_errors(
     settings: TelegramSettings,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    error: BaseException,
+    fake: FakeTelegram,
+    typed: list[Any],
     expected: str,
 ) -> None:
-    fake = FakeTelegram([], {}, login_error=error)
+    def type_in(prompt: str = "") -> str:
+        value = typed.pop(0)
+        if isinstance(value, BaseException):
+            raise value
+        return str(value)
+
+    monkeypatch.setattr("builtins.input", type_in)
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "not my password")
     monkeypatch.setattr(telegram_module, "make_client", lambda s: fake)
     with pytest.raises(CollectError, match=expected) as info:
         asyncio.run(run_telegram_export(settings, tmp_path / "raw"))
     assert HASH not in str(info.value) and "5550109999" not in str(info.value)
+    assert "\n" not in str(info.value) and not typed  # one line; every prompt was answered
+    assert not fake.connected
+
+
+def test_login_asks_again_after_a_wrong_code_then_the_password(
+    settings: TelegramSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    prompts: list[str] = []
+    typed = iter(["11111", " 22 222 "])
+    monkeypatch.setattr("builtins.input", lambda prompt="": prompts.append(prompt) or next(typed))
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": prompts.append(prompt) or "secret")
+    fake = FakeTelegram([user(5, "Zoe")], {5: [text(1, 5, "hello")]}, authorized=False,
+                        code_results=[wrong_code(), needs_password()])  # fmt: skip
+    monkeypatch.setattr(telegram_module, "make_client", lambda s: fake)
+    summary = asyncio.run(run_telegram_export(settings, tmp_path / "raw"))
+    assert summary.new_messages == 1
+    assert [s["code"] for s in fake.sign_ins] == ["11111", "22222", None]
+    assert fake.sign_ins[-1]["password"] == "secret"
+    assert "wrong (2 tries left)" in prompts[1] and "password" in prompts[2]
 
 
 def test_full_run_logs_in_exports_and_disconnects(
