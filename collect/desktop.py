@@ -6,24 +6,35 @@ format "Machine-readable JSON", writes `result.json` in one of two shapes:
 - a single chat: `{"name", "type", "id", "messages": [...]}`
 - a full account: `{"personal_information": {"user_id", ...}, "chats": {"list": [<chat>, ...]}, ...}`
 
-Only `personal_chat`s are imported (not bots, Saved Messages, groups or channels). The file is streamed
-(`JsonStream`), so a 1M-message export never sits in memory whole.
+Only `personal_chat`s are imported (not bots, Saved Messages, groups, channels or the "Telegram"
+service account 777000). The file is streamed (`JsonStream`), so a 1M-message export never sits in memory
+whole.
+
+Ids across Desktop versions. Before 2.8 (mid-2021) Desktop wrote a chat's `id` as its own internal peer
+id: user id + 2^32 for a personal chat (+ 2^33 for groups and channels), `from_id` as a number (the bare
+user id; from late 2020 the same + 2^32 form). Since then `id` is the bare id and `from_id` a string
+(`"user123"`). User ids were 31-bit then, but today's reach past 2^32, so a big `id` alone says nothing:
+a chat whose senders are numbers is read in the old scheme and its ids shifted back (`unshift`), so an
+old and a new export of one account land in the same `<user id>.jsonl` and merge by message id.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from collect.errors import CollectError
-from collect.jsonstream import CHUNK_CHARS, JsonStream
+from collect.errors import CollectError, os_reason
+from collect.jsonstream import CHUNK_CHARS, TOO_DEEP, JsonStream
 from collect.options import SERVICE_NOTIFICATIONS_ID, CollectOptions
 from collect.records import RawMessage
 from collect.store import RawStore
@@ -33,6 +44,21 @@ log = logging.getLogger(__name__)
 EXPORT_FILE = "result.json"
 PERSONAL_CHAT = "personal_chat"
 SOURCE = "desktop"
+USER_ID_SHIFT = 1 << 32
+"""Desktop before 2.8 wrote a user's peer id as user id + 2^32 (groups and channels + 2^33)."""
+OLD_SCHEME, NEW_SCHEME = "numeric sender ids", "user<id> sender ids"
+MAX_ID = 1 << 63
+"""Ids at or past this are not Telegram's (and do not fit the raw files' 64-bit integers)."""
+TELEGRAM_LAUNCH = datetime(2013, 8, 1, tzinfo=UTC)
+"""Telegram launched in August 2013: an earlier date (1970: a zero timestamp) cannot be a real message's,
+so such messages are skipped, with a warning."""
+LAST_DATE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+"""The last date the raw files can hold (ISO-8601 years have four digits); later ones are skipped too."""
+FUTURE_SLACK_S = 86_400.0
+"""Dates more than a day (any time zone) past this machine's clock are kept, with a warning: Telegram's
+servers stamp the dates, so the clock here may well be the wrong one."""
+IMPLAUSIBLE_DATE = "implausible date"
+SERVICE_CHAT = "Telegram service notifications (777000, login codes)"
 DELETED_ACCOUNT = "Deleted Account"
 NON_TEXT_FIELDS: dict[str, str] = {
     "poll": "poll",
@@ -70,24 +96,38 @@ class ImportSummary:
     """Entries not written, by reason."""
     other_chats: Counter[str] = field(default_factory=Counter)
     """Chats left out, by Telegram's chat type."""
+    future_dated: int = 0
+    """Messages written although dated more than a day past this machine's clock."""
 
     def line(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) or "none"
-        others = sum(self.other_chats.values())
+        others = ", ".join(f"{n} {kind}" for kind, n in self.other_chats.most_common())
         return (
             f"collect desktop: {self.dialogs} personal chats, {self.new_messages} new messages "
             f"({self.total_messages} in all) -> {self.out}/ ; skipped {skipped}; "
-            f"{others} other chats left out"
-        )
+            f"{sum(self.other_chats.values())} other chats left out" + (f" ({others})" if others else "")
+        ) + (f"; {self.future_dated} kept dated in the future" if self.future_dated else "")
 
 
 def find_export(path: str | Path) -> Path:
     """`path` itself, or `result.json` inside the folder `path`."""
     path = Path(path).expanduser()
+    try:
+        return _find_export(path)
+    except OSError as e:  # e.g. a folder without read/search permission
+        raise CollectError(f"{e.filename or path}: can't read it ({os_reason(e)}); {HOW_TO_READ}") from None
+
+
+HOW_TO_READ = "check that you may read it (ls -l; chmod u+r, u+rx for a folder) or pass a copy you can read"
+
+
+def _find_export(path: Path) -> Path:
     if path.is_dir():
         candidate = path / EXPORT_FILE
         if candidate.is_file():
             return candidate
+        if candidate.is_dir():
+            raise CollectError(f"{candidate}: a folder, not the export file; pass the export's result.json")
         if (path / "messages.html").exists() or (path / "export_results.html").exists():
             raise CollectError(
                 f"{path}: this is an HTML export; export again choosing 'Machine-readable JSON'"
@@ -97,6 +137,8 @@ def find_export(path: str | Path) -> Path:
         )
     if not path.exists():
         raise CollectError(f"{path}: no such file; pass the export's result.json or its folder")
+    if not path.is_file():
+        raise CollectError(f"{path}: not a regular file; pass the export's result.json or its folder")
     return path
 
 
@@ -116,29 +158,57 @@ def flatten_text(text: Any) -> str:
 
 
 def message_timestamp(entry: dict[str, Any]) -> float | None:
-    """Seconds since the epoch: `date_unixtime` (UTC) if present, else `date` in this machine's time zone."""
+    """Seconds since the epoch: `date_unixtime` (UTC) if present, else `date` in this machine's time zone.
+
+    None when neither is there or readable; a date too far out for the calendar is ±inf (implausible)."""
     unix = entry.get("date_unixtime")
     if unix is not None:
         try:
             return int(unix)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON 1e400 is infinity
             pass
     local = entry.get("date")
     if isinstance(local, str):
         try:
-            return datetime.fromisoformat(local).timestamp()  # naive → local time zone (TZ)
+            parsed = datetime.fromisoformat(local)
         except ValueError:
             return None
+        try:
+            return parsed.timestamp()  # naive → local time zone (TZ)
+        except (ValueError, OverflowError, OSError):  # year 1 in a zone east of UTC, and the like
+            return float("-inf") if parsed.year < 1970 else float("inf")
     return None
 
 
 def user_id(from_id: Any) -> int | None:
-    """`"user123"` (current schema) or `123` (old schema) → 123; channels and the rest → None."""
-    if isinstance(from_id, int) and not isinstance(from_id, bool):
-        return from_id
-    if isinstance(from_id, str) and from_id.startswith("user") and from_id[4:].isdigit():
-        return int(from_id[4:])
+    """A sender's user id: `"user123"` (current scheme) → 123; a number (old scheme) → itself, or with
+    Desktop's +2^32 taken off; channels, groups and the rest → None."""
+    if isinstance(from_id, str):
+        return int(from_id[4:]) if from_id.startswith("user") and from_id[4:].isdigit() else None
+    if isinstance(from_id, int) and not isinstance(from_id, bool) and 0 < from_id < 2 * USER_ID_SHIFT:
+        return from_id - USER_ID_SHIFT if from_id >= USER_ID_SHIFT else from_id
+    return None  # + 2^33: a group or channel in the old scheme
+
+
+def sender_scheme(entry: Any) -> str | None:
+    """Which id scheme an entry's `from_id` / `actor_id` is written in; None if it has neither."""
+    if isinstance(entry, dict):
+        for key in ("from_id", "actor_id"):
+            value = entry.get(key)
+            if isinstance(value, str):
+                return NEW_SCHEME
+            if isinstance(value, int) and not isinstance(value, bool):
+                return OLD_SCHEME
     return None
+
+
+def unshift(peer_id: int, scheme: str | None) -> int:
+    """A user's id as Telegram knows it: an old-scheme export's user id + 2^32 → the user id.
+
+    Only in the old scheme (user ids were 31-bit then); today's ids can be above 2^32 themselves."""
+    if scheme == OLD_SCHEME and USER_ID_SHIFT <= peer_id < USER_ID_SHIFT + (1 << 31):
+        return peer_id - USER_ID_SHIFT
+    return peer_id
 
 
 @dataclass
@@ -165,18 +235,40 @@ def import_desktop_export(
     `progress=None` shows a bar only on a terminal.
     """
     export = find_export(path)
-    store = RawStore(out)
-    importer = _DesktopImport(export, store, me, options or CollectOptions())
-    size = export.stat().st_size
-    with (
-        open(export, encoding="utf-8-sig") as f,
-        tqdm(total=size, unit="B", unit_scale=True, desc="importing", disable=_disable(progress)) as bar,
-    ):
+    try:
+        f = open(export, encoding="utf-8-sig")  # closed by the `with f` below
+    except OSError as e:
+        raise CollectError(f"{export}: can't read it ({os_reason(e)}); {HOW_TO_READ}") from None
+    with f:
+        store = open_store(out)
+        importer = _DesktopImport(export, store, me, options or CollectOptions())
         try:
-            importer.run(JsonStream(f, str(export), chunk_chars), bar, f)
-        finally:
-            store.flush_manifest()  # record the dialogs committed so far, even when stopped by an error
+            size = os.fstat(f.fileno()).st_size
+            bar = tqdm(total=size, unit="B", unit_scale=True, desc="importing", disable=_disable(progress))
+            with bar:
+                try:
+                    importer.run(JsonStream(f, str(export), chunk_chars), bar, f)
+                finally:
+                    store.flush_manifest()  # record the dialogs committed so far, even when stopped
+        except OSError as e:  # reading errors are CollectErrors already: this is the output
+            raise CollectError(
+                f"{e.filename or store.dir}: can't write it ({os_reason(e)}); free some space or pass an "
+                "--out folder you can write to (chats finished so far are kept; re-run to continue)"
+            ) from None
+        except RecursionError:  # a backstop: JsonStream limits nesting itself
+            raise CollectError(f"{export}: {TOO_DEEP}") from None
     return importer.summary
+
+
+def open_store(out: str | Path) -> RawStore:
+    """The output folder, created if needed; a one-line error if it cannot be."""
+    try:
+        return RawStore(out)
+    except OSError as e:
+        raise CollectError(
+            f"{e.filename or out}: can't create or use the output folder ({os_reason(e)}); pass an --out "
+            "folder you can write to (its parent must be a folder you may write in)"
+        ) from None
 
 
 def _disable(progress: bool | None) -> bool | None:
@@ -190,6 +282,9 @@ class _DesktopImport:
         self.me = me
         self.me_from = "--me" if me is not None else None
         self.options = options
+        self.scheme: str | None = None
+        """The id scheme of the chats read so far (see `unshift`)."""
+        self.now = time.time()
         self.summary = ImportSummary(out=store.dir)
         self.chats_seen = 0
         self.entries_in_personal_chats = 0
@@ -230,12 +325,26 @@ class _DesktopImport:
             self._import_chat(top, deferred, stream)
         bar.update(bar.total - bar.n)
         self._check_found_something()
+        if implausible := self.summary.skipped[IMPLAUSIBLE_DATE]:
+            log.warning(
+                "%s: skipped %d message(s) dated before Telegram existed (%s) or past the year 9999: "
+                "a broken timestamp in the export; the other messages are imported",
+                self.path, implausible, TELEGRAM_LAUNCH.strftime("%Y-%m"),
+            )  # fmt: skip
+        if future := self.summary.future_dated:
+            log.warning(
+                "%s: kept %d message(s) dated more than a day after this machine's clock (%s UTC); "
+                "if the clock is right, the export is broken: check those chats' last messages",
+                self.path, future, datetime.fromtimestamp(self.now, UTC).strftime("%Y-%m-%d %H:%M"),
+            )  # fmt: skip
 
     def _read_personal_information(self, info: Any) -> None:
         self.export_keys_seen = True
         if self.me is None and isinstance(info, dict):
-            uid = user_id(info.get("user_id"))
-            if uid is not None:
+            uid = info.get("user_id")  # a bare number in every scheme (unshifted per chat, like --me)
+            if isinstance(uid, str):
+                uid = user_id(uid) or (int(uid) if uid.isdigit() else None)
+            if isinstance(uid, int) and not isinstance(uid, bool) and 0 < uid < MAX_ID:
                 self.me, self.me_from = uid, "personal_information.user_id"
 
     def _read_chat_list(self, stream: JsonStream, key: str) -> None:
@@ -298,47 +407,77 @@ class _DesktopImport:
     # ---- one chat ----------------------------------------------------------------------------
     def _import_chat(self, chat: _Chat, entries: Iterable[Any], stream: JsonStream) -> None:
         self.chats_seen += 1
-        if chat.type != PERSONAL_CHAT or chat.id == SERVICE_NOTIFICATIONS_ID:
-            kind = "service notifications" if chat.id == SERVICE_NOTIFICATIONS_ID else str(chat.type)
-            self.summary.other_chats[kind] += 1
-            for _ in entries:  # consume (and check) the stream
-                pass
+        if chat.type != PERSONAL_CHAT:
+            service = chat.id in (SERVICE_NOTIFICATIONS_ID, SERVICE_NOTIFICATIONS_ID + USER_ID_SHIFT)
+            self._leave_out(SERVICE_CHAT if service else str(chat.type), entries)
             return
-        if not isinstance(chat.id, int) or isinstance(chat.id, bool):
+        if not isinstance(chat.id, int) or isinstance(chat.id, bool) or not 0 < chat.id < MAX_ID:
             raise stream.error(
-                f"not a Telegram export: a personal chat's 'id' should be an integer, got {chat.id!r}"
+                f"not a Telegram export: a personal chat's 'id' should be a positive integer, got {chat.id!r}"
             )
+        entries, scheme = self._sniff_scheme(entries)
+        dialog_id = unshift(chat.id, scheme)
+        if dialog_id == SERVICE_NOTIFICATIONS_ID:  # login codes: never the person's words
+            self._leave_out(SERVICE_CHAT, entries)
+            return
         name = chat.name if isinstance(chat.name, str) and chat.name else DELETED_ACCOUNT
         self.summary.dialogs += 1
         if self._bar is not None:
             self._bar.set_postfix_str(name[:24])
-        last_id = self.store.resume(chat.id, name)
-        with self.store.rewrite(chat.id, SOURCE) as writer:
-            max_id = self._convert(chat.id, name, last_id, entries, writer.add, stream)
+        last_id = self.store.resume(dialog_id, name)
+        me = None if self.me is None else unshift(self.me, scheme)
+        with self.store.rewrite(dialog_id, SOURCE) as writer:
+            max_id = self._convert(dialog_id, name, me, last_id, entries, writer.add, stream)
             writer.commit(max_id)
         self.summary.new_messages += writer.added
-        self.summary.total_messages += self.store.dialogs[chat.id].count
+        self.summary.total_messages += self.store.dialogs[dialog_id].count
+
+    def _leave_out(self, kind: str, entries: Iterable[Any]) -> None:
+        self.summary.other_chats[kind] += 1
+        for _ in entries:  # consume (and check) the stream
+            pass
+
+    def _sniff_scheme(self, entries: Iterable[Any]) -> tuple[Iterator[Any], str | None]:
+        """The chat's id scheme, read off its first entry with a sender (the entries before it are held
+        back and handed on); a chat without senders takes the scheme its export's other chats use."""
+        rest = iter(entries)
+        head: list[Any] = []
+        for entry in rest:
+            head.append(entry)
+            if scheme := sender_scheme(entry):
+                self.scheme = scheme
+                return chain(head, rest), scheme
+        return iter(head), self.scheme
 
     def _convert(
-        self, dialog_id: int, name: str, last_id: int, entries: Iterable[Any], add: Any, stream: JsonStream
+        self,
+        dialog_id: int,
+        name: str,
+        me: int | None,
+        last_id: int,
+        entries: Iterable[Any],
+        add: Any,
+        stream: JsonStream,
     ) -> int:
         """The hot loop: filter and convert each entry, hand kept ones to `add`; returns the max id seen."""
         skipped = self.summary.skipped
         keep_forwarded = self.options.keep_forwarded
         since_ts = self.options.since_ts
-        me = self.me
+        earliest, latest = TELEGRAM_LAUNCH.timestamp(), LAST_DATE.timestamp()
+        future = self.now + FUTURE_SLACK_S
         others: set[int] = set()
+        written: set[int] = set()  # ids, to write a message an export lists twice only once
         max_id = last_id
         index = -1
         for index, entry in enumerate(entries):  # noqa: B007 (index is used after the loop)
             if index & 4095 == 4095:
                 self._tick()
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), int):
+            mid = entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(mid, int) or isinstance(mid, bool) or not -MAX_ID < mid < MAX_ID:
                 raise stream.error(
                     f"not a Telegram export: message #{index + 1} of chat {dialog_id} has no integer 'id' "
                     "(the message ends just before)"
                 )
-            mid = entry["id"]
             if mid > max_id:
                 max_id = mid
             if mid <= last_id:
@@ -368,6 +507,11 @@ class _DesktopImport:
                     f"message id {mid} of chat {dialog_id} has no usable 'date_unixtime' or 'date' "
                     "(the message ends just before)"
                 )
+            if not earliest <= ts <= latest:
+                skipped[IMPLAUSIBLE_DATE] += 1
+                continue
+            if ts > future:
+                self.summary.future_dated += 1
             if ts < since_ts:
                 skipped["before --since"] += 1
                 continue
@@ -385,6 +529,10 @@ class _DesktopImport:
                     others.add(sender)
                     if len(others) > 1:
                         raise self._ambiguous_me(dialog_id, name, others)
+            if mid in written:
+                skipped["duplicate id"] += 1
+                continue
+            written.add(mid)
             date = datetime.fromtimestamp(ts, UTC).isoformat()
             add(
                 ts,

@@ -8,3 +8,10 @@ class CollectError(Exception):
 
     Messages never contain secrets (API hash, phone number, session contents) or message text.
     """
+
+
+def os_reason(error: OSError) -> str:
+    """What went wrong, in the system's words, without the file name (messages name it first):
+    `permission denied`, `not a directory`, `no space left on device`."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return reason[:1].lower() + reason[1:]

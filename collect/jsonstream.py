@@ -14,9 +14,15 @@ import re
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from collect.errors import CollectError
+from collect.errors import CollectError, os_reason
 
 CHUNK_CHARS = 1 << 20
+MAX_DEPTH = 64
+"""Deepest nesting `skip` walks; Telegram Desktop's exports nest about six levels."""
+TOO_DEEP = (
+    "the JSON is nested too deeply to be a Telegram Desktop export (its files nest only a few levels); "
+    "pass the export's result.json. It goes too deep"
+)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _TAIL_SLACK = 16
 """A decode error this close to the end of the buffer may only mean the value continues in the next chunk."""
@@ -49,6 +55,10 @@ class JsonStream:
             raise CollectError(
                 f"{self.name}: not UTF-8 text ({e.reason}); expected Telegram Desktop's JSON export "
                 "(result.json, exported with format 'Machine-readable JSON')"
+            ) from None
+        except OSError as e:  # e.g. EIO on a failing disk, or a file that vanished from a network share
+            raise CollectError(
+                f"{self.name}: can't read it ({os_reason(e)}); copy the export to a local disk and try again"
             ) from None
         if not chunk:
             self._eof = True  # the buffer is left as it was, so error positions stay valid
@@ -127,6 +137,8 @@ class JsonStream:
                 if self._eof and _cut_short(self._buf, e.pos, e.msg):
                     raise self._truncated(min(e.pos, len(self._buf))) from None
                 raise self.error(f"invalid JSON ({e.msg})", e.pos) from None
+            except RecursionError:  # the C decoder's own depth limit (about 1000 levels)
+                raise self.error(TOO_DEEP) from None
             # A number near the end of the buffer may go on in the next chunk ("1" + "2", "1." + "5").
             if end + _NUMBER_TAIL >= len(self._buf) and self._read_more(1):
                 continue
@@ -149,8 +161,8 @@ class JsonStream:
                 obj, end = decode(buf, pos)
                 after = skip_ws(buf, end).end()  # type: ignore[union-attr]
                 fast = after + _NUMBER_TAIL < len(buf)
-            except json.JSONDecodeError:
-                pass
+            except (json.JSONDecodeError, RecursionError):
+                pass  # the careful way below reports it
             if fast:  # the element and the character after it are in the buffer
                 self._pos = after
             else:  # near the end of the buffer: the careful way, reading more as needed
@@ -220,14 +232,16 @@ class JsonStream:
             else:
                 raise self.error(f"invalid JSON: expected ',' or ']' after a value but found {nxt!r}")
 
-    def skip(self) -> None:
+    def skip(self, depth: int = 0) -> None:
         """Consume the next value; arrays are walked element by element so memory stays bounded."""
+        if depth > MAX_DEPTH and self.peek() in "[{":
+            raise self.error(TOO_DEEP)
         if self.peek() == "[":
             for _ in self.array_items():
-                self.skip()
+                self.skip(depth + 1)
         elif self.peek() == "{":
             for _ in self.object_keys():
-                self.skip()
+                self.skip(depth + 1)
         else:
             self.value()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from collect.desktop import ImportSummary, import_desktop_export
+from collect.desktop import SERVICE_CHAT, ImportSummary, import_desktop_export
 from collect.errors import CollectError
 from collect.options import CollectOptions
 from collect.records import RawMessage
@@ -94,7 +94,7 @@ def test_full_account_export_rules(tmp_path: Path) -> None:
         "saved_messages": 1,
         "private_group": 1,
         "public_channel": 1,
-        "service notifications": 1,
+        SERVICE_CHAT: 1,
         "private_supergroup": 1,
     }
     assert (
@@ -201,7 +201,7 @@ BAD_INPUTS = [
     ('{"about": "x", "chats": {"about": "y", "list": []}}', "contains no chats"),
     ('{"name": "Al", "type": "personal_chat", "id": 5, "messages": []}', "the export is empty"),
     ('{"name": "Al", "type": "personal_chat", "id": 5, "messages": [{"id": 1}]} trailing', "unexpected data"),
-    ('{"name": "Al", "type": "personal_chat", "id": "x", "messages": [{"id": 1}]}', "should be an integer"),
+    ('{"name": "Al", "type": "personal_chat", "id": "x", "messages": [{"id": 1}]}', "a positive integer"),
     (
         '{"name": "Al", "type": "personal_chat", "id": 5, "messages": [{"type": "message"}]}',
         "no integer 'id'",
