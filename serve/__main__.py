@@ -32,7 +32,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from common.device import resolve_device
-    from serve.app import create_app
+    from serve.app import create_app, uvicorn_options
     from serve.service import build_service
 
     service = build_service(settings)  # fails fast on a wrong path, before binding the port
@@ -43,7 +43,7 @@ def serve(settings: Settings) -> None:
     app = create_app(settings, service)
     service.engine.start()
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(app, **uvicorn_options(settings))
     finally:
         service.engine.stop()
 

@@ -1,12 +1,16 @@
-"""The FastAPI app factory: lifespan (load the model once), routers, error shapes, body limit, CORS."""
+"""The FastAPI app factory: lifespan (load the model once), routers, error shapes, body limit, CORS; and the
+uvicorn server around it: header and body timeouts, an access log that never shows query values."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.routes import chat, meta
 from serve.service import TwinService, build_service
-from serve.settings import Settings, get_settings
+from serve.settings import Settings, get_settings, startup_warnings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,9 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     503: "overloaded_error",
 }
@@ -38,6 +44,8 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for warning in startup_warnings(settings):
+            log.warning(warning)
         owned = service is None
         app.state.service = build_service(settings) if service is None else service
         if owned:
@@ -70,6 +78,7 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
             allow_headers=["*"],  # OpenAI's JS client sends its own x-stainless-* headers
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout)
     return app
 
 
@@ -137,3 +146,131 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class BodyTimeout:
+    """408 (and the connection closed) when a request's body has not all arrived `timeout_s` after its
+    headers: a client that stalls, or trickles a byte at a time, must not hold a connection for ever."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        body_done = False
+
+        async def timed() -> Message:
+            nonlocal body_done
+            if body_done:  # later receives wait for the client to go away: no limit
+                return await receive()
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                raise HTTPException(
+                    status.HTTP_408_REQUEST_TIMEOUT,
+                    f"the request body did not arrive within {self.timeout_s:g} s (TWIN_BODY_TIMEOUT)",
+                    headers={"Connection": "close"},
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, timed, send)
+
+
+# ------------------------------------------------------------------------------------------- uvicorn
+CREDENTIAL_PARAMS = frozenset(
+    {"key", "api_key", "apikey", "api-key", "token", "access_token", "auth", "password", "secret"}
+)
+
+
+def redact_query(target: str) -> str:
+    """`/v1/models?api_key=sk-1&x=2` -> `/v1/models?api_key=***&***`: the API takes no query parameters,
+    and a key pasted into one must not end up in a log file. Only the usual credential names are kept
+    (so the log shows that one was sent); anything else could itself be a secret."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    parts = []
+    for part in filter(None, query.split("&")):
+        name, equals, _ = part.partition("=")
+        parts.append(f"{name}=***" if equals and name.lower() in CREDENTIAL_PARAMS else "***")
+    return f"{path}?{'&'.join(parts)}"
+
+
+class RedactQuery(logging.Filter):
+    """On uvicorn's access log: its records' args are (client, method, path?query, http version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection (after a 408) whose request headers have not all
+    arrived `timeout_s` after its first byte, or after the connection opened. uvicorn itself times out
+    only idle kept-alive connections: a client sending half a header line was held for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self.watch_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.watch_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.stop_header_timer()
+            super().connection_lost(exc)
+
+        def watch_headers(self) -> None:
+            """Armed while h11 waits for a request line and headers (IDLE), off once they are in."""
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self.header_timer is None:
+                self.header_timer = self.loop.call_later(timeout_s, self.headers_timed_out)
+            elif not waiting:
+                self.stop_header_timer()
+
+        def stop_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def headers_timed_out(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.write(
+                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                self.transport.close()
+
+    return HeaderTimeoutH11Protocol
+
+
+def uvicorn_options(settings: Settings, log_level: str = "info") -> dict[str, Any]:
+    """How `python -m serve` runs the app (`uvicorn.run(app, **uvicorn_options(settings))`): h11 with the
+    header timeout, uvicorn's keep-alive timeout, uvicorn's logging with `RedactQuery` on the access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config.setdefault("filters", {})["redact_query"] = {"()": RedactQuery}
+    log_config["handlers"]["access"].setdefault("filters", []).append("redact_query")
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": header_timeout_protocol(settings.header_timeout),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "log_config": log_config,
+        "log_level": log_level,
+    }

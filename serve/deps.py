@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the service, and the API-key check."""
+"""FastAPI dependencies: settings, the service, the API-key check, and the JSON content-type check."""
 
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def require_api_key(
             detail="missing or wrong API key: send 'Authorization: Bearer <TWIN_API_KEY>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body comes as `Content-Type: application/json` (or `application/*+json`).
+
+    Besides saying what is wrong, this keeps browsers' "simple" cross-site POSTs (text/plain, form
+    encodings, or no type at all), which need no CORS preflight, from reaching the model."""
+    given = request.headers.get("content-type")
+    media = (given or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        detail="send the request body as JSON with the header 'Content-Type: application/json' "
+        + (f"(got {given!r})" if given else "(the request had no Content-Type)"),
+    )

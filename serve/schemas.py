@@ -15,6 +15,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -71,7 +73,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-StopString = Annotated[str, Field(min_length=1, max_length=64)]
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 64
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class ChatCompletionRequest(BaseModel):
@@ -106,13 +110,30 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(
         None, ge=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass"
     )
-    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = Field(
-        None, description="up to 4 strings that end the reply (not included)"
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        None, description=f"up to {MAX_STOP_STRINGS} strings that end the reply (not included)"
     )
     stream: bool = Field(False, description="send Server-Sent Events chunks, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
     n: WholeNumber = Field(1, ge=1, le=1, description="only 1 choice is supported")
     user: str | None = None
+
+    @field_validator("stop", mode="wrap")
+    @classmethod
+    def _stop_limits(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Say which limit a `stop` broke (the str-or-list union alone reports "should be a string")."""
+        if isinstance(value, list):
+            if len(value) > MAX_STOP_STRINGS:
+                raise ValueError(f"at most {MAX_STOP_STRINGS} strings, got {len(value)}")
+            texts = value
+        else:
+            texts = [value]
+        for text in texts:
+            if isinstance(text, str) and not 1 <= len(text) <= MAX_STOP_CHARS:
+                raise ValueError(f"each stop string needs 1 to {MAX_STOP_CHARS} characters, got {len(text)}")
+            if value is not None and not isinstance(text, str):
+                raise ValueError(f"a string or a list of up to {MAX_STOP_STRINGS} strings")
+        return handler(value)
 
     @model_validator(mode="after")
     def _valid_unicode(self) -> ChatCompletionRequest:

@@ -10,7 +10,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
 from common.device import Precision
@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
     api_key: CliSuppress[SecretStr | None] = Field(
-        default=None, description="clients must send 'Authorization: Bearer <key>' (env TWIN_API_KEY only)"
+        default=None,
+        description="clients must send 'Authorization: Bearer <key>' (env TWIN_API_KEY only); "
+        "empty or blank: no key (logged as a warning)",
+    )
+    allow_no_key: bool = Field(
+        default=False,
+        description="listen beyond loopback without an API key (e.g. behind a proxy that authenticates); "
+        "logged as a warning: anyone who reaches the port can chat as you",
     )
     model_name: str = Field(default="twin", min_length=1, description="the model id clients ask for")
     cors_origins: list[str] = Field(
@@ -85,19 +92,36 @@ class Settings(BaseSettings):
     )
     retry_after: int = Field(default=2, ge=1, description="seconds sent in Retry-After with a 503")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a client has to send a request's headers; then 408 and close"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a client has to send a request's body; then 408 and close"
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="seconds an idle kept-alive connection stays open"
+    )
     default_stop: list[str] | None = Field(
         default=None,
         description="stop strings always applied; none: the prompt format's (twin-v1: its next '###' "
         "heading; chat-template: the end-of-turn marker, e.g. <|im_end|>)",
     )
 
+    _empty_key: bool = PrivateAttr(default=False)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            # `TWIN_API_KEY=` is no key: say so (startup_warnings) instead of a key nobody can send
+            self.api_key = None
+            self._empty_key = True
         problems = []
-        if not is_loopback(self.host) and self.api_key is None:
+        if not is_loopback(self.host) and self.api_key is None and not self.allow_no_key:
+            empty = " (TWIN_API_KEY is set but empty)" if self._empty_key else ""
             problems.append(
-                f"refusing to listen on {self.host!r} without an API key: set TWIN_API_KEY "
-                "(clients then send 'Authorization: Bearer <key>') or bind 127.0.0.1"
+                f"refusing to listen on {self.host!r} without an API key{empty}: set TWIN_API_KEY "
+                "(clients then send 'Authorization: Bearer <key>'), bind 127.0.0.1, or pass "
+                "--allow-no-key if something in front of the server checks who calls"
             )
         if "*" in self.cors_origins and self.api_key is None:
             problems.append(
@@ -106,6 +130,22 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What an operator must hear when the server starts: the API is open, or the key is empty."""
+    where = f"{settings.host}:{settings.port}"
+    warnings = []
+    if settings._empty_key:
+        warnings.append(
+            f"TWIN_API_KEY is set but empty: the API takes no key, anyone who reaches {where} can use it"
+        )
+    if settings.api_key is None and not is_loopback(settings.host):
+        warnings.append(
+            f"listening on {where} WITHOUT an API key (--allow-no-key): anyone on the network can chat "
+            "as you unless something in front of the server checks who calls"
+        )
+    return warnings
 
 
 def is_loopback(host: str) -> bool:

@@ -24,7 +24,7 @@ from sse_starlette import EventSourceResponse
 
 from common.scrub import scrub_secrets
 from prepare.prompt import MAX_CONTEXT_TURNS
-from serve.deps import ServiceDep, SettingsDep, require_api_key
+from serve.deps import ServiceDep, SettingsDep, require_api_key, require_json
 from serve.engine import EndReason, EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
 from serve.schemas import (
     AssistantMessage,
@@ -193,6 +193,7 @@ def chunk_json(chunk: ChatCompletionChunk, with_usage: bool) -> str:
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
+    dependencies=[Depends(require_json)],
     responses={
         200: {
             "description": "the reply; with `stream: true` an event stream of chat.completion.chunk objects",
@@ -201,8 +202,10 @@ def chunk_json(chunk: ChatCompletionChunk, with_usage: bool) -> str:
         400: {"model": ErrorResponse, "description": "a request the server cannot serve (see detail)"},
         401: {"model": ErrorResponse, "description": "missing or wrong API key"},
         404: {"model": ErrorResponse, "description": "unknown model"},
+        408: {"model": ErrorResponse, "description": "the body did not arrive in time (TWIN_BODY_TIMEOUT)"},
         413: {"model": ErrorResponse, "description": "request body too large"},
-        422: {"model": ErrorResponse, "description": "malformed JSON or wrong field types"},
+        415: {"model": ErrorResponse, "description": "the body is not sent as application/json"},
+        422: {"model": ErrorResponse, "description": "malformed JSON, wrong field types, a limit broken"},
         503: {"model": ErrorResponse, "description": "loading or busy: retry after Retry-After seconds"},
     },
 )

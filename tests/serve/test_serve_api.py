@@ -169,7 +169,22 @@ LONG = "word " * 400
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 422, "temperature"),
         ({"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}, 422, "less than or equal to 1"),
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 422, "less than or equal to 1"),
-        ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 422, "at least 1 character"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 422, "1 to 64 characters, got 0"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stop": "x" * 65},
+            422,
+            "1 to 64 characters, got 65",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stop": ["."] * 100},
+            422,
+            "at most 4 strings, got 100",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stop": [5]},
+            422,
+            "a string or a list of up to 4",
+        ),
         ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, 404, "serves 'twin'"),
         (
             {"messages": [{"role": "assistant", "content": "hi"}]},
@@ -201,6 +216,37 @@ def test_client_mistakes_are_4xx_with_a_detail(
     assert detail in json.dumps(body["detail"]), body
     assert body["error"]["message"]
     assert body["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+
+
+def test_the_stop_limit_is_named_in_the_message(client: TestClient) -> None:
+    r = client.post(CHAT, json={"messages": [user("hi")], "stop": [str(i) for i in range(100)]})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == "stop: at most 4 strings, got 100"
+    assert r.json()["error"]["param"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"content-type": "text/plain"}, "(got 'text/plain')"),
+        ({"content-type": "application/x-www-form-urlencoded"}, "(got 'application/x-www-form-urlencoded')"),
+        ({}, "(the request had no Content-Type)"),
+    ],
+    ids=["text-plain", "form", "none"],
+)
+def test_a_body_not_sent_as_json_is_415_naming_the_type(
+    client: TestClient, headers: dict[str, str], said: str
+) -> None:
+    body = json.dumps({"messages": [user("hi")]})
+    r = client.post(CHAT, content=body, headers=headers)
+    assert r.status_code == 415, r.text
+    detail = r.json()["detail"]
+    assert "'Content-Type: application/json'" in detail and said in detail
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    # a charset or a +json type is JSON all the same
+    for json_type in ("application/json; charset=utf-8", "application/vnd.twin+json"):
+        r = client.post(CHAT, content=body, headers={"content-type": json_type})
+        assert r.status_code == 200, r.text
 
 
 def test_body_over_the_limit_is_413(client: TestClient) -> None:
