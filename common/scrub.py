@@ -1,16 +1,21 @@
 """Scrub secrets out of free text by replacing each with a typed placeholder (`<EMAIL>`, `<CARD>`, ...).
 
 One reusable function, `scrub_secrets(text) -> str`, for training data and for anything the server logs;
-`scrub_secrets_with_counts` also says what it replaced, by kind, and `scrub_many` does a batch. Only the
-standard library is imported, so importing this module is cheap.
+`scrub_secrets_with_counts` also says what it replaced, by kind, `scrub_secrets_with_spans` where (offsets
+into the text it was given, never the values), and `scrub_many` does a batch. Importing this module is
+cheap: only the standard library at import time; python-stdnum's validators and the BIP-39 word list of
+`mnemonic` are loaded the first time a candidate needs them.
 
 The message keeps its shape and voice ("my card is <CARD>, call me at <PHONE>"); ordinary numbers —
 times, prices, dates, versions, room and order numbers, years — are left alone. Several patterns are
 adapted from Yelp's detect-secrets plugins (Apache-2.0, https://github.com/Yelp/detect-secrets):
 `aws.py` (AKIA key ids), `github_token.py`, `slack.py`, `telegram_token.py`, `openai.py`, `gcp_key.py`,
 `jwt.py`, `private_key.py`, `basic_auth.py`, the keyword list of `keyword.py` and the Shannon-entropy
-test of `high_entropy_strings.py`. Checksums (Luhn for cards, ISO 13616 mod-97 for IBANs) keep
-look-alike numbers out.
+test of `high_entropy_strings.py`. Checksums keep look-alike numbers out: Luhn for cards, ISO 13616
+mod-97 for IBANs, python-stdnum for INN/SSN, the documented SNILS checksum, BIP-39's for seed phrases.
+
+Numbers broken by a line break (also two messages of one sender, which prepare joins with a newline
+into one turn) are caught as one number, and a replacement always takes the whole value.
 
 Scrubbing is idempotent: placeholders never match a rule, and a text is re-scrubbed until nothing
 changes, so `scrub_secrets(scrub_secrets(t)) == scrub_secrets(t)`.
@@ -18,6 +23,9 @@ changes, so `scrub_secrets(scrub_secrets(t)) == scrub_secrets(t)`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.resources
 import math
 import re
 from collections import Counter
@@ -29,8 +37,12 @@ KINDS: tuple[str, ...] = (
     "SECRET_URL",
     "TOKEN",
     "API_KEY",
+    "SEED_PHRASE",
     "EMAIL",
     "PASSWORD",
+    "ACCESS_CODE",
+    "ID_NUMBER",
+    "BANK_ACCOUNT",
     "IBAN",
     "CARD",
     "PHONE",
@@ -47,14 +59,19 @@ Span = tuple[int, int, str]
 # same pattern also runs through RE2 (pyarrow) in `scrub_many`, so keep it free of look-arounds, `\b`
 # and back-references.
 _SHAPES = (
-    r"@|://|www\.|-----BEGIN|PuTTY|eyJ|[\[({][ \t]*(?:at|собака)[ \t]*[\])}]"
-    r"|\d[\d \t().+/-]{5,}\d"  # 7+ digits with separators: phones, cards, bot tokens
+    r"@|://|www\.|-----BEGIN|PuTTY|eyJ|[\[({<][ \t]*(?:at|собака)"
+    r"|\d[\d \t\n().+/-]{5,}\d"  # 7+ digits with separators: phones, cards, IDs, accounts, bot tokens
     r"|[A-Za-z0-9_+/=-]{16}"  # long unbroken runs: keys, tokens, high-entropy strings
     r"|[A-Z]{2}\d{2}[ \t]?[A-Z0-9]{4}"  # the head of an IBAN
+    r"|[A-Za-z]{2}[ \t]?\d{2}[ \t]?\d{2}[ \t]?\d{2}"  # a UK National Insurance number
 )
 _KEYWORDS = (
     r"pass|pwd|pw|contrase|парол|пасс|pin|пин|cvv|cvc|csc|свв|цвв|code|код|otp|2fa|sms|смс"
     r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|credential|aws"
+    r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы"  # Wi-Fi; "пароль"/"pass" typed in the other keyboard layout
+    r"|домофон|intercom|keypad|buzzer|lockbox|on the back|оборот"  # door codes, card codes in words
+    r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
+    r"|(?:[a-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[a-z]{3,8}"  # 12 short words in a row: a seed phrase?
 )
 _MAYBE_SHAPE = re.compile(_SHAPES)
 _MAYBE_KEYWORD = re.compile(_KEYWORDS)  # run on the lower-cased text: much faster than re.IGNORECASE
@@ -244,16 +261,28 @@ def _check_openai(m: re.Match[str]) -> Span | None:
 # A password is named by a keyword and then given: "password: X", "my password is X", "pwd=X",
 # "пароль от вайфая — X", "пароль Qwerty123". Up to three words may sit between the keyword and the value
 # ("password for the wifi is X"). After an explicit separator (":", "=", "-", "is", "это") the next token
-# is the value unless it is a common word ("my password is wrong"); without one, the value must look
-# made-up (a digit, a symbol, mixed case), so "password reset" and "пароль поменял" stay as they are.
+# is the value unless it is a common word ("my password is wrong") or starts a phrase ("password: see the
+# doc"); without one, the value must look made-up (a digit, a symbol, mixed case), so "password reset" and
+# "пароль поменял" stay as they are. The keyword may be typed in the other keyboard layout ("gfhjkm" is
+# "пароль" on an English layout, "зфыыцщкв" is "password" on a Russian one). The value is the whole
+# whitespace-delimited token, closing punctuation aside ("sunny2020!" keeps its "!": no tail is left).
 _PW_KEYWORD = re.compile(
     r"(?<![^\W_])(?<!<)(?P<kw>pass(?:words?|wd|code|phrase|wort)|pwd|pass|pw|contraseñas?|mot de passe"
     r"|парол[ьяеюи]\w{0,2}|пасс|pin(?:[ -]?code)?|пин(?:[ -]?код)?)(?![^\W\d_])",
     re.IGNORECASE,
 )
+_WIFI_KEYWORD = re.compile(r"(?<![^\W_])(?P<kw>wi-?fi|wlan|вай-?фа\w{0,3})(?![^\W\d_])", re.IGNORECASE)
+# The two keyboard layouts, key for key: the same length, so offsets carry over.
+_EN_KEYS = "`qwertyuiop[]asdfghjkl;'zxcvbnm,.~QWERTYUIOP{}ASDFGHJKL:\"ZXCVBNM<>"
+_RU_KEYS = "ёйцукенгшщзхъфывапролджэячсмитьбюЁЙЦУКЕНГШЩЗХЪФЫВАПРОЛДЖЭЯЧСМИТЬБЮ"
+_EN_TO_RU = str.maketrans(_EN_KEYS, _RU_KEYS)
+_RU_TO_EN = str.maketrans(_RU_KEYS, _EN_KEYS)
+_PW_KEYWORD_EN_TYPED = re.compile(r"(?P<kw>парол[ьяеюи]?)", re.IGNORECASE)  # inside a word: "zgfhjkm"
+_PW_KEYWORD_RU_TYPED = re.compile(r"(?<![^\W_])(?P<kw>password|passwd|pass|pwd)(?![^\W\d_])", re.IGNORECASE)
+_PW_ANY = re.compile(r"pass|pwd|pw|парол|пасс|pin|пин|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase", re.IGNORECASE)
 _NEXT_TOKEN = re.compile(r"[ \t]*\n?[ \t]*(\S+)")
 _SEP_TOKENS = frozenset({":", "=", ":=", "-", "–", "—", "->", "=>"})
-_SEP_WORDS = frozenset({"is", "was", "are", "это", "будет", "был", "есть", "es", "est"})
+_SEP_WORDS = frozenset({"is", "was", "are", "это", "будет", "был", "есть", "es", "est", "it's", "it’s"})
 _EXPLICIT_ONLY = frozenset({"pass", "pw", "пасс"})  # too common as plain words to go without a separator
 _PW_STOPWORDS = frozenset(
     """a an the is was my your his her our their its this that not no yes and or but so if to too for of
@@ -262,19 +291,27 @@ _PW_STOPWORDS = frozenset(
     new old long short simple easy hard here there set ok okay sent send forgot forgotten what which
     where when how why who did does do like change update something nothing empty broken fine good bad
     great working needed missing weird strange secure insecure different generated random unique encrypted
-    hidden shown sent written stored known unknown case sensitive
+    hidden shown sent written stored known unknown case sensitive see check ask look read find use try
+    below above attached pinned later soon usual dm pm it's
     не нет да и или но а что это тот там тут же ли бы уже еще ещё тоже для от на в к с у по мой моя мое моё
     твой твоя свой неверный неправильный правильный верный старый новый простой сложный сменил сменила
     поменял поменяла забыл забыла потерял потеряла какой какая где как когда потом сейчас теперь
     пожалуйста надо нужно есть был была было будет такой такая длинный короткий пустой надёжный надежный
-    другой одинаковый""".split()
+    другой одинаковый смотри см спроси глянь посмотри ниже выше лс личке скину пришлю напишу скажу позже
+    прежний обычный""".split()
+)
+# "password: see the doc": a plain word followed by one of these is the start of a sentence, not a value.
+_PHRASE_NEXT = frozenset(
+    "the a an my your our his her their it me you him them this that in on at to for from with of".split()
 )
 # "password for the wifi is sunshine" names a password; "the passcode screen is broken" does not: after
 # words that are not a preposition, a separator word ("is") needs a made-up looking value.
 _PW_PREPOSITIONS = frozenset("for to of on from at от для к на в у с".split())
 _TRAILING_PUNCT = ".,;:!?)]}»…"
+_VALUE_TRAILING = ".,;:)]}»…"  # a password may end in "!" or "?": take it (no tail left behind)
 _QUOTES = {'"': '"', "'": "'", "«": "»", "`": "`", "“": "”"}
 _PW_SYMBOLS = frozenset("!@#$%^&*_+=?/\\|~<>[]{}()")
+_UNIT = re.compile(r"\d+(?:[.,]\d+)?[ \t]?[^\W\d_]{0,5}(?:/[^\W\d_]{1,2})?", re.IGNORECASE)  # 5GHz, 100Mbps
 
 
 def _made_up(word: str) -> bool:
@@ -286,59 +323,115 @@ def _made_up(word: str) -> bool:
     )
 
 
-def _find_passwords(text: str) -> Iterator[Span]:
+def _strong(word: str) -> bool:
+    """Letters and (digits or symbols), 6+ characters: a password even without a separator before it."""
+    return (
+        len(word) >= 6
+        and any(c.isalpha() for c in word)
+        and any(c.isdigit() or c in _PW_SYMBOLS for c in word)
+        and _UNIT.fullmatch(word) is None
+    )
+
+
+def _value_core(tok: str) -> str:
+    core = tok.rstrip(_VALUE_TRAILING) or tok
+    while core.endswith(")") and core.count("(") < core.count(")"):
+        core = core[:-1]
+    return core or tok
+
+
+def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | None:
+    """The password given after keyword `kw` (ending at `pos`), if any."""
+    is_pin = kw.startswith(("pin", "пин"))
+    explicit, by_word = False, False
+    fillers: list[str] = []
+    for _ in range(8):
+        t = _NEXT_TOKEN.match(text, pos)
+        if t is None:
+            return None
+        tok, start = t.group(1), t.start(1)
+        pos = t.end()
+        if tok in _SEP_TOKENS or tok.lower() in _SEP_WORDS:
+            explicit, by_word = True, by_word or tok.lower() in _SEP_WORDS
+            continue
+        if tok in ("?", "…", "...", "?)"):  # "the password? it's X"
+            continue
+        if tok[0] in ":=":  # "password:hunter2", "pwd=hunter2"
+            rest = tok.lstrip(":=")
+            explicit = True
+            if not rest:
+                continue
+            tok, start = rest, start + len(tok) - len(rest)
+        elif tok[0] in _QUOTES:
+            # A quoted value: `password: "two words"`. Without a separator only after a space and not
+            # an apostrophe ("password's fine" is no value).
+            spaced = start > t.start()
+            if explicit or (spaced and tok[0] != "'" and not is_pin):
+                line_end = text.find("\n", start)
+                close = text.find(_QUOTES[tok[0]], start + 1, len(text) if line_end < 0 else line_end)
+                if close > start + 1:
+                    return (start, close + 1, "PASSWORD")
+            return None
+        elif len(tok) > 1 and tok[-1] == ":" and not explicit and len(fillers) < 3:
+            fillers.append(tok[:-1].lower())  # "пароль такой:", "wifi password:"
+            explicit = True
+            continue
+        core = _value_core(tok)
+        if PLACEHOLDER.match(core):
+            return None
+        if is_pin:
+            if core.isdigit() and 4 <= len(core) <= 8:
+                return (start, start + len(core), "PASSWORD")
+        elif wifi:
+            if explicit and _strong(core):
+                return (start, start + len(core), "PASSWORD")
+        elif core.lower().rstrip("!?") not in _PW_STOPWORDS:
+            vague = by_word and fillers and fillers[0] not in _PW_PREPOSITIONS
+            if explicit and len(core) >= 3 and (not vague or _made_up(core)):
+                after = _NEXT_TOKEN.match(text, pos)
+                phrase = (
+                    core.isalpha()
+                    and core.islower()
+                    and after is not None
+                    and after.group(1).lower().strip(_TRAILING_PUNCT) in _PHRASE_NEXT
+                    and "\n" not in text[start : after.start(1)]
+                )
+                if not phrase:
+                    return (start, start + len(core), "PASSWORD")
+            if not explicit and len(core) >= 4 and _made_up(core):
+                if kw not in _EXPLICIT_ONLY or _strong(core):
+                    return (start, start + len(core), "PASSWORD")
+        if explicit or not core.replace("-", "").isalpha() or len(fillers) >= 3:
+            return None
+        fillers.append(core.lower())  # a word between keyword and value: "for", "the", "wifi", "от"
+    return None
+
+
+def _password_keywords(text: str) -> Iterator[tuple[str, int, bool]]:
+    """(keyword, where it ends, is it Wi-Fi's) for each password keyword, in either keyboard layout."""
     for m in _PW_KEYWORD.finditer(text):
-        kw = m.group("kw").lower()
-        is_pin = kw.startswith(("pin", "пин"))
-        pos, explicit, by_word = m.end(), False, False
-        fillers: list[str] = []
-        for _ in range(8):
-            t = _NEXT_TOKEN.match(text, pos)
-            if t is None:
-                break
-            tok, start = t.group(1), t.start(1)
-            pos = t.end()
-            if tok in _SEP_TOKENS or tok.lower() in _SEP_WORDS:
-                explicit, by_word = True, by_word or tok.lower() in _SEP_WORDS
-                continue
-            if tok[0] in ":=":  # "password:hunter2", "pwd=hunter2"
-                rest = tok.lstrip(":=")
-                explicit = True
-                if not rest:
-                    continue
-                tok, start = rest, start + len(tok) - len(rest)
-            elif tok[0] in _QUOTES:
-                # A quoted value: `password: "two words"`. Without a separator only after a space and not
-                # an apostrophe ("password's fine" is no value).
-                spaced = start > t.start()
-                if explicit or (spaced and tok[0] != "'" and not is_pin):
-                    line_end = text.find("\n", start)
-                    close = text.find(_QUOTES[tok[0]], start + 1, len(text) if line_end < 0 else line_end)
-                    if close > start + 1:
-                        yield (start, close + 1, "PASSWORD")
-                break
-            elif len(tok) > 1 and tok[-1] == ":" and not explicit and len(fillers) < 3:
-                fillers.append(tok[:-1].lower())  # "пароль такой:", "wifi password:"
-                explicit = True
-                continue
-            core = tok.rstrip(_TRAILING_PUNCT) or tok
-            if PLACEHOLDER.match(core):
-                break
-            if is_pin:
-                if core.isdigit() and 4 <= len(core) <= 8:
-                    yield (start, start + len(core), "PASSWORD")
-                    break
-            elif core.lower() not in _PW_STOPWORDS:
-                vague = by_word and fillers and fillers[0] not in _PW_PREPOSITIONS
-                if explicit and len(core) >= 3 and (not vague or _made_up(core)):
-                    yield (start, start + len(core), "PASSWORD")
-                    break
-                if not explicit and kw not in _EXPLICIT_ONLY and len(core) >= 4 and _made_up(core):
-                    yield (start, start + len(core), "PASSWORD")
-                    break
-            if explicit or not core.replace("-", "").isalpha() or len(fillers) >= 3:
-                break
-            fillers.append(core.lower())  # a word between keyword and value: "for", "the", "wifi", "от"
+        yield m.group("kw").lower(), m.end(), False
+    for m in _WIFI_KEYWORD.finditer(text):
+        yield m.group("kw").lower(), m.end(), True
+    lowered = text.lower()
+    if "gfhjk" in lowered:  # "пароль" typed on an English layout: the word around it is Latin
+        for m in _PW_KEYWORD_EN_TYPED.finditer(text.translate(_EN_TO_RU)):
+            if text[m.start() : m.end()].isascii():
+                end = m.end()
+                while end < len(text) and text[end].isalpha() and text[end].isascii():
+                    end += 1  # the rest of the mistyped word ("gfhjkmxbr")
+                yield "пароль", end, False
+    if "зфыы" in lowered or "згв" in lowered:  # "password"/"pwd" typed on a Russian layout
+        for m in _PW_KEYWORD_RU_TYPED.finditer(text.translate(_RU_TO_EN)):
+            if not text[m.start() : m.end()].isascii():
+                yield m.group("kw").lower(), m.end(), False
+
+
+def _find_passwords(text: str) -> Iterator[Span]:
+    spans = sorted(
+        span for kw, end, wifi in _password_keywords(text) if (span := _password_value(text, kw, end, wifi))
+    )
+    yield from spans
 
 
 _OTP = re.compile(
@@ -350,9 +443,288 @@ _OTP = re.compile(
     re.IGNORECASE,
 )
 _CVV = re.compile(
-    r"(?<!\w)(?:cvv2?|cvc2?|csc|свв|цвв)[ \t]*(?:code|код)?[ \t]*[:=-]?[ \t]*(?P<value>\d{3,4})(?!\d)",
+    r"(?<!\w)(?:cvv2?|cvc2?|csc|свв|цвв|card[ \t]+(?:security|verification)[ \t]+(?:code|number)"
+    r"|(?:(?:the[ \t]+)?(?:three|four|3|4|три|четыре|3-?х|тр[её]х)[ \t]+)?(?:digits?|numbers?|цифр\w{0,2}"
+    r"|код\w{0,2}|code|число|номер)[ \t]+(?:on|from|at|на|с|со)[ \t]+(?:the[ \t]+)?(?:back|reverse"
+    r"|оборот\w{0,2}|обратной[ \t]+стороны?|обратн\w+[ \t]+сторон\w{0,2}|задней[ \t]+сторон\w{0,2}|спине))"
+    r"[^\d\n]{0,24}?(?<![\w-])(?P<value>\d{3,4})(?![\d.,:/-]\d|\d)",
     re.IGNORECASE,
 )
+
+# ---- door, gate and intercom codes ---------------------------------------------------------------
+# "код домофона 1234", "door code is 4721#", "подъезд 3, код 56К7890", "код 4521 от подъезда": a code word
+# near a place that has a keypad, then the first value with 3+ digits. A keypad/intercom names a code by
+# itself ("домофон 1234#"), with 4+ digits or a # or * so an apartment number ("домофон 45") is kept.
+_ACCESS_PLACE = (
+    r"домофон\w*|подъезд\w*|парадн\w*|двер\w*|калитк\w*|ворот\w*|шлагбаум\w*|сейф\w*|сигнализаци\w*"
+    r"|замк\w*|замок|гараж\w*|ячейк\w*|door\w*|intercom|gate|entrance|entry|building|buzzer|keypad"
+    r"|lockbox|key[ \t]?box|safe|alarm|garage|locker|padlock|lock"
+)
+_ACCESS_IMPLIED = frozenset({"intercom", "keypad", "buzzer", "lockbox", "keybox", "key box"})
+_ACCESS_KEYWORD = re.compile(
+    r"(?<![\w<])(?:(?P<place>" + _ACCESS_PLACE + r")|(?P<code>codes?|код\w{0,3}|pin|пин|combo|combination"
+    r"|комбинаци\w*|шифр\w{0,2}))(?![^\W_])",
+    re.IGNORECASE,
+)
+_ACCESS_VALUE = re.compile(
+    r"(?<![\w#*.,:/-])(?:[#*]?\d[\dA-Za-zА-Яа-яЁё#*]{1,11}|[A-Za-zА-Яа-яЁё]\d{3,8}[#*]?)(?![\w#*]|[.,:/-]\d)"
+)
+_NOT_A_DOOR = re.compile(
+    r"(?:zip|postal|post|promo|area|country|source|qr|bar|discount|referral|error|status|почтов\w*|промо"
+    r"|индекс)[ \t-]*$",
+    re.IGNORECASE,
+)
+_ACCESS_NEAR = 50  # how far apart a code word and its place may be
+_ACCESS_WINDOW = 40  # how far after the keyword the value may start
+
+
+def _access_value(text: str, pos: int, min_digits: int) -> Span | None:
+    for v in _ACCESS_VALUE.finditer(text, pos, min(len(text), pos + _ACCESS_WINDOW)):
+        if PLACEHOLDER.search(text, pos, v.start()):
+            return None
+        value = v.group(0)
+        digits = sum(c.isdigit() for c in value)
+        if digits >= min_digits or (digits >= 3 and not value.isdigit()):
+            return (v.start(), v.end(), "ACCESS_CODE")
+    return None
+
+
+def _find_access_codes(text: str) -> Iterator[Span]:
+    matches = list(_ACCESS_KEYWORD.finditer(text))
+    places = [m for m in matches if m.group("place")]
+    if not places:
+        return
+    found: list[Span] = []
+    for m in matches:
+        if m.group("code"):
+            if _NOT_A_DOOR.search(text, max(0, m.start() - 20), m.start()):
+                continue
+            near = any(
+                p.start() - _ACCESS_NEAR <= m.start() <= p.end() + _ACCESS_NEAR
+                and "\n" not in text[min(p.start(), m.start()) : max(p.end(), m.end())]
+                for p in places
+            )
+            span = _access_value(text, m.end(), 3) if near else None
+        elif m.group("place").lower().replace(" ", "") in _ACCESS_IMPLIED or m.group(
+            "place"
+        ).lower().startswith("домофон"):
+            span = _access_value(text, m.end(), 4)
+        else:
+            span = None
+        if span is not None:
+            found.append(span)
+    yield from sorted(set(found))
+
+
+# ---- national identifiers: passports, SNILS, INN, SSN, National Insurance numbers ------------------
+# A keyword names the number ("паспорт 4508 123456", "мой ИНН 500100732259", "SSN 536-90-4399"), or the
+# number's own shape and checksum do: SNILS `112-233-445 95` (its documented checksum), SSN `536-90-4399`
+# (python-stdnum), a Russian passport `45 08 123456`, a 12-digit personal INN with both check digits
+# (python-stdnum), a UK NI number `AB 12 34 56 C` (its prefix rules). A line break may sit anywhere a
+# space may (a number split over two messages).
+_GAP = r"(?:[ \t-]|[ \t]?\n[ \t]?)"  # one separator, or a line break (two lines or two messages)
+_SP = r"(?:[ \t]|[ \t]?\n[ \t]?)"
+_ID_KEYWORD = re.compile(
+    r"(?<![\w<])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series)"
+    r"|(?P<snils>снилс\w{0,2}|snils)"
+    r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
+    r"|(?P<ssn>ssn|social[ \t]+security(?:[ \t]+(?:number|no\.?|#))?)"
+    r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino))"
+    r"(?![^\W\d_])",
+    re.IGNORECASE,
+)
+_LEAD = r"[^\d<]{0,30}?(?<![\w-])"  # words between keyword and value; never across a placeholder
+_ID_VALUES: dict[str, re.Pattern[str]] = {
+    "passport": re.compile(
+        _LEAD + r"(?P<value>\d{2}" + _SP + r"?\d{2}[^\d<]{0,20}?\d{6}|[A-Z]{0,2}\d{6,9})(?!\d)", re.IGNORECASE
+    ),
+    "snils": re.compile(
+        _LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{3}" + _GAP + r"?\d{3}" + _GAP + r"?\d{2})(?!\d)"
+    ),
+    "inn": re.compile(_LEAD + r"(?P<value>\d{12}|\d{10})(?!\d)"),
+    "ssn": re.compile(_LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{2}" + _GAP + r"?\d{4})(?!\d)"),
+    "nino": re.compile(
+        r"[^\d<]{0,30}?(?<![\w-])(?P<value>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}(?:"
+        + _SP + r"?[A-D])?)(?![\w])",
+        re.IGNORECASE,
+    ),
+}  # fmt: skip
+
+
+def _find_id_numbers_by_keyword(text: str) -> Iterator[Span]:
+    for m in _ID_KEYWORD.finditer(text):
+        kind = m.lastgroup or ""
+        v = _ID_VALUES[kind].match(text, m.end())
+        if v is None:
+            continue
+        if m.group(0).lower().startswith(("сери", "series")) and len(_digits(v.group("value"))) < 10:
+            continue  # "серия" alone (an episode, a series) needs a passport's series and number
+        yield _group(v, "ID_NUMBER")
+
+
+_ID_SHAPE = re.compile(
+    r"(?<![\w.,/+<-])(?:"
+    r"(?P<snils>\d{3}-\d{3}-\d{3}" + _GAP + r"\d{2}|\d{3} \d{3} \d{3} \d{2})"
+    r"|(?P<ssn>\d{3}-\d{2}-\d{4})"
+    r"|(?P<passport>\d{2}" + _SP + r"\d{2}" + _SP + r"(?:№[ \t]?)?\d{6})"
+    r"|(?P<inn>\d{12})"
+    r"|(?P<nino>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?[A-D])"
+    r")(?![\w/]|[.,:-]\d)"
+)
+_NINO_BAD_PREFIXES = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
+_PHONE_PREFIX = re.compile(r"\+\d{1,4}[ \t]*\(?\d{0,4}\)?[ \t]*$")
+
+
+def snils_ok(digits: str) -> bool:
+    """SNILS checksum (Pension Fund of Russia): digits 1–9 weighted 9..1, sum mod 101, 100 → 00."""
+    if len(digits) != 11 or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(9, 0, -1), strict=True))
+    return int(digits[9:]) == total % 101 % 100
+
+
+def inn_ok(digits: str) -> bool:
+    """Russian INN check digits (python-stdnum)."""
+    from stdnum.ru import inn
+
+    return bool(inn.is_valid(digits))
+
+
+def ssn_ok(number: str) -> bool:
+    """US SSN: area, group and serial in use (python-stdnum)."""
+    from stdnum.us import ssn
+
+    return bool(ssn.is_valid(number))
+
+
+def nino_ok(compact: str) -> bool:
+    """UK National Insurance number: two prefix letters (not D, F, I, Q, U, V; second not O; not BG, GB,
+    KN, NK, NT, TN, ZZ), six digits, suffix A–D."""
+    return (
+        len(compact) == 9
+        and compact[0] not in "DFIQUV"
+        and compact[1] not in "DFIOQUV"
+        and compact[:2] not in _NINO_BAD_PREFIXES
+        and compact[2:8].isdigit()
+        and compact[8] in "ABCD"
+    )
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+def _check_id_shape(m: re.Match[str]) -> Span | None:
+    kind, value = m.lastgroup, m.group(0)
+    if kind == "snils":
+        ok = snils_ok(_digits(value))
+    elif kind == "ssn":
+        ok = ssn_ok(value)
+    elif kind == "inn":
+        ok = inn_ok(value)
+    elif kind == "nino":
+        ok = nino_ok("".join(value.split()))
+    else:  # a Russian passport's 2-2-6, unless it is the tail of a phone number ("+49 30 12 345678")
+        ok = _PHONE_PREFIX.search(m.string, max(0, m.start() - 12), m.start()) is None
+    return _whole("ID_NUMBER", ok, m)
+
+
+# ---- bank accounts: Russian 20-digit accounts, BIK, account/routing numbers named as such --------
+_BANK_KEYWORD = re.compile(
+    r"(?<![\w<])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
+    r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
+    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|routing(?:[ \t]+(?:number|no\.?))?|aba))"
+    r"(?![^\W\d_])",
+    re.IGNORECASE,
+)
+_BANK_VALUES: dict[str, re.Pattern[str]] = {
+    "bik": re.compile(_LEAD + r"(?P<value>\d{9})(?!\d)"),
+    "sort": re.compile(_LEAD + r"(?P<value>\d{2}-\d{2}-\d{2})(?![\d-])"),
+    "account": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){7,19})(?![\d-])"),
+}
+# An account number without a keyword: 20 digits, a ledger account of 30xxx/40xxx/42xxx..., then the
+# currency (ISO 4217 numeric: 810/643 rouble, 840 dollar, 978 euro, 156 yuan, ...).
+_ACCOUNT_20 = re.compile(r"(?<![\w.,/+<-])\d(?:" + _GAP + r"?\d){19}(?![\w/]|[.,-]\d)")
+_ACCOUNT_CURRENCIES = frozenset({"810", "643", "840", "978", "156", "826", "756", "398", "933", "980", "949"})
+
+
+def _find_bank_by_keyword(text: str) -> Iterator[Span]:
+    for m in _BANK_KEYWORD.finditer(text):
+        v = _BANK_VALUES[m.lastgroup or "account"].match(text, m.end())
+        if v is not None:
+            yield _group(v, "BANK_ACCOUNT")
+
+
+def _check_account_20(m: re.Match[str]) -> Span | None:
+    digits = _digits(m.group(0))
+    return _whole("BANK_ACCOUNT", digits[0] in "34" and digits[5:8] in _ACCOUNT_CURRENCIES, m)
+
+
+# ---- crypto seed phrases: 12–24 words of the BIP-39 English list --------------------------------
+# A run of 12+ list words ("abandon ability able ..."), separated by spaces, commas, numbering or line
+# breaks (so a phrase split over two messages is one run). Plain English rarely strings 12 list words
+# together; such a run is a seed phrase when its BIP-39 checksum holds, when the text names a seed
+# (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 3 of the list's commonest words.
+_SEED_WORD = re.compile(r"[A-Za-z]+")
+_SEED_GAP = re.compile(r"[\s,.;:0-9()-]{1,6}")
+_SEED_KEYWORD = re.compile(
+    r"seed|mnemonic|recovery|backup|secret[ \t]+(?:words|phrase)|wallet|metamask|ledger|trezor|сид|мнемон"
+    r"|фраз|кош[её]л|слов",
+    re.IGNORECASE,
+)
+_SEED_MIN_WORDS = 12
+
+
+@functools.cache
+def _bip39() -> tuple[frozenset[str], dict[str, int]]:
+    """The BIP-39 English list as shipped by the `mnemonic` package: the set and each word's index."""
+    words = (importlib.resources.files("mnemonic") / "wordlist" / "english.txt").read_text("utf-8").split()
+    return frozenset(words), {w: i for i, w in enumerate(words)}
+
+
+def bip39_checksum_ok(words: list[str]) -> bool:
+    """The checksum the last word of a 12/15/18/21/24-word BIP-39 phrase carries."""
+    index = _bip39()[1]
+    if len(words) not in (12, 15, 18, 21, 24) or any(w not in index for w in words):
+        return False
+    bits = "".join(format(index[w], "011b") for w in words)
+    n_check = len(bits) // 33
+    entropy = int(bits[:-n_check], 2).to_bytes(len(bits) // 33 * 4, "big")
+    digest = format(int.from_bytes(hashlib.sha256(entropy).digest(), "big"), "0256b")
+    return bits[-n_check:] == digest[:n_check]
+
+
+# The list's words that are also everyday English (the intersection with the commonest English words).
+_SEED_EVERYDAY = frozenset(
+    """you that have this they say will one all there what about when make can like time just know
+    people into year good other then now only come over also use two work first way want because any
+    give day""".split()
+)
+
+
+def _seed_like(text: str, words: list[str]) -> bool:
+    if _SEED_KEYWORD.search(text):
+        return True
+    if sum(w in _SEED_EVERYDAY for w in words) < 3:
+        return True
+    return any(
+        bip39_checksum_ok(words[i : i + n]) for n in (24, 21, 18, 15, 12) for i in range(len(words) - n + 1)
+    )
+
+
+def _find_seed_phrases(text: str) -> Iterator[Span]:
+    vocabulary = _bip39()[0]
+    run: list[re.Match[str]] = []
+    for m in [*_SEED_WORD.finditer(text), None]:
+        word = m.group(0) if m is not None else ""
+        listed = word.lower() in vocabulary and (word.islower() or word[1:].islower())
+        if m is not None and listed and run and _SEED_GAP.fullmatch(text, run[-1].end(), m.start()):
+            run.append(m)
+            continue
+        if len(run) >= _SEED_MIN_WORDS and _seed_like(text, [r.group(0).lower() for r in run]):
+            yield (run[0].start(), run[-1].end(), "SEED_PHRASE")
+        run = [m] if m is not None and listed else []
+
 
 # ---- keyword + machine-made value: "api key: 9f8e7d...", "токен abc...", "secret=..." ------------
 _KEY_KEYWORD = re.compile(
@@ -418,66 +790,116 @@ _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 _EMAIL = re.compile(
     r"(?<![\w.%+-])(?<!//)[\w.%+-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")*\.[^\W\d_]{2,24}(?![\w-])"
 )
-# Spelled out to dodge scrapers: "ivan [at] gmail [dot] com", "ivan(at)mail(dot)ru", "ivan {собака} mail.ru".
-_B = r"[ \t]*[\[({][ \t]*"
-_E = r"[ \t]*[\])}][ \t]*"
+# Spelled out to dodge scrapers: "ivan [at] gmail [dot] com", "ivan(at)mail(dot)ru", "ivan {собака} mail.ru",
+# and without brackets: "ivan собака mail точка ru", "ivan at gmail dot com".
+_B = r"[ \t]*[\[({<][ \t]*"
+_E = r"[ \t]*[\])}>][ \t]*"
+_AT = r"(?:" + _B + r"(?:at|собака|собачка)" + _E + r"|(?P<bare_at>[ \t]+(?:at|собака|собачка)[ \t]+))"
+_DOT = r"(?:" + _B + r"(?:dot|точка)" + _E + r"|(?P<bare_dot>[ \t]+(?:dot|точка)[ \t]+)|\.)"
 _EMAIL_SPELLED = re.compile(
-    r"(?<![\w.%+-])[\w.%+-]{1,64}" + _B + r"(?:at|собака)" + _E + _LABEL
-    + r"(?:(?:" + _B + r"(?:dot|точка)" + _E + r"|\.)" + _LABEL + r")+(?![\w-])",
+    r"(?<![\w.%+-])(?P<user>[\w.%+-]{1,64})" + _AT + r"(?P<domain>" + _LABEL + r"(?:" + _DOT + _LABEL
+    + r")+)(?![\w-])",
     re.IGNORECASE,
 )  # fmt: skip
+_EMAIL_PROVIDERS = re.compile(
+    r"(?:gmail|googlemail|yandex|ya|mail|inbox|list|bk|rambler|yahoo|outlook|hotmail|live|icloud|me|proton"
+    r"|protonmail|pm|gmx|aol|zoho|tutanota|fastmail)\b",
+    re.IGNORECASE,
+)
+_PRONOUNS = frozenset("i me you him her it us we they them meet see call".split())
+_ASCII_LABELS = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def _check_spelled_email(m: re.Match[str]) -> Span | None:
+    if m.group("bare_at") is None:
+        return (m.start(), m.end(), "EMAIL")  # brackets around "at": spelled out on purpose
+    # " at " and " собака " are ordinary words: the address must look like one (ASCII name and domain,
+    # an alphabetic top-level label) and a spelled-out "dot" or a known mail provider must say so.
+    labels = re.split(
+        r"[ \t]*[\[({<]?[ \t]*(?:dot|точка)[ \t]*[\])}>]?[ \t]*|\.", m.group("domain"), flags=re.I
+    )
+    if m.group("user").lower() in _PRONOUNS:
+        return None  # "see you at home dot com"
+    if not (m.group("user").isascii() and all(_ASCII_LABELS.fullmatch(x) for x in labels if x)):
+        return None
+    if not labels[-1].isalpha() or not 2 <= len(labels[-1]) <= 12:
+        return None
+    spelled_dot = "dot" in m.group("domain").lower() or "точка" in m.group("domain").lower()
+    if not spelled_dot and _EMAIL_PROVIDERS.match(labels[0]) is None:
+        return None
+    return (m.start(), m.end(), "EMAIL")
+
 
 # International: "+" and 10–15 digits in groups ("+7 (912) 345-67-89", "+44 20 7946 0958", "+14155552671").
 # Russian trunk prefix 8: "8 912 345 67 89", "8(495)123-45-67", "89123456789"; North American:
 # "(555) 123-4567", "555-123-4567", "1-800-555-1234"; Russian local "123-45-67", "(495) 123-45-67";
 # European trunk 0: "020 7946 0958", "030 12345678".
-_S = r"[ \t.-]?"
+_S = r"(?:[ \t]?\n[ \t]?|[ \t.-])?"  # a line break may split a number (two lines, two messages)
+_N = r"(?:[ \t]?\n[ \t]?|[ -])"
 _PHONE = re.compile(
-    r"(?<![\w+])\+\d(?:[ \t.-]?+\(?+\d++\)?+)++(?![\w/-]|[.,]\d)"  # possessive: no backtracking blow-up
+    r"(?<![\w+])\+\d(?:(?:[ \t]?\n[ \t]?|[ \t.-])?+\(?+\d++\)?+)++(?![\w/-]|[.,]\d)"  # possessive: linear
     r"|(?<![\w+/.,:-])(?:"
     r"8" + _S + r"\(?\d{3}\)?" + _S + r"\d{3}" + _S + r"\d{2}" + _S + r"\d{2}"
     r"|[78]9\d{9}"
     r"|1[ .-][2-9]\d\d[ .-]\d{3}[ .-]\d{4}"  # North American: area codes start with 2-9
     r"|\([2-9]\d\d\)[ \t]?\d{3}[ \t.-]\d{4}"
-    r"|[2-9]\d\d([.-])\d{3}\1\d{4}"
+    r"|[2-9]\d\d([.-]|[ \t]?\n[ \t]?)\d{3}\1\d{4}"
     r"|(?:\(\d{3,5}\)[ \t]?)?\d{3}-\d{2}-\d{2}"
-    r"|\(?9\d\d\)?[ -]\d{3}[ -]?\d{2}[ -]?\d{2}"  # Russian mobile without the 8/+7: 912 345 67 89
+    r"|\(?9\d\d\)?"
+    + _N
+    + r"\d{3}"
+    + _N
+    + r"?\d{2}"
+    + _N
+    + r"?\d{2}"  # Russian mobile without the 8/+7: 912 345 67 89
     r"|[2-9]\d\d [2-9]\d\d \d{4}"  # with spaces only when the exchange starts with 2-9, too: 415 555 2671
-    r"|0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}"
+    r"|0\d{2,4}" + _N + r"?\d{3,4}" + _N + r"?\d{3,4}"
     r")(?![\w/-]|[.,:]\d)"
 )
 
 
 def _check_phone(m: re.Match[str]) -> Span | None:
     text = m.group(0)
+    if "\n" in text:
+        # A complete number on one line does not take the next line's digits with it.
+        head = text[: text.index("\n")].rstrip()
+        if sum(c.isdigit() for c in head) >= (11 if head[0] in "+78" else 10):
+            text = head
     digits = sum(c.isdigit() for c in text)
+    span = (m.start(), m.start() + len(text), "PHONE")
     if text.startswith("+"):
-        return _whole("PHONE", 10 <= digits <= 15, m)
+        return span if 10 <= digits <= 15 else None
     if text.startswith("0"):
-        return _whole("PHONE", 10 <= digits <= 11, m)
-    return (m.start(), m.end(), "PHONE")
+        return span if 10 <= digits <= 11 else None
+    return span
 
 
 # ---- money ---------------------------------------------------------------------------------------
-_CARD = re.compile(r"(?<![\w.,+/-])(?:\d[ \t-]?){12,18}\d(?![\w/]|[.,-]\d)")
+_CARD = re.compile(r"(?<![\w.,+/-])(?:\d(?:[ \t-]|[ \t]?\n[ \t]?)?){12,18}\d(?![\w/]|[.,-]\d)")
 _YEAR = re.compile(r"(?:19|20)\d\d")
-_GROUP_SPLIT = re.compile(r"[ \t-]+")
+_GROUP_SPLIT = re.compile(r"[ \t\n-]+")
+_LINE_BREAK = re.compile(r"[ \t]?\n[ \t]?")
+
+
+def _card_grouping(text: str) -> bool:
+    groups = _GROUP_SPLIT.split(text)
+    if len(groups) == 1:
+        return True
+    # Cards are written 4-4-4-4(-1..4), 4-6-5 (Amex) or 4-6-4 (Diners); other groupings are lists of
+    # numbers, and a list of years ("2019 2020 2021 2022") is never a card.
+    sizes = [len(g) for g in groups]
+    card_like = sizes[:-1] == [4] * (len(sizes) - 1) or sizes in ([4, 6, 5], [4, 6, 4])
+    return card_like and not all(_YEAR.fullmatch(g) for g in groups)
 
 
 def _check_card(m: re.Match[str]) -> Span | None:
     text = m.group(0)
-    digits = "".join(c for c in text if c.isdigit())
+    digits = _digits(text)
     if not (13 <= len(digits) <= 19) or digits[0] not in "23456" or not luhn_ok(digits):
         return None
-    groups = _GROUP_SPLIT.split(text)
-    if len(groups) > 1:
-        # Cards are written 4-4-4-4(-1..4), 4-6-5 (Amex) or 4-6-4 (Diners); other groupings are lists of
-        # numbers, and a list of years ("2019 2020 2021 2022") is never a card.
-        sizes = [len(g) for g in groups]
-        card_like = sizes[:-1] == [4] * (len(sizes) - 1) or sizes in ([4, 6, 5], [4, 6, 4])
-        if not card_like or all(_YEAR.fullmatch(g) for g in groups):
-            return None
-    return (m.start(), m.end(), "CARD")
+    # A line break (two lines, or two messages) may fall between groups or inside one: "4111 11\n11 ...".
+    ok = _card_grouping(text) or ("\n" in text and _card_grouping(_LINE_BREAK.sub("", text)))
+    return _whole("CARD", ok, m)
 
 
 _IBAN = re.compile(
@@ -516,7 +938,8 @@ _TOKEN_NEEDS: dict[str, tuple[str, ...]] = {
     "google_client_secret": ("gocspx-",),
     "aws_key_id": ("akia", "asia", "abia", "acca", "agpa", "aida", "aroa", "aipa", "anpa", "anva", "apka"),
 }
-_DIGIT_RUN = re.compile(r"\d[\d \t().+/-]{5,}\d")
+_DIGIT_RUN = re.compile(r"\d[\d \t\n().+/-]{5,}\d")
+_SEED_SHAPE = re.compile(r"(?:[a-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[a-z]{3,8}", re.IGNORECASE)
 
 RULES: tuple[Rule, ...] = (
     Rule("private_key", "PRIVATE_KEY", _PEM_BEGIN, finder=_find_private_keys, needs=("-----begin",)),
@@ -533,15 +956,93 @@ RULES: tuple[Rule, ...] = (
         )
         for name, kind, pattern in _TOKEN_PATTERNS
     ),
+    Rule("seed_phrase", "SEED_PHRASE", _SEED_SHAPE, finder=_find_seed_phrases),
     Rule("email", "EMAIL", _EMAIL, needs=("@",)),
-    Rule("email_spelled_out", "EMAIL", _EMAIL_SPELLED, needs=("at", "собака")),
+    Rule("email_spelled_out", "EMAIL", _EMAIL_SPELLED, _check_spelled_email, needs=("at", "собак")),
+    Rule(
+        "id_number",
+        "ID_NUMBER",
+        _ID_KEYWORD,
+        finder=_find_id_numbers_by_keyword,
+        needs=(
+            "паспорт",
+            "passport",
+            "сери",
+            "series",
+            "снилс",
+            "snils",
+            "инн",
+            "inn",
+            "tax",
+            "ssn",
+            "social",
+            "insurance",
+            "ni ",
+            "nino",
+        ),
+    ),  # fmt: skip
+    Rule(
+        "bank_account",
+        "BANK_ACCOUNT",
+        _BANK_KEYWORD,
+        finder=_find_bank_by_keyword,
+        needs=("бик", "bik", "sort code", "/с", "\\с", "расч", "сч", "account", "acct", "routing", "aba"),
+    ),
+    Rule(
+        "access_code",
+        "ACCESS_CODE",
+        _ACCESS_KEYWORD,
+        finder=_find_access_codes,
+        needs=(
+            "домоф",
+            "подъезд",
+            "парадн",
+            "двер",
+            "калитк",
+            "ворот",
+            "шлагбаум",
+            "сейф",
+            "сигнализ",
+            "замк",
+            "замок",
+            "гараж",
+            "ячейк",
+            "door",
+            "intercom",
+            "gate",
+            "entr",
+            "building",
+            "buzzer",
+            "keypad",
+            "box",
+            "safe",
+            "alarm",
+            "garage",
+            "lock",
+        ),
+    ),  # fmt: skip
     Rule(
         "password",
         "PASSWORD",
-        _PW_KEYWORD,
+        _PW_ANY,
         finder=_find_passwords,
-        needs=("pass", "pwd", "pw", "contrase", "парол", "пасс", "pin", "пин"),
-    ),
+        needs=(
+            "pass",
+            "pwd",
+            "pw",
+            "contrase",
+            "парол",
+            "пасс",
+            "pin",
+            "пин",
+            "wi",
+            "wlan",
+            "вай",
+            "gfhjk",
+            "зфыы",
+            "згв",
+        ),
+    ),  # fmt: skip
     Rule(
         "one_time_code",
         "PASSWORD",
@@ -554,8 +1055,22 @@ RULES: tuple[Rule, ...] = (
         "CARD",
         _CVV,
         lambda m: _group(m, "CARD"),
-        needs=("cvv", "cvc", "csc", "свв", "цвв"),
-    ),
+        needs=(
+            "cvv",
+            "cvc",
+            "csc",
+            "свв",
+            "цвв",
+            "back",
+            "reverse",
+            "оборот",
+            "обратн",
+            "задн",
+            "спине",
+            "security",
+            "verification",
+        ),
+    ),  # fmt: skip
     Rule(
         "keyword_secret",
         "API_KEY",
@@ -563,14 +1078,53 @@ RULES: tuple[Rule, ...] = (
         finder=_find_keyword_secrets,
         needs=("key", "token", "secret", "aws", "credential", "ключ", "токен", "секрет"),
     ),
+    Rule("id_number_shape", "ID_NUMBER", _ID_SHAPE, _check_id_shape),
+    Rule("bank_account_20", "BANK_ACCOUNT", _ACCOUNT_20, _check_account_20, needs_digits=True),
     Rule("iban", "IBAN", _IBAN, _check_iban),
     Rule("card", "CARD", _CARD, _check_card, needs_digits=True),
     Rule("phone", "PHONE", _PHONE, _check_phone, needs_digits=True),
     Rule("high_entropy", "TOKEN", _BARE, _check_bare),
 )
 
+_Mark = tuple[int, int, int, int, str]
+"""A placeholder in the text being scrubbed: (start, end) there, (start, end) in the original, kind."""
 
-def _apply(text: str, counts: Counter[str]) -> str:
+
+def _to_original(x: int, marks: list[_Mark], at_end: bool) -> int:
+    """Position `x` of the partly scrubbed text, as an offset into the original text."""
+    shift = 0
+    for start, end, o_start, o_end, _ in marks:
+        if end <= x:
+            shift = o_end - end
+        elif start < x:
+            return o_end if at_end else o_start  # inside a placeholder: the new span swallows it whole
+        else:
+            break
+    return x + shift
+
+
+def _track(marks: list[_Mark], replaced: list[Span]) -> list[_Mark]:
+    """`marks` after `replaced` (spans of the text the marks describe) became placeholders."""
+    out: list[_Mark] = []
+    shift, i = 0, 0
+    for start, end, kind in replaced:
+        while i < len(marks) and marks[i][1] <= start:
+            m = marks[i]
+            out.append((m[0] + shift, m[1] + shift, m[2], m[3], m[4]))
+            i += 1
+        o_start, o_end = _to_original(start, marks, False), _to_original(end, marks, True)
+        while i < len(marks) and marks[i][0] < end:
+            i += 1  # swallowed by the new span
+        width = len(kind) + 2
+        out.append((start + shift, start + shift + width, o_start, o_end, kind))
+        shift += width - (end - start)
+    out += [(m[0] + shift, m[1] + shift, m[2], m[3], m[4]) for m in marks[i:]]
+    return out
+
+
+def _apply(
+    text: str, counts: Counter[str], marks: list[_Mark] | None = None
+) -> tuple[str, list[_Mark] | None]:
     # Guards look at the text as it came in: replacing secrets only ever removes keywords and digits.
     lowered = text.lower()
     digits = _DIGIT_RUN.search(text) is not None
@@ -582,36 +1136,54 @@ def _apply(text: str, counts: Counter[str]) -> str:
         if rule.pattern.search(text) is None:
             continue
         parts: list[str] = []
+        replaced: list[Span] = []
         pos = 0
         for start, end, kind in rule.spans(text):
             if start < pos or start >= end:
                 continue  # overlapping or empty span: the earlier one already covers it
             parts += (text[pos:start], f"<{kind}>")
             counts[kind] += 1
+            replaced.append((start, end, kind))
             pos = end
         if parts:
             parts.append(text[pos:])
             text = "".join(parts)
-    return text
+            if marks is not None:
+                marks = _track(marks, replaced)
+    return text, marks
+
+
+def _scrub(text: str, track: bool) -> tuple[str, Counter[str], list[Span]]:
+    counts: Counter[str] = Counter()
+    marks: list[_Mark] | None = [] if track else None
+    if not text or not maybe_secret(text):
+        return text, counts, []
+    for _ in range(3):  # re-scrub until stable: a replacement can expose a neighbouring secret
+        scrubbed, marks = _apply(text, counts, marks)
+        if scrubbed == text:
+            break
+        text = scrubbed
+    return text, counts, [(m[2], m[3], m[4]) for m in marks or ()]
 
 
 def scrub_secrets_with_counts(text: str) -> tuple[str, Counter[str]]:
     """`text` with every secret replaced by its placeholder, and how many of each kind were replaced."""
-    counts: Counter[str] = Counter()
-    if not text or not maybe_secret(text):
-        return text, counts
-    for _ in range(3):  # re-scrub until stable: a replacement can expose a neighbouring secret
-        scrubbed = _apply(text, counts)
-        if scrubbed == text:
-            break
-        text = scrubbed
-    return text, counts
+    scrubbed, counts, _ = _scrub(text, track=False)
+    return scrubbed, counts
+
+
+def scrub_secrets_with_spans(text: str) -> tuple[str, list[Span]]:
+    """`text` with every secret replaced, and where each placeholder's value was: (start, end, kind)
+    offsets into `text`, in order (a report can name positions without repeating any value)."""
+    scrubbed, _, spans = _scrub(text, track=True)
+    return scrubbed, spans
 
 
 def scrub_secrets(text: str) -> str:
-    """`text` with every secret (emails, phones, cards, IBANs, passwords, keys, tokens, private keys,
-    URLs with credentials) replaced by a typed placeholder such as `<EMAIL>`; everything else kept."""
-    return scrub_secrets_with_counts(text)[0]
+    """`text` with every secret (emails, phones, cards, IBANs, bank accounts, national ID numbers,
+    passwords, door codes, seed phrases, keys, tokens, private keys, URLs with credentials) replaced by a
+    typed placeholder such as `<EMAIL>`; everything else kept."""
+    return _scrub(text, track=False)[0]
 
 
 def _maybe_secret_batch(texts: list[str]) -> list[bool]:
@@ -630,11 +1202,23 @@ def scrub_many(texts: Iterable[str]) -> tuple[list[str], Counter[str]]:
 
     Same result as `[scrub_secrets(t) for t in texts]`, faster on big batches.
     """
+    out, total, _ = scrub_many_with_spans(texts, track=False)
+    return out, total
+
+
+def scrub_many_with_spans(
+    texts: Iterable[str], track: bool = True
+) -> tuple[list[str], Counter[str], list[list[Span]]]:
+    """`scrub_many`, plus each text's replaced spans as `scrub_secrets_with_spans` gives them (empty lists
+    when `track` is false)."""
     texts = list(texts)
     total: Counter[str] = Counter()
     out = list(texts)
+    spans: list[list[Span]] = [[] for _ in texts] if track else []
     for i, maybe in enumerate(_maybe_secret_batch(texts)):
         if maybe:
-            out[i], counts = scrub_secrets_with_counts(texts[i])
+            out[i], counts, found = _scrub(texts[i], track)
             total.update(counts)
-    return out, total
+            if track:
+                spans[i] = found
+    return out, total, spans

@@ -126,6 +126,31 @@ POSITIVES: list[tuple[str, str, str]] = [
         "SECRET_URL",
         "XXXXXXXX",
     ),
+    ("code 4521 for the door", "ACCESS_CODE", "4521"),
+    ("код 4521 от подъезда", "ACCESS_CODE", "4521"),
+    ("код домофона 1234", "ACCESS_CODE", "1234"),
+    ("door code is 4721#", "ACCESS_CODE", "4721"),
+    ("подъезд 3, код 56К7890", "ACCESS_CODE", "56К7890"),
+    ("the three digits on the back are 123", "CARD", "123"),
+    ("код на обороте 456", "CARD", "456"),
+    ("паспорт 4508 123456", "ID_NUMBER", "123456"),
+    ("серия 45 08 номер 123456", "ID_NUMBER", "123456"),
+    ("СНИЛС 112-233-445 95", "ID_NUMBER", "445 95"),
+    ("мой ИНН 500100732259", "ID_NUMBER", "500100732259"),
+    ("SSN 536-90-4399", "ID_NUMBER", "4399"),
+    ("my NINO is AB123456C", "ID_NUMBER", "AB123456C"),
+    ("р/с 40817810099910004312", "BANK_ACCOUNT", "40817810099910004312"),
+    ("БИК 044525225", "BANK_ACCOUNT", "044525225"),
+    (
+        "abandon ability able about above absent absorb abstract absurd abuse access accident",
+        "SEED_PHRASE",
+        "absurd",
+    ),  # fmt: skip
+    ("ivan собака mail точка ru", "EMAIL", "ivan"),
+    ("gfhjkm: ddjlbnm123", "PASSWORD", "ddjlbnm123"),
+    ("wifi is HomeNet, pass sunny2020!", "PASSWORD", "sunny2020"),
+    ("4111 1111\n1111 1111", "CARD", "4111"),
+    ("+7 912 345\n67 89", "PHONE", "67 89"),
 ]
 
 # Look-alikes that must survive untouched.
@@ -169,8 +194,15 @@ NEGATIVES: list[str] = [
     "https://www.youtube.com/watch?v=dQw4w9WgXcQ",
     "https://user@example.com/profile",
     "https://github.com/Yelp/detect-secrets",
-    "code 4521 for the door",
-    "код 4521 от подъезда",
+    "password: see the doc",
+    "the wifi is slow",
+    "wifi is 5GHz",
+    "see you at home dot com",
+    "моя собака большая, точка",
+    "домофон 45",
+    "gate 24 at 10:30",
+    "серия 3, сезон 2",
+    "zip code 94107 by the door",
 ]
 
 PLAIN_NUMBERS: list[str] = [
