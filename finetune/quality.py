@@ -124,10 +124,23 @@ class Attributor:
         return np.asarray(self.pipeline.predict(list(texts))) == 1
 
 
-def fit_attributor(person_texts: Sequence[str], partner_texts: Sequence[str], seed: int) -> Attributor:
-    """Fit the attribution classifier on the person's train-split messages against their partners'."""
-    person = [t for t in person_texts if t.strip()]
-    partners = [t for t in partner_texts if t.strip()]
+def fit_attributor(
+    person_texts: Sequence[str], partner_texts: Sequence[str], seed: int, max_per_side: int | None = 20_000
+) -> Attributor:
+    """Fit the attribution classifier on the person's train-split messages against their partners'.
+
+    Empty texts are skipped; a side with more than `max_per_side` texts is subsampled (seeded) to keep
+    the fit to seconds on years of chats.
+    """
+    rng = np.random.default_rng(seed)
+
+    def usable(texts: Sequence[str]) -> list[str]:
+        kept = [t for t in texts if t.strip()]
+        if max_per_side is not None and len(kept) > max_per_side:
+            kept = [kept[i] for i in sorted(rng.choice(len(kept), max_per_side, replace=False))]
+        return kept
+
+    person, partners = usable(person_texts), usable(partner_texts)
     if not person or not partners:
         raise ValueError(
             f"authorship attribution needs messages of the person and of their partners "

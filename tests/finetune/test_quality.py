@@ -123,6 +123,8 @@ def test_small_sets_use_fewer_folds_and_tiny_ones_are_refused(real: list[str]) -
     assert unpaired.folds == 5
     with pytest.raises(ValueError, match="partners"):
         fit_attributor(real, ["", "  "], SEED)
+    capped = fit_attributor(real, corpus(partner_message, 50, 2), SEED, max_per_side=30)
+    assert (capped.person_texts, capped.partner_texts) == (30, 30)
 
 
 def test_deterministic_given_a_seed(attributor: Attributor, real: list[str]) -> None:
