@@ -5,8 +5,10 @@
 Writes `report.md` (+ `report.json` with every number, PNG plots): perplexity of the person's held-out
 replies (val.jsonl, reply tokens only, exactly as training scores them) under the base and the twin;
 reply length, emoji, punctuation and letter-case rates of replies sampled from the twin and the base next
-to the person's real ones; ten side-by-side samples; and the training loss curve from the adapter's
-metrics.csv. The report quotes private messages, so its folder is owner-only like the data.
+to the person's real ones; whether a stylometric classifier attributes those replies to the person and
+whether a second one can tell them from the real ones (finetune.quality); ten side-by-side samples; and
+the training loss curve from the adapter's metrics.csv. The report quotes private messages, so its folder
+is owner-only like the data.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ from finetune.data import VAL_FILE, encode_records, load_records
 from finetune.errors import UserError
 from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
 from finetune.metrics import draw_losses, read_rows, save_figure
+from finetune.quality import MIN_PER_CLASS, QualityRow, compare_contestants, fit_attributor, to_markdown
 from finetune.style import RATE_LABELS, StyleStats, style_stats
 from finetune.twin import METRICS_FILE, read_adapter_spec, resolve_adapter
+from prepare.records import TRAIN_FILE, Record
 
 SIDE_BY_SIDE = 10
 COLORS = {"real": "tab:green", "twin": "tab:blue", "base": "tab:gray"}
@@ -88,6 +92,10 @@ class Findings:
     loss_rows: list[dict[str, float | None]]
     val_records: int
     seconds: float
+    quality: list[QualityRow] = field(default_factory=list)
+    """Attribution and discrimination of the real, twin and base replies (finetune.quality)."""
+    quality_note: str = ""
+    """Why `quality` is empty, when it is."""
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -127,19 +135,41 @@ def measure(args: ReportArgs) -> Findings:
         }
         for k, i in enumerate(chosen)
     ]
+    train_path = args.data / TRAIN_FILE
+    train = load_records(train_path) if train_path.is_file() else []
+    replies = {"real": real, "twin": twin_replies, "base": base_replies}
+    quality, quality_note = measure_quality(train, replies, args.seed)
     return Findings(
         base=base,
         twin=twin,
-        style={
-            "real": style_stats(real),
-            "twin": style_stats(twin_replies),
-            "base": style_stats(base_replies),
-        },
+        style={who: style_stats(texts) for who, texts in replies.items()},
         samples=samples,
         loss_rows=read_metrics(args.lora_path),
         val_records=len(records),
         seconds=time.perf_counter() - t0,
+        quality=quality,
+        quality_note=quality_note,
     )
+
+
+def measure_quality(
+    train: Sequence[Record], replies: Mapping[str, Sequence[str]], seed: int
+) -> tuple[list[QualityRow], str]:
+    """Attribution share and discriminator accuracy per contestant of `replies` (whose "real" entry is
+    the person's replies to the prompts the others answered), or no rows and the reason why.
+
+    The attributor learns the person's train-split replies against their partners' messages there.
+    """
+    real = replies["real"]
+    if len(real) < MIN_PER_CLASS:
+        return [], f"only {len(real)} sampled prompts; use --samples {MIN_PER_CLASS} or more"
+    person = [r.response for r in train]
+    partners = [r.instruction for r in train]
+    try:
+        attributor = fit_attributor(person, partners, seed)
+    except ValueError:
+        return [], f"no train-split messages of the person and their partners in {TRAIN_FILE}"
+    return compare_contestants(attributor, real, replies, seed), ""
 
 
 def read_metrics(lora_path: Path) -> list[dict[str, float | None]]:
@@ -251,6 +281,21 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
         label = RATE_LABELS.get(stat.name, stat.name.replace("_", " "))
         lines.append(f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " |")
     lines += ["", "![style](style.png)", "", "![reply lengths](lengths.png)", ""]
+    lines += ["## Does it write like the person?", ""]
+    if f.quality:
+        lines += [
+            "*Attributed*: a stylometric classifier (character 1–4-grams and style rates, logistic "
+            "regression) learned the person's train-split replies against their partners' messages; the "
+            "share of each contestant's replies it gives to the person (*real* is the reference a twin "
+            "should reach). *Told from real*: a second classifier, cross-validated over the prompts, tells "
+            "the contestant's replies from the person's real ones; 50% means it cannot (real against "
+            "itself is 50% by construction), 100% means the contestant is always caught. 95% bootstrap "
+            "intervals in brackets.",
+            "",
+            to_markdown(f.quality),
+        ]
+    else:
+        lines += [f"Not measured: {f.quality_note}.", ""]
     lines += ["## Side by side", ""]
     for k, s in enumerate(f.samples[:SIDE_BY_SIDE], start=1):
         lines += [
@@ -294,6 +339,7 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
             "val_records": f.val_records,
         },
         "style": {who: s.as_dict() for who, s in f.style.items()},
+        "quality": {"rows": [asdict(row) for row in f.quality], "note": f.quality_note},
         "samples": f.samples[:SIDE_BY_SIDE],
         "seconds": f.seconds,
     }
@@ -328,9 +374,15 @@ def report(args: ReportArgs) -> None:
     findings = measure(args)
     path = write_report(args, findings)
     b, t = findings.base.value, findings.twin.value
+    attributed = {row.contestant: row.attribution.share for row in findings.quality}
+    quality = (
+        f"; attributed to the person: twin {attributed['twin']:.0%}, real {attributed['real']:.0%}"
+        if attributed
+        else ""
+    )
     print(
         f"report in {path}: held-out perplexity base {b:.2f} → twin {t:.2f} on {findings.twin.tokens} reply "
-        f"tokens; {findings.style['real'].replies} sampled replies ({findings.seconds:.0f} s)"
+        f"tokens; {findings.style['real'].replies} sampled replies{quality} ({findings.seconds:.0f} s)"
     )
 
 
