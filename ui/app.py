@@ -1,7 +1,10 @@
 """The chat page: you write as your chat partner, and your twin answers the way you would.
 
-Run `streamlit run ui/app.py` (or `make ui`, `python -m ui`). The history lives in `st.session_state`
-and goes to the server as the OpenAI `messages` list on every turn; every HTTP call is in `ui/client.py`.
+Run `make ui` or `python -m ui` (127.0.0.1 only; see `ui/access.py`). The history lives in
+`st.session_state` and goes to the server as the OpenAI `messages` list on every turn; every HTTP call is in
+`ui/client.py`. The server's address and API key come from the environment (TWIN_API_URL, TWIN_API_KEY) and
+stay in this Python process: no widget holds them, so the browser never receives the key, and nobody at
+the page can point it (and the key) at another server.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +24,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # `streamlit run ui/app.py` puts ui/ on sys.path, not the repo root
     sys.path.insert(0, _ROOT)
 
-from ui import chat, client  # noqa: E402
+from ui import access, chat, client  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +46,37 @@ def avatar(letter: str, color: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
-def init_state() -> None:
-    """Defaults for the conversation and, from the environment, for the sidebar's widgets."""
+def check_access() -> None:
+    """Render nothing for a browser that must not use the page (see `ui.access.refusal`)."""
+    problem = access.refusal(
+        st.context.headers, st.get_option("server.address"), os.environ.get(access.HOST_ENV)
+    )
+    if problem:
+        st.error(problem)
+        st.stop()
+
+
+def load_server() -> client.ServerSettings:
+    """Where the server is and its key, from the environment on every run; kept out of session state."""
     try:
-        server = client.ServerSettings.from_env()
+        return client.ServerSettings.from_env()
     except ValueError as e:
         st.error(f"The page's settings are wrong: {e}")
         st.stop()
+
+
+def without_key(text: str, server: client.ServerSettings) -> str:
+    """`text` for the page, with the API key blanked should an error message ever quote it."""
+    key = server.api_key.strip()
+    return text.replace(key, "•••") if key else text
+
+
+def init_state() -> None:
+    """Defaults for the conversation and the sidebar's widgets."""
     state = st.session_state
     state.setdefault("history", [])
     state.setdefault("conversation", 0)
     state.setdefault("error", None)
-    state.setdefault("server_url", server.url)
-    state.setdefault("api_key", server.api_key)
-    state.setdefault("timeout_s", server.timeout_s)
     state.setdefault("partner", "")
     state.setdefault("temperature", DEFAULT_TEMPERATURE)
     state.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
@@ -75,19 +96,23 @@ def check_server(server: client.ServerSettings) -> None:
     try:
         answer = client.check_health(server)
     except client.TwinAPIError as e:
-        st.sidebar.error(str(e))
+        st.sidebar.error(without_key(str(e), server))
         return
     model, device = answer.get("model"), answer.get("device")
     where = f" (model: {model}{f' on {device}' if device else ''})" if model else ""
     st.sidebar.success(f"The server is up{where}.")
 
 
-def sidebar() -> client.ServerSettings:
+def sidebar(server: client.ServerSettings) -> None:
     """Settings widgets; their values stay in `st.session_state` under their keys."""
     with st.sidebar:
         st.header("Settings")
-        st.text_input("Server URL", key="server_url", help="The twin server (TWIN_API_URL).")
-        st.text_input("API key", key="api_key", type="password", help="The server's key (TWIN_API_KEY).")
+        key_said = (
+            "set (TWIN_API_KEY)"
+            if server.api_key.strip()
+            else "none (set TWIN_API_KEY if the server has one)"
+        )
+        st.caption(f"Server: `{server.base_url}` (TWIN_API_URL)  \nAPI key: {key_said}")
         st.text_input(
             "Partner's name",
             key="partner",
@@ -111,14 +136,8 @@ def sidebar() -> client.ServerSettings:
             disabled=not st.session_state.history,
             on_click="ignore",
         )
-        server = client.ServerSettings(
-            url=st.session_state.server_url,
-            api_key=st.session_state.api_key,
-            timeout_s=st.session_state.timeout_s,
-        )
         if st.button("Check server"):
             check_server(server)
-    return server
 
 
 def draw_bubble(index: int, partner: str) -> None:
@@ -152,10 +171,12 @@ def reply(server: client.ServerSettings) -> None:
             st.caption("Your twin is typing…")
             st.write_stream(pieces())
     except client.TwinAPIError as e:
-        state.error = str(e)
+        state.error = without_key(str(e), server)
     except Exception as e:  # a bug must not cost the conversation: say so and keep the page alive
         log.exception("reply failed")
-        state.error = f"Something went wrong while getting the reply ({type(e).__name__}: {e})."
+        state.error = without_key(
+            f"Something went wrong while getting the reply ({type(e).__name__}: {e}).", server
+        )
     else:
         text = "".join(parts).strip()
         if text:
@@ -167,8 +188,10 @@ def reply(server: client.ServerSettings) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="twin", page_icon="💬")
+    check_access()
+    server = load_server()
     init_state()
-    server = sidebar()
+    sidebar(server)
     state = st.session_state
     partner = chat.clean_partner(state.partner)
 

@@ -97,14 +97,34 @@ def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
+def sent_to_browser(at: AppTest) -> bytes:
+    """Every element and block of the page as the protobuf bytes Streamlit sends to the browser."""
+    found: list[bytes] = []
+
+    def walk(node: Any) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None and hasattr(proto, "SerializeToString"):
+            found.append(proto.SerializeToString())
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return b"\n".join(found)
+
+
 def test_first_page_is_empty_with_settings_from_the_environment(
     twin: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TWIN_API_URL", "http://10.1.2.3:9000")
     monkeypatch.setenv("TWIN_API_KEY", "s3cret")
     at = start()
-    assert at.sidebar.text_input(key="server_url").value == "http://10.1.2.3:9000"
-    assert at.sidebar.text_input(key="api_key").value == "s3cret"
+    # the server and the key are shown, not editable: the only text field is the partner's name
+    assert [t.key for t in at.text_input] == ["partner"]
+    [settings] = [c.value for c in at.sidebar.caption]
+    assert "`http://10.1.2.3:9000` (TWIN_API_URL)" in settings and "API key: set (TWIN_API_KEY)" in settings
+    sent = sent_to_browser(at)
+    assert b"You write as **Friend**" in sent and b"http://10.1.2.3:9000" in sent  # the walk sees the page
+    assert b"s3cret" not in sent
     assert bubbles(at) == []
     assert errors(at) == []
     assert twin.requests == []
@@ -252,10 +272,10 @@ def test_new_conversation_forgets_the_history_but_keeps_the_settings(twin: Scrip
 
 def test_sidebar_settings_reach_the_request(twin: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TWIN_API_TIMEOUT", "7.5")
+    monkeypatch.setenv("TWIN_API_URL", "http://192.168.1.20:8123")
+    monkeypatch.setenv("TWIN_API_KEY", "key-42")
     twin.scripts = [["hi Maria"]]
     at = start()
-    at.sidebar.text_input(key="server_url").set_value("http://192.168.1.20:8123")
-    at.sidebar.text_input(key="api_key").set_value("key-42")
     at.sidebar.text_input(key="partner").set_value("  Anna   Maria ")
     at.sidebar.slider(key="temperature").set_value(1.35)
     at.sidebar.number_input(key="max_tokens").set_value(48)
@@ -337,3 +357,26 @@ def test_check_server_says_whether_it_is_up(twin: ScriptedServer) -> None:
     check.click().run()
     assert not at.exception
     assert [e.value for e in at.sidebar.error] == ["Can't reach the twin server at http://127.0.0.1:8000."]
+
+
+def test_the_api_key_never_reaches_the_browser(twin: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is read in the page's Python process and only sent to the server: no widget holds it, no
+    session-state value is it, and an error message quoting it is shown with the key blanked."""
+    key = "sk-twin-very-secret-42"
+    monkeypatch.setenv("TWIN_API_KEY", key)
+    twin.scripts = [["hey"], [RuntimeError(f"Illegal header value b'Bearer {key}'")]]
+    twin.health = TwinAPIError(f"The server refused the API key {key} (HTTP 401)", status=401)
+    at = start()
+    say(at, "hi")
+    say(at, "again")
+    [check] = [b for b in at.sidebar.button if b.label == "Check server"]
+    check.click().run()
+    assert [r.server.api_key for r in twin.requests] == [key, key]  # it is used ...
+    assert twin.health_checks[-1].api_key == key
+    assert errors(at) and all(key not in e for e in errors(at))  # ... and never shown
+    assert "Bearer •••" in errors(at)[0]
+    assert [e.value for e in at.sidebar.error] == ["The server refused the API key ••• (HTTP 401)"]
+    assert all(getattr(w, "value", None) != key for w in at.text_input)
+    assert all(key not in repr(at.session_state[name]) for name in at.session_state)
+    sent = sent_to_browser(at)
+    assert "Bearer •••".encode() in sent and key.encode() not in sent
