@@ -17,6 +17,7 @@ import pytest
 from ui_browser import (
     CHAT_INPUT,
     CHROMIUM,
+    REBIND_HOST,
     RECORD_STREAMING_JS,
     Page,
     RealTwin,
@@ -24,10 +25,12 @@ from ui_browser import (
     chromium,
     chromium_available,
     open_app,
+    page_source,
     page_text,
     streamlit_app,
     type_into,
     wait_for,
+    websocket_frames,
 )
 from ui_standin import chunk, free_port, running_standin, sse, status
 
@@ -90,8 +93,12 @@ def test_a_slow_reply_grows_in_the_browser_and_a_failure_is_a_message(browser: P
 
 
 def test_the_twin_answers_in_the_browser(browser: Page, real_twin: RealTwin, tmp_path: Path) -> None:
+    """... with the server's API key, which the browser never sees: not in the DOM, not in a websocket
+    frame Streamlit sent, not in cookies or web storage."""
     env = {"TWIN_API_URL": real_twin.url, "TWIN_API_KEY": real_twin.api_key}
     with streamlit_app(free_port(), env, tmp_path / "streamlit.log") as url:
+        browser.events.clear()
+        browser.call("Network.enable")
         open_app(browser, url)
         type_into(browser, 'input[aria-label="Partner\'s name"]', "Anna")
         caption = "You write as Anna; your twin answers the way you would."
@@ -109,7 +116,35 @@ def test_the_twin_answers_in_the_browser(browser: Page, real_twin: RealTwin, tmp
         assert drawn[1][0] == "twin" and drawn[1][1].strip()
         assert page_text(browser, "stAlertContainer") == []
         assert no_traceback(browser)
+        frames = websocket_frames(browser)
+        browser.call("Network.disable")
+        key = real_twin.api_key
+        assert any(b"Are you free on friday?" in f for f in frames)  # the frames are the chat's
+        assert not [f for f in frames if key.encode() in f]
+        source = page_source(browser)
+        assert "Are you free on friday?" in source and "API key: set (TWIN_API_KEY)" in source
+        assert key not in source
         wanted = os.environ.get("TWIN_UI_SCREENSHOT")
         shot = Path(wanted) if wanted else tmp_path / "ui.png"
         browser.screenshot(shot)
         assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_rebinding_site_gets_no_page(browser: Page, tmp_path: Path) -> None:
+    """A web site whose name resolves to 127.0.0.1 (DNS rebinding) opens the page under its own name:
+    the page refuses to render, so the site can neither read nor use it (`streamlit run`, without
+    `python -m ui`'s server.allowedHosts, whose 403 test_ui_access checks)."""
+    key = "sk-rebind-secret"
+    port = free_port()
+    with streamlit_app(port, {"TWIN_API_KEY": key}, tmp_path / "streamlit.log"):
+        browser.events.clear()
+        browser.call("Network.enable")
+        browser.navigate(f"http://{REBIND_HOST}:{port}")
+        alerts = wait_for("the refusal", lambda: page_text(browser, "stAlertContainer"), 60)
+        assert any(f"opened under another name ({REBIND_HOST})" in a for a in alerts), alerts
+        assert not browser.evaluate(f"!!document.querySelector('{CHAT_INPUT}')")
+        assert browser.evaluate("document.querySelectorAll('[data-testid=\"stSidebar\"]').length") == 0
+        frames = websocket_frames(browser)
+        browser.call("Network.disable")
+        assert frames and not [f for f in frames if key.encode() in f]
+        assert key not in page_source(browser)

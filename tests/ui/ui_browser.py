@@ -26,6 +26,8 @@ from websockets.sync.client import ClientConnection, connect
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
+REBIND_HOST = "rebind.test"
+"""A name the test browser resolves to 127.0.0.1, as a DNS-rebinding site would make it."""
 T = TypeVar("T")
 
 
@@ -51,16 +53,20 @@ class Page:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+        """Events seen while waiting for answers, of the domains a test enabled (`Network.enable`)."""
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         sent = next(self.ids)
         self.ws.send(json.dumps({"id": sent, "method": method, "params": params}))
         while True:
             answer = json.loads(self.ws.recv(timeout=60))
-            if answer.get("id") == sent:  # anything else is an event we did not ask for
+            if answer.get("id") == sent:
                 if "error" in answer:
                     raise RuntimeError(f"CDP {method} failed: {answer['error']}")
                 return dict(answer.get("result", {}))
+            if answer.get("method", "").startswith("Network.webSocket"):
+                self.events.append(answer)  # kept for `websocket_frames`; other events are dropped
 
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -109,6 +115,7 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[Pa
         "--remote-debugging-address=127.0.0.1",
         "--remote-debugging-port=0",
         f"--window-size={width},{height}",
+        f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1",
         "about:blank",
     ]
     log = (profile.parent / "chromium.log").open("wb")
@@ -292,3 +299,32 @@ def bubbles(page: Page) -> list[tuple[str, str]] | None:
 def page_text(page: Page, test_id: str) -> list[str]:
     found = f"document.querySelectorAll('[data-testid=\"{test_id}\"]')"
     return list(page.evaluate(f"Array.from({found}).map(e => e.innerText.trim())"))
+
+
+PAGE_SOURCE_JS = """
+(() => {
+  const docs = [document, ...Array.from(document.querySelectorAll('iframe'))
+    .map(f => { try { return f.contentDocument; } catch (e) { return null; } }).filter(d => d)];
+  const storage = s => JSON.stringify(Object.fromEntries(Object.keys(s).map(k => [k, s.getItem(k)])));
+  return [...docs.map(d => d.documentElement.outerHTML), document.cookie, storage(localStorage),
+          storage(sessionStorage), Array.from(document.querySelectorAll('input, textarea'))
+          .map(e => e.value).join('\\n')].join('\\n');
+})()
+"""
+
+
+def page_source(page: Page) -> str:
+    """The page's DOM (its iframes' too), input values, cookies and web storage, as one text."""
+    return str(page.evaluate(PAGE_SOURCE_JS))
+
+
+def websocket_frames(page: Page) -> list[bytes]:
+    """The payloads of the websocket frames the page has received since `Network.enable`."""
+    page.evaluate("1")  # read the events that came before now
+    frames = []
+    for event in page.events:
+        if event["method"] == "Network.webSocketFrameReceived":
+            response = event["params"]["response"]
+            data = response["payloadData"]
+            frames.append(base64.b64decode(data) if response.get("opcode") == 2 else data.encode())
+    return frames
