@@ -69,7 +69,8 @@ _KEYWORDS = (
     r"pass|pwd|pw|contrase|парол|пасс|pin|пин|cvv|cvc|csc|свв|цвв|code|код|otp|2fa|sms|смс"
     r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|credential|aws"
     r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы"  # Wi-Fi; "пароль"/"pass" typed in the other keyboard layout
-    r"|домофон|intercom|keypad|buzzer|lockbox|on the back|оборот"  # door codes, card codes in words
+    r"|домофон|intercom|keypad|buzzer|lockbox|door|двер|gate|калитк|ворот|подъезд"  # door codes
+    r"|back|оборот|обратн|сзади"  # card codes in words
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
     r"|(?:[a-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[a-z]{3,8}"  # 12 short words in a row: a seed phrase?
 )
@@ -389,15 +390,15 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
             vague = by_word and fillers and fillers[0] not in _PW_PREPOSITIONS
             if explicit and len(core) >= 3 and (not vague or _made_up(core)):
                 after = _NEXT_TOKEN.match(text, pos)
-                phrase = (
-                    core.isalpha()
-                    and core.islower()
-                    and after is not None
-                    and after.group(1).lower().strip(_TRAILING_PUNCT) in _PHRASE_NEXT
-                    and "\n" not in text[start : after.start(1)]
+                next_word = (
+                    after.group(1) if after is not None and "\n" not in text[start : after.start(1)] else ""
                 )
-                if not phrase:
-                    return (start, start + len(core), "PASSWORD")
+                plain = core.isalpha() and core.islower()
+                if plain and next_word and _made_up(_value_core(next_word)) and len(fillers) < 3:
+                    fillers.append(core)  # "my password is now Lion!88": the made-up word is the value
+                    continue
+                if not (plain and next_word.lower().strip(_TRAILING_PUNCT) in _PHRASE_NEXT):
+                    return (start, start + len(core), "PASSWORD")  # not "password: see the doc"
             if not explicit and len(core) >= 4 and _made_up(core):
                 if kw not in _EXPLICIT_ONLY or _strong(core):
                     return (start, start + len(core), "PASSWORD")
@@ -442,11 +443,15 @@ _OTP = re.compile(
     r"[ \t]*(?:is|:|=|-|—)?[ \t]*(?P<value>\d{4,8})(?!\d)",
     re.IGNORECASE,
 )
+_BACK = (
+    r"(?:on|from|at|на|с|со)[ \t]+(?:the[ \t]+)?(?:back|reverse|оборот\w{0,2}|обратной[ \t]+стороны?"
+    r"|обратн\w+[ \t]+сторон\w{0,2}|задней[ \t]+сторон\w{0,2}|спине)"
+)
 _CVV = re.compile(
     r"(?<!\w)(?:cvv2?|cvc2?|csc|свв|цвв|card[ \t]+(?:security|verification)[ \t]+(?:code|number)"
     r"|(?:(?:the[ \t]+)?(?:three|four|3|4|три|четыре|3-?х|тр[её]х)[ \t]+)?(?:digits?|numbers?|цифр\w{0,2}"
-    r"|код\w{0,2}|code|число|номер)[ \t]+(?:on|from|at|на|с|со)[ \t]+(?:the[ \t]+)?(?:back|reverse"
-    r"|оборот\w{0,2}|обратной[ \t]+стороны?|обратн\w+[ \t]+сторон\w{0,2}|задней[ \t]+сторон\w{0,2}|спине))"
+    r"|код\w{0,2}|code|число|номер)[ \t]+(?:" + _BACK + r"|сзади)"
+    r"|" + _BACK + r"[ \t]+(?:of[ \t]+(?:the|my|your)[ \t]+card|карты))"
     r"[^\d\n]{0,24}?(?<![\w-])(?P<value>\d{3,4})(?![\d.,:/-]\d|\d)",
     re.IGNORECASE,
 )
@@ -458,11 +463,11 @@ _CVV = re.compile(
 _ACCESS_PLACE = (
     r"домофон\w*|подъезд\w*|парадн\w*|двер\w*|калитк\w*|ворот\w*|шлагбаум\w*|сейф\w*|сигнализаци\w*"
     r"|замк\w*|замок|гараж\w*|ячейк\w*|door\w*|intercom|gate|entrance|entry|building|buzzer|keypad"
-    r"|lockbox|key[ \t]?box|safe|alarm|garage|locker|padlock|lock"
+    r"|lockbox|key[ \t]?box|safe|alarm|garage|locker|padlock|lock|зайти|войти|get[ \t]+in"
 )
 _ACCESS_IMPLIED = frozenset({"intercom", "keypad", "buzzer", "lockbox", "keybox", "key box"})
 _ACCESS_KEYWORD = re.compile(
-    r"(?<![\w<])(?:(?P<place>" + _ACCESS_PLACE + r")|(?P<code>codes?|код\w{0,3}|pin|пин|combo|combination"
+    r"(?<![\w<])(?:(?P<place>" + _ACCESS_PLACE + r")|(?P<code>codes?|код\w{0,4}|pin|пин|combo|combination"
     r"|комбинаци\w*|шифр\w{0,2}))(?![^\W_])",
     re.IGNORECASE,
 )
@@ -478,13 +483,21 @@ _ACCESS_NEAR = 50  # how far apart a code word and its place may be
 _ACCESS_WINDOW = 40  # how far after the keyword the value may start
 
 
-def _access_value(text: str, pos: int, min_digits: int) -> Span | None:
+def _access_value(text: str, pos: int, need: str) -> Span | None:
+    """The first code after `pos`: `need` is "digits" (3+ digits, after a code word), "intercom" (4+
+    digits, or 3+ with a letter, # or *) or "keypad" (a # or * in it: "door 4721#")."""
     for v in _ACCESS_VALUE.finditer(text, pos, min(len(text), pos + _ACCESS_WINDOW)):
         if PLACEHOLDER.search(text, pos, v.start()):
             return None
         value = v.group(0)
         digits = sum(c.isdigit() for c in value)
-        if digits >= min_digits or (digits >= 3 and not value.isdigit()):
+        if need == "digits":
+            ok = digits >= 3
+        elif need == "intercom":
+            ok = digits >= 4 or (digits >= 3 and not value.isdigit())
+        else:
+            ok = digits >= 3 and ("#" in value or "*" in value)
+        if ok:
             return (v.start(), v.end(), "ACCESS_CODE")
     return None
 
@@ -504,13 +517,12 @@ def _find_access_codes(text: str) -> Iterator[Span]:
                 and "\n" not in text[min(p.start(), m.start()) : max(p.end(), m.end())]
                 for p in places
             )
-            span = _access_value(text, m.end(), 3) if near else None
-        elif m.group("place").lower().replace(" ", "") in _ACCESS_IMPLIED or m.group(
-            "place"
-        ).lower().startswith("домофон"):
-            span = _access_value(text, m.end(), 4)
+            span = _access_value(text, m.end(), "digits") if near else None
         else:
-            span = None
+            place = m.group("place").lower().replace(" ", "")
+            # A keypad or intercom names a code by itself; any other place needs the keypad's # or *.
+            implied = place in _ACCESS_IMPLIED or place.startswith("домофон")
+            span = _access_value(text, m.end(), "intercom" if implied else "keypad")
         if span is not None:
             found.append(span)
     yield from sorted(set(found))
@@ -717,7 +729,7 @@ def _find_seed_phrases(text: str) -> Iterator[Span]:
     run: list[re.Match[str]] = []
     for m in [*_SEED_WORD.finditer(text), None]:
         word = m.group(0) if m is not None else ""
-        listed = word.lower() in vocabulary and (word.islower() or word[1:].islower())
+        listed = word.lower() in vocabulary and (word.islower() or word[1:].islower() or word.isupper())
         if m is not None and listed and run and _SEED_GAP.fullmatch(text, run[-1].end(), m.start()):
             run.append(m)
             continue
@@ -796,9 +808,10 @@ _B = r"[ \t]*[\[({<][ \t]*"
 _E = r"[ \t]*[\])}>][ \t]*"
 _AT = r"(?:" + _B + r"(?:at|собака|собачка)" + _E + r"|(?P<bare_at>[ \t]+(?:at|собака|собачка)[ \t]+))"
 _DOT = r"(?:" + _B + r"(?:dot|точка)" + _E + r"|(?P<bare_dot>[ \t]+(?:dot|точка)[ \t]+)|\.)"
+_DOT_USER = r"(?:" + _B + r"(?:dot|точка)" + _E + r"|[ \t]+(?:dot|точка)[ \t]+)"
 _EMAIL_SPELLED = re.compile(
-    r"(?<![\w.%+-])(?P<user>[\w.%+-]{1,64})" + _AT + r"(?P<domain>" + _LABEL + r"(?:" + _DOT + _LABEL
-    + r")+)(?![\w-])",
+    r"(?<![\w.%+-])(?P<user>(?:[\w%+-]{1,30}" + _DOT_USER + r")*[\w.%+-]{1,64})" + _AT
+    + r"(?P<domain>" + _LABEL + r"(?:" + _DOT + _LABEL + r")+)(?![\w-])",
     re.IGNORECASE,
 )  # fmt: skip
 _EMAIL_PROVIDERS = re.compile(
@@ -820,7 +833,8 @@ def _check_spelled_email(m: re.Match[str]) -> Span | None:
     )
     if m.group("user").lower() in _PRONOUNS:
         return None  # "see you at home dot com"
-    if not (m.group("user").isascii() and all(_ASCII_LABELS.fullmatch(x) for x in labels if x)):
+    user = re.sub(r"[ \t]*[\[({<]?[ \t]*(?:dot|точка)[ \t]*[\])}>]?[ \t]*", ".", m.group("user"), flags=re.I)
+    if not (user.isascii() and all(_ASCII_LABELS.fullmatch(x) for x in labels if x)):
         return None
     if not labels[-1].isalpha() or not 2 <= len(labels[-1]) <= 12:
         return None
@@ -892,11 +906,26 @@ def _card_grouping(text: str) -> bool:
     return card_like and not all(_YEAR.fullmatch(g) for g in groups)
 
 
+# Lengths other than 16–19 belong to a few networks: 13 to Visa, 14 to Diners Club, 15 to Amex and old JCB.
+_CARD_SHORT = {
+    13: ("4",),
+    14: ("300", "301", "302", "303", "304", "305", "36", "38", "39"),
+    15: ("34", "37", "1800", "2131"),
+}
+_NOT_A_CARD = re.compile(
+    r"(?:track\w*|трек\w*|order|заказ\w*|invoice|счёт|счет|№|#|no\.)[ \t:]*$", re.IGNORECASE
+)
+
+
 def _check_card(m: re.Match[str]) -> Span | None:
     text = m.group(0)
     digits = _digits(text)
     if not (13 <= len(digits) <= 19) or digits[0] not in "23456" or not luhn_ok(digits):
         return None
+    if len(digits) in _CARD_SHORT and not digits.startswith(_CARD_SHORT[len(digits)]):
+        return None
+    if text.isdigit() and _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()):
+        return None  # "трек 36363179089602", "order #4000123456789010": a number named as something else
     # A line break (two lines, or two messages) may fall between groups or inside one: "4111 11\n11 ...".
     ok = _card_grouping(text) or ("\n" in text and _card_grouping(_LINE_BREAK.sub("", text)))
     return _whole("CARD", ok, m)
@@ -980,7 +1009,7 @@ RULES: tuple[Rule, ...] = (
             "ni ",
             "nino",
         ),
-    ),  # fmt: skip
+    ),
     Rule(
         "bank_account",
         "BANK_ACCOUNT",
@@ -1019,8 +1048,11 @@ RULES: tuple[Rule, ...] = (
             "alarm",
             "garage",
             "lock",
+            "get in",
+            "зайти",
+            "войти",
         ),
-    ),  # fmt: skip
+    ),
     Rule(
         "password",
         "PASSWORD",
@@ -1042,7 +1074,7 @@ RULES: tuple[Rule, ...] = (
             "зфыы",
             "згв",
         ),
-    ),  # fmt: skip
+    ),
     Rule(
         "one_time_code",
         "PASSWORD",
@@ -1069,8 +1101,9 @@ RULES: tuple[Rule, ...] = (
             "спине",
             "security",
             "verification",
+            "сзади",
         ),
-    ),  # fmt: skip
+    ),
     Rule(
         "keyword_secret",
         "API_KEY",
