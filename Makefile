@@ -83,10 +83,10 @@ train: $(STAMP) ## prepare + LoRA fine-tune on CHECKPOINT (default Falcon-7B) in
 	@$(MAKE) --no-print-directory prepare RAW=$(RAW) PREPARED=$(PREPARED)
 	$(PY) -m finetune --data $(PREPARED) --checkpoint-dir $(CHECKPOINT) --out-dir $(OUT) $(TRAIN_ARGS)
 
-serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000
+serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000 (beyond it only with TWIN_API_KEY)
 	$(PY) -m serve --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT)/lit_model_lora_finetuned.pth
 
-ui: $(STAMP) ## the chat page (talks to the server at TWIN_API_URL)
+ui: $(STAMP) ## the chat page on 127.0.0.1:8501 (server: TWIN_API_URL + TWIN_API_KEY; TWIN_UI_HOST=0.0.0.0 shares it)
 	$(PY) -m ui
 
 demo: $(STAMP) ## sample chats -> LoRA on the embedded SmolLM2 -> report -> twin vs base replies (CPU, ~6 min)
