@@ -187,7 +187,7 @@ def _translated_errors(server: ServerSettings) -> Iterator[None]:
     except httpx.ConnectTimeout as e:
         raise TwinAPIError(
             f"The twin server at {url} did not accept a connection within {server.timeout().connect:g} s. "
-            "Is it running, and is the server URL in the sidebar right?"
+            "Is it running, and is TWIN_API_URL right?"
         ) from e
     except httpx.TimeoutException as e:
         raise TwinAPIError(
@@ -196,8 +196,7 @@ def _translated_errors(server: ServerSettings) -> Iterator[None]:
         ) from e
     except httpx.ConnectError as e:
         raise TwinAPIError(
-            f"Can't reach the twin server at {url}. Is it running (`make serve`), and is the server URL "
-            "in the sidebar right?"
+            f"Can't reach the twin server at {url}. Is it running (`make serve`), and is TWIN_API_URL right?"
         ) from e
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
         raise TwinAPIError(f"{server.url!r} is not a server address; use one like {DEFAULT_URL}.") from e
@@ -213,9 +212,9 @@ def _status_error(response: httpx.Response, server: ServerSettings) -> TwinAPIEr
     said = f" The server said: {detail}" if detail else ""
     if status in (401, 403):
         what = (
-            "The server needs an API key: put it in the sidebar (or TWIN_API_KEY)."
+            "The server needs an API key: set TWIN_API_KEY where the page runs, then restart it."
             if not server.api_key.strip()
-            else "The server refused the API key: check it in the sidebar (or TWIN_API_KEY)."
+            else "The server refused the API key: check TWIN_API_KEY where the page runs."
         )
         return TwinAPIError(f"{what} (HTTP {status}){said}", status)
     if status == 404 and detail in ("", "Not Found"):

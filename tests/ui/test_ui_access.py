@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from ui_browser import streamlit_app
+from ui_browser import REPO, streamlit_app
 from ui_standin import free_port
 
 from ui.__main__ import streamlit_argv
@@ -104,3 +106,22 @@ def test_python_m_ui_refuses_foreign_hosts_and_origins(tmp_path: Path) -> None:
         assert b" 101 " in handshake(port, f"localhost:{port}", f"http://localhost:{port}")
         assert b" 101 " not in handshake(port, f"rebind.example:{port}", f"http://rebind.example:{port}")
         assert b" 101 " not in handshake(port, local, "http://evil.example")
+
+
+def test_sharing_the_page_prints_a_warning() -> None:
+    """`python -m ui --host 0.0.0.0` says who can chat as you (shown with `--help`: nothing binds)."""
+    env = {k: v for k, v in os.environ.items() if k != "TWIN_UI_HOST"}
+    shared = subprocess.run(
+        [sys.executable, "-m", "ui", "--host", "0.0.0.0", "--help"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shared.returncode == 0, shared.stderr
+    assert "WARNING: the chat page listens on 0.0.0.0: anyone who can reach this machine" in shared.stderr
+    local = subprocess.run(
+        [sys.executable, "-m", "ui", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert local.returncode == 0 and "WARNING" not in local.stderr

@@ -182,7 +182,7 @@ def test_the_reply_is_read_piece_by_piece_and_a_break_midway_keeps_nothing_of_it
     "failure",
     [
         TwinAPIError("Can't reach the twin server at http://127.0.0.1:8000. Is it running (`make serve`)?"),
-        TwinAPIError("The server refused the API key: check it in the sidebar (HTTP 401)", status=401),
+        TwinAPIError("The server refused the API key: check TWIN_API_KEY (HTTP 401)", status=401),
         TwinAPIError("The twin server at http://127.0.0.1:8000 sent nothing for 120 s", status=None),
         TwinAPIError("The server refused the request (HTTP 422). max_tokens: too big", status=422),
         TwinAPIError("The twin is busy with another reply (HTTP 503); try again in 2 s.", status=503),
