@@ -32,6 +32,7 @@ def main(
     max_response_chars: int = _D.max_response_chars,
     val_fraction: float = _D.val_fraction,
     seed: int = _D.seed,
+    scrub_report: Path | None = _D.scrub_report,
 ) -> dict[str, Any]:
     """Turn raw Telegram chats into train/val instruction records with secrets scrubbed.
 
@@ -44,6 +45,8 @@ def main(
         max_response_chars: Replies longer than this (pastes, logs) are skipped.
         val_fraction: Share of conversations held out for validation (0 for none).
         seed: Seed of the train/val split.
+        scrub_report: Also write each replaced secret's kind and position (dialog file, message id,
+            character offsets; never the value) to this JSONL file, owner-only, to audit before training.
     """
     try:
         config = PrepareConfig(
@@ -55,6 +58,7 @@ def main(
             max_response_chars=max_response_chars,
             val_fraction=val_fraction,
             seed=seed,
+            scrub_report=Path(scrub_report) if scrub_report is not None else None,
         )
     except ValueError as e:
         raise PrepareError(str(e)) from None
@@ -83,9 +87,15 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    scrubbed = {kind: n for kind, n in stats["scrubbed"].items() if n}
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in scrubbed.items())
+    secrets = f"; scrubbed {sum(scrubbed.values())} secrets" + (f" ({by_kind})" if by_kind else "")
+    report = f"; where: {stats['scrub_report']}" if stats.get("scrub_report") else ""
     console.print(
         f"Wrote {stats['train_records']} train and {stats['val_records']} val records to "
-        f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s",
+        f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s"
+        + secrets
+        + report,
         soft_wrap=True,
         highlight=False,
         markup=False,

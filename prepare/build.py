@@ -9,14 +9,16 @@ keeps those turns twice: rendered (`context`, twin-v1) and structured (`turns`, 
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common.scrub import PLACEHOLDER, scrub_many, scrub_secrets_with_counts
+from common.scrub import PLACEHOLDER, Span, scrub_many_with_spans, scrub_secrets_with_spans
 
 from .config import PrepareConfig
 from .prompt import MAX_TURN_CHARS, Speaker, Turn, cap_turns, clean_text, clip_text, render_context
@@ -44,6 +46,8 @@ class Built:
     counts: dict[str, int]
     skipped: Counter[str] = field(default_factory=Counter)
     scrubbed: Counter[str] = field(default_factory=Counter)
+    scrub_report: list[dict[str, Any]] = field(default_factory=list)
+    """Where each secret was replaced (kind and position, never the value); filled only when asked."""
 
 
 def _ends(starts: np.ndarray, n: int) -> np.ndarray:
@@ -51,20 +55,64 @@ def _ends(starts: np.ndarray, n: int) -> np.ndarray:
     return np.append(starts[1:], n) if len(starts) else starts
 
 
-def _scrub_turns(texts: list[str]) -> tuple[list[str], Counter[str]]:
+def _scrub_turns(texts: list[str], track: bool) -> tuple[list[str], Counter[str], list[list[Span]]]:
     out: list[str] = []
     total: Counter[str] = Counter()
+    spans: list[list[Span]] = []
     with tqdm(total=len(texts), desc="scrubbing secrets", unit="turn", disable=None, leave=False) as bar:
         for lo in range(0, len(texts), _SCRUB_CHUNK):
-            chunk, counts = scrub_many(texts[lo : lo + _SCRUB_CHUNK])
+            chunk, counts, found = scrub_many_with_spans(texts[lo : lo + _SCRUB_CHUNK], track=track)
             out += chunk
             total.update(counts)
+            spans += found
             bar.update(len(chunk))
-    return out, total
+    return out, total, spans
+
+
+def _turn_report(
+    spans: list[list[Span]],
+    texts: list[str],
+    starts: list[int],
+    ends: list[int],
+    message_ids: list[int],
+    dialogs: list[int],
+    speakers: list[bool],
+) -> list[dict[str, Any]]:
+    """Each replaced span of a turn as a position in the raw messages it was joined from: the dialog's
+    file, the message id and character offsets into that message's cleaned text (a span that runs on into
+    the next message of the turn ends in `end_message_id`)."""
+    rows: list[dict[str, Any]] = []
+    for t, found in enumerate(spans):
+        if not found:
+            continue
+        s, e = starts[t], ends[t]
+        offsets = [0]  # where each message of the turn begins in the newline-joined turn text
+        for k in range(s, e - 1):
+            offsets.append(offsets[-1] + len(texts[k]) + 1)
+        for a, b, kind in found:
+            i = bisect_right(offsets, a) - 1
+            j = bisect_right(offsets, b - 1) - 1
+            rows.append(
+                {
+                    "kind": kind,
+                    "file": f"{dialogs[s]}.jsonl",
+                    "dialog_id": dialogs[s],
+                    "speaker": "me" if speakers[s] else "partner",
+                    "message_id": message_ids[s + i],
+                    "start": a - offsets[i],
+                    "end_message_id": message_ids[s + j],
+                    "end": b - offsets[j],
+                }
+            )
+    return rows
 
 
 def _partner_names(
-    dialog: np.ndarray, row: np.ndarray, names: pd.Series, scrubbed: Counter[str]
+    dialog: np.ndarray,
+    row: np.ndarray,
+    names: pd.Series,
+    scrubbed: Counter[str],
+    report: list[dict[str, Any]] | None = None,
 ) -> dict[int, str]:
     """Each dialog's partner name: its latest display name, whitespace-normalised and scrubbed (a
     Telegram name can be a phone number; a name that was nothing but a secret becomes "", which the
@@ -72,9 +120,16 @@ def _partner_names(
     last = np.flatnonzero(np.append(dialog[1:] != dialog[:-1], True)) if len(dialog) else dialog
     partners: dict[int, str] = {}
     for i, raw_name in zip(last.tolist(), names.iloc[row[last]].tolist(), strict=True):
-        name, counts = scrub_secrets_with_counts(" ".join(raw_name.split()))
-        scrubbed.update(counts)
-        partners[int(dialog[i])] = name if PLACEHOLDER.sub("", name).strip() else ""
+        dialog_id = int(dialog[i])
+        name, spans = scrub_secrets_with_spans(" ".join(raw_name.split()))
+        scrubbed.update(kind for _, _, kind in spans)
+        if report is not None:
+            report += [
+                {"kind": kind, "file": f"{dialog_id}.jsonl", "dialog_id": dialog_id, "field": "dialog_name",
+                 "start": a, "end": b}
+                for a, b, kind in spans
+            ]  # fmt: skip
+        partners[dialog_id] = name if PLACEHOLDER.sub("", name).strip() else ""
     return partners
 
 
@@ -83,8 +138,9 @@ def clipped_turn(turn: Turn) -> Turn:
     return turn if len(turn.text) <= MAX_TURN_CHARS else Turn(turn.speaker, clip_text(turn.text))
 
 
-def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
-    """Turn a frame of raw messages (as `load.load_messages` returns) into instruction records."""
+def build_records(messages: pd.DataFrame, config: PrepareConfig, report: bool = False) -> Built:
+    """Turn a frame of raw messages (as `load.load_messages` returns) into instruction records; with
+    `report`, also say where each secret was replaced (`Built.scrub_report`)."""
     skipped: Counter[str] = Counter()
     n_read = len(messages)
 
@@ -132,8 +188,17 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
         texts[s] if e - s == 1 else "\n".join(texts[s:e])
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
     ]
-    turn_texts, scrubbed = _scrub_turns(turn_texts)
-    partners = _partner_names(dialog, row, messages["dialog_name"], scrubbed)
+    turn_texts, scrubbed, turn_spans = _scrub_turns(turn_texts, track=report)
+    scrub_report: list[dict[str, Any]] = []
+    if report:
+        message_ids = messages["id"].to_numpy()[row].tolist()
+        scrub_report = _turn_report(
+            turn_spans, texts, starts.tolist(), ends.tolist(), message_ids, dialog.tolist(), out.tolist()
+        )
+    del turn_spans
+    partners = _partner_names(
+        dialog, row, messages["dialog_name"], scrubbed, scrub_report if report else None
+    )
 
     turn_out = out[starts].tolist()
     turn_dialog = dialog[starts].tolist()
@@ -194,4 +259,4 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig) -> Built:
         "turns": len(starts),
         "unanswered_partner_turns": int(sum(1 for e in conv_ends.tolist() if e > 0 and not turn_out[e - 1])),
     }
-    return Built(records, np.asarray(record_conv, dtype=np.int64), counts, +skipped, scrubbed)
+    return Built(records, np.asarray(record_conv, dtype=np.int64), counts, +skipped, scrubbed, scrub_report)

@@ -29,6 +29,9 @@ class PrepareConfig:
     """Share of conversations (not records) held out for validation; 0 writes an empty val.jsonl."""
     seed: int = 42
     """Seed of the train/val split: the same data and seed always give the same split."""
+    scrub_report: Path | None = None
+    """Also write where each secret was replaced (kind, dialog file, message id, character offsets; never the
+    value) to this JSONL file, owner-only, to audit before training. None: no report."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +45,10 @@ class PrepareConfig:
             problems.append(f"--max-response-chars must be >= 1 (got {self.max_response_chars})")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"--val-fraction must be in [0, 1) (got {self.val_fraction}); e.g. 0.05")
+        if self.scrub_report is not None and Path(self.scrub_report).resolve().is_relative_to(
+            Path(self.raw).resolve()
+        ):
+            problems.append("--scrub-report must be outside --raw: prepare reads every file there as chats")
         if Path(self.raw).resolve() == Path(self.out).resolve():
             problems.append(
                 "--out must differ from --raw: prepare would read its own output as chats next time"

@@ -44,6 +44,13 @@ def write_jsonl(path: Path, records: Iterable[Record]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_scrub_report(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON object a line per replaced span (kind and position, never the value), owner-only."""
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    write_private_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
 def _percentiles(lengths: list[int]) -> dict[str, int]:
     if not lengths:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
@@ -73,7 +80,7 @@ def _why_no_records(built: Built) -> str:
     return f"every reply of yours was skipped ({parts}); see docs/data-format.md for the reasons"
 
 
-def make_stats(built: Built, is_val: np.ndarray, seconds: float) -> dict[str, Any]:
+def make_stats(built: Built, is_val: np.ndarray, seconds: float, config: PrepareConfig) -> dict[str, Any]:
     records = built.records
     val_convs = np.unique(built.conversation[is_val])
     train_convs = np.unique(built.conversation[~is_val])
@@ -87,6 +94,7 @@ def make_stats(built: Built, is_val: np.ndarray, seconds: float) -> dict[str, An
         "val_conversations": len(val_convs),
         "skipped": {reason: int(built.skipped.get(reason, 0)) for reason in SKIP_REASONS},
         "scrubbed": {kind: int(built.scrubbed.get(kind, 0)) for kind in KINDS},
+        "scrub_report": str(config.scrub_report) if config.scrub_report is not None else None,
         "length_chars": {
             "instruction": _percentiles([len(r.instruction) for r in records]),
             "context": _percentiles([len(r.context) for r in records]),
@@ -100,13 +108,21 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Run the whole stage; returns the stats it also writes to `<out>/stats.json`."""
     started = time.perf_counter()
     messages = load_messages(Path(config.raw))
-    built = build_records(messages, config)
+    built = build_records(messages, config, report=config.scrub_report is not None)
     del messages
     if not built.records:
         raise PrepareError(
             f"no training records from {built.counts['messages_read']} messages: {_why_no_records(built)}"
         )
     is_val = split_conversations(built.conversation, config.val_fraction, config.seed)
+    if config.scrub_report is not None:
+        try:
+            write_scrub_report(Path(config.scrub_report), built.scrub_report)
+        except OSError as e:
+            raise PrepareError(
+                f"cannot write {e.filename or config.scrub_report}: {e.strerror or type(e).__name__}; "
+                "pick another --scrub-report"
+            ) from None
 
     try:
         out = make_private_dir(config.out)
@@ -115,7 +131,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         write_jsonl(out / VAL_FILE, (r for r, v in zip(built.records, is_val_list, strict=True) if v))
         settings = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
         write_private_atomic(out / CONFIG_FILE, settings)
-        stats = make_stats(built, is_val, time.perf_counter() - started)
+        stats = make_stats(built, is_val, time.perf_counter() - started, config)
         write_private_atomic(out / STATS_FILE, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
     except OSError as e:
         where = e.filename or config.out
