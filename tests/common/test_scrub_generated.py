@@ -10,6 +10,7 @@ leak and false-positive rates on a fixed sample (`python tests/common/test_scrub
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import string
@@ -342,6 +343,18 @@ def leaked(case: Case, scrubbed: str) -> list[str]:
 # ---- the ordinary side ------------------------------------------------------------------------------
 
 
+def btc_address(rng: random.Random) -> str:
+    """A valid base58check Bitcoin address (P2PKH `1...` or P2SH `3...`): public, kept by design."""
+    payload = bytes([rng.choice([0x00, 0x05])]) + rng.randbytes(20)
+    data = payload + hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4]
+    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    n, out = int.from_bytes(data, "big"), ""
+    while n:
+        n, r = divmod(n, 58)
+        out = alphabet[r] + out
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
+
+
 def ordinary_text(rng: random.Random) -> str:
     """A casual message with numbers and words that are not secrets."""
     h, m = rng.randint(0, 23), rng.randint(0, 59)
@@ -396,7 +409,9 @@ def ordinary_text(rng: random.Random) -> str:
         f"индекс {rng.randint(100000, 999999)}",
         f"{rng.randint(1, 9)} {rng.randint(100, 999)} {rng.randint(100, 999)} views",
         f"lat {rng.uniform(-90, 90):.4f}, lon {rng.uniform(-180, 180):.4f}",
-        f"my wallet 0x{''.join(rng.choice('0123456789abcdef') for _ in range(40))}",
+        f"my wallet 0x{''.join(rng.choice('0123456789abcdefABCDEF') for _ in range(40))}",
+        f"send btc to {btc_address(rng)} pls",
+        f"кошелёк для перевода: {btc_address(rng)}",
         "the key to success is sleep",
         "a wifi router for the office",
         "посмотри серию 5 сезона 2",
