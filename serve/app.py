@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -99,13 +100,46 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = [{k: v for k, v in e.items() if k not in ("input", "url", "ctx")} for e in exc.errors()]
     for e in errors:  # our own checks' messages read as they are written
         e["msg"] = str(e.get("msg", "")).removeprefix("Value error, ")
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    message = f"{where}: {first.get('msg', 'invalid')}" + (
-        f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    )
+    where, said, more = readable_error(errors)
+    message = f"{where}: {said}" + (f" (and {more} more)" if more else "")
     body = error_body(422, jsonable_encoder(errors), message, where)
     return JSONResponse(body, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+UNION_TAG = re.compile(r"str|int|float|bool|none|(list|dict|tuple|function-\w+)\[.*\]|constrained-\w+")
+"""The loc parts pydantic adds for a union's members (`content.str`, `content.list[TextPart]`)."""
+
+
+def readable_error(errors: list[dict[str, Any]]) -> tuple[str, str, int]:
+    """The field, message and count of other problems for the one line a person reads.
+
+    For a union (`content`: a string or a list of parts) pydantic reports every member that failed; the
+    line names the member the input was meant for (the one failing on something else than its type), or
+    all the types it could have had: "messages.0.content: Input should be a valid string or a valid list".
+    """
+    if not errors:
+        return "body", "invalid request", 0
+
+    def field(e: dict[str, Any]) -> str:
+        parts = [str(p) for p in e.get("loc", ()) if p != "body"]
+        return ".".join(p for p in parts if not UNION_TAG.fullmatch(p)) or "body"
+
+    def in_union(e: dict[str, Any]) -> bool:
+        return any(isinstance(p, str) and UNION_TAG.fullmatch(p) for p in e.get("loc", ()))
+
+    def wrong_type(e: dict[str, Any]) -> bool:
+        return in_union(e) and str(e.get("type", "")).endswith("_type")
+
+    real = [e for e in errors if not wrong_type(e)]
+    unions = {field(e) for e in errors if wrong_type(e)}
+    # a union whose member failed on something else than its type is that same problem
+    unions = {u for u in unions if not any(field(e) == u or field(e).startswith(f"{u}.") for e in real)}
+    if real:
+        return field(real[0]), str(real[0].get("msg", "invalid")), len(real) - 1 + len(unions)
+    where = field(errors[0])
+    types = [e for e in errors if field(e) == where]
+    said = " or ".join(str(e.get("msg", "")).removeprefix("Input should be ") for e in types)
+    return where, f"Input should be {said}", len(unions) - 1
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:

@@ -218,6 +218,39 @@ def test_client_mistakes_are_4xx_with_a_detail(
     assert body["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
 
 
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": 5}]},
+            "messages.0.content: Input should be a valid string or a valid list",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "text": "x"}]}]},
+            "messages.0.content.0.type: Input should be 'text'",
+        ),
+        (
+            {"messages": [user("hi")] * 513},
+            "messages: List should have at most 512 items after validation, not 513",
+        ),
+        (
+            {"messages": [user("hi", name="n" * 129)]},
+            "messages.0.name: String should have at most 128 characters",
+        ),
+        (
+            {"messages": [{"role": "user", "content": 5}], "temperature": 9},
+            "temperature: Input should be less than or equal to 2 (and 1 more)",
+        ),
+    ],
+)
+def test_the_422_line_names_the_field_and_what_it_should_be(
+    client: TestClient, payload: dict[str, Any], message: str
+) -> None:
+    r = client.post(CHAT, json=payload)
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == message
+
+
 def test_the_stop_limit_is_named_in_the_message(client: TestClient) -> None:
     r = client.post(CHAT, json={"messages": [user("hi")], "stop": [str(i) for i in range(100)]})
     assert r.status_code == 422
