@@ -10,6 +10,7 @@ Sharing it (`python -m ui --host 0.0.0.0`, or TWIN_UI_HOST) is allowed, with a w
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -70,9 +71,10 @@ def refusal(headers: Mapping[str, str], bound: str | None, shared: str | None) -
     lowered = {k.lower(): v for k, v in headers.items()}
     host = hostname(lowered.get("host"))
     if host not in LOCAL_NAMES:
+        said = host if host and re.fullmatch(r"[a-z0-9.:_-]{1,253}", host) else "none or unreadable"
         return (
             "This page answers only at localhost or 127.0.0.1; it was opened under another name "
-            f"({host or 'none'}). Open http://localhost:<port> instead."
+            f"({said}). Open http://localhost:<port> instead."
         )
     origin = lowered.get("origin")
     if origin and hostname(origin) not in LOCAL_NAMES:

@@ -65,10 +65,20 @@ def load_server() -> client.ServerSettings:
         st.stop()
 
 
-def without_key(text: str, server: client.ServerSettings) -> str:
-    """`text` for the page, with the API key blanked should an error message ever quote it."""
+def for_page(text: str, server: client.ServerSettings) -> str:
+    """`text` (an error message) for the page: the API key blanked should it ever be quoted, and the
+    server's address without its user:password@."""
+    for url in (server.url, server.base_url):
+        text = text.replace(url, shown_url(url))
     key = server.api_key.strip()
     return text.replace(key, "•••") if key else text
+
+
+def shown_url(url: str) -> str:
+    """The server's address for the page, without a user:password@ it may carry."""
+    scheme, sep, rest = url.partition("://")
+    host, at, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{'/' if at else ''}{path}" if sep else url
 
 
 def init_state() -> None:
@@ -96,7 +106,7 @@ def check_server(server: client.ServerSettings) -> None:
     try:
         answer = client.check_health(server)
     except client.TwinAPIError as e:
-        st.sidebar.error(without_key(str(e), server))
+        st.sidebar.error(for_page(str(e), server))
         return
     model, device = answer.get("model"), answer.get("device")
     where = f" (model: {model}{f' on {device}' if device else ''})" if model else ""
@@ -112,7 +122,7 @@ def sidebar(server: client.ServerSettings) -> None:
             if server.api_key.strip()
             else "none (set TWIN_API_KEY if the server has one)"
         )
-        st.caption(f"Server: `{server.base_url}` (TWIN_API_URL)  \nAPI key: {key_said}")
+        st.caption(f"Server: `{shown_url(server.base_url)}` (TWIN_API_URL)  \nAPI key: {key_said}")
         st.text_input(
             "Partner's name",
             key="partner",
@@ -171,10 +181,10 @@ def reply(server: client.ServerSettings) -> None:
             st.caption("Your twin is typing…")
             st.write_stream(pieces())
     except client.TwinAPIError as e:
-        state.error = without_key(str(e), server)
+        state.error = for_page(str(e), server)
     except Exception as e:  # a bug must not cost the conversation: say so and keep the page alive
         log.exception("reply failed")
-        state.error = without_key(
+        state.error = for_page(
             f"Something went wrong while getting the reply ({type(e).__name__}: {e}).", server
         )
     else:

@@ -31,7 +31,8 @@ LOCAL = {"Host": "127.0.0.1:8501", "Origin": "http://127.0.0.1:8501"}
         (LOCAL, "0.0.0.0", None, "python -m ui --host 0.0.0.0"),
         ({"Host": "rebind.example:8501"}, "127.0.0.1", None, "opened under another name (rebind.example)"),
         ({"Host": "127.0.0.1:8501", "Origin": "http://evil.example"}, "127.0.0.1", None, "another web site"),
-        ({"Host": "127.0.0.1:x"}, "127.0.0.1", None, "(none)"),
+        ({"Host": "127.0.0.1:x"}, "127.0.0.1", None, "(none or unreadable)"),
+        ({"Host": "a](javascript:x)"}, "127.0.0.1", None, "(none or unreadable)"),
         ({"Host": "192.168.1.9:8501", "Origin": "http://192.168.1.9:8501"}, "0.0.0.0", "0.0.0.0", None),
     ],
 )

@@ -359,6 +359,24 @@ def test_check_server_says_whether_it_is_up(twin: ScriptedServer) -> None:
     assert [e.value for e in at.sidebar.error] == ["Can't reach the twin server at http://127.0.0.1:8000."]
 
 
+def test_a_password_in_the_server_url_is_not_shown(
+    twin: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWIN_API_URL", "https://me:hunter2@twin.example:8443/v1")
+    twin.scripts = [
+        ["ok"],
+        [TwinAPIError("Can't reach the twin server at https://me:hunter2@twin.example:8443.")],
+    ]
+    at = start()
+    [settings] = [c.value for c in at.sidebar.caption]
+    assert "`https://twin.example:8443` (TWIN_API_URL)" in settings
+    say(at, "hi")
+    assert twin.requests[0].server.url == "https://me:hunter2@twin.example:8443/v1"  # still used as given
+    say(at, "there?")
+    assert errors(at) == ["Can't reach the twin server at https://twin.example:8443."]
+    assert b"hunter2" not in sent_to_browser(at)
+
+
 def test_the_api_key_never_reaches_the_browser(twin: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The key is read in the page's Python process and only sent to the server: no widget holds it, no
     session-state value is it, and an error message quoting it is shown with the key blanked."""
