@@ -546,7 +546,7 @@ _ID_KEYWORD = re.compile(
     r"(?<![\w<])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series)"
     r"|(?P<snils>снилс\w{0,2}|snils)"
     r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
-    r"|(?P<ssn>ssn|social[ \t]+security(?:[ \t]+(?:number|no\.?|#))?)"
+    r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
     r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
@@ -682,7 +682,7 @@ def _check_account_20(m: re.Match[str]) -> Span | None:
 # A run of 12+ list words ("abandon ability able ..."), separated by spaces, commas, numbering or line
 # breaks (so a phrase split over two messages is one run). Plain English rarely strings 12 list words
 # together; such a run is a seed phrase when its BIP-39 checksum holds, when the text names a seed
-# (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 3 of the list's commonest words.
+# (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 5 of the list's commonest words.
 _SEED_WORD = re.compile(r"[A-Za-z]+")
 _SEED_GAP = re.compile(r"[\s,.;:0-9()-]{1,6}")
 _SEED_KEYWORD = re.compile(
@@ -721,9 +721,11 @@ _SEED_EVERYDAY = frozenset(
 
 
 def _seed_like(text: str, words: list[str]) -> bool:
+    if len(set(words)) < _SEED_MIN_WORDS // 2:
+        return False  # a phrase repeated over and over ("hello call hello call ..."), not random words
     if _SEED_KEYWORD.search(text):
         return True
-    if sum(w in _SEED_EVERYDAY for w in words) < 3:
+    if sum(w in _SEED_EVERYDAY for w in words) < 5:
         return True
     return any(
         bip39_checksum_ok(words[i : i + n]) for n in (24, 21, 18, 15, 12) for i in range(len(words) - n + 1)
@@ -849,6 +851,7 @@ _EMAIL_PROVIDERS = re.compile(
     r"|protonmail|pm|gmx|aol|zoho|tutanota|fastmail)\b",
     re.IGNORECASE,
 )
+_SPELLED_TLDS = frozenset("ру рф ком нет орг ru com net org".split())
 _PRONOUNS = frozenset("i me you him her it us we they them meet see call".split())
 _ASCII_LABELS = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
@@ -865,11 +868,22 @@ def _check_spelled_email(m: re.Match[str]) -> Span | None:
         return None  # "see you at home dot com"
     user = re.sub(r"[ \t]*[\[({<]?[ \t]*(?:dot|точка)[ \t]*[\])}>]?[ \t]*", ".", m.group("user"), flags=re.I)
     if not (user.isascii() and all(_ASCII_LABELS.fullmatch(x) for x in labels if x)):
-        return None
+        return _check_cyrillic_spelled_email(m)
     if not labels[-1].isalpha() or not 2 <= len(labels[-1]) <= 12:
         return None
     spelled_dot = "dot" in m.group("domain").lower() or "точка" in m.group("domain").lower()
     if not spelled_dot and _EMAIL_PROVIDERS.match(labels[0]) is None:
+        return None
+    return (m.start(), m.end(), "EMAIL")
+
+
+def _check_cyrillic_spelled_email(m: re.Match[str]) -> Span | None:
+    """ "ivan собака яндекс точка ру": a Latin name, then a domain spelled in Cyrillic ending in a known
+    top-level label ("моя собака большая точка зрения" has no Latin name and no such ending)."""
+    if m.group("bare_at") is None or not m.group("user").isascii():
+        return None
+    labels = re.split(r"[ \t]+(?:dot|точка)[ \t]+|\.", m.group("domain"), flags=re.I)
+    if len(labels) < 2 or labels[-1].lower() not in _SPELLED_TLDS:
         return None
     return (m.start(), m.end(), "EMAIL")
 
@@ -962,13 +976,14 @@ def _check_card(m: re.Match[str]) -> Span | None:
 
 
 _IBAN = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[ \t]?[A-Z0-9]{4}){2,7}(?:[ \t]?[A-Z0-9]{1,4})?(?![a-z0-9])"
+    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:(?:[ \t]?\n[ \t]?|[ \t])?[A-Z0-9]{4}){2,7}"
+    r"(?:(?:[ \t]?\n[ \t]?|[ \t])?[A-Z0-9]{1,4})?(?![a-z0-9])"
 )
 
 
 def _check_iban(m: re.Match[str]) -> Span | None:
     text = m.group(0)
-    compact = text.replace(" ", "").replace("\t", "")
+    compact = "".join(text.split())
     want = IBAN_LENGTHS.get(compact[:2])
     if want and len(compact) > want:
         # The pattern ran on into what follows ("... 0130 00 OK"): keep only the country's length.

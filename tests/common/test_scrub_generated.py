@@ -182,15 +182,28 @@ ID_TEMPLATES = {
             "мой паспорт: {v}, выдан в 2015",
             "данные паспорта {v} если что",
             "серия и номер паспорта {v}",
+            "паспортные данные:\n{v}",
         ],
     },
     "snils": {
         "en": ["my SNILS is {v}", "snils: {v}"],
-        "ru": ["СНИЛС {v}", "вот мой снилс {v}, не потеряй", "{v} — это снилс", "номер снилса\n{v}"],
+        "ru": [
+            "СНИЛС {v}",
+            "вот мой снилс {v}, не потеряй",
+            "{v} — это снилс",
+            "номер снилса\n{v}",
+            "снилс:\n{v}",
+        ],
     },
     "inn": {"en": ["my INN is {v}", "tax id {v}"], "ru": ["ИНН {v}", "мой инн: {v}", "инн организации {v}"]},
     "ssn": {
-        "en": ["my SSN is {v}", "social security number {v}", "ssn: {v} don't share", "{v} is my social"],
+        "en": [
+            "my SSN is {v}",
+            "social security number {v}",
+            "ssn: {v} don't share",
+            "{v} is my social",
+            "my social is {v}",
+        ],
         "ru": ["мой SSN {v}", "номер social security {v}"],
     },
     "nino": {
@@ -233,6 +246,10 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "the wifi password is {v}",
             "new password? it's {v}",
             "login ivan password {v}",
+            "wifi pw: {v}",
+            "passcode {v}",
+            "the password to my laptop is {v}",
+            "pass is {v}",
         ],
         "ru": [
             "пароль от вайфая: {v}",
@@ -242,6 +259,10 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "пароль от почты {v} не говори никому",
             "вайфай: {v}",
             "пароль такой:\n{v}",
+            "мой пароль\n{v}",
+            "gfhjkm jn dfqafz — {v}",
+            "ПАРОЛЬ: {v}",
+            "пасс от почты {v}",
         ],
     },
     "ACCESS_CODE": {
@@ -251,6 +272,9 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "gate code {v}",
             "code for the front door is {v}",
             "keypad {v} then push",
+            "alarm code: {v}",
+            "the code to get in is {v}",
+            "lockbox {v}",
         ],
         "ru": [
             "код домофона {v}",
@@ -258,6 +282,9 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "код {v} от подъезда",
             "домофон {v}",
             "код от калитки — {v}",
+            "кодовый замок {v}",
+            "код от гаража: {v}",
+            "код домофона\n{v}",
         ],
     },
     "CVV": {
@@ -267,7 +294,14 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "CVV is {v}",
             "security code on the back: {v}",
         ],
-        "ru": ["код на обороте {v}", "cvv {v}", "три цифры на обороте: {v}", "цвв {v}"],
+        "ru": [
+            "код на обороте {v}",
+            "cvv {v}",
+            "три цифры на обороте: {v}",
+            "цвв {v}",
+            "3 цифры сзади {v}",
+            "цифры на обороте карты {v}",
+        ],
     },
 }
 
@@ -299,6 +333,7 @@ def make_case(rng: random.Random, kind: str, lang: str) -> Case:
                 f"{user} собака {host} точка {tld}",
                 f"{user} собака {host}.{tld}",
                 f"{user}(собака){host}.{tld}",
+                f"{user} собака {host} точка ру",
             ],
         }
         value = rng.choice(forms[lang])
@@ -385,6 +420,11 @@ def ordinary_text(rng: random.Random) -> str:
         f"https://www.youtube.com/watch?v={''.join(rng.choice(string.ascii_letters) for _ in range(11))}",
         "password reset link sent",
         "password: see the doc",
+        "password: ask Mike",
+        "password: it's on the fridge",
+        "пароль: спроси у Миши",
+        " ".join(["hello call"] * rng.randint(6, 40)),
+        "we can make it work, just give me one more day and then you will know",
         "пароль: смотри в доке",
         "I forgot my password again",
         "пароль поменял вчера",
