@@ -106,6 +106,23 @@ def test_stalled_headers_are_cut_off(server: Server) -> None:
     assert TIMEOUT_S * 0.8 <= took <= TIMEOUT_S + SLACK_S, took
 
 
+def test_many_stalled_connections_are_all_let_go(server: Server) -> None:
+    """200 half-sent requests at once: the server still answers others, and drops all 200 in time."""
+    socks = [connect(server) for _ in range(200)]
+    try:
+        start = time.monotonic()
+        for sock in socks:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Stall: ")
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+        for sock in socks:
+            received, _ = read_until_closed(sock)
+            assert received == b"" or received.startswith(b"HTTP/1.1 408 "), received
+        assert time.monotonic() - start <= TIMEOUT_S + SLACK_S + 2
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_silent_connection_is_closed(server: Server) -> None:
     with connect(server) as sock:
         received, took = read_until_closed(sock)
