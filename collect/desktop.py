@@ -165,7 +165,9 @@ def message_timestamp(entry: dict[str, Any]) -> float | None:
     if unix is not None:
         try:
             return int(unix)
-        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON 1e400 is infinity
+        except OverflowError:  # a JSON 1e400 is a float infinity
+            return float(unix)
+        except (TypeError, ValueError):
             pass
     local = entry.get("date")
     if isinstance(local, str):
@@ -252,8 +254,8 @@ def import_desktop_export(
                     store.flush_manifest()  # record the dialogs committed so far, even when stopped
         except OSError as e:  # reading errors are CollectErrors already: this is the output
             raise CollectError(
-                f"{e.filename or store.dir}: can't write it ({os_reason(e)}); free some space or pass an "
-                "--out folder you can write to (chats finished so far are kept; re-run to continue)"
+                f"{e.filename or store.dir}: can't write the output ({os_reason(e)}); free some space, fix "
+                "its permissions or pass another --out (chats finished so far are kept; re-run to continue)"
             ) from None
         except RecursionError:  # a backstop: JsonStream limits nesting itself
             raise CollectError(f"{export}: {TOO_DEEP}") from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,11 @@ def read_raw(out: Path) -> dict[int, list[RawMessage]]:
 
 def run(path: Path, out: Path, **kw: Any) -> ImportSummary:
     return import_desktop_export(path, out, **{"progress": False, **kw})
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -352,3 +360,268 @@ def test_a_wrong_me_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert caplog.records == []
     run(OLD, tmp_path / "wrong", me=12345)  # neither Dave (777, the partner) nor 999 (the real me)
     assert "neither you (--me = 12345) nor the partner" in caplog.text and "999" in caplog.text
+
+
+# ---- old exports (Desktop before 2.8, mid-2021): ids + 2^32, numeric senders ----------------------
+SHIFT = 1 << 32
+ME, ANNA, BORIS = 4321, 111, 222
+
+
+def message(mid: int, sender: Any, text: str, when: int = 1_600_000_000, **extra: Any) -> dict[str, Any]:
+    """An entry as old Desktop wrote it: local `date` only (no `date_unixtime`), numeric `from_id`."""
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(when + mid * 60))
+    return {
+        "id": mid,
+        "type": "message",
+        "date": local,
+        "from_id": sender,
+        "text": text,
+        **extra,
+    }
+
+
+def old_export(path: Path) -> Path:
+    """A full-account export in the old scheme: chat ids are user id + 2^32; Anna's chat has bare numeric
+    senders (Desktop 1.3-2.4), Boris's the + 2^32 senders of late 2020; plus Telegram's own chat."""
+    anna = [
+        {"id": 1, "type": "service", "date": "2020-09-13T12:00:00", "action": "phone_call"},  # no sender
+        message(2, ANNA, "hi, it's Anna"),
+        message(3, ME, "hey Anna"),
+        message(4, ANNA, "old news"),
+    ]
+    boris = [message(10, BORIS + SHIFT, "Boris here"), message(11, ME + SHIFT, "hello Boris")]
+    service = [message(20, 777000 + SHIFT, "Login code: 55555. Do not give this code to anyone")]
+    group = [message(30, ANNA, "in the group")]
+    chat = lambda name, kind, cid, messages: {"name": name, "type": kind, "id": cid, "messages": messages}  # noqa: E731
+    return write_json(
+        path,
+        {
+            "personal_information": {"user_id": ME, "first_name": "Me"},
+            "chats": {
+                "about": "old",
+                "list": [
+                    chat("Anna", "personal_chat", ANNA + SHIFT, anna),
+                    chat("Boris", "personal_chat", BORIS + SHIFT, boris),
+                    chat("Telegram", "personal_chat", 777000 + SHIFT, service),
+                    chat("Club", "private_group", 2 * SHIFT + 5, group),
+                ],
+            },
+        },
+    )
+
+
+def new_export(path: Path) -> Path:
+    """The same account exported today: bare ids, `user<id>` senders, `date_unixtime`; one newer message."""
+
+    def current(entry: dict[str, Any]) -> dict[str, Any]:
+        sender = entry.get("from_id")
+        if isinstance(sender, int):
+            entry["from_id"] = f"user{sender % SHIFT}"
+        entry["date_unixtime"] = str(int(time.mktime(time.strptime(entry["date"], "%Y-%m-%dT%H:%M:%S"))))
+        return entry
+
+    old = json.loads(old_export(path).read_text(encoding="utf-8"))
+    for chat in old["chats"]["list"]:
+        chat["id"] = chat["id"] % SHIFT if chat["type"] == "personal_chat" else chat["id"]
+        chat["messages"] = [current(m) for m in chat["messages"]]
+    old["chats"]["list"][0]["messages"].append(current(message(5, ME, "new since then")))
+    return write_json(path, old)
+
+
+def test_old_export_ids_are_read_as_today(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    summary = run(old_export(tmp_path / "old.json"), tmp_path / "raw")
+    raw = read_raw(tmp_path / "raw")
+    assert sorted(raw) == [ANNA, BORIS]  # not 4294967407 and 4294967518; Telegram's 777000 left out
+    assert [(m.id, m.out, m.dialog_id) for m in raw[ANNA]] == [
+        (2, False, ANNA),
+        (3, True, ANNA),
+        (4, False, ANNA),
+    ]
+    assert [(m.id, m.out) for m in raw[BORIS]] == [(10, False), (11, True)]  # + 2^32 senders: mine found
+    assert caplog.records == []  # no false "neither you nor the partner" warning
+    assert summary.other_chats == {SERVICE_CHAT: 1, "private_group": 1}
+    assert "55555" not in "".join(p.read_text() for p in (tmp_path / "raw").glob("*.jsonl"))
+    assert "1 Telegram service notifications (777000, login codes)" in summary.line()
+
+
+def test_old_single_chat_export_without_personal_information(tmp_path: Path) -> None:
+    boris = {"name": "Boris", "type": "personal_chat", "id": BORIS + SHIFT}
+    boris["messages"] = [message(10, BORIS + SHIFT, "Boris here"), message(11, ME + SHIFT, "hello Boris")]
+    run(write_json(tmp_path / "result.json", boris), tmp_path / "raw")
+    assert [(m.id, m.out, m.dialog_id) for m in read_raw(tmp_path / "raw")[BORIS]] == [
+        (10, False, BORIS),
+        (11, True, BORIS),
+    ]
+    run(write_json(tmp_path / "result.json", boris), tmp_path / "me", me=ME + SHIFT)  # --me as old ids read
+    assert [m.out for m in read_raw(tmp_path / "me")[BORIS]] == [False, True]
+
+
+@pytest.mark.parametrize("order", ["old first", "new first"])
+def test_old_and_new_export_of_one_account_merge(tmp_path: Path, order: str) -> None:
+    old, new = old_export(tmp_path / "old.json"), new_export(tmp_path / "new.json")
+    first, second = (old, new) if order == "old first" else (new, old)
+    run(first, tmp_path / "raw")
+    run(second, tmp_path / "raw")
+    assert run(first, tmp_path / "raw").new_messages == 0 and run(second, tmp_path / "raw").new_messages == 0
+    run(new, tmp_path / "clean")
+    merged = read_raw(tmp_path / "raw")
+    assert merged == read_raw(tmp_path / "clean")  # one file per chat, every message once
+    assert [m.id for m in merged[ANNA]] == [2, 3, 4, 5]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["111.jsonl", "222.jsonl", "manifest.json"]
+
+
+def test_todays_user_ids_above_2_32_are_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    big = 6_000_000_000  # user ids passed 2^32 in 2022: only an old-scheme export's ids are shifted back
+    chat = {"name": "Zoe", "type": "personal_chat", "id": big, "messages": []}
+    chat["messages"] = [
+        {"id": 1, "type": "message", "date_unixtime": "1700000000", "from_id": f"user{big}", "text": "hi"},
+        {"id": 2, "type": "message", "date_unixtime": "1700000060", "from_id": "user4321", "text": "yo"},
+    ]
+    run(write_json(tmp_path / "result.json", chat), tmp_path / "raw", me=ME)
+    assert [(m.out, m.dialog_id) for m in read_raw(tmp_path / "raw")[big]] == [(False, big), (True, big)]
+    assert caplog.records == []
+
+
+# ---- dates, duplicates -------------------------------------------------------------------------
+def chat_of(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": "Al", "type": "personal_chat", "id": 5, "messages": entries}
+
+
+def entry(mid: int, text: str, sender: str = "user5", **date: Any) -> dict[str, Any]:
+    return {"id": mid, "type": "message", "from_id": sender, "text": text, **date}
+
+
+def test_implausible_dates_are_skipped_and_future_ones_kept_with_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = [
+        entry(1, "fine", date_unixtime="1600000000"),
+        entry(2, "epoch zero", date_unixtime="0"),
+        entry(3, "year 33658", date_unixtime="1000000000000"),
+        entry(4, "too big for the OS", date_unixtime="99999999999999999999"),
+        entry(5, "year one", date="0001-01-01T00:00:00"),
+        entry(6, "year 2100", date_unixtime=str(int(time.time()) + 74 * 365 * 86400)),
+        entry(7, "before Telegram", date_unixtime="1300000000"),  # 2011
+        entry(8, "infinity", date_unixtime="INFINITY"),
+    ]
+    text = json.dumps(chat_of(entries)).replace('"INFINITY"', "1e400")  # a JSON number Python reads as inf
+    summary = run(write_text(tmp_path / "result.json", text), tmp_path / "raw")
+    assert [m.message for m in read_raw(tmp_path / "raw")[5]] == ["fine", "year 2100"]
+    assert summary.skipped["implausible date"] == 6 and summary.future_dated == 1
+    assert "1 kept dated in the future" in summary.line() and "6 implausible date" in summary.line()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "skipped 6 message(s) dated before Telegram existed (2013-08)" in warnings[0]
+    assert "kept 1 message(s) dated more than a day after this machine's clock" in warnings[1]
+
+
+def test_duplicate_ids_in_a_chat_are_written_once(tmp_path: Path) -> None:
+    entries = [entry(i, f"m{i}", date_unixtime=str(1_600_000_000 + i)) for i in (1, 2, 3, 2, 1)]
+    summary = run(write_json(tmp_path / "result.json", chat_of(entries)), tmp_path / "raw")
+    assert [m.message for m in read_raw(tmp_path / "raw")[5]] == ["m1", "m2", "m3"]
+    assert summary.new_messages == 3 and summary.skipped["duplicate id"] == 2
+
+
+# ---- files that cannot be read or written: one line, never a traceback ---------------------------
+def chmod_blocks_this_user() -> bool:
+    """False for root (with its usual capabilities), whom chmod 000 does not stop."""
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("x")
+        probe.chmod(0)
+        try:
+            probe.read_text()
+        except PermissionError:
+            return True
+        return False
+
+
+as_root = pytest.mark.skipif(
+    not chmod_blocks_this_user(),
+    reason="running as root: chmod 000 does not stop root from reading or writing (the root-proof cases "
+    "below cover the same errors)",
+)
+
+
+@as_root
+def test_unreadable_export_file_and_folder(tmp_path: Path) -> None:
+    export = tmp_path / "ChatExport"
+    export.mkdir()
+    shutil.copy(FULL, export / "result.json")
+    (export / "result.json").chmod(0)
+    with pytest.raises(CollectError, match=r"result\.json: can't read it \(permission denied\); check"):
+        run(export, tmp_path / "raw")
+    export.chmod(0)
+    try:
+        with pytest.raises(CollectError, match=r"can't read it \(permission denied\)"):
+            run(export, tmp_path / "raw")
+    finally:
+        export.chmod(0o700)
+
+
+@as_root
+def test_out_in_a_folder_that_is_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(CollectError, match=r"can't create or use the output folder \(permission denied\)"):
+        run(FULL, locked / "raw")
+
+
+def test_export_path_that_is_not_a_readable_file(tmp_path: Path) -> None:
+    (tmp_path / "export" / "result.json").mkdir(parents=True)  # a folder where the file should be
+    with pytest.raises(CollectError, match=r"result\.json: a folder, not the export file"):
+        run(tmp_path / "export", tmp_path / "raw")
+    os.mkfifo(tmp_path / "pipe")  # opening it would wait for a writer forever
+    with pytest.raises(CollectError, match="pipe: not a regular file"):
+        run(tmp_path / "pipe", tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_reading_errors_become_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    def denied(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file).endswith("result.json"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    export = shutil.copy(FULL, tmp_path / "result.json")
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(CollectError, match=r"result\.json: can't read it \(permission denied\); check"):
+        run(export, tmp_path / "raw")
+    monkeypatch.undo()
+
+    class FailingDisk(io.StringIO):
+        def read(self, size: int | None = -1) -> str:
+            raise OSError(5, "Input/output error")
+
+    from collect.jsonstream import JsonStream
+
+    with pytest.raises(CollectError, match=r"x\.json: can't read it \(input/output error\); copy the export"):
+        JsonStream(FailingDisk(), "x.json").peek()
+
+
+def test_out_that_cannot_be_created_or_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CollectError, match=r"can't create or use the output folder \(not a directory\)"):
+        run(FULL, tmp_path / "file" / "raw")  # the parent is a file: mkdir fails even for root
+    out = tmp_path / "raw"
+    (out / "111.jsonl").mkdir(parents=True)  # a folder where Bob's chat file goes
+    with pytest.raises(CollectError) as info:
+        run(FULL, out)
+    assert "111.jsonl: can't write the output (is a directory)" in str(info.value)
+    assert "pass another --out" in str(info.value)
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    inside_a_message = json.dumps(chat_of([entry(1, "x", date_unixtime="1600000000")])).replace('"x"', deep)
+    in_a_skipped_key = '{"about": ' + deep + ', "chats": {"list": []}}'
+    for name, text in [("message.json", inside_a_message), ("skipped.json", in_a_skipped_key)]:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        for chunk in (1 << 20, 4096):
+            with pytest.raises(CollectError, match="nested too deeply to be a Telegram Desktop export"):
+                run(path, tmp_path / "raw", chunk_chars=chunk)
