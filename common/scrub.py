@@ -331,9 +331,9 @@ def _made_up(word: str) -> bool:
 
 
 def _strong(word: str) -> bool:
-    """Letters and (digits or symbols), 6+ characters: a password even without a separator before it."""
+    """Letters and (digits or symbols), 5+ characters: a password even without a separator before it."""
     return (
-        len(word) >= 6
+        len(word) >= 5
         and any(c.isalpha() for c in word)
         and any(c.isdigit() or c in _PW_SYMBOLS for c in word)
         and _UNIT.fullmatch(word) is None
@@ -721,10 +721,10 @@ _SEED_EVERYDAY = frozenset(
 
 
 def _seed_like(text: str, words: list[str]) -> bool:
-    if len(set(words)) < _SEED_MIN_WORDS // 2:
-        return False  # a phrase repeated over and over ("hello call hello call ..."), not random words
     if _SEED_KEYWORD.search(text):
         return True
+    if len(set(words)) < _SEED_MIN_WORDS // 2:
+        return False  # a phrase repeated over and over ("hello call hello call ..."), not random words
     if sum(w in _SEED_EVERYDAY for w in words) < 5:
         return True
     return any(

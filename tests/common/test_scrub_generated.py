@@ -101,10 +101,15 @@ def bik(rng: random.Random) -> str:
 
 
 def seed_phrase(rng: random.Random) -> str:
-    words = Mnemonic("english").to_mnemonic(rng.randbytes(rng.choice([16, 32])))
+    # Wallets draw the entropy from a CSPRNG: hash what Hypothesis gives, so a shrunk all-zero draw still
+    # makes a random-looking phrase (not "abandon abandon ... about").
+    stream = hashlib.sha512(rng.randbytes(16)).digest()
+    words = Mnemonic("english").to_mnemonic(stream[: rng.choice([16, 32])])
     if rng.random() < 0.3:  # typed without the checksum in mind: random list words
         vocabulary = Mnemonic("english").wordlist
-        words = " ".join(rng.choice(vocabulary) for _ in range(12))
+        words = " ".join(
+            vocabulary[int.from_bytes(stream[2 * i : 2 * i + 2], "big") % 2048] for i in range(12)
+        )
     sep = rng.choice([" ", " ", ", ", "\n"])
     out = sep.join(words.split())
     if rng.random() < 0.3:  # split over two messages
