@@ -1,0 +1,115 @@
+"""The exporter on Telethon's real `TelegramClient`, with only the network faked (telegram_wire.py):
+Telethon's own retries and reconnects run, and what they finally raise is what the exporter sees."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from telegram_wire import FakeServer, no_telethon_sleeps
+from telethon.tl import functions, types
+from telethon_fake import text
+from test_telegram import Sleeps, read_raw
+
+from collect.errors import CollectError
+from collect.telegram import CLIENT_OPTIONS, export_account
+
+ANN = types.User(id=101, access_hash=1001, first_name="Ann")
+BEN = types.User(id=102, access_hash=1002, first_name="Ben")
+History = functions.messages.GetHistoryRequest
+
+
+def account() -> list[tuple[types.User, list[Any]]]:
+    return [
+        (ANN, [text(i, ANN.id, f"ann {i}", out=i % 3 == 0) for i in range(1, 131)]),  # two history pages
+        (BEN, [text(i, BEN.id, f"ben {i}", out=i % 2 == 0) for i in range(1, 6)]),
+    ]
+
+
+def export_through(server: FakeServer, out: Path, sleeps: Sleeps, **options: Any) -> Any:
+    async def go() -> Any:
+        client = server.client(**(CLIENT_OPTIONS | options))
+        await client.connect()
+        try:
+            return await asyncio.wait_for(export_account(client, out, sleep=sleeps, progress=False), 60)
+        finally:
+            await client.disconnect()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def telethon_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    return no_telethon_sleeps(monkeypatch)
+
+
+@pytest.fixture
+def expected(tmp_path: Path, telethon_sleeps: list[float]) -> dict[int, list[dict[str, Any]]]:
+    out = tmp_path / "clean"
+    summary = export_through(FakeServer(account()), out, Sleeps())
+    assert summary.new_messages == 135 and summary.network_retries == 0
+    return read_raw(out)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "options"),
+    [
+        (500, "INTERNAL", {}),  # Telethon gives up with the ServerError itself (raise_last_call_error)
+        (-503, "Timeout", {}),
+        (500, "RPC_CALL_FAIL", {"raise_last_call_error": False}),  # ... or with its generic ValueError
+    ],
+)
+def test_server_errors_beyond_telethons_retries_are_retried(
+    tmp_path: Path,
+    telethon_sleeps: list[float],
+    expected: dict[int, list[dict[str, Any]]],
+    code: int,
+    message: str,
+    options: dict[str, Any],
+) -> None:
+    server = FakeServer(account())
+    # 8 failures in a row: Telethon's own 6 attempts fail and it gives up; the exporter's retry meets
+    # 2 more, which Telethon absorbs, and then the history.
+    server.errors[History] = [(code, message)] * 8
+    telethon_sleeps.clear()
+    sleeps = Sleeps()
+    summary = export_through(server, tmp_path / "raw", sleeps, **options)
+    assert read_raw(tmp_path / "raw") == expected
+    assert summary.network_retries == 1 and sleeps.calls == [1.0]
+    assert telethon_sleeps.count(2) == 8  # Telethon's own 2 s pause after each of them
+
+
+def test_an_outage_longer_than_telethons_reconnects_is_reconnected(
+    tmp_path: Path, telethon_sleeps: list[float], expected: dict[int, list[dict[str, Any]]]
+) -> None:
+    server = FakeServer(account())
+    server.drop[History] = [2]  # Ann's second page: the connection goes ...
+    server.outage = 40  # ... and stays down for Telethon's 30 reconnect attempts and then some
+    sleeps = Sleeps()
+    summary = export_through(server, tmp_path / "raw", sleeps)
+    assert read_raw(tmp_path / "raw") == expected
+    assert server.refused == 40 and summary.reconnects == 1
+    # Telethon's reconnect gave up (30 refusals); the exporter's first connect() got 6 more refusals,
+    # its second 4 more and then the connection.
+    assert summary.network_retries == 2 and sleeps.calls == [1.0, 2.0]
+
+
+def test_without_reconnecting_the_outage_would_never_end(
+    tmp_path: Path, telethon_sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter before the fix: each retry failed at once ('Cannot send requests while disconnected')."""
+    import collect.telegram as telegram_module
+
+    async def never(self: Any) -> None:
+        return None
+
+    monkeypatch.setattr(telegram_module._Exporter, "_connect_if_needed", never)
+    server = FakeServer(account())
+    server.drop[History] = [2]
+    server.outage = 31
+    with pytest.raises(CollectError, match="network errors in a row"):
+        export_through(server, tmp_path / "raw", Sleeps())
+    assert server.refused == 30  # Telethon's own reconnect attempts, then none: the client stays down
+    assert server.seen["GetHistoryRequest"] == 2  # every retry failed at once, before reaching the server
