@@ -50,7 +50,7 @@ PREPARE_ARGS = "--val-fraction 0.05 --max-context-turns 0".split()
 TRAIN_ARGS = "--accelerator cpu --precision 32-true --global-batch-size 4 --max-steps 64".split()
 TRAIN_ARGS += "--learning-rate 1e-3 --max-seq-length 96 --lora-key --lora-projection --lora-mlp".split()
 TRAIN_ARGS += "--eval-interval 1000 --eval-samples 0 --save-interval 1000".split()  # val loss: first, last
-REPORT_ARGS = "--samples 4 --max-new-tokens 32 --device cpu".split()
+REPORT_ARGS = "--samples 12 --max-new-tokens 32 --device cpu".split()  # 12 prompts: the quality table
 # One request at a time into a short cache: the default 32 slots of 2,048 tokens (a 3 GB KV cache for
 # SmolLM2) and their warm-up made each server start take ~40 s on the demo's CPU.
 SERVE_ARGS = "--device cpu --max-batch-size 1 --max-input-tokens 256 --max-new-tokens 64".split()
@@ -224,6 +224,22 @@ def show_reply(who: str, reply: Reply) -> None:
     print(f"  {who}: " + reply.text.strip().replace("\n", "\n  " + pad) + end)
 
 
+def show_quality(quality: dict) -> None:
+    """The report's one table: how many replies a stylometric classifier attributes to Sasha, and how well
+    a second one tells each contestant's replies from Sasha's real ones (50% = indistinguishable)."""
+    rows = quality.get("rows") or []
+    if not rows:
+        print(f"Does it write like Sasha? not measured: {quality.get('note') or 'no rows in the report'}")
+        return
+    print(f"\nDoes it write like Sasha? ({rows[0]['replies']} held-out prompts; finetune.quality)")
+    print(f"  {'':12}{'attributed to Sasha':>22}{'told from real':>18}")
+    for row in rows:
+        a, d = row["attribution"], row["discrimination"]
+        share = f"{a['share']:.0%} ({a['low']:.0%}–{a['high']:.0%})"
+        told = f"{d['mean']:.0%}"
+        print(f"  {row['contestant']:12}{share:>22}{told:>18}")
+
+
 def serve_step(
     number: int, total: int, title: str, paths: Paths, adapter: Path | None, timings: dict[str, float]
 ) -> list[Reply]:
@@ -258,12 +274,14 @@ def run(paths: Paths) -> int:
         show_reply("base        ", base[i])
         print()
     print("─" * 78)
-    report = json.loads((paths.report / "report.json").read_text(encoding="utf-8"))["perplexity"]
+    findings = json.loads((paths.report / "report.json").read_text(encoding="utf-8"))
+    report = findings["perplexity"]
     print(
         f"Held-out replies ({report['val_records']} records, {report['reply_tokens']} reply tokens): "
         f"loss {report['base_nll']:.2f} → {report['twin_nll']:.2f}, perplexity {report['base']:.1f} (base) → "
         f"{report['twin']:.1f} (twin); the report: {paths.report / 'report.md'}"
     )
+    show_quality(findings.get("quality") or {})
     print("\nMeasured time of each stage:")
     for title, seconds in timings.items():
         print(f"  {seconds:6.1f} s  {title}")
