@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +282,92 @@ def test_naive_dates_are_taken_as_utc(tmp_path: Path) -> None:
     client.history[ALICE][0].date = client.history[ALICE][0].date.replace(tzinfo=None)
     export(client, tmp_path)
     assert read_raw(tmp_path)[ALICE][0]["date"] == "2024-01-01T09:01:00+00:00"
+
+
+def test_support_and_deleted_accounts_are_left_out_and_counted(tmp_path: Path) -> None:
+    client = world()
+    client.dialogs += [user(500, "Volunteer", support=True), user(600, "", deleted=True)]
+    client.history |= {500: [text(1, 500, "how can I help?")], 600: [text(1, 600, "old words")]}
+    summary = export(client, tmp_path)
+    assert sorted(read_raw(tmp_path)) == [ALICE, BOB]
+    assert summary.left_out == {"group or channel": 1, "bot": 1, "Saved Messages": 1, "Telegram notices": 1,
+                                "support account": 1, "deleted account": 1}  # fmt: skip
+    assert "1 support account, 1 deleted account" in summary.line()
+    assert not {c["dialog"] for c in client.calls} & {500, 600}  # not even fetched
+
+
+def test_a_chat_with_nothing_kept_is_not_fetched_again(tmp_path: Path) -> None:
+    photo = types.MessageMediaPhoto(photo=types.PhotoEmpty(id=1))
+    client = FakeTelegram(
+        [user(ALICE, "Alice")], {ALICE: [service(1, ALICE), text(2, ALICE, "", media=photo)]}
+    )
+    assert export(client, tmp_path).new_messages == 0
+    assert not (tmp_path / f"{ALICE}.jsonl").exists()  # no file: later stages see no empty chat
+
+    again = FakeTelegram([user(ALICE, "Alice")], client.history)
+    again.history[ALICE].append(text(3, ALICE, "finally some words"))
+    assert export(again, tmp_path).new_messages == 1
+    assert again.served[ALICE] == 1 and again.calls[-1]["min_id"] == 2  # only the new message
+    assert ids(tmp_path) == {ALICE: [3]}
+
+
+def test_imported_history_counts_as_the_chats_own(tmp_path: Path) -> None:
+    sent = datetime(2019, 6, 1, 12, 0, tzinfo=UTC)
+    imported = types.MessageFwdHeader(date=sent, imported=True, from_name="Alice (WhatsApp)")
+    client = FakeTelegram([user(ALICE, "Alice")], {ALICE: [
+        text(1, ALICE, "telegram words"),
+        text(2, ALICE, "my words from whatsapp", out=True, fwd_from=imported),
+        text(3, ALICE, "her words from whatsapp", fwd_from=imported),
+        text(4, ALICE, "a real forward", fwd_from=forwarded_header()),
+    ]})  # fmt: skip
+    summary = export(client, tmp_path)
+    raw = read_raw(tmp_path)[ALICE]
+    assert [(m["id"], m["out"], m["date"]) for m in raw] == [
+        (2, True, "2019-06-01T12:00:00+00:00"),  # when it was written, not when it was imported
+        (3, False, "2019-06-01T12:00:00+00:00"),
+        (1, False, "2024-01-01T09:01:00+00:00"),
+    ]
+    assert summary.skipped == {"forwarded": 1}
+    with_since = tmp_path / "since"
+    export(client, with_since, options=CollectOptions(since=datetime(2020, 1, 1, tzinfo=UTC)))
+    assert ids(with_since)[ALICE] == [1]  # --since applies to the original date
+
+
+def recent(mid: int, body: str, hours_ago: float, **kw: Any) -> Any:
+    """A message in Alice's chat sent `hours_ago` hours before now."""
+    message = text(mid, ALICE, body, **kw)
+    message.date = datetime.now(UTC) - timedelta(hours=hours_ago)
+    return message
+
+
+def test_edits_are_picked_up_on_the_next_run(tmp_path: Path) -> None:
+    photo = types.MessageMediaPhoto(photo=types.PhotoEmpty(id=1))
+    history = [
+        recent(1, "a week ago", 24 * 7),
+        recent(2, "helo", 3),
+        recent(3, "look at this", 2, media=photo),
+        recent(4, "", 1, media=photo),
+    ]
+    client = FakeTelegram([user(ALICE, "Alice")], {ALICE: history})
+    export(client, tmp_path)
+    assert ids(tmp_path) == {ALICE: [1, 2, 3]}
+
+    now = datetime.now(UTC)
+    history[0].message, history[0].edit_date = "edited too long ago to matter", now  # outside the window
+    history[1].message, history[1].edit_date = "hello", now  # a typo fixed
+    history[2].message, history[2].edit_date = "", now  # the caption taken away
+    history[3].message, history[3].edit_date = "and this one", now  # a caption added
+    history.append(recent(5, "new", 0.5))
+    again = FakeTelegram([user(ALICE, "Alice")], {ALICE: history})
+    summary = export(again, tmp_path)
+    assert [(m["id"], m["message"]) for m in read_raw(tmp_path)[ALICE]] == [
+        (1, "a week ago"), (2, "hello"), (4, "and this one"), (5, "new")]  # fmt: skip
+    assert summary.edited == 3 and summary.new_messages == 1
+    assert again.calls[0]["max_id"] == 5 and again.calls[1]["min_id"] == 4  # edits of 1-4, then news
+    state = json.loads((tmp_path / "manifest.json").read_text())["dialogs"][str(ALICE)]
+    assert state["count"] == 4 and state["bytes"] == (tmp_path / f"{ALICE}.jsonl").stat().st_size
+
+    before = (tmp_path / f"{ALICE}.jsonl").read_bytes()
+    third = FakeTelegram([user(ALICE, "Alice")], {ALICE: history})
+    assert export(third, tmp_path).edited == 0  # the same edits are not applied twice
+    assert (tmp_path / f"{ALICE}.jsonl").read_bytes() == before
