@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from collect.desktop import import_desktop_export
-from collect.errors import CollectError
+from collect.errors import CollectError, os_reason
 from collect.options import CollectOptions, parse_since
 from common.cli import run_function
 
@@ -68,7 +68,11 @@ def desktop(
         keep_forwarded: also keep messages forwarded from elsewhere (skipped by default)
     """
     os.umask(0o077)
-    summary = import_desktop_export(path, out, me=me, options=_options(since, keep_forwarded))
+    options = _options(since, keep_forwarded)
+    try:
+        summary = import_desktop_export(path, out, me=me, options=options)
+    except OSError as e:  # a backstop: the importer names the file and the fix itself
+        raise CollectError(f"{e.filename or path}: {os_reason(e)}") from None
     print(summary.line())
 
 

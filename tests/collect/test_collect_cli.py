@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,44 @@ def test_underscore_spelling_and_negated_switch(tmp_path: Path) -> None:
     argv = ["desktop", str(export), "--out", str(tmp_path / "raw"), "--keep_forwarded", "--no-keep-forwarded"]
     result = collect(*argv, cwd=tmp_path)
     assert result.returncode == 0 and "9 new messages" in result.stdout, result.stderr
+
+
+def test_unusable_paths_and_broken_exports_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = str(FIXTURES / "full_account_result.json")
+    raw = str(tmp_path / "raw")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "folder" / "result.json").mkdir(parents=True)
+    deep = "[" * 100_000 + "]" * 100_000
+    chat = '{"type": "personal_chat", "id": 5, "messages": [{"id": 1, "text": ' + deep + "}]}"
+    (tmp_path / "deep.json").write_text('{"chats": {"list": [' + chat + "]}}")
+    cases = [
+        ([export, "--out", str(tmp_path / "a_file" / "raw")], "can't create or use the output folder"),
+        ([str(tmp_path / "folder"), "--out", raw], "result.json: a folder, not the export file"),
+        ([str(tmp_path / "deep.json"), "--out", raw], "nested too deeply"),
+    ]
+    for args, expected in cases:
+        assert main(["desktop", *args]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_old_export_through_the_cli(tmp_path: Path) -> None:
+    shift = 1 << 32
+    chat = {"name": "Telegram", "type": "personal_chat", "id": 777000 + shift, "messages": []}
+    chat["messages"] = [
+        {"id": 1, "type": "message", "date": "2020-05-01T10:00:00", "from_id": 777000, "text": "Code: 55555"}
+    ]
+    anna = {"name": "Anna", "type": "personal_chat", "id": 111 + shift, "messages": []}
+    anna["messages"] = [
+        {"id": 2, "type": "message", "date": "2020-05-01T10:00:00", "from_id": 111, "text": "hi"},
+        {"id": 3, "type": "message", "date": "2020-05-01T10:01:00", "from_id": 999, "text": "hey"},
+    ]
+    export = tmp_path / "result.json"
+    export.write_text(json.dumps({"personal_information": {"user_id": 999}, "chats": {"list": [chat, anna]}}))
+    result = collect("desktop", str(export), "--out", str(tmp_path / "raw"), cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "1 personal chats, 2 new messages" in result.stdout
+    assert "1 other chats left out (1 Telegram service notifications (777000, login codes))" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.jsonl")) == ["111.jsonl"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -591,16 +590,6 @@ def test_reading_errors_become_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(builtins, "open", denied)
     with pytest.raises(CollectError, match=r"result\.json: can't read it \(permission denied\); check"):
         run(export, tmp_path / "raw")
-    monkeypatch.undo()
-
-    class FailingDisk(io.StringIO):
-        def read(self, size: int | None = -1) -> str:
-            raise OSError(5, "Input/output error")
-
-    from collect.jsonstream import JsonStream
-
-    with pytest.raises(CollectError, match=r"x\.json: can't read it \(input/output error\); copy the export"):
-        JsonStream(FailingDisk(), "x.json").peek()
 
 
 def test_out_that_cannot_be_created_or_written(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collect.errors import CollectError
-from collect.jsonstream import JsonStream
+from collect.jsonstream import MAX_DEPTH, JsonStream
 
 scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False) | st.text()
 values = st.recursive(
@@ -110,3 +110,31 @@ def test_long_array_is_streamed_with_a_bounded_buffer() -> None:
             largest = max(largest, s.buffered_chars)
     assert count == 5000
     assert largest < 3 * 4096  # never the whole document
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_deep_nesting_is_a_clear_error_not_a_recursion_error(chunk: int) -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    as_a_value = stream(deep, chunk)
+    with pytest.raises(CollectError, match=r"doc\.json: the JSON is nested too deeply .* at line 1"):
+        as_a_value.value()
+    as_an_element = stream(f"[1, {deep}]", chunk)
+    with pytest.raises(CollectError, match="nested too deeply"):
+        list(as_an_element.array_values())
+    skipped = stream('{"a": ' + "[" * (MAX_DEPTH + 2) + "]" * (MAX_DEPTH + 2) + "}", chunk)
+    with pytest.raises(CollectError, match=rf"nested too deeply .* at line 1, column {MAX_DEPTH + 8}"):
+        for _ in skipped.object_keys():
+            skipped.skip()
+    shallow = stream('{"a": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + ', "b": 1}', chunk)
+    assert [(key, shallow.skip()) for key in shallow.object_keys()] == [("a", None), ("b", None)]
+
+
+def test_a_failing_read_is_one_line() -> None:
+    class FailingDisk(io.StringIO):
+        def read(self, size: int | None = -1) -> str:
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(
+        CollectError, match=r"doc\.json: can't read it \(input/output error\); copy the export"
+    ):
+        JsonStream(FailingDisk(), "doc.json").peek()
