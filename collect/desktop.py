@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -211,6 +213,37 @@ def unshift(peer_id: int, scheme: str | None) -> int:
     if scheme == OLD_SCHEME and USER_ID_SHIFT <= peer_id < USER_ID_SHIFT + (1 << 31):
         return peer_id - USER_ID_SHIFT
     return peer_id
+
+
+class WrittenIds:
+    """The ids written for one chat, kept small: a sorted array while the export's ids ascend (Desktop
+    writes them in order: 8 bytes an id), a set from the first id that goes back."""
+
+    __slots__ = ("top", "ordered", "unordered")
+
+    def __init__(self) -> None:
+        self.top = -MAX_ID
+        self.ordered = array("q")
+        self.unordered: set[int] | None = None
+
+    def add(self, mid: int) -> bool:
+        """Remember `mid`; False if it was there already."""
+        if mid > self.top:
+            self.top = mid
+            if self.unordered is None:
+                self.ordered.append(mid)
+            else:
+                self.unordered.add(mid)
+            return True
+        if self.unordered is None:
+            at = bisect_left(self.ordered, mid)
+            if at < len(self.ordered) and self.ordered[at] == mid:
+                return False
+            self.unordered, self.ordered = set(self.ordered), array("q")
+        if mid in self.unordered:
+            return False
+        self.unordered.add(mid)
+        return True
 
 
 @dataclass
@@ -468,7 +501,7 @@ class _DesktopImport:
         earliest, latest = TELEGRAM_LAUNCH.timestamp(), LAST_DATE.timestamp()
         future = self.now + FUTURE_SLACK_S
         others: set[int] = set()
-        written: set[int] = set()  # ids, to write a message an export lists twice only once
+        written = WrittenIds()  # to write a message an export lists twice only once
         max_id = last_id
         index = -1
         for index, entry in enumerate(entries):  # noqa: B007 (index is used after the loop)
@@ -531,10 +564,9 @@ class _DesktopImport:
                     others.add(sender)
                     if len(others) > 1:
                         raise self._ambiguous_me(dialog_id, name, others)
-            if mid in written:
+            if not written.add(mid):
                 skipped["duplicate id"] += 1
                 continue
-            written.add(mid)
             date = datetime.fromtimestamp(ts, UTC).isoformat()
             add(
                 ts,

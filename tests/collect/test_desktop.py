@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from collect.desktop import SERVICE_CHAT, ImportSummary, import_desktop_export
+from collect.desktop import SERVICE_CHAT, ImportSummary, WrittenIds, import_desktop_export
 from collect.errors import CollectError
 from collect.options import CollectOptions
 from collect.records import RawMessage
@@ -515,10 +517,19 @@ def test_implausible_dates_are_skipped_and_future_ones_kept_with_warnings(
 
 
 def test_duplicate_ids_in_a_chat_are_written_once(tmp_path: Path) -> None:
-    entries = [entry(i, f"m{i}", date_unixtime=str(1_600_000_000 + i)) for i in (1, 2, 3, 2, 1)]
+    ids = (1, 2, 2, 3, 5, 4, 4, 6, 2, 6)  # repeated in order, then after the ids went back
+    entries = [entry(i, f"m{i}", date_unixtime=str(1_600_000_000 + i)) for i in ids]
     summary = run(write_json(tmp_path / "result.json", chat_of(entries)), tmp_path / "raw")
-    assert [m.message for m in read_raw(tmp_path / "raw")[5]] == ["m1", "m2", "m3"]
-    assert summary.new_messages == 3 and summary.skipped["duplicate id"] == 2
+    assert [m.message for m in read_raw(tmp_path / "raw")[5]] == ["m1", "m2", "m3", "m4", "m5", "m6"]
+    assert summary.new_messages == 6 and summary.skipped["duplicate id"] == 4
+
+
+@given(st.lists(st.integers(-5, 40), max_size=60))
+def test_written_ids_remember_like_a_set(ids: list[int]) -> None:
+    written, seen = WrittenIds(), set()
+    for mid in ids:
+        assert written.add(mid) == (mid not in seen)
+        seen.add(mid)
 
 
 # ---- files that cannot be read or written: one line, never a traceback ---------------------------
