@@ -38,7 +38,7 @@ from tqdm import tqdm
 from collect.errors import CollectError, os_reason
 from collect.jsonstream import CHUNK_CHARS, TOO_DEEP, JsonStream
 from collect.options import SERVICE_NOTIFICATIONS_ID, CollectOptions
-from collect.records import RawMessage
+from collect.records import RawMessage, dialog_path
 from collect.store import RawStore
 
 log = logging.getLogger(__name__)
@@ -466,6 +466,21 @@ class _DesktopImport:
             writer.commit(max_id)
         self.summary.new_messages += writer.added
         self.summary.total_messages += self.store.dialogs[dialog_id].count
+        self._warn_about_an_old_copy(dialog_id, name)
+
+    def _warn_about_an_old_copy(self, dialog_id: int, name: str) -> None:
+        """Before twin read old exports' ids back, it filed their chats under user id + 2^32."""
+        if dialog_id >= 1 << 31:  # not a user id of the old exports' days
+            return
+        old_copy = dialog_path(self.store.dir, dialog_id + USER_ID_SHIFT)
+        if old_copy.exists():
+            new_copy = dialog_path(self.store.dir, dialog_id).name
+            log.warning(
+                "%s: chat %r is also in %s, where an earlier import filed it under Telegram Desktop's old "
+                "id (user id + 2^32); it now goes to %s: delete %s (after moving over any message missing "
+                "from %s) so that prepare does not read the chat twice",
+                self.store.dir, name, old_copy.name, new_copy, old_copy.name, new_copy,
+            )  # fmt: skip
 
     def _leave_out(self, kind: str, entries: Iterable[Any]) -> None:
         self.summary.other_chats[kind] += 1

@@ -471,6 +471,17 @@ def test_old_and_new_export_of_one_account_merge(tmp_path: Path, order: str) -> 
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["111.jsonl", "222.jsonl", "manifest.json"]
 
 
+def test_a_copy_filed_under_the_old_id_by_an_earlier_import_is_pointed_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / f"{ANNA + SHIFT}.jsonl").write_text("")  # what twin wrote for Anna's chat before this fix
+    run(new_export(tmp_path / "new.json"), out)
+    assert len(caplog.records) == 1
+    assert f"chat 'Anna' is also in {ANNA + SHIFT}.jsonl" in caplog.text and "delete" in caplog.text
+
+
 def test_todays_user_ids_above_2_32_are_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     big = 6_000_000_000  # user ids passed 2^32 in 2022: only an old-scheme export's ids are shifted back
     chat = {"name": "Zoe", "type": "personal_chat", "id": big, "messages": []}
