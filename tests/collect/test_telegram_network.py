@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from telegram_wire import FakeServer, no_telethon_sleeps
+from telegram_wire import ME, FakeServer, no_telethon_sleeps
 from telethon.tl import functions, types
 from telethon_fake import text
 from test_telegram import Sleeps, read_raw
 
+import collect.telegram as telegram_module
 from collect.errors import CollectError
 from collect.telegram import CLIENT_OPTIONS, export_account
 
@@ -100,7 +101,6 @@ def test_without_reconnecting_the_outage_would_never_end(
     tmp_path: Path, telethon_sleeps: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The exporter before the fix: each retry failed at once ('Cannot send requests while disconnected')."""
-    import collect.telegram as telegram_module
 
     async def never(self: Any) -> None:
         return None
@@ -113,3 +113,68 @@ def test_without_reconnecting_the_outage_would_never_end(
         export_through(server, tmp_path / "raw", Sleeps())
     assert server.refused == 30  # Telethon's own reconnect attempts, then none: the client stays down
     assert server.seen["GetHistoryRequest"] == 2  # every retry failed at once, before reaching the server
+
+
+SignIn = functions.auth.SignInRequest
+
+
+def first_login_server() -> FakeServer:
+    """An account whose session is not logged in yet: Telegram sends a code, then checks it."""
+    server = FakeServer(account())
+    server.authorized = False
+    server.handlers[functions.auth.SendCodeRequest] = lambda request: types.auth.SentCode(
+        type=types.auth.SentCodeTypeApp(length=5), phone_code_hash="code-hash"
+    )
+
+    def sign_in(request: Any) -> Any:
+        assert request.phone_code_hash == "code-hash" and request.phone_code == "12345"
+        server.authorized = True
+        return types.auth.Authorization(user=ME)
+
+    server.handlers[SignIn] = sign_in
+    return server
+
+
+def log_in(server: FakeServer, typed: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    monkeypatch.setattr("builtins.input", lambda prompt="": typed.pop(0))
+    monkeypatch.setattr(telegram_module, "make_client", lambda settings: server.client(**CLIENT_OPTIONS))
+    monkeypatch.setenv("TELEGRAM_API_ID", "12345")
+    monkeypatch.setenv("TELEGRAM_API_HASH", "0123456789abcdef0123456789abcdef")
+    monkeypatch.setenv("TELEGRAM_PHONE", "+15550109999")
+    monkeypatch.setenv("TELEGRAM_SESSION", str(tmp_path / "session" / "telegram.session"))
+    settings = telegram_module.load_settings(None)
+    return asyncio.run(telegram_module.run_telegram_export(settings, tmp_path / "raw"))
+
+
+@pytest.mark.parametrize(
+    ("answers", "typed", "expected"),
+    [
+        ([(400, "PHONE_CODE_INVALID")] * 3, ["1", "2", "3"], "the login code was wrong 3 times: run the"),
+        ([(400, "PHONE_CODE_EXPIRED")], ["12345"], "the login code expired: run the command again"),
+        ([(500, "INTERNAL")] * 6, ["12345"], "Telegram is having trouble"),  # Telethon retried 5 times
+    ],
+)
+def test_login_code_errors_from_telethons_client_become_one_line(
+    tmp_path: Path,
+    telethon_sleeps: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+    answers: list[tuple[int, str]],
+    typed: list[str],
+    expected: str,
+) -> None:
+    """Telethon's client.start() would re-prompt and end in RuntimeError / ValueError here."""
+    server = first_login_server()
+    server.errors[SignIn] = list(answers)
+    with pytest.raises(CollectError, match=expected) as info:
+        log_in(server, typed, monkeypatch, tmp_path)
+    assert "\n" not in str(info.value) and not typed
+    assert not (tmp_path / "raw").exists()
+
+
+def test_first_login_after_a_wrong_code_then_export(
+    tmp_path: Path, telethon_sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = first_login_server()
+    server.errors[SignIn] = [(400, "PHONE_CODE_INVALID")]
+    summary = log_in(server, ["11111", "12345"], monkeypatch, tmp_path)
+    assert summary.new_messages == 135 and server.seen["SignInRequest"] == 2
