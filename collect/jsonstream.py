@@ -21,7 +21,7 @@ MAX_DEPTH = 64
 """Deepest nesting `skip` walks; Telegram Desktop's exports nest about six levels."""
 TOO_DEEP = (
     "the JSON is nested too deeply to be a Telegram Desktop export (its files nest only a few levels); "
-    "pass the export's result.json. It goes too deep"
+    "pass the export's result.json"
 )
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _TAIL_SLACK = 16
@@ -138,7 +138,7 @@ class JsonStream:
                     raise self._truncated(min(e.pos, len(self._buf))) from None
                 raise self.error(f"invalid JSON ({e.msg})", e.pos) from None
             except RecursionError:  # the C decoder's own depth limit (about 1000 levels)
-                raise self.error(TOO_DEEP) from None
+                raise self.error(f"{TOO_DEEP}; it goes too deep") from None
             # A number near the end of the buffer may go on in the next chunk ("1" + "2", "1." + "5").
             if end + _NUMBER_TAIL >= len(self._buf) and self._read_more(1):
                 continue
@@ -235,7 +235,7 @@ class JsonStream:
     def skip(self, depth: int = 0) -> None:
         """Consume the next value; arrays are walked element by element so memory stays bounded."""
         if depth > MAX_DEPTH and self.peek() in "[{":
-            raise self.error(TOO_DEEP)
+            raise self.error(f"{TOO_DEEP}; it goes too deep")
         if self.peek() == "[":
             for _ in self.array_items():
                 self.skip(depth + 1)
