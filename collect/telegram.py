@@ -1,12 +1,13 @@
 """Live export through the Telegram API with Telethon: resumable, incremental, patient with limits.
 
-`export_account` takes any client object with Telethon's names (`iter_dialogs`, `iter_messages`), so
-tests hand it a fake; `run_telegram_export` builds the real `TelegramClient` from `TelegramSettings`.
+`export_account` takes any client object with Telethon's names (`iter_dialogs`, `iter_messages`,
+`is_connected`, `connect`), so tests hand it a fake; `run_telegram_export` builds the real
+`TelegramClient` from `TelegramSettings` and logs in step by step (`login`).
 
 Per dialog it asks for messages newer than the last exported id (`min_id`, `reverse=True`: oldest
 first), appends them in batches (flush + fsync) and records the last id in the manifest after each
-batch. A killed run therefore resumes where the files end; a later run fetches only newer messages. A dialog
-in which nothing was kept (media only) keeps its cursor too, so it is not fetched again.
+batch. A killed run therefore resumes where the files end; a later run fetches only newer messages.
+A dialog in which nothing was kept (media only) keeps its cursor too, so it is not fetched again.
 
 Edits: Telegram lets a message be edited for 48 hours after it is sent (`edit_time_limit` in
 help.getConfig), so a message that was older than that when the dialog was last exported cannot have
@@ -16,10 +17,12 @@ changed since. Each run therefore re-reads, newest first, the already exported m
 is dropped; a photo that gained a caption is added). One short request per active dialog; dialogs whose
 last message is older than the window are not asked at all.
 
-`FloodWaitError` → wait the time Telegram asks (shown in the progress bar). Network errors and
-Telegram's own trouble (500s, -503 timeouts, which Telethon retries a few times itself before giving up)
-→ reconnect if the connection is gone, then retry with exponential backoff, a bounded number of times
-in a row.
+`FloodWaitError` (and `FloodPremiumWaitError`) → wait the time Telegram asks (shown in the progress
+bar). Network errors and Telegram's own trouble (500s, -503 timeouts, which Telethon retries a few
+times itself before giving up) → reconnect if the connection is gone, then retry with exponential
+backoff, a bounded number of times in a row.
+
+Nothing logged or shown contains message text: only counts, error class names and chat names.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     errors.ServerError,  # Telegram's 500s (RpcCallFail, InterdcCall...), after Telethon's own retries
     errors.TimedOutError,  # Telegram's -503 "Timeout"
 )
+FLOOD_WAITS: tuple[type[errors.RPCError], ...] = (errors.FloodWaitError, errors.FloodPremiumWaitError)
+"""Telegram asks to wait `seconds` before asking again."""
 TELETHON_GAVE_UP = "Request was unsuccessful"
 """Telethon's ValueError after `request_retries` server errors (without `raise_last_call_error`)."""
 EDIT_WINDOW = timedelta(days=3)
@@ -344,21 +349,21 @@ class _Exporter:
         try:
             await self.client.connect()
         except Exception as e:
-            if isinstance(e, errors.FloodWaitError) or is_transient(e):
+            if isinstance(e, FLOOD_WAITS) or is_transient(e):
                 raise _FetchError(e) from e
             raise
         self.summary.reconnects += 1
 
     async def _recover(self, error: BaseException, failures: int, bar: tqdm) -> int:
         """Wait out a FloodWait, or back off after a network or server error; the new failure count."""
-        if isinstance(error, errors.FloodWaitError):
+        if isinstance(error, FLOOD_WAITS):
             await self._flood_wait(error, bar)
             return failures
         failures += 1
         await self._backoff(error, failures, bar)
         return failures
 
-    async def _flood_wait(self, e: errors.FloodWaitError, bar: tqdm) -> None:
+    async def _flood_wait(self, e: Any, bar: tqdm) -> None:
         self.summary.flood_waits += 1
         bar.set_postfix_str(f"Telegram asks to wait: sleeping {e.seconds}s (FloodWait)")
         log.info("FloodWait: sleeping %ss as Telegram asks", e.seconds)
@@ -484,7 +489,7 @@ async def _guarded(items: Any) -> Any:
             item = await items.__anext__()
         except StopAsyncIteration:
             return
-        except errors.FloodWaitError as e:
+        except FLOOD_WAITS as e:
             raise _FetchError(e) from e
         except Exception as e:
             if is_transient(e):
@@ -549,7 +554,7 @@ async def login(client: Any, settings: TelegramSettings) -> None:
         raise LoginError("the login code was wrong: run the command again for a new code") from None
     except errors.PasswordHashInvalidError:
         raise LoginError("wrong two-step verification password: run the command again") from None
-    except errors.FloodWaitError as e:
+    except FLOOD_WAITS as e:
         raise LoginError(f"Telegram asks to wait {e.seconds}s before logging in again; try later") from None
     except EOFError:
         raise LoginError(

@@ -371,3 +371,11 @@ def test_edits_are_picked_up_on_the_next_run(tmp_path: Path) -> None:
     third = FakeTelegram([user(ALICE, "Alice")], {ALICE: history})
     assert export(third, tmp_path).edited == 0  # the same edits are not applied twice
     assert (tmp_path / f"{ALICE}.jsonl").read_bytes() == before
+
+
+def test_premium_flood_wait_is_waited_out_too(tmp_path: Path) -> None:
+    client = world()
+    client.faults = [Fault(BOB, 2, errors.FloodPremiumWaitError(request=None, capture=7))]
+    sleeps = Sleeps()
+    summary = export(client, tmp_path, sleeps)
+    assert sleeps.calls == [7] and summary.flood_waits == 1 and len(ids(tmp_path)[BOB]) == 7
