@@ -98,6 +98,8 @@ class ImportSummary:
     """Entries not written, by reason."""
     other_chats: Counter[str] = field(default_factory=Counter)
     """Chats left out, by Telegram's chat type."""
+    new_mine: int = 0
+    """Of the new messages, those marked as the person's own (`out`)."""
     future_dated: int = 0
     """Messages written although dated more than a day past this machine's clock."""
 
@@ -366,6 +368,13 @@ class _DesktopImport:
                 "a broken timestamp in the export; the other messages are imported",
                 self.path, implausible, TELEGRAM_LAUNCH.strftime("%Y-%m"),
             )  # fmt: skip
+        if self.summary.new_messages and not self.summary.new_mine:
+            log.warning(
+                "%s: none of the %d new messages is marked as yours (you: %s); if you wrote in these "
+                "chats, re-import into a fresh --out with --me YOUR_TELEGRAM_USER_ID",
+                self.path, self.summary.new_messages,
+                f"{self.me_from} = {self.me}" if self.me is not None else "the sender who is not the partner",
+            )  # fmt: skip
         if future := self.summary.future_dated:
             log.warning(
                 "%s: kept %d message(s) dated more than a day after this machine's clock (%s UTC); "
@@ -517,6 +526,7 @@ class _DesktopImport:
         future = self.now + FUTURE_SLACK_S
         others: set[int] = set()
         written = WrittenIds()  # to write a message an export lists twice only once
+        mine = 0
         max_id = last_id
         index = -1
         for index, entry in enumerate(entries):  # noqa: B007 (index is used after the loop)
@@ -587,7 +597,9 @@ class _DesktopImport:
                 ts,
                 RawMessage(id=mid, date=date, out=out, message=text, dialog_id=dialog_id, dialog_name=name),
             )
+            mine += out
         self.entries_in_personal_chats += index + 1
+        self.summary.new_mine += mine
         if me is not None and others:
             log.warning(
                 "%s: chat %r (id %d) has messages from user(s) %s, who are neither you (%s = %d) nor the "

@@ -482,6 +482,16 @@ def test_a_copy_filed_under_the_old_id_by_an_earlier_import_is_pointed_out(
     assert f"chat 'Anna' is also in {ANNA + SHIFT}.jsonl" in caplog.text and "delete" in caplog.text
 
 
+def test_an_import_with_none_of_my_messages_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run(FULL, tmp_path / "raw", me=987654)  # neither Bob nor Carol nor the real me: nothing is mine
+    assert "none of the 7 new messages is marked as yours (you: --me = 987654)" in caplog.text
+    caplog.clear()
+    run(FULL, tmp_path / "raw", me=987654)  # nothing new: nothing to say
+    assert "none of" not in caplog.text
+
+
 def test_todays_user_ids_above_2_32_are_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     big = 6_000_000_000  # user ids passed 2^32 in 2022: only an old-scheme export's ids are shifted back
     chat = {"name": "Zoe", "type": "personal_chat", "id": big, "messages": []}
@@ -521,7 +531,7 @@ def test_implausible_dates_are_skipped_and_future_ones_kept_with_warnings(
     assert [m.message for m in read_raw(tmp_path / "raw")[5]] == ["fine", "year 2100"]
     assert summary.skipped["implausible date"] == 6 and summary.future_dated == 1
     assert "1 kept dated in the future" in summary.line() and "6 implausible date" in summary.line()
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if " dated " in r.getMessage()]
     assert len(warnings) == 2
     assert "skipped 6 message(s) dated before Telegram existed (2013-08)" in warnings[0]
     assert "kept 1 message(s) dated more than a day after this machine's clock" in warnings[1]
