@@ -4,6 +4,7 @@ Telethon's own retries and reconnects run, and what they finally raise is what t
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,16 @@ def account() -> list[tuple[types.User, list[Any]]]:
     ]
 
 
-def export_through(server: FakeServer, out: Path, sleeps: Sleeps, **options: Any) -> Any:
+def export_through(
+    server: FakeServer, out: Path, sleeps: Sleeps, edit_window: timedelta | None = None, **options: Any
+) -> Any:
     async def go() -> Any:
         client = server.client(**(CLIENT_OPTIONS | options))
         await client.connect()
+        window = {} if edit_window is None else {"edit_window": edit_window}
         try:
-            return await asyncio.wait_for(export_account(client, out, sleep=sleeps, progress=False), 60)
+            export = export_account(client, out, sleep=sleeps, progress=False, **window)
+            return await asyncio.wait_for(export, 60)
         finally:
             await client.disconnect()
 
@@ -178,3 +183,28 @@ def test_first_login_after_a_wrong_code_then_export(
     server.errors[SignIn] = [(400, "PHONE_CODE_INVALID")]
     summary = log_in(server, ["11111", "12345"], monkeypatch, tmp_path)
     assert summary.new_messages == 135 and server.seen["SignInRequest"] == 2
+
+
+def test_edits_are_found_through_telethons_paging(
+    tmp_path: Path, telethon_sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    ann = [text(i, ANN.id, f"ann {i}") for i in range(1, 151)]
+    for i, message in enumerate(ann):  # 150 messages, one every 30 minutes up to now: three days
+        message.date = now - timedelta(minutes=30 * (150 - i))
+    ben = [text(1, BEN.id, "ben, long ago")]
+    server = FakeServer([(ANN, ann), (BEN, ben)])
+    out = tmp_path / "raw"
+    export_through(server, out, Sleeps())
+
+    ann[149].message, ann[149].edit_date = "ann 150, edited", now  # the newest
+    ann[30].message, ann[30].edit_date = "ann 31, edited", now  # 60 hours old: on the second page
+    ann[0].message, ann[0].edit_date = "ann 1, edited", now  # older than the window: not looked for
+    before = dict(server.seen)
+    summary = export_through(server, out, Sleeps(), edit_window=timedelta(hours=70))
+    raw = {m["id"]: m["message"] for m in read_raw(out)[ANN.id]}
+    assert (raw[150], raw[31], raw[1]) == ("ann 150, edited", "ann 31, edited", "ann 1")
+    assert summary.edited == 2 and summary.new_messages == 0
+    # Ann: two pages of edits (newest first, stopping at the window), one for news; Ben: only news
+    # (his last message is older than the window)
+    assert server.seen["GetHistoryRequest"] - before["GetHistoryRequest"] == 4
