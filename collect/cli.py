@@ -58,7 +58,8 @@ def desktop(
 
     Telegram Desktop > Settings > Advanced > Export Telegram data (or a chat's menu > Export chat
     history), format "Machine-readable JSON". Importing the same export again adds nothing; a newer
-    export adds only the newer messages.
+    export adds only the newer messages. Old exports (before mid-2021, with ids + 2^32) are read with
+    today's ids, so they merge with newer ones.
 
     Args:
         path: the export's result.json, or the folder holding it
