@@ -57,7 +57,7 @@ DEFAULT_SESSION = Path("~/.config/twin/telegram.session")
 BATCH_SIZE = 100
 """Messages looked at between two durable commits (Telegram returns 100 per request)."""
 MAX_RETRIES = 6
-"""Network errors in a row before giving up (the data so far is kept; re-run to go on)."""
+"""Network or server errors in a row before giving up (the data so far is kept; re-run to go on)."""
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -373,7 +373,7 @@ class _Exporter:
     async def _backoff(self, e: BaseException, failures: int, bar: tqdm) -> None:
         if failures > self.max_retries:
             raise CollectError(
-                f"Telegram unreachable: {failures} network errors in a row ({type(e).__name__}); "
+                f"Telegram unreachable: {failures} network or server errors in a row ({type(e).__name__}); "
                 "what was exported "
                 f"so far is kept in {self.store.dir} — check the connection and run the same command again"
             ) from None
