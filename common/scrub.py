@@ -68,20 +68,26 @@ _SHAPES = (
 _KEYWORDS = (
     r"pass|pwd|pw|contrase|парол|пасс|pin|пин|cvv|cvc|csc|свв|цвв|code|код|otp|2fa|sms|смс"
     r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|credential|aws"
-    r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы"  # Wi-Fi; "пароль"/"pass" typed in the other keyboard layout
+    r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы|згв"  # Wi-Fi; "пароль"/"pass"/"pwd" typed in the other layout
     r"|домофон|intercom|keypad|buzzer|lockbox|door|двер|gate|калитк|ворот|подъезд"  # door codes
     r"|the back|on back|reverse|оборот|обратн|сзади"  # card codes in words
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
-    r"|(?:[a-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[a-z]{3,8}"  # 12 short words in a row: a seed phrase?
 )
+# 12 short words in a row: maybe a seed phrase (then the word list decides: plain prose takes this exit too).
+_SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[A-Za-z]{3,8}"
 _MAYBE_SHAPE = re.compile(_SHAPES)
 _MAYBE_KEYWORD = re.compile(_KEYWORDS)  # run on the lower-cased text: much faster than re.IGNORECASE
-_MAYBE_RE2 = "(?i)" + _SHAPES.replace(r"\d", r"\p{Nd}") + "|" + _KEYWORDS  # RE2's \d is ASCII-only
+_MAYBE_RE2 = (  # RE2's \d is ASCII-only
+    "(?i)" + _SHAPES.replace(r"\d", r"\p{Nd}") + "|" + _KEYWORDS + "|" + _SEED_SHAPE_SRC
+)
 
 
 def maybe_secret(text: str) -> bool:
     """False when `text` certainly holds no secret (the cheap test every text goes through first)."""
-    return _MAYBE_SHAPE.search(text) is not None or _MAYBE_KEYWORD.search(text.lower()) is not None
+    if _MAYBE_SHAPE.search(text) is not None or _MAYBE_KEYWORD.search(text.lower()) is not None:
+        return True
+    # Long runs of short words are common (pasted prose); only a run of BIP-39 words needs the full scrub.
+    return _SEED_SHAPE.search(text) is not None and next(_find_seed_phrases(text), None) is not None
 
 
 def shannon_entropy(text: str) -> float:
@@ -170,6 +176,8 @@ class Rule:
     """Cheap guard: the lower-cased text must contain one of these, or the rule is skipped."""
     needs_digits: bool = False
     """Cheap guard: the text must hold 7+ digits in a row (separators allowed)."""
+    min_length: int = 0
+    """Cheap guard: shorter texts cannot hold this kind (a 12-word seed phrase needs 47 characters)."""
     needs_pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -307,6 +315,11 @@ _PW_STOPWORDS = frozenset(
     другой одинаковый смотри см спроси глянь посмотри ниже выше лс личке скину пришлю напишу скажу позже
     прежний обычный""".split()
 )
+# "my password is now Lion!88": an adverb between the separator and a made-up value is no value.
+_PW_ADVERBS = frozenset(
+    "now currently still simply just actually probably also again теперь сейчас просто тоже".split()
+)
+_ARTICLES = frozenset("the a an my your our his her their this that".split())
 # "password: see the doc": a plain word followed by one of these is the start of a sentence, not a value.
 _PHRASE_NEXT = frozenset(
     "the a an my your our his her their it me you him them this that in on at to for from with of".split()
@@ -347,11 +360,24 @@ def _value_core(tok: str) -> str:
     return core or tok
 
 
+_VALUE_TAIL = re.compile(r" ([\d!@#$%^&*_+=?~]{1,8})(?=[\s.,;:)]|$)")
+
+
+def _value_end(text: str, end: int) -> int:
+    """Where a password value ends: a digit/symbol group typed after a space stays with it ("sunny 2020!")."""
+    tail = _VALUE_TAIL.match(text, end)
+    while tail is not None and any(c.isdigit() for c in tail.group(1)):
+        end = tail.end()
+        tail = _VALUE_TAIL.match(text, end)
+    return end
+
+
 def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | None:
     """The password given after keyword `kw` (ending at `pos`), if any."""
     is_pin = kw.startswith(("pin", "пин"))
     explicit, by_word = False, False
     fillers: list[str] = []
+    prev_start = prev_end = pos  # the last word seen before the value
     for _ in range(8):
         t = _NEXT_TOKEN.match(text, pos)
         if t is None:
@@ -390,26 +416,45 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
             if core.isdigit() and 4 <= len(core) <= 8:
                 return (start, start + len(core), "PASSWORD")
         elif wifi:
-            if explicit and _strong(core):
-                return (start, start + len(core), "PASSWORD")
+            end = _value_end(text, start + len(core))
+            if explicit and _strong(text[start:end].replace(" ", "")):
+                return (start, end, "PASSWORD")
         elif core.lower().rstrip("!?") not in _PW_STOPWORDS:
-            vague = by_word and fillers and fillers[0] not in _PW_PREPOSITIONS
-            if explicit and len(core) >= 3 and (not vague or _made_up(core)):
+            named = [f for f in fillers if f not in _PW_ADVERBS]  # words naming what the password is for
+            vague = by_word and named and named[0] not in _PW_PREPOSITIONS
+            if explicit and core.lower() in _PW_ADVERBS and len(fillers) < 3:
+                fillers.append(core.lower())  # "my password is now Lion!88": the next word is the value
+                continue
+            if (
+                explicit
+                and len(core) >= 3
+                and (not vague or _made_up(text[start : _value_end(text, start + len(core))]))
+            ):
                 after = _NEXT_TOKEN.match(text, pos)
                 next_word = (
                     after.group(1) if after is not None and "\n" not in text[start : after.start(1)] else ""
                 )
                 plain = core.isalpha() and core.islower()
-                if plain and next_word and _made_up(_value_core(next_word)) and len(fillers) < 3:
-                    fillers.append(core)  # "my password is now Lion!88": the made-up word is the value
-                    continue
                 if not (plain and next_word.lower().strip(_TRAILING_PUNCT) in _PHRASE_NEXT):
-                    return (start, start + len(core), "PASSWORD")  # not "password: see the doc"
-            if not explicit and len(core) >= 4 and _made_up(core):
-                if kw not in _EXPLICIT_ONLY or _strong(core):
-                    return (start, start + len(core), "PASSWORD")
+                    return (
+                        start,
+                        _value_end(text, start + len(core)),
+                        "PASSWORD",
+                    )  # not "password: see the doc"
+            if not explicit:
+                # "passcode Lion 1020!": digits typed after a word with a space belong to it, unless that
+                # word names what the password is for ("пароль от почты 12345": "почты" stays).
+                begin = start
+                if fillers and not any(c.isalpha() for c in core) and text[prev_end:start] == " ":
+                    before = fillers[-2] if len(fillers) > 1 else ""
+                    if before not in _PW_PREPOSITIONS and before not in _ARTICLES:
+                        begin = prev_start
+                value = text[begin : start + len(core)].replace(" ", "")
+                if len(value) >= 4 and _made_up(value) and (kw not in _EXPLICIT_ONLY or _strong(value)):
+                    return (begin, _value_end(text, start + len(core)), "PASSWORD")
         if explicit or not core.replace("-", "").isalpha() or len(fillers) >= 3:
             return None
+        prev_start, prev_end = start, start + len(tok)
         fillers.append(core.lower())  # a word between keyword and value: "for", "the", "wifi", "от"
     return None
 
@@ -586,8 +631,18 @@ _ID_SHAPE = re.compile(
     r"|(?P<ssn>\d{3}-\d{2}-\d{4})"
     r"|(?P<passport>\d{2}" + _SP + r"\d{2}" + _SP + r"(?:№[ \t]?)?\d{6})"
     r"|(?P<inn>\d{12})"
-    r"|(?P<nino>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?[A-D])"
     r")(?![\w/]|[.,:-]\d)"
+)
+_NINO_SHAPE = re.compile(
+    r"(?<![\w.,/+<-])(?P<nino>[A-Z]{2}"
+    + _SP
+    + r"?\d{2}"
+    + _SP
+    + r"?\d{2}"
+    + _SP
+    + r"?\d{2}"
+    + _SP
+    + r"?[A-D])(?!\w)"
 )
 _NINO_BAD_PREFIXES = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
 _PHONE_PREFIX = re.compile(r"\+\d{1,4}[ \t]*\(?\d{0,4}\)?[ \t]*$")
@@ -651,7 +706,7 @@ def _check_id_shape(m: re.Match[str]) -> Span | None:
 _BANK_KEYWORD = re.compile(
     r"(?<![\w<])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
     r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
-    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|routing(?:[ \t]+(?:number|no\.?))?|aba))"
+    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|routing(?:[ \t]+(?:number|no\.?))?))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
 )
@@ -683,6 +738,7 @@ def _check_account_20(m: re.Match[str]) -> Span | None:
 # breaks (so a phrase split over two messages is one run). Plain English rarely strings 12 list words
 # together; such a run is a seed phrase when its BIP-39 checksum holds, when the text names a seed
 # (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 5 of the list's commonest words.
+_SEED_SHAPE = re.compile(_SEED_SHAPE_SRC)  # letter classes, not IGNORECASE: faster
 _SEED_WORD = re.compile(r"[A-Za-z]+")
 _SEED_GAP = re.compile(r"[\s,.;:0-9()-]{1,6}")
 _SEED_KEYWORD = re.compile(
@@ -785,7 +841,7 @@ def _find_keyword_secrets(text: str) -> Iterator[Span]:
                 end = close
             else:
                 rest = _VALUE_END.match(text, c.end())
-                end = c.end() + len(rest.group(0).rstrip(_TRAILING_PUNCT)) if rest else c.end()
+                end = c.end() + len(rest.group(0).rstrip(_VALUE_TRAILING)) if rest else c.end()
             last_end = end
             yield (c.start(), end, kind)
 
@@ -820,11 +876,11 @@ def wallet_address(token: str) -> bool:
 def _check_bare(m: re.Match[str]) -> Span | None:
     t = m.group(0)
     ok = (
-        not wallet_address(t)
-        and any(c.isupper() for c in t)
+        any(c.isupper() for c in t)
         and any(c.islower() for c in t)
         and any(c.isdigit() for c in t)
         and shannon_entropy(t) >= 4.0
+        and not wallet_address(t)
     )
     return _whole("TOKEN", ok, m)
 
@@ -854,6 +910,13 @@ _EMAIL_PROVIDERS = re.compile(
 _SPELLED_TLDS = frozenset("ру рф ком нет орг ru com net org".split())
 _PRONOUNS = frozenset("i me you him her it us we they them meet see call".split())
 _ASCII_LABELS = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def _find_spelled_emails(text: str) -> Iterator[Span]:
+    for m in _EMAIL_SPELLED.finditer(text):
+        span = _check_spelled_email(m)
+        if span is not None:
+            yield span
 
 
 def _check_spelled_email(m: re.Match[str]) -> Span | None:
@@ -1013,7 +1076,13 @@ _TOKEN_NEEDS: dict[str, tuple[str, ...]] = {
     "aws_key_id": ("akia", "asia", "abia", "acca", "agpa", "aida", "aroa", "aipa", "anpa", "anva", "apka"),
 }
 _DIGIT_RUN = re.compile(r"\d[\d \t\n().+/-]{5,}\d")
-_SEED_SHAPE = re.compile(r"(?:[a-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[a-z]{3,8}", re.IGNORECASE)
+
+# The spelled-out "at" in brackets, or a bare " at "/" собака " followed by a name and a (spelled) dot.
+_EMAIL_SPELLED_GATE = re.compile(
+    r"[\[({<][ \t]*(?:at|собака|собачка)[ \t]*[\])}>]"
+    r"|[ \t](?:at|собака|собачка)[ \t]+[\w-]+(?:\.|[ \t]+(?:dot|точка)[ \t])",
+    re.IGNORECASE,
+)
 
 RULES: tuple[Rule, ...] = (
     Rule("private_key", "PRIVATE_KEY", _PEM_BEGIN, finder=_find_private_keys, needs=("-----begin",)),
@@ -1030,9 +1099,15 @@ RULES: tuple[Rule, ...] = (
         )
         for name, kind, pattern in _TOKEN_PATTERNS
     ),
-    Rule("seed_phrase", "SEED_PHRASE", _SEED_SHAPE, finder=_find_seed_phrases),
+    Rule("seed_phrase", "SEED_PHRASE", _SEED_SHAPE, finder=_find_seed_phrases, min_length=47),
     Rule("email", "EMAIL", _EMAIL, needs=("@",)),
-    Rule("email_spelled_out", "EMAIL", _EMAIL_SPELLED, _check_spelled_email, needs=("at", "собак")),
+    Rule(
+        "email_spelled_out",
+        "EMAIL",
+        _EMAIL_SPELLED_GATE,
+        finder=_find_spelled_emails,
+        needs=("at)", "at]", "at}", "at>", "at )", "at ]", " at ", "собак"),
+    ),
     Rule(
         "id_number",
         "ID_NUMBER",
@@ -1041,17 +1116,24 @@ RULES: tuple[Rule, ...] = (
         needs=(
             "паспорт",
             "passport",
-            "сери",
+            "серия",
+            "серии",
             "series",
             "снилс",
             "snils",
-            "инн",
-            "inn",
-            "tax",
+            " инн",
+            "инн ",
+            "инн:",
+            " inn",
+            "inn ",
+            "inn:",
+            "tax id",
+            "taxpayer",
             "ssn",
             "social",
             "insurance",
-            "ni ",
+            "ni number",
+            "ni no",
             "nino",
         ),
     ),
@@ -1060,7 +1142,7 @@ RULES: tuple[Rule, ...] = (
         "BANK_ACCOUNT",
         _BANK_KEYWORD,
         finder=_find_bank_by_keyword,
-        needs=("бик", "bik", "sort code", "/с", "\\с", "расч", "сч", "account", "acct", "routing", "aba"),
+        needs=("бик", "bik", "sort code", "/с", "\\с", "расч", "счет", "счёт", "account", "acct", "routing"),
     ),
     Rule(
         "access_code",
@@ -1112,7 +1194,8 @@ RULES: tuple[Rule, ...] = (
             "пасс",
             "pin",
             "пин",
-            "wi",
+            "wifi",
+            "wi-fi",
             "wlan",
             "вай",
             "gfhjk",
@@ -1138,7 +1221,8 @@ RULES: tuple[Rule, ...] = (
             "csc",
             "свв",
             "цвв",
-            "back",
+            "the back",
+            "on back",
             "reverse",
             "оборот",
             "обратн",
@@ -1156,7 +1240,8 @@ RULES: tuple[Rule, ...] = (
         finder=_find_keyword_secrets,
         needs=("key", "token", "secret", "aws", "credential", "ключ", "токен", "секрет"),
     ),
-    Rule("id_number_shape", "ID_NUMBER", _ID_SHAPE, _check_id_shape),
+    Rule("id_number_shape", "ID_NUMBER", _ID_SHAPE, _check_id_shape, needs_digits=True),
+    Rule("nino_shape", "ID_NUMBER", _NINO_SHAPE, _check_id_shape),
     Rule("bank_account_20", "BANK_ACCOUNT", _ACCOUNT_20, _check_account_20, needs_digits=True),
     Rule("iban", "IBAN", _IBAN, _check_iban),
     Rule("card", "CARD", _CARD, _check_card, needs_digits=True),
@@ -1209,7 +1294,7 @@ def _apply(
     for rule in RULES:
         if rule.needs_pattern is not None and rule.needs_pattern.search(lowered) is None:
             continue
-        if rule.needs_digits and not digits:
+        if (rule.needs_digits and not digits) or len(text) < rule.min_length:
             continue
         if rule.pattern.search(text) is None:
             continue
@@ -1231,10 +1316,12 @@ def _apply(
     return text, marks
 
 
-def _scrub(text: str, track: bool) -> tuple[str, Counter[str], list[Span]]:
+def _scrub(text: str, track: bool, checked: bool = False) -> tuple[str, Counter[str], list[Span]]:
+    """The scrubbed text, counts by kind and spans (when `track`); `checked`: `maybe_secret` (or its RE2
+    twin) already said yes."""
     counts: Counter[str] = Counter()
     marks: list[_Mark] | None = [] if track else None
-    if not text or not maybe_secret(text):
+    if not text or not (checked or maybe_secret(text)):
         return text, counts, []
     for _ in range(3):  # re-scrub until stable: a replacement can expose a neighbouring secret
         scrubbed, marks = _apply(text, counts, marks)
@@ -1295,7 +1382,7 @@ def scrub_many_with_spans(
     spans: list[list[Span]] = [[] for _ in texts] if track else []
     for i, maybe in enumerate(_maybe_secret_batch(texts)):
         if maybe:
-            out[i], counts, found = _scrub(texts[i], track)
+            out[i], counts, found = _scrub(texts[i], track, checked=True)
             total.update(counts)
             if track:
                 spans[i] = found

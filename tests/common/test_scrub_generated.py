@@ -139,7 +139,7 @@ def password(rng: random.Random) -> str:
     word = rng.choice(["sunny", "Lion", "qwerty", "Zima", "kotik", "Dragon", "marina", "hello", "Moscow"])
     return (
         word
-        + rng.choice(["", "!", "_", "#", "@"])
+        + rng.choice(["", "!", "_", "#", "@", " "])  # "sunny 2020!": typed with a space, still one value
         + str(rng.randint(1, 2025))
         + rng.choice(["", "!", "?", "$"])
     )
