@@ -319,6 +319,7 @@ _PW_STOPWORDS = frozenset(
 _PW_ADVERBS = frozenset(
     "now currently still simply just actually probably also again теперь сейчас просто тоже".split()
 )
+_WIFI_SEPS = frozenset({"/", "|", ",", "-", "–", "—", ";"})
 _ARTICLES = frozenset("the a an my your our his her their this that".split())
 # "password: see the doc": a plain word followed by one of these is the start of a sentence, not a value.
 _PHRASE_NEXT = frozenset(
@@ -378,6 +379,7 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
     explicit, by_word = False, False
     fillers: list[str] = []
     prev_start = prev_end = pos  # the last word seen before the value
+    wifi_names: list[str] = []
     for _ in range(8):
         t = _NEXT_TOKEN.match(text, pos)
         if t is None:
@@ -417,8 +419,15 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
                 return (start, start + len(core), "PASSWORD")
         elif wifi:
             end = _value_end(text, start + len(core))
-            if explicit and _strong(text[start:end].replace(" ", "")):
+            if explicit and _strong(text[start:end].replace(" ", "")):  # "sunny 2020!" typed with a space
                 return (start, end, "PASSWORD")
+            after = _NEXT_TOKEN.match(text, pos)
+            listed = tok.endswith((",", "/", ";", "|")) or (
+                after is not None and after.group(1) in _WIFI_SEPS
+            )
+            if explicit and listed and len(wifi_names) < 2:  # "wifi: HomeNet / qwerty123": the name first
+                wifi_names.append(core)
+                continue
         elif core.lower().rstrip("!?") not in _PW_STOPWORDS:
             named = [f for f in fillers if f not in _PW_ADVERBS]  # words naming what the password is for
             vague = by_word and named and named[0] not in _PW_PREPOSITIONS
@@ -604,7 +613,7 @@ _ID_VALUES: dict[str, re.Pattern[str]] = {
     "snils": re.compile(
         _LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{3}" + _GAP + r"?\d{3}" + _GAP + r"?\d{2})(?!\d)"
     ),
-    "inn": re.compile(_LEAD + r"(?P<value>\d{12}|\d{10})(?!\d)"),
+    "inn": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){9}(?:(?:" + _GAP + r"?\d){2})?)(?![\d-])"),
     "ssn": re.compile(_LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{2}" + _GAP + r"?\d{4})(?!\d)"),
     "nino": re.compile(
         r"[^\d<]{0,30}?(?<![\w-])(?P<value>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}(?:"
@@ -711,7 +720,7 @@ _BANK_KEYWORD = re.compile(
     re.IGNORECASE,
 )
 _BANK_VALUES: dict[str, re.Pattern[str]] = {
-    "bik": re.compile(_LEAD + r"(?P<value>\d{9})(?!\d)"),
+    "bik": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){8})(?![\d-])"),
     "sort": re.compile(_LEAD + r"(?P<value>\d{2}-\d{2}-\d{2})(?![\d-])"),
     "account": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){7,19})(?![\d-])"),
 }

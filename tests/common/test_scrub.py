@@ -151,6 +151,14 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("wifi is HomeNet, pass sunny2020!", "PASSWORD", "sunny2020"),
     ("4111 1111\n1111 1111", "CARD", "4111"),
     ("+7 912 345\n67 89", "PHONE", "67 89"),
+    ("ИНН: 7707-083-893", "ID_NUMBER", "083-893"),
+    ("БИК: 044 525 225", "BANK_ACCOUNT", "525 225"),
+    ("wifi: HomeNet / qwerty123", "PASSWORD", "qwerty123"),
+    ("passcode Lion 1020!", "PASSWORD", "Lion"),
+    ("my password is now Lion 1309$", "PASSWORD", "Lion"),
+    ("IBAN DE89 3704 0044\n0532 0130 00 ok", "IBAN", "0532"),
+    ("Почта: ivan собака яндекс точка ру", "EMAIL", "яндекс"),
+    ("my social is 536 90 4399", "ID_NUMBER", "4399"),
 ]
 
 # Look-alikes that must survive untouched.
@@ -203,6 +211,13 @@ NEGATIVES: list[str] = [
     "gate 24 at 10:30",
     "серия 3, сезон 2",
     "zip code 94107 by the door",
+    "the wifi is slow and bad today 100",
+    "wifi is HomeNet / 5 GHz",
+    "пароль от почты поменял",
+    "hello call hello call hello call hello call hello call hello call hello call",
+    "send to 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa pls",
+    "my wallet 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    "трек 36363179089602",
 ]
 
 PLAIN_NUMBERS: list[str] = [

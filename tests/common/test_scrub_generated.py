@@ -263,6 +263,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "gfhjkm: {v}",
             "пароль от почты {v} не говори никому",
             "вайфай: {v}",
+            "вайфай: HomeNet / {v}",
             "пароль такой:\n{v}",
             "мой пароль\n{v}",
             "gfhjkm jn dfqafz — {v}",
