@@ -64,6 +64,7 @@ _SHAPES = (
     r"|[A-Za-z0-9_+/=-]{16}"  # long unbroken runs: keys, tokens, high-entropy strings
     r"|[A-Z]{2}\d{2}[ \t]?[A-Z0-9]{4}"  # the head of an IBAN
     r"|[A-Za-z]{2}[ \t]?\d{2}[ \t]?\d{2}[ \t]?\d{2}"  # a UK National Insurance number
+    r"|[ \t]at[ \t]+[A-Za-z0-9-]+\.[A-Za-z]{2,6}"  # "ivan at yahoo.com"
 )
 _KEYWORDS = (
     r"pass|pwd|pw|contrase|парол|пасс|pin|пин|cvv|cvc|csc|свв|цвв|code|код|otp|2fa|sms|смс"
@@ -283,7 +284,12 @@ def _check_openai(m: re.Match[str]) -> Span | None:
 # whitespace-delimited token, closing punctuation aside ("sunny2020!" keeps its "!": no tail is left).
 _PW_KEYWORD = re.compile(
     r"(?<![^\W_])(?<!<)(?P<kw>pass(?:words?|wd|code|phrase|wort)|pwd|pass|pw|contraseñas?|mot de passe"
+    r"|(?:network|security|wpa2?|wi-?fi)[ \t]+key|ключ[ \t]+(?:сети|безопасности)"
     r"|парол[ьяеюи]\w{0,2}|пасс|pin(?:[ -]?code)?|пин(?:[ -]?код)?)(?![^\W\d_])",
+    re.IGNORECASE,
+)
+_NETWORK_KEY = re.compile(
+    r"(?:ключ\w{0,2}|key|код\w{0,2})[ \t]+(?:от[ \t]+|для[ \t]+|(?:for|to)[ \t]+(?:the[ \t]+)?)?$",
     re.IGNORECASE,
 )
 _WIFI_KEYWORD = re.compile(r"(?<![^\W_])(?P<kw>wi-?fi|wlan|вай-?фа\w{0,3})(?![^\W\d_])", re.IGNORECASE)
@@ -294,7 +300,11 @@ _EN_TO_RU = str.maketrans(_EN_KEYS, _RU_KEYS)
 _RU_TO_EN = str.maketrans(_RU_KEYS, _EN_KEYS)
 _PW_KEYWORD_EN_TYPED = re.compile(r"(?P<kw>парол[ьяеюи]?)", re.IGNORECASE)  # inside a word: "zgfhjkm"
 _PW_KEYWORD_RU_TYPED = re.compile(r"(?<![^\W_])(?P<kw>password|passwd|pass|pwd)(?![^\W\d_])", re.IGNORECASE)
-_PW_ANY = re.compile(r"pass|pwd|pw|парол|пасс|pin|пин|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase", re.IGNORECASE)
+_PW_ANY = re.compile(
+    r"pass|pwd|pw|парол|пасс|pin|пин|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase|network key|security key|wpa"
+    r"|ключ сети|ключ безопасности",
+    re.IGNORECASE,
+)
 _NEXT_TOKEN = re.compile(r"[ \t]*\n?[ \t]*(\S+)")
 _SEP_TOKENS = frozenset({":", "=", ":=", "-", "–", "—", "->", "=>"})
 _SEP_WORDS = frozenset({"is", "was", "are", "это", "будет", "был", "есть", "es", "est", "it's", "it’s"})
@@ -473,7 +483,9 @@ def _password_keywords(text: str) -> Iterator[tuple[str, int, bool]]:
     for m in _PW_KEYWORD.finditer(text):
         yield m.group("kw").lower(), m.end(), False
     for m in _WIFI_KEYWORD.finditer(text):
-        yield m.group("kw").lower(), m.end(), True
+        # "ключ от вайфая qwerty123", "wifi key sunny2020": the key of a network is its password.
+        keyed = _NETWORK_KEY.search(text, max(0, m.start() - 16), m.start()) is not None
+        yield ("пароль" if keyed else m.group("kw").lower()), m.end(), not keyed
     lowered = text.lower()
     if "gfhjk" in lowered:  # "пароль" typed on an English layout: the word around it is Latin
         for m in _PW_KEYWORD_EN_TYPED.finditer(text.translate(_EN_TO_RU)):
@@ -1205,6 +1217,11 @@ RULES: tuple[Rule, ...] = (
             "пин",
             "wifi",
             "wi-fi",
+            "network key",
+            "security key",
+            "wpa",
+            "ключ сети",
+            "ключ безопасности",
             "wlan",
             "вай",
             "gfhjk",

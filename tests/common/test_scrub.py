@@ -159,6 +159,9 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("IBAN DE89 3704 0044\n0532 0130 00 ok", "IBAN", "0532"),
     ("Почта: ivan собака яндекс точка ру", "EMAIL", "яндекс"),
     ("my social is 536 90 4399", "ID_NUMBER", "4399"),
+    ("ivan_petrov at yahoo.com", "EMAIL", "ivan_petrov"),
+    ("ключ от вайфая qwerty123", "PASSWORD", "qwerty123"),
+    ("network key sunny2020", "PASSWORD", "sunny2020"),
 ]
 
 # Look-alikes that must survive untouched.
@@ -218,6 +221,10 @@ NEGATIVES: list[str] = [
     "send to 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa pls",
     "my wallet 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
     "трек 36363179089602",
+    "the key to the wifi is in the drawer",
+    "ключ от вайфая у мамы",
+    "security key is in the app",
+    "meet at home.Then go",
 ]
 
 PLAIN_NUMBERS: list[str] = [

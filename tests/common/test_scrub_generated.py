@@ -255,6 +255,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "passcode {v}",
             "the password to my laptop is {v}",
             "pass is {v}",
+            "network key {v}",
         ],
         "ru": [
             "пароль от вайфая: {v}",
@@ -264,6 +265,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "пароль от почты {v} не говори никому",
             "вайфай: {v}",
             "вайфай: HomeNet / {v}",
+            "ключ от вайфая {v}",
             "пароль такой:\n{v}",
             "мой пароль\n{v}",
             "gfhjkm jn dfqafz — {v}",
