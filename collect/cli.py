@@ -29,7 +29,8 @@ def telegram(
 
     Needs TELEGRAM_API_ID, TELEGRAM_API_HASH (from https://my.telegram.org) and TELEGRAM_PHONE in the
     environment or in --env-file. The first run asks for the login code Telegram sends you. Re-running
-    continues where the last run stopped and fetches only newer messages.
+    continues where the last run stopped, fetches only newer messages, and picks up edits of messages sent
+    in the 3 days before the previous run (Telegram allows edits for 48 hours).
 
     Args:
         out: output folder: one <dialog_id>.jsonl per chat plus manifest.json (folder 0700, files 0600)
