@@ -155,6 +155,7 @@ def neutralize(text: str, label: str | None = None, special: Iterable[str] = ())
 _NAME_DROP = re.compile(r"[#:\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 
 
+@lru_cache(maxsize=4096)  # one name per chat, asked for every record of it
 def partner_label(partner: str | None) -> str:
     """The name the prompt uses for the chat partner (a neutral default when unknown).
 
