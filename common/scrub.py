@@ -500,9 +500,44 @@ def _password_keywords(text: str) -> Iterator[tuple[str, int, bool]]:
                 yield m.group("kw").lower(), m.end(), False
 
 
+_SENTENCE_END = re.compile(r"[.!?…](?=\s|$)|\n")
+_NO_VALUE_CONTEXT = re.compile(
+    r"reset|link|sent|forg[oe]t|expir|chang|manager|hint|сброс|ссылк|отправ|забыл|измен|смен|менеджер|подсказ",
+    re.IGNORECASE,
+)
+"""Words around a password keyword that say the sentence is about the password, not giving it."""
+_WORD = re.compile(r"\S+")
+
+
+def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
+    """A made-up value (letters with digits or symbols, 5+ characters) within eight words after a password
+    keyword, in the same sentence: the password even when the words between are ones the step-by-step
+    reading (`_password_value`) does not know ("пароль от вай-фая у нас Kotik2019", "wifi pass is still
+    Kotik2019"). Not where the sentence talks about the password (reset, link, forgot, hint, ...)."""
+    if kw in _EXPLICIT_ONLY and not wifi:
+        return None
+    end = min(len(text), pos + 80)
+    stop = _SENTENCE_END.search(text, pos, end)
+    segment = text[pos : stop.start() if stop else end]
+    if _NO_VALUE_CONTEXT.search(segment):
+        return None
+    for i, word in enumerate(_WORD.finditer(segment)):
+        if i >= 8:
+            break
+        core = _value_core(word.group().strip(":=—-–"))
+        if PLACEHOLDER.search(core) or "://" in core or "@" in core:
+            return None
+        if _strong(core) and _made_up(core):
+            start = pos + word.start() + word.group().find(core)
+            return (start, _value_end(text, start + len(core)), "PASSWORD")
+    return None
+
+
 def _find_passwords(text: str) -> Iterator[Span]:
     spans = sorted(
-        span for kw, end, wifi in _password_keywords(text) if (span := _password_value(text, kw, end, wifi))
+        span
+        for kw, end, wifi in _password_keywords(text)
+        if (span := _password_value(text, kw, end, wifi) or _password_nearby(text, kw, end, wifi))
     )
     yield from spans
 
