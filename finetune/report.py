@@ -6,9 +6,10 @@ Writes `report.md` (+ `report.json` with every number, PNG plots): perplexity of
 replies (val.jsonl, reply tokens only, exactly as training scores them) under the base and the twin;
 reply length, emoji, punctuation and letter-case rates of replies sampled from the twin and the base next
 to the person's real ones; whether a stylometric classifier attributes those replies to the person and
-whether a second one can tell them from the real ones (finetune.quality); ten side-by-side samples; and
-the training loss curve from the adapter's metrics.csv. The report quotes private messages, so its folder
-is owner-only like the data.
+whether a second one can tell them from the real ones (finetune.quality); whether the twin has forgotten
+the world (finetune.forgetting: perplexity of general English and Russian text and answers to general
+questions, base vs twin); ten side-by-side samples; and the training loss curve from the adapter's
+metrics.csv. The report quotes private messages, so its folder is owner-only like the data.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from common.files import make_private_dir, write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
 from finetune.errors import UserError
 from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
+from finetune.forgetting import GOAL_RATIO, Forgetting, compare, load_general_set, measure_side
 from finetune.metrics import draw_losses, read_rows, save_figure
 from finetune.quality import MIN_PER_CLASS, QualityRow, compare_contestants, fit_attributor, to_markdown
 from finetune.style import RATE_LABELS, StyleStats, style_stats
@@ -64,6 +66,9 @@ class ReportArgs:
     """Seed for choosing the prompts and for sampling (base and twin share it)."""
     device: str = "auto"
     """auto (cuda if present, else cpu), cuda or cpu."""
+    forgetting: bool = True
+    """Measure forgetting: general-text perplexity and general-question answers, base vs twin
+    (`--no-forgetting` skips it)."""
 
     def check(self) -> None:
         problems = []
@@ -96,6 +101,8 @@ class Findings:
     """Attribution and discrimination of the real, twin and base replies (finetune.quality)."""
     quality_note: str = ""
     """Why `quality` is empty, when it is."""
+    forgetting: Forgetting | None = None
+    """General-text perplexity and answers of the base and the twin (None: `--no-forgetting`)."""
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -117,12 +124,19 @@ def measure(args: ReportArgs) -> Findings:
     sampling = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
+    general = load_general_set() if args.forgetting else None
     with lora_off(model):
         base = reply_perplexity(model, examples, desc="base perplexity")
         base_replies = generate_replies(model, tokenizer, prompter, prompts, desc="base replies", **sampling)  # type: ignore[arg-type]
+        if general is not None:
+            base_general = measure_side(model, tokenizer, prompter, general, args.max_new_tokens, "base")
     merge(model)
     twin = reply_perplexity(model, examples, desc="twin perplexity")
     twin_replies = generate_replies(model, tokenizer, prompter, prompts, desc="twin replies", **sampling)  # type: ignore[arg-type]
+    forgetting = None
+    if general is not None:
+        twin_general = measure_side(model, tokenizer, prompter, general, args.max_new_tokens, "twin")
+        forgetting = compare(general, base_general, twin_general)
     real = [records[i].response for i in chosen]
     samples = [
         {
@@ -149,6 +163,7 @@ def measure(args: ReportArgs) -> Findings:
         seconds=time.perf_counter() - t0,
         quality=quality,
         quality_note=quality_note,
+        forgetting=forgetting,
     )
 
 
@@ -296,6 +311,7 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
         ]
     else:
         lines += [f"Not measured: {f.quality_note}.", ""]
+    lines += forgetting_markdown(f.forgetting)
     lines += ["## Side by side", ""]
     for k, s in enumerate(f.samples[:SIDE_BY_SIDE], start=1):
         lines += [
@@ -324,6 +340,40 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def forgetting_markdown(f: Forgetting | None) -> list[str]:
+    """The "Has it forgotten the world?" section."""
+    lines = ["## Has it forgotten the world?", ""]
+    if f is None:
+        return [*lines, "Not measured (`--no-forgetting`).", ""]
+    right = f.as_dict()["right"]
+    lines += [
+        "Fine-tuning on one person's chats must not wipe out what the base knew. Perplexity of every token "
+        "of a fixed general text that ships with the twin (English and Russian prose and dialogue about "
+        "weather, cooking, travel, history and science), and greedy answers to general questions asked in "
+        f"the twin's prompt format. The goal: the twin's perplexity at most {GOAL_RATIO:.0%} of the base's.",
+        "",
+        "| model | general-text perplexity | mean NLL / token | tokens | questions answered right |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {who} | {p.value:.2f} | {p.nll:.3f} | {p.tokens} | {right[who]} / {right['questions']} |"
+            for who, p in (("base", f.base), ("twin", f.twin))
+        ),
+        "",
+        f.verdict(),
+        "",
+        "*Right* means the answer contains the reference (a rough check; read the answers).",
+        "",
+        "| question | reference | base | twin |",
+        "|---|---|---|---|",
+    ]
+    for a in f.answers:
+        base, twin = (
+            ("✓ " if ok else "") + cell(text) for text, ok in ((a.base, a.base_right), (a.twin, a.twin_right))
+        )
+        lines.append(f"| {cell(a.question)} | {cell(a.reference)} | {base} | {twin} |")
+    return [*lines, ""]
+
+
 def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
     def plain(obj: Mapping[str, Any]) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in obj.items()}
@@ -340,6 +390,7 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
         },
         "style": {who: s.as_dict() for who, s in f.style.items()},
         "quality": {"rows": [asdict(row) for row in f.quality], "note": f.quality_note},
+        "forgetting": f.forgetting.as_dict() if f.forgetting else None,
         "samples": f.samples[:SIDE_BY_SIDE],
         "seconds": f.seconds,
     }
@@ -380,9 +431,18 @@ def report(args: ReportArgs) -> None:
         if attributed
         else ""
     )
+    forgot = findings.forgetting
+    general = (
+        f"; general-text perplexity base {forgot.base.value:.2f} → twin {forgot.twin.value:.2f} "
+        f"({forgot.ratio - 1:+.1%}, {'within' if forgot.within_goal else 'OVER'} the "
+        f"+{GOAL_RATIO - 1:.0%} goal)"
+        if forgot
+        else ""
+    )
     print(
         f"report in {path}: held-out perplexity base {b:.2f} → twin {t:.2f} on {findings.twin.tokens} reply "
-        f"tokens; {findings.style['real'].replies} sampled replies{quality} ({findings.seconds:.0f} s)"
+        f"tokens; {findings.style['real'].replies} sampled replies{quality}{general} "
+        f"({findings.seconds:.0f} s)"
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from litgpt.lora import GPT, LoRALinear
 from litgpt.tokenizer import Tokenizer
 
-from finetune.evaluate import load_lora_model
+from finetune.evaluate import Perplexity, load_lora_model
 from finetune.forgetting import (
     GENERAL_FILE,
     GOAL_RATIO,
@@ -19,6 +19,8 @@ from finetune.forgetting import (
     load_general_set,
     measure_model,
 )
+from finetune.report import Findings, ReportArgs, findings_json, main, parse_args, render_markdown
+from finetune.style import style_stats
 from finetune.tiny import make_tiny_checkpoint
 from finetune.twin import read_adapter_spec
 
@@ -106,3 +108,33 @@ def test_the_metric_on_known_adapters(general_checkpoint: Path, tiny_adapter: Pa
     d = f.as_dict()
     assert d["within_goal"] == f.within_goal and d["right"]["questions"] == len(general.questions)
     json.dumps(d, ensure_ascii=False)
+
+
+def test_the_report_has_the_section(
+    tiny_checkpoint: Path,
+    tiny_adapter: Path,
+    prepared_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "report"
+    argv = ["--data", str(prepared_dir), "--checkpoint-dir", str(tiny_checkpoint), "--lora-path"]
+    argv += [str(tiny_adapter), "--out", str(out), "--samples", "4", "--max-new-tokens", "8"]
+    assert main(argv) == 0
+    assert "general-text perplexity base " in capsys.readouterr().out
+    found = json.loads((out / "report.json").read_text(encoding="utf-8"))["forgetting"]
+    ppl = found["perplexity"]
+    assert found["ratio"] == pytest.approx(ppl["twin"] / ppl["base"])
+    assert found["within_goal"] == (found["ratio"] <= GOAL_RATIO)
+    general = load_general_set()
+    assert [a["question"] for a in found["answers"]] == [q.question for q in general.questions]
+    assert all(set(a) >= {"base", "twin", "reference", "base_right", "twin_right"} for a in found["answers"])
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Has it forgotten the world?" in text and "Сколько дней в неделе?" in text
+    assert ("meets the goal" in text) == found["within_goal"]
+
+    args = ReportArgs(data=Path("d"), forgetting=False)
+    f = Findings(Perplexity(0.7, 10), Perplexity(0.6, 10), {"real": style_stats(["a"])}, [], [], 1, 1.0)
+    assert findings_json(args, f)["forgetting"] is None
+    assert "Not measured (`--no-forgetting`)." in render_markdown(args, f, [])
+    assert parse_args(["--no-forgetting"]).forgetting is False and parse_args([]).forgetting is True
