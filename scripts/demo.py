@@ -282,6 +282,17 @@ def run(paths: Paths) -> int:
         f"{report['twin']:.1f} (twin); the report: {paths.report / 'report.md'}"
     )
     show_quality(findings.get("quality") or {})
+    forgot = findings.get("forgetting")
+    if forgot:
+        ppl, right = forgot["perplexity"], forgot["right"]
+        verdict = "within" if forgot["within_goal"] else "OVER"
+        n = right["questions"]
+        change = (forgot["ratio"] - 1) * 100
+        print(
+            f"\nHas it forgotten the world? General EN/RU text perplexity {ppl['base']:.2f} (base) → "
+            f"{ppl['twin']:.2f} (twin), {change:+.1f}% ({verdict} the +10% goal); general questions "
+            f"right: base {right['base']}/{n}, twin {right['twin']}/{n}"
+        )
     print("\nMeasured time of each stage:")
     for title, seconds in timings.items():
         print(f"  {seconds:6.1f} s  {title}")

@@ -237,7 +237,7 @@ def test_report_and_export_use_the_adapters_format(
     data = Path(yaml.safe_load((smollm2_adapter / HPARAMS_FILE).read_text())["data"])  # what it trained on
     args = ReportArgs(
         data=data, checkpoint_dir=smollm2_checkpoint, lora_path=smollm2_adapter, out=tmp_path / "report",
-        samples=2, max_new_tokens=24, temperature=0.0,
+        samples=2, max_new_tokens=24, temperature=0.0, forgetting=False,  # tests/finetune/test_forgetting.py
     )  # fmt: skip
     findings = measure(args)
     # the report renders the validation chats in the chat template: the instruct model answers in
