@@ -36,10 +36,17 @@ from finetune.metrics import draw_losses, read_rows, save_figure
 from finetune.quality import MIN_PER_CLASS, QualityRow, compare_contestants, fit_attributor, to_markdown
 from finetune.style import RATE_LABELS, StyleStats, style_stats
 from finetune.twin import METRICS_FILE, read_adapter_spec, resolve_adapter
-from prepare.records import TRAIN_FILE, Record
+from prepare.prompt import MAX_CONTEXT_CHARS, Prompter, clip_text, record_turns, render_context, render_prompt
+from prepare.records import TRAIN_FILE, Record, Turn
 
 SIDE_BY_SIDE = 10
 COLORS = {"real": "tab:green", "twin": "tab:blue", "base": "tab:gray"}
+
+
+PROMPTED_EXAMPLES = 8
+"""Real exchanges of the person (train split) shown to the prompted base before each prompt."""
+EXAMPLE_CHARS = 200
+"""Each shown message is clipped to this many characters."""
 
 
 @dataclass
@@ -69,9 +76,14 @@ class ReportArgs:
     forgetting: bool = True
     """Measure forgetting: general-text perplexity and general-question answers, base vs twin
     (`--no-forgetting` skips it)."""
+    prompted_examples: int = PROMPTED_EXAMPLES
+    """The prompting baseline: the base shown this many of the person's real exchanges (train split)
+    before each prompt, as a fourth contestant (0: leave it out)."""
 
     def check(self) -> None:
         problems = []
+        if self.prompted_examples < 0:
+            problems.append(f"--prompted-examples must be 0 or more (got {self.prompted_examples})")
         if self.samples < 1:
             problems.append(f"--samples must be at least 1 (got {self.samples})")
         if self.max_new_tokens < 1:
@@ -125,9 +137,18 @@ def measure(args: ReportArgs) -> Findings:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
     general = load_general_set() if args.forgetting else None
+    train_path = args.data / TRAIN_FILE
+    train = load_records(train_path) if train_path.is_file() else []
+    shots = example_turns(train, args.prompted_examples, args.seed) if args.prompted_examples else []
+    prompted = [prompted_prompt(prompter, records[i], shots) for i in chosen] if shots else []
     with lora_off(model):
         base = reply_perplexity(model, examples, desc="base perplexity")
         base_replies = generate_replies(model, tokenizer, prompter, prompts, desc="base replies", **sampling)  # type: ignore[arg-type]
+        prompted_replies = (
+            generate_replies(model, tokenizer, prompter, prompted, desc="prompted base replies", **sampling)  # type: ignore[arg-type]
+            if prompted
+            else []
+        )
         if general is not None:
             base_general = measure_side(model, tokenizer, prompter, general, args.max_new_tokens, "base")
     merge(model)
@@ -146,12 +167,13 @@ def measure(args: ReportArgs) -> Findings:
             "real": real[k],
             "twin": twin_replies[k],
             "base": base_replies[k],
+            **({"prompted base": prompted_replies[k]} if prompted_replies else {}),
         }
         for k, i in enumerate(chosen)
     ]
-    train_path = args.data / TRAIN_FILE
-    train = load_records(train_path) if train_path.is_file() else []
     replies = {"real": real, "twin": twin_replies, "base": base_replies}
+    if prompted_replies:
+        replies["prompted base"] = prompted_replies
     quality, quality_note = measure_quality(train, replies, args.seed)
     return Findings(
         base=base,
@@ -165,6 +187,40 @@ def measure(args: ReportArgs) -> Findings:
         quality_note=quality_note,
         forgetting=forgetting,
     )
+
+
+def example_turns(
+    train: Sequence[Record], k: int, seed: int, max_chars: int = MAX_CONTEXT_CHARS
+) -> list[Turn]:
+    """k of the person's real exchanges from the train split (a partner's message and the person's reply,
+    each clipped), as earlier turns: the prompting baseline's examples. Fewer when they would not fit
+    `max_chars` (the context cap the twin's own prompts were built with)."""
+    pool = [r for r in train if r.instruction.strip() and r.response.strip()]
+    turns: list[Turn] = []
+    used = 0
+    for r in random.Random(seed).sample(pool, min(k, len(pool))):
+        pair = [
+            Turn("partner", clip_text(r.instruction, EXAMPLE_CHARS)),
+            Turn("me", clip_text(r.response, EXAMPLE_CHARS)),
+        ]
+        size = sum(len(t.text) for t in pair)
+        if used + size > max_chars:
+            break
+        turns += pair
+        used += size
+    return turns
+
+
+def prompted_prompt(prompter: Prompter, record: Record, examples: Sequence[Turn]) -> str:
+    """The record's prompt with `examples` (the person's real exchanges elsewhere) as its first earlier
+    turns: what prompting the base with a few of the person's messages looks like in the same format."""
+    if prompter.template is None:
+        context = render_context(examples, record.partner)
+        if record.context:
+            context = f"{context}\n{record.context}" if context else record.context
+        return render_prompt(record.instruction, context, record.partner)
+    turns = [*examples, *(record_turns(record) or [])]
+    return prompter.render(turns, record.instruction, record.partner)
 
 
 def measure_quality(
@@ -324,6 +380,11 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
             f"| **real reply** | {cell(s['real'])} |",
             f"| **twin** | {cell(s['twin'])} |",
             f"| base | {cell(s['base'])} |",
+            *(
+                [f"| base prompted with {PROMPTED_EXAMPLES} real exchanges | {cell(s['prompted base'])} |"]
+                if "prompted base" in s
+                else []
+            ),
             "",
         ]
     lines += ["## Training loss", ""]

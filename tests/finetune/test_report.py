@@ -83,7 +83,8 @@ def test_report_on_the_tiny_twin(
     text = (out / "report.md").read_text(encoding="utf-8")
     assert text.count("| **twin** |") == 10 and "The twin beats its base" in text
     quality = {row["contestant"]: row for row in found["quality"]["rows"]}
-    assert list(quality) == ["real", "twin", "base"] and found["quality"]["note"] == ""
+    assert list(quality) == ["real", "twin", "base", "prompted base"] and found["quality"]["note"] == ""
+    assert all(s["prompted base"] for s in found["samples"])  # the base shown 8 real exchanges
     assert all(row["replies"] == 12 and 0 <= row["attribution"]["share"] <= 1 for row in quality.values())
     assert quality["real"]["discrimination"]["mean"] == pytest.approx(0.5)  # real against itself
     assert "## Does it write like the person?" in text and "| twin | 12 | " in text

@@ -64,3 +64,34 @@ def test_the_section_in_markdown_and_json() -> None:
     assert findings_json(args, f)["quality"]["rows"][2]["contestant"] == "base"
     empty = Findings(ppl, ppl, style, [], [], 8, 1.0, quality_note="only 3 sampled prompts")
     assert "Not measured: only 3 sampled prompts." in render_markdown(args, empty, [])
+
+
+def test_the_prompting_baseline_shows_real_exchanges_from_train_before_the_prompt() -> None:
+    from finetune.report import example_turns, prompted_prompt
+    from prepare.chat_template import ChatTemplate
+    from prepare.prompt import CHAT_TEMPLATE, TWIN_V1, Prompter
+
+    rng = random.Random(0)
+    train = [record(partner(rng) + f" {i}", person(rng) + f" #{i}") for i in range(50)]
+    shots = example_turns(train, 8, seed=1)
+    assert [t.speaker for t in shots] == ["partner", "me"] * 8
+    assert example_turns(train, 8, seed=1) == shots  # seeded
+    pairs = {(r.instruction, r.response) for r in train}
+    assert all((a.text, b.text) in pairs for a, b in zip(shots[::2], shots[1::2], strict=True))
+    assert len(example_turns(train, 8, seed=1, max_chars=150)) < 16  # fewer when they would not fit
+    assert example_turns([], 8, seed=1) == []
+
+    target = Record("Are you free on friday?", "Anna: hi", "yes", 1, "2024-01-01T00:00:00+00:00", "Anna")
+    plain = prompted_prompt(TWIN_V1, target, [])
+    assert plain == TWIN_V1.render_record(target)[0]  # no examples: the twin's own prompt
+    shown = prompted_prompt(TWIN_V1, target, shots)
+    assert all(t.text.split("\n")[0] in shown for t in shots) and shown.endswith(plain[-60:])
+    assert shown.index(shots[-1].text) < shown.index("Anna: hi")  # the examples come first
+
+    chatml = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "chatml.jinja"
+    prompter = Prompter(CHAT_TEMPLATE, ChatTemplate(chatml.read_text(encoding="utf-8")))
+    target = Record("Are you free?", "", "yes", 1, "2024-01-01T00:00:00+00:00", "Anna", turns=())
+    chat = prompted_prompt(prompter, target, shots)
+    assert (
+        chat.count("<|im_start|>assistant") == 8 + 1
+    )  # the person's 8 example replies + the generation prompt
