@@ -16,8 +16,6 @@ family, and a last line with the count; exit 1 on any mismatch.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import copy
 import json
 import sys
 import time
@@ -29,60 +27,15 @@ import torch
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH.parent / "tests" / "serve")]
 
-from litgpt.generate.base import generate  # noqa: E402
-from litgpt.model import GPT  # noqa: E402
-from model_families import FAMILIES, random_family_model  # noqa: E402
+from model_families import (  # noqa: E402
+    ENGINE_PROMPTS,
+    FAMILIES,
+    engine_greedy_tokens,
+    litgpt_greedy,
+    random_family_model,
+)
 
-from serve.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
-
-PROMPTS = [[5, 17, 99, 3, 250], list(range(40, 61)), [200, 2]]
 NEW_TOKENS = 16
-
-
-@torch.no_grad()
-def litgpt_greedy(reference: GPT, prompt: list[int]) -> list[int]:
-    """litgpt's greedy tokens: its `generate` with its KV cache, or, with attention soft-capping (Gemma 2),
-    its forward over the whole sequence each step (litgpt 0.5.13's cache path masks nothing there)."""
-    if reference.config.attention_logit_softcapping is not None:
-        seq = list(prompt)
-        for _ in range(NEW_TOKENS):
-            logits = reference(torch.tensor([seq]))[0, -1, : reference.config.vocab_size]
-            seq.append(int(logits.argmax()))
-        return seq[len(prompt) :]
-    model = copy.deepcopy(reference)
-    model.max_seq_length = len(prompt) + NEW_TOKENS
-    model.set_kv_cache(batch_size=1)
-    out = generate(
-        model, torch.tensor(prompt), len(prompt) + NEW_TOKENS, temperature=0.0, include_prompt=False
-    )
-    return out.tolist()
-
-
-def engine_greedy(
-    reference: GPT, device: torch.device, compile: bool
-) -> tuple[list[list[int]], dict[str, Any]]:
-    engine = Engine(
-        lambda: copy.deepcopy(reference).to(device),
-        EngineConfig(max_batch_size=2, max_seq_length=64, warmup_prompt_tokens=16, compile=compile),
-    )
-    engine.start()
-    try:
-        if not engine.wait_ready(600):
-            raise RuntimeError(f"the engine did not start: {engine.load_error}")
-
-        async def drain(prompt: list[int]) -> list[int]:
-            seq = engine.submit(GenerationRequest(prompt, NEW_TOKENS, temperature=0.0, ignore_eos=True))
-            return [t async for chunk in seq.tokens() for t in chunk]
-
-        async def run() -> list[list[int]]:
-            together = await asyncio.gather(drain(PROMPTS[0]), drain(PROMPTS[1]))
-            return [*together, await drain(PROMPTS[2])]
-
-        outs = asyncio.run(run())
-        stats = engine.stats()
-    finally:
-        engine.stop()
-    return outs, stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         reference = random_family_model(family, vocab_size=320)  # no padded rows for litgpt to pick
         t0 = time.perf_counter()
         try:
-            outs, stats = engine_greedy(reference, device, compile=not args.smoke)
-            error = None
+            outs, engine = engine_greedy_tokens(reference, NEW_TOKENS, not args.smoke, device)
+            stats, error = engine.stats(), None
         except Exception as e:  # noqa: BLE001 — a family that fails is a row, the others still run
             outs, stats, error = [], {}, f"{type(e).__name__}: {e}"
-        want = [litgpt_greedy(reference, prompt) for prompt in PROMPTS]
+        want = [litgpt_greedy(reference, prompt, NEW_TOKENS) for prompt in ENGINE_PROMPTS]
         record = {
             "family": family,
             "device": str(device),
@@ -115,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_equal": sum(
                 a == b for o, w in zip(outs, want, strict=False) for a, b in zip(o, w, strict=False)
             ),
-            "tokens": NEW_TOKENS * len(PROMPTS),
+            "tokens": NEW_TOKENS * len(ENGINE_PROMPTS),
             "fused_blocks": stats.get("fused_blocks"),
             "compiled": stats.get("compiled"),
             "seconds": round(time.perf_counter() - t0, 1),

@@ -7,14 +7,17 @@ gate/up or a missing norm offset shows.
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from litgpt.config import Config
+from litgpt.generate.base import generate
 from litgpt.model import GPT
 
+from serve.engine import Engine, EngineConfig, GenerationRequest
 from serve.generate import decode_logits, prefill, setup_caches
 
 VOCAB = 300
@@ -123,3 +126,52 @@ def _prefill_logits(model: GPT, prompt: torch.Tensor, slot: int) -> torch.Tensor
     finally:
         handle.remove()
     return captured[-1][0, -1, : model.config.vocab_size]
+
+
+ENGINE_PROMPTS = [[5, 17, 99, 3, 250], list(range(40, 61)), [200, 2]]
+"""Prompts `engine_greedy_tokens` decodes: the first two together (batch bucket 2), the third alone."""
+
+
+def engine_greedy_tokens(
+    reference: GPT, n: int, compile: bool, device: torch.device | str = "cpu"
+) -> tuple[list[list[int]], Engine]:
+    """Greedy tokens of the serve engine over a copy of `reference` (moved to `device`) for each of
+    `ENGINE_PROMPTS`: two requests decoded together (batch bucket 2), a third alone (bucket 1). Returns
+    the stopped engine too, for its stats."""
+    engine = Engine(
+        lambda: copy.deepcopy(reference).to(device),
+        EngineConfig(max_batch_size=2, max_seq_length=64, warmup_prompt_tokens=16, compile=compile),
+    )
+    engine.start()
+    try:
+        if not engine.wait_ready(600):
+            raise RuntimeError(f"the engine did not start: {engine.load_error}")
+
+        async def drain(prompt: list[int]) -> list[int]:
+            seq = engine.submit(GenerationRequest(prompt, n, temperature=0.0, ignore_eos=True))
+            return [t async for chunk in seq.tokens() for t in chunk]
+
+        async def run() -> list[list[int]]:
+            together = await asyncio.gather(drain(ENGINE_PROMPTS[0]), drain(ENGINE_PROMPTS[1]))
+            return [*together, await drain(ENGINE_PROMPTS[2])]
+
+        return asyncio.run(run()), engine
+    finally:
+        engine.stop()
+
+
+@torch.no_grad()
+def litgpt_greedy(reference: GPT, prompt: Sequence[int], n: int) -> list[int]:
+    """litgpt's greedy tokens: its `generate` with its KV cache, or, with attention soft-capping (Gemma 2),
+    its forward over the whole sequence each step (litgpt 0.5.13's cache path masks nothing there)."""
+    if reference.config.attention_logit_softcapping is not None:
+        seq = list(prompt)
+        for _ in range(n):
+            logits = reference(torch.tensor([seq]))[0, -1, : reference.config.vocab_size]
+            seq.append(int(logits.argmax()))
+        return seq[len(prompt) :]
+    model = copy.deepcopy(reference)
+    model.max_seq_length = len(prompt) + n
+    model.set_kv_cache(batch_size=1)
+    out = generate(model, torch.tensor(list(prompt)), len(prompt) + n, temperature=0.0, include_prompt=False)
+    return out.tolist()

@@ -21,9 +21,12 @@ from litgpt.config import Config
 from litgpt.generate.base import generate
 from litgpt.model import GPT, build_rope_cache
 from model_families import (
+    ENGINE_PROMPTS,
     FAMILIES,
     check_decodes_like_litgpt,
+    engine_greedy_tokens,
     family_config,
+    litgpt_greedy,
     random_family_model,
 )
 from serve_helpers import LORA_HPARAMS, make_adapter
@@ -202,33 +205,6 @@ def test_sliding_window_attention_is_served_up_to_its_window() -> None:
     assert not any(block.attn.apply_sliding_window_attention for block in model.transformer.h)
 
 
-def llama_engine_tokens(reference: GPT, compile: bool, n: int) -> tuple[list[list[int]], Engine]:
-    """Greedy tokens of the engine over a copy of `reference`: two requests decoded together (batch
-    bucket 2), a third alone (bucket 1)."""
-    engine = Engine(
-        lambda: copy.deepcopy(reference),
-        EngineConfig(max_batch_size=2, max_seq_length=64, warmup_prompt_tokens=16, compile=compile),
-    )
-    engine.start()
-    try:
-        assert engine.wait_ready(300), engine.load_error
-
-        async def drain(prompt: list[int]) -> list[int]:
-            seq = engine.submit(GenerationRequest(prompt, n, temperature=0.0, ignore_eos=True))
-            return [t async for chunk in seq.tokens() for t in chunk]
-
-        async def run() -> list[list[int]]:
-            together = await asyncio.gather(drain(LLAMA_PROMPTS[0]), drain(LLAMA_PROMPTS[1]))
-            return [*together, await drain(LLAMA_PROMPTS[2])]
-
-        return asyncio.run(run()), engine
-    finally:
-        engine.stop()
-
-
-LLAMA_PROMPTS = [[5, 17, 99, 3, 250], list(range(40, 61)), [200, 2]]
-
-
 def llama_reference() -> GPT:
     # no padded vocabulary rows: litgpt's generate samples among them too, the engine does not
     return random_family_model("llama-3.1", vocab_size=320)
@@ -237,23 +213,19 @@ def llama_reference() -> GPT:
 def test_engine_on_a_llama_shaped_model_matches_litgpt_generate() -> None:
     """The engine (fused sequential blocks, GQA, Llama-3.1 RoPE) generates litgpt's greedy tokens."""
     reference, n = llama_reference(), 12
-    outs, engine = llama_engine_tokens(reference, compile=False, n=n)
+    outs, engine = engine_greedy_tokens(reference, n, compile=False)
     assert engine.stats()["fused_blocks"] == reference.config.n_layer
-    for prompt, out in zip(LLAMA_PROMPTS, outs, strict=True):
-        model = copy.deepcopy(reference)
-        model.max_seq_length = len(prompt) + n
-        model.set_kv_cache(batch_size=1)
-        want = generate(model, torch.tensor(prompt), len(prompt) + n, temperature=0.0, include_prompt=False)
-        assert out == want.tolist()
+    for prompt, out in zip(ENGINE_PROMPTS, outs, strict=True):
+        assert out == litgpt_greedy(reference, prompt, n)
 
 
 @pytest.mark.slow
 def test_compiled_llama_decode_step_gives_the_eager_tokens() -> None:
     """torch.compile (fullgraph, on this CPU) of the Llama-shaped decode step: the eager engine's tokens."""
     reference = llama_reference()
-    eager, _ = llama_engine_tokens(reference, compile=False, n=10)
+    eager, _ = engine_greedy_tokens(reference, 10, compile=False)
     try:
-        compiled, engine = llama_engine_tokens(reference, compile=True, n=10)
+        compiled, engine = engine_greedy_tokens(reference, 10, compile=True)
     finally:
         torch._dynamo.reset()  # the compiled step's caches stay out of later tests
     assert engine.compiled and engine.compile_error is None  # fullgraph, the first attempt on a CPU
