@@ -152,7 +152,7 @@ def neutralize(text: str, label: str | None = None, special: Iterable[str] = ())
     return text
 
 
-_NAME_DROP = re.compile(r"[#:\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_NAME_MARKS = str.maketrans("", "", "#:")
 
 
 @lru_cache(maxsize=4096)  # one name per chat, asked for every record of it
@@ -163,7 +163,7 @@ def partner_label(partner: str | None) -> str:
     collapsed, special-token shapes defused; a partner whose name is the person's own label (`Me`) is
     labelled `Me (partner)`, so their lines never read as the person's.
     """
-    name = " ".join(_NAME_DROP.sub("", partner or "").split())
+    name = " ".join(_INVISIBLE.sub("", partner or "").translate(_NAME_MARKS).split())
     if not name:
         return DEFAULT_PARTNER
     if name.casefold() == ME_LABEL.casefold():
