@@ -451,12 +451,17 @@ HF_AUTO_COMPILE = True
 
 
 def bench_hf(plan: Plan, batch: int) -> None:
-    """transformers `generate` with a static cache and `torch.compile(model.forward, mode="reduce-overhead",
-    fullgraph=True)`: two warm-up generations (compiles prefill and decode), then three timed ones.
+    """transformers `generate` with a static cache, the way transformers 5 documents its fast path: `generate`
+    compiles the decode step itself (`_valid_auto_compile_criteria`: a compileable cache on a GPU;
+    `CompileConfig()`, mode "reduce-overhead", so CUDA graphs) and runs the prefill eagerly. Two warm-up
+    generations (the compiles), then three timed ones. --smoke turns the auto-compile on for the CPU too
+    (`CompileConfig._compile_all_devices`), so the CPU run takes the GPU's path.
 
-    On a GPU, `generate` with a static cache also wraps the decode step in its own `torch.compile`
-    (`_valid_auto_compile_criteria`), around the compiled forward; --smoke turns that on for the CPU too
-    (`CompileConfig._compile_all_devices`), so the CPU run takes the GPU's path."""
+    The older recipe — also wrapping `model.forward` in `torch.compile(mode="reduce-overhead",
+    fullgraph=True)` — fails on transformers 5.17 on a GPU ("accessing tensor output of CUDAGraphs that has
+    been overwritten": the prefill's logits live in a graph's pool the decode step reuses; H200 run of
+    2026-12-02). If the documented path fails, the fallback compiles `model.forward` without CUDA graphs
+    and turns generate's own compile off; the record names the recipe that ran."""
     import transformers
     from transformers.generation.configuration_utils import CompileConfig
 
@@ -465,14 +470,14 @@ def bench_hf(plan: Plan, batch: int) -> None:
     gen.cache_implementation = "static"
     gen.eos_token_id = None  # random weights: never stop early
     gen.pad_token_id = 0
-    recipe = "static cache + torch.compile(model.forward, reduce-overhead, fullgraph)"
+    gen.compile_config = CompileConfig()
+    recipe = "static cache + generate's auto-compile of the decode step (CompileConfig: reduce-overhead)"
     if not HF_AUTO_COMPILE:
         gen.disable_compile = True
-        recipe += ", disable_compile"
+        model.forward = torch.compile(model.forward, fullgraph=True)
+        recipe = "static cache + torch.compile(model.forward, fullgraph), generate's auto-compile off"
     elif plan.device == "cpu":
-        gen.compile_config = CompileConfig()
         gen.compile_config._compile_all_devices = True
-    model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     prompts = torch.tensor(
         [random_prompt(32, plan.config.vocab_size, 7 + i) for i in range(batch)], device=plan.device
     )  # (batch, 32), no padding
@@ -499,18 +504,18 @@ def bench_hf(plan: Plan, batch: int) -> None:
     except Exception as e:
         if gen.disable_compile:
             raise
-        # transformers' own auto-compile on top of ours: keep only ours
         emit(
             {
                 "model": plan.model,
-                "what": f"hf generate batch {batch}: the recipe as documented failed; again without "
-                "generate's own auto-compile (generation_config.disable_compile)",
+                "what": f"hf generate batch {batch}: the documented auto-compile failed; again with "
+                "torch.compile(model.forward) without CUDA graphs and generate's own compile off",
                 "error": f"{type(e).__name__}: {e}"[:600],
             }
         )
         torch._dynamo.reset()
         gen.disable_compile = True
-        recipe += ", disable_compile"
+        model.forward = torch.compile(model.forward, fullgraph=True)
+        recipe = "static cache + torch.compile(model.forward, fullgraph), generate's auto-compile off"
         warm = [generate() for _ in range(2)]
     warm_s = time.perf_counter() - t
     rates = [generate() for _ in range(3)]
@@ -715,7 +720,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--hf-no-auto-compile",
         action="store_true",
-        help="hf rows: only the documented forward compile (generation_config.disable_compile)",
+        help="hf rows: torch.compile(model.forward), no CUDA graphs, instead of generate's auto-compile",
     )
     p.add_argument("--startup-only", action="store_true", help=argparse.SUPPRESS)  # restart's child
     compile_group = p.add_mutually_exclusive_group()
