@@ -1,0 +1,168 @@
+"""Every Telegram call `reply` makes, patient with limits the way collect is.
+
+`TelegramActions` takes any client with Telethon's names (`iter_messages`, `get_drafts`, `send_message`,
+`action`, `__call__` for `messages.SaveDraftRequest`, `is_connected`, `connect`), so tests hand it a fake.
+A `FloodWaitError` waits the time Telegram asks; network errors and Telegram's own trouble reconnect if
+needed and back off exponentially, `MAX_RETRIES` times in a row (collect's constants), then give up on
+this one action with `TelegramUnavailable` (the listener goes on). With `dry_run` nothing that changes
+anything is called: the action is described to `announce` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from telethon.tl import functions
+
+from collect.telegram import BACKOFF_BASE_S, BACKOFF_MAX_S, FLOOD_WAITS, MAX_RETRIES, is_transient
+from reply.limits import Clock
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SAVED = "me"
+"""Telethon's name for the person's own chat, Saved Messages."""
+
+
+class TelegramUnavailable(Exception):
+    """Telegram kept failing for one action; that action is given up (no message text in here)."""
+
+
+@dataclass
+class Counts:
+    flood_waits: int = 0
+    network_retries: int = 0
+    reconnects: int = 0
+
+
+class TelegramActions:
+    def __init__(
+        self,
+        client: Any,
+        clock: Clock,
+        *,
+        dry_run: bool = False,
+        announce: Callable[[str], None] | None = None,
+        max_retries: int = MAX_RETRIES,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.dry_run = dry_run
+        self.announce = announce or (lambda line: log.info("%s", line))
+        self.max_retries = max_retries
+        self.counts = Counts()
+
+    async def call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
+        """`await make()`, waiting out FloodWaits and retrying network errors (see the module docstring)."""
+        failures = 0
+        while True:
+            try:
+                return await make()
+            except FLOOD_WAITS as e:
+                self.counts.flood_waits += 1
+                log.info("FloodWait on %s: sleeping %ss as Telegram asks", what, e.seconds)
+                await self.clock.sleep(e.seconds)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                failures += 1
+                if failures > self.max_retries:
+                    raise TelegramUnavailable(
+                        f"{what}: {failures} network or server errors in a row ({type(e).__name__})"
+                    ) from None
+                self.counts.network_retries += 1
+                delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+                log.info("network error %s on %s; retry %d in %.0fs", type(e).__name__, what, failures, delay)
+                await self.clock.sleep(delay)
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        if self.client.is_connected():
+            return
+        try:
+            await self.client.connect()
+            self.counts.reconnects += 1
+        except Exception as e:  # the next attempt of the action fails again and backs off further
+            if not (isinstance(e, FLOOD_WAITS) or is_transient(e)):
+                raise
+
+    # ---- reading (also in a dry run) --------------------------------------------------------------
+    async def history(self, chat: Any, limit: int) -> list[Any]:
+        """The chat's `limit` most recent messages, newest first."""
+
+        async def fetch() -> list[Any]:
+            return [m async for m in self.client.iter_messages(chat, limit=limit)]
+
+        return await self.call("reading the chat", fetch)
+
+    async def current_draft(self, chat: Any) -> str:
+        """The chat's draft as Telegram holds it now ("" for none)."""
+        drafts = await self.call("reading the draft", lambda: self.client.get_drafts(chat))
+        draft = drafts[0] if isinstance(drafts, list) and drafts else drafts
+        return str(getattr(draft, "text", "") or "") if draft else ""
+
+    # ---- writing ------------------------------------------------------------------------------------
+    async def save_draft(self, chat: Any, name: str, text: str) -> None:
+        """Put `text` in the chat's own draft (the input box): the person edits, sends or discards it."""
+        if self.dry_run:
+            self.announce(f"[dry run] would put this draft in the chat with {name}:\n{text}")
+            return
+        request = functions.messages.SaveDraftRequest(peer=chat, message=text)
+        await self.call("saving the draft", lambda: self.client(request))
+
+    async def send(self, chat: Any, name: str, text: str, *, delay_s: float = 0.0) -> int | None:
+        """Send one message; its id (None in a dry run)."""
+        if self.dry_run:
+            self.announce(f"[dry run] would send to {name} after {delay_s:.0f}s of typing: {text}")
+            return None
+        message = await self.call("sending", lambda: self.client.send_message(chat, text, link_preview=False))
+        return int(message.id) if getattr(message, "id", None) is not None else None
+
+    async def send_saved(self, name: str, link: str, text: str) -> int | None:
+        """Put a suggestion into Saved Messages, headed by a link to the chat it is for."""
+        if self.dry_run:
+            self.announce(f"[dry run] would put in Saved Messages, for {name}:\n{text}")
+            return None
+        header = f"Twin's draft for [{_md(name)}]({link}):"
+        message = await self.call(
+            "writing to Saved Messages",
+            lambda: self.client.send_message(
+                SAVED, f"{header}\n\n{text}", parse_mode="md", link_preview=False
+            ),
+        )
+        return int(message.id) if getattr(message, "id", None) is not None else None
+
+    @asynccontextmanager
+    async def typing(self, chat: Any) -> AsyncIterator[None]:
+        """Show "typing…" in the chat while the block runs (nothing in a dry run; a failure only logs)."""
+        if self.dry_run:
+            yield
+            return
+        action = self.client.action(chat, "typing")
+        try:
+            await action.__aenter__()
+        except Exception as e:  # the typing indicator is a courtesy: never worth losing the reply
+            log.info("could not show typing (%s)", type(e).__name__)
+            yield
+            return
+        try:
+            yield
+        finally:
+            try:
+                await action.__aexit__(None, None, None)
+            except Exception as e:
+                log.info("could not stop typing (%s)", type(e).__name__)
+
+
+def chat_link(chat: Any) -> str:
+    """A link that opens the chat: t.me for a username, else Telegram's user link."""
+    username = getattr(chat, "username", None)
+    return f"https://t.me/{username}" if username else f"tg://user?id={chat.id}"
+
+
+def _md(text: str) -> str:
+    """A name as a Markdown link text (Telethon's Markdown has no escapes: brackets would end it)."""
+    return text.replace("[", "(").replace("]", ")") or "the chat"

@@ -1,0 +1,91 @@
+"""A chat's recent history as the twin sees it, and how a reply is paced: pure functions, no I/O but files.
+
+The rules are training's own: the same message filter as collect (`convert_message`: no service messages,
+stickers, polls or forwards), the same conversation split as prepare (a silence of `gap_hours` starts a
+new one), the same merging of a run of messages into one turn (`merge_turns`) and the same context caps
+(`cap_turns`, with the caps recorded in prepare's `prepare_config.json` when there is one).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from collect.options import CollectOptions
+from collect.telegram import convert_message, dialog_name, left_out_reason
+from prepare.prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, cap_turns, merge_turns
+from prepare.records import CONFIG_FILE, Turn
+from reply.settings import ReplySettings
+
+OPTIONS = CollectOptions()
+"""collect's defaults: what a training record is built from is what a live prompt is built from."""
+
+
+def left_out(chat: Any, me_id: int | None = None) -> str | None:
+    """Why a chat gets no replies (None for a one-to-one chat with a person): group, channel, bot,
+    Saved Messages, Telegram's notices, support or deleted account."""
+    from telethon.tl import types
+
+    if chat is None:
+        return "unknown chat"
+    if me_id is not None and getattr(chat, "id", None) == me_id:
+        return "Saved Messages"
+    return left_out_reason(SimpleNamespace(is_user=isinstance(chat, types.User), entity=chat))
+
+
+def chat_name(chat: Any) -> str:
+    return dialog_name(SimpleNamespace(name=None, entity=chat))
+
+
+def context_caps(prepared: Path) -> tuple[int, int]:
+    """(max_turns, max_chars) that training used: prepare's recorded config, else its defaults."""
+    try:
+        config = json.loads((Path(prepared) / CONFIG_FILE).read_text(encoding="utf-8"))
+        return int(config["max_context_turns"]), int(config["max_context_chars"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return MAX_CONTEXT_TURNS, MAX_CONTEXT_CHARS
+
+
+def conversation(messages: Iterable[Any], chat_id: int, gap: timedelta) -> list[Turn]:
+    """The current conversation of a chat from its messages (Telethon `Message`s, newest first, as
+    `iter_messages` gives them): kept messages back to the first silence longer than `gap`, merged into
+    turns, oldest first."""
+    kept: list[tuple[datetime, bool, str]] = []
+    for message in messages:
+        converted = convert_message(message, chat_id, "", OPTIONS)
+        if isinstance(converted, str):
+            continue
+        _, raw = converted
+        date = datetime.fromisoformat(raw.date)
+        if kept and kept[-1][0] - date > gap:
+            break
+        kept.append((date, raw.out, raw.message))
+    kept.reverse()
+    return merge_turns(("me" if out else "partner", text) for _, out, text in kept)
+
+
+def prompt_turns(turns: list[Turn], caps: tuple[int, int], partner: str) -> list[Turn] | None:
+    """The capped context plus the partner's last turn (what the server is sent), or None when the
+    conversation does not end with the partner (nothing to answer)."""
+    if not turns or turns[-1].speaker != "partner":
+        return None
+    return [*cap_turns(turns[:-1], caps[0], caps[1], partner), turns[-1]]
+
+
+def split_reply(text: str) -> list[str]:
+    """A reply as the messages the person would send: one per non-blank line (prepare joined a burst
+    of messages with newlines)."""
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def typing_delay(text: str, settings: ReplySettings, rng: random.Random, first: bool) -> float:
+    """Seconds to wait (with "typing…" shown) before sending `text`: reading time before the first message,
+    a short pause between messages, plus the time it takes to type it; with some jitter, capped."""
+    base = settings.read_delay_s if first else settings.line_pause_s
+    delay = (base + len(text) / settings.chars_per_s) * (1 + settings.jitter * rng.random())
+    return min(delay, settings.max_delay_s)

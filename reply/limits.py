@@ -1,0 +1,48 @@
+"""Time and the brakes on auto-replies: the clock (injected, so tests fake it) and the rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import datetime
+
+WINDOW_S = 3600.0
+"""Rate limits count auto-replies in any sliding hour."""
+
+
+class Clock:
+    """Real time: the local wall clock (quiet hours are local) and asyncio's sleep."""
+
+    def now(self) -> datetime:
+        return datetime.now().astimezone()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class RateLimiter:
+    """At most `per_chat` auto-replies per chat and `overall` over all chats in any `window_s` seconds."""
+
+    def __init__(self, per_chat: int, overall: int, window_s: float = WINDOW_S) -> None:
+        self.per_chat = per_chat
+        self.overall = overall
+        self.window_s = window_s
+        self.chats: dict[int, deque[float]] = {}
+        self.all: deque[float] = deque()
+
+    def _trim(self, times: deque[float], now: float) -> deque[float]:
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        return times
+
+    def blocked(self, chat_id: int, now: float) -> str | None:
+        """Why another auto-reply to `chat_id` now would break a limit (None: it would not)."""
+        if len(self._trim(self.all, now)) >= self.overall:
+            return f"the limit of {self.overall} auto-replies an hour over all chats (--global-per-hour)"
+        if len(self._trim(self.chats.get(chat_id, deque()), now)) >= self.per_chat:
+            return f"the limit of {self.per_chat} auto-replies an hour in one chat (--per-chat-per-hour)"
+        return None
+
+    def record(self, chat_id: int, now: float) -> None:
+        self.all.append(now)
+        self.chats.setdefault(chat_id, deque()).append(now)

@@ -1,0 +1,117 @@
+"""The twin server, asked over its OpenAI-compatible API for the person's next reply.
+
+`POST {url}/v1/chat/completions` (serve's contract): the partner's turns as `user` messages (with their
+name), the person's as `assistant`; `Authorization: Bearer <TWIN_API_KEY>` when a key is set. A busy
+server (503 + Retry-After) is asked again a few times; every other failure is a `TwinServerError` whose
+text says what to do and never contains message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from prepare.records import Turn
+from reply.settings import ReplySettings
+
+log = logging.getLogger(__name__)
+
+MODEL = "twin"
+BUSY_RETRIES = 3
+CONNECT_TIMEOUT_S = 5.0
+MAX_NAME_CHARS = 128
+"""serve's limit on a message's `name`."""
+
+
+class TwinServerError(Exception):
+    """The twin server could not give a reply; the message says why (no chat text)."""
+
+
+def chat_messages(turns: Sequence[Turn], partner: str) -> list[dict[str, str]]:
+    """The conversation as OpenAI messages: the partner's turns `user` (named), the person's `assistant`."""
+    name = partner[:MAX_NAME_CHARS]
+    messages = []
+    for turn in turns:
+        if turn.speaker == "partner":
+            message = {"role": "user", "content": turn.text}
+            if name:
+                message["name"] = name
+            messages.append(message)
+        else:
+            messages.append({"role": "assistant", "content": turn.text})
+    return messages
+
+
+class TwinClient:
+    """One HTTP connection pool to the twin server (close it with `aclose`)."""
+
+    def __init__(self, settings: ReplySettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        key = settings.api_key.get_secret_value().strip() if settings.api_key else ""
+        self.http = httpx.AsyncClient(
+            base_url=settings.base_url,
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=httpx.Timeout(settings.timeout_s, connect=min(CONNECT_TIMEOUT_S, settings.timeout_s)),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def suggest(self, turns: Sequence[Turn], partner: str) -> str:
+        """The twin's reply to the conversation `turns` (which ends with the partner's turn)."""
+        body: dict[str, Any] = {
+            "model": MODEL,
+            "messages": chat_messages(turns, partner),
+            "max_tokens": self.settings.max_tokens,
+            "temperature": self.settings.temperature,
+        }
+        url = self.settings.base_url
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                response = await self.http.post("/v1/chat/completions", json=body)
+            except httpx.TimeoutException:
+                raise TwinServerError(
+                    f"the twin server at {url} took longer than {self.settings.timeout_s:.0f}s "
+                    "(--timeout-s): it may be overloaded"
+                ) from None
+            except httpx.HTTPError as e:
+                raise TwinServerError(
+                    f"cannot reach the twin server at {url} ({type(e).__name__}): start it with `make serve` "
+                    "or set TWIN_API_URL"
+                ) from None
+            if response.status_code == 503 and attempt < BUSY_RETRIES:
+                wait = _retry_after(response)
+                log.info("twin server busy; asking again in %.0fs", wait)
+                await asyncio.sleep(wait)
+                continue
+            return _reply_text(response, url)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(30.0, max(0.5, float(response.headers.get("Retry-After", "2"))))
+    except ValueError:
+        return 2.0
+
+
+def _reply_text(response: httpx.Response, url: str) -> str:
+    if response.status_code == 401:
+        raise TwinServerError(f"the twin server at {url} refused the API key: set TWIN_API_KEY to its key")
+    if response.status_code >= 400:
+        detail = ""
+        try:
+            detail = str(response.json().get("error", {}).get("message", ""))[:200]
+        except (ValueError, AttributeError):
+            pass
+        raise TwinServerError(f"the twin server answered {response.status_code}: {detail or 'no detail'}")
+    try:
+        content = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise TwinServerError(f"{url} did not answer like the twin server (no choices[0].message)") from None
+    return str(content or "")
