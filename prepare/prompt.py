@@ -17,6 +17,11 @@ cleaning, speaker labels and roles, how turns are joined, how long turns are cli
 capped — lives here so the two sides can never drift apart. The module-level `render_record` and
 `prompt_from_messages` are twin-v1's.
 
+Memory (`prepare.memory`): both sides may pass `memories`, the person's own past exchanges retrieved for
+this chat. twin-v1 renders them as a block under their own heading before the conversation, chat-template
+appends them to the system line; they are clipped and capped (`MEMORY_TURN_CHARS`, `MAX_MEMORY_CHARS`,
+best first) and defused like any message text. With no memories a prompt is exactly what it was before.
+
 This module imports nothing heavy (no pandas, no torch): the server imports it on start-up.
 """
 
@@ -26,12 +31,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 # the chat-template renderer is this module's own part; finetune and serve import it through here
 from prepare.chat_template import ChatTemplate, ChatTemplateError
 from prepare.chat_template import special_tokens_of as special_tokens_of
 from prepare.records import Record, Speaker, Turn
+
+if TYPE_CHECKING:  # prepare.memory imports this module; here only its record type is named
+    from prepare.memory import Exchange
 
 ME_LABEL = "Me"
 DEFAULT_PARTNER = "Friend"
@@ -59,13 +67,26 @@ SYSTEM_LINE = "You are chatting with {partner} on Telegram. Reply as yourself, i
 ROLE_OF: dict[Speaker, str] = {"partner": "user", "me": "assistant"}
 REPLAY_PREPARE = "re-run `make prepare` (python -m prepare) to write records with their turns"
 
-TEMPLATE = (
+TEMPLATE_HEAD = (
     "You are me, chatting with {partner} on Telegram. Write my reply to their new message, "
     "in my own words and style.\n\n"
-    "### Our previous messages:\n{context}\n\n"
-    "### {partner}'s new message:\n{instruction}\n\n"
-    "### My reply:\n"
 )
+TEMPLATE_BODY = (
+    "### Our previous messages:\n{context}\n\n### {partner}'s new message:\n{instruction}\n\n### My reply:\n"
+)
+TEMPLATE = TEMPLATE_HEAD + TEMPLATE_BODY
+MEMORY_BLOCK = "### Things I said before in similar chats:\n{memories}\n\n"
+"""twin-v1's memory block: between the template's head and the conversation."""
+MEMORY_SYSTEM = "\n\nThings you said before in similar chats:\n{memories}"
+"""chat-template's memory block: appended to the system line."""
+MEMORY_PARTNER_LABEL = "Them"
+"""Who spoke in a remembered exchange (a partner of some earlier chat, maybe not this one)."""
+MEMORY_ME_LABEL: dict[PromptFormat, str] = {"twin-v1": ME_LABEL, "chat-template": "You"}
+"""The person's label in the memory block: twin-v1 speaks as "me", the system line to "you"."""
+MEMORY_TURN_CHARS = 200
+"""Each remembered message and reply is clipped to this: memories show the person's voice, not essays."""
+MAX_MEMORY_CHARS = 750
+"""Cap on the rendered memories (half the context cap, on top of it): the best exchanges that fit."""
 
 # Control characters (except tab and newline) and invisible format characters that carry no meaning
 # in a chat but would make two otherwise equal texts differ: zero-width spaces/joiners, word joiner,
@@ -213,14 +234,57 @@ def render_context(turns: Iterable[Turn], partner: str | None = None) -> str:
     return "\n".join([_line(t, label) for t in turns])
 
 
-def render_prompt(instruction: str, context: str, partner: str | None = None) -> str:
-    """The prompt for one reply; the training text is this plus the response (and EOS)."""
+def render_prompt(
+    instruction: str, context: str, partner: str | None = None, memories: Sequence[Exchange] = ()
+) -> str:
+    """The prompt for one reply; the training text is this plus the response (and EOS). `memories`
+    (retrieved past exchanges) go in a block of their own before the conversation."""
     label = partner_label(partner)
-    return TEMPLATE.format(
-        partner=label,
-        context=context or NO_CONTEXT,
-        instruction=neutralize(clip_text(instruction), label),
+    lines = render_memories(memories, MEMORY_ME_LABEL[PROMPT_FORMAT], (label,))
+    return (
+        TEMPLATE_HEAD.format(partner=label)
+        + (MEMORY_BLOCK.format(memories=lines) if lines else "")
+        + TEMPLATE_BODY.format(
+            partner=label,
+            context=context or NO_CONTEXT,
+            instruction=neutralize(clip_text(instruction), label),
+        )
     )
+
+
+def render_memories(
+    memories: Sequence[Exchange], me_label: str, labels: Iterable[str] = (), special: Iterable[str] = ()
+) -> str:
+    """Remembered exchanges, best first, as `Them: ...` / `<me_label>: ...` pairs separated by a blank
+    line: each text clipped to `MEMORY_TURN_CHARS`, the pairs that fit `MAX_MEMORY_CHARS` kept (the rest
+    dropped), "" for none. Memory text is message text: every marker that could forge a heading, a speaker
+    line (the memory block's labels and `labels`, e.g. this chat partner's) or a special token is defused.
+    """
+    label_set = (MEMORY_PARTNER_LABEL, me_label, *labels)
+    tokens = tuple(special)
+    blocks: list[str] = []
+    used = 0
+    for exchange in memories:
+        message, reply = exchange.message.strip(), exchange.reply.strip()
+        if not message or not reply:
+            continue
+        said, replied = (
+            _defuse_memory(clip_text(t, MEMORY_TURN_CHARS), label_set, tokens) for t in (message, reply)
+        )
+        pair = f"{MEMORY_PARTNER_LABEL}: {said}\n{me_label}: {replied}"
+        cost = len(pair) + (2 if blocks else 0)
+        if used + cost > MAX_MEMORY_CHARS:
+            break
+        blocks.append(pair)
+        used += cost
+    return "\n\n".join(blocks)
+
+
+def _defuse_memory(text: str, labels: Iterable[str], special: tuple[str, ...]) -> str:
+    """`neutralize` once per label (each call defuses `Me:` and that label's lines, and headings)."""
+    for label in labels:
+        text = neutralize(text, label, special)
+    return text
 
 
 def merge_turns(messages: Iterable[tuple[Speaker, str]]) -> list[Turn]:
@@ -301,20 +365,32 @@ class Prompter:
             raise ValueError(f"prompt format {self.format!r} with template {self.template!r}")
 
     # ---- both sides
-    def render(self, context: Sequence[Turn], instruction: str, partner: str | None = None) -> str:
-        """The prompt for a reply to `instruction` after the (already capped) `context` turns."""
+    def render(
+        self,
+        context: Sequence[Turn],
+        instruction: str,
+        partner: str | None = None,
+        memories: Sequence[Exchange] = (),
+    ) -> str:
+        """The prompt for a reply to `instruction` after the (already capped) `context` turns, with the
+        retrieved `memories` (best first; `prepare.memory`) if any."""
         if self.template is None:
-            return render_prompt(instruction, render_context(context, partner), partner)
-        messages = self.messages(context, instruction, partner)
+            return render_prompt(instruction, render_context(context, partner), partner, memories)
+        messages = self.messages(context, instruction, partner, memories)
         return self.template.render(messages, add_generation_prompt=True)
 
     def messages(
-        self, context: Sequence[Turn], instruction: str, partner: str | None
+        self,
+        context: Sequence[Turn],
+        instruction: str,
+        partner: str | None,
+        memories: Sequence[Exchange] = (),
     ) -> list[dict[str, str]]:
-        """chat-template's message list: the system line, then the turns as `user`/`assistant` (clipped
-        as twin-v1 clips them). A template that takes no system message (or insists on opening with the
-        user when the context opens with the person) gets the system line as the start of the chat's first
-        user message, or as a user message of its own before the person's first turn."""
+        """chat-template's message list: the system line (with the `memories` appended), then the turns
+        as `user`/`assistant` (clipped as twin-v1 clips them). A template that takes no system message (or
+        insists on opening with the user when the context opens with the person) gets the system line as
+        the start of the chat's first user message, or as a user message of its own before the person's
+        first turn."""
         special = self._special_tokens
         chat = [
             {"role": ROLE_OF[t.speaker], "content": neutralize(clip_text(t.text), None, special)}
@@ -322,6 +398,8 @@ class Prompter:
         ]
         chat.append({"role": "user", "content": neutralize(clip_text(instruction), None, special)})
         system = SYSTEM_LINE.format(partner=partner_label(partner))
+        if lines := render_memories(memories, MEMORY_ME_LABEL[CHAT_TEMPLATE], (), special):
+            system += MEMORY_SYSTEM.format(memories=lines)
         template = self.template
         if template is None or (
             template.takes_system and (chat[0]["role"] == "user" or template.takes_assistant_first)
@@ -347,8 +425,11 @@ class Prompter:
         return [self.template.end_of_turn] if self.template.end_of_turn else []
 
     # ---- training
-    def render_record(self, record: Record | Mapping[str, Any]) -> tuple[str, str]:
-        """(prompt, response) of an instruction record: a `Record`, or a decoded line of train/val JSONL.
+    def render_record(
+        self, record: Record | Mapping[str, Any], memories: Sequence[Exchange] = ()
+    ) -> tuple[str, str]:
+        """(prompt, response) of an instruction record: a `Record`, or a decoded line of train/val JSONL;
+        with `memories`, the past exchanges retrieved for it (never its own: `prepare.memory`).
 
         twin-v1: the response is the reply (finetune adds the EOS token). chat-template: the reply plus the
         template's end-of-turn suffix, so that the loss teaches the twin to end its turn; it needs the
@@ -356,14 +437,15 @@ class Prompter:
         """
         instruction, context, response, partner = _fields(record)
         if self.template is None:
-            return render_prompt(instruction, context, partner), neutralize(response, partner_label(partner))
+            prompt = render_prompt(instruction, context, partner, memories)
+            return prompt, neutralize(response, partner_label(partner))
         turns = record_turns(record)
         if turns is None:
             raise ValueError(
                 f"the records have no `turns` (written before the {CHAT_TEMPLATE} prompt format existed): "
                 f"{REPLAY_PREPARE}, or train with --prompt-format twin-v1"
             )
-        messages = self.messages(turns, instruction, partner)
+        messages = self.messages(turns, instruction, partner, memories)
         response = neutralize(response, None, self._special_tokens)
         prompt = self.template.render(messages, add_generation_prompt=True)
         suffix = self.template.reply_suffix(messages, response, prompt)
@@ -381,13 +463,16 @@ class Prompter:
         partner: str | None = None,
         max_turns: int = MAX_CONTEXT_TURNS,
         max_chars: int = MAX_CONTEXT_CHARS,
+        memories: Sequence[Exchange] = (),
     ) -> str:
-        """Render a live OpenAI-style chat into the training prompt (see `turns_from_messages`).
+        """Render a live OpenAI-style chat into the training prompt (see `turns_from_messages`), with the
+        `memories` retrieved for it (`prepare.memory`) if any.
 
         Pass the same caps that `prepare` used (its `prepare_config.json`) when they were not the defaults.
         """
         turns, partner = turns_from_messages(messages, partner)
-        return self.render(cap_turns(turns[:-1], max_turns, max_chars, partner), turns[-1].text, partner)
+        context = cap_turns(turns[:-1], max_turns, max_chars, partner)
+        return self.render(context, turns[-1].text, partner, memories)
 
 
 TWIN_V1 = Prompter()
