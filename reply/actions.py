@@ -102,7 +102,7 @@ class TelegramActions:
         """The chat's draft as Telegram holds it now ("" for none)."""
         drafts = await self.call("reading the draft", lambda: self.client.get_drafts(chat))
         draft = drafts[0] if isinstance(drafts, list) and drafts else drafts
-        return str(getattr(draft, "text", "") or "") if draft else ""
+        return str(getattr(draft, "raw_text", "") or "") if draft else ""
 
     # ---- writing ------------------------------------------------------------------------------------
     async def save_draft(self, chat: Any, name: str, text: str) -> None:

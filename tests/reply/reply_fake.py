@@ -1,0 +1,228 @@
+"""A stand-in for Telethon's `TelegramClient` as `reply` uses it, a virtual clock, and a fake twin.
+
+Entities, messages, drafts, updates and errors are Telethon's own classes (`types.User`, `types.Message`,
+`Draft`, `types.UpdateDraftMessage`, `errors.FloodWaitError`), and the client has Telethon's method names
+(`add_event_handler`, `iter_messages`, `get_drafts`, `send_message`, `action`, `__call__` with
+`functions.messages.SaveDraftRequest`); events are dispatched to the handlers registered for Telethon's
+event builders (`events.NewMessage`, `events.MessageEdited`, `events.Raw`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from telethon import events
+from telethon.tl import functions, types
+from telethon.tl.custom.draft import Draft
+
+from prepare.records import Turn
+
+ME = 1
+T0 = datetime(2024, 6, 3, 12, 0, tzinfo=UTC)  # a Monday, noon UTC
+
+
+def person(uid: int, name: str, **flags: Any) -> types.User:
+    return types.User(id=uid, first_name=name, access_hash=uid * 7, **flags)
+
+
+def message(mid: int, peer: int, body: str, *, out: bool = False, at: datetime | None = None) -> Any:
+    return types.Message(
+        id=mid, peer_id=types.PeerUser(peer), date=at or T0 + timedelta(minutes=mid), message=body, out=out
+    )
+
+
+def message_to(mid: int, peer: int, body: str) -> Any:
+    return types.Message(id=mid, peer_id=types.PeerUser(peer), date=T0, message=body, out=True)
+
+
+@dataclass
+class FakeEvent:
+    """`events.NewMessage.Event` / `events.MessageEdited.Event` as the handlers read them."""
+
+    message: Any
+    chat: Any
+
+    @property
+    def chat_id(self) -> int:
+        return int(self.chat.id) if isinstance(self.chat, types.User) else -int(self.chat.id)
+
+    @property
+    def is_private(self) -> bool:
+        return isinstance(self.chat, types.User)
+
+    async def get_chat(self) -> Any:
+        return self.chat
+
+
+class Typing:
+    """What `client.action(chat, 'typing')` returns: an async context manager."""
+
+    def __init__(self, log: list[tuple[str, int, float]], chat: Any, clock: FakeClock) -> None:
+        self.log, self.chat, self.clock = log, chat, clock
+
+    async def __aenter__(self) -> Typing:
+        self.log.append(("typing", self.chat.id, self.clock.t))
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.log.append(("cancel typing", self.chat.id, self.clock.t))
+
+
+@dataclass
+class FakeClient:
+    clock: FakeClock
+    chats: dict[int, Any] = field(default_factory=dict)
+    history: dict[int, list[Any]] = field(default_factory=dict)
+    """Per chat, oldest first."""
+    drafts: dict[int, str] = field(default_factory=dict)
+    handlers: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    sent: list[tuple[Any, str, float]] = field(default_factory=list)
+    """(entity, text, virtual time) of every `send_message`."""
+    actions: list[tuple[str, int, float]] = field(default_factory=list)
+    faults: dict[str, list[BaseException]] = field(default_factory=dict)
+    """Per method name (`SaveDraftRequest`, `send_message`, ...): errors the next calls raise in turn."""
+    connected: bool = True
+    next_id: int = 1000
+
+    # ---- Telethon's names ---------------------------------------------------------------------------
+    def add_event_handler(self, callback: Callable[[Any], Any], event: Any) -> None:
+        self.handlers.append((callback, event))
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    async def connect(self) -> None:
+        self.connected = True
+
+    async def get_me(self) -> Any:
+        return person(ME, "Me", is_self=True)
+
+    def _fault(self, name: str) -> None:
+        if self.faults.get(name):
+            raise self.faults[name].pop(0)
+
+    async def __call__(self, request: Any) -> Any:
+        self._fault(type(request).__name__)
+        self.requests.append(request)
+        if isinstance(request, functions.messages.SaveDraftRequest):
+            self.drafts[request.peer.id] = request.message
+        return True
+
+    async def iter_messages(self, entity: Any, limit: int | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        self._fault("iter_messages")
+        messages = list(reversed(self.history.get(entity.id, [])))
+        for m in messages[:limit]:
+            yield m
+
+    async def get_drafts(self, entity: Any = None) -> Any:
+        self._fault("get_drafts")
+        text = self.drafts.get(entity.id, "")
+        return Draft(self, entity, types.DraftMessage(message=text, date=None) if text else None)
+
+    async def send_message(self, entity: Any, message: str = "", **kwargs: Any) -> Any:
+        self._fault("send_message")
+        self.next_id += 1
+        self.sent.append((entity, message, self.clock.t))
+        peer = ME if entity == "me" else entity.id
+        sent = message_to(self.next_id, peer, message)
+        self.history.setdefault(peer, []).append(sent)
+        return sent
+
+    def action(self, entity: Any, action: str) -> Typing:
+        assert action == "typing"
+        return Typing(self.actions, entity, self.clock)
+
+    # ---- the test's side ------------------------------------------------------------------------------
+    async def dispatch(self, event: Any) -> None:
+        """Hand an event to every handler whose Telethon event builder takes it, then let tasks run."""
+        for callback, builder in self.handlers:
+            if isinstance(event, FakeEvent):
+                edited = getattr(event.message, "edit_date", None) is not None
+                if isinstance(builder, events.MessageEdited) and edited:
+                    await callback(event)
+                elif type(builder) is events.NewMessage and not edited:
+                    await callback(event)
+            elif isinstance(builder, events.Raw) and isinstance(event, builder.types or object):
+                await callback(event)
+        await settle()
+
+    async def partner_says(self, chat: Any, mid: int, text: str) -> None:
+        m = message(mid, chat.id, text)
+        self.history.setdefault(chat.id, []).append(m)
+        await self.dispatch(FakeEvent(m, chat))
+
+    async def i_send(self, chat: Any, mid: int, text: str) -> None:
+        """The person sends a message from their phone (not through this client)."""
+        m = message(mid, chat.id, text, out=True)
+        self.history.setdefault(chat.id, []).append(m)
+        self.drafts.pop(chat.id, None)
+        await self.dispatch(FakeEvent(m, chat))
+
+    async def i_type(self, chat: Any, text: str) -> None:
+        """The person types in the chat on another device: Telegram syncs the draft."""
+        draft = types.DraftMessage(message=text, date=T0) if text else types.DraftMessageEmpty()
+        self.drafts[chat.id] = text
+        await self.dispatch(types.UpdateDraftMessage(peer=types.PeerUser(chat.id), draft=draft))
+
+    def texts_sent(self) -> list[str]:
+        return [text for _, text, _ in self.sent]
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run until all wait on the clock (or on nothing)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+class FakeClock:
+    """Virtual time: `sleep` waits until `advance` moves the clock past its deadline."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.start = start
+        self.t = 0.0
+        self.sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        self.slept: list[float] = []
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.t)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.t + seconds, future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking sleepers in deadline order and letting each run."""
+        end = self.t + seconds
+        await settle()
+        while True:
+            due = [(at, f) for at, f in self.sleepers if at <= end and not f.done()]
+            self.sleepers = [(at, f) for at, f in self.sleepers if not f.done()]
+            if not due:
+                break
+            at, future = min(due, key=lambda item: item[0])
+            self.t = max(self.t, at)
+            future.set_result(None)
+            await settle()
+        self.t = end
+
+
+@dataclass
+class FakeTwin:
+    """The twin server: returns `replies` in turn and records what it was asked."""
+
+    replies: list[str]
+    asked: list[tuple[list[Turn], str]] = field(default_factory=list)
+
+    async def suggest(self, turns: list[Turn], partner: str) -> str:
+        self.asked.append((list(turns), partner))
+        return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
