@@ -69,14 +69,17 @@ def chats(limit: int = 30, env_file: Path = Path(".env")) -> None:
         print(f"{chat_id:>14}  {name}")
 
 
+COMMANDS: dict[str, Callable[..., None]] = {"stats": stats, "chats": chats}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("telethon").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry every request URL
     args = list(sys.argv[1:] if argv is None else argv)
     errors = (ReplyError, CollectError, ValueError)
-    if args[:1] in (["stats"], ["chats"]):
-        command: Callable[..., None] = {"stats": stats, "chats": chats}[args[0]]
+    if args[:1] and args[0] in COMMANDS:
+        command = COMMANDS[args[0]]
         return run_function(command, args[1:], prog=f"{PROG} {args[0]}", errors=errors, prefix="reply: ")
     return run(
         lambda: listen(parse_settings(ReplySettings, args, prog=PROG, epilog=EPILOG)),
