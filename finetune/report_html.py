@@ -215,7 +215,7 @@ def samples_html(found: Mapping[str, Any]) -> str:
 
 def render_html(found: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     """The whole page from report.json's content and the plots' PNG bytes (by file name)."""
-    summary = Summary.from_dict(found["summary"]) if "summary" in found else build_summary(found)
+    summary = build_summary(found)
     a = found.get("args") or {}
     ppl = found.get("perplexity") or {}
     meta = " · ".join(

@@ -85,7 +85,7 @@ def plot_all(f: Findings, out: Path) -> list[str]:
         names.append("quality.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    if draw_losses(ax, f.loss_rows, "Fine-tuning"):
+    if f.loss_rows and draw_losses(ax, f.loss_rows, "Fine-tuning"):
         save_figure(fig, out / "loss.png", dpi=DPI)
         names.append("loss.png")
     else:
@@ -117,7 +117,8 @@ def plot_quality(plt: Any, rows: Sequence[QualityRow]) -> Any:
         ax.set_title(title)
     real = next((r.attribution.share for r in rows if r.contestant == "real"), None)
     if real is not None:
-        left.axhline(ATTRIBUTION_GOAL * real, color="tab:red", linestyle=":", linewidth=1.2, label="twin's goal")
+        goal = ATTRIBUTION_GOAL * real
+        left.axhline(goal, color="tab:red", linestyle=":", linewidth=1.2, label="twin's goal")
         left.legend(loc="upper right", fontsize=8)
     right.axhline(0.5, color="black", linestyle="--", linewidth=1, label="50%: chance")
     right.axhline(DISCRIMINATION_GOAL, color="tab:red", linestyle=":", linewidth=1.2, label="twin's goal")
