@@ -33,6 +33,7 @@ def main(
     val_fraction: float = _D.val_fraction,
     seed: int = _D.seed,
     scrub_report: Path | None = _D.scrub_report,
+    feedback: Path | None = _D.feedback,
 ) -> dict[str, Any]:
     """Turn raw Telegram chats into train/val instruction records with secrets scrubbed.
 
@@ -47,6 +48,8 @@ def main(
         seed: Seed of the train/val split.
         scrub_report: Also write each replaced secret's kind and position (dialog file, message id,
             character offsets; never the value) to this JSONL file, owner-only, to audit before training.
+        feedback: `python -m reply`'s feedback file: the replies you sent after its drafts (as they were,
+            edited or replaced) join the train split (a missing file adds none; none: leave them out).
     """
     try:
         config = PrepareConfig(
@@ -59,6 +62,7 @@ def main(
             val_fraction=val_fraction,
             seed=seed,
             scrub_report=Path(scrub_report) if scrub_report is not None else None,
+            feedback=Path(feedback) if feedback is not None else None,
         )
     except ValueError as e:
         raise PrepareError(str(e)) from None
@@ -80,6 +84,8 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
         ("conversations", stats["conversations"]),
         ("records (train / val)", f"{stats['train_records']} / {stats['val_records']}"),
     ]
+    if stats.get("feedback", {}).get("records"):
+        rows.append(("  of them from reply's drafts", stats["feedback"]["records"]))
     rows += [(f"skipped: {k}", v) for k, v in stats["skipped"].items() if v]
     rows += [(f"scrubbed: <{k}>", v) for k, v in stats["scrubbed"].items() if v]
     resp = stats["length_chars"]["response"]

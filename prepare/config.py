@@ -29,6 +29,9 @@ class PrepareConfig:
     """Share of conversations (not records) held out for validation; 0 writes an empty val.jsonl."""
     seed: int = 42
     """Seed of the train/val split: the same data and seed always give the same split."""
+    feedback: Path | None = Path("data/feedback/feedback.jsonl")
+    """`reply`'s feedback file: what you sent after each twin draft (as is, edited or replaced) joins the
+    train split as records (a missing file adds none). None: leave it out."""
     scrub_report: Path | None = None
     """Also write where each secret was replaced (kind, dialog file, message id, character offsets; never the
     value) to this JSONL file, owner-only, to audit before training. None: no report."""
@@ -49,6 +52,9 @@ class PrepareConfig:
             Path(self.raw).resolve()
         ):
             problems.append("--scrub-report must be outside --raw: prepare reads every file there as chats")
+        raw = Path(self.raw).resolve()
+        if self.feedback is not None and Path(self.feedback).resolve().is_relative_to(raw):
+            problems.append("--feedback must be outside --raw: prepare reads every file there as chats")
         if Path(self.raw).resolve() == Path(self.out).resolve():
             problems.append(
                 "--out must differ from --raw: prepare would read its own output as chats next time"

@@ -5,10 +5,14 @@ with the `RawMessage` schema; if anything at all looks wrong (a parse error, a m
 holding two objects, a bad date) it gives up, and the exact one re-reads line by line with orjson,
 validating column-wise, to raise an error naming the first bad file:line. Errors say what is wrong and
 never quote the line (it may hold a secret).
+
+`load_feedback` reads the other input: `reply`'s feedback file, the replies the person sent after a twin
+draft, as records for the train split.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +26,13 @@ import pyarrow.json as pa_json
 from tqdm import tqdm
 
 from collect.records import FIELDS
+from common.scrub import PLACEHOLDER, scrub_secrets_with_counts
 
+from .build import clipped_turn
+from .config import PrepareConfig
 from .errors import PrepareError
+from .prompt import cap_turns, clean_text, clip_text, render_context
+from .records import Record, Turn
 
 COLLECT_HINT = "run `make collect` first (see README, section 1)"
 FIX_HINT = "fix or delete that line, or re-run `make collect`"
@@ -216,3 +225,77 @@ def load_messages(raw_dir: Path, exact: bool = False) -> pd.DataFrame:
     files = find_raw_files(raw_dir)
     frame = None if exact else _load_fast(files)
     return frame if frame is not None else _load_exact(files)
+
+
+# ---- reply's feedback ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeedbackLoad:
+    """Training records from `reply`'s feedback file (what the person sent after a twin draft)."""
+
+    records: list[Record]
+    counts: dict[str, int]
+    """`records`, per outcome (`unchanged`, `edited`, `replaced`), `not_sent`, `duplicates` (already a
+    record of the raw chats), `skipped` (empty, only secrets, or longer than --max-response-chars)."""
+    scrubbed: Counter[str]
+
+
+def load_feedback(config: PrepareConfig, raw_records: list[Record]) -> FeedbackLoad:
+    """The sent replies of `config.feedback` as records, built by training's rules: cleaned, scrubbed,
+    the context capped by `cap_turns` with this run's caps. A reply the raw chats already hold (same chat,
+    same reply text: `make collect` ran since) is left out, so no reply counts twice."""
+    from reply.feedback import SENT, read_feedback
+
+    counts: Counter[str] = Counter({"records": 0, "not_sent": 0, "duplicates": 0, "skipped": 0})
+    scrubbed: Counter[str] = Counter()
+    if config.feedback is None:
+        return FeedbackLoad([], dict(counts), scrubbed)
+    try:
+        items = read_feedback(config.feedback)
+    except ValueError as e:
+        raise PrepareError(f"{e}; or leave reply's feedback out with --feedback none") from None
+    except OSError as e:
+        raise PrepareError(f"{config.feedback}: cannot read it ({e.strerror or type(e).__name__})") from None
+
+    def scrub(text: str) -> str:
+        clean, found = scrub_secrets_with_counts(clean_text(text))
+        scrubbed.update(found)
+        return clean
+
+    seen = {(r.dialog_id, r.response) for r in raw_records}
+    records = []
+    for item in items:
+        if item.response is None or item.outcome not in SENT:
+            counts["not_sent"] += 1
+            continue
+        response = scrub(item.response)
+        instruction = clip_text(scrub(item.instruction))
+        if (
+            not PLACEHOLDER.sub("", response).strip()
+            or not instruction
+            or len(response) > config.max_response_chars
+        ):
+            counts["skipped"] += 1
+            continue
+        if (item.dialog_id, response) in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add((item.dialog_id, response))
+        partner = scrub(" ".join(item.partner.split()))
+        turns = [Turn(t.speaker, text) for t in item.turns if (text := scrub(t.text))]
+        kept = cap_turns(turns, config.max_context_turns, config.max_context_chars, partner)
+        records.append(
+            Record(
+                instruction=instruction,
+                context=render_context(kept, partner),
+                response=response,
+                dialog_id=item.dialog_id,
+                date=item.date,
+                partner=partner,
+                turns=tuple(clipped_turn(t) for t in kept),
+            )
+        )
+        counts["records"] += 1
+        counts[item.outcome] += 1
+    return FeedbackLoad(records, dict(counts), scrubbed)

@@ -17,7 +17,7 @@ from common.scrub import KINDS
 from .build import SKIP_REASONS, Built, build_records
 from .config import PrepareConfig
 from .errors import PrepareError
-from .load import load_messages
+from .load import load_feedback, load_messages
 from .records import CONFIG_FILE, STATS_FILE, TRAIN_FILE, VAL_FILE, Record
 from .split import split_conversations
 
@@ -115,6 +115,8 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             f"no training records from {built.counts['messages_read']} messages: {_why_no_records(built)}"
         )
     is_val = split_conversations(built.conversation, config.val_fraction, config.seed)
+    feedback = load_feedback(config, built.records)  # train only: val stays the raw chats' own
+    built.scrubbed.update(feedback.scrubbed)
     if config.scrub_report is not None:
         try:
             write_scrub_report(Path(config.scrub_report), built.scrub_report)
@@ -127,11 +129,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     try:
         out = make_private_dir(config.out)
         is_val_list = is_val.tolist()
-        write_jsonl(out / TRAIN_FILE, (r for r, v in zip(built.records, is_val_list, strict=True) if not v))
+        train = (r for r, v in zip(built.records, is_val_list, strict=True) if not v)
+        write_jsonl(out / TRAIN_FILE, [*train, *feedback.records])
         write_jsonl(out / VAL_FILE, (r for r, v in zip(built.records, is_val_list, strict=True) if v))
         settings = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
         write_private_atomic(out / CONFIG_FILE, settings)
         stats = make_stats(built, is_val, time.perf_counter() - started, config)
+        stats["records"] += len(feedback.records)
+        stats["train_records"] += len(feedback.records)
+        stats["feedback"] = {"file": str(config.feedback) if config.feedback else None, **feedback.counts}
         write_private_atomic(out / STATS_FILE, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
     except OSError as e:
         where = e.filename or config.out
