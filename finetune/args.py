@@ -106,6 +106,9 @@ class RunArgs:
     """How a conversation becomes a prompt: chat-template (the base's own chat template: instruct/chat
     bases), twin-v1 (the project's template: plain bases), or auto (chat-template when the base has one).
     Saved beside the adapter; serve renders with it."""
+    memory_k: int = 0
+    """Memory: show each prompt this many of the person's own past exchanges (train split, BM25-ranked,
+    never the record's own) and save them beside the adapter as memory.jsonl for serve (0: off)."""
 
 
 GROUPS: tuple[type, ...] = (RunArgs, TrainArgs, LoraArgs, EvalArgs)
@@ -150,6 +153,8 @@ class FinetuneArgs:
         for flag, value in {"--warmup-steps": t.warmup_steps, "--eval-samples": e.eval_samples}.items():
             if value < 0:
                 out.append(f"{flag} must not be negative (got {value})")
+        if r.memory_k < 0:
+            out.append(f"--memory-k must be 0 (off) or more (got {r.memory_k})")
         if t.weight_decay < 0 or t.grad_clip < 0:
             out.append("--weight-decay and --grad-clip must not be negative")
         if not 0 <= lo.lora_dropout < 1:

@@ -27,6 +27,7 @@ import torch
 
 from finetune.errors import UserError
 from finetune.twin import encode_prompt, encode_response
+from prepare.memory import Exchange
 from prepare.prompt import TWIN_V1, ChatTemplateError, Prompter
 from prepare.records import TRAIN_FILE, VAL_FILE, Record, read_records
 
@@ -62,11 +63,20 @@ def render_texts(records: Sequence[Record], prompter: Prompter = TWIN_V1) -> lis
     return [prompt + response for prompt, response in map(prompter.render_record, records)]
 
 
-def render_records(records: Sequence[Record], prompter: Prompter) -> list[tuple[str, str]]:
-    """(prompt, response) of each record; a record the format cannot render is a `UserError` (records
-    without turns under chat-template: re-run prepare)."""
+def render_records(
+    records: Sequence[Record],
+    prompter: Prompter,
+    memories: Sequence[Sequence[Exchange]] | None = None,
+) -> list[tuple[str, str]]:
+    """(prompt, response) of each record, with its retrieved `memories` if given (`prepare.memory`); a
+    record the format cannot render is a `UserError` (records without turns under chat-template: re-run
+    prepare)."""
+    if memories is not None and len(memories) != len(records):
+        raise ValueError(f"{len(records)} records but {len(memories)} lists of memories")
     try:
-        return [prompter.render_record(record) for record in records]
+        if memories is None:
+            return [prompter.render_record(record) for record in records]
+        return [prompter.render_record(r, m) for r, m in zip(records, memories, strict=True)]
     except ChatTemplateError as e:
         raise UserError(f"{e}: use --prompt-format twin-v1") from None
     except ValueError as e:
@@ -106,9 +116,14 @@ class Encoded:
 
 
 def encode_records(
-    records: Sequence[Record], tokenizer: Any, max_seq_length: int, prompter: Prompter = TWIN_V1
+    records: Sequence[Record],
+    tokenizer: Any,
+    max_seq_length: int,
+    prompter: Prompter = TWIN_V1,
+    memories: Sequence[Sequence[Exchange]] | None = None,
 ) -> Encoded:
-    """Encode records with a litgpt `Tokenizer` in `prompter`'s format.
+    """Encode records with a litgpt `Tokenizer` in `prompter`'s format (with each record's retrieved
+    `memories` in its prompt, if given).
 
     A sequence longer than `max_seq_length` keeps its *last* `max_seq_length` tokens: the new message,
     the reply and its end survive, the template head and the oldest context go. Truncated records are
@@ -117,7 +132,7 @@ def encode_records(
     if tokenizer.eos_id is None:
         raise UserError("the checkpoint's tokenizer has no EOS token (tokenizer_config.json 'eos_token')")
     examples, truncated = [], 0
-    for prompt, response in render_records(records, prompter):
+    for prompt, response in render_records(records, prompter, memories):
         prompt_ids = encode_prompt(tokenizer, prompter, prompt)
         ids = torch.tensor(prompt_ids + encode_response(tokenizer, prompter, response), dtype=torch.long)
         prompt_len = len(prompt_ids)

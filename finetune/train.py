@@ -78,6 +78,7 @@ from finetune.twin import (
     load_base_config,
     save_adapter_spec_files,
 )
+from prepare.memory import MEMORY_FILE, Exchange, Memory, record_memories
 from prepare.prompt import Prompter
 from prepare.records import Record
 
@@ -225,8 +226,9 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     train_records, val_records = load_splits(args.run.data)
     prompter = choose_prompter(args.run.checkpoint_dir, args.run.prompt_format)
     log.info("prompt format: %s (--prompt-format %s)", prompter.format, args.run.prompt_format)
-    train = encode_records(train_records, tokenizer, max_seq_length, prompter)
-    val = encode_records(val_records, tokenizer, max_seq_length, prompter)
+    memory, train_memories, val_memories = recall(args, train_records, val_records)
+    train = encode_records(train_records, tokenizer, max_seq_length, prompter, train_memories)
+    val = encode_records(val_records, tokenizer, max_seq_length, prompter, val_memories)
     if train.truncated or val.truncated:
         log.warning(
             "%d train and %d val records are longer than %d tokens: truncated to their last %d tokens "
@@ -258,7 +260,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         total_steps = min(total_steps, args.train.max_steps)
     pad_fraction = padding_fraction(plan)
 
-    spec = adapter_spec(args.lora, base_config, prompter)  # the spec: finetune.twin
+    spec = adapter_spec(args.lora, base_config, prompter, args.run.memory_k)  # the spec: finetune.twin
     hparams = args.flat() | spec.hparams()
     hparams |= {
         "precision": precision,
@@ -302,6 +304,8 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
     if fabric.is_global_zero:  # only now: a refused resume leaves the out-dir as it was
         save_adapter_spec_files(out_dir, spec)
         save_hyperparameters(out_dir, hparams)
+        if memory is not None:
+            memory.save(out_dir / MEMORY_FILE)
 
     run = Run(
         fabric=fabric,
@@ -314,6 +318,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         val=val,
         val_step=validation_step(plan, val, args),
         val_records=val_records,
+        val_memories=val_memories,
         tokenizer=tokenizer,
         prompter=prompter,
         metrics=MetricsFile(out_dir / METRICS_FILE, position.step if position.step else None),
@@ -352,6 +357,25 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
 RUN_MORE = "add more chats and run `make prepare` again"
 
 
+def recall(
+    args: FinetuneArgs, train: list[Record], val: list[Record]
+) -> tuple[Memory | None, list[list[Exchange]] | None, list[list[Exchange]] | None]:
+    """With --memory-k: the memory of the train split and the exchanges each train and val record's
+    prompt shows (the train split's best, never the record's own); (None, None, None) without."""
+    k = args.run.memory_k
+    if k <= 0:
+        return None, None, None
+    t0 = time.perf_counter()
+    memory = Memory.from_records(train)
+    train_memories, val_memories = record_memories(memory, train, k), record_memories(memory, val, k)
+    shown = sum(map(len, train_memories)) / max(len(train_memories), 1)
+    log.info(
+        "memory: %d past exchanges of the train split, %.1f of up to %d shown per train prompt (%.1f s)",
+        len(memory), shown, k, time.perf_counter() - t0,
+    )  # fmt: skip
+    return memory, train_memories, val_memories
+
+
 def lr_factor(warmup: int, total: int, step: int) -> float:
     """Linear warmup to the peak, then cosine decay towards zero at the last step."""
     if step < warmup:
@@ -386,6 +410,8 @@ class Run:
     """Every validation example once, in this rank's micro-batches (`validation_step`)."""
     val_records: list[Record]
     """The validation records whose first few get a sampled reply at each validation."""
+    val_memories: list[list[Exchange]] | None
+    """The exchanges each validation record's prompt shows (--memory-k; None: memory off)."""
     tokenizer: Tokenizer
     prompter: Prompter
     """The run's prompt format (validation samples are rendered and end as the server's replies)."""
@@ -571,8 +597,8 @@ def sample_replies(run: Run) -> None:
     max_new = args.eval.sample_max_new_tokens
     model.eval()
     with eager():
-        for record in run.val_records[:n]:
-            prompt, _ = prompter.render_record(record)
+        for i, record in enumerate(run.val_records[:n]):
+            prompt, _ = prompter.render_record(record, run.val_memories[i] if run.val_memories else ())
             max_returned = len(encode_prompt(tokenizer, prompter, prompt)) + max_new
             if max_returned > model.max_seq_length:
                 continue

@@ -18,6 +18,9 @@ inside the functions that need them, so a CLI's settings can name `LoraArgs` wit
   `chat_template.jinja` beside them (so the twin is served with the template it learned even if the base
   folder changes; an altered or missing file is refused). Files written before these keys existed still
   load: the base is then read from the recorded `checkpoint_dir`, and the prompt format is `twin-v1`.
+- Memory (`prepare.memory`): `memory_k` in the spec (0, and for adapters that record none: off) is how
+  many of the person's past exchanges each training prompt showed; the exchanges (train split only) are
+  the `memory.jsonl` beside the adapter, which serve searches for each live chat (`read_memory`).
 - The prompt's token ids: `encode_prompt` / `encode_response` are the one tokenization training and
   serving share; `stop_token_ids` says where a reply ends.
 """
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import yaml
 
 from finetune.errors import UserError
+from prepare.memory import MEMORY_FILE, Memory
 from prepare.prompt import (
     CHAT_TEMPLATE,
     PROMPT_FORMAT,
@@ -125,6 +129,8 @@ class AdapterSpec:
     """The prompt format the adapter was trained with (prepare.prompt)."""
     chat_template: ChatTemplate | None = None
     """The chat template it was trained with (the chat-template format only)."""
+    memory_k: int = 0
+    """Past exchanges retrieved into each prompt in training (`prepare.memory`; 0: no memory)."""
 
     def hparams(self) -> dict[str, Any]:
         """The spec as flat hyperparameters.yaml keys (the template's text goes to its own file)."""
@@ -132,6 +138,7 @@ class AdapterSpec:
             "base_name": self.base_name,
             "base_family": self.base_family,
             "prompt_format": self.prompt_format,
+            "memory_k": self.memory_k,
         }
         if self.chat_template is not None:
             keys["chat_template_sha256"] = self.chat_template.sha256
@@ -152,9 +159,12 @@ def family_name(config: Config) -> str:
     return check_supported(config).value
 
 
-def adapter_spec(lora_args: LoraArgs, config: Config, prompter: Prompter) -> AdapterSpec:
-    """The spec of an adapter with `lora_args` trained on the base `config` with `prompter`'s format."""
-    return AdapterSpec(lora_args, config.name, family_name(config), prompter.format, prompter.template)
+def adapter_spec(lora_args: LoraArgs, config: Config, prompter: Prompter, memory_k: int = 0) -> AdapterSpec:
+    """The spec of an adapter with `lora_args` trained on the base `config` with `prompter`'s format (and
+    `memory_k` retrieved exchanges in each prompt)."""
+    return AdapterSpec(
+        lora_args, config.name, family_name(config), prompter.format, prompter.template, memory_k
+    )
 
 
 def save_adapter_spec_files(out_dir: Path, spec: AdapterSpec) -> None:
@@ -191,13 +201,18 @@ def parse_adapter_spec(hparams: Any, where: Path) -> AdapterSpec:
     prompt_format = hparams.get("prompt_format", PROMPT_FORMAT)
     if prompt_format not in (known := get_args(PromptFormat)):
         problems.append(f"prompt_format {prompt_format!r} is not one this version knows ({', '.join(known)})")
+    memory_k = hparams.get("memory_k", 0)
+    if not isinstance(memory_k, int) or isinstance(memory_k, bool) or memory_k < 0:
+        problems.append(f"memory_k: {memory_k!r} (a count of exchanges, 0 or more)")
     if problems:
         raise TwinError(f"{where} does not describe a usable adapter: {'; '.join(problems)}")
     base_name, base_family = hparams.get("base_name"), hparams.get("base_family")
     if base_name is None:  # written before the base was recorded: read it from the recorded checkpoint
         base_name, base_family = recorded_base(hparams.get("checkpoint_dir"))
     template = recorded_chat_template(hparams, where) if prompt_format == CHAT_TEMPLATE else None
-    return AdapterSpec(lora_args, base_name, base_family, cast(PromptFormat, prompt_format), template)
+    return AdapterSpec(
+        lora_args, base_name, base_family, cast(PromptFormat, prompt_format), template, memory_k
+    )
 
 
 def recorded_chat_template(hparams: dict[str, Any], where: Path) -> ChatTemplate:
@@ -406,6 +421,21 @@ def read_adapter_spec(lora_path: Path) -> AdapterSpec:
     except yaml.YAMLError as e:
         raise TwinError(f"{hparams_file} is not valid YAML: {e}") from None
     return parse_adapter_spec(hparams, hparams_file)
+
+
+def read_memory(lora_path: Path) -> Memory:
+    """The memory saved beside the adapter (file or out-dir): the train split's exchanges, for retrieval."""
+    path = resolve_adapter(lora_path).parent / MEMORY_FILE
+    if not path.is_file():
+        raise TwinError(
+            f"{path} is missing: the memory of past exchanges is the {MEMORY_FILE} that `python -m finetune "
+            "--memory-k K` writes beside the adapter; copy the whole out-dir, train with --memory-k, or "
+            "serve without memory (TWIN_MEMORY_K=0)"
+        )
+    try:
+        return Memory.load(path)
+    except ValueError as e:
+        raise TwinError(str(e)) from None
 
 
 @dataclass(frozen=True)
