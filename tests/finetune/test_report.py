@@ -88,9 +88,18 @@ def test_report_on_the_tiny_twin(
     assert all(row["replies"] == 12 and 0 <= row["attribution"]["share"] <= 1 for row in quality.values())
     assert quality["real"]["discrimination"]["mean"] == pytest.approx(0.5)  # real against itself
     assert "## Does it write like the person?" in text and "| twin | 12 | " in text
-    for png in ("perplexity.png", "style.png", "lengths.png", "loss.png"):
+    for png in ("perplexity.png", "style.png", "lengths.png", "quality.png", "loss.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text
+    summary = found["summary"]  # the one table, first in report.md and in report.html
+    assert summary["columns"] == ["real", "twin", "base", "prompted base"]
+    assert [r["metric"] for r in summary["rows"]] == [
+        "held-out perplexity", "attribution share", "discriminator accuracy", "general-text perplexity",
+    ]  # fmt: skip
+    assert all(r["status"] in ("met", "missed") for r in summary["rows"])
+    assert text.index("## Summary") < text.index("## Held-out perplexity")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("src='data:image/png;base64,") == 5 and "http://" not in page
     for path in [out, *out.iterdir()]:  # the report quotes private chats
         assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600)
 
