@@ -17,7 +17,7 @@ FORMAT ?= merged
 REPORT ?= $(OUT)-report
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test lint collect prepare tiny smollm2 train download serve ui demo export report
+.PHONY: help install browser test lint collect prepare tiny smollm2 train download serve ui demo export report reply
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ test: $(STAMP) browser ## run the whole test suite (installs everything it needs
 lint: $(STAMP) ## ruff + mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy common collect prepare $(wildcard finetune serve ui)
+	$(PY) -m mypy common collect prepare $(wildcard finetune serve ui reply)
 
 collect: $(STAMP) ## export your chats: EXPORT=path/to/result.json (Telegram Desktop) or Telethon with TELEGRAM_API_ID/HASH
 	@if [ -n "$(EXPORT)" ]; then \
@@ -85,6 +85,9 @@ train: $(STAMP) ## prepare + LoRA fine-tune on CHECKPOINT (default Falcon-7B) in
 
 serve: $(STAMP) ## serve the twin (OpenAI-compatible API) on 127.0.0.1:8000 (beyond it only with TWIN_API_KEY)
 	$(PY) -m serve --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT)/lit_model_lora_finetuned.pth
+
+reply: $(STAMP) ## twin drafts in your Telegram chats (needs make serve running; docs/reply.md: auto-reply, pause, off)
+	$(PY) -m reply $(REPLY_ARGS)
 
 ui: $(STAMP) ## the chat page on 127.0.0.1:8501 (server: TWIN_API_URL + TWIN_API_KEY; TWIN_UI_HOST=0.0.0.0 shares it)
 	$(PY) -m ui
