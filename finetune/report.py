@@ -458,9 +458,9 @@ def report(args: ReportArgs) -> None:
         else ""
     )
     print(
-        f"report in {path}: held-out perplexity base {b:.2f} → twin {t:.2f} on {findings.twin.tokens} reply "
-        f"tokens; {findings.style['real'].replies} sampled replies{quality}{general} "
-        f"({findings.seconds:.0f} s)"
+        f"report in {path} and {path.with_name(HTML_FILE)}: held-out perplexity base {b:.2f} → twin "
+        f"{t:.2f} on {findings.twin.tokens} reply tokens; {findings.style['real'].replies} sampled replies"
+        f"{quality}{general} ({findings.seconds:.0f} s)"
     )
 
 
