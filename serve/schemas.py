@@ -245,6 +245,8 @@ class Health(BaseModel):
         description="requests ended since start: stop (EOS), stop_string, length, timeout, cancelled "
         "(client gone), queue_timeout, error"
     )
+    memory_exchanges: int = Field(0, description="past exchanges in the twin's memory (0: memory off)")
+    memory_k: int = Field(0, description="past exchanges retrieved into each prompt (0: memory off)")
 
 
 class ErrorBody(BaseModel):

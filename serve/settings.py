@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     keep_alive_timeout: int = Field(
         default=5, ge=1, description="seconds an idle kept-alive connection stays open"
     )
+    memory_k: int | None = Field(
+        default=None,
+        ge=0,
+        description="past exchanges of yours (the adapter's memory.jsonl) retrieved into each prompt; "
+        "none: as many as the twin was trained with (its memory_k), 0: memory off",
+    )
     default_stop: list[str] | None = Field(
         default=None,
         description="stop strings always applied; none: the prompt format's (twin-v1: its next '###' "

@@ -1,7 +1,8 @@
 """`POST /v1/chat/completions`: OpenAI's chat completions, plain or streamed (Server-Sent Events).
 
-The prompt is the service's `Prompter.prompt_from_messages` in the adapter's prompt format, tokenized as
-training tokenized it (identical to training); generation runs in the engine's worker, which ends a reply
+The prompt is the service's `Prompter.prompt_from_messages` in the adapter's prompt format (with the past
+exchanges its memory retrieves for the chat, when the twin has one), tokenized as training tokenized it
+(identical to training); generation runs in the engine's worker, which ends a reply
 at the end of the person's turn (EOS, or the chat template's end-of-turn token); text, stop strings and the
 HTTP shapes are done here. A client that goes away cancels its
 generation (its slot is free for the next request before the next decode step).
@@ -91,10 +92,16 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
             "(TWIN_MAX_NEW_TOKENS): ask for fewer",
         )
     messages = [{"role": m.role, "content": m.text(), "name": m.name} for m in body.messages]
-    # the prompt module keeps the last MAX_CONTEXT_TURNS turns; if that is over the token limit, fewer
-    for turns in CONTEXT_TURNS_TRIED:
+    try:
+        memories = service.recall(messages)  # the person's past exchanges, when the twin has a memory
+    except ValueError as e:  # a malformed chat
+        raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
+    # the prompt module keeps the last MAX_CONTEXT_TURNS turns; if that is over the token limit, fewer,
+    # and at last none and no memories
+    attempts = [(turns, memories) for turns in CONTEXT_TURNS_TRIED] + ([(0, [])] if memories else [])
+    for turns, shown in attempts:
         try:
-            prompt = service.prompter.prompt_from_messages(messages, max_turns=turns)
+            prompt = service.prompter.prompt_from_messages(messages, max_turns=turns, memories=shown)
         except ValueError as e:  # a malformed chat, or one the chat template refuses
             raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
         if len(prompt) > LONG_PROMPT_CHARS:

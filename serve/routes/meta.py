@@ -43,6 +43,8 @@ def health(service: ServiceDep, settings: SettingsDep, response: Response) -> He
         decode_steps=stats["decode_steps"],
         tokens_generated=stats["tokens_generated"],
         finished=stats["finished"],
+        memory_exchanges=len(service.memory) if service.memory is not None else 0,
+        memory_k=service.memory_k,
     )
 
 
