@@ -23,6 +23,8 @@ DISCRIMINATION_GOAL = 0.65
 MET, MISSED, NOT_MEASURED, REPORTED = "met", "missed", "not measured", "reported"
 """A row's status: goal met or missed, the metric not measured, or (no pass mark) a difference reported."""
 NO_VALUE = "—"
+EPSILON = 1e-9
+"""Shares are fractions of a few replies: 8/12 must reach 80% of 10/12 despite rounding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +119,9 @@ def attribution_row(quality: Mapping[str, Any], note: str) -> SummaryRow:
     twin = share[TWIN]
     passed: list[str] = []
     failed: list[str] = []
-    (passed if twin >= target else failed).append(
-        f"twin {pct(twin)} {'≥' if twin >= target else '<'} {pct(target)} "
+    ok = twin >= target - EPSILON
+    (passed if ok else failed).append(
+        f"twin {pct(twin)} {'≥' if ok else '<'} {pct(target)} "
         f"({ATTRIBUTION_GOAL:.0%} of real's {pct(share[REAL])})"
     )
     for name in (b for b in BASELINES if b in share):
@@ -140,7 +143,7 @@ def discrimination_row(quality: Mapping[str, Any], note: str) -> SummaryRow:
         return SummaryRow(metric, values, goal, NOT_MEASURED, note)
     told = {name: r["discrimination"]["mean"] for name, r in quality.items()}
     twin = told[TWIN]
-    ok = twin <= DISCRIMINATION_GOAL
+    ok = twin <= DISCRIMINATION_GOAL + EPSILON
     passed: list[str] = []
     failed: list[str] = []
     (passed if ok else failed).append(f"twin {pct(twin)} {'≤' if ok else '>'} {pct(DISCRIMINATION_GOAL)}")

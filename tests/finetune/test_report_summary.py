@@ -247,3 +247,12 @@ def test_chat_text_is_escaped_in_the_page_and_the_markdown(tmp_path: Path) -> No
     assert (
         "![t](" not in md and "!\\[t\\](https://evil.example/t.png)" in md
     )  # no image for a viewer to fetch
+
+
+def test_shares_of_a_few_replies_meet_the_goal_exactly() -> None:
+    """8 of 12 replies attributed is exactly 80% of 10 of 12, whatever the floating-point rounding."""
+    rows = [constructed(10 / 12, 0.5, "real"), constructed(8 / 12, 7.8 / 12, "twin")]
+    by = {r.metric: r for r in build_summary({"quality": {"rows": [asdict(r) for r in rows]}}).rows}
+    assert by["attribution share"].status == MET
+    assert by["attribution share"].verdict == "twin 67% ≥ 67% (80% of real's 83%)"
+    assert by["discriminator accuracy"].status == MET  # 7.8 / 12 = 65%
