@@ -98,6 +98,8 @@ class Replier:
         self.limiter = RateLimiter(settings.per_chat_per_hour, settings.global_per_hour)
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.pending: dict[int, Pending] = {}
+        self.suggested: dict[int, str] = {}
+        """Per chat: the twin's latest draft text (Telegram may echo it back as a draft update at once)."""
         self.own: dict[int, set[int | str]] = {}
         """Per chat: ids (and, while sending, texts) of the messages this process sent itself."""
         self.paused = Path(settings.pause_file).exists()
@@ -126,7 +128,7 @@ class Replier:
         chat_id = update.peer.user_id
         text = getattr(update.draft, "message", "") or ""
         pending = self.pending.get(chat_id)
-        ours = pending is not None and normalize(text) == normalize(pending.draft)
+        ours = chat_id in self.suggested and normalize(text) == normalize(self.suggested[chat_id])
         if text.strip() and not ours and chat_id in self.tasks:
             self._cancel(chat_id, "you are typing in that chat")
         if not text.strip() and pending is not None and not pending.sent:
@@ -226,6 +228,7 @@ class Replier:
                 self.counts["left your own draft alone"] += 1
                 log.info("chat %s has a draft of yours: left alone, no twin draft", chat_id)
                 return
+            self.suggested[chat_id] = reply
             await self.actions.save_draft(chat, name, reply)
         else:
             message_id = await self.actions.send_saved(name, chat_link(chat), reply)
@@ -335,6 +338,8 @@ class Replier:
                 await self._close(chat_id)
             elif pending.closer is not None:
                 pending.closer.cancel()
+        if self.counts:
+            log.info("reply: %s", ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items())))
 
     def _shown(self, text: str) -> str:
         return text if self.settings.log_content else f"<{len(text)} chars>"

@@ -91,6 +91,9 @@ class FakeClient:
     """Per method name (`SaveDraftRequest`, `send_message`, ...): errors the next calls raise in turn."""
     connected: bool = True
     next_id: int = 1000
+    echo_drafts: bool = False
+    """Telegram echoing a saved draft back as an `UpdateDraftMessage` while the request is still running."""
+    echoed: int = 0
 
     # ---- Telethon's names ---------------------------------------------------------------------------
     def add_event_handler(self, callback: Callable[[Any], Any], event: Any) -> None:
@@ -114,6 +117,9 @@ class FakeClient:
         self.requests.append(request)
         if isinstance(request, functions.messages.SaveDraftRequest):
             self.drafts[request.peer.id] = request.message
+            if self.echo_drafts:
+                self.echoed += 1
+                await self.i_type(request.peer, request.message, wait=False)
         return True
 
     async def iter_messages(self, entity: Any, limit: int | None = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -141,8 +147,9 @@ class FakeClient:
         return Typing(self.actions, entity, self.clock)
 
     # ---- the test's side ------------------------------------------------------------------------------
-    async def dispatch(self, event: Any) -> None:
-        """Hand an event to every handler whose Telethon event builder takes it, then let tasks run."""
+    async def dispatch(self, event: Any, wait: bool = True) -> None:
+        """Hand an event to every handler whose Telethon event builder takes it, then (`wait`) let the
+        tasks run."""
         for callback, builder in self.handlers:
             if isinstance(event, FakeEvent):
                 edited = getattr(event.message, "edit_date", None) is not None
@@ -152,7 +159,8 @@ class FakeClient:
                     await callback(event)
             elif isinstance(builder, events.Raw) and isinstance(event, builder.types or object):
                 await callback(event)
-        await settle()
+        if wait:
+            await settle()
 
     async def partner_says(self, chat: Any, mid: int, text: str) -> None:
         m = message(mid, chat.id, text)
@@ -166,11 +174,11 @@ class FakeClient:
         self.drafts.pop(chat.id, None)
         await self.dispatch(FakeEvent(m, chat))
 
-    async def i_type(self, chat: Any, text: str) -> None:
+    async def i_type(self, chat: Any, text: str, wait: bool = True) -> None:
         """The person types in the chat on another device: Telegram syncs the draft."""
         draft = types.DraftMessage(message=text, date=T0) if text else types.DraftMessageEmpty()
         self.drafts[chat.id] = text
-        await self.dispatch(types.UpdateDraftMessage(peer=types.PeerUser(chat.id), draft=draft))
+        await self.dispatch(types.UpdateDraftMessage(peer=types.PeerUser(chat.id), draft=draft), wait)
 
     def texts_sent(self) -> list[str]:
         return [text for _, text, _ in self.sent]

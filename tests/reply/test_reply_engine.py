@@ -413,3 +413,18 @@ def test_feedback_records_are_json_lines_with_the_flag(make: Make) -> None:
     obj = json.loads(line)
     assert obj["source"] == "reply" and obj["version"] == 1 and obj["outcome"] == "unchanged"
     assert obj["dialog_id"] == ANNA.id and obj["turns"] == []
+
+
+def test_telegram_echoing_the_twin_draft_back_cancels_nothing(make: Make) -> None:
+    w = make()
+    w.client.echo_drafts = True
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "hi")
+        await w.clock.advance(5.0)
+        await w.client.i_send(ANNA, 2, "sure, see you then")
+        await w.clock.advance(100.0)
+
+    run(body)
+    assert w.client.echoed == 1 and w.replier.counts["cancelled"] == 0
+    assert [r.outcome for r in read_feedback(w.settings.feedback)] == ["unchanged"]
