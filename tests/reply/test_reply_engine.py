@@ -428,3 +428,18 @@ def test_telegram_echoing_the_twin_draft_back_cancels_nothing(make: Make) -> Non
     run(body)
     assert w.client.echoed == 1 and w.replier.counts["cancelled"] == 0
     assert [r.outcome for r in read_feedback(w.settings.feedback)] == ["unchanged"]
+
+
+def test_telegram_down_for_good_gives_up_that_reply_and_keeps_listening(make: Make) -> None:
+    w = make()
+    w.client.faults["iter_messages"] = [ConnectionError("down")] * 7  # collect's 6 retries, then give up
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "hi")
+        await w.clock.advance(1000.0)
+        await w.client.partner_says(ANNA, 2, "hello?")  # the network is back
+        await w.clock.advance(10.0)
+
+    run(body)
+    assert w.replier.counts["telegram errors"] == 1 and w.replier.actions.counts.network_retries == 6
+    assert w.drafts() == [(ANNA.id, "sure, see you then")]
