@@ -5,9 +5,10 @@
 real client, tests call them with fakes that have the same names.
 
 - A partner's message in a one-to-one chat with a person (never a group, channel, bot, Saved Messages or
-  Telegram's notices) starts that chat's task: wait `debounce_s` (the partner may be writing a burst),
-  read the recent history, ask the twin, then put the reply in the chat's draft (or Saved Messages). A
-  newer partner message cancels the task and starts a fresh one.
+  Telegram's notices) starts that chat's task: wait `debounce_s` (the partner may be writing a burst;
+  their "typing…" (`events.UserUpdate`) starts the wait again), read the recent history, ask the twin,
+  then put the reply in the chat's draft (or Saved Messages). A newer partner message cancels the task
+  and starts a fresh one.
 - Only chats on the auto-reply list get a reply *sent*: outside quiet hours and within the rate limits
   (else it becomes a draft), line by line, each after a delay scaled to its length with "typing…" shown.
   A newer partner message, the person's own message, or the person typing (their draft changing)
@@ -97,6 +98,8 @@ class Replier:
         self.caps = context_caps(settings.prepared)
         self.limiter = RateLimiter(settings.per_chat_per_hour, settings.global_per_hour)
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.waiting: dict[int, Any] = {}
+        """Chats whose task is still in its `debounce_s` wait, with their entity."""
         self.pending: dict[int, Pending] = {}
         self.suggested: dict[int, str] = {}
         """Per chat: the twin's latest draft text (Telegram may echo it back as a draft update at once)."""
@@ -120,6 +123,17 @@ class Replier:
         pending = self.pending.get(event.chat_id)
         if event.message.out and pending is not None and event.message.id in pending.sent:
             pending.sent[event.message.id] = event.message.message or ""
+
+    async def on_user_update(self, event: Any) -> None:
+        """`events.UserUpdate`: the partner still typing means their burst is not over: wait again."""
+        chat = self.waiting.get(getattr(event, "chat_id", None) or 0)
+        if chat is None or not event.typing or event.user_id != event.chat_id:
+            return
+        task = self.tasks.pop(event.chat_id, None)
+        if task is not None:
+            task.cancel()  # only postponed: the new task waits `debounce_s` again
+        self.counts["postponed: partner typing"] += 1
+        self.tasks[event.chat_id] = asyncio.create_task(self._respond(chat, event.chat_id))
 
     async def on_draft(self, update: Any) -> None:
         """The raw `types.UpdateDraftMessage`: the person typing (or clearing a draft) on another device."""
@@ -161,7 +175,12 @@ class Replier:
     async def _respond(self, chat: Any, chat_id: int) -> None:
         name = chat_name(chat)
         try:
-            await self.clock.sleep(self.settings.debounce_s)
+            self.waiting[chat_id] = chat
+            try:
+                await self.clock.sleep(self.settings.debounce_s)
+            finally:
+                if self.tasks.get(chat_id) in (asyncio.current_task(), None):
+                    self.waiting.pop(chat_id, None)
             messages = await self.actions.history(chat, self.settings.history)
             turns = prompt_turns(
                 conversation(messages, chat_id, timedelta(hours=self.settings.gap_hours)), self.caps, name

@@ -45,6 +45,7 @@ def register(client: Any, replier: Replier) -> None:
     client.add_event_handler(replier.on_new_message, events.NewMessage())
     client.add_event_handler(replier.on_message_edited, events.MessageEdited(outgoing=True))
     client.add_event_handler(replier.on_draft, events.Raw(types.UpdateDraftMessage))
+    client.add_event_handler(replier.on_user_update, events.UserUpdate())
 
 
 def check_server(settings: ReplySettings) -> None:

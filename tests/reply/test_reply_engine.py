@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from reply_fake import ME, FakeClient, FakeClock, FakeEvent, FakeTwin, message, person
-from telethon import errors
+from telethon import errors, events
 from telethon.tl import functions, types
 
 from reply.actions import TelegramActions
@@ -443,3 +443,36 @@ def test_telegram_down_for_good_gives_up_that_reply_and_keeps_listening(make: Ma
     run(body)
     assert w.replier.counts["telegram errors"] == 1 and w.replier.actions.counts.network_retries == 6
     assert w.drafts() == [(ANNA.id, "sure, see you then")]
+
+
+@dataclass
+class Typing:
+    """`events.UserUpdate.Event` as the handler reads it."""
+
+    user_id: int
+    typing: bool = True
+
+    @property
+    def chat_id(self) -> int:
+        return self.user_id
+
+
+def test_the_partner_still_typing_postpones_the_reply(make: Make) -> None:
+    w = make(debounce_s=4.0)
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "so")
+        await w.clock.advance(3.0)
+        for callback, builder in w.client.handlers:
+            if isinstance(builder, events.UserUpdate):
+                await callback(Typing(ANNA.id))
+                await callback(Typing(BORIS.id))  # no pending reply there: nothing happens
+        await w.clock.advance(3.0)  # 6 s after the message, 3 s after the typing: still waiting
+        assert w.twin.asked == []
+        await w.client.partner_says(ANNA, 2, "about tomorrow")
+        await w.clock.advance(4.0)
+
+    run(body)
+    assert len(w.twin.asked) == 1 and w.twin.asked[0][0][-1].text == "so\nabout tomorrow"
+    assert w.drafts() == [(ANNA.id, "sure, see you then")]
+    assert w.replier.waiting == {} and w.replier.tasks == {}
