@@ -260,3 +260,20 @@ def test_memory_text_cannot_forge_headings_labels_or_turns(
     plain = prompter.render_record(rec, [Exchange("hello", "fine")])[0]
     twin_v1 = prompter.template is None
     assert structure(hostile, twin_v1) == structure(plain, twin_v1)
+
+
+def test_the_ranking_is_bm25s_own(memory: Memory) -> None:
+    """The order is bm25s' BM25 (the scores of its own `retrieve` over the same words), zeros left out."""
+    import bm25s
+
+    from prepare.memory import _tokenize
+
+    corpus = _tokenize([f"{e.message}\n{e.reply}" for e in memory.exchanges])
+    index = bm25s.BM25()
+    index.index(corpus, show_progress=False)
+    for query in ("barsik the cat", "pizza report photos concert", "дачу молоко поезд", "send me the photos"):
+        words = [w for w in _tokenize([query])[0] if w in index.vocab_dict]
+        _, scores = index.retrieve([words], k=3, show_progress=False)
+        expected = [float(s) for s in scores[0] if s > 0]  # best first (equal scores in any order)
+        score_of = dict(zip(memory.exchanges, index.get_scores(words).tolist(), strict=True))
+        assert [score_of[e] for e in memory.retrieve(query, 3)] == pytest.approx(expected) and expected
