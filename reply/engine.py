@@ -193,6 +193,8 @@ class Replier:
                 return
             log.info("twin reply for chat %s: %s", chat_id, self._shown(reply))
             blocked = self._auto_blocked(chat_id)
+            if blocked is None and (await self.actions.current_draft(chat)).strip():
+                blocked = "you have started a reply there yourself (a draft)"
             if blocked is None:
                 await self._auto_send(chat, chat_id, name, reply)
             else:

@@ -476,3 +476,15 @@ def test_the_partner_still_typing_postpones_the_reply(make: Make) -> None:
     assert len(w.twin.asked) == 1 and w.twin.asked[0][0][-1].text == "so\nabout tomorrow"
     assert w.drafts() == [(ANNA.id, "sure, see you then")]
     assert w.replier.waiting == {} and w.replier.tasks == {}
+
+
+def test_no_auto_reply_over_a_draft_of_the_persons_own(make: Make) -> None:
+    w = make(auto_reply=[ANNA.id])
+    w.client.drafts[ANNA.id] = "let me think"
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "so?")
+        await w.clock.advance(300.0)
+
+    run(body)
+    assert w.client.sent == [] and w.drafts() == [] and w.client.drafts[ANNA.id] == "let me think"
