@@ -193,7 +193,7 @@ class Replier:
                 return
             log.info("twin reply for chat %s: %s", chat_id, self._shown(reply))
             blocked = self._auto_blocked(chat_id)
-            if blocked is None and (await self.actions.current_draft(chat)).strip():
+            if blocked is None and self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 blocked = "you have started a reply there yourself (a draft)"
             if blocked is None:
                 await self._auto_send(chat, chat_id, name, reply)
@@ -215,6 +215,10 @@ class Replier:
         finally:
             if self.tasks.get(chat_id) is asyncio.current_task():
                 del self.tasks[chat_id]
+
+    def _persons_draft(self, chat_id: int, draft: str) -> bool:
+        """Whether the chat's draft is the person's own writing (not empty, not the twin's last draft)."""
+        return bool(draft.strip()) and normalize(draft) != normalize(self.suggested.get(chat_id, ""))
 
     def _auto_blocked(self, chat_id: int) -> str | None:
         """Why the reply in this chat must not be sent by itself (None: it may be)."""
@@ -244,8 +248,7 @@ class Replier:
     async def _suggest(self, chat: Any, chat_id: int, name: str, turns: list[Turn], reply: str) -> None:
         previous = self.pending.get(chat_id)
         if self.settings.mode == "draft":
-            current = await self.actions.current_draft(chat)
-            if current.strip() and (previous is None or normalize(current) != normalize(previous.draft)):
+            if self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 self.counts["left your own draft alone"] += 1
                 log.info("chat %s has a draft of yours: left alone, no twin draft", chat_id)
                 return
