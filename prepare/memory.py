@@ -15,9 +15,12 @@ The file (`MEMORY_FILE`, written beside the adapter by finetune, read by serve):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +41,17 @@ TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 so a change of the library's default cannot silently drop a script)."""
 
 
+@lru_cache(maxsize=1)
+def _bm25s() -> ModuleType:
+    """bm25s, imported when a memory is first used (the server imports this module on start-up); its
+    logger, which it sets to DEBUG itself, back to warnings."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+@lru_cache(maxsize=1)
 def _stopwords() -> tuple[str, ...]:
     from bm25s.stopwords import STOPWORDS_EN, STOPWORDS_RUSSIAN
 
@@ -55,15 +69,13 @@ class Exchange:
 def memory_query(context: Sequence[Turn], instruction: str) -> str:
     """What to search the memory with: the partner's new message plus the last `QUERY_TURNS` turns before
     it (each clipped as a prompt clips it)."""
-    parts = [instruction, *(t.text for t in context[-QUERY_TURNS:])] if QUERY_TURNS else [instruction]
+    parts = [instruction, *(t.text for t in context[-QUERY_TURNS:])]
     return "\n".join(clip_text(p, MAX_TURN_CHARS) for p in parts)
 
 
 def _tokenize(texts: Sequence[str]) -> list[list[str]]:
     """Lower-cased words, English and Russian stopwords out (bm25s' tokenizer, no stemming)."""
-    import bm25s
-
-    tokens = bm25s.tokenize(
+    tokens = _bm25s().tokenize(
         list(texts),
         lower=True,
         token_pattern=TOKEN_PATTERN,
@@ -85,11 +97,9 @@ class Memory:
         self._index: bm25s.BM25 | None = None
         self._vocabulary: frozenset[str] = frozenset()
         if self._exchanges:
-            import bm25s
-
             corpus = _tokenize([f"{e.message}\n{e.reply}" for e in self._exchanges])
             self._vocabulary = frozenset(word for doc in corpus for word in doc)
-            self._index = bm25s.BM25()
+            self._index = _bm25s().BM25()
             self._index.index(corpus, show_progress=False)
 
     @classmethod
