@@ -109,10 +109,12 @@ def plot_quality(plt: Any, rows: Sequence[QualityRow]) -> Any:
     ):  # fmt: skip
         mid = [v[0] for v in values]
         errors = [[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]]
-        bars = ax.bar(range(len(who)), mid, color=colors, yerr=errors, capsize=4, ecolor="black")
-        ax.bar_label(bars, labels=[f"{m:.0%}" for m in mid], padding=2, fontsize=9)
+        ax.bar(range(len(who)), mid, color=colors, yerr=errors, capsize=4, ecolor="black")
+        for i, (m, _, high) in enumerate(values):  # above the interval, where no error bar crosses it
+            ax.text(i, high + 0.02, f"{m:.0%}", ha="center", va="bottom", fontsize=9)
         ax.set_xticks(range(len(who)), who, rotation=15)
-        ax.set_ylim(0, 1.18)
+        ax.set_ylim(0, 1.2)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_title(title)
     real = next((r.attribution.share for r in rows if r.contestant == "real"), None)
