@@ -55,6 +55,10 @@ class TrainArgs:
     """adamw, or torchao's AdamW with 8-/4-bit block-quantized states (less memory for big adapters)."""
     seed: int = 1337
     """Seed of the data order, the LoRA initialisation and dropout."""
+    packing: bool = False
+    """Pack several records into each row (up to --micro-batch-tokens or the max sequence length), with
+    attention kept within each record (FlexAttention on CUDA) and positions restarting per record: next to
+    no padding; --micro-batch-size then counts rows."""
     compile: bool = False
     """torch.compile each transformer block (faster on GPUs after a warm-up)."""
     activation_checkpointing: bool = False

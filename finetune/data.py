@@ -12,6 +12,10 @@ round-robin to the ranks, and cut into micro-batches of similar length under a p
 padding is small and the gradient of a step does not depend on how it is split into micro-batches.
 The plan is a pure function of (seed, epoch, lengths), so every rank computes it alone and a resumed run
 replays the very same order.
+
+With `packing` a micro-batch is made of rows that each hold several records back to back (first-fit
+decreasing, `finetune.packing`): padding is only the tail of a row; `collate` then also gives each token
+its position within its record and its record's id in the row, from which the attention mask is built.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 from finetune.errors import UserError
+from finetune.packing import pack_rows
 from finetune.twin import encode_prompt, encode_response
 from prepare.memory import Exchange
 from prepare.prompt import TWIN_V1, ChatTemplateError, Prompter
@@ -157,10 +162,17 @@ class MicroBatch:
     """Label tokens (the reply + EOS) summed over the micro-batch."""
     tokens: int
     """Real (non-pad) tokens."""
+    rows: tuple[tuple[int, ...], ...] = ()
+    """Packed: the examples of each row, back to back (`indices` is their concatenation); empty: one
+    example per row."""
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) if self.rows else len(self.indices)
 
     @property
     def padded_tokens(self) -> int:
-        return len(self.indices) * self.length
+        return self.n_rows * self.length
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +213,33 @@ def pack_micro_batches(
     special case for `torch.compile` (one more graph to compile) and saves next to nothing.
     """
     lengths = [min(round_up(len(examples[i]), pad_multiple), max_length) for i in indices]
+    return [
+        make_micro_batch(indices[i:j], lengths[i], examples)
+        for i, j in cut_runs(lengths, max_tokens, max_size)
+    ]
+
+
+def pack_rows_into_micro_batches(
+    indices: Sequence[int],
+    examples: Sequence[Example],
+    max_tokens: int,
+    max_size: int,
+    pad_multiple: int,
+    max_length: int,
+) -> list[MicroBatch]:
+    """`--packing`: the examples into rows of up to min(`max_tokens`, `max_length`) tokens, several per
+    row, then the rows (fullest first) cut into micro-batches as `pack_micro_batches` cuts sequences."""
+    capacity = min(max_tokens, max_length)
+    rows = pack_rows([(i, len(examples[i])) for i in indices], capacity)
+    lengths = [min(round_up(sum(len(examples[i]) for i in row), pad_multiple), max_length) for row in rows]
+    return [
+        make_packed_micro_batch(rows[i:j], lengths[i], examples)
+        for i, j in cut_runs(lengths, max_tokens, max_size)
+    ]
+
+
+def cut_runs(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[tuple[int, int]]:
+    """The (start, end) runs of the longest-first `lengths` that `pack_micro_batches` describes."""
     n = len(lengths)
     for allow_single in (n == 1 or max_size == 1, True):
         best = [0.0] + [math.inf] * n
@@ -218,14 +257,13 @@ def pack_micro_batches(
                     best[j], cut[j] = cost, i
         if best[n] < math.inf:
             break
-    batches: list[MicroBatch] = []
+    runs: list[tuple[int, int]] = []
     j = n
     while j > 0:
-        i = cut[j]
-        batches.append(make_micro_batch(indices[i:j], lengths[i], examples))
-        j = i
-    batches.reverse()
-    return batches
+        runs.append((cut[j], j))
+        j = cut[j]
+    runs.reverse()
+    return runs
 
 
 def make_micro_batch(indices: Sequence[int], length: int, examples: Sequence[Example]) -> MicroBatch:
@@ -237,16 +275,37 @@ def make_micro_batch(indices: Sequence[int], length: int, examples: Sequence[Exa
     )
 
 
+def make_packed_micro_batch(
+    rows: Sequence[Sequence[int]], length: int, examples: Sequence[Example]
+) -> MicroBatch:
+    indices = [i for row in rows for i in row]
+    mb = make_micro_batch(indices, length, examples)
+    return MicroBatch(mb.indices, mb.length, mb.loss_tokens, mb.tokens, rows=tuple(map(tuple, rows)))
+
+
 def split_largest(batches: list[MicroBatch], examples: Sequence[Example]) -> bool:
-    """Split the micro-batch with the most sequences in two (in place); False when none has two."""
-    k = max(range(len(batches)), key=lambda j: len(batches[j].indices))
-    if len(batches[k].indices) < 2:
+    """Split the micro-batch with the most rows in two (in place); a packed micro-batch of one row splits
+    that row's records. False when no micro-batch holds two sequences."""
+    k = max(range(len(batches)), key=lambda j: (batches[j].n_rows, len(batches[j].indices)))
+    mb = batches[k]
+    if len(mb.indices) < 2:
         return False
-    idx = batches[k].indices
-    half = len(idx) // 2
+    if not mb.rows:
+        half = len(mb.indices) // 2
+        batches[k : k + 1] = [
+            make_micro_batch(mb.indices[:half], mb.length, examples),
+            make_micro_batch(mb.indices[half:], mb.length, examples),
+        ]
+        return True
+    rows = (
+        list(mb.rows)
+        if len(mb.rows) > 1
+        else [mb.rows[0][: len(mb.indices) // 2], mb.rows[0][len(mb.indices) // 2 :]]
+    )
+    half = len(rows) // 2
     batches[k : k + 1] = [
-        make_micro_batch(idx[:half], batches[k].length, examples),
-        make_micro_batch(idx[half:], batches[k].length, examples),
+        make_packed_micro_batch(rows[:half], mb.length, examples),
+        make_packed_micro_batch(rows[half:], mb.length, examples),
     ]
     return True
 
@@ -270,6 +329,8 @@ class BatchPlan:
     length_grouping: int = 1
     world_size: int = 1
     rank: int = 0
+    packing: bool = False
+    """Several examples per row (`pack_rows_into_micro_batches`) instead of one padded row each."""
 
     def steps_per_epoch(self) -> int:
         full, rest = divmod(len(self.examples), self.global_batch_size)
@@ -303,8 +364,9 @@ class BatchPlan:
     def make_step(self, chunk: Sequence[int]) -> Step:
         ex = self.examples
         ordered = sorted(chunk, key=lambda i: (-len(ex[i]), i))
+        cut = pack_rows_into_micro_batches if self.packing else pack_micro_batches
         per_rank = [
-            pack_micro_batches(
+            cut(
                 ordered[r :: self.world_size],
                 ex,
                 self.micro_batch_tokens,
@@ -350,18 +412,29 @@ class Batch:
     """(N,) flat indices into B*T of the positions whose next token carries loss (the reply + EOS)."""
     targets: torch.Tensor
     """(N,) the next token at each of `positions`."""
+    token_pos: torch.Tensor | None = None
+    """Packed: (B, T) each token's position within its own record (RoPE restarts per record)."""
+    doc_ids: torch.Tensor | None = None
+    """Packed: (B, T) int32 the record each token belongs to, numbered per row (the padding: one more)."""
 
     def to(self, device: torch.device) -> Batch:
-        if device.type == "cuda":  # pinned host memory: the copies overlap with compute, no sync
-            return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in self))
-        return Batch(*(t.to(device) for t in self))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            if device.type == "cuda":  # pinned host memory: the copies overlap with compute, no sync
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter((self.input_ids, self.positions, self.targets))
+        return Batch(*(move(t) for t in self))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        return iter((self.input_ids, self.positions, self.targets, self.token_pos, self.doc_ids))
 
 
 def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int) -> Batch:
     """Pad a micro-batch and list its loss positions; position t of a row predicts token t+1."""
+    if batch.rows:
+        return collate_packed(batch, examples, pad_id)
     b, t = len(batch.indices), batch.length
     input_ids = torch.full((b, t), pad_id, dtype=torch.long)
     positions, targets = [], []
@@ -373,3 +446,28 @@ def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int) -> Batc
         positions.append(torch.arange(row * t + first, row * t + n - 1))
         targets.append(ex.input_ids[first + 1 : n])
     return Batch(input_ids, torch.cat(positions), torch.cat(targets))
+
+
+def collate_packed(batch: MicroBatch, examples: Sequence[Example], pad_id: int) -> Batch:
+    """Lay each row's examples back to back; the loss positions of each example are exactly those it has
+    alone (`collate`), so no target crosses from one record into the next."""
+    b, t = len(batch.rows), batch.length
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    token_pos = torch.empty((b, t), dtype=torch.long)
+    doc_ids = torch.empty((b, t), dtype=torch.int32)
+    positions, targets = [], []
+    for row, members in enumerate(batch.rows):
+        start = 0
+        for doc, i in enumerate(members):
+            ex = examples[i]
+            n = len(ex)
+            input_ids[row, start : start + n] = ex.input_ids
+            token_pos[row, start : start + n] = torch.arange(n)
+            doc_ids[row, start : start + n] = doc
+            first = max(ex.prompt_len, 1) - 1
+            positions.append(torch.arange(row * t + start + first, row * t + start + n - 1))
+            targets.append(ex.input_ids[first + 1 : n])
+            start += n
+        token_pos[row, start:] = torch.arange(t - start)
+        doc_ids[row, start:] = len(members)  # the padding: a record of its own, never a target
+    return Batch(input_ids, torch.cat(positions), torch.cat(targets), token_pos, doc_ids)

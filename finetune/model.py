@@ -23,6 +23,7 @@ from litgpt.utils import chunked_cross_entropy
 from common.quantize import import_torchao
 from finetune.args import Optimizer
 from finetune.data import Batch, Example, Step, collate
+from finetune.packing import document_mask
 
 LOSS_CHUNK = 1024
 """Rows of logits per cross-entropy chunk (litgpt's chunked_cross_entropy)."""
@@ -94,7 +95,11 @@ def batch_loss(model: Any, head: LossPositions, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy per loss position of one (device) batch."""
     head.positions = batch.positions
     try:
-        logits = model(batch.input_ids)  # (N, vocab): the hook kept the loss positions only
+        if batch.doc_ids is None:
+            logits = model(batch.input_ids)  # (N, vocab): the hook kept the loss positions only
+        else:  # packed rows (`finetune.packing`): positions restart and attention stays in each record
+            mask = document_mask(batch.doc_ids)
+            logits = model(batch.input_ids, token_pos=batch.token_pos, attn_mask=mask)
     finally:
         head.positions = None
     return chunked_cross_entropy(logits, batch.targets, chunk_size=LOSS_CHUNK)

@@ -59,6 +59,7 @@ from finetune.model import (
     prepare_lora_layers,
     train_step,
 )
+from finetune.packing import enable_packing, packing_problem
 from finetune.state import (
     Position,
     list_checkpoints,
@@ -143,7 +144,9 @@ def setup(args: FinetuneArgs) -> Summary | None:
     """Check the inputs, build Fabric and run `main` on every device; rank 0 gets the summary."""
     args.check()
     check_checkpoint_dir(args.run.checkpoint_dir)
-    load_base_config(args.run.checkpoint_dir)  # a supported family
+    base_config = load_base_config(args.run.checkpoint_dir)  # a supported family
+    if args.train.packing and (problem := packing_problem(base_config)):
+        raise UserError(problem)
     # fail fast, before processes are launched: the data, and a record in the chosen prompt format
     train_records, _ = load_splits(args.run.data)
     render_records(train_records[:1], choose_prompter(args.run.checkpoint_dir, args.run.prompt_format))
@@ -184,6 +187,8 @@ def build_model(
     model.max_seq_length = max_seq_length
     mark_only_lora_as_trainable(model)
     prepare_lora_layers(model, build_buffers=not fsdp)
+    if args.train.packing:
+        enable_packing(model)
     head = attach_loss_positions(model)
     if args.train.activation_checkpointing and not fsdp:  # FSDP wraps blocks itself (make_strategy)
         enable_activation_checkpointing(model)
@@ -249,6 +254,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         length_grouping=args.train.length_grouping,
         world_size=fabric.world_size,
         rank=fabric.global_rank,
+        packing=args.train.packing,
     )
     if plan.global_batch_size < 1:
         raise UserError(
@@ -438,6 +444,7 @@ def validation_step(plan: BatchPlan, val: Encoded, args: FinetuneArgs) -> Step:
         seed=0,
         world_size=plan.world_size,
         rank=plan.rank,
+        packing=plan.packing,
     )
     all_val = list(range(len(val.examples)))
     return val_plan.make_step(all_val[: len(all_val) - len(all_val) % plan.world_size])
