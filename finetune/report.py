@@ -39,7 +39,8 @@ from finetune.report_plots import plot_all
 from finetune.style import RATE_LABELS, StyleStats, style_stats
 from finetune.summary import build_summary
 from finetune.summary import to_markdown as summary_markdown
-from finetune.twin import METRICS_FILE, read_adapter_spec, resolve_adapter
+from finetune.twin import METRICS_FILE, read_adapter_spec, read_memory, resolve_adapter
+from prepare.memory import Memory, record_memories
 from prepare.prompt import MAX_CONTEXT_CHARS, Prompter, clip_text, record_turns, render_context, render_prompt
 from prepare.records import TRAIN_FILE, Record, Turn
 
@@ -49,6 +50,9 @@ SAMPLE_FIELDS = ("partner", "context", "message")
 
 
 PROMPTED_EXAMPLES = 8
+MEMORY_K = 3
+"""Past exchanges shown to "twin + memory" when the twin was trained without memory."""
+MEMORY = "twin + memory"
 """Real exchanges of the person (train split) shown to the prompted base before each prompt."""
 EXAMPLE_CHARS = 200
 """Each shown message is clipped to this many characters."""
@@ -84,11 +88,20 @@ class ReportArgs:
     prompted_examples: int = PROMPTED_EXAMPLES
     """The prompting baseline: the base shown this many of the person's real exchanges (train split)
     before each prompt, as a fourth contestant (0: leave it out)."""
+    memory_k: int = MEMORY_K
+    """Memory on vs off: the twin shown this many of the person's past exchanges, retrieved (BM25) from the
+    train split for each prompt, as the contestant "twin + memory" (0: leave it out). A twin trained with
+    --memory-k uses its own k and the memory.jsonl beside it."""
+    feedback: Path | None = Path("data/feedback/feedback.jsonl")
+    """`make reply`'s feedback file: how often the twin's Telegram drafts were sent unchanged (skipped when
+    missing; none: leave it out)."""
 
     def check(self) -> None:
         problems = []
         if self.prompted_examples < 0:
             problems.append(f"--prompted-examples must be 0 or more (got {self.prompted_examples})")
+        if self.memory_k < 0:
+            problems.append(f"--memory-k must be 0 or more (got {self.memory_k})")
         if self.samples < 1:
             problems.append(f"--samples must be at least 1 (got {self.samples})")
         if self.max_new_tokens < 1:
@@ -120,6 +133,12 @@ class Findings:
     """Why `quality` is empty, when it is."""
     forgetting: Forgetting | None = None
     """General-text perplexity and answers of the base and the twin (None: `--no-forgetting`)."""
+    twin_memory: Perplexity | None = None
+    """Held-out perplexity of the twin with retrieved memories in its prompts (None: memory left out)."""
+    memory_k: int = 0
+    """Memories shown per prompt to "twin + memory" (0: not measured)."""
+    drafts: dict[str, Any] | None = None
+    """`reply.feedback.draft_stats` of the feedback file (None: no file)."""
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -134,11 +153,12 @@ def measure(args: ReportArgs) -> Findings:
         raise UserError(str(e)) from None
     dtype = resolve_dtype("auto", device)
     model, tokenizer = load_lora_model(args.checkpoint_dir, args.lora_path, device, dtype)
-    prompter = read_adapter_spec(args.lora_path).prompter  # the format the twin was trained with
+    spec = read_adapter_spec(args.lora_path)
+    prompter = spec.prompter  # the format the twin was trained with
     examples = encode_records(records, tokenizer, model.config.block_size, prompter).examples
     chosen = random.Random(args.seed).sample(range(len(records)), min(args.samples, len(records)))
     prompts = [prompter.render_record(records[i])[0] for i in chosen]
-    sampling = dict(
+    sampling: dict[str, Any] = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
     general = load_general_set() if args.forgetting else None
@@ -146,11 +166,13 @@ def measure(args: ReportArgs) -> Findings:
     train = load_records(train_path) if train_path.is_file() else []
     shots = example_turns(train, args.prompted_examples, args.seed) if args.prompted_examples else []
     prompted = [prompted_prompt(prompter, records[i], shots) for i in chosen] if shots else []
+    memory, memory_k = recall(args, spec.memory_k, train)
+    memories = record_memories(memory, records, memory_k) if memory is not None else []
     with lora_off(model):
         base = reply_perplexity(model, examples, desc="base perplexity")
-        base_replies = generate_replies(model, tokenizer, prompter, prompts, desc="base replies", **sampling)  # type: ignore[arg-type]
+        base_replies = generate_replies(model, tokenizer, prompter, prompts, desc="base replies", **sampling)
         prompted_replies = (
-            generate_replies(model, tokenizer, prompter, prompted, desc="prompted base replies", **sampling)  # type: ignore[arg-type]
+            generate_replies(model, tokenizer, prompter, prompted, desc="prompted base replies", **sampling)
             if prompted
             else []
         )
@@ -158,7 +180,15 @@ def measure(args: ReportArgs) -> Findings:
             base_general = measure_side(model, tokenizer, prompter, general, args.max_new_tokens, "base")
     merge(model)
     twin = reply_perplexity(model, examples, desc="twin perplexity")
-    twin_replies = generate_replies(model, tokenizer, prompter, prompts, desc="twin replies", **sampling)  # type: ignore[arg-type]
+    twin_replies = generate_replies(model, tokenizer, prompter, prompts, desc="twin replies", **sampling)
+    twin_memory, memory_replies = None, []
+    if memories:
+        with_memory = encode_records(records, tokenizer, model.config.block_size, prompter, memories).examples
+        twin_memory = reply_perplexity(model, with_memory, desc="twin + memory perplexity")
+        memory_prompts = [prompter.render_record(records[i], memories[i])[0] for i in chosen]
+        memory_replies = generate_replies(
+            model, tokenizer, prompter, memory_prompts, desc="twin + memory replies", **sampling
+        )
     forgetting = None
     if general is not None:
         twin_general = measure_side(model, tokenizer, prompter, general, args.max_new_tokens, "twin")
@@ -173,12 +203,15 @@ def measure(args: ReportArgs) -> Findings:
             "twin": twin_replies[k],
             "base": base_replies[k],
             **({"prompted base": prompted_replies[k]} if prompted_replies else {}),
+            **({MEMORY: memory_replies[k]} if memory_replies else {}),
         }
         for k, i in enumerate(chosen)
     ]
     replies = {"real": real, "twin": twin_replies, "base": base_replies}
     if prompted_replies:
         replies["prompted base"] = prompted_replies
+    if memory_replies:
+        replies[MEMORY] = memory_replies
     quality, quality_note = measure_quality(train, replies, args.seed)
     return Findings(
         base=base,
@@ -191,7 +224,34 @@ def measure(args: ReportArgs) -> Findings:
         quality=quality,
         quality_note=quality_note,
         forgetting=forgetting,
+        twin_memory=twin_memory,
+        memory_k=memory_k if twin_memory is not None else 0,
+        drafts=read_drafts(args.feedback),
     )
+
+
+def recall(args: ReportArgs, trained_k: int, train: Sequence[Record]) -> tuple[Memory | None, int]:
+    """The memory "twin + memory" retrieves from and its k: a twin trained with --memory-k brings its own
+    (memory.jsonl beside the adapter, its k); otherwise the train split's exchanges and --memory-k.
+    (None, 0) when memory is left out or there is nothing to remember."""
+    if trained_k > 0:
+        return (read_memory(args.lora_path), trained_k) if args.memory_k else (None, 0)
+    if not args.memory_k or not train:
+        return None, 0
+    memory = Memory.from_records(train)
+    return (memory, args.memory_k) if len(memory) else (None, 0)
+
+
+def read_drafts(path: Path | None) -> dict[str, Any] | None:
+    """How `make reply`'s drafts fared (reply.feedback.draft_stats), or None without a feedback file."""
+    if path is None or not Path(path).is_file():
+        return None
+    from reply.feedback import draft_stats
+
+    try:
+        return {"file": str(path), **draft_stats(path)}
+    except (ValueError, OSError) as e:
+        raise UserError(f"{e}; or leave the drafts out with --feedback none") from None
 
 
 def example_turns(
@@ -269,6 +329,7 @@ def sample_rows(sample: Mapping[str, str], prompted_examples: int) -> list[tuple
         "real": "**real reply**",
         "twin": "**twin**",
         "prompted base": f"base prompted with {prompted_examples} real exchanges",
+        MEMORY: "**twin + memory**",
     }
     return [(labels.get(who, cell(who)), text) for who, text in sample.items() if who not in SAMPLE_FIELDS]
 
@@ -296,6 +357,11 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
         "|---|---:|---:|---:|",
         f"| base | {f.base.value:.2f} | {f.base.nll:.3f} | {f.base.tokens} |",
         f"| twin | {f.twin.value:.2f} | {f.twin.nll:.3f} | {f.twin.tokens} |",
+        *(
+            [f"| twin + memory ({f.memory_k} past exchanges) | {m.value:.2f} | {m.nll:.3f} | {m.tokens} |"]
+            if (m := f.twin_memory)
+            else []
+        ),
         "",
         f"The twin {verdict} its base: perplexity {f.base.value:.2f} → {f.twin.value:.2f} "
         f"({gain:.0f}% lower).",
@@ -329,6 +395,7 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
     else:
         lines += [f"Not measured: {f.quality_note}.", ""]
     lines += forgetting_markdown(f.forgetting)
+    lines += drafts_markdown(f.drafts)
     lines += ["## Side by side", ""]
     for k, s in enumerate(f.samples[:SIDE_BY_SIDE], start=1):
         lines += [
@@ -353,6 +420,28 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
     else:
         lines += ["No metrics.csv next to the adapter, so no loss curve.", ""]
     return "\n".join(lines)
+
+
+def drafts_markdown(drafts: Mapping[str, Any] | None) -> list[str]:
+    """The "Drafts in Telegram" section (`make reply`'s feedback file), or nothing without one."""
+    if not drafts or not drafts.get("drafts"):
+        return []
+    n, sent = drafts["drafts"], drafts["sent"]
+    share = drafts["unchanged_share"]
+    of_sent = drafts["unchanged_share_of_sent"]
+    return [
+        "## Drafts in Telegram",
+        "",
+        f"`make reply` drafted {n} replies: {drafts['unchanged']} sent unchanged ({share:.0%}), "
+        f"{drafts['edited']} edited, {drafts['replaced']} replaced"
+        + (
+            f" ({of_sent:.0%} of the {sent} that led to a reply went out as drafted)"
+            if of_sent is not None
+            else ""
+        )
+        + ". Edited and replaced answers join the training data at the next `make prepare`.",
+        "",
+    ]
 
 
 def forgetting_markdown(f: Forgetting | None) -> list[str]:
@@ -395,14 +484,17 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
         "perplexity": {
             "base": f.base.value,
             "twin": f.twin.value,
+            **({MEMORY: f.twin_memory.value} if f.twin_memory else {}),
             "base_nll": f.base.nll,
             "twin_nll": f.twin.nll,
+            **({"twin_memory_nll": f.twin_memory.nll, "memory_k": f.memory_k} if f.twin_memory else {}),
             "reply_tokens": f.twin.tokens,
             "val_records": f.val_records,
         },
         "style": {who: s.as_dict() for who, s in f.style.items()},
         "quality": {"rows": [asdict(row) for row in f.quality], "note": f.quality_note},
         "forgetting": f.forgetting.as_dict() if f.forgetting else None,
+        "drafts": f.drafts,
         "samples": f.samples[:SIDE_BY_SIDE],
         "seconds": f.seconds,
         "written": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",

@@ -17,6 +17,7 @@ from finetune.evaluate import load_lora_model, lora_off, merge
 from finetune.metrics import read_rows
 from finetune.report import main
 from finetune.style import style_stats
+from reply.feedback import Feedback, append_feedback
 
 
 def test_style_stats_counts_what_it_says() -> None:
@@ -62,6 +63,17 @@ def test_report_on_the_tiny_twin(
         "--lora-path",
         str(tiny_adapter),
     ]
+    feedback = tmp_path / "feedback.jsonl"  # make reply's drafts: 2 sent as drafted, 1 edited, 1 discarded
+    for outcome, sent in (
+        ("unchanged", "ok"),
+        ("unchanged", "sure"),
+        ("edited", "fine!"),
+        ("discarded", None),
+    ):
+        append_feedback(
+            feedback, Feedback(outcome, 1, "Anna", "2024-01-01T10:00:00+00:00", "hi", (), "ok", sent)
+        )
+    argv += ["--feedback", str(feedback)]
     assert main([*argv, "--out", str(out), "--samples", "12", "--max-new-tokens", "12"]) == 0
     found = json.loads((out / "report.json").read_text(encoding="utf-8"))
     ppl = found["perplexity"]
@@ -83,20 +95,29 @@ def test_report_on_the_tiny_twin(
     text = (out / "report.md").read_text(encoding="utf-8")
     assert text.count("| **twin** |") == 10 and "The twin beats its base" in text
     quality = {row["contestant"]: row for row in found["quality"]["rows"]}
-    assert list(quality) == ["real", "twin", "base", "prompted base"] and found["quality"]["note"] == ""
+    assert list(quality) == ["real", "twin", "base", "prompted base", "twin + memory"]
+    assert found["quality"]["note"] == ""
     assert all(s["prompted base"] for s in found["samples"])  # the base shown 8 real exchanges
+    assert all(s["twin + memory"] for s in found["samples"])  # the twin shown 3 retrieved exchanges
     assert all(row["replies"] == 12 and 0 <= row["attribution"]["share"] <= 1 for row in quality.values())
+    # memory on vs off: the same held-out reply tokens scored under longer prompts, so a different number
+    assert ppl["memory_k"] == 3 and ppl["twin + memory"] != ppl["twin"]
+    assert "| twin + memory (3 past exchanges) |" in text
+    assert found["drafts"]["drafts"] == 4 and found["drafts"]["unchanged_share"] == 0.5
+    assert "drafted 4 replies: 2 sent unchanged (50%), 1 edited" in text
     assert quality["real"]["discrimination"]["mean"] == pytest.approx(0.5)  # real against itself
     assert "## Does it write like the person?" in text and "| twin | 12 | " in text
     for png in ("perplexity.png", "style.png", "lengths.png", "quality.png", "loss.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text
     summary = found["summary"]  # the one table, first in report.md and in report.html
-    assert summary["columns"] == ["real", "twin", "base", "prompted base"]
+    assert summary["columns"] == ["real", "twin", "base", "prompted base", "twin + memory"]
     assert [r["metric"] for r in summary["rows"]] == [
         "held-out perplexity", "attribution share", "discriminator accuracy", "general-text perplexity",
+        "memory on vs off",
     ]  # fmt: skip
-    assert all(r["status"] in ("met", "missed") for r in summary["rows"])
+    assert all(r["status"] in ("met", "missed") for r in summary["rows"][:4])
+    assert summary["rows"][4]["status"] == "reported"
     assert text.index("## Summary") < text.index("## Held-out perplexity")
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count("src='data:image/png;base64,") == 5 and "http://" not in page
@@ -131,3 +152,26 @@ def test_report_user_errors(
         == 2
     )
     assert "not a litgpt checkpoint" in capsys.readouterr().err
+
+
+def test_report_memory_left_out(
+    tiny_checkpoint: Path, tiny_adapter: Path, prepared_dir: Path, tmp_path: Path
+) -> None:
+    """--memory-k 0: no "twin + memory" contestant, no memory row; no feedback file: no drafts section."""
+    out = tmp_path / "report"
+    argv = [
+        "--data",
+        str(prepared_dir),
+        "--checkpoint-dir",
+        str(tiny_checkpoint),
+        "--lora-path",
+        str(tiny_adapter),
+    ]
+    argv += ["--out", str(out), "--samples", "4", "--max-new-tokens", "4", "--memory-k", "0"]
+    argv += ["--prompted-examples", "0", "--no-forgetting", "--feedback", str(tmp_path / "none.jsonl")]
+    assert main(argv) == 0
+    found = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert "twin + memory" not in found["perplexity"] and found["drafts"] is None
+    assert "memory on vs off" not in [r["metric"] for r in found["summary"]["rows"]]
+    assert all("twin + memory" not in s for s in found["samples"])
+    assert "## Drafts in Telegram" not in (out / "report.md").read_text(encoding="utf-8")
