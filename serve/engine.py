@@ -1,9 +1,12 @@
 """The serve engine's scheduler: one worker thread owns the model and decodes every live request together.
 
 Requests wait in a bounded queue; the worker admits them into free *slots* of the runner's static KV
-cache (prefilling each prompt into its slot, at most `prefill_token_budget` prompt tokens between two
-decode steps), then runs one decode step for all busy slots at once (continuous batching: a request
-joins or leaves between any two steps). The device side — model, compile, CUDA graphs, the step itself
+cache and prefills them together: between two decode steps, one prefill chunk of at most
+`runner.prefill_tokens` (padded) prompt tokens — the next pieces of the prompts in prefill, oldest
+first, then of newly admitted ones (`serve.prefill.plan_chunk`) — each prompt into its own slot, a long
+prompt over several chunks. A prompt's first token is sampled as its last piece is written. Then one
+decode step runs for all generating slots at once (continuous batching: a request joins or leaves
+between any two steps). The device side — model, compile, CUDA graphs, the step itself
 — is `serve.runner`; this module is the queue, the slots, admission, deliveries and stats.
 
 While the device runs step k, the worker turns step k-1's tokens into deliveries (one step of
@@ -31,6 +34,7 @@ import torch
 from litgpt.model import GPT
 
 from serve.engine_config import EngineConfig
+from serve.prefill import ChunkRow, plan_chunk
 from serve.runner import LaunchedStep, Runner, decode_buckets
 
 __all__ = [
@@ -82,11 +86,13 @@ class GenerationRequest:
 
 
 class SequenceState(enum.Enum):
-    """Where a sequence is, as the worker thread sees it: QUEUED → RUNNING → FINISHED, or QUEUED →
-    FINISHED (cancelled, timed out or shut down before it got a slot)."""
+    """Where a sequence is, as the worker thread sees it: QUEUED → PREFILLING → RUNNING → FINISHED, or
+    FINISHED from any of them (cancelled, timed out or shut down before it got a slot or its reply)."""
 
     QUEUED = "queued"
     """Waiting for a free slot."""
+    PREFILLING = "prefilling"
+    """Has a slot; its prompt is being written into it, chunk by chunk (`Sequence.prefilled` so far)."""
     RUNNING = "running"
     """Prefilled into a slot, generating."""
     FINISHED = "finished"
@@ -110,6 +116,7 @@ class Sequence:
     cancel_reason: Literal["cancelled", "stop_string"] | None = None
     """Set by the consumer (`cancel`); the worker ends the sequence with it before its next step."""
     slot: int = -1
+    prefilled: int = 0  # prompt tokens in the slot's cache so far
     n_generated: int = 0
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -153,7 +160,7 @@ Delivery = tuple[Sequence, list[int], EndReason | None]
 class _Step:
     """A launched decode step whose tokens are not yet delivered."""
 
-    seqs: list[Sequence | None]  # slot → sequence at launch time
+    seqs: list[Sequence | None]  # slot → sequence generating there at launch time
     launched: LaunchedStep
 
 
@@ -183,6 +190,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._outbox: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
         self.steps = 0  # decode steps run while serving (a step decodes every busy slot)
+        self.prefill_chunks = 0  # prefill chunks run while serving
+        self.prefill_tokens = 0  # prompt tokens prefilled while serving
         self.tokens_generated = 0
         self.finished: collections.Counter[EndReason] = collections.Counter()
 
@@ -235,11 +244,21 @@ class Engine:
             "compile_error": self.compile_error,
             "load_error": self.load_error,
             "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 3),
+            "compile_seconds": None
+            if runner is None or runner.compile_seconds is None
+            else round(runner.compile_seconds, 3),
+            "compile_cache_dir": None if runner is None else runner.compile_cache.dir,
+            "compile_cache_warm": runner is not None and runner.compile_cache.warm,
+            "compile_cache_counters": {} if runner is None else dict(runner.cache_counters),
+            "prefill_chunk_tokens": None if runner is None else runner.prefill_tokens,
             "max_batch_size": self.config.max_batch_size,
             "max_seq_length": self.config.max_seq_length,
             "active": sum(s is not None for s in self._slots),
+            "prefilling": sum(s is not None and s.state is SequenceState.PREFILLING for s in self._slots),
             "queued": queued,
             "decode_steps": self.steps,
+            "prefill_chunks": self.prefill_chunks,
+            "prefill_tokens": self.prefill_tokens,
             "tokens_generated": self.tokens_generated,
             "finished": dict(self.finished),
         }
@@ -290,11 +309,15 @@ class Engine:
             self.startup_seconds = time.perf_counter() - self._started_at
             self.state = "ready"
             self._ready.set()
+            cache = runner.compile_cache
             log.info(
-                "model ready in %.1f s (%s, compiled: %s)",
+                "model ready in %.1f s (%s, compiled: %s%s)",
                 self.startup_seconds,
                 runner.device_name(),
                 runner.compiled,
+                ""
+                if cache.dir is None
+                else f", compile cache {'warm' if cache.warm else 'cold'}: {runner.cache_counters}",
             )
             self._serve(runner)
 
@@ -307,10 +330,13 @@ class Engine:
                     break  # stopping
                 self._flush()
                 step = None
-                active = [i for i, s in enumerate(self._slots) if s is not None]
+                running = [
+                    s if s is not None and s.state is SequenceState.RUNNING else None for s in self._slots
+                ]
+                active = [i for i, s in enumerate(running) if s is not None]
                 if active:
                     b = next(b for b in self.buckets if b > active[-1])
-                    step = _Step(seqs=self._slots[:b], launched=runner.launch(b))
+                    step = _Step(seqs=running[:b], launched=runner.launch(b))
                     self.steps += 1
                 if in_flight is not None:
                     self._deliver_step(in_flight)
@@ -324,35 +350,60 @@ class Engine:
         self._shutdown()
 
     def _admit(self, runner: Runner, wait: bool) -> bool:
-        """Prefill queued requests into free slots; returns False when the engine is stopping."""
-        budget = self.config.prefill_token_budget
-        admitted = 0
-        while True:
-            with self._lock:
-                if wait and not self._queue and not self._stopping:
-                    self._lock.wait(timeout=0.5)
-                if self._stopping:
-                    return False
-                self._drop_stale_queued()
-                if not self._queue or None not in self._slots:
-                    return True
-                seq = self._queue[0]
-                cost = len(seq.request.prompt_ids)
-                if admitted and cost > budget:
-                    return True
+        """Give free slots to queued requests and run one prefill chunk (the prompts in prefill first,
+        then the new ones; `serve.prefill.plan_chunk`); returns False when the engine is stopping."""
+        with self._lock:
+            if wait and not self._queue and not self._stopping:
+                self._lock.wait(timeout=0.5)
+            if self._stopping:
+                return False
+            self._drop_stale_queued()
+            self._drop_stale_prefilling()
+            prefilling = sorted(
+                (s for s in self._slots if s is not None and s.state is SequenceState.PREFILLING),
+                key=lambda s: s.id,
+            )
+            candidates = prefilling + list(itertools.islice(self._queue, self._slots.count(None)))
+            if not candidates:
+                return True
+            lengths = plan_chunk(
+                [len(s.request.prompt_ids) - s.prefilled for s in candidates], runner.prefill_tokens
+            )
+            chosen = candidates[: len(lengths)]
+            for seq in chosen[len(prefilling) :]:  # the queue's first ones, in order
                 self._queue.popleft()
-            slot = self._slots.index(None)
-            seq.slot = slot
+                seq.slot = self._slots.index(None)
+                seq.state = SequenceState.PREFILLING
+                self._slots[seq.slot] = seq  # before the prefill: if that fails, it fails with the slot
+                runner.reserve(seq.slot, seq.request.temperature, seq.request.top_p)
+        rows = []
+        for seq, n in zip(chosen, lengths, strict=True):
+            prompt = seq.request.prompt_ids
+            rows.append(ChunkRow(seq.slot, seq.prefilled, prompt[seq.prefilled : seq.prefilled + n], False))
+            seq.prefilled += n
+            rows[-1].last = seq.prefilled == len(prompt)
+        firsts = runner.prefill_chunk(rows)
+        self.prefill_chunks += 1
+        self.prefill_tokens += sum(lengths)
+        now = time.perf_counter()
+        finished = [seq for seq, row in zip(chosen, rows, strict=True) if row.last]
+        for seq, token in zip(finished, firsts, strict=True):
             seq.state = SequenceState.RUNNING
-            self._slots[slot] = seq  # before the prefill: if that fails, the sequence fails with the slot
-            req = seq.request
-            token = runner.prefill(slot, req.prompt_ids, req.temperature, req.top_p)
-            seq.first_token_at = time.perf_counter()
+            seq.first_token_at = now
             self._accept(seq, token)
-            self._flush()  # its first token goes out now, not after the other prefills
-            budget -= cost
-            admitted += 1
-            wait = False
+        self._flush()  # first tokens go out now, not after the next decode step
+        return True
+
+    def _drop_stale_prefilling(self) -> None:
+        """End the sequences in prefill that were cancelled or ran out of time (frees their slots)."""
+        now = time.perf_counter()
+        for seq in self._slots:
+            if seq is None or seq.state is not SequenceState.PREFILLING:
+                continue
+            if seq.cancel_reason is not None:
+                self._finish(seq, seq.cancel_reason)
+            elif seq.deadline is not None and now > seq.deadline:
+                self._finish(seq, "timeout")
 
     def _drop_stale_queued(self) -> None:  # under _lock
         now = time.perf_counter()

@@ -30,9 +30,14 @@ class EngineConfig:
     parallel blocks' four into two (`ParallelBlock`), the Llama kind's gate and up projections into one
     (`SequentialBlock`: Llama, SmolLM2, Mistral, Qwen, Gemma 1); same results. Blocks of other kinds stay
     litgpt's. Off: litgpt's blocks as they are (for comparisons)."""
-    prefill_token_budget: int = 4096
-    """Prompt tokens prefilled between two decode steps (at least one request), bounding the stall
-    a burst of new prompts causes for streams that are already generating."""
+    prefill_token_budget: int | None = None
+    """Prompt tokens of one prefill chunk (padded: rows x longest row). Prompts that arrive together are
+    prefilled together in chunks of at most this many tokens, a long prompt over several chunks, one
+    chunk between two decode steps: it bounds the stall a burst of new prompts causes for streams that
+    are already generating. None: 4096 on a GPU, 512 on a CPU."""
+    compile_cache_dir: str | None = None
+    """Folder of the compile artifacts (Inductor/AOT autograd caches, autotuned kernel choices), reused
+    by the next start (`serve.compile_cache`). None: Inductor's default (/tmp/torchinductor_$USER)."""
     warmup_prompt_tokens: int = 512
     """Length of the warm-up prompt (capped by max_seq_length - 1)."""
 
@@ -44,7 +49,7 @@ class EngineConfig:
             problems.append("max_seq_length must be at least 2")
         if self.max_queue < 0:
             problems.append("max_queue must be 0 or more")
-        if self.prefill_token_budget < 1:
+        if self.prefill_token_budget is not None and self.prefill_token_budget < 1:
             problems.append("prefill_token_budget must be at least 1")
         if problems:
             raise ValueError("engine settings: " + "; ".join(problems))

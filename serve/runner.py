@@ -14,30 +14,37 @@ was built with them); if that fails, one graph without them; then a graph dynamo
 `compile_error` says why. Which kernels the model runs is the model's own setting
 (`serve.generate.select_kernels`), switched only between these attempts, never while one is traced.
 
-`launch` enqueues a step and returns at once; `prefill` writes a prompt into one slot and waits for its
-first token. Only one thread (the engine's worker) calls a runner. Imports only torch and litgpt (the GPU
-benchmarks drive it without the web stack).
+`launch` enqueues a step and returns at once; `prefill_chunk` writes the next pieces of several prompts
+into their slots in one forward pass (`serve.prefill`) and waits for the first tokens of those it
+finishes (`prefill`: one whole prompt, the reference it must match). Warm-up logs its progress per
+bucket, and keeps the compile artifacts in `config.compile_cache_dir` for the next start
+(`serve.compile_cache`). Only one thread (the engine's worker) calls a runner. Imports only torch and
+litgpt (the GPU benchmarks drive it without the web stack).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from litgpt.model import GPT
 
+from serve.compile_cache import CompileCache, cache_counters, use_compile_cache
 from serve.engine_config import EngineConfig
 from serve.generate import (
     decode_step,
     fuse_blocks,
     prefill,
+    sample,
     select_kernels,
     setup_caches,
     uses_kernels,
 )
+from serve.prefill import ChunkRow, chunk_logits, pad_chunk
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,10 @@ class Runner:
         self.graph_turn = 0  # which graph of a bucket's pair the next launch replays
         self.compiled = False
         self.compile_error: str | None = None
+        self.prefill_tokens = config.prefill_token_budget or (4096 if dev.type == "cuda" else 512)
+        self.compile_cache = CompileCache(None, False)
+        self.compile_seconds: float | None = None  # warm-up's compiling and recording, when compiled
+        self.cache_counters: dict[str, int] = {}  # this warm-up's compile-cache hits and misses
 
     # ---- start-up --------------------------------------------------------------------------------
 
@@ -106,14 +117,19 @@ class Runner:
         # dynamo split the graph; last, eager (the model keeps the kernels the last attempt chose)
         attempts = [(True, True)] if uses_kernels(self.model) else []
         attempts += [(True, False), (False, False)]
+        if want_compile:
+            self.compile_cache = use_compile_cache(cfg.compile_cache_dir)
         for fullgraph, with_kernels in attempts if want_compile else ():
             if not with_kernels:
                 select_kernels(self.model, gemv=False, attention=False)
             try:
                 self.step_fn = torch.compile(decode_step, fullgraph=fullgraph)
                 self.compiled = True
+                before = cache_counters()
                 with torch._inductor.config.patch(coordinate_descent_tuning=cfg.compile_tuning):
                     self._run_every_path()  # compiles here, on the first calls, then records the graphs
+                after = cache_counters()
+                self.cache_counters = {k: after[k] - before[k] for k in after}
                 return
             except Exception as e:  # serve rather than not at all; /health says why
                 attempt = f"fullgraph={fullgraph}, kernels={with_kernels}"
@@ -131,20 +147,34 @@ class Runner:
         for length in sorted({min(16, n), n}):
             prompt = torch.arange(length, device=self.device) % self.vocab_size  # (T,)
             prefill(self.model, prompt, 0, self.temperature[:1], self.top_p[:1])
+        # a chunk of two prompts (slots 0 and 1), then one token continuing the first (one-token rows)
+        first = list(range(min(16, n)))
+        rows = [ChunkRow(0, 0, first, last=False)]
+        if self.config.max_batch_size > 1:
+            rows.append(ChunkRow(1, 0, list(range(min(8, n))), last=True))
+        self.prefill_chunk(rows)
+        self.prefill_chunk([ChunkRow(0, len(first), [1], last=True)])
         self.positions.fill_(min(n, self.config.max_seq_length - 1))
         self.temperature.fill_(1.0)  # sampling, not only argmax (eager: each branch runs once)
         if self.compiled:
+            started = time.perf_counter()
             side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
             if side is not None:  # warm-up and capture off the default stream, as torch.cuda.graph wants
                 side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                for b in self.buckets:
+                for i, b in enumerate(self.buckets):
                     for _ in range(2):  # compiles (first bucket, then once more with a dynamic batch size)
                         self._step(b)
+                    self.sync()
+                    log.info(
+                        "compiling the decode step: bucket %d (%d of %d) ... %.1f s",
+                        b, i + 1, len(self.buckets), time.perf_counter() - started,
+                    )  # fmt: skip
                 if side is not None:
-                    self.graphs = self._record_graphs(side)
+                    self.graphs = self._record_graphs(side, started)
             if side is not None:
                 torch.cuda.current_stream(self.device).wait_stream(side)
+            self.compile_seconds = time.perf_counter() - started
         for b in self.buckets:
             for _ in range(2):  # every path once; replays each graph once (the first launch uploads it)
                 self.launch(b)
@@ -166,18 +196,24 @@ class Runner:
         # idle slots keep stepping; the clamp keeps their (ignored) writes inside the cache
         self.positions[:b].add_(1).clamp_(max=self.config.max_seq_length - 1)
 
-    def _record_graphs(self, stream: torch.cuda.Stream) -> dict[int, list[torch.cuda.CUDAGraph]]:
+    def _record_graphs(
+        self, stream: torch.cuda.Stream, started: float
+    ) -> dict[int, list[torch.cuda.CUDAGraph]]:
         """Two CUDA graphs of `_step` per bucket, sharing one memory pool (they never run at once, and
         nothing a graph allocates outlives its replay: results land in the runner's buffers)."""
         pool = torch.cuda.graph_pool_handle()
         graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
-        for b in self.buckets:
+        for i, b in enumerate(self.buckets):
             graphs[b] = []
             for _ in range(2):
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
                     self._step(b)
                 graphs[b].append(graph)
+            log.info(
+                "recording CUDA graphs: bucket %d (%d of %d) ... %.1f s",
+                b, i + 1, len(self.buckets), time.perf_counter() - started,
+            )  # fmt: skip
         return graphs
 
     # ---- serving ---------------------------------------------------------------------------------
@@ -200,6 +236,44 @@ class Runner:
             event.synchronize()  # waits without holding the GIL: the HTTP side keeps running
         (token,) = self.host_first_token.tolist()
         return int(token)
+
+    def reserve(self, slot: int, temperature: float, top_p: float) -> None:
+        """Give `slot` to a new prompt: its sampling, and its position parked at the cache's last one
+        while the prompt is prefilled over several chunks. A slot in prefill still rides along in decode
+        steps (inside the bucket); parked, it writes only there, where no prompt token is (a prompt ends
+        at least one position before the cache does) and where its own decoding later writes first."""
+        self.temperature[slot] = temperature
+        self.top_p[slot] = top_p
+        self.positions[slot] = self.config.max_seq_length - 1
+
+    def prefill_chunk(self, rows: Sequence[ChunkRow]) -> list[int]:
+        """Write one chunk (`serve.prefill`: each row the next piece of a prompt, into its own slot) and
+        return the first new token of each row whose prompt it finishes, in row order (waits for them;
+        returns at once when none finishes). Those slots continue from there in the next decode steps;
+        their sampling comes from `reserve`."""
+        tokens, positions, span = pad_chunk(rows, self.config.max_seq_length)  # (R, T) each
+        dev = self.device
+        done = [i for i, row in enumerate(rows) if row.last]
+        slots = torch.tensor([row.slot for row in rows], dtype=torch.int64)  # (R,)
+        pick_cols = torch.tensor([len(rows[i].tokens) - 1 for i in done], dtype=torch.int64)  # (D,)
+        ends = torch.tensor([rows[i].start + len(rows[i].tokens) for i in done], dtype=torch.int64)  # (D,)
+        tokens, positions, slots, pick_cols, ends = (
+            t.to(dev, non_blocking=True) for t in (tokens, positions, slots, pick_cols, ends)
+        )
+        pick_rows = torch.tensor(done, dtype=torch.int64, device=dev)  # (D,)
+        logits = chunk_logits(self.model, tokens, positions, slots, span, pick_rows, pick_cols)  # (D, V)
+        if not done:
+            return []
+        finished = slots[pick_rows]  # (D,)
+        first = sample(logits, self.temperature[finished], self.top_p[finished])  # (D,)
+        self.tokens[finished] = first
+        self.positions[finished] = ends
+        host = first.to("cpu", non_blocking=True)
+        if dev.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+            event.synchronize()  # waits without holding the GIL: the HTTP side keeps running
+        return [int(t) for t in host.tolist()]
 
     def launch(self, b: int) -> LaunchedStep:
         """Enqueue one decode step for slots [0, b) (`b` a bucket) and the copy of its tokens to the host."""

@@ -234,11 +234,21 @@ class Health(BaseModel):
     compile_error: str | None = None
     load_error: str | None = None
     startup_seconds: float | None = Field(None, description="from server start to ready (load + warm-up)")
+    compile_seconds: float | None = Field(
+        None, description="of start-up: compiling the decode step and recording its CUDA graphs"
+    )
+    compile_cache_warm: bool | None = Field(
+        None,
+        description="the compile caches held an earlier start's artifacts (false: this start compiled "
+        "from scratch; none: not compiled)",
+    )
     max_batch_size: int
     max_input_tokens: int
     max_new_tokens: int
     active: int = Field(description="requests generating now")
     queued: int = Field(description="requests waiting for a slot")
+    prefilling: int = Field(0, description="of the active requests, those whose prompt is being prefilled")
+    prefill_chunks: int = Field(0, description="prefill chunks since start (each several prompts' tokens)")
     decode_steps: int = Field(description="decode steps since start (each decodes every generating request)")
     tokens_generated: int
     finished: dict[str, int] = Field(

@@ -29,7 +29,7 @@ from prepare.memory import Exchange, Memory, memory_query
 from prepare.prompt import Prompter, turns_from_messages
 from serve.engine import Engine, EngineConfig
 from serve.model import check_quantize, load_model, load_tokenizer
-from serve.settings import Settings
+from serve.settings import Settings, compile_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def build_service(settings: Settings) -> TwinService:
         max_seq_length=limits.max_seq_length,
         max_queue=settings.max_queue,
         compile=settings.compile,
+        prefill_token_budget=settings.prefill_tokens,
+        compile_cache_dir=str(compile_cache_dir(settings)),
     )
     if settings.quantize != "none":
         check_quantize(settings.quantize, device)

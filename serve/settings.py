@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     )
     default_temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="when a request sets none")
     default_top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="when a request sets none")
+    prefill_tokens: int | None = Field(
+        default=EngineConfig.prefill_token_budget,
+        ge=1,
+        description="prompt tokens prefilled together in one chunk between two decode steps (prompts that "
+        "arrive together share chunks, a long one spans several); default: 4096 on a GPU, 512 on a CPU",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="folder (owner-only) of the compiled decode step's caches, reused by the next start; "
+        "default: .compile-cache in the checkpoint folder",
+    )
     max_batch_size: int = Field(
         default=EngineConfig.max_batch_size, ge=1, le=1024, description="requests generating at once (slots)"
     )
@@ -136,6 +147,11 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def compile_cache_dir(settings: Settings) -> Path:
+    """Where the compiled decode step's caches live: the setting, or beside the checkpoint's weights."""
+    return settings.compile_cache_dir or settings.checkpoint_dir / ".compile-cache"
 
 
 def startup_warnings(settings: Settings) -> list[str]:
