@@ -6,12 +6,18 @@ Shared by the training loop and `bench/finetune_bench.py`, so the benchmark time
   the prompt — most of a chat example — never goes through the 65k-wide head and cross-entropy.
 - The fused-QKV LoRA layers compute their B-projection with matmuls (see `LoRAQKVMatmul`).
 - `--activation-checkpointing` swaps each block's class for a subclass whose forward is checkpointed,
-  which keeps parameter names (the adapter's keys) and lets `torch.compile` reuse one graph for all
-  blocks; `--compile` compiles each block with dynamic shapes (micro-batches are ragged).
+  which keeps parameter names (the adapter's keys); `--compile` compiles each block with dynamic shapes
+  (micro-batches are ragged), one graph shared by all blocks.
+- Both together: the checkpoint stays *outside* the compiled region and the block's own forward is
+  compiled inside it. Compiling through `torch.utils.checkpoint` hands AOTAutograd's partitioner the
+  checkpoint's higher-order op, which crashed Inductor on torch 2.11 (`Node mm_12 was invalid, but is
+  output`); here the partitioner only sees a plain block, and the checkpoint's saved-tensor hooks drop
+  what the compiled forward saved and run it again in the backward pass.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, cast, get_args
 
@@ -50,12 +56,29 @@ def prepare_lora_layers(model: GPT, build_buffers: bool = True) -> None:
             _ = module.lora_ind
 
 
+def block_forward(block: Block, *args: Any) -> torch.Tensor:
+    """litgpt's block forward as a function of the block (what `--compile` compiles under checkpointing)."""
+    return cast(torch.Tensor, Block.forward(block, *args))
+
+
+@functools.cache
+def compiled_block_forward(backend: str) -> Callable[..., torch.Tensor]:
+    # one compiled function for every block: they differ only in their parameters, which are inputs
+    return cast(Callable[..., torch.Tensor], torch.compile(block_forward, dynamic=True, backend=backend))
+
+
 class CheckpointedBlock(Block):
     """A litgpt LoRA `Block` whose activations are recomputed in the backward pass."""
 
+    compile_backend: str | None = None
+    """Set by `compile_blocks`: run the compiled block forward inside the checkpoint."""
+
     def forward(self, *args: Any) -> torch.Tensor:
-        # non-reentrant: works with frozen inputs, keeps dropout masks (RNG state), traces under compile
-        return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False)
+        inner = (
+            block_forward if self.compile_backend is None else compiled_block_forward(self.compile_backend)
+        )
+        # non-reentrant: works with frozen inputs; dropout masks kept (RNG state restored to recompute)
+        return cast(torch.Tensor, torch.utils.checkpoint.checkpoint(inner, self, *args, use_reentrant=False))
 
 
 def enable_activation_checkpointing(model: GPT) -> None:
@@ -64,10 +87,14 @@ def enable_activation_checkpointing(model: GPT) -> None:
             block.__class__ = CheckpointedBlock
 
 
-def compile_blocks(model: GPT) -> None:
-    """torch.compile every block in place; identical blocks share one compiled graph."""
+def compile_blocks(model: GPT, backend: str = "inductor") -> None:
+    """torch.compile every block in place; identical blocks share one compiled graph. A checkpointed
+    block compiles its forward inside the checkpoint (see the module docstring)."""
     for block in model.transformer.h:
-        block.compile(dynamic=True)
+        if isinstance(block, CheckpointedBlock):
+            block.compile_backend = backend
+        else:
+            block.compile(dynamic=True, backend=backend)
 
 
 class LossPositions:
