@@ -23,6 +23,11 @@ Measures (one JSON record a row, the whole list rewritten to --out after every r
   - `litgpt`: plain litgpt 0.5.13 `generate` (eager), batch 1; `litgpt-compile`: with
     `torch.compile(next_token, mode="reduce-overhead")` as `litgpt generate --compile` does it (and the
     two-line fix if that crashes);
+  - `burst`: an engine of --burst slots (its start-up with the compile caches the `engine` phase left),
+    then --burst prompts of 128 tokens (32 with --smoke) submitted at once, each generating
+    --stream-tokens: time to first token p50/p99 and total tokens/s, in two arrival orders (how much the
+    total swings), and once more with one prompt per prefill chunk (the budget cut to one prompt: how
+    prompts were prefilled before chunks held several);
   - `restart`: a second engine start in a new process (warm compile caches) and its first request.
 - a summary per shape: engine batch 1 as a share of the ceiling and against each anchor.
 
@@ -37,10 +42,12 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -70,11 +77,12 @@ PHASES = {
     "litgpt": 30.0,
     "hf16": 110.0,
     "litgpt-compile": 150.0,
+    "burst": 90.0,
     "restart": 60.0,
 }
 """Phase → guessed GPU seconds at a 7–8B shape on a fresh machine (compiles dominate: the engine's two,
 transformers' prefill and decode graphs); a phase starts only if this much of the budget is left."""
-DEFAULT_PHASES = "engine,hf,litgpt,hf16"
+DEFAULT_PHASES = "engine,burst,hf,litgpt,hf16"
 
 
 def time_left() -> float:
@@ -280,17 +288,34 @@ def compile_counters() -> dict[str, Any]:
     }
 
 
-def make_engine(plan: Plan, seed: int = 0) -> Engine:
+COMPILE_CACHE: str | None = None
+"""The engines' compile-cache folder (main() sets it from --compile-cache-dir), shared by every phase and
+the restart's child process."""
+
+
+def make_engine(plan: Plan, seed: int = 0, max_batch: int | None = None) -> Engine:
     """The serve engine over a random model of the plan's shape (not started)."""
     return Engine(
         lambda: random_model(plan.config, plan.torch_device, plan.dtype, seed=seed),
         EngineConfig(
-            max_batch_size=plan.max_batch,
+            max_batch_size=max_batch or plan.max_batch,
             max_seq_length=plan.max_seq,
             compile=plan.compile,
             compile_tuning=plan.tuning,
+            compile_cache_dir=COMPILE_CACHE,
         ),
     )
+
+
+def startup_stats(engine: Engine) -> dict[str, Any]:
+    """What start-up compiled, and whether the compile caches held an earlier start's artifacts."""
+    stats = engine.stats()
+    return {
+        "compile_seconds": stats["compile_seconds"],
+        "compile_cache_warm": stats["compile_cache_warm"],
+        "compile_cache_counters": stats["compile_cache_counters"],
+        "compile_cache_dir": stats["compile_cache_dir"],
+    }
 
 
 RESULTS: dict[tuple[str, str], float] = {}
@@ -319,6 +344,8 @@ def bench_engine(plan: Plan) -> None:
             "buckets": engine.buckets,
             "max_batch": plan.max_batch,
             "max_seq": plan.max_seq,
+            "prefill_chunk_tokens": stats["prefill_chunk_tokens"],
+            **startup_stats(engine),
             **compile_counters(),
         }
     )
@@ -430,6 +457,99 @@ def bench_engine(plan: Plan) -> None:
                 }
             )
             torch.cuda.reset_peak_memory_stats()
+
+
+# ------------------------------------------------------------------------------ burst prefill
+BURST = 64
+"""Prompts arriving at once in the `burst` phase (main() sets it from --burst)."""
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank: p99 of 64 values is the largest)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def bench_burst(plan: Plan) -> None:
+    """--burst prompts submitted at once to an idle engine of as many slots: TTFT p50/p99 and total
+    tokens/s, in two arrival orders and with one prompt per prefill chunk."""
+    cfg, model = plan.config, plan.model
+    prompt_tokens = 32 if plan.device == "cpu" else 128
+    engine = make_engine(plan, max_batch=BURST)
+    t = time.perf_counter()
+    engine.start()
+    ok = engine.wait_ready(timeout=900)
+    emit(
+        {
+            "model": model,
+            "what": f"burst engine ({BURST} slots) start-up to ready, compile caches of the earlier phases",
+            "seconds": round(time.perf_counter() - t, 2),
+            "ready": ok,
+            "compiled": engine.compiled,
+            "compile_error": engine.compile_error,
+            "load_error": engine.load_error,
+            "buckets": engine.buckets,
+            **startup_stats(engine),
+        }
+    )
+    if not ok or engine.runner is None:
+        return
+    runner = engine.runner
+    budget = runner.prefill_tokens
+    prompts = [random_prompt(prompt_tokens, cfg.vocab_size, 1000 + i) for i in range(BURST)]
+    orders = {
+        "submission order": list(range(BURST)),
+        "shuffled order": torch.randperm(BURST, generator=torch.Generator().manual_seed(5)).tolist(),
+    }
+    runs = [(name, order, budget) for name, order in orders.items()]
+    runs.append(("one prompt per prefill chunk", orders["submission order"], prompt_tokens))
+    totals = []
+    try:
+        for name, order, chunk_tokens in runs:
+            runner.prefill_tokens = chunk_tokens
+            steps0, chunks0 = engine.steps, engine.prefill_chunks
+
+            async def burst(order: list[int] = order) -> list[tuple[float, list[float]]]:
+                reqs = [
+                    GenerationRequest(prompts[i], plan.stream_tokens, 0.8, 0.95, ignore_eos=True)
+                    for i in order
+                ]
+                return await asyncio.gather(*(run_stream(engine, r) for r in reqs))
+
+            t = time.perf_counter()
+            results = asyncio.run(burst())
+            wall = time.perf_counter() - t
+            total = sum(len(a) for _, a in results)
+            ttft = [a[0] - s for s, a in results]
+            if chunk_tokens == budget:
+                totals.append(total / wall)
+            RESULTS[(model, f"burst-{BURST}-{name.replace(' ', '-')}")] = total / wall
+            emit(
+                {
+                    "model": model,
+                    "what": f"burst: {BURST} prompts x {prompt_tokens} tokens at once, {plan.stream_tokens} "
+                    f"tokens each, {name}",
+                    "prefill_chunk_tokens": chunk_tokens,
+                    "ttft_ms_p50": round(1000 * percentile(ttft, 0.5), 1),
+                    "ttft_ms_p99": round(1000 * percentile(ttft, 0.99), 1),
+                    "ttft_ms_min": round(1000 * min(ttft), 1),
+                    "total_tokens_per_s": round(total / wall, 1),
+                    "tokens": total,
+                    "wall_s": round(wall, 3),
+                    "prefill_chunks": engine.prefill_chunks - chunks0,
+                    "decode_steps": engine.steps - steps0,
+                }
+            )
+        if len(totals) == 2:
+            emit(
+                {
+                    "model": model,
+                    "what": "burst: total tokens/s across the two arrival orders",
+                    "swing_pct": round(100 * abs(totals[0] - totals[1]) / statistics.mean(totals), 2),
+                }
+            )
+    finally:
+        engine.stop()
 
 
 # --------------------------------------------------------------------------- Hugging Face anchor
@@ -619,7 +739,7 @@ def bench_restart(plan: Plan, argv: list[str]) -> None:
     kernels and graphs come from inductor's on-disk caches. The child (`--startup-only`) also times its
     first request, to show the first user does not wait for a compile."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--startup-only", "--model", plan.model, *argv]
-    t = time.perf_counter()
+    t, launched = time.perf_counter(), time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, time_left() - 10))
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     child = next((r for r in records if r.get("what") == "startup-only"), None)
@@ -628,7 +748,15 @@ def bench_restart(plan: Plan, argv: list[str]) -> None:
             "model": plan.model,
             "what": "engine start-up in a second process, compile caches warm (a restarted server)",
             "process_wall_s": round(time.perf_counter() - t, 2),
-            **({k: v for k, v in child.items() if k not in ("what", "t", "model")} if child else {}),
+            # from launching the process (imports, model, compile caches, CUDA graphs) to ready
+            "process_seconds_to_ready": round(child["ready_at_unix"] - launched, 2)
+            if child and child.get("ready_at_unix")
+            else None,
+            **(
+                {k: v for k, v in child.items() if k not in ("what", "t", "model", "ready_at_unix")}
+                if child
+                else {}
+            ),
             **({} if child else {"error": (done.stderr or done.stdout)[-1500:]}),
         }
     )
@@ -643,10 +771,12 @@ def bench_startup_only(plan: Plan) -> None:
     record: dict[str, Any] = {
         "model": plan.model,
         "what": "startup-only",
+        "ready_at_unix": time.time(),
         "seconds_to_ready": round(time.perf_counter() - t, 2),
         "ready": ok,
         "compiled": engine.compiled,
         "compile_error": engine.compile_error,
+        **startup_stats(engine),
     }
     try:
         if ok:
@@ -716,6 +846,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--budget-s", type=float, default=570.0, help="the whole run; phases that won't fit are skipped"
     )
+    p.add_argument("--burst", type=int, default=BURST, help="prompts arriving at once in the burst phase")
+    p.add_argument(
+        "--compile-cache-dir",
+        default=str(Path(tempfile.gettempdir()) / "twin-serve-bench-compile-cache"),
+        help="the engines' compile caches (reused by later phases, the restart's child and later runs); "
+        "empty: Inductor's default",
+    )
     p.add_argument("--tuning", action="store_true", help="compile with coordinate-descent kernel tuning")
     p.add_argument(
         "--hf-no-auto-compile",
@@ -744,8 +881,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    global BUDGET_S, OUT, HF_AUTO_COMPILE
+    global BUDGET_S, OUT, HF_AUTO_COMPILE, COMPILE_CACHE, BURST
     BUDGET_S, OUT, HF_AUTO_COMPILE = args.budget_s, args.out, not args.hf_no_auto_compile
+    COMPILE_CACHE, BURST = args.compile_cache_dir or None, args.burst
     plans = [make_plan(m, args) for m in args.models]
     torch._logging.set_logs(perf_hints=True, recompiles=True)  # why CUDA graphs were skipped, if they were
     logging.getLogger("torch").addHandler(_CudagraphNotes())
@@ -772,12 +910,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     child_argv = (["--smoke"] if args.smoke else []) + ["--streams", ",".join(map(str, args.streams))]
     child_argv += {True: ["--compile"], False: ["--no-compile"], None: []}[args.compile]
+    child_argv += ["--compile-cache-dir", COMPILE_CACHE or ""]
     runs: dict[str, Callable[[Plan], None]] = {
         "engine": bench_engine,
         "hf": lambda plan: bench_hf(plan, 1),
         "hf16": lambda plan: bench_hf(plan, 16),
         "litgpt": lambda plan: bench_litgpt(plan, compile=False),
         "litgpt-compile": lambda plan: bench_litgpt(plan, compile=True),
+        "burst": bench_burst,
         "restart": lambda plan: bench_restart(plan, child_argv),
     }
     for phase in args.phase_list:

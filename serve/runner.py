@@ -161,6 +161,13 @@ class Runner:
             side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
             if side is not None:  # warm-up and capture off the default stream, as torch.cuda.graph wants
                 side.wait_stream(torch.cuda.current_stream(self.device))
+            log.info(
+                "compiling the decode step for batch buckets %s (%s)",
+                self.buckets,
+                "compile cache warm: loading the earlier start's kernels"
+                if self.compile_cache.warm
+                else "first start: minutes on a GPU; the next start reuses the compile cache",
+            )
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for i, b in enumerate(self.buckets):
                     for _ in range(2):  # compiles (first bucket, then once more with a dynamic batch size)

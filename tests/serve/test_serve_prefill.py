@@ -241,3 +241,16 @@ def test_health_reports_start_up_and_prefill(client: TestClient) -> None:
     assert body["ready"] and body["startup_seconds"] > 0
     assert body["compile_cache_warm"] is None and body["compile_seconds"] is None  # not compiled on a CPU
     assert body["prefilling"] == 0 and body["prefill_chunks"] >= 0
+
+
+def test_settings_reach_the_engine(tiny_checkpoint: Path, lora_path: Path) -> None:
+    """TWIN_PREFILL_TOKENS sizes the chunks; the compile cache defaults to the checkpoint's folder."""
+    from serve_helpers import make_settings
+
+    from serve.service import build_service
+
+    engine = build_service(make_settings(tiny_checkpoint, lora_path, prefill_tokens=64)).engine
+    assert engine.config.prefill_token_budget == 64
+    assert engine.config.compile_cache_dir == str(tiny_checkpoint / ".compile-cache")
+    elsewhere = make_settings(tiny_checkpoint, lora_path, compile_cache_dir=tiny_checkpoint.parent / "cc")
+    assert build_service(elsewhere).engine.config.compile_cache_dir == str(tiny_checkpoint.parent / "cc")
