@@ -23,13 +23,20 @@ Triton kernels and the rest. Also prints the device's copy bandwidth (the roofli
 `--gemv-sweep` times the Triton GEMV alone on each of the model's weight matrices (the fused blocks' and
 the LM head's) for several tile shapes (rows a program, K chunk, warps), from HBM (the weights rotate
 through copies larger than L2, in one CUDA graph), against the copy bandwidth: which tile
-`serve.kernels` should use at that shape. Prints one JSON line per measurement.
+`serve.kernels` should use at that shape. `--nf4-sweep` does the same for the 4-bit GEMVs of an NF4 base
+(`serve.kernels_nf4`, random codes and scales in the packed layout: speed does not depend on the values)
+on the model's fused NF4 matrices, at 1, 4 and 16 tokens a step:
+
+    python bench/decode_profile.py --model llama-3.1-8b --nf4-sweep --quick --out nf4_sweep.json
+
+Prints one JSON line per measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -228,6 +235,96 @@ def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | 
         kernels.TILE, kernels.cpu_interpreter = saved
 
 
+NF4_TILES = [(4, 1024, 4), (2, 1024, 4), (8, 512, 4), (4, 2048, 4), (8, 1024, 8), (16, 512, 8), (2, 2048, 8)]
+"""(rows a program, K chunk in weights, warps) tried by --nf4-sweep (serve.kernels_nf4.nf4_tile picks)."""
+
+
+def nf4_matrices(config: Config) -> dict[str, tuple[int, int, str]]:
+    """The NF4 fused blocks' matrices of `config`: name → (rows, columns, kind: plain, glu or cat)."""
+    hs = config.head_size
+    qkv = (config.n_head + 2 * config.n_query_groups) * hs
+    heads, C, inter = config.n_head * hs, config.n_embd, config.intermediate_size
+    if config.parallel_residual:
+        return {
+            "[qkv; fc] + gelu": (qkv + inter, C, "plain"),
+            "[proj | mlp.proj] + residual": (C, heads + inter, "cat"),
+        }
+    return {
+        "qkv": (qkv, C, "plain"),
+        "proj + residual": (C, heads, "plain"),
+        "[gate; up] + act * up": (2 * inter, C, "glu"),
+        "down + residual": (C, inter, "plain"),
+    }
+
+
+def random_packed(rows: int, K: int, device: torch.device, dtype: torch.dtype) -> Any:
+    """A packed NF4 weight of random codes and scales (groups of 64, as every 7B matrix has)."""
+    from serve.kernels_nf4 import PackedNF4
+
+    group = math.gcd(K, 64)  # 64 but at --smoke sizes
+    codes = torch.randint(0, 256, (rows, K // 2), dtype=torch.uint8, device=device)
+    scales = torch.rand(rows, K // group, device=device, dtype=dtype) / 10
+    return PackedNF4(codes, scales, torch.linspace(-1, 1, 16, device=device, dtype=dtype), group)
+
+
+def nf4_launch(kind: str, x: torch.Tensor, w: Any, residual: torch.Tensor, split: int) -> Any:
+    """One NF4 GEMV of the fused blocks' kind: plain (with the residual where it fits), glu, cat."""
+    from serve import kernels_nf4
+
+    if kind == "glu":
+        return kernels_nf4.nf4_glu_gemv(x, w)
+    if kind == "cat":
+        return kernels_nf4.nf4_cat_gemv(x[..., :split], x[..., split:], w, None, residual)
+    fits = residual.size(-1) == w.shape[0]
+    return kernels_nf4.nf4_gemv(x, w, residual=residual if fits else None)
+
+
+def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidth: float | None) -> None:
+    """Time the NF4 GEMV on each fused matrix of `config` per tile in NF4_TILES (batch 1), and the default
+    tile at 4 and 16 tokens; on a CPU (TRITON_INTERPRET=1) one launch each, through the interpreter."""
+    from serve import kernels_nf4
+
+    interpret = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if not kernels_nf4.available() or (device.type != "cuda" and not interpret):
+        emit({"what": "nf4 sweep: skipped (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 on a CPU)"})
+        return
+    saved = (kernels_nf4.TILE, kernels.cpu_interpreter)
+    kernels.cpu_interpreter = interpret
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
+    split = config.n_head * config.head_size  # Falcon's [proj | mlp.proj]: heads, then gelu(fc)
+    try:
+        for name, (rows, K, kind) in nf4_matrices(config).items():
+            first = random_packed(rows, K, device, dtype)
+            nbytes = first.nbytes()
+            copies = max(1, -(-4 * l2 // nbytes))  # every launch reads its codes from HBM, not L2
+            weights = [first] + [random_packed(rows, K, device, dtype) for _ in range(copies - 1)]
+            out = rows // 2 if kind == "glu" else rows
+            row: dict[str, Any] = {"what": f"nf4 sweep: {name}", "shape": [rows, K], "copies": copies}
+            tiles: list[tuple[tuple[int, int, int] | None, int]] = [(t, 1) for t in NF4_TILES]
+            for tile, tokens in [*tiles, (None, 4), (None, 16)]:
+                kernels_nf4.TILE = tile
+                x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
+                res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
+                key = f"{tile or kernels_nf4.nf4_tile(K)} x{tokens}"
+                try:
+                    ms = time_launches(
+                        lambda x=x, res=res: [nf4_launch(kind, x, w, res, split) for w in weights],  # noqa: B023
+                        device,
+                    )
+                    ms /= copies
+                except Exception as e:  # keep the other tiles
+                    row[key] = f"{type(e).__name__}: {e}"[:200]
+                    continue
+                row[key] = {
+                    "us": round(ms * 1e3, 2),
+                    "tb_per_s": round(nbytes / ms / 1e9, 3),
+                    **({"pct_of_copy": round(100 * nbytes / ms / 1e9 / bandwidth, 1)} if bandwidth else {}),
+                }
+            emit(row)
+    finally:
+        kernels_nf4.TILE, kernels.cpu_interpreter = saved
+
+
 def time_launches(run: Callable[[], Any], device: torch.device) -> float:
     """Milliseconds a call of `run`: replayed from one CUDA graph on a GPU (no launch gaps), once on a CPU."""
     if device.type != "cuda":
@@ -247,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the records here (JSON)")
     p.add_argument("--model", choices=list(MODELS), default="falcon-7b")
     p.add_argument("--gemv-sweep", action="store_true", help="also time the GEMV's tile shapes per matrix")
+    p.add_argument("--nf4-sweep", action="store_true", help="also time the NF4 GEMV's tiles per NF4 matrix")
     args = p.parse_args(argv)
     if args.smoke:
         device, dtype, config, compile_ = torch.device("cpu"), torch.float32, smoke_config(args.model), False
@@ -358,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         emit({"what": f"kernels of a step: {variants[-1][0]}", **breakdown})
         if args.gemv_sweep:
             gemv_sweep(model, device, bandwidth)
+        if args.nf4_sweep:
+            nf4_sweep(config, device, dtype, bandwidth)
     if args.out:
         args.out.write_text(json.dumps(RECORDS, indent=1))
     return 0

@@ -27,6 +27,18 @@ decoding: litgpt's KV-cache forward eager (`eager`) and with compiled dequantiza
 server's own engine (`engine`: `serve.engine`, decode step compiled with CUDA graphs on a GPU) as
 `python -m serve --quantize` runs it; peak memory of each after `torch.cuda.reset_peak_memory_stats()`.
 Prints one JSON object (and keeps --out up to date after every measurement).
+
+`--serve-nf4` (no training) times the engine's batch-1 decoding on an NF4 base against the bf16 engine
+at Falcon-7B's and Llama-3.1-8B's shapes (`--serve-models`): the bf16 row is the served plain GPT (fused
+blocks, Triton GEMVs, CUDA graphs); the NF4 row the LoRA GPT over an NF4 base (r=16 on q and v, random,
+unmerged), whose fused blocks run `serve.kernels_nf4`'s 4-bit GEMVs. Each row has its ceiling: the bytes
+a step reads (every weight but the embedding; the NF4 codes, scales and LoRA as held) over the measured
+copy bandwidth; `nf4_vs_bf16` is the goal's ratio (>= 1.5). `--smoke` runs it on a tiny config of each
+family on the CPU; with TRITON_INTERPRET=1 (read when Triton loads) the kernels run there too, through
+Triton's interpreter:
+
+    python bench/qlora_bench.py --serve-nf4 --out $OUT/nf4_serve.json       # GPU, both shapes
+    TRITON_INTERPRET=1 .venv/bin/python bench/qlora_bench.py --serve-nf4 --smoke   # here
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import gc
 import json
 import logging
 import math
+import os
 import platform
 import random
 import sys
@@ -53,7 +66,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from litgpt.lora import GPT, Block, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
 
-from common.nf4 import NF4Linear, parameter_memory, quantize_model, strip_unused_lora  # noqa: E402
+from common.nf4 import (  # noqa: E402
+    NF4Linear,
+    parameter_memory,
+    quantize_model,
+    strip_unused_lora,
+    tensor_nbytes,
+)
 from common.quantize import check_quantize_support, parse_quantize_mode  # noqa: E402
 from finetune.args import TrainArgs  # noqa: E402
 from finetune.data import BatchPlan, Example, Step  # noqa: E402
@@ -78,8 +97,8 @@ def lora_config(name: str, smoke: bool) -> Config:
     lora = dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_query=True, lora_value=True)
     if smoke:  # Falcon's code paths at toy size
         return Config.from_name(
-            name, n_layer=2, n_embd=128, n_head=4, intermediate_size=512, padded_vocab_size=512,
-            vocab_size=512, block_size=640, **lora,
+            name, n_layer=2, n_embd=128, n_head=4, n_query_groups=1 if "falcon" in name else 2,
+            intermediate_size=512, padded_vocab_size=512, vocab_size=512, block_size=640, **lora,
         )  # fmt: skip
     return Config.from_name(name, **lora)
 
@@ -265,8 +284,6 @@ def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.de
     from serve.engine import Engine, EngineConfig, GenerationRequest
 
     model.eval().requires_grad_(False)
-    set_variant(model, compiled_dequant=False, checkpointing=False, compiled_blocks=False)
-    strip_unused_lora(model)
     cleanup(device)
     config = EngineConfig(
         max_batch_size=1, max_seq_length=prompt_len + new_tokens + 8, warmup_prompt_tokens=prompt_len
@@ -278,6 +295,7 @@ def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.de
         if not engine.wait_ready(timeout=420):
             return {"error": f"engine not ready: {engine.load_error}"}
         startup_s = time.perf_counter() - started
+        stats = engine.stats()
         prompt = torch.randint(1, model.config.vocab_size, (prompt_len,)).tolist()
 
         async def stream() -> list[tuple[float, int]]:
@@ -300,6 +318,8 @@ def engine_decode(model: GPT, prompt_len: int, new_tokens: int, device: torch.de
         "prompt_tokens": prompt_len,
         "compiled": engine.compiled,
         "compile_error": engine.compile_error,
+        "fused_blocks": stats["fused_blocks"],
+        "triton_kernels": stats["triton_kernels"],
         "startup_to_ready_s": round(startup_s, 1),
     }
 
@@ -340,6 +360,89 @@ def decode_variant(model: GPT, prompt_len: int, new_tokens: int, device: torch.d
         "peak_gib": peak_gib(device),
         "prompt_tokens": prompt_len,
     }
+
+
+# ----------------------------------------------------------------------------------- NF4 serving rows
+SERVE_MODELS = "falcon-7b,Llama-3.1-8B"
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes a second of a large device-to-device copy, read + written (the roofline of a decode step)."""
+    n = 2**31 if device.type == "cuda" else 2**26
+    x = torch.empty(n, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    sync(device)
+    return 2 * n * 10 / (time.perf_counter() - started)
+
+
+def step_bytes(model: nn.Module) -> int:
+    """Bytes a batch-1 decode step reads: every parameter and weight buffer but the embedding table (one
+    row of it is read) and the KV cache and RoPE/mask buffers; NF4 weights as held."""
+    skip = ("transformer.wte.", "kv_cache.", "mask_cache")
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return sum(
+        tensor_nbytes(t)
+        for name, t in tensors
+        if not any(s in name for s in skip) and name not in ("cos", "sin")
+    )
+
+
+def plain_config(config: Config) -> Any:
+    """The same model without LoRA: litgpt's plain Config (what the bf16 server runs, adapter merged)."""
+    from dataclasses import asdict
+
+    from litgpt.config import Config as PlainConfig
+
+    fields = {k: v for k, v in asdict(config).items() if not k.startswith("lora_")}
+    return PlainConfig(**fields)
+
+
+def serve_nf4_rows(args: argparse.Namespace, fabric: L.Fabric, dtype: torch.dtype, result: dict) -> None:
+    """For each of --serve-models: the bf16 engine and the NF4 engine, batch 1, with their ceilings."""
+    from serve import kernels, kernels_nf4
+    from serve.model import random_model
+
+    device = fabric.device
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        kernels.cpu_interpreter = True  # --smoke: the kernels on CPU tensors, through the interpreter
+        kernels.TILE, kernels_nf4.TILE = (64, 512, 4), (64, 256, 4)  # few programs: the interpreter is slow
+    bandwidth = copy_bandwidth(device)
+    result["copy_bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
+    rows: dict[str, Any] = result.setdefault("serve_nf4", {})
+    for name in args.serve_models.split(","):
+        config = lora_config(name, args.smoke)
+        row: dict[str, Any] = {}
+        rows[config.name] = row
+        for mode in ("bf16", args.serve_nf4_mode):
+            cleanup(device)
+            try:
+                if mode == "bf16":
+                    model = random_model(plain_config(config), device, dtype)
+                else:
+                    model = build(fabric, config, mode, dtype).model
+                    set_variant(model, compiled_dequant=False, checkpointing=False, compiled_blocks=False)
+                    strip_unused_lora(model)
+                measured = engine_decode(model, args.prompt_tokens, args.new_tokens, device)
+                nbytes = step_bytes(model)  # after the engine fused it: what its steps read
+                measured["step_weight_gb"] = round(nbytes / 1e9, 3)
+                measured["ceiling_tokens_per_s"] = round(bandwidth / nbytes, 1)
+                if measured.get("tokens_per_s"):
+                    measured["pct_of_ceiling"] = round(100 * measured["tokens_per_s"] * nbytes / bandwidth, 1)
+            except Exception as e:  # record the failing row and go on
+                measured = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            model = None
+            row[mode] = measured
+            report(args, result, {f"serve {config.name} {mode}": measured})
+        nf4, bf16 = row.get(args.serve_nf4_mode, {}), row.get("bf16", {})
+        if nf4.get("tokens_per_s") and bf16.get("tokens_per_s"):
+            row["nf4_vs_bf16"] = round(nf4["tokens_per_s"] / bf16["tokens_per_s"], 3)
+            report(args, result, {f"serve {config.name} nf4_vs_bf16": row["nf4_vs_bf16"]})
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -408,6 +511,11 @@ def run(args: argparse.Namespace) -> dict:
         "train": {},
         "serve": {},
     }
+    if args.serve_nf4:  # the serving rows only, no training
+        check_quantize_support(args.serve_nf4_mode, device)
+        result["model"] = args.serve_models + (" (smoke: 2 layers, width 128)" if args.smoke else "")
+        serve_nf4_rows(args, fabric, dtype, result)
+        return result
     by_mode: dict[str, list[Variant]] = {}
     for v in variants:
         by_mode.setdefault(v.mode, []).append(v)
@@ -439,6 +547,8 @@ def run(args: argparse.Namespace) -> dict:
         for how in args.decode.split(","):
             try:
                 if how == "engine":
+                    set_variant(serve_model, False, checkpointing=False, compiled_blocks=False)
+                    strip_unused_lora(serve_model)
                     row = engine_decode(serve_model, args.prompt_tokens, args.new_tokens, device)
                 else:
                     row = decode_variant(serve_model, args.prompt_tokens, args.new_tokens, device, how)
@@ -487,6 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         help="decode variants, in order: eager, cd (compiled dequantization), compiled (the whole step, "
         "CUDA graphs), engine (serve's engine, last: it rewires the model)",
     )
+    parser.add_argument(
+        "--serve-nf4",
+        action="store_true",
+        help="only the serving rows: the engine's batch-1 decoding, NF4 base vs bf16, with their ceilings",
+    )
+    parser.add_argument("--serve-models", default=SERVE_MODELS, help="litgpt config names for --serve-nf4")
+    parser.add_argument("--serve-nf4-mode", default="nf4-dq", help="the NF4 mode of --serve-nf4: nf4, nf4-dq")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")

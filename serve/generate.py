@@ -17,8 +17,10 @@ Four additions to litgpt make that possible and fast:
   product ride in that GEMV's epilogue and both residual adds in the output projections'.
 One big GEMV streams the weights closer to the memory bandwidth than two small ones, and the step has
 fewer kernels. One-token steps on a GPU run these (and the LM head, and the decode attention) as
-`serve.kernels`' Triton kernels. `fuse_blocks` picks the fused block per litgpt block; a block of
-another kind (MoE, Gemma 2/3's extra norms, LoRA or NF4 layers) stays litgpt's own, correct but slower.
+`serve.kernels`' Triton kernels. `fuse_blocks` picks the fused block per litgpt block; blocks over an
+NF4 base (`--quantize`, the adapter unmerged) get `serve.blocks_nf4`'s, whose decode steps run the 4-bit
+GEMVs of `serve.kernels_nf4`; a block of another kind (MoE, Gemma 2/3's extra norms, LoRA layers over a
+full-precision base) stays litgpt's own, correct but slower.
 
 The sampler (`sample`) runs inside the decode step's graph too. This module imports only torch, litgpt
 and `serve.kernels` (Triton where installed): the GPU benchmark runs it without the web stack.
@@ -318,7 +320,12 @@ def _stack_linear(a: nn.Linear, b: nn.Linear, dim: int) -> nn.Linear:
 def fusion_for(block: nn.Module) -> tuple[type[FusedBlock] | None, str]:
     """The fused block that computes `block` exactly, or None and why there is none: a plain litgpt
     Block (no LoRA, no NF4) without extra norms around attention and MLP, either parallel-residual with
-    one shared norm and a GELU MLP (Falcon) or sequential-residual with a gated MLP (Llama's kind)."""
+    one shared norm and a GELU MLP (Falcon) or sequential-residual with a gated MLP (Llama's kind). A
+    block over an NF4 base (LoRA or not) gets its NF4 counterpart (`serve.blocks_nf4`)."""
+    from serve import blocks_nf4  # imports this module (FusedBlock)
+
+    if blocks_nf4.holds_nf4(block):
+        return blocks_nf4.fusion_for(block)
     if type(block) is not Block:
         return None, f"{type(block).__module__}.{type(block).__name__} blocks (LoRA or another kind)"
     config: Config = block.config

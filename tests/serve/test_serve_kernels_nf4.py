@@ -1,0 +1,188 @@
+"""The 4-bit GEMVs (`serve.kernels_nf4`) through Triton's interpreter on this CPU (TRITON_INTERPRET=1):
+against `F.linear` on torchao's dequantized weight, and the NF4 fused blocks (`serve.blocks_nf4`, LoRA
+unmerged) of Falcon's and Llama's kind against litgpt's own NF4 + LoRA decoding, through the engine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from litgpt import lora
+from litgpt.model import GPT
+from model_families import (
+    ENGINE_PROMPTS,
+    check_decodes_like_litgpt,
+    engine_greedy_tokens,
+    litgpt_greedy,
+    random_family_model,
+)
+
+from common.nf4 import dequantize, load_quantized_model, quantize_nf4, strip_unused_lora
+from serve import kernels, kernels_nf4
+from serve.blocks_nf4 import LowRank, ParallelNF4Block, SequentialNF4Block
+from serve.generate import GemvLinear, fuse_blocks, uses_kernels
+from serve.kernels_nf4 import (
+    nf4_cat_gemv,
+    nf4_gemv,
+    nf4_glu_gemv,
+    pack_nf4,
+    stack_cols,
+    stack_rows,
+    use_nf4_gemv,
+)
+
+pytest.importorskip("triton")
+pytest.importorskip("torchao")
+
+
+@pytest.fixture
+def interpreted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kernels on CPU tensors, through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET)."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it before triton is imported"
+    monkeypatch.setattr(kernels, "cpu_interpreter", True)
+    # the interpreter runs a launch's programs one after another: few, large ones for the tiny shapes
+    monkeypatch.setattr(kernels_nf4, "TILE", (64, 256, 4))
+    monkeypatch.setattr(kernels, "TILE", (64, 512, 4))
+    yield
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    # the reference sums the same dequantized weights in another order; bf16: 1-2 ulps of the output
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.07, "rtol": 0.02}
+    torch.testing.assert_close(actual.float(), expected.float(), **tol)
+
+
+def nf4_weight(n: int, k: int, dq: bool, dtype: torch.dtype, seed: int = 0) -> tuple:
+    """(torchao's NF4Tensor, its dequantized weight) of a random (n, k) weight."""
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(dtype) / 4
+    q = quantize_nf4(weight, double_quant=dq)
+    return q, dequantize(q, dtype)
+
+
+# (rows, columns): ragged both ways (block scalers straddle rows: groups of 50), whole 64-blocks, a
+# column count that is no multiple of the 512-wide chunk
+SHAPES = [(37, 100), (48, 192), (20, 1030)]
+
+
+@pytest.mark.parametrize("dq", [False, True], ids=["nf4", "nf4-dq"])
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_packing_keeps_torchaos_codes_and_values(n: int, k: int, dq: bool) -> None:
+    q, reference = nf4_weight(n, k, dq, torch.bfloat16)
+    packed = pack_nf4(q)
+    assert torch.equal(packed.dequantize(), reference)
+    assert packed.codes.data_ptr() == q.quantized_data.data_ptr()  # torchao's bytes, not a copy
+    if k % 64 == 0:  # every matrix of a 7B: 4 bits a weight, one bf16 scale per 64 (4.25 bits)
+        assert packed.group == 64 and packed.nbytes() == n * k // 2 + n * k // 64 * 2 + 16 * 2
+    q2, reference2 = nf4_weight(n, k, dq, torch.bfloat16, seed=1)
+    assert torch.equal(stack_rows(packed, pack_nf4(q2)).dequantize(), torch.cat((reference, reference2)))
+    q3, reference3 = nf4_weight(n, 64, dq, torch.bfloat16, seed=2)
+    glued = stack_cols(packed, pack_nf4(q3)).dequantize()
+    assert torch.equal(glued, torch.cat((reference, reference3), dim=1))
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "dq", "dtype"),
+    [
+        (37, 100, False, torch.float32),
+        (37, 100, True, torch.bfloat16),
+        (48, 192, True, torch.float32),
+        (20, 1030, False, torch.bfloat16),
+    ],
+)
+def test_nf4_gemv_is_linear_on_the_dequantized_weight(
+    interpreted: None, n: int, k: int, dq: bool, dtype: torch.dtype
+) -> None:
+    """One token and three (a batched decode step), with bias, LoRA addend, GELU tail and residual."""
+    q, w = nf4_weight(n, k, dq, dtype)
+    packed = pack_nf4(q)
+    g = torch.Generator().manual_seed(3)
+    bias = torch.randn(n, generator=g).to(dtype)
+    for tokens in (1, 3):
+        x = torch.randn(tokens, 1, k, generator=g).to(dtype)
+        assert use_nf4_gemv(x)
+        close(nf4_gemv(x, packed), F.linear(x, w), dtype)
+        add, residual = (torch.randn(tokens, 1, n, generator=g).to(dtype) for _ in range(2))
+        y = F.linear(x, w, bias) + add
+        expected = torch.cat((y[..., :7], F.gelu(y[..., 7:], approximate="tanh")), dim=-1) + residual
+        got = nf4_gemv(x, packed, bias, gelu_from=7, approximate="tanh", residual=residual, add=add)
+        close(got, expected, dtype)
+    assert not use_nf4_gemv(torch.randn(17, 1, k))  # a prefill: dequantize and F.linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_and_concatenating_nf4_gemvs(interpreted: None, dtype: torch.dtype) -> None:
+    """`act(gate) * up` from a stacked [gate; up] NF4 weight (with LoRA addends), and `[a | b]` read from
+    two inputs with a residual (Falcon's output projection), batch 1 and 2."""
+    n, k, k2 = 37, 100, 64
+    (qg, wg), (qu, wu) = nf4_weight(n, k, True, dtype, 0), nf4_weight(n, k, True, dtype, 1)
+    stacked = stack_rows(pack_nf4(qg), pack_nf4(qu))
+    q2, w2 = nf4_weight(n, k2, True, dtype, 2)
+    glued = stack_cols(pack_nf4(qg), pack_nf4(q2))
+    g = torch.Generator().manual_seed(4)
+    acts = {"silu": F.silu, "gelu": F.gelu}
+    for tokens in (1, 2):
+        # outputs near 1: an ulp of a bf16 gate moves act(gate) * up by an ulp, not by ten
+        x = (torch.randn(tokens, 1, k, generator=g) / 4).to(dtype)
+        add = torch.randn(tokens, 1, 2 * n, generator=g).to(dtype)
+        for name, act in acts.items():
+            gate, up = (F.linear(x, torch.cat((wg, wu))) + add).chunk(2, dim=-1)
+            close(nf4_glu_gemv(x, stacked, None, name, add=add), act(gate) * up, dtype)
+        b = torch.randn(tokens, 1, k2, generator=g).to(dtype)
+        residual = torch.randn(tokens, 1, n, generator=g).to(dtype)
+        expected = F.linear(torch.cat((x, b), -1), torch.cat((wg, w2), 1)) + residual
+        close(nf4_cat_gemv(x, b, glued, None, residual), expected, dtype)
+    with pytest.raises(ValueError, match="a gated GEMV needs"):
+        nf4_glu_gemv(x, pack_nf4(qg), None, "silu")  # 37 rows: no [gate; up]
+
+
+def nf4_family_model(family: str, mode: str = "nf4-dq") -> GPT:
+    """A tiny random model of `family` with its base in NF4 and a random LoRA adapter on every target
+    (q and v of qkv, proj, the MLP), unmerged: litgpt's NF4 + LoRA model, as `serve --quantize` loads it."""
+    plain = random_family_model(family, vocab_size=320)  # no padded rows for litgpt to pick
+    config = lora.Config(
+        **asdict(plain.config), lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        lora_query=True, lora_value=True, lora_projection=True, lora_mlp=True,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    model = load_quantized_model(config, plain.state_dict(), mode, "cpu", torch.float32)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, lora.LoRALinear) and module.r > 0:
+                module.lora_B.normal_(0.0, 0.2)
+    return strip_unused_lora(model).eval().requires_grad_(False)
+
+
+def test_lora_updates_equal_litgpts_merged_updates() -> None:
+    """qkv's update with q and v on (k's rows zero) and grouped queries, and a plain LoRA layer's."""
+    model = nf4_family_model("llama-3.1")
+    attn = model.transformer.h[0].attn
+    for layer in (attn.qkv, attn.proj):
+        update = LowRank.of(layer)
+        assert update is not None
+        torch.testing.assert_close(update.B @ update.A, layer.get_lora_AB())
+
+
+FAMILY_BLOCKS = {"falcon": ParallelNF4Block, "llama-3.1": SequentialNF4Block}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_BLOCKS))
+def test_nf4_fused_blocks_decode_what_litgpt_decodes(interpreted: None, family: str) -> None:
+    """Falcon's parallel and Llama's sequential NF4 blocks with every LoRA target: the logits of litgpt's
+    own NF4 + LoRA decoding (prefill, then steps of 3 tokens and of 1, all on the NF4 GEMVs), and the
+    engine's greedy tokens (batch buckets 2 and 1) equal to litgpt's `generate`."""
+    reference = nf4_family_model(family)
+
+    def build(model: GPT) -> None:
+        assert fuse_blocks(model) == model.config.n_layer
+        assert all(type(block) is FAMILY_BLOCKS[family] and block.gemv for block in model.transformer.h)
+        assert isinstance(model.lm_head, GemvLinear) and uses_kernels(model)
+
+    check_decodes_like_litgpt(reference, build, lambda a, e: close(a, e, torch.float32), steps=2)
+    n = 5
+    outs, engine = engine_greedy_tokens(reference, n, compile=False)
+    assert engine.runner is not None and engine.runner.fused_blocks == reference.config.n_layer
+    assert outs == [litgpt_greedy(reference, prompt, n) for prompt in ENGINE_PROMPTS]
