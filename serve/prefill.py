@@ -137,10 +137,12 @@ def chunk_logits(
 
 
 def pad_chunk(rows: Sequence[ChunkRow], max_seq: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The chunk's tokens and positions, (R, T) int64 on the host, and its span (max position + 1).
+    """The chunk's tokens and positions, (R, T) int64 on the host, and its span (max real position + 1).
     Padding positions run on past each row's tokens, clamped into the cache (never onto a real token:
     a prompt ends at least one position before the cache does)."""
-    T = max(len(row.tokens) for row in rows)
+    # at least 2 wide: a one-token chunk would take the decode step's one-token paths (Triton kernels
+    # specialised on the attended length, compiled on first use: not while serving)
+    T = max(2, *(len(row.tokens) for row in rows))
     tokens = torch.zeros(len(rows), T, dtype=torch.int64)  # (R, T)
     for i, row in enumerate(rows):
         tokens[i, : len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.int64)

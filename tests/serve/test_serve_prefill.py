@@ -254,3 +254,15 @@ def test_settings_reach_the_engine(tiny_checkpoint: Path, lora_path: Path) -> No
     assert engine.config.compile_cache_dir == str(tiny_checkpoint / ".compile-cache")
     elsewhere = make_settings(tiny_checkpoint, lora_path, compile_cache_dir=tiny_checkpoint.parent / "cc")
     assert build_service(elsewhere).engine.config.compile_cache_dir == str(tiny_checkpoint.parent / "cc")
+
+
+def test_an_unusable_compile_cache_falls_back_to_the_default(tmp_path: Path) -> None:
+    from serve.compile_cache import use_compile_cache
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    cache = use_compile_cache(blocked)
+    assert cache.dir is None and not cache.warm
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == before  # Inductor's own default stays
+    assert use_compile_cache(None).dir is None
