@@ -6,6 +6,7 @@ transformers + PEFT in the same run and plain `litgpt finetune_lora` (`--anchor`
     python bench/finetune_bench.py --configs all      # GPU: every row at Falcon-7B's shape
     python bench/finetune_bench.py --anchor           # GPU: litgpt 0.5.13 `finetune_lora`, its defaults
     python bench/finetune_bench.py --smoke --model falcon-7b,llama-3.1-8b   # CPU: tiny models
+    python bench/finetune_bench.py --quality 40 --out $OUT/quality.json   # GPU: bf16 vs packed vs fp8 loss
 
 Weights are random (bf16; fp32 on a CPU): speed does not depend on their values. `--smoke` builds a
 2-layer, 128-wide model of each family: Falcon's (parallel residual, shared LayerNorm, multi-query
@@ -18,7 +19,10 @@ Rows (`--configs`, comma-separated, in priority order; ours run first, then Hugg
 - ours-* and naive-*: `finetune.model.train_step` (the training loop's own code) on litgpt's LoRA GPT
   through Fabric. `naive` = micro-batches of 8 sequences in data order, each padded to its longest;
   `ours` = the loop's batching (length-grouped steps cut into micro-batches under a token budget);
-  `compile` = `--compile`; `ac` = `--activation-checkpointing`; 2k/3k/16k = `--micro-batch-tokens`.
+  `packed` = `--packing` (several records per row, FlexAttention's per-record causal mask on CUDA);
+  `compile` = `--compile`; `ac` = `--activation-checkpointing`; 2k/3k/16k = `--micro-batch-tokens`;
+  `fp8` = `--base-precision fp8` (the frozen base in FP8 through scaled FP8 GEMMs; Hopper-class GPUs
+  only, skipped with the reason elsewhere).
 - hf-*: transformers + PEFT as a user of Trainer gets it (bench/hf_anchor.py): length-grouped batches,
   `torch.compile` of the whole model (or `regional`), `gc` = gradient checkpointing.
 Each row runs warm-up steps (compiling where asked), then `--steps` timed optimizer steps of
@@ -29,6 +33,12 @@ step needs (per-layer shapes; frozen weights forward + input-gradient; LoRA with
 attention on the real lengths; the LM head on reply tokens only, as our loop runs it; no embedding)
 over the device's dense bf16 peak, picked by its name and stated in the JSON with the measured matmul
 rate; executed TFLOP/s (padding, the head where it runs, recomputation) beside them; peak memory.
+
+`--quality STEPS` (the guard for packing and FP8): the bf16 padded row, the packed row and the FP8 row
+each train `STEPS` optimizer steps from the same seeded weights on the same records (`--records` less
+a held-out eighth) at `--quality-lr`, then each is validated on the held-out records in padded
+micro-batches; the JSON gives each row's validation loss and its relative difference to the bf16 row
+(the bar: within 1%). Weights are random, so this guards the numerics, not a real model's quality.
 
 `--time-budget` (seconds for the whole run): a row starts only if its estimate, plus those of the
 higher-priority rows still to come (at this shape and the next), fits what is left; the others are
@@ -82,6 +92,7 @@ from finetune.data import (  # noqa: E402
     make_micro_batch,
     render_texts,
 )
+from finetune.fp8 import fp8_unavailable, quantize_base_fp8  # noqa: E402
 from finetune.model import (  # noqa: E402
     CheckpointedBlock,
     attach_loss_positions,
@@ -91,6 +102,7 @@ from finetune.model import (  # noqa: E402
     prepare_lora_layers,
     train_step,
 )
+from finetune.packing import enable_packing  # noqa: E402
 from finetune.tiny import EOS_TOKEN, train_tokenizer  # noqa: E402
 from prepare.records import Record  # noqa: E402
 
@@ -118,11 +130,14 @@ class BenchConfig:
     name: str
     batching: str
     """"ours": length-grouped steps cut into micro-batches under a token budget; "naive": fixed-size
-    micro-batches in data order, each padded to its longest sequence (what a plain loop does)."""
+    micro-batches in data order, each padded to its longest sequence (what a plain loop does); "packed":
+    `--packing`, several records per row."""
     micro_batch_tokens: int = 8192
     micro_batch_size: int = 64
     compile: bool = False
     activation_checkpointing: bool = False
+    base_precision: str = "bf16"
+    """"bf16", or "fp8" (`finetune.fp8`: the frozen base's matmuls in scaled FP8)."""
     step_s: float = 2.0
     """Guessed GPU seconds per optimizer step of 128 chat sequences at a 7–8B shape (time budget)."""
     compile_s: float = 0.0
@@ -161,6 +176,36 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         compile_s=60,
     ),  # fmt: skip
     BenchConfig("ours-eager-ac", "ours", activation_checkpointing=True, step_s=2.2, note="<= 24 GB setting"),
+    BenchConfig("packed-eager", "packed", step_s=2.0, note="--packing"),
+    BenchConfig("packed-compile", "packed", compile=True, step_s=1.4, compile_s=60, note="--packing"),
+    BenchConfig(
+        "packed-compile-ac-3k",
+        "packed",
+        micro_batch_tokens=3072,
+        compile=True,
+        activation_checkpointing=True,
+        step_s=1.9,
+        compile_s=60,
+        note="<= 24 GB setting, packed",
+    ),
+    BenchConfig(
+        "fp8-compile",
+        "ours",
+        compile=True,
+        base_precision="fp8",
+        step_s=1.2,
+        compile_s=60,
+        note="--base-precision fp8 --compile",
+    ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile",
+        "packed",
+        compile=True,
+        base_precision="fp8",
+        step_s=1.1,
+        compile_s=60,
+        note="--base-precision fp8 --packing --compile",
+    ),  # fmt: skip
 ]
 KEY_ROWS = [
     "ours-compile",
@@ -174,7 +219,8 @@ KEY_ROWS = [
 """The default rows, in priority order: our default setting and the anchor's (both compiled), then the
 <= 24 GB settings, cheapest first, so each side has one at each shape within the default budget; the
 compiled <= 24 GB ones (ours' best so far, and Hugging Face's) run when the time allows."""
-SMOKE_ROWS = ["ours-eager", "hf-eager", "ours-eager-ac", "hf-eager-gc", "naive-eager"]
+SMOKE_ROWS = ["ours-eager", "hf-eager", "ours-eager-ac", "hf-eager-gc", "naive-eager", "packed-eager"]
+SMOKE_ROWS += ["fp8-compile"]  # skipped on a CPU, with the reason
 ALL_ROWS = [c.name for c in CONFIGS] + [r.name for r in hf.HF_ROWS]
 Row = BenchConfig | hf.HFRow
 
@@ -299,6 +345,7 @@ def planned_steps(examples: list[Example], cfg: BenchConfig, args: argparse.Name
         max_length=args.max_seq_length,
         seed=0,
         length_grouping=4,
+        packing=cfg.batching == "packed",
     )
     steps: list[Step] = []
     epoch = 0
@@ -354,6 +401,7 @@ def set_speed_options(model: GPT, compile: bool, checkpointing: bool) -> None:
     for block in model.transformer.h:
         block.__class__ = CheckpointedBlock if checkpointing else Block
         block._compiled_call_impl = None
+        block.__dict__.pop("compile_backend", None)  # CheckpointedBlock's compile-inside flag
     if compile:
         compile_blocks(model)
 
@@ -381,9 +429,12 @@ class Ours:
     fabric_model: Any
     head: Any
     optimizer: Any
+    base_precision: str = "bf16"
 
 
-def build_ours(fabric: L.Fabric, config: Config, args: argparse.Namespace) -> Ours:
+def build_ours(
+    fabric: L.Fabric, config: Config, args: argparse.Namespace, base_precision: str = "bf16"
+) -> Ours:
     with fabric.init_module(empty_init=True):
         model = GPT(config)
     randomize(model)
@@ -391,10 +442,13 @@ def build_ours(fabric: L.Fabric, config: Config, args: argparse.Namespace) -> Ou
     model.reset_parameters()  # the rope cache, now on the device
     mark_only_lora_as_trainable(model)
     prepare_lora_layers(model)
+    enable_packing(model)  # packed batches take the packed path; padded ones run litgpt's forward as is
+    if base_precision == "fp8":
+        quantize_base_fp8(model)
     head = attach_loss_positions(model)
     fabric_model = fabric.setup_module(model)
     optimizer = fabric.setup_optimizers(make_optimizer(fabric_model, 1e-4, 0.01, fabric.device))
-    return Ours(fabric, model, fabric_model, head, optimizer)
+    return Ours(fabric, model, fabric_model, head, optimizer, base_precision)
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -498,9 +552,9 @@ def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict
     timing = time_steps(run, steps, warmup, env.cuda)
     timed = steps[warmup:]
     mbs = [mb for s in timed for mb in s.micro_batches]
-    executed = flops.executed_flops(
+    executed = flops.executed_flops(  # packed rows: attention counted dense over each row (an upper bound)
         shape,
-        ((len(mb.indices), mb.length) for mb in mbs),
+        ((mb.n_rows, mb.length) for mb in mbs),
         head_tokens=sum(mb.loss_tokens for mb in mbs),
         recompute=cfg.activation_checkpointing,
     )
@@ -512,10 +566,11 @@ def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict
         "config": cfg.name,
         "family": "ours",
         "batching": cfg.batching,
-        "micro_batch_tokens": cfg.micro_batch_tokens if cfg.batching == "ours" else None,
+        "micro_batch_tokens": cfg.micro_batch_tokens if cfg.batching != "naive" else None,
         "micro_batch_size": cfg.micro_batch_size,
         "compile": cfg.compile,
         "activation_checkpointing": cfg.activation_checkpointing,
+        "base_precision": cfg.base_precision,
         "micro_batches_per_step": round(len(mbs) / len(timed), 1),
         **metrics,
         "note": cfg.note,
@@ -718,13 +773,16 @@ class OnDevice:
     ours: Ours | None = None
     hf_model: Any = None
 
-    def our_model(self) -> Ours:
+    def our_model(self, base_precision: str = "bf16") -> Ours:
+        if self.ours is not None and self.ours.base_precision != base_precision:
+            self.ours = None  # the base is converted in place: build it again
+            release_memory()
         if self.ours is None:
             env = self.env
             fabric = L.Fabric(
                 accelerator=env.device.type, devices=1, precision="32-true" if env.args.smoke else "bf16-true"
             )
-            self.ours = build_ours(fabric, self.config, env.args)
+            self.ours = build_ours(fabric, self.config, env.args, base_precision)
             trainable = [p for p in self.ours.model.parameters() if p.requires_grad]
             self.result["trainable_params"] = sum(p.numel() for p in trainable)
             self.result["adapter_mib"] = round(adapter_bytes(self.ours.model) / 2**20, 2)
@@ -754,7 +812,9 @@ class OnDevice:
 
     def run(self, row: Row) -> dict[str, Any]:
         if isinstance(row, BenchConfig):
-            return run_ours(self.env, self.our_model(), row, self.shapes[0])
+            if row.base_precision == "fp8" and (why := fp8_unavailable(self.env.device)):
+                return {"config": row.name, "skipped": why}
+            return run_ours(self.env, self.our_model(row.base_precision), row, self.shapes[0])
         return run_hf(self.env, self.hf(), row, self.config, *self.shapes)
 
     def after_error(self) -> None:
@@ -1003,6 +1063,81 @@ def anchor(args: argparse.Namespace, key: str) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------------------------- quality
+QUALITY_ROWS = ("ours-compile", "packed-compile", "fp8-compile")
+SMOKE_QUALITY_ROWS = ("ours-eager", "packed-eager", "fp8-compile")
+QUALITY_BAR = 0.01
+"""Most relative difference of a row's validation loss from the bf16 padded row's (issue 18, item 6)."""
+
+
+@torch.no_grad()
+def held_out_loss(ours: Ours, examples: list[Example], pad_id: int, args: argparse.Namespace) -> float:
+    """Mean loss per reply token over `examples`, in padded micro-batches, compiled blocks run eagerly."""
+    ours.fabric_model.eval()
+    plan = BatchPlan(examples, len(examples), 8192, 64, 8, args.max_seq_length, seed=0)
+    total = count = 0.0
+    with torch.compiler.set_stance("force_eager"):
+        for mb in plan.make_step(range(len(examples))).micro_batches:
+            batch = collate(mb, examples, pad_id).to(ours.fabric.device)
+            total += batch_loss(ours.fabric_model, ours.head, batch).item() * mb.loss_tokens
+            count += mb.loss_tokens
+    ours.fabric_model.train()
+    return total / count
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device("cpu" if args.smoke else "cuda")
+    data = make_data(args)
+    n_val = max(len(data.examples) // 8, 1)
+    train, val = data.examples[:-n_val], data.examples[-n_val:]
+    rows = {c.name: c for c in CONFIGS}
+    out: dict[str, Any] = {"bench": "finetune-quality", "steps": args.quality, "lr": args.quality_lr}
+    out |= {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "models": []}
+    for key in args.model:
+        config = model_config(key, args, data.tokenizer.vocab_size if args.smoke else 0)
+        results: list[dict[str, Any]] = []
+        for name in SMOKE_QUALITY_ROWS if args.smoke else QUALITY_ROWS:
+            cfg = rows[name]
+            if cfg.base_precision == "fp8" and (why := fp8_unavailable(device)):
+                results.append({"config": name, "skipped": why})
+                continue
+            release_memory()
+            torch.manual_seed(0)  # the same random base and LoRA initialisation for every row
+            precision = "32-true" if args.smoke else "bf16-true"
+            fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
+            ours = build_ours(fabric, config, args, cfg.base_precision)
+            for group in ours.optimizer.param_groups:
+                group["lr"] = args.quality_lr
+            set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
+            before = held_out_loss(ours, val, data.pad_id, args)
+            t0 = time.perf_counter()
+            for step in planned_steps(train, cfg, args, args.quality):
+                train_step(
+                    ours.fabric, ours.fabric_model, ours.optimizer, ours.head, step, train, data.pad_id, 1.0
+                )
+            seconds = time.perf_counter() - t0
+            after = held_out_loss(ours, val, data.pad_id, args)
+            results.append({"config": name, "val_loss_before": round(before, 5), "val_loss": round(after, 5),
+                            "train_s": round(seconds, 1), "note": cfg.note})  # fmt: skip
+            print(json.dumps({"model": key, **results[-1]}), flush=True)
+            del ours, fabric
+        base = next((r for r in results if r["config"] == results[0]["config"] and "val_loss" in r), None)
+        for r in results:
+            if base is not None and "val_loss" in r:
+                r["rel_diff_to_bf16"] = round(r["val_loss"] / base["val_loss"] - 1, 5)
+                r["within_1pct"] = abs(r["rel_diff_to_bf16"]) <= QUALITY_BAR
+                # random weights barely move the loss: how the drop itself compares is the sharper test
+                drop, base_drop = (
+                    r["val_loss_before"] - r["val_loss"],
+                    base["val_loss_before"] - base["val_loss"],
+                )
+                r["drop_ratio_to_bf16"] = round(drop / base_drop, 4) if base_drop else None
+        out["models"].append({"model": key, "config": config.name, "results": results})
+        if args.out:
+            write_json(args.out, out)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -1013,6 +1148,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default="falcon-7b", help=f"comma list of {', '.join(MODELS)} (default falcon-7b)"
     )
     p.add_argument("--anchor", action="store_true", help="time plain `litgpt finetune_lora` instead")
+    p.add_argument(
+        "--quality", type=int, default=0, help="STEPS: the bf16/packed/fp8 validation-loss guard instead"
+    )
+    p.add_argument("--quality-lr", type=float, default=2e-3, help="--quality's learning rate")
     p.add_argument(
         "--configs",
         default="",
@@ -1121,6 +1260,10 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args.out, summary)
         print(json.dumps(summary, indent=2))
         return 0
+    if args.quality:
+        result = quality(args)
+        print(json.dumps(result, indent=2))
+        return 0 if all(r.get("within_1pct", True) for m in result["models"] for r in m["results"]) else 1
     summary = bench(args, t_start)
     if not args.out:
         print(json.dumps(summary, indent=2))

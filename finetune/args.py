@@ -20,6 +20,7 @@ Strategy = Literal["auto", "ddp", "fsdp"]
 Precision = Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true"]
 Accelerator = Literal["auto", "cuda", "cpu"]
 Optimizer = Literal["adamw", "adamw8bit", "adamw4bit"]
+BasePrecision = Literal["same", "fp8"]
 
 
 @dataclass
@@ -106,6 +107,10 @@ class RunArgs:
     quantize: Quantize = "none"
     """QLoRA: the frozen base in 4-bit NF4 (nf4-dq: double-quantized scalers), LoRA in --precision; one
     device; Falcon-7B then trains on a 12-16 GB GPU (needs torchao)."""
+    base_precision: BasePrecision = "same"
+    """The frozen base's weights and matmuls: same (--precision), or fp8 (e4m3 weights with per-channel
+    scales, activations and gradients scaled per row, scaled FP8 GEMMs; Hopper-class GPUs, one device).
+    LoRA, optimizer and loss stay in --precision."""
     prompt_format: PromptFormatChoice = "auto"
     """How a conversation becomes a prompt: chat-template (the base's own chat template: instruct/chat
     bases), twin-v1 (the project's template: plain bases), or auto (chat-template when the base has one).
@@ -173,6 +178,10 @@ class FinetuneArgs:
             out.append(
                 f"--quantize {r.quantize} trains on one device: drop --devices {r.devices} or --quantize"
             )
+        if r.base_precision == "fp8" and r.quantize != "none":
+            out.append(f"--base-precision fp8 and --quantize {r.quantize} both set the base: choose one")
+        if r.base_precision == "fp8" and r.devices > 1:
+            out.append(f"--base-precision fp8 trains on one device: drop --devices {r.devices}")
         if t.compile and r.strategy == "fsdp":
             out.append("--compile is not supported with --strategy fsdp: use --strategy ddp")
         return out

@@ -47,6 +47,7 @@ from finetune.data import (
 )
 from finetune.errors import UserError
 from finetune.evaluate import sample_reply
+from finetune.fp8 import fp8_unavailable, quantize_base_fp8
 from finetune.metrics import MetricsFile, Row, format_duration, peak_memory_gib, plot_losses
 from finetune.model import (
     LossPositions,
@@ -151,6 +152,8 @@ def setup(args: FinetuneArgs) -> Summary | None:
     train_records, _ = load_splits(args.run.data)
     render_records(train_records[:1], choose_prompter(args.run.checkpoint_dir, args.run.prompt_format))
     accelerator, precision = resolve_accelerator(args)
+    if args.run.base_precision == "fp8" and (why := fp8_unavailable(accelerator)):
+        raise UserError(why)
     try:
         if args.run.quantize != "none":
             check_quantize_support(args.run.quantize, accelerator, devices=args.run.devices)
@@ -184,6 +187,8 @@ def build_model(
     else:
         with fabric.init_module(empty_init=fsdp):
             model = GPT(config)
+        if args.run.base_precision == "fp8":  # the base checkpoint is quantized as it loads
+            quantize_base_fp8(model)
     model.max_seq_length = max_seq_length
     mark_only_lora_as_trainable(model)
     prepare_lora_layers(model, build_buffers=not fsdp)
@@ -444,8 +449,7 @@ def validation_step(plan: BatchPlan, val: Encoded, args: FinetuneArgs) -> Step:
         seed=0,
         world_size=plan.world_size,
         rank=plan.rank,
-        packing=plan.packing,
-    )
+    )  # unpacked even with --packing: the same loss, and no FlexAttention outside the compiled training
     all_val = list(range(len(val.examples)))
     return val_plan.make_step(all_val[: len(all_val) - len(all_val) % plan.world_size])
 
