@@ -78,6 +78,11 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = t
     return (q.float() * scale).to(dtype)
 
 
+def scaled_mm_runs_on(device: torch.device) -> bool:
+    """Whether `fp8_matmul` calls torch._scaled_mm on `device` (else the dequantizing reference)."""
+    return device.type == "cuda"
+
+
 def fp8_matmul(
     a: torch.Tensor,
     a_scale: torch.Tensor,
@@ -91,7 +96,7 @@ def fp8_matmul(
     (M, 1) and (N, 1): one `torch._scaled_mm` on CUDA, the same math dequantized in fp32 elsewhere (or
     when `reference`)."""
     if reference is None:
-        reference = a.device.type != "cuda"
+        reference = not scaled_mm_runs_on(a.device)
     if reference:
         return (dequantize_rows(a, a_scale) @ dequantize_rows(b, b_scale).t()).to(out_dtype)
     m = a.size(0)
