@@ -4,7 +4,9 @@ Model, config, tokenizer, LoRA layers and chunked cross-entropy are litgpt's, im
 what chat data needs to be fast: length-bucketed micro-batches under a token budget (little padding),
 loss normalised by the step's reply tokens (so a step's gradient does not depend on how it is split),
 no host sync between log intervals, and an exactly resumable position (data order from the seed,
-dropout reseeded from (seed, step, rank), optimizer and scheduler restored).
+dropout reseeded from (seed, step, rank), optimizer and scheduler restored). Options: `--packing`
+(several records per row, attention kept within each: `finetune.packing`) and `--base-precision fp8`
+(the frozen base's GEMMs in scaled FP8 on Hopper-class GPUs: `finetune.fp8`).
 """
 
 from __future__ import annotations
