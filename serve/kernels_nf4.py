@@ -69,7 +69,8 @@ def nf4_tile(K: int) -> tuple[int, int, int]:
 
 
 class PackedNF4(nn.Module):
-    """An NF4 weight (N, K) in the kernels' layout (see the module docstring); buffers move with `.to`."""
+    """An NF4 weight (N, K) in the kernels' layout (see the module docstring); buffers move with `.to`.
+    The table may hold any 16 values: `pack_int4` puts symmetric int4 with group scales in it."""
 
     codes: torch.Tensor
     scales: torch.Tensor
@@ -128,6 +129,23 @@ def pack_nf4(weight: NF4Tensor, dtype: torch.dtype | None = None) -> PackedNF4:
     return PackedNF4(codes.contiguous(), scales.contiguous(), weight.nf4.to(dtype), group)
 
 
+def pack_int4(weight: torch.Tensor, group: int = 64) -> PackedNF4:
+    """`weight` (N, K) in symmetric int4 with group scales, in the same layout (the kernels take any
+    16-value table): one scale per `group` columns of a row (absmax / 7), codes `round(w / scale) + 8`,
+    table -8..7. K must be a multiple of `group`, `group` even. Not a serve mode yet (`--quantize`
+    knows nf4 and nf4-dq); for the kernels' tests and benchmarks."""
+    N, K = weight.shape
+    if K % group or group % 2:
+        raise ValueError(f"int4 groups of {group} need an even group dividing K, not {N}x{K}")
+    w = weight.detach().float().view(N, K // group, group)
+    scales = (w.abs().amax(dim=-1) / 7).to(weight.dtype)  # (N, K / group), as the kernel reads them
+    safe = scales.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    codes = ((w / safe).round().clamp(-8, 7) + 8).to(torch.uint8).view(N, K)
+    packed = codes[:, ::2] << 4 | codes[:, 1::2]  # (N, K / 2): the even column in the high nibble
+    table = torch.arange(-8, 8, device=weight.device).to(weight.dtype)
+    return PackedNF4(packed.contiguous(), scales.contiguous(), table, group)
+
+
 def _regroup(w: PackedNF4, group: int) -> torch.Tensor:
     return w.scales.repeat_interleave(w.group // group, dim=1)
 
@@ -161,23 +179,22 @@ if triton is not None:
     from serve.kernels import _activation
 
     @triton.jit
-    def _input_pair(x_ptr, x2_ptr, even, K1, K, HAS_X2: tl.constexpr):
-        # columns (even, even + 1) of one token's input, cat(x[:K1], x2[:K - K1]) or x (K1 even)
+    def _input_pairs(x_ptr, x2_ptr, k0, K1, K, HAS_X2: tl.constexpr, BLOCK_KH: tl.constexpr):
+        # one token's input at columns 2 (k0 + i) and 2 (k0 + i) + 1, i < BLOCK_KH: loaded contiguously
+        # (vectorized), then split into the even and the odd columns. input = cat(x[:K1], x2) or x
+        cols = 2 * k0 + tl.arange(0, 2 * BLOCK_KH)
         if HAS_X2:
-            first = tl.load(x_ptr + even, mask=even < K1, other=0.0)
-            second = tl.load(x2_ptr + (even - K1), mask=(even >= K1) & (even < K), other=0.0)
-            a = tl.where(even < K1, first, second)
-            first = tl.load(x_ptr + even + 1, mask=even < K1, other=0.0)
-            second = tl.load(x2_ptr + (even + 1 - K1), mask=(even >= K1) & (even < K), other=0.0)
-            b = tl.where(even < K1, first, second)
+            first = tl.load(x_ptr + cols, mask=cols < K1, other=0.0)
+            second = tl.load(x2_ptr + (cols - K1), mask=(cols >= K1) & (cols < K), other=0.0)
+            v = tl.where(cols < K1, first, second)
         else:
-            a = tl.load(x_ptr + even, mask=even < K, other=0.0)
-            b = tl.load(x_ptr + even + 1, mask=even < K, other=0.0)
-        return a.to(tl.float32), b.to(tl.float32)
+            v = tl.load(x_ptr + cols, mask=cols < K, other=0.0)
+        return tl.split(tl.reshape(v.to(tl.float32), (BLOCK_KH, 2)))
 
     @triton.jit
-    def _dequantize(q_ptr, s_ptr, table_ptr, rows, j, KH, KG, GROUP, mask, dtype: tl.constexpr):
-        # weights (rows, 2j) and (rows, 2j + 1), as torchao rounds them: table[code] * scale in `dtype`
+    def _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows, j, KH, KG, GROUP: tl.constexpr, mask):
+        # weights (rows, 2j) and (rows, 2j + 1), as torchao rounds them: table[code] * scale in y's dtype
+        dtype = y_ptr.dtype.element_ty
         codes = q_ptr + rows[:, None] * KH + j[None, :]
         byte = tl.load(codes, mask=mask, other=0, eviction_policy="evict_first")  # read once a step
         hi = (byte >> 4).to(tl.int32)
@@ -204,8 +221,8 @@ if triton is not None:
         K1,
         K,
         KG,
-        GROUP,
         act_from,
+        GROUP: tl.constexpr,
         HAS_X2: tl.constexpr,
         ACT: tl.constexpr,
         GLU: tl.constexpr,
@@ -213,7 +230,7 @@ if triton is not None:
         HAS_ADD: tl.constexpr,
         HAS_RES: tl.constexpr,
         BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
+        BLOCK_KH: tl.constexpr,
     ):
         # token m, output rows [tile * BLOCK_N, ...): y[m, rows] = W[rows] @ input[m] (+ bias) (+ add[m]),
         # act'd from row act_from on, (+ res[m]); input = cat(x[m, :K1], x2[m, :K - K1]) or x[m] (K1 = K).
@@ -227,17 +244,16 @@ if triton is not None:
         KH = K // 2
         x_row = x_ptr + m * K1
         x2_row = x2_ptr + m * (K - K1)
-        BLOCK_KH: tl.constexpr = BLOCK_K // 2
         acc = tl.zeros([BLOCK_N, BLOCK_KH], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_N, BLOCK_KH], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
         for k0 in range(0, KH, BLOCK_KH):
             j = k0 + tl.arange(0, BLOCK_KH)  # byte of a row: columns 2j, 2j + 1
             mask = row_mask[:, None] & (j < KH)[None, :]
-            a, b = _input_pair(x_row, x2_row, 2 * j, K1, K, HAS_X2)
-            w_hi, w_lo = _dequantize(q_ptr, s_ptr, table_ptr, rows, j, KH, KG, GROUP, mask, dtype)
+            a, b = _input_pairs(x_row, x2_row, k0, K1, K, HAS_X2, BLOCK_KH)
+            w_hi, w_lo = _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows, j, KH, KG, GROUP, mask)
             acc += w_hi * a[None, :] + w_lo * b[None, :]
             if GLU:
-                u_hi, u_lo = _dequantize(q_ptr, s_ptr, table_ptr, rows + N, j, KH, KG, GROUP, mask, dtype)
+                u_hi, u_lo = _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows + N, j, KH, KG, GROUP, mask)
                 acc_up += u_hi * a[None, :] + u_lo * b[None, :]
         width = 2 * N if GLU else N  # of the addend's rows
         y = tl.sum(acc, axis=1)
@@ -309,8 +325,8 @@ def _launch(
         k1,
         K,
         K // weight.group,
-        weight.group,
         0 if act_from is None else act_from,
+        GROUP=weight.group,
         HAS_X2=x2 is not None,
         ACT=0 if activation is None else kernels.ACTIVATIONS[activation],
         GLU=glu,
@@ -318,7 +334,7 @@ def _launch(
         HAS_ADD=add is not None,
         HAS_RES=residual is not None,
         BLOCK_N=block_n,
-        BLOCK_K=block_k,
+        BLOCK_KH=block_k // 2,  # bytes of a row a chunk
         num_warps=warps,
         num_stages=NUM_STAGES,
     )

@@ -3,7 +3,8 @@
 What a checkpoint folder and an adapter are, and how they are checked and read, is `finetune.twin` (the
 trained-twin contract); this module only builds the model from them. The adapter is merged once at load
 time with litgpt's own `merge_lora_weights`; the server then runs a plain `GPT` (no LoRA branches). With
-`quantize` the base is held in NF4 (`common.nf4`) and the adapter stays on top of it, unmerged.
+`quantize` the base is held in NF4 (`common.nf4`) and the adapter stays on top of it, unmerged; the
+engine's fused NF4 blocks (`serve.blocks_nf4`) repack it once and decode with 4-bit GEMVs.
 
 Imports only torch, litgpt, `common` and the twin contract (the GPU benchmark uses it without the web stack).
 """

@@ -1,6 +1,7 @@
 """The 4-bit GEMVs (`serve.kernels_nf4`) through Triton's interpreter on this CPU (TRITON_INTERPRET=1):
 against `F.linear` on torchao's dequantized weight, and the NF4 fused blocks (`serve.blocks_nf4`, LoRA
-unmerged) of Falcon's and Llama's kind against litgpt's own NF4 + LoRA decoding, through the engine."""
+unmerged) of Falcon's and Llama's kind against litgpt's own NF4 + LoRA decoding, through the engine; the
+same kernel on symmetric int4 with group scales."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from serve.kernels_nf4 import (
     nf4_cat_gemv,
     nf4_gemv,
     nf4_glu_gemv,
+    pack_int4,
     pack_nf4,
     stack_cols,
     stack_rows,
@@ -97,6 +99,7 @@ def test_nf4_gemv_is_linear_on_the_dequantized_weight(
     interpreted: None, n: int, k: int, dq: bool, dtype: torch.dtype
 ) -> None:
     """One token and three (a batched decode step), with bias, LoRA addend, GELU tail and residual."""
+    kernels_nf4.TILE = (16, 256, 4)  # several row tiles, the last one partly empty (monkeypatched)
     q, w = nf4_weight(n, k, dq, dtype)
     packed = pack_nf4(q)
     g = torch.Generator().manual_seed(3)
@@ -137,6 +140,21 @@ def test_gated_and_concatenating_nf4_gemvs(interpreted: None, dtype: torch.dtype
         close(nf4_cat_gemv(x, b, glued, None, residual), expected, dtype)
     with pytest.raises(ValueError, match="a gated GEMV needs"):
         nf4_glu_gemv(x, pack_nf4(qg), None, "silu")  # 37 rows: no [gate; up]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_with_group_scales_runs_on_the_same_kernel(interpreted: None, dtype: torch.dtype) -> None:
+    """Symmetric int4, one scale per 32 columns of a row: within half a step of the weight, and the
+    GEMV equal to `F.linear` on its dequantized weight."""
+    n, k = 37, 96
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(6)).to(dtype)
+    packed = pack_int4(weight, group=32)
+    w = packed.dequantize()
+    step = packed.scales.float().repeat_interleave(32, dim=1)
+    assert ((w.float() - weight.float()).abs() <= step / 2 + 1e-2 * weight.float().abs()).all()
+    for tokens in (1, 2):
+        x = torch.randn(tokens, 1, k, generator=torch.Generator().manual_seed(7)).to(dtype)
+        close(nf4_gemv(x, packed), F.linear(x, w), dtype)
 
 
 def nf4_family_model(family: str, mode: str = "nf4-dq") -> GPT:
