@@ -26,9 +26,13 @@ reproduce; expanded, both modes are one layout and one kernel, and equal torchao
 
 A program takes `BLOCK_N` output rows of one token (programs of the same rows for every token of a step
 run side by side, so the tokens after the first read the codes from L2); the codes are loaded with
-evict-first, the NF4 table and scales stay in L1. Batched steps (2..16 tokens) run the same kernel;
-prefills (longer inputs) dequantize the weight and use `F.linear`. Tests run the kernels on CPU tensors
-through Triton's interpreter.
+evict-first, the NF4 table and scales stay in L1. Compiled for sm_90 (tests compile it), a thread reads
+its 16 bytes of codes a chunk with one vector load (the row's byte count is an argument, so Triton sees
+it divisible by 16), then 32 table and 16 scale gathers from L1: if the kernel falls short of the copy
+bandwidth, those gathers (a 256-entry table of code pairs would halve the table's) and the input's
+conversion to the weights' layout (two barriers a chunk) are where to look. Batched steps (2..16
+tokens) run the same kernel; prefills (longer inputs) dequantize the weight and use `F.linear`. Tests
+run the kernels on CPU tensors through Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -179,17 +183,22 @@ if triton is not None:
     from serve.kernels import _activation
 
     @triton.jit
-    def _input_pairs(x_ptr, x2_ptr, k0, K1, K, HAS_X2: tl.constexpr, BLOCK_KH: tl.constexpr):
-        # one token's input at columns 2 (k0 + i) and 2 (k0 + i) + 1, i < BLOCK_KH: loaded contiguously
-        # (vectorized), then split into the even and the odd columns. input = cat(x[:K1], x2) or x
-        cols = 2 * k0 + tl.arange(0, 2 * BLOCK_KH)
+    def _input_pairs(x_ptr, x2_ptr, j, K1, K, HAS_X2: tl.constexpr):
+        # one token's input at columns 2j and 2j + 1 (input = cat(x[:K1], x2) or x, K1 even), loaded in
+        # j's layout: two strided loads from L1, where one contiguous load split in two cost a layout
+        # conversion through shared memory (16 barriers an iteration in the PTX for sm_90)
+        even = 2 * j
         if HAS_X2:
-            first = tl.load(x_ptr + cols, mask=cols < K1, other=0.0)
-            second = tl.load(x2_ptr + (cols - K1), mask=(cols >= K1) & (cols < K), other=0.0)
-            v = tl.where(cols < K1, first, second)
+            first = tl.load(x_ptr + even, mask=even < K1, other=0.0)
+            second = tl.load(x2_ptr + (even - K1), mask=(even >= K1) & (even < K), other=0.0)
+            a = tl.where(even < K1, first, second)
+            first = tl.load(x_ptr + even + 1, mask=even < K1, other=0.0)
+            second = tl.load(x2_ptr + (even + 1 - K1), mask=(even >= K1) & (even < K), other=0.0)
+            b = tl.where(even < K1, first, second)
         else:
-            v = tl.load(x_ptr + cols, mask=cols < K, other=0.0)
-        return tl.split(tl.reshape(v.to(tl.float32), (BLOCK_KH, 2)))
+            a = tl.load(x_ptr + even, mask=even < K, other=0.0)
+            b = tl.load(x_ptr + even + 1, mask=even < K, other=0.0)
+        return a.to(tl.float32), b.to(tl.float32)
 
     @triton.jit
     def _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows, j, KH, KG, GROUP: tl.constexpr, mask):
@@ -199,7 +208,7 @@ if triton is not None:
         byte = tl.load(codes, mask=mask, other=0, eviction_policy="evict_first")  # read once a step
         hi = (byte >> 4).to(tl.int32)
         lo = (byte & 15).to(tl.int32)
-        scale = tl.load(s_ptr + rows[:, None] * KG + ((2 * j) // GROUP)[None, :], mask=mask, other=0.0)
+        scale = tl.load(s_ptr + rows[:, None] * KG + (j // (GROUP // 2))[None, :], mask=mask, other=0.0)
         scale = scale.to(tl.float32)
         w_hi = (tl.load(table_ptr + hi).to(tl.float32) * scale).to(dtype).to(tl.float32)
         w_lo = (tl.load(table_ptr + lo).to(tl.float32) * scale).to(dtype).to(tl.float32)
@@ -220,6 +229,7 @@ if triton is not None:
         N,
         K1,
         K,
+        KH,
         KG,
         act_from,
         GROUP: tl.constexpr,
@@ -241,7 +251,6 @@ if triton is not None:
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         dtype = y_ptr.dtype.element_ty
-        KH = K // 2
         x_row = x_ptr + m * K1
         x2_row = x2_ptr + m * (K - K1)
         acc = tl.zeros([BLOCK_N, BLOCK_KH], dtype=tl.float32)
@@ -249,7 +258,7 @@ if triton is not None:
         for k0 in range(0, KH, BLOCK_KH):
             j = k0 + tl.arange(0, BLOCK_KH)  # byte of a row: columns 2j, 2j + 1
             mask = row_mask[:, None] & (j < KH)[None, :]
-            a, b = _input_pairs(x_row, x2_row, k0, K1, K, HAS_X2, BLOCK_KH)
+            a, b = _input_pairs(x_row, x2_row, j, K1, K, HAS_X2)
             w_hi, w_lo = _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows, j, KH, KG, GROUP, mask)
             acc += w_hi * a[None, :] + w_lo * b[None, :]
             if GLU:
@@ -324,6 +333,7 @@ def _launch(
         N,
         k1,
         K,
+        K // 2,  # bytes a row: an argument, so Triton sees it divisible by 16 and vectorizes the loads
         K // weight.group,
         0 if act_from is None else act_from,
         GROUP=weight.group,

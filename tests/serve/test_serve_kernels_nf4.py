@@ -1,13 +1,17 @@
 """The 4-bit GEMVs (`serve.kernels_nf4`) through Triton's interpreter on this CPU (TRITON_INTERPRET=1):
 against `F.linear` on torchao's dequantized weight, and the NF4 fused blocks (`serve.blocks_nf4`, LoRA
 unmerged) of Falcon's and Llama's kind against litgpt's own NF4 + LoRA decoding, through the engine; the
-same kernel on symmetric int4 with group scales."""
+same kernel on symmetric int4 with group scales; and the kernel compiled for an H200 (sm_90) by Triton's
+own compiler, which the interpreter never runs."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +208,57 @@ def test_nf4_fused_blocks_decode_what_litgpt_decodes(interpreted: None, family: 
     outs, engine = engine_greedy_tokens(reference, n, compile=False)
     assert engine.runner is not None and engine.runner.fused_blocks == reference.config.n_layer
     assert outs == [litgpt_greedy(reference, prompt, n) for prompt in ENGINE_PROMPTS]
+
+
+COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from serve.kernels_nf4 import _nf4_gemv_kernel
+
+ints = ["M", "N", "K1", "K", "KH", "KG", "act_from"]
+aligned = ["N", "K1", "K", "KH", "KG"]  # what Triton sees at Falcon-7B's and Llama-3.1-8B's shapes
+for variant in [
+    dict(HAS_X2=False, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=False, HAS_RES=False),
+    dict(HAS_X2=False, ACT=3, GLU=True, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
+    dict(HAS_X2=True, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=True, HAS_RES=True),
+    dict(HAS_X2=False, ACT=1, GLU=False, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
+]:
+    names = list(_nf4_gemv_kernel.arg_names)
+    consts = dict(GROUP=64, BLOCK_N=4, BLOCK_KH=512, **variant)
+    signature = {
+        n: "constexpr" if n in consts else "i32" if n in ints else "*u8" if n == "q_ptr" else "*bf16"
+        for n in names
+    }
+    attrs = {
+        (names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned
+    }
+    constexprs = {(names.index(n),): v for n, v in consts.items()}
+    source = ASTSource(_nf4_gemv_kernel, signature, constexprs, attrs)
+    options = {"num_warps": 4, "num_stages": 3}
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    # the codes: one 16-byte load a thread a chunk, evict-first
+    print(kernel.asm["ptx"].count("ld.global.L1::evict_first.L2::cache_hint.v4.b32"))
+"""
+
+
+def test_the_kernel_compiles_for_an_h200(tmp_path: Path) -> None:
+    """Every fold of the kernel through Triton's compiler to sm_90 PTX (no GPU needed), each reading its
+    codes with 16-byte vector loads — the interpreter runs none of that."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile, not a cached kernel
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_SM90],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode and "ptxas" in proc.stderr.lower():
+        pytest.skip(f"no ptxas for sm_90 here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [int(line) for line in proc.stdout.split()]
+    assert len(counts) == 4 and all(c >= 1 for c in counts), counts
