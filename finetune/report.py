@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
 from common.files import make_private_dir, write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
 from finetune.errors import UserError
-from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
+from finetune.evaluate import generate_replies, load_lora_model, lora_off, merge, reply_perplexity
+from finetune.findings import Findings
 from finetune.forgetting import GOAL_RATIO, Forgetting, compare, load_general_set, measure_side
 from finetune.metrics import read_rows
 from finetune.quality import MIN_PER_CLASS, QualityRow, compare_contestants, fit_attributor, to_markdown
@@ -114,31 +115,6 @@ class ReportArgs:
             problems.append(f"--device must be auto, cuda or cpu (got {self.device!r})")
         if problems:
             raise UserError("; ".join(problems))
-
-
-@dataclass
-class Findings:
-    """Everything measured; report.json is this as JSON."""
-
-    base: Perplexity
-    twin: Perplexity
-    style: dict[str, StyleStats]
-    samples: list[dict[str, str]]
-    loss_rows: list[dict[str, float | None]]
-    val_records: int
-    seconds: float
-    quality: list[QualityRow] = field(default_factory=list)
-    """Attribution and discrimination of the real, twin and base replies (finetune.quality)."""
-    quality_note: str = ""
-    """Why `quality` is empty, when it is."""
-    forgetting: Forgetting | None = None
-    """General-text perplexity and answers of the base and the twin (None: `--no-forgetting`)."""
-    twin_memory: Perplexity | None = None
-    """Held-out perplexity of the twin with retrieved memories in its prompts (None: memory left out)."""
-    memory_k: int = 0
-    """Memories shown per prompt to "twin + memory" (0: not measured)."""
-    drafts: dict[str, Any] | None = None
-    """`reply.feedback.draft_stats` of the feedback file (None: no file)."""
 
 
 # ------------------------------------------------------------------------------------------- measuring

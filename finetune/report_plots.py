@@ -12,8 +12,8 @@ from finetune.style import RATE_LABELS
 from finetune.summary import ATTRIBUTION_GOAL, DISCRIMINATION_GOAL
 
 if TYPE_CHECKING:
+    from finetune.findings import Findings
     from finetune.quality import QualityRow
-    from finetune.report import Findings
 
 COLORS = {
     "real": "tab:green",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +27,7 @@ import orjson
 
 from common.files import write_private_atomic
 from prepare.prompt import MAX_TURN_CHARS, Prompter, clip_text, record_turns
-from prepare.records import Record, Turn
+from prepare.records import Exchange, Record, Turn
 
 if TYPE_CHECKING:
     import bm25s
@@ -56,14 +55,6 @@ def _stopwords() -> tuple[str, ...]:
     from bm25s.stopwords import STOPWORDS_EN, STOPWORDS_RUSSIAN
 
     return (*STOPWORDS_EN, *STOPWORDS_RUSSIAN)
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One past exchange: what the partner said, what the person replied."""
-
-    message: str
-    reply: str
 
 
 def memory_query(context: Sequence[Turn], instruction: str) -> str:

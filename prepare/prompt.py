@@ -31,15 +31,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 # the chat-template renderer is this module's own part; finetune and serve import it through here
 from prepare.chat_template import ChatTemplate, ChatTemplateError
 from prepare.chat_template import special_tokens_of as special_tokens_of
-from prepare.records import Record, Speaker, Turn
-
-if TYPE_CHECKING:  # prepare.memory imports this module; here only its record type is named
-    from prepare.memory import Exchange
+from prepare.records import Exchange, Record, Speaker, Turn
 
 ME_LABEL = "Me"
 DEFAULT_PARTNER = "Friend"

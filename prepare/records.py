@@ -31,6 +31,15 @@ class Turn:
     text: str
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One past exchange: what the partner said, what the person replied (`prepare.memory` retrieves
+    them into prompts)."""
+
+    message: str
+    reply: str
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One reply of the person, with what it answers and the conversation before it."""
