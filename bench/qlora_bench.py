@@ -65,6 +65,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from litgpt.lora import GPT, Block, Config, LoRALinear, mark_only_lora_as_trainable  # noqa: E402
+from litgpt.model import RMSNorm  # noqa: E402
 
 from common.nf4 import (  # noqa: E402
     NF4Linear,
@@ -127,6 +128,8 @@ def init_rest(model: GPT, device: torch.device) -> None:
             if isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):  # Llama's (to_empty left it uninitialized: NaN logits)
+                nn.init.ones_(module.weight)
             elif isinstance(module, nn.Linear | nn.Embedding):
                 module.weight.normal_(0.0, 0.02)
                 bias = getattr(module, "bias", None)
@@ -393,6 +396,24 @@ def step_bytes(model: nn.Module) -> int:
     )
 
 
+def check_step(model: GPT, prompt: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """The served model (fused, after the engine ran) on `prompt`: 7 tokens prefilled, the 8th a batch-1
+    decode step (its kernels, eager) — its logits against litgpt's forward over the 8 (`reference`)."""
+    from serve.generate import decode_logits, prefill, uses_kernels
+
+    ones = torch.ones(1, device=prompt.device)
+    with torch.inference_mode():
+        prefill(model, prompt[:7], 0, ones, ones)
+        position = torch.full((1, 1), 7, dtype=torch.int64, device=prompt.device)
+        got = decode_logits(model, prompt[7:].view(1, 1), position)[0]
+    return {
+        "kernels": uses_kernels(model),
+        "logits_max_abs_diff": round((got - reference).abs().max().item(), 6),
+        "logits_max_abs": round(reference.abs().max().item(), 3),
+        "same_argmax": bool(got.argmax() == reference.argmax()),
+    }
+
+
 def plain_config(config: Config) -> Any:
     """The same model without LoRA: litgpt's plain Config (what the bf16 server runs, adapter merged)."""
     from dataclasses import asdict
@@ -428,7 +449,11 @@ def serve_nf4_rows(args: argparse.Namespace, fabric: L.Fabric, dtype: torch.dtyp
                     model = build(fabric, config, mode, dtype).model
                     set_variant(model, compiled_dequant=False, checkpointing=False, compiled_blocks=False)
                     strip_unused_lora(model)
+                prompt = torch.randint(1, config.vocab_size, (8,), device=device)
+                with torch.inference_mode():  # litgpt's own forward, before the engine fuses the model
+                    reference = model.eval()(prompt[None])[0, -1, : config.vocab_size].float()
                 measured = engine_decode(model, args.prompt_tokens, args.new_tokens, device)
+                measured["check"] = check_step(model, prompt, reference)
                 nbytes = step_bytes(model)  # after the engine fused it: what its steps read
                 measured["step_weight_gb"] = round(nbytes / 1e9, 3)
                 measured["ceiling_tokens_per_s"] = round(bandwidth / nbytes, 1)
