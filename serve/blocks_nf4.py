@@ -24,7 +24,7 @@ from torch import nn
 
 from common.nf4 import NF4Linear
 from serve import kernels_nf4
-from serve.generate import FusedBlock
+from serve.fused import FusedBlock
 from serve.kernels_nf4 import PackedNF4, nf4_cat_gemv, nf4_gemv, nf4_glu_gemv, pack_nf4, use_nf4_gemv
 
 

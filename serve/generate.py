@@ -50,7 +50,8 @@ from litgpt.model import (
 )
 from torch import nn
 
-from serve import kernels
+from serve import blocks_nf4, kernels
+from serve.fused import FusedBlock
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +169,6 @@ class DecodeAttention(CausalSelfAttention):
 
 # litgpt's LoRA attention too: an NF4 base is served with the adapter unmerged (`--quantize`)
 SERVABLE_ATTENTION = (CausalSelfAttention, lora.CausalSelfAttention)
-
-
-class FusedBlock(nn.Module):
-    """A litgpt `Block` computed with fewer, larger matmuls (`ParallelBlock`, `SequentialBlock`)."""
-
-    gemv: bool
-    """One-token steps on a GPU run `serve.kernels`' GEMVs (set when the block is built;
-    `select_kernels` switches it)."""
 
 
 class ParallelBlock(FusedBlock):
@@ -322,8 +315,6 @@ def fusion_for(block: nn.Module) -> tuple[type[FusedBlock] | None, str]:
     Block (no LoRA, no NF4) without extra norms around attention and MLP, either parallel-residual with
     one shared norm and a GELU MLP (Falcon) or sequential-residual with a gated MLP (Llama's kind). A
     block over an NF4 base (LoRA or not) gets its NF4 counterpart (`serve.blocks_nf4`)."""
-    from serve import blocks_nf4  # imports this module (FusedBlock)
-
     if blocks_nf4.holds_nf4(block):
         return blocks_nf4.fusion_for(block)
     if type(block) is not Block:
