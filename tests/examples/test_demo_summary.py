@@ -23,7 +23,7 @@ def row(name: str, share: float, told: float) -> QualityRow:
 def test_the_demo_prints_the_summary_and_where_the_report_is(
     demo: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Figures like the demo twin's (an earlier run): attribution and discrimination met, forgetting missed."""
+    """Figures like an earlier demo twin's: attribution and discrimination met, forgetting missed."""
     replies = {"real": ["ок))"], "twin": ["да"], "base": ["Hello."], "prompted base": ["ок"]}
     quality = [row("real", 1.0, 0.5), row("twin", 1.0, 0.17), row("base", 0.0, 0.96)]
     quality.append(row("prompted base", 0.92, 0.71))
