@@ -33,4 +33,4 @@ class Findings:
     memory_k: int = 0
     """Memories shown per prompt to "twin + memory" (0: not measured)."""
     drafts: dict[str, Any] | None = None
-    """`reply.feedback.draft_stats` of the feedback file (None: no file)."""
+    """`prepare.feedback.draft_stats` of the feedback file (None: no file)."""

@@ -219,10 +219,10 @@ def recall(args: ReportArgs, trained_k: int, train: Sequence[Record]) -> tuple[M
 
 
 def read_drafts(path: Path | None) -> dict[str, Any] | None:
-    """How `make reply`'s drafts fared (reply.feedback.draft_stats), or None without a feedback file."""
+    """How `make reply`'s drafts fared (prepare.feedback.draft_stats), or None without a feedback file."""
     if path is None or not Path(path).is_file():
         return None
-    from reply.feedback import draft_stats
+    from prepare.feedback import draft_stats
 
     try:
         return {"file": str(path), **draft_stats(path)}

@@ -245,7 +245,7 @@ def load_feedback(config: PrepareConfig, raw_records: list[Record]) -> FeedbackL
     """The sent replies of `config.feedback` as records, built by training's rules: cleaned, scrubbed,
     the context capped by `cap_turns` with this run's caps. A reply the raw chats already hold (same chat,
     same reply text: `make collect` ran since) is left out, so no reply counts twice."""
-    from reply.feedback import SENT, read_feedback
+    from prepare.feedback import SENT, read_feedback
 
     counts: Counter[str] = Counter({"records": 0, "not_sent": 0, "duplicates": 0, "skipped": 0})
     scrubbed: Counter[str] = Counter()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from collect.errors import CollectError
 from common.cli import parse_settings, run, run_function
+from prepare.feedback import draft_stats
 from reply.errors import ReplyError
-from reply.feedback import draft_stats
 from reply.settings import FEEDBACK_FILE, ReplySettings
 
 PROG = "python -m reply"

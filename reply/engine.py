@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from telethon.tl import types
 
 from common.files import make_private_dir
+from prepare.feedback import Feedback, Outcome, append_feedback, classify, normalize
 from prepare.records import Turn
 from reply.actions import TelegramActions, TelegramUnavailable, chat_link
 from reply.conversation import (
@@ -47,7 +48,6 @@ from reply.conversation import (
     split_reply,
     typing_delay,
 )
-from reply.feedback import Feedback, Outcome, append_feedback, classify, normalize
 from reply.limits import Clock, RateLimiter
 from reply.settings import ReplySettings, in_quiet_hours, parse_quiet_hours
 from reply.twin import TwinServerError

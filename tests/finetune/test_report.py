@@ -17,7 +17,7 @@ from finetune.evaluate import load_lora_model, lora_off, merge
 from finetune.metrics import read_rows
 from finetune.report import main
 from finetune.style import style_stats
-from reply.feedback import Feedback, append_feedback
+from prepare.feedback import Feedback, append_feedback
 
 
 def test_style_stats_counts_what_it_says() -> None:

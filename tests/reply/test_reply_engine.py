@@ -16,9 +16,9 @@ from reply_fake import ME, FakeClient, FakeClock, FakeEvent, FakeTwin, message, 
 from telethon import errors, events
 from telethon.tl import functions, types
 
+from prepare.feedback import draft_stats, read_feedback
 from reply.actions import TelegramActions
 from reply.engine import Replier
-from reply.feedback import draft_stats, read_feedback
 from reply.listen import register
 from reply.settings import ReplySettings
 

@@ -10,9 +10,9 @@ import pytest
 
 from collect.records import RawMessage
 from prepare.__main__ import cli as prepare_cli
+from prepare.feedback import Feedback, append_feedback, classify, draft_stats, read_feedback
 from prepare.records import Turn, read_records
 from reply.cli import main as reply_main
-from reply.feedback import Feedback, append_feedback, classify, draft_stats, read_feedback
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 

@@ -1,4 +1,5 @@
-"""What the person did with each twin draft: the feedback file `reply` writes and `prepare` reads.
+"""What the person did with each twin draft: the feedback file `reply` writes and `prepare` reads (its
+format lives here, with the other records prepare reads and writes).
 
 One JSON object a line (owner-only, documented in docs/reply.md):
 `{"version": 1, "source": "reply", "outcome": "unchanged" | "edited" | "replaced" | "discarded" |
