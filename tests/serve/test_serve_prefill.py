@@ -196,7 +196,7 @@ CHILD = textwrap.dedent(
     checkpoint, cache = sys.argv[1], sys.argv[2]
     engine = Engine(
         partial(load_model, Path(checkpoint), None, torch.device("cpu"), torch.float32),
-        EngineConfig(max_batch_size=2, max_seq_length=32, warmup_prompt_tokens=8, compile=True,
+        EngineConfig(max_batch_size=1, max_seq_length=32, warmup_prompt_tokens=8, compile=True,
                      compile_cache_dir=cache),
     )
     engine.start()
