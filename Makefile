@@ -92,7 +92,7 @@ reply: $(STAMP) ## twin drafts in your Telegram chats (needs make serve running;
 ui: $(STAMP) ## the chat page on 127.0.0.1:8501 (server: TWIN_API_URL + TWIN_API_KEY; TWIN_UI_HOST=0.0.0.0 shares it)
 	$(PY) -m ui
 
-demo: $(STAMP) ## sample chats -> LoRA on the embedded SmolLM2 -> report -> twin vs base replies (CPU, ~6 min)
+demo: $(STAMP) ## sample chats -> LoRA on the embedded SmolLM2 -> report -> twin vs base replies (CPU, ~7 min)
 	$(PY) scripts/demo.py
 
 export: $(STAMP) ## the twin as a Hugging Face model (FORMAT=merged) or PEFT adapter (FORMAT=peft) into HF_OUT
