@@ -24,9 +24,12 @@ Inductor's.)
   key and value load), where two matmuls and a softmax were three kernels a layer over the whole cache.
 
 Rounding follows the unfused modules (the matmul output and the activation output are rounded to the
-activation dtype where the eager model rounds them). Used only for a single token on
-a CUDA device (`use_gemv`); everything else takes `F.linear`. Tests run them on CPU tensors through
-Triton's interpreter (`TRITON_INTERPRET=1` and `cpu_interpreter`).
+activation dtype where the eager model rounds them). The GEMVs also take an optional per-token addend
+(an unmerged LoRA adapter's `x A^T B^T`, e.g. from `serve.kernels_lora`), added to the rounded linear
+output and rounded again, as litgpt's LoRA layer rounds `base(x) + lora(x)`, before the activation and
+the residual. Used only for a single token on a CUDA device (`use_gemv`); everything else takes
+`F.linear`. Tests run them on CPU tensors through Triton's interpreter (`TRITON_INTERPRET=1` and
+`cpu_interpreter`).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ if triton is not None:
         x2_ptr,
         w_ptr,
         bias_ptr,
+        add_ptr,
         res_ptr,
         y_ptr,
         N,
@@ -111,13 +115,15 @@ if triton is not None:
         ACT: tl.constexpr,
         GLU: tl.constexpr,
         HAS_BIAS: tl.constexpr,
+        HAS_ADD: tl.constexpr,
         HAS_RES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        # y[rows] = W[rows, :] @ input (+ bias), act'd from row act_from on, (+ res);
-        # input = cat(x[:K1], x2[:K - K1]) or x. GLU: W has 2N rows [gate; up] and
-        # y[rows] = act(W[rows] @ input + bias[rows]) * (W[N + rows] @ input + bias[N + rows]) (+ res)
+        # y[rows] = W[rows, :] @ input (+ bias) (+ add[rows]), act'd from row act_from on, (+ res);
+        # input = cat(x[:K1], x2[:K - K1]) or x. GLU: W has 2N rows [gate; up], add 2N values, and
+        # y[rows] = act(W[rows] @ input + bias[rows] (+ add[rows]))
+        #           * (W[N + rows] @ input + bias[N + rows] (+ add[N + rows])) (+ res)
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
@@ -153,11 +159,17 @@ if triton is not None:
         if HAS_BIAS:
             y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
         y = y.to(dtype).to(tl.float32)  # the linear layer's output, rounded as the module rounds it
+        if HAS_ADD:
+            y += tl.load(add_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+            y = y.to(dtype).to(tl.float32)  # `base(x) + lora(x)`, rounded as litgpt's LoRA layer does
         if GLU:
             up = tl.sum(acc_up, axis=1)
             if HAS_BIAS:
                 up += tl.load(bias_ptr + N + rows, mask=row_mask, other=0.0).to(tl.float32)
             up = up.to(dtype).to(tl.float32)
+            if HAS_ADD:
+                up += tl.load(add_ptr + N + rows, mask=row_mask, other=0.0).to(tl.float32)
+                up = up.to(dtype).to(tl.float32)
             # act(gate) rounded as the activation module rounds it, then the product rounded
             y = _activation(y, ACT).to(dtype).to(tl.float32) * up
             y = y.to(dtype).to(tl.float32)
@@ -397,6 +409,7 @@ def _launch(
     activation: str | None = None,
     glu: bool = False,
     residual: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
     rows, K = weight.shape
     N = rows // 2 if glu else rows
@@ -410,6 +423,12 @@ def _launch(
         raise ValueError(f"an input of {k1} + {k2} values for a {rows}x{K} weight")
     if glu and (rows % 2 or activation is None):
         raise ValueError(f"a gated GEMV needs an activation and a [gate; up] weight, not {rows}x{K}")
+    if add is not None:
+        add = add.reshape(-1)
+        if add.numel() != rows:
+            raise ValueError(f"an addend of {add.numel()} values for a {rows}x{K} weight")
+        if not add.is_contiguous():
+            add = add.contiguous()
     y = torch.empty(N, device=x.device, dtype=x.dtype)
     block_n, block_k, warps = gemv_tile(K, glu)
     _gemv_kernel[(triton.cdiv(N, block_n),)](
@@ -417,6 +436,7 @@ def _launch(
         x2 if x2 is not None else x,  # pointers a variant does not read
         weight,
         bias if bias is not None else x,
+        add if add is not None else x,
         residual.reshape(-1) if residual is not None else x,
         y,
         N,
@@ -427,6 +447,7 @@ def _launch(
         ACT=0 if activation is None else ACTIVATIONS[activation],
         GLU=glu,
         HAS_BIAS=bias is not None,
+        HAS_ADD=add is not None,
         HAS_RES=residual is not None,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
@@ -443,23 +464,35 @@ def gemv(
     gelu_from: int | None = None,
     approximate: str = "none",
     residual: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias) (+ residual)` for one token; with `gelu_from`, output features from
-    that index on go through `F.gelu(..., approximate=approximate)` (before the residual)."""
+    """`F.linear(x, weight, bias) (+ add) (+ residual)` for one token; with `gelu_from`, output features
+    from that index on go through `F.gelu(..., approximate=approximate)` (after `add`, before the
+    residual). `add`: a per-token addend of the output's width (an unmerged LoRA adapter's delta)."""
     activation = None if gelu_from is None else "gelu_tanh" if approximate == "tanh" else "gelu"
-    return _launch(x, weight, bias, act_from=gelu_from, activation=activation, residual=residual)
+    return _launch(x, weight, bias, act_from=gelu_from, activation=activation, residual=residual, add=add)
 
 
 def glu_gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "silu"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "silu",
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`act(gate) * up` with `gate, up = F.linear(x, weight, bias).chunk(2, -1)` for one token: a gated
-    MLP's first half (`activation` one of ACTIVATIONS: silu for SwiGLU, gelu/gelu_tanh for GeGLU)."""
-    return _launch(x, weight, bias, activation=activation, glu=True)
+    """`act(gate) * up` with `gate, up = (F.linear(x, weight, bias) (+ add)).chunk(2, -1)` for one token:
+    a gated MLP's first half (`activation` one of ACTIVATIONS: silu for SwiGLU, gelu/gelu_tanh for
+    GeGLU); `add` has the stacked weight's 2N values, `[gate; up]`."""
+    return _launch(x, weight, bias, activation=activation, glu=True, add=add)
 
 
 def cat_gemv(
-    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+    a: torch.Tensor,
+    b: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`F.linear(cat(a, b), weight, bias) + residual` for one token."""
-    return _launch(a, weight, bias, x2=b, residual=residual)
+    """`F.linear(cat(a, b), weight, bias) (+ add) + residual` for one token."""
+    return _launch(a, weight, bias, x2=b, residual=residual, add=add)

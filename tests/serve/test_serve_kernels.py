@@ -92,6 +92,33 @@ def test_gated_and_residual_gemvs_compute_what_the_modules_compute(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_gemvs_add_a_per_token_addend_before_the_activation(interpreted: None, dtype: torch.dtype) -> None:
+    """An unmerged LoRA adapter's delta added to the linear output (rounded as `base(x) + lora(x)`),
+    before the GELU tail, the gated product (a 2N-wide `[gate; up]` addend) and the residual."""
+    torch.manual_seed(0)
+    n, c, i = 37, 600, 1100  # no multiples of the 4 x 512 tile: the masks matter
+    x = torch.randn(1, 1, c, dtype=dtype)
+    w, b = torch.randn(2 * n, c, dtype=dtype) / 10, torch.randn(2 * n, dtype=dtype)
+    add, residual = torch.randn(1, 1, 2 * n, dtype=dtype), torch.randn(1, 1, n, dtype=dtype)
+    close(kernels.gemv(x, w, b, add=add), F.linear(x, w, b) + add, dtype)
+    for approximate in ("none", "tanh"):
+        y = F.linear(x, w[:n], b[:n]) + add[..., :n]
+        expected = torch.cat((y[..., :15], F.gelu(y[..., 15:], approximate=approximate)), dim=-1) + residual
+        got = kernels.gemv(x, w[:n], b[:n], 15, approximate, residual, add[..., :n])
+        close(got, expected, dtype)
+    small = x / 8  # gate and up near 1: an ulp of a bf16 gate moves act(gate) * up by an ulp, not by ten
+    for bias in (None, b):
+        gate, up = (F.linear(small, w, bias) + add).chunk(2, dim=-1)
+        close(kernels.glu_gemv(small, w, bias, "silu", add=add), F.silu(gate) * up, dtype)
+    heads, act = torch.randn(1, 1, c, dtype=dtype), torch.randn(1, 1, i, dtype=dtype)
+    w2 = torch.randn(n, c + i, dtype=dtype)
+    expected = F.linear(torch.cat((heads, act), -1), w2, b[:n]) + add[..., :n] + residual
+    close(kernels.cat_gemv(heads, act, w2, b[:n], residual, add=add[..., :n]), expected, dtype)
+    with pytest.raises(ValueError, match="an addend of 37 values for a 74x600 weight"):
+        kernels.glu_gemv(x, w, b, "silu", add=add[..., :n])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("groups", "per_group", "hs"), [(2, 20, 32), (2, 4, 128), (3, 1, 16)])
 def test_decode_attention_matches_masked_softmax_attention(
     interpreted: None, dtype: torch.dtype, groups: int, per_group: int, hs: int

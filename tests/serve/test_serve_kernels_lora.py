@@ -1,0 +1,154 @@
+"""Gathered multi-LoRA (`serve.kernels_lora`): the shrink and expand kernels through Triton's interpreter
+on this CPU (TRITON_INTERPRET=1) against the gather + bmm reference, the torch path of long inputs, and
+that each token row goes through its own adapter; and both kernels compiled for an H200 (sm_90) by
+Triton's own compiler, which the interpreter never runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from serve import kernels, kernels_lora
+from serve.kernels_lora import lora_delta, lora_delta_reference, use_lora_kernels
+
+pytest.importorskip("triton")
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture
+def interpreted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kernels on CPU tensors, through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET)."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it before triton is imported"
+    monkeypatch.setattr(kernels, "cpu_interpreter", True)
+    yield
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    # bf16: both round the intermediate where F.linear does, but sum in another order (1-2 ulps)
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.07, "rtol": 0.02}
+    torch.testing.assert_close(actual.float(), expected.float(), **tol)
+
+
+def adapters(
+    slots: int, rank: int, k: int, n: int, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked adapters A (S, R, K), B (S, N, R) with slot 0 zero (the base model)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(slots, rank, k, generator=g) / k**0.5
+    B = torch.randn(slots, n, rank, generator=g)
+    A[0], B[0] = 0, 0
+    return A.to(dtype), B.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", [8, 12])
+def test_kernels_compute_the_gathered_reference(interpreted: None, dtype: torch.dtype, rank: int) -> None:
+    """One token, a few and a full bucket, adapters mixed (slot 0's rows zero); K and N ragged against the
+    tiles (512-wide K chunks, 64 outputs a program) and R not a power of two at 12."""
+    k, n = 600, 100
+    A, B = adapters(4, rank, k, n, dtype)
+    g = torch.Generator().manual_seed(1)
+    for m in (1, 3, 16):
+        x = torch.randn(m, k, generator=g).to(dtype)
+        index = torch.randint(0, 4, (m,), generator=g)
+        index[0] = 0
+        assert use_lora_kernels(x)
+        got = lora_delta(x, A, B, index)
+        assert got.shape == (m, n) and got.dtype == dtype
+        close(got, lora_delta_reference(x, A, B, index), dtype)
+        assert torch.equal(got[0], torch.zeros(n, dtype=dtype))  # slot 0: the base model, no delta
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_index_picks_each_rows_adapter(interpreted: None, dtype: torch.dtype) -> None:
+    """Rows through different adapters differ; rows all through adapter s equal that adapter alone as two
+    `F.linear` calls (kernels and torch path)."""
+    k, n, rank = 96, 40, 8
+    A, B = adapters(3, rank, k, n, dtype)
+    x = torch.randn(1, k).to(dtype).expand(4, k).contiguous()  # the same token four times
+    got = lora_delta(x, A, B, torch.tensor([1, 2, 1, 2]))
+    assert torch.equal(got[0], got[2]) and torch.equal(got[1], got[3])
+    assert not torch.allclose(got[0].float(), got[1].float(), atol=0.1)
+    x = torch.randn(5, k).to(dtype)
+    for s in (1, 2):
+        expected = F.linear(F.linear(x, A[s]), B[s])
+        close(lora_delta(x, A, B, torch.full((5,), s)), expected, dtype)
+        close(lora_delta_reference(x, A, B, torch.full((5,), s)), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_inputs_take_the_torch_path(
+    interpreted: None, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prefill's rows (more than MAX_TOKENS) and a rank over MAX_RANK: torch ops, the reference's
+    values."""
+    k, n = 72, 50
+    A, B = adapters(5, 12, k, n, dtype)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4096, k, generator=g).to(dtype)
+    index = torch.randint(0, 5, (4096,), generator=g)
+    assert not use_lora_kernels(x)
+    close(lora_delta(x, A, B, index), lora_delta_reference(x, A, B, index), dtype)
+    monkeypatch.setattr(kernels_lora, "MAX_RANK", 8)  # R = 12 past it: the torch path for 3 tokens
+    close(lora_delta(x[:3], A, B, index[:3]), lora_delta_reference(x[:3], A, B, index[:3]), dtype)
+
+
+def test_no_kernels_off_the_interpreter_on_cpu() -> None:
+    assert not use_lora_kernels(torch.randn(2, 8))  # CPU tensors without the interpreter's flag
+
+
+def test_bad_shapes_are_refused() -> None:
+    A, B = adapters(2, 4, 16, 8, torch.float32)
+    with pytest.raises(ValueError, match="want x \\(M, K\\)"):
+        lora_delta(torch.randn(3, 15), A, B, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="an index of shape \\(2,\\) for 3 token rows"):
+        lora_delta(torch.randn(3, 16), A, B, torch.zeros(2, dtype=torch.long))
+
+
+COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from serve.kernels_lora import EXPAND_TILE, SHRINK_TILE, _expand_kernel, _shrink_kernel
+
+for kernel, consts, warps in [
+    (_shrink_kernel, dict(BLOCK_R=SHRINK_TILE[0], BLOCK_K=SHRINK_TILE[1]), SHRINK_TILE[2]),
+    (_expand_kernel, dict(BLOCK_N=EXPAND_TILE[0], BLOCK_R=16), EXPAND_TILE[1]),
+]:
+    names = list(kernel.arg_names)
+    pointer = {n: "*i64" if n == "index_ptr" else "*bf16" for n in names if n.endswith("_ptr")}
+    signature = {n: "constexpr" if n in consts else pointer.get(n, "i32") for n in names}
+    constexprs = {(names.index(n),): v for n, v in consts.items()}
+    source = ASTSource(kernel, signature, constexprs, {})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    print(len(compiled.asm["ptx"]))
+"""
+
+
+def test_the_kernels_compile_for_an_h200(tmp_path: Path) -> None:
+    """The shrink and expand kernels through Triton's compiler to sm_90 (no GPU needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile, not a cached kernel
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_SM90],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode and "ptxas" in proc.stderr.lower():
+        pytest.skip(f"no ptxas for sm_90 here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sizes = [int(line) for line in proc.stdout.split()]
+    assert len(sizes) == 2 and all(size > 0 for size in sizes), sizes
