@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.routes import chat, meta
+from serve.routes import admin, chat, meta
 from serve.service import TwinService, build_service
 from serve.settings import Settings, get_settings, startup_warnings
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(meta.router)
     app.include_router(chat.router)
+    app.include_router(admin.router)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, server_error)

@@ -26,57 +26,7 @@ from common.nf4 import NF4Linear
 from serve import kernels_nf4
 from serve.fused import FusedBlock
 from serve.kernels_nf4 import PackedNF4, nf4_cat_gemv, nf4_gemv, nf4_glu_gemv, pack_nf4, use_nf4_gemv
-
-
-class LowRank(nn.Module):
-    """A LoRA adapter's update as `F.linear(F.linear(x, A), B)`: A (R, K), B (N, R), scaling in B."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-
-    def __init__(self, A: torch.Tensor, B: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("A", A.detach().contiguous())
-        self.register_buffer("B", B.detach().contiguous())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.A), self.B)  # (..., R) then (..., N)
-
-    @classmethod
-    def of(cls, layer: nn.Module) -> LowRank | None:
-        """The update of a litgpt LoRA layer (`LoRALinear`, or `LoRAQKVLinear` with its q/k/v parts), or
-        None where it has none (r = 0, no part enabled, merged)."""
-        if not isinstance(layer, lora.LoRALinear) or layer.r == 0 or layer.merged:
-            return None
-        A, B = layer.lora_A.detach(), layer.lora_B.detach() * layer.scaling
-        if not isinstance(layer, lora.LoRAQKVLinear):
-            return cls(A, B)
-        if not any(layer.enable_lora):
-            return None
-        # part j of the enabled q/k/v reads rows [j r, (j + 1) r) of A (litgpt's grouped conv1d) and
-        # writes its output features (`lora_ind`, litgpt's zero_pad): B block-diagonal, zero elsewhere
-        r, index = layer.r, layer.lora_ind
-        full = B.new_zeros(layer.linear.out_features, A.size(0))
-        start = 0
-        for j, size in enumerate(layer.qkv_shapes):
-            full[index[start : start + size], j * r : (j + 1) * r] = B[start : start + size]
-            start += size
-        return cls(A, full)
-
-    @classmethod
-    def stack_rows(cls, a: LowRank | None, n_a: int, b: LowRank | None, n_b: int) -> LowRank | None:
-        """The update of `cat(a(x), b(x))` (outputs n_a then n_b), None where neither has one."""
-        if a is None and b is None:
-            return None
-        A_parts = [p.A for p in (a, b) if p is not None]
-        ref = A_parts[0]
-        r_a, r_b = (0 if p is None else p.A.size(0) for p in (a, b))
-        B = ref.new_zeros(n_a + n_b, r_a + r_b)
-        if a is not None:
-            B[:n_a, :r_a] = a.B
-        if b is not None:
-            B[n_a:, r_a:] = b.B
-        return cls(torch.cat(A_parts), B)
+from serve.low_rank import LowRank
 
 
 class PackedLinear(nn.Module):

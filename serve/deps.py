@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, the service, the API-key check, and the JSON content-type check."""
+"""FastAPI dependencies: settings, the service, the API-key and admin-key checks, and the JSON
+content-type check."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def get_service(request: Request) -> TwinService:
 ServiceDep = Annotated[TwinService, Depends(get_service)]
 
 _bearer = HTTPBearer(auto_error=False, description="the server's TWIN_API_KEY, when it has one")
+_admin_bearer = HTTPBearer(
+    auto_error=False, scheme_name="AdminKey", description="the server's TWIN_ADMIN_KEY (admin endpoints)"
+)
 
 
 def require_api_key(
@@ -36,6 +40,28 @@ def require_api_key(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="missing or wrong API key: send 'Authorization: Bearer <TWIN_API_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_admin_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
+) -> None:
+    """The admin endpoints need `Authorization: Bearer <TWIN_ADMIN_KEY>`; without that key set, they
+    are off (401 saying so)."""
+    if settings.admin_key is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="the admin endpoints are off: start the server with TWIN_ADMIN_KEY set, then send "
+            "'Authorization: Bearer <TWIN_ADMIN_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    expected = settings.admin_key.get_secret_value().encode()
+    given = (credentials.credentials if credentials is not None else "").encode()
+    if credentials is None or not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong admin key: send 'Authorization: Bearer <TWIN_ADMIN_KEY>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

@@ -26,14 +26,16 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from litgpt.model import GPT
 
 from serve.engine_config import EngineConfig
+from serve.multi_lora import AdapterUpdates
 from serve.prefill import ChunkRow, plan_chunk
 from serve.runner import LaunchedStep, Runner, decode_buckets
 
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EndReason = Literal["stop", "stop_string", "length", "timeout", "cancelled", "queue_timeout", "error"]
 """Why a sequence ended (also the keys of `Engine.stats()["finished"]`): "stop", the end-of-sequence
@@ -83,6 +86,11 @@ class GenerationRequest:
     generating, it ends with the end reason "timeout"."""
     ignore_eos: bool = False
     """Benchmarks only: keep generating past the end-of-sequence token."""
+    twin: int = 0
+    """The twin slot whose adapter generates (several twins on one base, `EngineConfig.twin_slots`);
+    0: the base, or with one twin the adapter merged into it."""
+    eos_ids: frozenset[int] | None = None
+    """Tokens that end the reply (that twin's prompt format); None: the engine's."""
 
 
 class SequenceState(enum.Enum):
@@ -172,10 +180,14 @@ class Engine:
         build_model: Callable[[], GPT],
         config: EngineConfig,
         eos_ids: tuple[int, ...] = (),
+        twins: Mapping[int, AdapterUpdates] | None = None,
     ) -> None:
+        """`twins`: the adapters loaded into twin slots (1 .. config.twin_slots) before warm-up."""
         self.config = config
         self.eos_ids = frozenset(eos_ids)
         self._build_model = build_model
+        self._initial_twins = dict(twins or {})
+        self._controls: collections.deque[tuple[Callable[[Runner], Any], Future[Any]]] = collections.deque()
         self.state: Literal["created", "loading", "ready", "failed", "stopped"] = "created"
         self.load_error: str | None = None
         self.startup_seconds: float | None = None
@@ -274,6 +286,8 @@ class Engine:
             raise ValueError("the prompt is empty")
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if not 0 <= request.twin <= self.config.twin_slots:
+            raise ValueError(f"twin slot {request.twin} outside 0 .. {self.config.twin_slots}")
         if n + request.max_new_tokens > self.config.max_seq_length:
             raise ValueError(
                 f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds the "
@@ -292,6 +306,17 @@ class Engine:
             self._lock.notify()
         return seq
 
+    def run_in_worker(self, fn: Callable[[Runner], T]) -> Future[T]:
+        """Run `fn(runner)` in the worker thread between two decode steps (e.g. load a twin's adapter);
+        its result or exception comes through the future. Raises EngineNotReady before the model is up."""
+        if self.state != "ready":
+            raise EngineNotReady(self.load_error or "the model is still loading")
+        future: Future[T] = Future()
+        with self._lock:
+            self._controls.append((fn, future))
+            self._lock.notify()
+        return future
+
     # ---- worker thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -299,6 +324,9 @@ class Engine:
             try:
                 runner = Runner(self._build_model(), self.config)
                 self.runner = runner
+                for twin, updates in self._initial_twins.items():
+                    runner.write_twin(twin, updates)
+                self._initial_twins = {}  # the runner's copy is the one kept
                 runner.warm_up()
             except Exception as e:  # reported through /health; the server keeps answering 503
                 log.exception("loading the model failed")
@@ -328,6 +356,7 @@ class Engine:
                 busy = any(s is not None for s in self._slots)
                 if not self._admit(runner, wait=in_flight is None and not busy):
                     break  # stopping
+                self._run_controls(runner)
                 self._flush()
                 step = None
                 running = [
@@ -353,7 +382,7 @@ class Engine:
         """Give free slots to queued requests and run one prefill chunk (the prompts in prefill first,
         then the new ones; `serve.prefill.plan_chunk`); returns False when the engine is stopping."""
         with self._lock:
-            if wait and not self._queue and not self._stopping:
+            if wait and not self._queue and not self._controls and not self._stopping:
                 self._lock.wait(timeout=0.5)
             if self._stopping:
                 return False
@@ -375,7 +404,7 @@ class Engine:
                 seq.slot = self._slots.index(None)
                 seq.state = SequenceState.PREFILLING
                 self._slots[seq.slot] = seq  # before the prefill: if that fails, it fails with the slot
-                runner.reserve(seq.slot, seq.request.temperature, seq.request.top_p)
+                runner.reserve(seq.slot, seq.request.temperature, seq.request.top_p, seq.request.twin)
         rows = []
         for seq, n in zip(chosen, lengths, strict=True):
             prompt = seq.request.prompt_ids
@@ -431,7 +460,7 @@ class Engine:
         if seq.cancel_reason is not None:
             self._finish(seq, seq.cancel_reason)
             return
-        if token in self.eos_ids and not req.ignore_eos:
+        if token in (self.eos_ids if req.eos_ids is None else req.eos_ids) and not req.ignore_eos:
             self._finish(seq, "stop")
             return
         seq.n_generated += 1
@@ -461,7 +490,32 @@ class Engine:
                 seq.error = message
                 self._finish(seq, "error")
 
+    def _run_controls(self, runner: Runner) -> None:
+        """Run the callables `run_in_worker` queued, between two decode steps."""
+        while True:
+            with self._lock:
+                if not self._controls:
+                    return
+                fn, future = self._controls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(runner))
+            except Exception as e:  # the caller's to report
+                future.set_exception(e)
+
+    def twin_in_use(self, twin: int) -> bool:
+        """Whether a queued or live request generates with twin slot `twin` (call in the worker)."""
+        with self._lock:
+            queued = any(s.request.twin == twin for s in self._queue)
+        return queued or any(s is not None and s.request.twin == twin for s in self._slots)
+
     def _shutdown(self) -> None:
+        with self._lock:
+            controls, self._controls = list(self._controls), collections.deque()
+        for _, future in controls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineError("the server is shutting down"))
         with self._lock:
             queued, self._queue = list(self._queue), collections.deque()
         for seq in queued + [s for s in self._slots if s is not None]:

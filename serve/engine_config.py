@@ -40,6 +40,11 @@ class EngineConfig:
     by the next start (`serve.compile_cache`). None: Inductor's default (/tmp/torchinductor_$USER)."""
     warmup_prompt_tokens: int = 512
     """Length of the warm-up prompt (capped by max_seq_length - 1)."""
+    twin_slots: int = 0
+    """Twins held unmerged over one base, each request picking one (`serve.multi_lora`); slot 0, the base,
+    comes on top. 0: one twin, its adapter merged into the base (the fastest decode step)."""
+    max_lora_rank: int = 16
+    """The largest LoRA rank a twin slot holds (per adapted matrix); memory is reserved for it."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -49,6 +54,10 @@ class EngineConfig:
             problems.append("max_seq_length must be at least 2")
         if self.max_queue < 0:
             problems.append("max_queue must be 0 or more")
+        if self.twin_slots < 0 or self.max_lora_rank < 1:
+            problems.append("twin_slots must be 0 or more and max_lora_rank at least 1")
+        if self.twin_slots and not self.fuse_blocks:
+            problems.append("twin_slots needs fuse_blocks (the fused blocks hold the twins' updates)")
         if self.prefill_token_budget is not None and self.prefill_token_budget < 1:
             problems.append("prefill_token_budget must be at least 1")
         if problems:

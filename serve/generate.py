@@ -193,6 +193,9 @@ class ParallelBlock(FusedBlock):
         self.w_out = _stack_linear(attn.proj, mlp.proj, dim=1)
         attn.qkv, attn.proj = nn.Identity(), nn.Identity()
         self.attn = attn
+        # several twins on one base (`serve.multi_lora`): each batch row's LoRA update of w_in and w_out
+        self.lora_w_in: nn.Module | None = None
+        self.lora_w_out: nn.Module | None = None
 
     def forward(
         self,
@@ -208,16 +211,20 @@ class ParallelBlock(FusedBlock):
         # torch.compile: shapes are fixed)
         one_token = self.gemv and kernels.use_gemv(x)
         n = self.norm_1(x)
+        add = None if self.lora_w_in is None else self.lora_w_in(n)  # before the GELU
         if one_token:
-            h = kernels.gemv(n, self.w_in.weight, self.w_in.bias, self.qkv_size, approximate)
+            h = kernels.gemv(n, self.w_in.weight, self.w_in.bias, self.qkv_size, approximate, add=add)
         else:
             h = self.w_in(n)  # (B, T, qkv + intermediate)
+            h = h if add is None else h + add
         qkv, mlp = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
         heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
-        if one_token:
-            return kernels.cat_gemv(heads, mlp, self.w_out.weight, self.w_out.bias, x)
-        act = F.gelu(mlp, approximate=approximate)
-        return self.w_out(torch.cat((heads, act), dim=-1)) + x
+        if one_token:  # mlp is gelu(fc) already
+            add = None if self.lora_w_out is None else self.lora_w_out(torch.cat((heads, mlp), dim=-1))
+            return kernels.cat_gemv(heads, mlp, self.w_out.weight, self.w_out.bias, x, add=add)
+        both = torch.cat((heads, F.gelu(mlp, approximate=approximate)), dim=-1)
+        out = self.w_out(both)
+        return (out if self.lora_w_out is None else out + self.lora_w_out(both)) + x
 
 
 class SequentialBlock(FusedBlock):
@@ -249,6 +256,11 @@ class SequentialBlock(FusedBlock):
         self.w_down = mlp.proj
         attn.qkv, attn.proj = nn.Identity(), nn.Identity()
         self.attn = attn
+        # several twins on one base (`serve.multi_lora`): each batch row's LoRA update of each matrix
+        self.lora_qkv: nn.Module | None = None
+        self.lora_proj: nn.Module | None = None
+        self.lora_w_in: nn.Module | None = None
+        self.lora_w_down: nn.Module | None = None
 
     def act(self, gate: torch.Tensor) -> torch.Tensor:
         if self.activation == "silu":
@@ -267,18 +279,34 @@ class SequentialBlock(FusedBlock):
         # one token: Triton GEMVs (static under torch.compile: shapes are fixed)
         one_token = self.gemv and kernels.use_gemv(x)
         n = self.norm_1(x)
-        qkv = kernels.gemv(n, self.qkv.weight, self.qkv.bias) if one_token else self.qkv(n)
+        add = _update(self.lora_qkv, n)
+        qkv = (
+            kernels.gemv(n, self.qkv.weight, self.qkv.bias, add=add) if one_token else _plus(self.qkv(n), add)
+        )
         heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
+        add = _update(self.lora_proj, heads)
         if one_token:
-            x = kernels.gemv(heads, self.proj.weight, self.proj.bias, residual=x)
+            x = kernels.gemv(heads, self.proj.weight, self.proj.bias, residual=x, add=add)
         else:
-            x = self.proj(heads) + x  # (B, T, C)
+            x = _plus(self.proj(heads), add) + x  # (B, T, C)
         n = self.norm_2(x)
+        add = _update(self.lora_w_in, n)  # before the activation
         if one_token:
-            act = kernels.glu_gemv(n, self.w_in.weight, self.w_in.bias, self.activation)
-            return kernels.gemv(act, self.w_down.weight, self.w_down.bias, residual=x)
-        gate, up = self.w_in(n).split(self.intermediate_size, dim=-1)  # 2 x (B, T, intermediate)
-        return self.w_down(self.act(gate) * up) + x
+            act = kernels.glu_gemv(n, self.w_in.weight, self.w_in.bias, self.activation, add=add)
+            add = _update(self.lora_w_down, act)
+            return kernels.gemv(act, self.w_down.weight, self.w_down.bias, residual=x, add=add)
+        gate, up = _plus(self.w_in(n), add).split(self.intermediate_size, dim=-1)  # 2 x (B, T, intermediate)
+        act = self.act(gate) * up
+        return _plus(self.w_down(act), _update(self.lora_w_down, act)) + x
+
+
+def _update(bank: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A twin bank's LoRA update of `x` (`serve.multi_lora`), or None without one."""
+    return None if bank is None else bank(x)
+
+
+def _plus(out: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
+    return out if add is None else out + add
 
 
 class GemvLinear(nn.Linear):

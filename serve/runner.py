@@ -18,8 +18,10 @@ was built with them); if that fails, one graph without them; then a graph dynamo
 into their slots in one forward pass (`serve.prefill`) and waits for the first tokens of those it
 finishes (`prefill`: one whole prompt, the reference it must match). Warm-up logs its progress per
 bucket, and keeps the compile artifacts in `config.compile_cache_dir` for the next start
-(`serve.compile_cache`). Only one thread (the engine's worker) calls a runner. Imports only torch and
-litgpt (the GPU benchmarks drive it without the web stack).
+(`serve.compile_cache`). With `config.twin_slots` the model holds several twins' adapters unmerged
+(`serve.multi_lora`): each slot decodes with its request's twin (`reserve`), and `write_twin` loads an
+adapter into a twin slot between two steps. Only one thread (the engine's worker) calls a runner.
+Imports only torch and litgpt (the GPU benchmarks drive it without the web stack).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,7 @@ from serve.generate import (
     setup_caches,
     uses_kernels,
 )
+from serve.multi_lora import AdapterSlots, AdapterUpdates
 from serve.prefill import ChunkRow, chunk_logits, pad_chunk
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,11 @@ class Runner:
         self.vocab_size = model.config.vocab_size
         self.buckets = decode_buckets(config.max_batch_size)
         B, dev = config.max_batch_size, self.device
+        # several twins on one base: each slot's twin (0: the base), which the banks read per batch row
+        self.twins: AdapterSlots | None = None
+        if config.twin_slots:
+            self.twins = AdapterSlots.attach(model, config.twin_slots + 1, config.max_lora_rank, B)
+        self.slot_twin = torch.zeros(B, dtype=torch.int64, device=dev)  # (B,) slot → twin slot
         # What a decode step reads and writes, one row per slot, in place (the CUDA graphs record these
         # addresses): each slot's last token and the cache position it goes to, and its sampling
         self.tokens = torch.zeros(B, dtype=torch.int64, device=dev)  # (B,)
@@ -231,9 +239,10 @@ class Runner:
         self.temperature[slot] = temperature
         self.top_p[slot] = top_p
         prompt = torch.tensor(prompt_ids, dtype=torch.int64, device=self.device)  # (T,)
-        first = prefill(
-            self.model, prompt, slot, self.temperature[slot : slot + 1], self.top_p[slot : slot + 1]
-        )  # (1,)
+        with self._rows_of(torch.tensor([slot], device=self.device)):
+            first = prefill(
+                self.model, prompt, slot, self.temperature[slot : slot + 1], self.top_p[slot : slot + 1]
+            )  # (1,)
         self.tokens[slot : slot + 1].copy_(first)
         self.positions[slot] = len(prompt_ids)
         self.host_first_token.copy_(first, non_blocking=True)
@@ -244,7 +253,7 @@ class Runner:
         (token,) = self.host_first_token.tolist()
         return int(token)
 
-    def reserve(self, slot: int, temperature: float, top_p: float) -> None:
+    def reserve(self, slot: int, temperature: float, top_p: float, twin: int = 0) -> None:
         """Give `slot` to a new prompt: its sampling, and its position parked at the cache's last one
         while the prompt is prefilled over several chunks. A slot in prefill still rides along in decode
         steps (inside the bucket); parked, it writes only there, where no prompt token is (a prompt ends
@@ -252,6 +261,35 @@ class Runner:
         self.temperature[slot] = temperature
         self.top_p[slot] = top_p
         self.positions[slot] = self.config.max_seq_length - 1
+        self.set_twin(slot, twin)
+
+    def set_twin(self, slot: int, twin: int) -> None:
+        """Decode `slot` with twin slot `twin`'s adapter (0: the base, or the one merged into it)."""
+        if self.twins is None:
+            if twin:
+                raise ValueError(f"twin slot {twin} on a runner that holds one twin (twin_slots 0)")
+            return
+        self.slot_twin[slot] = twin
+        self.twins.rows[slot] = twin
+
+    def write_twin(self, twin: int, updates: AdapterUpdates) -> None:
+        """Load a twin's adapter into twin slot `twin` (no slot may be decoding with it)."""
+        if self.twins is None:
+            raise ValueError("this runner holds one twin (twin_slots 0)")
+        self.twins.write(twin, updates)
+
+    @contextlib.contextmanager
+    def _rows_of(self, slots: torch.Tensor) -> Iterator[None]:
+        """While a prefill runs batch rows of `slots` (not 0, 1, ...): the banks read those slots' twins."""
+        if self.twins is None:
+            yield
+            return
+        rows = self.twins.rows
+        rows[: slots.numel()] = self.slot_twin[slots]
+        try:
+            yield
+        finally:
+            rows.copy_(self.slot_twin)
 
     def prefill_chunk(self, rows: Sequence[ChunkRow]) -> list[int]:
         """Write one chunk (`serve.prefill`: each row the next piece of a prompt, into its own slot) and
@@ -268,7 +306,8 @@ class Runner:
             t.to(dev, non_blocking=True) for t in (tokens, positions, slots, pick_cols, ends)
         )
         pick_rows = torch.tensor(done, dtype=torch.int64, device=dev)  # (D,)
-        logits = chunk_logits(self.model, tokens, positions, slots, span, pick_rows, pick_cols)  # (D, V)
+        with self._rows_of(slots):
+            logits = chunk_logits(self.model, tokens, positions, slots, span, pick_rows, pick_cols)  # (D, V)
         if not done:
             return []
         finished = slots[pick_rows]  # (D,)

@@ -257,6 +257,44 @@ class Health(BaseModel):
     )
     memory_exchanges: int = Field(0, description="past exchanges in the twin's memory (0: memory off)")
     memory_k: int = Field(0, description="past exchanges retrieved into each prompt (0: memory off)")
+    twins: list[str] = Field(default_factory=list, description="the twins served (the ids of GET /v1/models)")
+    max_twins: int = Field(0, description="twins the server can hold at once, unmerged (0: one, merged)")
+
+
+class AddTwin(BaseModel):
+    """`POST /v1/admin/twins`: serve another twin of the same base, from its finetune out-dir."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="the twin's model id (letters, digits and . _ : -)",
+    )
+    adapter: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="its finetune out-dir (or the lit_model_lora_finetuned.pth in it), a path on the server",
+    )
+
+
+class TwinCard(BaseModel):
+    """A twin as the admin endpoints report it."""
+
+    id: str
+    adapter: str | None = Field(description="its adapter's path on the server (none: the base model)")
+    prompt_format: str
+    lora_rank: int | None
+    memory_exchanges: int
+    memory_k: int
+    created: int
+
+
+class TwinList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TwinCard]
+    max_twins: int = Field(description="twins the server can hold at once, unmerged (TWIN_MAX_TWINS)")
 
 
 class ErrorBody(BaseModel):

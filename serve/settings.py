@@ -7,6 +7,7 @@ compile) taken from `serve.engine_config.EngineConfig`. `get_settings()` builds 
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from common.quantize import Quantize
 from serve.engine_config import EngineConfig
 
 DEFAULT_CHECKPOINT = Path("checkpoints/tiiuae/falcon-7b")
+TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+"""A twin's name (the OpenAI `model` id): letters, digits and . _ : -, at most 64 characters."""
 
 
 class Settings(BaseSettings):
@@ -51,7 +54,33 @@ class Settings(BaseSettings):
         description="listen beyond loopback without an API key (e.g. behind a proxy that authenticates); "
         "logged as a warning: anyone who reaches the port can chat as you",
     )
-    model_name: str = Field(default="twin", min_length=1, description="the model id clients ask for")
+    model_name: str = Field(
+        default="twin", min_length=1, description="the model id clients ask for (TWIN_LORA_PATH's twin)"
+    )
+    twins: dict[str, Path] = Field(
+        default_factory=dict,
+        description='more twins on the same base, each under its own model id: a JSON map {"name": '
+        '"out/alice", ...} of finetune out-dirs (served unmerged beside TWIN_LORA_PATH\'s)',
+    )
+    max_twins: int | None = Field(
+        default=None,
+        ge=0,
+        le=256,
+        description="twins held at once on one base, unmerged, each request's model picking one; "
+        "default: 8 with TWIN_TWINS or TWIN_ADMIN_KEY, else 0 (one twin, merged into the base: the fastest)",
+    )
+    max_lora_rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="the largest LoRA rank a twin may have when several are served (memory is reserved "
+        "for it per twin); default: 16, or the largest rank of the twins given at start",
+    )
+    admin_key: CliSuppress[SecretStr | None] = Field(
+        default=None,
+        description="key of the admin endpoints (/v1/admin/twins: add and remove twins while the server "
+        "runs), sent as 'Authorization: Bearer <key>' (env TWIN_ADMIN_KEY only); none: admin is off",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="browser origins allowed to call the API (JSON list); none: closed"
     )
@@ -132,7 +161,10 @@ class Settings(BaseSettings):
             # `TWIN_API_KEY=` is no key: say so (startup_warnings) instead of a key nobody can send
             self.api_key = None
             self._empty_key = True
+        if self.admin_key is not None and not self.admin_key.get_secret_value().strip():
+            self.admin_key = None  # an empty admin key is no admin key: admin stays off
         problems = []
+        problems += self._twin_problems()
         if not is_loopback(self.host) and self.api_key is None and not self.allow_no_key:
             empty = " (TWIN_API_KEY is set but empty)" if self._empty_key else ""
             problems.append(
@@ -147,6 +179,40 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def twin_slots(self) -> int:
+        """Twins the engine holds unmerged (TWIN_MAX_TWINS resolved; 0: one twin, merged)."""
+        if self.max_twins is not None:
+            return self.max_twins
+        if self.twins or self.admin_key is not None:
+            return max(8, len(self.twins) + (self.lora_path is not None))
+        return 0
+
+    def _twin_problems(self) -> list[str]:
+        problems = []
+        bad = [name for name in self.twins if not TWIN_NAME.fullmatch(name)]
+        if bad:
+            problems.append(
+                f"TWIN_TWINS names {bad[:3]}: use 1-64 letters, digits and . _ : - (starting with a "
+                "letter or digit)"
+            )
+        if self.model_name in self.twins:
+            problems.append(
+                f"TWIN_TWINS names {self.model_name!r}, which is TWIN_MODEL_NAME (TWIN_LORA_PATH's twin): "
+                "rename one"
+            )
+        given = len(self.twins) + (self.lora_path is not None and self.twin_slots() > 0)
+        if self.twins and given > self.twin_slots():
+            problems.append(
+                f"{given} twins given (TWIN_LORA_PATH and TWIN_TWINS) but "
+                f"TWIN_MAX_TWINS={self.twin_slots()}: raise TWIN_MAX_TWINS"
+            )
+        if self.twin_slots() and self.quantize != "none":
+            problems.append(
+                f"several twins on one base are served from a bf16 base, not --quantize {self.quantize}: "
+                "drop one of them (TWIN_MAX_TWINS=0 for one twin on an NF4 base)"
+            )
+        return problems
 
 
 def compile_cache_dir(settings: Settings) -> Path:

@@ -1,6 +1,7 @@
 """`POST /v1/chat/completions`: OpenAI's chat completions, plain or streamed (Server-Sent Events).
 
-The prompt is the service's `Prompter.prompt_from_messages` in the adapter's prompt format (with the past
+The request's `model` picks the twin (`serve.twins`; none: TWIN_MODEL_NAME's). The prompt is its
+`Prompter.prompt_from_messages` in its adapter's prompt format (with the past
 exchanges its memory retrieves for the chat, when the twin has one), tokenized as training tokenized it
 (identical to training); generation runs in the engine's worker, which ends a reply
 at the end of the person's turn (EOS, or the chat template's end-of-turn token); text, stop strings and the
@@ -39,9 +40,10 @@ from serve.schemas import (
     FinishReason,
     Usage,
 )
-from serve.service import TwinService
+from serve.service import TwinService, UnknownTwin
 from serve.settings import Settings
 from serve.text import TextStream
+from serve.twins import Twin
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +60,7 @@ router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_ap
 class Plan:
     """A validated request, ready for the engine."""
 
+    twin: Twin
     prompt: str
     prompt_ids: list[int]
     max_tokens: int
@@ -78,12 +81,10 @@ def error(code: int, detail: str, retry_after: int | None = None) -> HTTPExcepti
 async def plan_generation(body: ChatCompletionRequest, service: TwinService, settings: Settings) -> Plan:
     """Check what the schema cannot (model, server limits, chat shape); render and tokenize the prompt."""
     limits = service.limits
-    if body.model is not None and body.model != settings.model_name:
-        raise error(
-            status.HTTP_404_NOT_FOUND,
-            f"model {body.model!r} does not exist: this server serves {settings.model_name!r} "
-            "(see GET /v1/models)",
-        )
+    try:
+        twin = service.twin(body.model)  # None: the default twin
+    except UnknownTwin as e:
+        raise error(status.HTTP_404_NOT_FOUND, str(e)) from e
     max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_new_tokens:
         raise error(
@@ -93,7 +94,7 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
         )
     messages = [{"role": m.role, "content": m.text(), "name": m.name} for m in body.messages]
     try:
-        memories = service.recall(messages)  # the person's past exchanges, when the twin has a memory
+        memories = twin.recall(messages)  # the person's past exchanges, when the twin has a memory
     except ValueError as e:  # a malformed chat
         raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
     # the prompt module keeps the last MAX_CONTEXT_TURNS turns; if that is over the token limit, fewer,
@@ -101,13 +102,13 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
     attempts = [(turns, memories) for turns in CONTEXT_TURNS_TRIED] + ([(0, [])] if memories else [])
     for turns, shown in attempts:
         try:
-            prompt = service.prompter.prompt_from_messages(messages, max_turns=turns, memories=shown)
+            prompt = twin.prompter.prompt_from_messages(messages, max_turns=turns, memories=shown)
         except ValueError as e:  # a malformed chat, or one the chat template refuses
             raise error(status.HTTP_400_BAD_REQUEST, str(e)) from e
         if len(prompt) > LONG_PROMPT_CHARS:
-            ids = await asyncio.to_thread(service.encode, prompt)
+            ids = await asyncio.to_thread(service.encode, prompt, twin)
         else:
-            ids = service.encode(prompt)
+            ids = service.encode(prompt, twin)
         if len(ids) <= limits.max_input_tokens:
             break
     else:
@@ -117,12 +118,13 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
             f"{limits.max_input_tokens} (TWIN_MAX_INPUT_TOKENS): send a shorter message",
         )
     return Plan(
+        twin=twin,
         prompt=prompt,
         prompt_ids=ids,
         max_tokens=max_tokens,
         temperature=settings.default_temperature if body.temperature is None else body.temperature,
         top_p=settings.default_top_p if body.top_p is None else body.top_p,
-        stop=[*body.stop_list(), *service.stop],
+        stop=[*body.stop_list(), *twin.stop],
     )
 
 
@@ -133,8 +135,12 @@ def submit(service: TwinService, settings: Settings, plan: Plan) -> Sequence:
         temperature=plan.temperature,
         top_p=plan.top_p,
         timeout_s=settings.request_timeout,
+        twin=plan.twin.slot,
+        eos_ids=frozenset(plan.twin.stop_ids),
     )
     retry = settings.retry_after
+    if not service.serves(plan.twin):  # removed while its prompt was being built: its slot may be reused
+        raise error(status.HTTP_404_NOT_FOUND, f"model {plan.twin.name!r} was removed (see GET /v1/models)")
     try:
         return service.engine.submit(request)
     except EngineNotReady as e:
@@ -248,7 +254,7 @@ async def create_chat_completion(
     return ChatCompletion(
         id=completion_id,
         created=int(time.time()),
-        model=settings.model_name,
+        model=plan.twin.name,
         choices=[
             Choice(
                 message=AssistantMessage(content=text.text),
@@ -287,7 +293,7 @@ async def stream_events(
     plan: Plan,
     include_usage: bool,
 ) -> AsyncIterator[dict[str, str]]:
-    created, model = int(time.time()), settings.model_name
+    created, model = int(time.time()), plan.twin.name
 
     def event(delta: Delta, finish: FinishReason | None = None) -> dict[str, str]:
         choice = ChunkChoice(delta=delta, finish_reason=finish)

@@ -1,4 +1,4 @@
-"""`GET /health` (is the model loaded, on what, how long start-up took) and `GET /v1/models`."""
+"""`GET /health` (is the model loaded, on what, how long start-up took) and `GET /v1/models` (the twins)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def health(service: ServiceDep, settings: SettingsDep, response: Response) -> He
         finished=stats["finished"],
         memory_exchanges=len(service.memory) if service.memory is not None else 0,
         memory_k=service.memory_k,
+        twins=sorted(service.twins),
+        max_twins=service.twin_slots,
     )
 
 
@@ -59,6 +61,9 @@ def health(service: ServiceDep, settings: SettingsDep, response: Response) -> He
     responses={401: {"model": ErrorResponse}},
     tags=["models"],
 )
-def list_models(service: ServiceDep, settings: SettingsDep) -> ModelList:
-    """The one model this server serves."""
-    return ModelList(data=[ModelCard(id=settings.model_name, created=service.created)])
+def list_models(service: ServiceDep) -> ModelList:
+    """The twins this server serves: ask for one by its id in a request's `model`."""
+    twins = sorted(service.twins.values(), key=lambda twin: (twin.slot, twin.name))
+    return ModelList(
+        data=[ModelCard(id=twin.name, created=twin.created or service.created) for twin in twins]
+    )

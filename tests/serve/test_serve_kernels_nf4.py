@@ -28,7 +28,7 @@ from model_families import (
 
 from common.nf4 import dequantize, load_quantized_model, quantize_nf4, strip_unused_lora
 from serve import kernels, kernels_nf4
-from serve.blocks_nf4 import LowRank, ParallelNF4Block, SequentialNF4Block
+from serve.blocks_nf4 import ParallelNF4Block, SequentialNF4Block
 from serve.generate import GemvLinear, fuse_blocks, uses_kernels
 from serve.kernels_nf4 import (
     nf4_cat_gemv,
@@ -40,6 +40,7 @@ from serve.kernels_nf4 import (
     stack_rows,
     use_nf4_gemv,
 )
+from serve.low_rank import LowRank
 
 pytest.importorskip("triton")
 pytest.importorskip("torchao")
