@@ -28,18 +28,27 @@ LORA_HPARAMS = {
 }
 
 
-def make_adapter(checkpoint_dir: Path, out: Path, seed: int = 0, scale: float = 0.05) -> Path:
-    """An out-dir like finetune's, with random (non-zero) LoRA tensors on every LoRA-able layer."""
+def make_adapter(
+    checkpoint_dir: Path,
+    out: Path,
+    seed: int = 0,
+    scale: float = 0.05,
+    head: bool = True,
+    rank: int = 4,
+) -> Path:
+    """An out-dir like finetune's, with random (non-zero) LoRA tensors of rank `rank` on every LoRA-able
+    layer (the output head too unless `head` is False: several twins on one base refuse an adapted head)."""
     config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    hparams = LORA_HPARAMS | {"lora_r": rank, "lora_alpha": 2 * rank, "lora_head": head}
     torch.manual_seed(seed)
-    model = lora.GPT(lora.Config(**asdict(config), **LORA_HPARAMS))
+    model = lora.GPT(lora.Config(**asdict(config), **hparams))
     tensors = {
         k: torch.randn_like(v) * scale for k, v in model.state_dict().items() if lora.lora_filter(k, v)
     }
     out.mkdir(parents=True, exist_ok=True)
     torch.save(tensors, out / ADAPTER_FILE)
     (out / "hyperparameters.yaml").write_text(
-        yaml.safe_dump({**LORA_HPARAMS, "checkpoint_dir": str(checkpoint_dir)})
+        yaml.safe_dump({**hparams, "checkpoint_dir": str(checkpoint_dir)})
     )
     return out / ADAPTER_FILE
 
