@@ -28,7 +28,11 @@ Measures (one JSON record a row, the whole list rewritten to --out after every r
     --stream-tokens: time to first token p50/p99 and total tokens/s, in two arrival orders (how much the
     total swings), and once more with one prompt per prefill chunk (the budget cut to one prompt: how
     prompts were prefilled before chunks held several);
-  - `restart`: a second engine start in a new process (warm compile caches) and its first request.
+  - `restart`: a second engine start in a new process (warm compile caches) and its first request;
+  - `twins`: several twins on one base (`serve.multi_lora`): an engine holding --twins random adapters
+    unmerged (LoRA r=16 on q and v, finetune's defaults), batch-1 decode of one twin and --streams
+    streams spread evenly over all twins, each against the `engine` phase's merged rows (a merged
+    adapter costs what the base costs: the same matmuls).
 - a summary per shape: engine batch 1 as a share of the ceiling and against each anchor.
 
 The engine is driven directly (no HTTP): this imports only torch, litgpt, `serve`'s engine modules and
@@ -79,6 +83,7 @@ PHASES = {
     "litgpt-compile": 150.0,
     "burst": 90.0,
     "restart": 60.0,
+    "twins": 200.0,
 }
 """Phase → guessed GPU seconds at a 7–8B shape on a fresh machine (compiles dominate: the engine's two,
 transformers' prefill and decode graphs); a phase starts only if this much of the budget is left."""
@@ -733,6 +738,121 @@ def bench_litgpt(plan: Plan, compile: bool) -> None:
         torch._inductor.config.coordinate_descent_tuning = False
 
 
+# ------------------------------------------------------------------------------ several twins
+TWINS = 8
+"""Adapters the `twins` phase serves together (main() sets it from --twins)."""
+
+
+def random_twin_updates(config: Config, seed: int) -> Any:
+    """Slot updates (`serve.multi_lora.adapter_updates`) of a random adapter of finetune's default shape."""
+    from litgpt import lora
+
+    from finetune.twin import Adapter, AdapterSpec, LoraArgs, lora_config
+    from serve.multi_lora import adapter_updates
+
+    args = LoraArgs(lora_r=16, lora_alpha=32, lora_dropout=0.0)  # q and v, as finetune trains by default
+    spec = AdapterSpec(lora=args, base_name=config.name, base_family=None)
+    with torch.device("meta"):
+        shapes = lora.GPT(lora_config(config, spec)).state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {
+        k: torch.randn(v.shape, generator=gen) * 0.02 for k, v in shapes.items() if lora.lora_filter(k, v)
+    }
+    return adapter_updates(config, Adapter(Path(f"random-twin-{seed}"), spec, tensors))
+
+
+def bench_twins(plan: Plan) -> None:
+    """An engine of TWINS random twins over one base: batch-1 decode of one twin, and streams spread over
+    all of them, against the merged engine's rows of the `engine` phase."""
+    model, vocab = plan.model, plan.config.vocab_size
+    updates = {slot: random_twin_updates(plan.config, seed=slot) for slot in range(1, TWINS + 1)}
+    engine = Engine(
+        lambda: random_model(plan.config, plan.torch_device, plan.dtype, seed=0),
+        EngineConfig(
+            max_batch_size=plan.max_batch,
+            max_seq_length=plan.max_seq,
+            compile=plan.compile,
+            compile_tuning=plan.tuning,
+            compile_cache_dir=COMPILE_CACHE,
+            twin_slots=TWINS,
+            max_lora_rank=16,
+        ),
+        twins=updates,
+    )
+    t = time.perf_counter()
+    engine.start()
+    ok = engine.wait_ready(timeout=900)
+    emit(
+        {
+            "model": model,
+            "what": f"twins engine start-up ({TWINS} twins unmerged, LoRA r=16 on q and v)",
+            "seconds": round(time.perf_counter() - t, 2),
+            "ready": ok,
+            "compiled": engine.compiled,
+            "compile_error": engine.compile_error,
+            "load_error": engine.load_error,
+            **startup_stats(engine),
+        }
+    )
+    if not ok:
+        return
+    try:
+        rates = []
+        for i in range(3):
+            req = GenerationRequest(
+                random_prompt(32, vocab, 10 + i), plan.decode_tokens, 0.8, 0.95, ignore_eos=True, twin=1
+            )
+            _, arrivals = asyncio.run(run_stream(engine, req))
+            rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+        rate = statistics.median(rates)
+        RESULTS[(model, "twins-b1")] = rate
+        merged = RESULTS.get((model, "engine-b1"))
+        emit(
+            {
+                "model": model,
+                "what": f"one twin of {TWINS}, unmerged: batch-1 decode, {plan.decode_tokens} tokens",
+                "tokens_per_s_median": round(rate, 1),
+                "tokens_per_s_all": [round(r, 1) for r in rates],
+                "merged_tokens_per_s": None if merged is None else round(merged, 1),
+                "unmerged_over_merged": None if merged is None else round(rate / merged, 3),
+            }
+        )
+        for n in plan.stream_counts:
+
+            async def many(n: int = n) -> list[tuple[float, list[float]]]:
+                reqs = [
+                    GenerationRequest(
+                        random_prompt(plan.stream_prompt, vocab, 100 + i),
+                        plan.stream_tokens,
+                        0.8,
+                        0.95,
+                        ignore_eos=True,
+                        twin=1 + i % TWINS,
+                    )
+                    for i in range(n)
+                ]
+                return await asyncio.gather(*(run_stream(engine, r) for r in reqs))
+
+            t = time.perf_counter()
+            results = asyncio.run(many())
+            wall = time.perf_counter() - t
+            total = sum(len(a) for _, a in results)
+            RESULTS[(model, f"twins-{n}-streams")] = total / wall
+            merged = RESULTS.get((model, f"engine-{n}-streams"))
+            emit(
+                {
+                    "model": model,
+                    "what": f"{n} streams spread over {TWINS} twins x {plan.stream_tokens} tokens at once",
+                    "total_tokens_per_s": round(total / wall, 1),
+                    "merged_one_twin_tokens_per_s": None if merged is None else round(merged, 1),
+                    "over_merged": None if merged is None else round(total / wall / merged, 3),
+                    "wall_s": round(wall, 3),
+                }
+            )
+    finally:
+        engine.stop()
+
+
 # ------------------------------------------------------------------------------ restart (optional)
 def bench_restart(plan: Plan, argv: list[str]) -> None:
     """A second start in a new process, as a restarted server on the same machine gets it: compiled
@@ -825,6 +945,9 @@ def summary(plans: list[Plan]) -> None:
             for anchor in ("hf-b1", "litgpt-b1", "litgpt-compile-b1"):
                 if (m, anchor) in RESULTS:
                     record[f"engine_b1_over_{anchor}"] = round(engine / RESULTS[(m, anchor)], 2)
+        for key, merged_key in (("twins-b1", "engine-b1"), ("twins-16-streams", "engine-16-streams")):
+            if (m, key) in RESULTS and (m, merged_key) in RESULTS:
+                record[f"{key}_over_merged"] = round(RESULTS[(m, key)] / RESULTS[(m, merged_key)], 3)
         streams16 = RESULTS.get((m, "engine-16-streams"))
         if streams16 is not None and (m, "hf-b16") in RESULTS:
             record["engine_16_streams_over_hf_b16"] = round(streams16 / RESULTS[(m, "hf-b16")], 2)
@@ -847,6 +970,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--budget-s", type=float, default=570.0, help="the whole run; phases that won't fit are skipped"
     )
     p.add_argument("--burst", type=int, default=BURST, help="prompts arriving at once in the burst phase")
+    p.add_argument("--twins", type=int, default=TWINS, help="adapters served together in the twins phase")
     p.add_argument(
         "--compile-cache-dir",
         default=str(Path(tempfile.gettempdir()) / "twin-serve-bench-compile-cache"),
@@ -881,9 +1005,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    global BUDGET_S, OUT, HF_AUTO_COMPILE, COMPILE_CACHE, BURST
+    global BUDGET_S, OUT, HF_AUTO_COMPILE, COMPILE_CACHE, BURST, TWINS
     BUDGET_S, OUT, HF_AUTO_COMPILE = args.budget_s, args.out, not args.hf_no_auto_compile
-    COMPILE_CACHE, BURST = args.compile_cache_dir or None, args.burst
+    COMPILE_CACHE, BURST, TWINS = args.compile_cache_dir or None, args.burst, args.twins
     plans = [make_plan(m, args) for m in args.models]
     torch._logging.set_logs(perf_hints=True, recompiles=True)  # why CUDA graphs were skipped, if they were
     logging.getLogger("torch").addHandler(_CudagraphNotes())
@@ -919,6 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         "litgpt-compile": lambda plan: bench_litgpt(plan, compile=True),
         "burst": bench_burst,
         "restart": lambda plan: bench_restart(plan, child_argv),
+        "twins": bench_twins,
     }
     for phase in args.phase_list:
         for plan in plans:

@@ -233,8 +233,8 @@ def adapter_updates(config: Config, adapter: Adapter) -> AdapterUpdates:
 
 
 def _out(layer: nn.Module) -> int:
-    return (layer.linear if isinstance(layer, lora.LoRALinear) else layer).out_features
+    return int((layer.linear if isinstance(layer, lora.LoRALinear) else layer).out_features)
 
 
 def _in(layer: nn.Module) -> int:
-    return (layer.linear if isinstance(layer, lora.LoRALinear) else layer).in_features
+    return int((layer.linear if isinstance(layer, lora.LoRALinear) else layer).in_features)
