@@ -232,9 +232,15 @@ def adapter_updates(config: Config, adapter: Adapter) -> AdapterUpdates:
     return updates
 
 
+def _linear(layer: nn.Module) -> nn.Linear:
+    linear = layer.linear if isinstance(layer, lora.LoRALinear) else layer
+    assert isinstance(linear, nn.Linear)
+    return linear
+
+
 def _out(layer: nn.Module) -> int:
-    return int((layer.linear if isinstance(layer, lora.LoRALinear) else layer).out_features)
+    return _linear(layer).out_features
 
 
 def _in(layer: nn.Module) -> int:
-    return int((layer.linear if isinstance(layer, lora.LoRALinear) else layer).in_features)
+    return _linear(layer).in_features
