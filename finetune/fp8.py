@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -118,30 +118,56 @@ def fp8_matmul(
     return out[:m] if pad else out
 
 
-class _LinearFP8(torch.autograd.Function):
-    """y = x W^T with W frozen in FP8 (`FP8Linear`); only the input gets a gradient."""
+# The base's FP8 matmul and its input gradient as custom ops: opaque to torch.compile, which traces them
+# by their fake (shape-only) versions instead of into their quantization and `_scaled_mm` (dynamo could
+# not trace an autograd.Function around them: "lift_tracked_freevar_to_input should not be called on
+# root SubgraphTracer", torch 2.11 on the H200)
+@torch.library.custom_op("twin::fp8_linear", mutates_args=())
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y = x (scale * W)^T, W frozen in e4m3 with per-row `scale`; x quantized per token on the fly."""
+    xq, x_scale = quantize_rows(x.reshape(-1, x.size(-1)))  # (M, K), (M, 1)
+    # fast accumulation in the forward, exact in the backward: torchao's float8 recipes do the same
+    y = fp8_matmul(xq, x_scale, weight, scale, x.dtype, fast_accum=True)  # (M, N)
+    return y.reshape(*x.shape[:-1], weight.size(0)).clone()  # a fresh tensor, no view of a temporary
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight, scale)  # the stored weight: no activation is kept for the base
-        ctx.x_shape = x.shape
-        xq, x_scale = quantize_rows(x.reshape(-1, x.size(-1)))  # (M, K), (M, 1)
-        # fast accumulation in the forward, exact in the backward: torchao's float8 recipes do the same
-        y = fp8_matmul(xq, x_scale, weight, scale, x.dtype, fast_accum=True)  # (M, N)
-        return y.view(*x.shape[:-1], weight.size(0))
 
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        weight, scale = ctx.saved_tensors
-        n, k = weight.shape
-        # dx = dy (s_w * Wq): the channel scales lie along the contraction, so they scale dy's columns
-        g = grad_output.reshape(-1, n).float() * scale.view(1, n)  # (M, N)
-        gq, g_scale = quantize_rows(g)
-        ones = torch.ones((k, 1), dtype=torch.float32, device=weight.device)
-        dx = fp8_matmul(gq, g_scale, weight.t().contiguous(), ones, grad_output.dtype)  # (M, K)
-        return dx.view(*ctx.x_shape), None, None
+@fp8_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.size(0))
+
+
+@torch.library.custom_op("twin::fp8_linear_input_grad", mutates_args=())
+def fp8_linear_input_grad(
+    grad_output: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """dx = dy (scale * W) for `fp8_linear`."""
+    n, k = weight.shape
+    # the channel scales lie along the contraction, so they scale dy's columns
+    g = grad_output.reshape(-1, n).float() * scale.view(1, n)  # (M, N)
+    gq, g_scale = quantize_rows(g)
+    ones = torch.ones((k, 1), dtype=torch.float32, device=weight.device)
+    dx = fp8_matmul(gq, g_scale, weight.t().contiguous(), ones, grad_output.dtype)  # (M, K)
+    return dx.reshape(*grad_output.shape[:-1], k).clone()
+
+
+@fp8_linear_input_grad.register_fake
+def _(grad_output: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return grad_output.new_empty(*grad_output.shape[:-1], weight.size(1))
+
+
+def _fp8_linear_setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    _, weight, scale = inputs
+    ctx.save_for_backward(weight, scale)  # the stored weight: no activation is kept for the base
+
+
+def _fp8_linear_backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    weight, scale = ctx.saved_tensors
+    return fp8_linear_input_grad(grad_output, weight, scale), None, None
+
+
+fp8_linear.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
 
 
 class FP8Linear(nn.Module):
@@ -171,7 +197,7 @@ class FP8Linear(nn.Module):
         if self.reference:
             y = x @ dequantize_rows(self.weight, self.weight_scale, x.dtype).t()
         else:
-            y = cast(torch.Tensor, _LinearFP8.apply(x, self.weight, self.weight_scale))
+            y = fp8_linear(x, self.weight, self.weight_scale)
         return y if self.bias is None else y + self.bias
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

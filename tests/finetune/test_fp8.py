@@ -20,7 +20,7 @@ from finetune.fp8 import (
     quantize_base_fp8,
     quantize_rows,
 )
-from finetune.model import attach_loss_positions, batch_loss, prepare_lora_layers
+from finetune.model import attach_loss_positions, batch_loss, compile_blocks, prepare_lora_layers
 
 FP8_REL = 0.06
 """Relative (norm-wise) error of a product of two e4m3-quantized operands: each carries ~2^-4 relative
@@ -132,7 +132,7 @@ def test_tiny_model_loss_and_lora_gradients_in_fp8(tiny_checkpoint: Path, chat_r
 
     from finetune.data import collate, encode_records, make_micro_batch
 
-    def model_loss(fp8: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    def model_loss(fp8: bool, compiled: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
         lora = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_query=True, lora_value=True, lora_mlp=True)
         model = GPT(Config.from_file(tiny_checkpoint / "model_config.yaml", **lora))
@@ -145,6 +145,8 @@ def test_tiny_model_loss_and_lora_gradients_in_fp8(tiny_checkpoint: Path, chat_r
             if name.endswith("lora_B"):
                 torch.nn.init.normal_(p, std=0.05)
         prepare_lora_layers(model)
+        if compiled:  # the loop's per-block compile (dynamo must trace the blocks around the FP8 op)
+            compile_blocks(model, backend="aot_eager")
         assert all(
             isinstance(m.linear, FP8Linear) == fp8
             for n, m in model.named_modules()
@@ -158,6 +160,10 @@ def test_tiny_model_loss_and_lora_gradients_in_fp8(tiny_checkpoint: Path, chat_r
 
     loss_ref, grads_ref = model_loss(False)
     loss_fp8, grads_fp8 = model_loss(True)
+    loss_compiled, grads_compiled = model_loss(True, compiled=True)
+    assert loss_compiled == pytest.approx(loss_fp8, rel=1e-5)
+    for name, grad in grads_fp8.items():
+        torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-6)
     assert loss_fp8 == pytest.approx(loss_ref, rel=0.01)  # the issue's bar for a run's validation loss
     assert set(grads_fp8) == set(grads_ref)
     for name, grad in grads_ref.items():
