@@ -371,13 +371,7 @@ def bench_engine(plan: Plan) -> None:
                 "ms_all": [round(1000 * x, 2) for x in ttfts],
             }
         )
-        rates = []
-        for i in range(3):
-            req = GenerationRequest(
-                random_prompt(32, vocab, 10 + i), plan.decode_tokens, 0.8, 0.95, ignore_eos=True
-            )
-            _, arrivals = asyncio.run(run_stream(engine, req))
-            rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+        rates = batch1_rates(engine, plan)
         rate = statistics.median(rates)
         RESULTS[(model, "engine-b1")] = rate
         ceiling = CEILINGS.get(model, {})
@@ -415,23 +409,7 @@ def bench_engine(plan: Plan) -> None:
         )
         for n in plan.stream_counts:
             steps0 = engine.steps
-
-            async def many(n: int = n) -> list[tuple[float, list[float]]]:
-                reqs = [
-                    GenerationRequest(
-                        random_prompt(plan.stream_prompt, vocab, 100 + i),
-                        plan.stream_tokens,
-                        0.8,
-                        0.95,
-                        ignore_eos=True,
-                    )
-                    for i in range(n)
-                ]
-                return await asyncio.gather(*(run_stream(engine, r) for r in reqs))
-
-            t = time.perf_counter()
-            results = asyncio.run(many())
-            wall = time.perf_counter() - t
+            wall, results = streams_at_once(engine, plan, n)
             total = sum(len(a) for _, a in results)
             ttft = sorted(a[0] - s for s, a in results)
             per_stream = [(len(a) - 1) / (a[-1] - a[0]) for _, a in results if len(a) > 1]
@@ -475,28 +453,75 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
-def bench_burst(plan: Plan) -> None:
-    """--burst prompts submitted at once to an idle engine of as many slots: TTFT p50/p99 and total
-    tokens/s, in two arrival orders and with one prompt per prefill chunk."""
-    cfg, model = plan.config, plan.model
-    prompt_tokens = 32 if plan.device == "cpu" else 128
-    engine = make_engine(plan, max_batch=BURST)
+def start_engine(engine: Engine, model: str, what: str, **extra: Any) -> bool:
+    """Start `engine`, wait until it is ready and emit how long that took; returns whether it is."""
     t = time.perf_counter()
     engine.start()
     ok = engine.wait_ready(timeout=900)
     emit(
         {
             "model": model,
-            "what": f"burst engine ({BURST} slots) start-up to ready, compile caches of the earlier phases",
+            "what": what,
             "seconds": round(time.perf_counter() - t, 2),
             "ready": ok,
             "compiled": engine.compiled,
             "compile_error": engine.compile_error,
             "load_error": engine.load_error,
-            "buckets": engine.buckets,
+            **extra,
             **startup_stats(engine),
         }
     )
+    return ok
+
+
+def batch1_rates(engine: Engine, plan: Plan, twin: int = 0) -> list[float]:
+    """Decode tokens/s of three batch-1 requests of plan.decode_tokens (sampling, EOS ignored)."""
+    rates = []
+    for i in range(3):
+        req = GenerationRequest(
+            random_prompt(32, plan.config.vocab_size, 10 + i),
+            plan.decode_tokens,
+            0.8,
+            0.95,
+            ignore_eos=True,
+            twin=twin,
+        )
+        _, arrivals = asyncio.run(run_stream(engine, req))
+        rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+    return rates
+
+
+def streams_at_once(engine: Engine, plan: Plan, n: int, twins: int = 0) -> tuple[float, list]:
+    """(wall seconds, per-stream (submit, arrivals)) of n streams submitted at once; with `twins`, stream i
+    generates with twin slot 1 + i % twins."""
+
+    async def many() -> list[tuple[float, list[float]]]:
+        reqs = [
+            GenerationRequest(
+                random_prompt(plan.stream_prompt, plan.config.vocab_size, 100 + i),
+                plan.stream_tokens,
+                0.8,
+                0.95,
+                ignore_eos=True,
+                twin=1 + i % twins if twins else 0,
+            )
+            for i in range(n)
+        ]
+        return await asyncio.gather(*(run_stream(engine, r) for r in reqs))
+
+    t = time.perf_counter()
+    results = asyncio.run(many())
+    return time.perf_counter() - t, results
+
+
+def bench_burst(plan: Plan) -> None:
+    """--burst prompts submitted at once to an idle engine of as many slots: TTFT p50/p99 and total
+    tokens/s, in two arrival orders and with one prompt per prefill chunk."""
+    cfg, model = plan.config, plan.model
+    prompt_tokens = 32 if plan.device == "cpu" else 128
+    engine = make_engine(plan, max_batch=BURST)
+    what = f"burst engine ({BURST} slots) start-up to ready, compile caches of the earlier phases"
+    ok = start_engine(engine, model, what, buckets=engine.buckets)
     if not ok or engine.runner is None:
         return
     runner = engine.runner
@@ -764,7 +789,7 @@ def random_twin_updates(config: Config, seed: int) -> Any:
 def bench_twins(plan: Plan) -> None:
     """An engine of TWINS random twins over one base: batch-1 decode of one twin, and streams spread over
     all of them, against the merged engine's rows of the `engine` phase."""
-    model, vocab = plan.model, plan.config.vocab_size
+    model = plan.model
     updates = {slot: random_twin_updates(plan.config, seed=slot) for slot in range(1, TWINS + 1)}
     engine = Engine(
         lambda: random_model(plan.config, plan.torch_device, plan.dtype, seed=0),
@@ -779,31 +804,11 @@ def bench_twins(plan: Plan) -> None:
         ),
         twins=updates,
     )
-    t = time.perf_counter()
-    engine.start()
-    ok = engine.wait_ready(timeout=900)
-    emit(
-        {
-            "model": model,
-            "what": f"twins engine start-up ({TWINS} twins unmerged, LoRA r=16 on q and v)",
-            "seconds": round(time.perf_counter() - t, 2),
-            "ready": ok,
-            "compiled": engine.compiled,
-            "compile_error": engine.compile_error,
-            "load_error": engine.load_error,
-            **startup_stats(engine),
-        }
-    )
+    ok = start_engine(engine, model, f"twins engine start-up ({TWINS} twins unmerged, LoRA r=16 on q and v)")
     if not ok:
         return
     try:
-        rates = []
-        for i in range(3):
-            req = GenerationRequest(
-                random_prompt(32, vocab, 10 + i), plan.decode_tokens, 0.8, 0.95, ignore_eos=True, twin=1
-            )
-            _, arrivals = asyncio.run(run_stream(engine, req))
-            rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+        rates = batch1_rates(engine, plan, twin=1)
         rate = statistics.median(rates)
         RESULTS[(model, "twins-b1")] = rate
         merged = RESULTS.get((model, "engine-b1"))
@@ -818,24 +823,7 @@ def bench_twins(plan: Plan) -> None:
             }
         )
         for n in plan.stream_counts:
-
-            async def many(n: int = n) -> list[tuple[float, list[float]]]:
-                reqs = [
-                    GenerationRequest(
-                        random_prompt(plan.stream_prompt, vocab, 100 + i),
-                        plan.stream_tokens,
-                        0.8,
-                        0.95,
-                        ignore_eos=True,
-                        twin=1 + i % TWINS,
-                    )
-                    for i in range(n)
-                ]
-                return await asyncio.gather(*(run_stream(engine, r) for r in reqs))
-
-            t = time.perf_counter()
-            results = asyncio.run(many())
-            wall = time.perf_counter() - t
+            wall, results = streams_at_once(engine, plan, n, twins=TWINS)
             total = sum(len(a) for _, a in results)
             RESULTS[(model, f"twins-{n}-streams")] = total / wall
             merged = RESULTS.get((model, f"engine-{n}-streams"))

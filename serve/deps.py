@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from serve.service import TwinService
 from serve.settings import Settings, get_settings
@@ -34,13 +35,17 @@ def require_api_key(
     """With TWIN_API_KEY set, every /v1 call needs `Authorization: Bearer <key>`."""
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
+    check_bearer(
+        credentials, settings.api_key, "missing or wrong API key: send 'Authorization: Bearer <TWIN_API_KEY>'"
+    )
+
+
+def check_bearer(credentials: HTTPAuthorizationCredentials | None, key: SecretStr, detail: str) -> None:
+    """401 with `detail` unless the request's bearer token is `key` (compared in constant time)."""
     given = (credentials.credentials if credentials is not None else "").encode()
-    if credentials is None or not secrets.compare_digest(given, expected):
+    if credentials is None or not secrets.compare_digest(given, key.get_secret_value().encode()):
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong API key: send 'Authorization: Bearer <TWIN_API_KEY>'",
-            headers={"WWW-Authenticate": "Bearer"},
+            status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
         )
 
 
@@ -56,14 +61,11 @@ def require_admin_key(
             "'Authorization: Bearer <TWIN_ADMIN_KEY>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    expected = settings.admin_key.get_secret_value().encode()
-    given = (credentials.credentials if credentials is not None else "").encode()
-    if credentials is None or not secrets.compare_digest(given, expected):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong admin key: send 'Authorization: Bearer <TWIN_ADMIN_KEY>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_bearer(
+        credentials,
+        settings.admin_key,
+        "missing or wrong admin key: send 'Authorization: Bearer <TWIN_ADMIN_KEY>'",
+    )
 
 
 def require_json(request: Request) -> None:

@@ -128,19 +128,25 @@ def load_quantized(
     except ValueError as e:
         raise ModelLoadError(f"lit_model.pth does not match its model_config.yaml: {e}") from e
     if adapter is not None:
-        try:
-            result = model.load_state_dict(adapter.tensors, strict=False)
-            problems = [f"missing {k}" for k in result.missing_keys if "lora_" in k]
-            problems += [f"unexpected {k}" for k in result.unexpected_keys]
-        except RuntimeError as e:  # shape mismatches
-            problems = [str(e)]
-        if problems:
-            raise ModelLoadError(
-                f"{str(adapter.path)!r} does not fit the checkpoint and its hyperparameters.yaml "
-                f"(trained on another base model?): {'; '.join(problems[:4])}"
-            )
+        load_lora_tensors(model, adapter)
     strip_unused_lora(model)
     return model.eval().requires_grad_(False)
+
+
+def load_lora_tensors(model: lora.GPT, adapter: Adapter, assign: bool = False) -> None:
+    """Put the adapter's LoRA tensors into litgpt's LoRA GPT (its base weights untouched); refuses an
+    adapter that does not fit, naming the file and the first mismatches."""
+    try:
+        result = model.load_state_dict(adapter.tensors, strict=False, assign=assign)
+        problems = [f"missing {k}" for k in result.missing_keys if "lora_" in k]
+        problems += [f"unexpected {k}" for k in result.unexpected_keys]
+    except RuntimeError as e:  # shape mismatches
+        problems = [str(e)]
+    if problems:
+        raise ModelLoadError(
+            f"{str(adapter.path)!r} does not fit the checkpoint and its hyperparameters.yaml "
+            f"(trained on another base model?): {'; '.join(problems[:4])}"
+        )
 
 
 def random_model(config: Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> GPT:

@@ -34,6 +34,7 @@ from serve.fused import FusedBlock
 from serve.generate import ParallelBlock, SequentialBlock, fusion_for
 from serve.kernels_lora import lora_delta
 from serve.low_rank import LowRank
+from serve.model import load_lora_tensors
 
 
 class LoraBank(nn.Module):
@@ -202,17 +203,7 @@ def adapter_updates(config: Config, adapter: Adapter) -> AdapterUpdates:
     for module in model.modules():  # the base's weights are never read: an empty stand-in off meta
         if isinstance(module, lora.LoRALinear):
             module.linear.weight = nn.Parameter(torch.empty(0), requires_grad=False)
-    try:
-        result = model.load_state_dict(adapter.tensors, strict=False, assign=True)
-        problems = [f"missing {k}" for k in result.missing_keys if "lora_" in k]
-        problems += [f"unexpected {k}" for k in result.unexpected_keys]
-    except RuntimeError as e:  # shape mismatches
-        problems = [str(e)]
-    if problems:
-        raise TwinError(
-            f"{name} does not fit the checkpoint and its hyperparameters.yaml (trained on another base "
-            f"model?): {'; '.join(problems[:4])}"
-        )
+    load_lora_tensors(model, adapter, assign=True)
     kind = fused_kind(config)
     updates: AdapterUpdates = {}
     for i, block in enumerate(model.transformer.h):
