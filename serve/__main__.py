@@ -16,7 +16,10 @@ from common.cli import parse_settings, run
 from serve.settings import Settings
 
 PROG = "python -m serve"
-EPILOG = "The API key is read only from TWIN_API_KEY (env or .env): a flag would show up in `ps`."
+EPILOG = (
+    "The API key is read only from TWIN_API_KEY and the admin key only from TWIN_ADMIN_KEY (env or .env): "
+    "a flag would show up in `ps`."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

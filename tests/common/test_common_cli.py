@@ -312,7 +312,7 @@ def stage_serve() -> tuple[Callable[[list[str]], int], list[str], dict[str, Any]
     defaults = {
         name: field.get_default(call_default_factory=True)
         for name, field in Settings.model_fields.items()
-        if name != "api_key"
+        if name not in ("api_key", "admin_key")  # env only: a flag would show up in `ps`
     }
     return main, [], defaults
 
