@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers import close
 from litgpt.generate.base import generate
 from litgpt.model import GPT
 from model_families import FUSED_FAMILIES, check_decodes_like_litgpt, random_family_model
@@ -36,12 +37,6 @@ def interpreted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it before triton is imported"
     monkeypatch.setattr(kernels, "cpu_interpreter", True)
     yield
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    # bf16: the kernels round where the modules round, but sum in another order (1-2 ulps of the output)
-    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.07, "rtol": 0.02}
-    torch.testing.assert_close(actual.float(), expected.float(), **tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,14 +6,13 @@ Triton's own compiler, which the interpreter never runs."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers import close, compile_for_sm90
 
 from serve import kernels, kernels_lora
 from serve.kernels_lora import lora_delta, lora_delta_reference, use_lora_kernels
@@ -29,12 +28,6 @@ def interpreted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it before triton is imported"
     monkeypatch.setattr(kernels, "cpu_interpreter", True)
     yield
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    # bf16: both round the intermediate where F.linear does, but sum in another order (1-2 ulps)
-    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.07, "rtol": 0.02}
-    torch.testing.assert_close(actual.float(), expected.float(), **tol)
 
 
 def adapters(
@@ -136,19 +129,5 @@ for kernel, consts, warps in [
 
 def test_the_kernels_compile_for_an_h200(tmp_path: Path) -> None:
     """The shrink and expand kernels through Triton's compiler to sm_90 (no GPU needed)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile, not a cached kernel
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-c", COMPILE_FOR_SM90],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode and "ptxas" in proc.stderr.lower():
-        pytest.skip(f"no ptxas for sm_90 here: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sizes = [int(line) for line in proc.stdout.split()]
+    sizes = compile_for_sm90(COMPILE_FOR_SM90, tmp_path)
     assert len(sizes) == 2 and all(size > 0 for size in sizes), sizes

@@ -7,8 +7,6 @@ own compiler, which the interpreter never runs."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers import close, compile_for_sm90
 from litgpt import lora
 from litgpt.model import GPT
 from model_families import (
@@ -55,12 +54,6 @@ def interpreted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(kernels_nf4, "TILE", (64, 256, 4))
     monkeypatch.setattr(kernels, "TILE", (64, 512, 4))
     yield
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    # the reference sums the same dequantized weights in another order; bf16: 1-2 ulps of the output
-    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.07, "rtol": 0.02}
-    torch.testing.assert_close(actual.float(), expected.float(), **tol)
 
 
 def nf4_weight(n: int, k: int, dq: bool, dtype: torch.dtype, seed: int = 0) -> tuple:
@@ -247,19 +240,5 @@ for variant in [
 def test_the_kernel_compiles_for_an_h200(tmp_path: Path) -> None:
     """Every fold of the kernel through Triton's compiler to sm_90 PTX (no GPU needed), each reading its
     codes with 16-byte vector loads — the interpreter runs none of that."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile, not a cached kernel
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-c", COMPILE_FOR_SM90],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode and "ptxas" in proc.stderr.lower():
-        pytest.skip(f"no ptxas for sm_90 here: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = [int(line) for line in proc.stdout.split()]
+    counts = compile_for_sm90(COMPILE_FOR_SM90, tmp_path)
     assert len(counts) == 4 and all(c >= 1 for c in counts), counts
