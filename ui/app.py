@@ -2,9 +2,11 @@
 
 Run `make ui` or `python -m ui` (127.0.0.1 only; see `ui/access.py`). The history lives in
 `st.session_state` and goes to the server as the OpenAI `messages` list on every turn; every HTTP call is in
-`ui/client.py`. The server's address and API key come from the environment (TWIN_API_URL, TWIN_API_KEY) and
-stay in this Python process: no widget holds them, so the browser never receives the key, and nobody at
-the page can point it (and the key) at another server.
+`ui/client.py`. The twins come from the server's `GET /v1/models` (once per session, and again on **Check
+server**); the sidebar picks one when there are several, and each twin keeps its own conversation. The
+server's address and API key come from the environment (TWIN_API_URL, TWIN_API_KEY) and stay in this
+Python process: no widget holds them, so the browser never receives the key, and nobody at the page can
+point it (and the key) at another server.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def shown_url(url: str) -> str:
 def init_state() -> None:
     """Defaults for the conversation and the sidebar's widgets."""
     state = st.session_state
-    state.setdefault("history", [])
+    state.setdefault("history", [])  # the conversation with `talking_to`
+    state.setdefault("histories", {})  # the other twins' conversations, put aside, by twin id
+    state.setdefault("talking_to", None)
     state.setdefault("conversation", 0)
     state.setdefault("error", None)
     state.setdefault("partner", "")
@@ -102,6 +106,50 @@ def ask_retry() -> None:
     st.session_state.retry = True
 
 
+def forget_twins() -> None:
+    """Make the next run ask the server for its twins again."""
+    st.session_state.pop("twins", None)
+
+
+def load_twins(server: client.ServerSettings) -> None:
+    """Ask the server which twins it serves; keep the ids, or what went wrong, in the session."""
+    state = st.session_state
+    try:
+        state.twins, state.twins_error = client.list_models(server), None
+        return
+    except client.TwinAPIError as e:
+        problem = str(e)
+    except Exception as e:  # a bug must not cost the page: say so and keep it alive
+        log.exception("listing the twins failed")
+        problem = f"Something went wrong ({type(e).__name__}: {e})."
+    state.twins = []
+    state.twins_error = for_page(
+        f"The page could not get the list of twins from the server. {problem} "
+        "Then press **Check server** in the sidebar to ask again.",
+        server,
+    )
+
+
+def choose_twin() -> str | None:
+    """The twin to talk to: the sidebar's pick, else the server's default (its first). A twin other than
+    the one the history is with puts that conversation aside and brings back this twin's own, so that
+    one twin's replies are never sent to another as its own words."""
+    state = st.session_state
+    twins: list[str] = state.twins
+    if not twins:
+        return None
+    if state.get("twin") not in twins:
+        state.twin = twins[0]
+    if state.twin != state.talking_to:
+        if state.talking_to is not None:
+            state.histories[state.talking_to] = state.history
+        state.history = state.histories.pop(state.twin, [])
+        state.talking_to = state.twin
+        state.error = None
+        state.conversation += 1
+    return str(state.twin)
+
+
 def check_server(server: client.ServerSettings) -> None:
     try:
         answer = client.check_health(server)
@@ -113,8 +161,9 @@ def check_server(server: client.ServerSettings) -> None:
     st.sidebar.success(f"The server is up{where}.")
 
 
-def sidebar(server: client.ServerSettings) -> None:
+def sidebar(server: client.ServerSettings, twin: str | None) -> None:
     """Settings widgets; their values stay in `st.session_state` under their keys."""
+    twins: list[str] = st.session_state.twins
     with st.sidebar:
         st.header("Settings")
         key_said = (
@@ -122,7 +171,10 @@ def sidebar(server: client.ServerSettings) -> None:
             if server.api_key.strip()
             else "none (set TWIN_API_KEY if the server has one)"
         )
-        st.caption(f"Server: `{shown_url(server.base_url)}` (TWIN_API_URL)  \nAPI key: {key_said}")
+        twin_said = f"  \nTwin: `{twin}`" if len(twins) == 1 else ""
+        st.caption(f"Server: `{shown_url(server.base_url)}` (TWIN_API_URL)  \nAPI key: {key_said}{twin_said}")
+        if len(twins) > 1:
+            st.selectbox("Twin", twins, key="twin", help="Who answers. Each twin keeps its own conversation.")
         st.text_input(
             "Partner's name",
             key="partner",
@@ -140,13 +192,14 @@ def sidebar(server: client.ServerSettings) -> None:
                 st.session_state.partner,
                 st.session_state.temperature,
                 st.session_state.max_tokens,
+                twin or "",
             ),
             file_name="twin-conversation.json",
             mime="application/json",
             disabled=not st.session_state.history,
             on_click="ignore",
         )
-        if st.button("Check server"):
+        if st.button("Check server", on_click=forget_twins, help="Also asks again which twins it serves."):
             check_server(server)
 
 
@@ -160,8 +213,8 @@ def draw_bubble(index: int, partner: str) -> None:
     message(turn["content"], is_user=is_user, logo=logo, key=f"c{st.session_state.conversation}-{index}")
 
 
-def reply(server: client.ServerSettings) -> None:
-    """Stream the twin's answer to the history; keep it on success, leave an error message otherwise."""
+def reply(server: client.ServerSettings, twin: str) -> None:
+    """Stream `twin`'s answer to the history; keep it on success, leave an error message otherwise."""
     state = st.session_state
     parts: list[str] = []
 
@@ -171,6 +224,7 @@ def reply(server: client.ServerSettings) -> None:
             chat.request_messages(state.history, state.partner),
             temperature=float(state.temperature),
             max_tokens=int(state.max_tokens),
+            model=twin,
         ):
             parts.append(piece)
             yield piece
@@ -182,6 +236,9 @@ def reply(server: client.ServerSettings) -> None:
             st.write_stream(pieces())
     except client.TwinAPIError as e:
         state.error = for_page(str(e), server)
+        if e.status == 404:  # most likely the twin is gone from the server: list the twins again
+            forget_twins()
+            state.error += " Press **Check server** to see the twins the server serves now."
     except Exception as e:  # a bug must not cost the conversation: say so and keep the page alive
         log.exception("reply failed")
         state.error = for_page(
@@ -201,8 +258,11 @@ def main() -> None:
     check_access()
     server = load_server()
     init_state()
-    sidebar(server)
     state = st.session_state
+    if not state.get("twins"):  # once per session, and until the server has answered
+        load_twins(server)
+    twin = choose_twin()
+    sidebar(server, twin)
     partner = chat.clean_partner(state.partner)
 
     st.title("💬 twin")
@@ -210,15 +270,17 @@ def main() -> None:
     for index in range(len(state.history)):
         draw_bubble(index, partner)
 
-    prompt = st.chat_input(f"Message from {partner or PARTNER_PLACEHOLDER}…", key="prompt")
+    if state.twins_error:
+        st.error(state.twins_error)
+    prompt = st.chat_input(f"Message from {partner or PARTNER_PLACEHOLDER}…", key="prompt", disabled=not twin)
     wanted = state.pop("retry", False)
     if prompt and prompt.strip():
         state.history.append(chat.Message(role="user", content=prompt.strip()))
         draw_bubble(len(state.history) - 1, partner)
         wanted = True
-    if wanted and state.history and state.history[-1]["role"] == "user":
+    if twin and wanted and state.history and state.history[-1]["role"] == "user":
         state.error = None
-        reply(server)
+        reply(server, twin)
     if state.error:
         st.error(state.error)
         if state.history and state.history[-1]["role"] == "user":

@@ -41,12 +41,13 @@ def request_messages(history: Sequence[Message], partner: str | None) -> list[di
 
 
 def export_conversation(
-    history: Sequence[Message], partner: str | None, temperature: float, max_tokens: int
+    history: Sequence[Message], partner: str | None, temperature: float, max_tokens: int, model: str
 ) -> str:
-    """The conversation as pretty JSON; its `messages` can be replayed against the API as they are."""
+    """The conversation with twin `model` as pretty JSON; its `model` and `messages` can be replayed
+    against the API as they are."""
     document = {
         "version": EXPORT_VERSION,
-        "model": "twin",
+        "model": model,
         "partner": clean_partner(partner) or None,
         "temperature": temperature,
         "max_tokens": max_tokens,

@@ -1,14 +1,16 @@
 """The page's only HTTP code: the twin server's OpenAI-style chat API, streamed, with errors in words.
 
-Contract (written by `serve`): `POST {url}/v1/chat/completions` with
-`{"model": "twin", "messages": [...], "temperature", "max_tokens", "stream": true}` answers with
+Contract (written by `serve`): `GET {url}/v1/models` lists the twins the server serves
+(`{"object": "list", "data": [{"id": ...}, ...]}`, the default twin first); `POST {url}/v1/chat/completions`
+with `{"model": <twin id>, "messages": [...], "temperature", "max_tokens", "stream": true}` answers with
 server-sent events, `data: {chat.completion.chunk}` lines ending in `data: [DONE]`; failures are 4xx/5xx
-with a JSON `{"detail": ...}` (401 for a wrong `Authorization: Bearer <key>`, 503 + `Retry-After` while
-busy). `GET {url}/health` says whether the server is up.
+with a JSON `{"detail": ...}` (401 for a wrong `Authorization: Bearer <key>`, 404 naming the served twins
+for an unknown `model`, 503 + `Retry-After` while busy). `GET {url}/health` says whether the server is up.
 
 Every failure a person can meet (server down, wrong key, slow server, refused request, broken stream)
 becomes a `TwinAPIError` whose text can go on the page as it is. Tests of the page replace this module's
-`stream_reply` / `check_health`; the module itself is tested against real servers on 127.0.0.1.
+`stream_reply` / `check_health` / `list_models`; the module itself is tested against real servers on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ DEFAULT_TIMEOUT_S = 120.0
 """Longest wait for the server to send anything: a 7B model on a busy CPU can be slow to start a reply."""
 CONNECT_TIMEOUT_S = 5.0
 """A server that is up accepts a connection at once; a silent one is as good as down."""
-MODEL = "twin"
 
 
 class TwinAPIError(Exception):
@@ -93,19 +94,22 @@ def stream_reply(
     *,
     temperature: float,
     max_tokens: int,
+    model: str | None = None,
 ) -> Iterator[str]:
-    """Ask for the twin's next reply to `messages` (OpenAI format) and yield its text as it arrives.
+    """Ask twin `model` (an id from `list_models`; None: the server's default twin) for its next reply
+    to `messages` (OpenAI format) and yield its text as it arrives.
 
     Nothing is sent until the first item is taken. Raises `TwinAPIError` for every failure, including
     one in the middle of the stream; closing the iterator early closes the connection.
     """
-    body = {
-        "model": MODEL,
+    body: dict[str, Any] = {
         "messages": [dict(m) for m in messages],
         "temperature": temperature,
         "max_tokens": max_tokens,
         "stream": True,
     }
+    if model is not None:
+        body = {"model": model, **body}
     url = f"{server.base_url}/v1/chat/completions"
     headers = {**server.headers(), "Accept": "text/event-stream"}
     with _translated_errors(server):
@@ -146,6 +150,28 @@ def check_health(server: ServerSettings) -> dict[str, Any]:
         if not isinstance(answer, dict):
             raise TwinAPIError(f"{server.base_url}/health did not answer with JSON; is this the twin server?")
         return answer
+
+
+def list_models(server: ServerSettings) -> list[str]:
+    """The ids of the twins the server serves (`GET /v1/models`), in its order: the default twin first.
+
+    Raises `TwinAPIError` when the server can't be reached, refuses, or serves no twin.
+    """
+    with _translated_errors(server):
+        with httpx.Client(timeout=server.timeout()) as http:
+            response = http.get(f"{server.base_url}/v1/models", headers=server.headers())
+    if response.status_code >= 400:
+        raise _status_error(response, server)
+    try:
+        cards = response.json()["data"]
+        ids = [str(card["id"]) for card in cards]
+    except (ValueError, KeyError, TypeError) as e:
+        raise TwinAPIError(
+            f"{server.base_url}/v1/models did not answer with a list of models; is this the twin server?"
+        ) from e
+    if not ids:
+        raise TwinAPIError("The twin server serves no twin right now: add one to it, or restart it.")
+    return ids
 
 
 def _read_events(lines: Iterator[str]) -> Iterator[str]:

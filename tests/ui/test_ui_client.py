@@ -7,9 +7,9 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 from ui_browser import RealTwin
-from ui_standin import StandIn, chunk, free_port, sse, status
+from ui_standin import StandIn, chunk, free_port, serve_twins, sse, status
 
-from ui.client import DEFAULT_URL, ServerSettings, TwinAPIError, check_health, stream_reply
+from ui.client import DEFAULT_URL, ServerSettings, TwinAPIError, check_health, list_models, stream_reply
 
 HISTORY = [
     {"role": "user", "content": "hi", "name": "Anna"},
@@ -34,14 +34,16 @@ def failure(server: ServerSettings) -> TwinAPIError:
 def test_streams_the_reply_and_sends_the_openai_request(standin: StandIn) -> None:
     standin.answer = sse([chunk("not much"), ": ping", chunk(""), "event: message", chunk(", you?")])
     pieces = list(
-        stream_reply(ServerSettings(standin.url, api_key="k3y"), HISTORY, temperature=0.35, max_tokens=17)
+        stream_reply(
+            ServerSettings(standin.url, api_key="k3y"), HISTORY, temperature=0.35, max_tokens=17, model="anna"
+        )
     )
     assert pieces == ["not much", ", you?"]
     [seen] = standin.seen
     assert (seen.method, seen.path) == ("POST", "/v1/chat/completions")
     assert seen.headers["Authorization"] == "Bearer k3y"
     assert seen.body == {
-        "model": "twin",
+        "model": "anna",
         "messages": HISTORY,
         "temperature": 0.35,
         "max_tokens": 17,
@@ -59,6 +61,7 @@ def test_nothing_is_sent_before_the_reply_is_read(standin: StandIn) -> None:
 def test_no_key_means_no_authorization_header(standin: StandIn) -> None:
     assert reply(ServerSettings(standin.url)) == "hi"
     assert "Authorization" not in standin.seen[0].headers
+    assert "model" not in standin.seen[0].body  # no model given: the server's default twin answers
 
 
 @pytest.mark.parametrize("written", ["{url}/", "{url}/v1", "{url}/v1/", "{bare}"])
@@ -192,6 +195,41 @@ def test_health(standin: StandIn) -> None:
         check_health(ServerSettings(standin.url))
 
 
+def test_list_models(standin: StandIn) -> None:
+    serve_twins(standin, ["me", "anna"])
+    assert list_models(ServerSettings(f"{standin.url}/v1", api_key="k")) == ["me", "anna"]
+    [seen] = standin.seen
+    assert (seen.method, seen.path, seen.headers["Authorization"]) == ("GET", "/v1/models", "Bearer k")
+    assert "".join(stream_reply(ServerSettings(standin.url), HISTORY, temperature=0.7, max_tokens=8)) == (
+        "I am me."
+    )
+    with pytest.raises(TwinAPIError, match=r"HTTP 404.*serves 'me', 'anna'"):
+        list(stream_reply(ServerSettings(standin.url), HISTORY, temperature=0.7, max_tokens=8, model="bob"))
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (status(401, {"detail": "Missing API key"}), "needs an API key"),
+        (status(503, {"detail": "busy"}, headers={"Retry-After": "4"}), "try again in 4 s"),
+        (status(200, "<html>hello</html>"), "did not answer with a list of models"),
+        (status(200, {"object": "list", "data": [{"object": "model"}]}), "did not answer with a list"),
+        (status(200, {"object": "list", "data": []}), "serves no twin"),
+    ],
+    ids=["no-key", "busy", "not-json", "no-ids", "empty"],
+)
+def test_list_models_failures_read_well(standin: StandIn, answer: object, said: str) -> None:
+    standin.answer = answer  # type: ignore[assignment]
+    with pytest.raises(TwinAPIError, match=said):
+        list_models(ServerSettings(standin.url))
+
+
+def test_list_models_of_a_server_that_is_down() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TwinAPIError, match=f"Can't reach the twin server at {url}"):
+        list_models(ServerSettings(url))
+
+
 def test_settings_from_the_environment() -> None:
     assert ServerSettings.from_env({}) == ServerSettings(DEFAULT_URL, "", 120.0)
     env = {"TWIN_API_URL": " http://h:1 ", "TWIN_API_KEY": " k ", "TWIN_API_TIMEOUT": "2.5"}
@@ -206,7 +244,8 @@ def test_the_real_twin_server_streams_a_reply(real_twin: RealTwin) -> None:
     server = ServerSettings(real_twin.url, api_key=real_twin.api_key)
     health = check_health(server)
     assert health["ready"] is True and health["model"] == "twin"
-    pieces = list(stream_reply(server, HISTORY, temperature=0.0, max_tokens=12))
+    assert list_models(server) == ["twin"]
+    pieces = list(stream_reply(server, HISTORY, temperature=0.0, max_tokens=12, model="twin"))
     assert pieces and all(pieces)
     assert "".join(pieces).strip()
 

@@ -25,6 +25,7 @@ class Request:
     messages: list[dict[str, str]]
     temperature: float
     max_tokens: int
+    model: str | None
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ScriptedServer:
     requests: list[Request] = field(default_factory=list)
     health: dict[str, Any] | BaseException = field(default_factory=lambda: {"status": "ok"})
     health_checks: list[ServerSettings] = field(default_factory=list)
+    twins: list[str] | BaseException = field(default_factory=lambda: ["twin"])
+    twin_lists: list[ServerSettings] = field(default_factory=list)
 
     def stream_reply(
         self,
@@ -47,8 +50,9 @@ class ScriptedServer:
         *,
         temperature: float,
         max_tokens: int,
+        model: str | None = None,
     ) -> Iterator[str]:
-        self.requests.append(Request(server, [dict(m) for m in messages], temperature, max_tokens))
+        self.requests.append(Request(server, [dict(m) for m in messages], temperature, max_tokens, model))
         for piece in self.scripts.pop(0):
             if isinstance(piece, BaseException):
                 raise piece
@@ -60,6 +64,12 @@ class ScriptedServer:
             raise self.health
         return self.health
 
+    def list_models(self, server: ServerSettings) -> list[str]:
+        self.twin_lists.append(server)
+        if isinstance(self.twins, BaseException):
+            raise self.twins
+        return list(self.twins)
+
 
 @pytest.fixture
 def twin(monkeypatch: pytest.MonkeyPatch) -> ScriptedServer:
@@ -68,6 +78,7 @@ def twin(monkeypatch: pytest.MonkeyPatch) -> ScriptedServer:
     scripted = ScriptedServer()
     monkeypatch.setattr(ui.client, "stream_reply", scripted.stream_reply)
     monkeypatch.setattr(ui.client, "check_health", scripted.check_health)
+    monkeypatch.setattr(ui.client, "list_models", scripted.list_models)
     return scripted
 
 
