@@ -154,6 +154,8 @@ def setup(args: FinetuneArgs) -> Summary | None:
     train_records, _ = load_splits(args.run.data)
     render_records(train_records[:1], choose_prompter(args.run.checkpoint_dir, args.run.prompt_format))
     accelerator, precision = resolve_accelerator(args)
+    if args.train.packing is None:  # the faster batching where it runs well: GPUs, supported bases
+        args.train.packing = accelerator == "cuda" and packing_problem(base_config) is None
     if args.run.base_precision == "fp8" and (why := fp8_unavailable(accelerator)):
         raise UserError(why)
     try:
@@ -261,7 +263,7 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         length_grouping=args.train.length_grouping,
         world_size=fabric.world_size,
         rank=fabric.global_rank,
-        packing=args.train.packing,
+        packing=bool(args.train.packing),
     )
     if plan.global_batch_size < 1:
         raise UserError(
