@@ -154,8 +154,13 @@ def setup(args: FinetuneArgs) -> Summary | None:
     train_records, _ = load_splits(args.run.data)
     render_records(train_records[:1], choose_prompter(args.run.checkpoint_dir, args.run.prompt_format))
     accelerator, precision = resolve_accelerator(args)
-    if args.train.packing is None:  # the faster batching where it runs well: GPUs, supported bases
-        args.train.packing = accelerator == "cuda" and packing_problem(base_config) is None
+    if args.train.packing is None:  # the faster batching where it was measured: one way of training on GPUs
+        args.train.packing = (
+            accelerator == "cuda"
+            and args.run.quantize == "none"
+            and args.run.strategy != "fsdp"
+            and packing_problem(base_config) is None
+        )
     if args.run.base_precision == "fp8" and (why := fp8_unavailable(accelerator)):
         raise UserError(why)
     try:
