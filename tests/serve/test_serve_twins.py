@@ -401,6 +401,25 @@ def in_thread(fn: Callable[[], httpx.Response]) -> tuple[threading.Thread, dict[
     return thread, result
 
 
+def begin_greedy_stream(
+    server: str, model: str, messages: list[dict[str, str]], max_tokens: int
+) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+    """(request, the rest of its events, its chunks so far): a greedy streamed reply, read until it has
+    begun (its first content)."""
+    request = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    events = stream_until_content(server, request)
+    chunks: list[dict[str, Any]] = []
+    while not began(chunks):
+        chunks.append(next(events))  # type: ignore[arg-type]
+    return request, events, chunks
+
+
 def test_adding_a_twin_while_another_streams(
     server: str,
     client: TestClient,
@@ -412,18 +431,8 @@ def test_adding_a_twin_while_another_streams(
     messages, max_tokens = MESSAGES[1], 48
     quiet = reply(client, messages, "bob", max_tokens=max_tokens)  # nothing else happening
     assert quiet["usage"]["completion_tokens"] >= 8, quiet  # long enough to add dave in its middle
-    request = {
-        "model": "bob",
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-    }
+    request, events, chunks = begin_greedy_stream(server, "bob", messages, max_tokens)
     body = {"name": "dave", "adapter": str(adapters.dave)}
-    events = stream_until_content(server, request)
-    chunks: list[dict[str, Any]] = []
-    while not began(chunks):
-        chunks.append(next(events))  # type: ignore[arg-type]
     # bob's reply has begun: between two of its decode steps, dave's adapter is loaded
     with worker_paused(service, monkeypatch) as queued:
         assert service.engine.stats()["active"] == 1, "bob's reply ended before dave was added"
@@ -457,18 +466,8 @@ def test_a_removed_twin_finishes_its_replies_before_its_slot_is_reused(
     messages, max_tokens = MESSAGES[1], 48
     quiet = reply(client, messages, "carol", max_tokens=max_tokens)
     assert quiet["usage"]["completion_tokens"] >= 8, quiet
-    request = {
-        "model": "carol",
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-    }
+    request, events, chunks = begin_greedy_stream(server, "carol", messages, max_tokens)
     body = {"name": "dave", "adapter": str(adapters.dave)}
-    events = stream_until_content(server, request)
-    chunks: list[dict[str, Any]] = []
-    while not began(chunks):
-        chunks.append(next(events))  # type: ignore[arg-type]
     with worker_paused(service, monkeypatch) as queued:
         assert service.engine.stats()["active"] == 1, "carol's reply ended before she was removed"
         assert client.delete(f"{TWINS}/carol", headers=AS_ADMIN).status_code == 200
