@@ -444,7 +444,7 @@ def test_adding_a_twin_while_another_streams(
     rest = list(events)
     assert added["r"].status_code == 201, added["r"].text
     assert rest[-1] == "[DONE]"
-    chunks += rest[:-1]  # type: ignore[arg-type]
+    chunks += rest[:-1]
     assert all(c["model"] == "bob" for c in chunks)
     assert streamed_reply(chunks) == (text(quiet), [quiet["choices"][0]["finish_reason"]])
     # dave serves, and bob still answers as before
@@ -483,7 +483,7 @@ def test_a_removed_twin_finishes_its_replies_before_its_slot_is_reused(
     assert "retry shortly" in added["r"].json()["detail"]
     rest = list(events)
     assert rest[-1] == "[DONE]"
-    chunks += rest[:-1]  # type: ignore[arg-type]
+    chunks += rest[:-1]
     assert streamed_reply(chunks) == (text(quiet), [quiet["choices"][0]["finish_reason"]])
     # her reply is done: the slot is free again
     assert add(client, "dave", adapters.dave).status_code == 201
