@@ -32,7 +32,7 @@ from ui_browser import (
     wait_for,
     websocket_frames,
 )
-from ui_standin import chunk, free_port, running_standin, sse, status
+from ui_standin import chunk, free_port, model_list, running_standin, sse, status
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,7 @@ def no_traceback(page: Page) -> bool:
 def test_a_slow_reply_grows_in_the_browser_and_a_failure_is_a_message(browser: Page, tmp_path: Path) -> None:
     words = ["yeah ", "friday ", "works ", "for ", "me ", "🙂"]
     with running_standin() as twin:
+        twin.routes["/v1/models"] = model_list(["twin"])  # the page asks for its twins first
         twin.answer = sse([chunk(w) for w in words], pause_s=0.25)
         log = tmp_path / "streamlit.log"
         with streamlit_app(free_port(), {"TWIN_API_URL": twin.url}, log, via_module=True) as url:
@@ -69,7 +70,8 @@ def test_a_slow_reply_grows_in_the_browser_and_a_failure_is_a_message(browser: P
             growing = [text for text in seen if "yeah friday works for me 🙂".startswith(text)]
             assert len(growing) >= 3, seen
             assert len(set(map(len, growing))) == len(growing), seen
-            assert twin.seen[0].body["messages"] == [{"role": "user", "content": "Are you free on friday?"}]
+            asked = [seen for seen in twin.seen if seen.path == "/v1/chat/completions"]
+            assert asked[0].body["messages"] == [{"role": "user", "content": "Are you free on friday?"}]
 
             twin.answer = status(401, {"detail": "Invalid API key"})
             type_into(browser, CHAT_INPUT, "hello?")

@@ -274,7 +274,14 @@ window.twinRecorder = setInterval(() => {
 
 def open_app(page: Page, url: str) -> None:
     page.navigate(url)
-    wait_for("the chat input", lambda: page.evaluate(f"!!document.querySelector('{CHAT_INPUT}')"), 60)
+    ready = f"(() => {{ const e = document.querySelector('{CHAT_INPUT}'); return !!e && !e.disabled; }})()"
+
+    def chat_input_ready() -> bool:
+        if alerts := page_text(page, "stAlertContainer"):
+            raise AssertionError(f"the page shows an error instead of a chat input to type into: {alerts}")
+        return bool(page.evaluate(ready))
+
+    wait_for("an enabled chat input", chat_input_ready, 60)
 
 
 def type_into(page: Page, selector: str, text: str) -> None:
