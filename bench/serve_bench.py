@@ -801,6 +801,7 @@ def bench_twins(plan: Plan) -> None:
             compile_cache_dir=COMPILE_CACHE,
             twin_slots=TWINS,
             max_lora_rank=16,
+            lora_layers=("query", "value"),  # what a server started with such twins holds by default
         ),
         twins=updates,
     )

@@ -45,6 +45,9 @@ class EngineConfig:
     comes on top. 0: one twin, its adapter merged into the base (the fastest decode step)."""
     max_lora_rank: int = 16
     """The largest LoRA rank a twin slot holds (per adapted matrix); memory is reserved for it."""
+    lora_layers: tuple[str, ...] = ("query", "key", "value", "projection", "mlp")
+    """The LoRA switches (finetune's `lora_<name>`) the twin slots hold: layers none of them names get no
+    twin bank and cost the decode step nothing (`serve.multi_lora`)."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -52,6 +52,7 @@ from torch import nn
 
 from serve import blocks_nf4, kernels
 from serve.fused import FusedBlock
+from serve.kernels_lora import LoraBank, add_delta
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,8 @@ class ParallelBlock(FusedBlock):
         attn.qkv, attn.proj = nn.Identity(), nn.Identity()
         self.attn = attn
         # several twins on one base (`serve.multi_lora`): each batch row's LoRA update of w_in and w_out
-        self.lora_w_in: nn.Module | None = None
-        self.lora_w_out: nn.Module | None = None
+        self.lora_w_in: LoraBank | None = None
+        self.lora_w_out: LoraBank | None = None
 
     def forward(
         self,
@@ -211,20 +212,19 @@ class ParallelBlock(FusedBlock):
         # torch.compile: shapes are fixed)
         one_token = self.gemv and kernels.use_gemv(x)
         n = self.norm_1(x)
-        add = None if self.lora_w_in is None else self.lora_w_in(n)  # before the GELU
+        lora_in, lora_out = self.lora_w_in, self.lora_w_out  # a twin bank's update: before the GELU
         if one_token:
-            h = kernels.gemv(n, self.w_in.weight, self.w_in.bias, self.qkv_size, approximate, add=add)
+            lora = None if lora_in is None else lora_in.term(n)
+            h = kernels.gemv(n, self.w_in.weight, self.w_in.bias, self.qkv_size, approximate, lora=lora)
         else:
-            h = self.w_in(n)  # (B, T, qkv + intermediate)
-            h = h if add is None else h + add
+            h = add_delta(self.w_in(n), None if lora_in is None else lora_in(n))  # (B, T, qkv + intermediate)
         qkv, mlp = h.split((self.qkv_size, h.size(-1) - self.qkv_size), dim=-1)
         heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
         if one_token:  # mlp is gelu(fc) already
-            add = None if self.lora_w_out is None else self.lora_w_out(torch.cat((heads, mlp), dim=-1))
-            return kernels.cat_gemv(heads, mlp, self.w_out.weight, self.w_out.bias, x, add=add)
+            lora = None if lora_out is None else lora_out.term(heads, mlp)
+            return kernels.cat_gemv(heads, mlp, self.w_out.weight, self.w_out.bias, x, lora=lora)
         both = torch.cat((heads, F.gelu(mlp, approximate=approximate)), dim=-1)
-        out = self.w_out(both)
-        return (out if self.lora_w_out is None else out + self.lora_w_out(both)) + x
+        return add_delta(self.w_out(both), None if lora_out is None else lora_out(both)) + x
 
 
 class SequentialBlock(FusedBlock):
@@ -257,10 +257,10 @@ class SequentialBlock(FusedBlock):
         attn.qkv, attn.proj = nn.Identity(), nn.Identity()
         self.attn = attn
         # several twins on one base (`serve.multi_lora`): each batch row's LoRA update of each matrix
-        self.lora_qkv: nn.Module | None = None
-        self.lora_proj: nn.Module | None = None
-        self.lora_w_in: nn.Module | None = None
-        self.lora_w_down: nn.Module | None = None
+        self.lora_qkv: LoraBank | None = None
+        self.lora_proj: LoraBank | None = None
+        self.lora_w_in: LoraBank | None = None
+        self.lora_w_down: LoraBank | None = None
 
     def act(self, gate: torch.Tensor) -> torch.Tensor:
         if self.activation == "silu":
@@ -279,34 +279,36 @@ class SequentialBlock(FusedBlock):
         # one token: Triton GEMVs (static under torch.compile: shapes are fixed)
         one_token = self.gemv and kernels.use_gemv(x)
         n = self.norm_1(x)
-        add = _update(self.lora_qkv, n)
-        qkv = (
-            kernels.gemv(n, self.qkv.weight, self.qkv.bias, add=add) if one_token else _plus(self.qkv(n), add)
-        )
-        heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
-        add = _update(self.lora_proj, heads)
-        if one_token:
-            x = kernels.gemv(heads, self.proj.weight, self.proj.bias, residual=x, add=add)
+        if one_token:  # a twin bank's update inside each GEMV (before the activation)
+            qkv = kernels.gemv(n, self.qkv.weight, self.qkv.bias, lora=_term(self.lora_qkv, n))
         else:
-            x = _plus(self.proj(heads), add) + x  # (B, T, C)
-        n = self.norm_2(x)
-        add = _update(self.lora_w_in, n)  # before the activation
+            qkv = add_delta(self.qkv(n), _update(self.lora_qkv, n))
+        heads = self.attn(qkv, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, n_head * hs)
         if one_token:
-            act = kernels.glu_gemv(n, self.w_in.weight, self.w_in.bias, self.activation, add=add)
-            add = _update(self.lora_w_down, act)
-            return kernels.gemv(act, self.w_down.weight, self.w_down.bias, residual=x, add=add)
-        gate, up = _plus(self.w_in(n), add).split(self.intermediate_size, dim=-1)  # 2 x (B, T, intermediate)
+            lora = _term(self.lora_proj, heads)
+            x = kernels.gemv(heads, self.proj.weight, self.proj.bias, residual=x, lora=lora)
+        else:
+            x = add_delta(self.proj(heads), _update(self.lora_proj, heads)) + x  # (B, T, C)
+        n = self.norm_2(x)
+        if one_token:
+            lora = _term(self.lora_w_in, n)
+            act = kernels.glu_gemv(n, self.w_in.weight, self.w_in.bias, self.activation, lora=lora)
+            lora = _term(self.lora_w_down, act)
+            return kernels.gemv(act, self.w_down.weight, self.w_down.bias, residual=x, lora=lora)
+        # 2 x (B, T, intermediate)
+        gate, up = add_delta(self.w_in(n), _update(self.lora_w_in, n)).split(self.intermediate_size, dim=-1)
         act = self.act(gate) * up
-        return _plus(self.w_down(act), _update(self.lora_w_down, act)) + x
+        return add_delta(self.w_down(act), _update(self.lora_w_down, act)) + x
 
 
-def _update(bank: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
-    """A twin bank's LoRA update of `x` (`serve.multi_lora`), or None without one."""
+def _update(bank: LoraBank | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A twin bank's LoRA update of token rows `x` (`serve.multi_lora`), or None without one."""
     return None if bank is None else bank(x)
 
 
-def _plus(out: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
-    return out if add is None else out + add
+def _term(bank: LoraBank | None, x: torch.Tensor) -> kernels.LoraTerm | None:
+    """A twin bank's LoRA update of one token, for its GEMV to add, or None without one."""
+    return None if bank is None else bank.term(x)
 
 
 class GemvLinear(nn.Linear):

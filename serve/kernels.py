@@ -35,6 +35,7 @@ the residual. Used only for a single token on a CUDA device (`use_gemv`); everyt
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -85,6 +86,28 @@ def use_gemv(x: torch.Tensor) -> bool:
     return x.numel() == x.size(-1) and _runs_on(x)
 
 
+class LoraTerm(NamedTuple):
+    """A token's unmerged LoRA delta `B[slot] @ t` for a GEMV to add where it adds `add` (rounded the
+    same way), so that the expand costs no kernel of its own: `t = A[slot] @ x` (R values, rounded to
+    the activation dtype, e.g. `serve.kernels_lora.shrink`'s), B (S, n, R) the stacked adapters' B with
+    the scaling folded in, contiguous, covering the weight's first n output rows (the rest get no
+    delta), slot a one-element int64 tensor (read on the device: CUDA graphs replay it)."""
+
+    t: torch.Tensor
+    B: torch.Tensor
+    slot: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.B.size(2)
+
+    def check(self, rows: int) -> None:
+        if self.B.dim() != 3 or not self.B.is_contiguous() or self.B.size(1) > rows:
+            raise ValueError(f"a LoRA B of shape {tuple(self.B.shape)} for a weight of {rows} rows")
+        if self.t.numel() != self.rank or not self.t.is_contiguous() or self.slot.numel() != 1:
+            raise ValueError(f"a LoRA term with t {tuple(self.t.shape)}, slot {tuple(self.slot.shape)}")
+
+
 if triton is not None:
 
     @triton.jit
@@ -99,6 +122,20 @@ if triton is not None:
             return v * tl.sigmoid(v)
 
     @triton.jit
+    def _lora_rows(t_ptr, b_ptr, slot_ptr, rows, R, n_rows, stride_s, BLOCK_R: tl.constexpr):
+        # B[slot, rows, :R] @ t[:R] in fp32 (B (S, n_rows, R) contiguous; rows past n_rows: 0)
+        slot = tl.load(slot_ptr).to(tl.int64)
+        ranks = tl.arange(0, BLOCK_R)
+        rank_mask = ranks < R
+        t = tl.load(t_ptr + ranks, mask=rank_mask, other=0.0).to(tl.float32)
+        b = tl.load(
+            b_ptr + slot * stride_s + rows[:, None] * R + ranks[None, :],
+            mask=((rows >= 0) & (rows < n_rows))[:, None] & rank_mask[None, :],
+            other=0.0,
+        )
+        return tl.sum(b.to(tl.float32) * t[None, :], axis=1)
+
+    @triton.jit
     def _gemv_kernel(
         x_ptr,
         x2_ptr,
@@ -107,20 +144,29 @@ if triton is not None:
         add_ptr,
         res_ptr,
         y_ptr,
+        lora_t_ptr,
+        lora_b_ptr,
+        lora_slot_ptr,
         N,
         K1,
         K,
         act_from,
+        lora_rank,
+        lora_rows,
+        lora_stride_s,
         HAS_X2: tl.constexpr,
         ACT: tl.constexpr,
         GLU: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         HAS_ADD: tl.constexpr,
         HAS_RES: tl.constexpr,
+        HAS_LORA: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        BLOCK_R: tl.constexpr,
     ):
         # y[rows] = W[rows, :] @ input (+ bias) (+ add[rows]), act'd from row act_from on, (+ res);
+        # a LoRA term adds B[slot, rows, :] @ t where add would (rows below lora_rows; `LoraTerm`);
         # input = cat(x[:K1], x2[:K - K1]) or x. GLU: W has 2N rows [gate; up], add 2N values, and
         # y[rows] = act(W[rows] @ input + bias[rows] (+ add[rows]))
         #           * (W[N + rows] @ input + bias[N + rows] (+ add[N + rows])) (+ res)
@@ -162,6 +208,11 @@ if triton is not None:
         if HAS_ADD:
             y += tl.load(add_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
             y = y.to(dtype).to(tl.float32)  # `base(x) + lora(x)`, rounded as litgpt's LoRA layer does
+        if HAS_LORA:
+            lora = _lora_rows(
+                lora_t_ptr, lora_b_ptr, lora_slot_ptr, rows, lora_rank, lora_rows, lora_stride_s, BLOCK_R
+            )
+            y = (y + lora.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)  # as the expand + add round
         if GLU:
             up = tl.sum(acc_up, axis=1)
             if HAS_BIAS:
@@ -170,6 +221,13 @@ if triton is not None:
             if HAS_ADD:
                 up += tl.load(add_ptr + N + rows, mask=row_mask, other=0.0).to(tl.float32)
                 up = up.to(dtype).to(tl.float32)
+            if HAS_LORA:
+                up_rows = N + rows
+                lora = _lora_rows(
+                    lora_t_ptr, lora_b_ptr, lora_slot_ptr, up_rows, lora_rank, lora_rows,
+                    lora_stride_s, BLOCK_R,
+                )  # fmt: skip
+                up = (up + lora.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
             # act(gate) rounded as the activation module rounds it, then the product rounded
             y = _activation(y, ACT).to(dtype).to(tl.float32) * up
             y = y.to(dtype).to(tl.float32)
@@ -410,6 +468,7 @@ def _launch(
     glu: bool = False,
     residual: torch.Tensor | None = None,
     add: torch.Tensor | None = None,
+    lora: LoraTerm | None = None,
 ) -> torch.Tensor:
     rows, K = weight.shape
     N = rows // 2 if glu else rows
@@ -429,6 +488,8 @@ def _launch(
             raise ValueError(f"an addend of {add.numel()} values for a {rows}x{K} weight")
         if not add.is_contiguous():
             add = add.contiguous()
+    if lora is not None:
+        lora.check(rows)
     y = torch.empty(N, device=x.device, dtype=x.dtype)
     block_n, block_k, warps = gemv_tile(K, glu)
     _gemv_kernel[(triton.cdiv(N, block_n),)](
@@ -439,18 +500,26 @@ def _launch(
         add if add is not None else x,
         residual.reshape(-1) if residual is not None else x,
         y,
+        lora.t if lora is not None else x,
+        lora.B if lora is not None else x,
+        lora.slot if lora is not None else x,
         N,
         k1,
         K,
         0 if act_from is None else act_from,
+        0 if lora is None else lora.rank,
+        0 if lora is None else lora.B.size(1),
+        0 if lora is None else lora.B.stride(0),
         HAS_X2=x2 is not None,
         ACT=0 if activation is None else ACTIVATIONS[activation],
         GLU=glu,
         HAS_BIAS=bias is not None,
         HAS_ADD=add is not None,
         HAS_RES=residual is not None,
+        HAS_LORA=lora is not None,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        BLOCK_R=16 if lora is None else max(16, triton.next_power_of_2(lora.rank)),
         num_warps=warps,
         num_stages=NUM_STAGES,
     )
@@ -465,12 +534,16 @@ def gemv(
     approximate: str = "none",
     residual: torch.Tensor | None = None,
     add: torch.Tensor | None = None,
+    lora: LoraTerm | None = None,
 ) -> torch.Tensor:
     """`F.linear(x, weight, bias) (+ add) (+ residual)` for one token; with `gelu_from`, output features
     from that index on go through `F.gelu(..., approximate=approximate)` (after `add`, before the
-    residual). `add`: a per-token addend of the output's width (an unmerged LoRA adapter's delta)."""
+    residual). `add`: a per-token addend of the output's width (an unmerged LoRA adapter's delta);
+    `lora`: the same delta as a `LoraTerm`, its expand done in this kernel."""
     activation = None if gelu_from is None else "gelu_tanh" if approximate == "tanh" else "gelu"
-    return _launch(x, weight, bias, act_from=gelu_from, activation=activation, residual=residual, add=add)
+    return _launch(
+        x, weight, bias, act_from=gelu_from, activation=activation, residual=residual, add=add, lora=lora
+    )
 
 
 def glu_gemv(
@@ -479,11 +552,12 @@ def glu_gemv(
     bias: torch.Tensor | None = None,
     activation: str = "silu",
     add: torch.Tensor | None = None,
+    lora: LoraTerm | None = None,
 ) -> torch.Tensor:
     """`act(gate) * up` with `gate, up = (F.linear(x, weight, bias) (+ add)).chunk(2, -1)` for one token:
     a gated MLP's first half (`activation` one of ACTIVATIONS: silu for SwiGLU, gelu/gelu_tanh for
     GeGLU); `add` has the stacked weight's 2N values, `[gate; up]`."""
-    return _launch(x, weight, bias, activation=activation, glu=True, add=add)
+    return _launch(x, weight, bias, activation=activation, glu=True, add=add, lora=lora)
 
 
 def cat_gemv(
@@ -493,6 +567,7 @@ def cat_gemv(
     bias: torch.Tensor | None,
     residual: torch.Tensor,
     add: torch.Tensor | None = None,
+    lora: LoraTerm | None = None,
 ) -> torch.Tensor:
     """`F.linear(cat(a, b), weight, bias) (+ add) + residual` for one token."""
-    return _launch(a, weight, bias, x2=b, residual=residual, add=add)
+    return _launch(a, weight, bias, x2=b, residual=residual, add=add, lora=lora)

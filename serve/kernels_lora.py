@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from serve import kernels
+from serve.low_rank import LowRank
 
 try:
     import triton
@@ -59,18 +61,23 @@ if triton is not None:
     @triton.jit
     def _shrink_kernel(
         x_ptr,
+        x2_ptr,
         a_ptr,
         index_ptr,
         t_ptr,
+        K1,
         K,
         R,
         stride_xm,
+        stride_x2m,
         stride_as,
         stride_ar,
+        HAS_X2: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        # program (m, r-block): t[m, ranks] = A[index[m], ranks, :] @ x[m]
+        # program (m, r-block): t[m, ranks] = A[index[m], ranks, :] @ input[m], where input[m] is x[m]
+        # or cat(x[m, :K1], x2[m, :K - K1]) (read where they lie: no concatenation copy)
         m = tl.program_id(0)
         ranks = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
         rank_mask = ranks < R
@@ -80,7 +87,13 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_mask = cols < K
-            xv = tl.load(x_ptr + m * stride_xm + cols, mask=col_mask, other=0.0).to(tl.float32)
+            if HAS_X2:
+                first = tl.load(x_ptr + m * stride_xm + cols, mask=cols < K1, other=0.0)
+                in_x2 = (cols >= K1) & col_mask
+                second = tl.load(x2_ptr + m * stride_x2m + (cols - K1), mask=in_x2, other=0.0)
+                xv = tl.where(cols < K1, first, second).to(tl.float32)
+            else:
+                xv = tl.load(x_ptr + m * stride_xm + cols, mask=col_mask, other=0.0).to(tl.float32)
             a = tl.load(a_rows + cols[None, :], mask=rank_mask[:, None] & col_mask[None, :], other=0.0)
             acc += a.to(tl.float32) * xv[None, :]
         t = tl.sum(acc, axis=1)
@@ -133,28 +146,53 @@ def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def shrink(
+    x: torch.Tensor, A: torch.Tensor, index: torch.Tensor, x2: torch.Tensor | None = None
+) -> torch.Tensor:
+    """t (M, R) with t[m] = A[index[m]] @ x[m] (or @ cat(x[m], x2[m]) read in place), rounded to x.dtype:
+    the first half of `lora_delta`, for a GEMV that does the second (`serve.kernels.LoraTerm`). The
+    kernel: inputs of up to MAX_TOKENS rows (`use_lora_kernels`)."""
     S, R, K = A.shape
-    M, N = x.size(0), B.size(1)
-    x, A, B = _last_contiguous(x), _last_contiguous(A), _last_contiguous(B)
+    M = x.size(0)
+    k1, k2 = x.size(1), 0 if x2 is None else x2.size(1)
+    if k1 + k2 != K or (x2 is not None and x2.size(0) != M) or index.shape != (M,):
+        raise ValueError(
+            f"LoRA shrink shapes: x {tuple(x.shape)}, x2 {None if x2 is None else tuple(x2.shape)}, "
+            f"A {tuple(A.shape)}, index {tuple(index.shape)}"
+        )
+    x, A = _last_contiguous(x), _last_contiguous(A)
+    x2 = None if x2 is None else _last_contiguous(x2)
     index = index if index.is_contiguous() else index.contiguous()
     t = torch.empty(M, R, device=x.device, dtype=x.dtype)  # (M, R)
-    y = torch.empty(M, N, device=x.device, dtype=x.dtype)  # (M, N)
     block_r, block_k, warps = SHRINK_TILE
     _shrink_kernel[(M, triton.cdiv(R, block_r))](
         x,
+        x2 if x2 is not None else x,  # not read without HAS_X2
         A,
         index,
         t,
+        k1,
         K,
         R,
         x.stride(0),
+        x2.stride(0) if x2 is not None else 0,
         A.stride(0),
         A.stride(1),
+        HAS_X2=x2 is not None,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
         num_warps=warps,
     )
+    return t
+
+
+def _launch(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    R = A.size(1)
+    M, N = x.size(0), B.size(1)
+    B = _last_contiguous(B)
+    index = index if index.is_contiguous() else index.contiguous()
+    t = shrink(x, A, index)
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)  # (M, N)
     block_n, warps = EXPAND_TILE
     _expand_kernel[(M, triton.cdiv(N, block_n))](
         t,
@@ -204,3 +242,84 @@ def lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, index: torch.T
     if use_lora_kernels(x) and A.size(1) <= MAX_RANK:
         return _launch(x, A, B, index)
     return _stacked_delta(x, A, B, index)
+
+
+class LoraBank(nn.Module):
+    """The stacked LoRA updates of one linear target for S twin slots (`serve.multi_lora`): A (S, R, K),
+    B (S, n, R), slot 0 zeros, covering the target's first n output rows (its other rows are adapted by
+    no twin this server holds: they get no delta and cost no reads). Batch row b uses slot `rows[b]`.
+
+    `forward(x)`: the (b, T, n) updates of token rows x (b, T, K), for the rows' matmul to add to its
+    first n outputs (`add_delta`); `term(x)`: one token's update as a `serve.kernels.LoraTerm`, whose
+    expand the token's GEMV does itself (one kernel a target instead of three)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    rows: torch.Tensor
+
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        slots: int,
+        rank: int,
+        in_features: int,
+        out_features: int,
+        covered: int,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        dev = rows.device
+        self.out_features = out_features
+        self.register_buffer("A", torch.zeros(slots, rank, in_features, device=dev, dtype=dtype))
+        self.register_buffer("B", torch.zeros(slots, covered, rank, device=dev, dtype=dtype))
+        self.register_buffer("rows", rows, persistent=False)  # (max batch,) the one shared by every bank
+
+    @property
+    def rank(self) -> int:
+        return self.A.size(1)
+
+    @property
+    def covered(self) -> int:
+        return self.B.size(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (b, T, K) → (b, T, n); batch row i is slot rows[i]'s twin
+        b, T, K = x.shape
+        index = self.rows[:b]  # (b,)
+        if T > 1:
+            index = index.repeat_interleave(T)  # (b * T,) one per token
+        return lora_delta(x.reshape(b * T, K), self.A, self.B, index).view(b, T, -1)
+
+    def term(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> kernels.LoraTerm:
+        """Batch row 0's one token x (or cat(x, x2), read in place) as a GEMV's `lora=`."""
+        t = shrink(x.reshape(1, -1), self.A, self.rows[:1], None if x2 is None else x2.reshape(1, -1))
+        return kernels.LoraTerm(t.view(-1), self.B, self.rows[:1])
+
+    def write(self, slot: int, update: LowRank | None) -> None:
+        """Put `update` (None: no update, the base) into `slot`, padding its rank with zeros; its output
+        rows past the covered ones must be zero (`fits`)."""
+        self.A[slot].zero_()
+        self.B[slot].zero_()
+        if update is not None:
+            r = update.rank
+            self.A[slot, :r].copy_(update.A)
+            self.B[slot, :, :r].copy_(update.B[: self.covered])
+
+    def fits(self, update: LowRank) -> bool:
+        """Whether `update` fits: its rank, input and output widths, nothing past the covered rows."""
+        return (
+            update.rank <= self.rank
+            and update.A.size(1) == self.A.size(2)
+            and update.B.size(0) == self.out_features
+            and not update.B[self.covered :].any()
+        )
+
+
+def add_delta(out: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """`out` plus a bank's `delta` on its first delta.size(-1) features (rounded as `base(x) + lora(x)`)."""
+    if delta is None:
+        return out
+    n = delta.size(-1)
+    if n == out.size(-1):
+        return out + delta
+    return torch.cat((out[..., :n] + delta, out[..., n:]), dim=-1)

@@ -1,26 +1,32 @@
 """Several twins on one base (`TWIN_MAX_TWINS`): LoRA adapters held unmerged, stacked, picked per batch row.
 
 With one twin the server merges its adapter into the base (`serve.model`); with several, the base stays
-as it is and every LoRA target of the fused blocks (`serve.generate`: Falcon's `[qkv; fc]` and
-`[proj | mlp.proj]`, the Llama kind's qkv, proj, `[gate; up]` and down) gets a `LoraBank`: the updates
-of every twin slot stacked, A (S, R, K) and B (S, N, R) with the scaling folded into B, slot 0 all zeros
-(the base itself). A decode step computes each target as `W x + B[s] A[s] x` with s the slot of that batch
-row's twin — one gathered low-rank product per target for the whole batch (`serve.kernels_lora`, in the
-manner of Punica's BGMV and S-LoRA), so requests for different twins share every decode step and every
-read of the base's weights. Each row's slot comes from `AdapterSlots.rows`, one int64 a batch row, which
-the runner fills before every prefill chunk and keeps equal to the slots' twins for decode steps (the CUDA
-graphs read it in place).
+as it is and each LoRA target of the fused blocks (`serve.generate`: Falcon's `[qkv; fc]` and
+`[proj | mlp.proj]`, the Llama kind's qkv, proj, `[gate; up]` and down) that the served twins adapt gets
+a `serve.kernels_lora.LoraBank`: the updates of every twin slot stacked, A (S, R, K) and B (S, n, R) with
+the scaling folded into B, slot 0 all zeros (the base itself). A decode step computes each target as
+`W x + B[s] A[s] x` with s the slot of that batch row's twin — one gathered low-rank product per target
+for the whole batch (in the manner of Punica's BGMV and S-LoRA), so requests for different twins share
+every decode step and every read of the base's weights; at batch 1 the expand runs inside the target's
+GEMV (`serve.kernels.LoraTerm`), which leaves one small kernel a target. Each row's slot comes from
+`AdapterSlots.rows`, one int64 a batch row, which the runner fills before every prefill chunk and keeps
+equal to the slots' twins for decode steps (the CUDA graphs read it in place).
 
-A bank's rank R is `max_rank` for each litgpt layer it covers (twice that for a stacked pair): an
-adapter of a smaller rank is padded with zeros, a larger one is refused when it loads, naming the setting.
-An adapter becomes slot updates on the CPU (`adapter_updates`: litgpt's LoRA layers read without the
-base's weights) and is written into its slot between two decode steps, while no request uses that slot.
+Which targets get banks follows the LoRA switches the server holds (`layers`: TWIN_LORA_LAYERS, by default
+those of the twins it starts with): finetune's defaults adapt q and v only, so Falcon's `[proj |
+mlp.proj]` gets no bank and `[qkv; fc]` one over its qkv rows — a decode step does no work for layers no
+twin adapts. A twin added later that adapts more is refused, naming the setting. A bank's rank R is
+`max_rank` for each rank-r pair it covers (q, k and v count one each): an adapter of a smaller rank is
+padded with zeros, a larger one is refused when it loads, naming the setting. An adapter becomes slot
+updates on the CPU (`adapter_updates`: litgpt's LoRA layers read without the base's weights) and is
+written into its slot between two decode steps, while no request uses that slot.
 
 Imports only torch, litgpt, the twin contract and serve's model modules (the GPU benchmark uses it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -29,58 +35,12 @@ from litgpt.config import Config
 from litgpt.model import GPT
 from torch import nn
 
-from finetune.twin import Adapter, TwinError, lora_config
+from finetune.twin import Adapter, AdapterSpec, TwinError, lora_config
 from serve.fused import FusedBlock
 from serve.generate import ParallelBlock, SequentialBlock, fusion_for
-from serve.kernels_lora import lora_delta
+from serve.kernels_lora import LoraBank
 from serve.low_rank import LowRank
 from serve.model import load_lora_tensors
-
-
-class LoraBank(nn.Module):
-    """The stacked LoRA updates of one linear target for S twin slots: `forward(x)` is row b's update
-    `B[s] A[s] x[b]`, s = `rows[b]`."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-    rows: torch.Tensor
-
-    def __init__(
-        self,
-        rows: torch.Tensor,
-        slots: int,
-        rank: int,
-        in_features: int,
-        out_features: int,
-        dtype: torch.dtype,
-    ) -> None:
-        super().__init__()
-        dev = rows.device
-        self.register_buffer("A", torch.zeros(slots, rank, in_features, device=dev, dtype=dtype))
-        self.register_buffer("B", torch.zeros(slots, out_features, rank, device=dev, dtype=dtype))
-        self.register_buffer("rows", rows, persistent=False)  # (max batch,) the one shared by every bank
-
-    @property
-    def rank(self) -> int:
-        return self.A.size(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (b, T, K) → (b, T, N); batch row i is slot rows[i]'s twin
-        b, T, K = x.shape
-        index = self.rows[:b]  # (b,)
-        if T > 1:
-            index = index.repeat_interleave(T)  # (b * T,) one per token
-        return lora_delta(x.reshape(b * T, K), self.A, self.B, index).view(b, T, -1)
-
-    def write(self, slot: int, update: LowRank | None) -> None:
-        """Put `update` (None: no update, the base) into `slot`, padding its rank with zeros."""
-        self.A[slot].zero_()
-        self.B[slot].zero_()
-        if update is not None:
-            r = update.rank
-            self.A[slot, :r].copy_(update.A)
-            self.B[slot, :, :r].copy_(update.B)
-
 
 # The LoRA targets of each fused block kind: its attribute `lora_<key>` → the litgpt layers it covers
 # (module paths inside a litgpt block), stacked as rows (one input, outputs one after the other) or as
@@ -95,8 +55,23 @@ TARGETS: dict[type[FusedBlock], dict[str, tuple[str, tuple[str, ...]]]] = {
     },
 }
 
-RANK_PARTS = {"attn.qkv": 3}
-"""litgpt's LoRA on the fused qkv matrix has a rank-r pair for each of q, k and v it adapts: up to 3r."""
+LORA_LAYERS: tuple[str, ...] = ("query", "key", "value", "projection", "mlp")
+"""The LoRA layer switches a twin bank can hold (finetune's `lora_<name>` flags; the head is refused)."""
+PATH_LAYERS = {"attn.qkv": ("query", "key", "value"), "attn.proj": ("projection",)}
+"""The switches behind each litgpt layer (every `mlp.*` layer: "mlp"). litgpt's LoRA on the fused qkv
+matrix has a rank-r pair for each of q, k and v it adapts."""
+
+
+def path_parts(path: str, layers: Collection[str]) -> int:
+    """How many rank-r pairs the litgpt layer at `path` has under the LoRA switches `layers`."""
+    return sum(name in layers for name in PATH_LAYERS.get(path, ("mlp",)))
+
+
+def adapter_layers(adapter: Adapter | AdapterSpec) -> frozenset[str]:
+    """The LoRA switches an adapter was trained with, as `LORA_LAYERS` names."""
+    spec = adapter.spec if isinstance(adapter, Adapter) else adapter
+    return frozenset(name for name in LORA_LAYERS if getattr(spec.lora, f"lora_{name}"))
+
 
 AdapterUpdates = dict[str, LowRank | None]
 """A twin's updates by target, "transformer.h.{i}.{key}" (`TARGETS`), on the CPU."""
@@ -111,54 +86,103 @@ class AdapterSlots:
     """Twin slots, slot 0 included (the base: all zeros)."""
     max_rank: int
     """The largest adapter rank a slot holds, per litgpt layer."""
+    layers: frozenset[str]
+    """The LoRA switches the banks hold (`LORA_LAYERS`): targets of none of them get no bank."""
     rows: torch.Tensor
     """(max batch,) int64 on the model's device: batch row i uses slot rows[i]."""
     banks: dict[str, LoraBank]
 
     @classmethod
-    def attach(cls, model: GPT, slots: int, max_rank: int, max_batch: int) -> AdapterSlots:
-        """Give every fused block of `model` its banks (all slots zero), in place; refuses a model with
-        blocks the engine does not fuse, naming why."""
+    def attach(
+        cls, model: GPT, slots: int, max_rank: int, max_batch: int, layers: Collection[str] = LORA_LAYERS
+    ) -> AdapterSlots:
+        """Give every fused block of `model` its banks (all slots zero) for the LoRA switches `layers`, in
+        place: a target none of them adapts gets no bank (no work in the decode step), a stacked target
+        a bank over its rows up to the last adapted part. Refuses a model with blocks the engine does not
+        fuse, naming why."""
         check_multi_twin(model)
+        held = frozenset(layers)
+        if unknown := held - set(LORA_LAYERS):
+            raise ValueError(f"LoRA layers {sorted(unknown)}: choose from {', '.join(LORA_LAYERS)}")
         weight = model.transformer.wte.weight
         rows = torch.zeros(max_batch, dtype=torch.int64, device=weight.device)
         banks: dict[str, LoraBank] = {}
         for i, block in enumerate(model.transformer.h):
-            for key, (_, paths) in TARGETS[type(block)].items():
+            for key, (how, paths) in TARGETS[type(block)].items():
+                parts = [path_parts(path, held) for path in paths]
+                if not any(parts):
+                    continue
                 in_features, out_features = target_shape(block, key)
-                rank = max_rank * sum(RANK_PARTS.get(path, 1) for path in paths)
-                bank = LoraBank(rows, slots, rank, in_features, out_features, weight.dtype)
+                covered = out_features
+                if how == "rows":  # outputs one after the other: up to the end of the last adapted one
+                    last = max(j for j, p in enumerate(parts) if p)
+                    covered = sum(row_widths(block, key)[: last + 1])
+                rank = max_rank * sum(parts)
+                bank = LoraBank(rows, slots, rank, in_features, out_features, covered, weight.dtype)
                 setattr(block, f"lora_{key}", bank)
                 banks[f"transformer.h.{i}.{key}"] = bank
-        return cls(model, slots, max_rank, rows, banks)
+        return cls(model, slots, max_rank, held, rows, banks)
 
-    def check(self, updates: AdapterUpdates, rank: int, name: str) -> None:
-        """Refuse updates that do not fit the banks: a LoRA rank over `max_rank`, or another base."""
+    def check(self, updates: AdapterUpdates, rank: int, name: str, layers: Collection[str]) -> None:
+        """Refuse an adapter that does not fit the banks: a LoRA rank over `max_rank`, LoRA layers
+        (`layers`, its switches) the banks leave out, or another base."""
         if rank > self.max_rank:
             raise TwinError(
                 f"{name}: its LoRA rank {rank} exceeds this server's TWIN_MAX_LORA_RANK={self.max_rank}: "
                 "restart the server with TWIN_MAX_LORA_RANK set to at least that rank"
             )
+        check_layers(name, layers, self.layers)
         problems = []
         for key, update in updates.items():
             bank = self.banks.get(key)
-            if bank is None:
-                problems.append(f"{key} is not a target of this model")
-            elif update is not None and (
-                update.rank > bank.rank
-                or update.A.size(1) != bank.A.size(2)
-                or update.B.size(0) != bank.B.size(1)
-            ):
+            if update is None:
+                continue
+            if bank is None or not bank.fits(update):
                 problems.append(f"{key}: shapes {tuple(update.A.shape)}/{tuple(update.B.shape)}")
         if problems:
             raise TwinError(f"{name} does not fit this base: {'; '.join(problems[:3])}")
 
     def write(self, slot: int, updates: AdapterUpdates) -> None:
-        """Put a twin's updates into `slot` (1 .. slots - 1); targets it lacks get zeros."""
+        """Put a twin's updates into `slot` (1 .. slots - 1); targets it lacks get zeros. Updates that do
+        not fit the banks (`check` says why, for people) are refused before anything is written."""
         if not 1 <= slot < self.slots:
             raise ValueError(f"twin slot {slot} outside 1 .. {self.slots - 1}")
+        unfit = [
+            key
+            for key, update in updates.items()
+            if update is not None and (key not in self.banks or not self.banks[key].fits(update))
+        ]
+        if unfit:
+            raise TwinError(f"updates that do not fit this server's twin banks: {', '.join(unfit[:3])}")
         for key, bank in self.banks.items():
             bank.write(slot, updates.get(key))
+
+
+def check_layers(name: str, layers: Collection[str], held: Collection[str], at_start: bool = False) -> None:
+    """Refuse an adapter of LoRA switches `layers` on banks that hold only `held` (`at_start`: one of
+    the twins the server starts with, where TWIN_LORA_LAYERS alone decides)."""
+    if missing := sorted(set(layers) - set(held)):
+        said = ", ".join(missing)
+        fix = (
+            f"list {said} in TWIN_LORA_LAYERS, or leave it unset (the layers of the twins given at start)"
+            if at_start
+            else f"restart it with TWIN_LORA_LAYERS listing {said}, or with this twin among TWIN_TWINS"
+        )
+        raise TwinError(
+            f"{name} adapts the LoRA layers {said}, which this server's twins leave out (it holds "
+            f"{', '.join(sorted(held)) or 'none'}: TWIN_LORA_LAYERS, by default the layers of the twins "
+            f"it starts with): {fix}"
+        )
+
+
+def row_widths(block: nn.Module, key: str) -> list[int]:
+    """The output widths of the litgpt layers a rows-stacked target stacks, in order."""
+    _, out_features = target_shape(block, key)
+    if isinstance(block, ParallelBlock) and key == "w_in":  # [qkv; fc]
+        return [block.qkv_size, out_features - block.qkv_size]
+    if isinstance(block, SequentialBlock) and key == "w_in":  # [gate; up]
+        return [block.intermediate_size, block.intermediate_size]
+    return [out_features]
 
 
 def target_shape(block: nn.Module, key: str) -> tuple[int, int]:

@@ -89,7 +89,9 @@ class Runner:
         # several twins on one base: each slot's twin (0: the base), which the banks read per batch row
         self.twins: AdapterSlots | None = None
         if config.twin_slots:
-            self.twins = AdapterSlots.attach(model, config.twin_slots + 1, config.max_lora_rank, B)
+            self.twins = AdapterSlots.attach(
+                model, config.twin_slots + 1, config.max_lora_rank, B, config.lora_layers
+            )
         self.slot_twin = torch.zeros(B, dtype=torch.int64, device=dev)  # (B,) slot → twin slot
         # What a decode step reads and writes, one row per slot, in place (the CUDA graphs record these
         # addresses): each slot's last token and the cache position it goes to, and its sampling

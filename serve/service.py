@@ -23,7 +23,7 @@ from prepare.memory import Exchange, Memory
 from prepare.prompt import Prompter
 from serve.engine import Engine, EngineConfig
 from serve.model import check_quantize, load_model, load_tokenizer
-from serve.multi_lora import AdapterUpdates
+from serve.multi_lora import LORA_LAYERS, AdapterUpdates, adapter_layers, check_layers
 from serve.runner import Runner
 from serve.settings import Settings, compile_cache_dir
 from serve.twins import Twin, check_twin_name, read_twin, read_updates
@@ -169,8 +169,8 @@ class TwinService:
                     raise TwinConflict(
                         "the free twin slots still finish requests of removed twins: retry shortly"
                     )
-                assert runner.twins is not None
-                runner.twins.check(updates, rank, str(lora_path))
+                assert runner.twins is not None and meta.spec is not None
+                runner.twins.check(updates, rank, str(lora_path), adapter_layers(meta.spec))
                 runner.write_twin(free[0], updates)
                 return free[0]
 
@@ -195,6 +195,16 @@ def max_lora_rank(settings: Settings, ranks: Sequence[int]) -> int:
     if settings.max_lora_rank is not None:
         return settings.max_lora_rank
     return max([DEFAULT_MAX_LORA_RANK, *ranks])
+
+
+def lora_layers(settings: Settings, given: Sequence[frozenset[str]]) -> tuple[str, ...]:
+    """TWIN_LORA_LAYERS, or the LoRA layers of the twins given at start, or all of them with none."""
+    chosen: set[str] = set(LORA_LAYERS)
+    if settings.lora_layers is not None:
+        chosen = set(settings.lora_layers)
+    elif given:
+        chosen = set().union(*given)
+    return tuple(name for name in LORA_LAYERS if name in chosen)
 
 
 def build_service(settings: Settings) -> TwinService:
@@ -223,16 +233,20 @@ def build_service(settings: Settings) -> TwinService:
             initial[slot] = read_updates(config, path)
         ranks = [twin.spec.lora.lora_r for twin in twins.values() if twin.spec is not None]
         rank = max_lora_rank(settings, ranks)
+        layers = lora_layers(settings, [adapter_layers(t.spec) for t in twins.values() if t.spec is not None])
         for twin in twins.values():
             if twin.spec is not None and twin.spec.lora.lora_r > rank:
                 raise TwinError(
                     f"{twin.path}: its LoRA rank {twin.spec.lora.lora_r} exceeds TWIN_MAX_LORA_RANK={rank}"
                 )
+            if twin.spec is not None:
+                check_layers(str(twin.path), adapter_layers(twin.spec), layers, at_start=True)
         log.info(
-            "serving %d twin(s) on one base, unmerged (room for %d): %s", len(twins), twin_slots, list(twins)
-        )
+            "serving %d twin(s) on one base, unmerged (room for %d; LoRA layers %s): %s",
+            len(twins), twin_slots, ", ".join(layers) or "none", list(twins),
+        )  # fmt: skip
     else:
-        rank = DEFAULT_MAX_LORA_RANK
+        rank, layers = DEFAULT_MAX_LORA_RANK, LORA_LAYERS
     limits = fit_limits(settings, config.block_size)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.precision, device)
@@ -245,6 +259,7 @@ def build_service(settings: Settings) -> TwinService:
         compile_cache_dir=str(compile_cache_dir(settings)),
         twin_slots=twin_slots,
         max_lora_rank=rank,
+        lora_layers=layers,
     )
     if settings.quantize != "none":
         check_quantize(settings.quantize, device)

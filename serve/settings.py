@@ -10,6 +10,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
@@ -17,6 +18,8 @@ from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 from common.device import Precision
 from common.quantize import Quantize
 from serve.engine_config import EngineConfig
+
+LoraLayer = Literal["query", "key", "value", "projection", "mlp"]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/tiiuae/falcon-7b")
 TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -75,6 +78,12 @@ class Settings(BaseSettings):
         le=1024,
         description="the largest LoRA rank a twin may have when several are served (memory is reserved "
         "for it per twin); default: 16, or the largest rank of the twins given at start",
+    )
+    lora_layers: list[LoraLayer] | None = Field(
+        default=None,
+        description="the LoRA layers several twins may adapt (JSON list of query, key, value, projection, "
+        "mlp); layers none of them adapts cost the decode step nothing; default: those of the twins given "
+        "at start, all of them with none (a twin added later that adapts more is refused)",
     )
     admin_key: CliSuppress[SecretStr | None] = Field(
         default=None,

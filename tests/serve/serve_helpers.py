@@ -35,11 +35,13 @@ def make_adapter(
     scale: float = 0.05,
     head: bool = True,
     rank: int = 4,
+    **layers: bool,
 ) -> Path:
     """An out-dir like finetune's, with random (non-zero) LoRA tensors of rank `rank` on every LoRA-able
-    layer (the output head too unless `head` is False: several twins on one base refuse an adapted head)."""
+    layer (the output head too unless `head` is False: several twins on one base refuse an adapted head)
+    but those `layers` (`lora_mlp=False`, ...) turn off."""
     config = Config.from_file(checkpoint_dir / "model_config.yaml")
-    hparams = LORA_HPARAMS | {"lora_r": rank, "lora_alpha": 2 * rank, "lora_head": head}
+    hparams = LORA_HPARAMS | {"lora_r": rank, "lora_alpha": 2 * rank, "lora_head": head} | layers
     torch.manual_seed(seed)
     model = lora.GPT(lora.Config(**asdict(config), **hparams))
     tensors = {

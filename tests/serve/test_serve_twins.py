@@ -523,6 +523,44 @@ def test_removing_the_default_twin(client: TestClient, adapters: Adapters) -> No
     assert reply(client, MESSAGES[0], None)["model"] == "twin"
 
 
+def test_lora_layers_are_those_of_the_twins_given_at_start(
+    tiny_checkpoint: Path, adapters: Adapters, tmp_path: Path
+) -> None:
+    """Twins adapting q and v only: the server holds those layers (no work for the others), refuses a
+    twin adapting more with 400 naming TWIN_LORA_LAYERS, and serves it when the setting lists them."""
+    only_qv = {"lora_key": False, "lora_projection": False, "lora_mlp": False}
+    qv1, qv2 = (
+        make_adapter(tiny_checkpoint, tmp_path / name, seed=seed, scale=ADAPTER_SCALE, head=False, **only_qv)
+        for name, seed in (("qv1", 11), ("qv2", 12))
+    )
+    settings = make_settings(
+        tiny_checkpoint, qv1.parent, twins={"qv2": qv2.parent}, max_twins=3, api_key=API_KEY,
+        admin_key=ADMIN_KEY,
+    )  # fmt: skip
+    service = started(settings)
+    try:
+        assert service.engine.config.lora_layers == ("query", "value")
+        with TestClient(create_app(settings, service)) as client:
+            assert reply(client, MESSAGES[0], "qv2")["model"] == "qv2"
+            r = add(client, "bob", adapters.bob)  # q, k, v, the projection and the MLP
+            assert r.status_code == 400
+            assert "adapts the LoRA layers key, mlp, projection" in r.json()["detail"]
+            assert "TWIN_LORA_LAYERS" in r.json()["detail"]
+            assert "bob" not in model_ids(client)
+    finally:
+        service.engine.stop()
+    # none given: every layer; the setting chooses, and refuses a twin given at start that needs more
+    bare = build_service(make_settings(tiny_checkpoint, None, admin_key=ADMIN_KEY))
+    assert bare.engine.config.lora_layers == ("query", "key", "value", "projection", "mlp")
+    wide = make_settings(tiny_checkpoint, qv1.parent, twins={"bob": adapters.bob}, lora_layers=["mlp"])
+    with pytest.raises(
+        TwinError, match="qv1 adapts the LoRA layers query, value.*list query, value in TWIN_LORA"
+    ):
+        build_service(wide)
+    with pytest.raises(ValidationError, match="lora_layers"):
+        make_settings(tiny_checkpoint, qv1.parent, lora_layers=["attention"])
+
+
 # ---- settings ----------------------------------------------------------------------------------------
 
 
