@@ -396,8 +396,9 @@ def test_smollm2_export_round_trip_matches_logits(smollm2_checkpoint: Path, tmp_
 
     got = hf_logits(merged, idx)
     print(f"merged: max |Δlogit| {(got - expected).abs().max():.2e} (max |logit| {expected.abs().max():.1f})")
-    # float32 rounding through 30 layers, summed in another order (measured: 8e-5 on logits up to ~30)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    # float32 rounding through 30 layers, summed in another order (measured: 8e-5 to 1.1e-4 on logits up
+    # to ~30, with the threads this machine gives torch); the adapter moves them by more than 1e-2
+    torch.testing.assert_close(got, expected, atol=3e-4, rtol=1e-5)
     assert got[0, -1].argmax() == expected[0, -1].argmax()
     config = json.loads((merged / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and not config["tie_word_embeddings"]

@@ -135,7 +135,7 @@ def test_gemvs_add_a_lora_term_as_they_add_its_delta(interpreted: None, dtype: t
         delta[:covered] = lora_delta(x_in.reshape(1, -1), A, B, slot)[0]
         return LoraTerm(t.view(-1), B.contiguous(), slot), delta.view(1, 1, rows)
 
-    for s in (0, 1, 2):
+    for s in (0, 2):
         term, add = term_and_add(c, n, 20, s, x)  # the first 20 of 37 rows
         torch.testing.assert_close(
             kernels.gemv(x, w[:n], b[:n], lora=term), kernels.gemv(x, w[:n], b[:n], add=add)
@@ -146,7 +146,7 @@ def test_gemvs_add_a_lora_term_as_they_add_its_delta(interpreted: None, dtype: t
             )
         got = kernels.gemv(x, w[:n], b[:n], 15, "tanh", residual, lora=term)
         torch.testing.assert_close(got, kernels.gemv(x, w[:n], b[:n], 15, "tanh", residual, add=add))
-        for covered in (2 * n, n + 5, 9):  # gate and up rows; into the up rows; gate rows only
+        for covered in (n + 5, 9):  # into the up rows; gate rows only
             term, add = term_and_add(c, 2 * n, covered, s, x)
             got = kernels.glu_gemv(x, w, b, "silu", lora=term)
             torch.testing.assert_close(got, kernels.glu_gemv(x, w, b, "silu", add=add))
