@@ -306,6 +306,7 @@ _PW_ANY = re.compile(
     re.IGNORECASE,
 )
 _NEXT_TOKEN = re.compile(r"[ \t]*\n?[ \t]*(\S+)")
+_SPACED_PIN = re.compile(r"\d{1,4}(?:[ -]\d{1,4}){1,7}(?![\d.,:/-]?\d)")  # a PIN typed in groups
 _SEP_TOKENS = frozenset({":", "=", ":=", "-", "–", "—", "->", "=>"})
 _SEP_WORDS = frozenset({"is", "was", "are", "это", "будет", "был", "есть", "es", "est", "it's", "it’s"})
 _EXPLICIT_ONLY = frozenset({"pass", "pw", "пасс"})  # too common as plain words to go without a separator
@@ -427,6 +428,9 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
         if is_pin:
             if core.isdigit() and 4 <= len(core) <= 8:
                 return (start, start + len(core), "PASSWORD")
+            spaced = _SPACED_PIN.match(text, start)  # "pin is 4 8 2 1", "48-21"
+            if spaced is not None and 4 <= sum(c.isdigit() for c in spaced.group(0)) <= 8:
+                return (start, spaced.end(), "PASSWORD")
         elif wifi:
             end = _value_end(text, start + len(core))
             if explicit and _strong(text[start:end].replace(" ", "")):  # "sunny 2020!" typed with a space
@@ -545,7 +549,9 @@ def _find_passwords(text: str) -> Iterator[Span]:
 _OTP = re.compile(
     r"(?<!\w)(?:(?:verification|confirmation|security|sms|one[- ]time|2fa|otp|auth(?:entication)?|login"
     r"|access)[ \t]+code|otp|2fa|(?:смс|sms)[- ]?код|код[ \t]+(?:из|с|в)[ \t]+(?:смс|sms|сообщения)"
-    r"|код[ \t]+(?:подтверждения|для[ \t]+входа|доступа))"
+    r"|код[ \t]+(?:подтверждения|для[ \t]+входа|доступа)"
+    r"|code[ \t]+(?:from|in)[ \t]+(?:the[ \t]+|your[ \t]+|my[ \t]+|an?[ \t]+)?(?:sms|text|message|texts)"
+    r"|(?:texted|sms'?d|sent)[ \t]+(?:me[ \t]+)?(?:a[ \t]+|the[ \t]+)?code)"
     r"(?:[ \t]+[^\s\d:=]{1,20}){0,3}?"  # "Код для входа в Telegram: 12345", "code for X is 12345"
     r"[ \t]*(?:is|:|=|-|—)?[ \t]*(?P<value>\d{4,8})(?!\d)",
     re.IGNORECASE,
