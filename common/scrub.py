@@ -73,6 +73,7 @@ _KEYWORDS = (
     r"|домофон|intercom|keypad|buzzer|lockbox|door|двер|gate|калитк|ворот|подъезд"  # door codes
     r"|the back|on back|reverse|оборот|обратн|сзади"  # card codes in words
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
+    r"|licen|удостовер"  # driver's licences (5-6 digits pass no shape above)
 )
 # 12 short words in a row: maybe a seed phrase (then the word list decides: plain prose takes this exit too).
 _SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[A-Za-z]{3,8}"
@@ -550,10 +551,19 @@ _OTP = re.compile(
     r"(?<!\w)(?:(?:verification|confirmation|security|sms|one[- ]time|2fa|otp|auth(?:entication)?|login"
     r"|access)[ \t]+code|otp|2fa|(?:смс|sms)[- ]?код|код[ \t]+(?:из|с|в)[ \t]+(?:смс|sms|сообщения)"
     r"|код[ \t]+(?:подтверждения|для[ \t]+входа|доступа)"
+    r"|(?:backup|recovery|резервн\w*)[ \t]+(?:codes?|код\w{0,2})"
     r"|code[ \t]+(?:from|in)[ \t]+(?:the[ \t]+|your[ \t]+|my[ \t]+|an?[ \t]+)?(?:sms|text|message|texts)"
     r"|(?:texted|sms'?d|sent)[ \t]+(?:me[ \t]+)?(?:a[ \t]+|the[ \t]+)?code)"
     r"(?:[ \t]+[^\s\d:=]{1,20}){0,3}?"  # "Код для входа в Telegram: 12345", "code for X is 12345"
-    r"[ \t]*(?:is|:|=|-|—)?[ \t]*(?P<value>\d{4,8})(?!\d)",
+    r"[ \t]*(?:is|are|:|=|-|—)?[ \t]*"
+    r"(?P<value>\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",  # backup codes: several
+    re.IGNORECASE,
+)
+# "recovery key: ABCD-EFGH-IJKL-MNOP", "backup code 7f3k-9x2m-q8w4": letters and digits in dashed groups
+_RECOVERY_KEY = re.compile(
+    r"(?<![\w<])(?:recovery|backup|restore|emergency|резервн\w*|восстановлени\w*)[ \t]+"
+    r"(?:keys?|codes?|phrase|ключ\w{0,2}|код\w{0,2})"
+    r"[^\w\n<]{0,4}(?:(?:is|are|это)[ \t]+)?(?P<value>[A-Za-z0-9]{4,8}(?:-[A-Za-z0-9]{4,8}){2,11})(?![\w-])",
     re.IGNORECASE,
 )
 _BACK = (
@@ -654,7 +664,9 @@ _ID_KEYWORD = re.compile(
     r"|(?P<snils>снилс\w{0,2}|snils)"
     r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
     r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
-    r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino))"
+    r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino)"
+    r"|(?P<license>driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e|водительск\w*[ \t]+(?:права|удостоверени\w*)"
+    r"|вод\.?[ \t]?удостоверени\w*))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
 )
@@ -668,6 +680,10 @@ _ID_VALUES: dict[str, re.Pattern[str]] = {
     ),
     "inn": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){9}(?:(?:" + _GAP + r"?\d){2})?)(?![\d-])"),
     "ssn": re.compile(_LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{2}" + _GAP + r"?\d{4})(?!\d)"),
+    "license": re.compile(
+        _LEAD + r"(?P<value>\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{6}|[A-Z]{1,3}-?\d{4,12}|\d{6,12})(?![\w-])",
+        re.IGNORECASE,
+    ),
     "nino": re.compile(
         r"[^\d<]{0,30}?(?<![\w-])(?P<value>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}(?:"
         + _SP + r"?[A-D])?)(?![\w])",
@@ -768,7 +784,7 @@ def _check_id_shape(m: re.Match[str]) -> Span | None:
 _BANK_KEYWORD = re.compile(
     r"(?<![\w<])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
     r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
-    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|routing(?:[ \t]+(?:number|no\.?))?))"
+    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|acc\.?|routing(?:[ \t]+(?:number|no\.?))?))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
 )
@@ -1081,6 +1097,13 @@ _CARD_SHORT = {
     14: ("300", "301", "302", "303", "304", "305", "36", "38", "39"),
     15: ("34", "37", "1800", "2131"),
 }
+# "номер карты 2200 7001 2345 6789": a 16-digit number in 4s that its text calls a card is one even when
+# its check digit is off (mistyped, or a card the checksum does not know).
+_CARD_WORD = re.compile(
+    r"(?<![^\W\d_])(?:card|карт[аыуеойи]?|карточк\w{0,3}|visa|master[ \t]?card|maestro|amex|tarjeta|karte)"
+    r"(?![^\W\d_])[^\d\n<]{0,24}$",
+    re.IGNORECASE,
+)
 _NOT_A_CARD = re.compile(
     r"(?:track\w*|трек\w*|order|заказ\w*|invoice|счёт|счет|№|#|no\.)[ \t:]*$", re.IGNORECASE
 )
@@ -1089,8 +1112,12 @@ _NOT_A_CARD = re.compile(
 def _check_card(m: re.Match[str]) -> Span | None:
     text = m.group(0)
     digits = _digits(text)
-    if not (13 <= len(digits) <= 19) or digits[0] not in "23456" or not luhn_ok(digits):
+    if not (13 <= len(digits) <= 19) or digits[0] not in "23456":
         return None
+    if not luhn_ok(digits):
+        named = _CARD_WORD.search(m.string, max(0, m.start() - 40), m.start()) is not None
+        if not (named and len(digits) == 16):
+            return None
     if len(digits) in _CARD_SHORT and not digits.startswith(_CARD_SHORT[len(digits)]):
         return None
     if text.isdigit() and _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()):
@@ -1197,6 +1224,9 @@ RULES: tuple[Rule, ...] = (
             "ni number",
             "ni no",
             "nino",
+            "licen",
+            "водительск",
+            "удостовер",
         ),
     ),
     Rule(
@@ -1204,7 +1234,7 @@ RULES: tuple[Rule, ...] = (
         "BANK_ACCOUNT",
         _BANK_KEYWORD,
         finder=_find_bank_by_keyword,
-        needs=("бик", "bik", "sort code", "/с", "\\с", "расч", "счет", "счёт", "account", "acct", "routing"),
+        needs=("бик", "bik", "sort code", "/с", "\\с", "расч", "счет", "счёт", "acc", "routing"),
     ),
     Rule(
         "access_code",
@@ -1269,6 +1299,13 @@ RULES: tuple[Rule, ...] = (
             "зфыы",
             "згв",
         ),
+    ),
+    Rule(
+        "recovery_key",
+        "PASSWORD",
+        _RECOVERY_KEY,
+        lambda m: _group(m, "PASSWORD"),
+        needs=("recovery", "backup", "restore", "emergency", "резерв", "восстанов"),
     ),
     Rule(
         "one_time_code",

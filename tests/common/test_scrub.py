@@ -78,6 +78,13 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("pin: 48-21, then press ok", "PASSWORD", "48-21"),
     ("the code from the sms is 583920", "PASSWORD", "583920"),
     ("they texted me a code 90817", "PASSWORD", "90817"),
+    ("2fa backup codes: 1234-5678 9876-5432, keep them", "PASSWORD", "9876-5432"),
+    ("recovery key: ABCD-EFGH-IJKL-MNOP-QRST-UVWX", "PASSWORD", "IJKL-MNOP"),
+    ("номер карты 2200 7001 2345 6789", "CARD", "2345 6789"),  # named a card: its check digit is off
+    ("карта сбер 4276 3800 1234 5678 на имя Ивана", "CARD", "4276 3800"),
+    ("my driver's license D1234567", "ID_NUMBER", "D1234567"),
+    ("водительское удостоверение 99 12 345678", "ID_NUMBER", "345678"),
+    ("sort code 12-34-56 acc 12345678", "BANK_ACCOUNT", "12345678"),
     ("your verification code is 582910", "PASSWORD", "582910"),
     ("Код для входа в Telegram: 48213. Никому не давайте", "PASSWORD", "48213"),
     ("Login code: 48213. Do not give this code to anyone", "PASSWORD", "48213"),
@@ -193,6 +200,11 @@ NEGATIVES: list[str] = [
     "pin the message",
     "pin the photo 2 3 times",
     "the code from the store was 12",
+    "order 4276 3800 1234 5678 shipped",  # no card word, no valid check digit
+    "карта 2022 2023 2024 2025",  # years
+    "my driver's license expires in 2026",
+    "backup codes are in the drawer",
+    "acc. to him it's fine, 2 people",
     "the passcode screen is broken",
     "the password's fine, it's ok",
     "use scikit-learn, sk-learn-style naming",
