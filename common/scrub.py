@@ -556,7 +556,8 @@ _OTP = re.compile(
     r"|(?:texted|sms'?d|sent)[ \t]+(?:me[ \t]+)?(?:a[ \t]+|the[ \t]+)?code)"
     r"(?:[ \t]+[^\s\d:=]{1,20}){0,3}?"  # "Код для входа в Telegram: 12345", "code for X is 12345"
     r"[ \t]*(?:is|are|:|=|-|—)?[ \t]*"
-    r"(?P<value>\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",  # backup codes: several
+    # one code, or several (backup codes: "1234-5678 9876-5432")
+    r"(?P<value>\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",
     re.IGNORECASE,
 )
 # "recovery key: ABCD-EFGH-IJKL-MNOP", "backup code 7f3k-9x2m-q8w4": letters and digits in dashed groups
@@ -665,8 +666,8 @@ _ID_KEYWORD = re.compile(
     r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
     r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
     r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino)"
-    r"|(?P<license>driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e|водительск\w*[ \t]+(?:права|удостоверени\w*)"
-    r"|вод\.?[ \t]?удостоверени\w*))"
+    r"|(?P<license>driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e"
+    r"|водительск\w*[ \t]+(?:права|удостоверени\w*)|вод\.?[ \t]?удостоверени\w*))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
 )
@@ -681,7 +682,12 @@ _ID_VALUES: dict[str, re.Pattern[str]] = {
     "inn": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){9}(?:(?:" + _GAP + r"?\d){2})?)(?![\d-])"),
     "ssn": re.compile(_LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{2}" + _GAP + r"?\d{4})(?!\d)"),
     "license": re.compile(
-        _LEAD + r"(?P<value>\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{6}|[A-Z]{1,3}-?\d{4,12}|\d{6,12})(?![\w-])",
+        _LEAD
+        + r"(?P<value>\d{2}"
+        + _SP
+        + r"?\d{2}"
+        + _SP
+        + r"?\d{6}|[A-Z]{1,3}-?\d{4,12}|\d{6,12})(?![\w-])",
         re.IGNORECASE,
     ),
     "nino": re.compile(
