@@ -429,9 +429,9 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
         if is_pin:
             if core.isdigit() and 4 <= len(core) <= 8:
                 return (start, start + len(core), "PASSWORD")
-            spaced = _SPACED_PIN.match(text, start)  # "pin is 4 8 2 1", "48-21"
-            if spaced is not None and 4 <= sum(c.isdigit() for c in spaced.group(0)) <= 8:
-                return (start, spaced.end(), "PASSWORD")
+            pin_groups = _SPACED_PIN.match(text, start)  # "pin is 4 8 2 1", "48-21"
+            if pin_groups is not None and 4 <= sum(c.isdigit() for c in pin_groups.group(0)) <= 8:
+                return (start, pin_groups.end(), "PASSWORD")
         elif wifi:
             end = _value_end(text, start + len(core))
             if explicit and _strong(text[start:end].replace(" ", "")):  # "sunny 2020!" typed with a space
