@@ -626,7 +626,25 @@ def _access_value(text: str, pos: int, need: str) -> Span | None:
     return None
 
 
+# A lock's combination in groups ("my locker combo is 22 14 36", "шифр 12-34-56"): named as a combination,
+# with or without the lock, 4+ digits in 3-5 groups.
+_COMBO_WORD = re.compile(r"combos?|combinations?|комбинаци\w*|шифр\w{0,2}", re.IGNORECASE)
+_COMBO_VALUE = re.compile(
+    r"[^\d\n<]{0,20}?(?<![\w-])(?P<value>\d{1,3}(?:[ \t-]\d{1,3}){2,4})(?![\w-]|[.,:/]\d)"
+)
+
+
 def _find_access_codes(text: str) -> Iterator[Span]:
+    for m in _ACCESS_KEYWORD.finditer(text):
+        code = m.group("code")
+        if code and _COMBO_WORD.fullmatch(code):
+            v = _COMBO_VALUE.match(text, m.end())
+            if v is not None and sum(c.isdigit() for c in v.group("value")) >= 4:
+                yield _group(v, "ACCESS_CODE")
+    yield from _find_door_codes(text)
+
+
+def _find_door_codes(text: str) -> Iterator[Span]:
     matches = list(_ACCESS_KEYWORD.finditer(text))
     places = [m for m in matches if m.group("place")]
     if not places:
@@ -974,6 +992,11 @@ _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 _EMAIL = re.compile(
     r"(?<![\w.%+-])(?<!//)[\w.%+-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")*\.[^\W\d_]{2,24}(?![\w-])"
 )
+# Typed with spaces around the @ ("ivan.petrov @ mail.ru"): both spaces, so "ping @ivan.petrov" (a mention)
+# is no address.
+_EMAIL_SPACED = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]{1,64}[ \t]@[ \t]" + _LABEL + r"(?:\." + _LABEL + r")*\.[^\W\d_]{2,24}(?![\w-])"
+)
 # Spelled out to dodge scrapers: "ivan [at] gmail [dot] com", "ivan(at)mail(dot)ru", "ivan {собака} mail.ru",
 # and without brackets: "ivan собака mail точка ru", "ivan at gmail dot com".
 _B = r"[ \t]*[\[({<][ \t]*"
@@ -1196,6 +1219,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("seed_phrase", "SEED_PHRASE", _SEED_SHAPE, finder=_find_seed_phrases, min_length=47),
     Rule("email", "EMAIL", _EMAIL, needs=("@",)),
+    Rule("email_spaced", "EMAIL", _EMAIL_SPACED, needs=(" @ ", "\t@")),
     Rule(
         "email_spelled_out",
         "EMAIL",
@@ -1276,6 +1300,10 @@ RULES: tuple[Rule, ...] = (
             "get in",
             "зайти",
             "войти",
+            "combo",
+            "combinat",
+            "комбинац",
+            "шифр",
         ),
     ),
     Rule(
