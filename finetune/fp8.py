@@ -118,56 +118,88 @@ def fp8_matmul(
     return out[:m] if pad else out
 
 
-# The base's FP8 matmul and its input gradient as custom ops: opaque to torch.compile, which traces them
-# by their fake (shape-only) versions instead of into their quantization and `_scaled_mm` (dynamo could
-# not trace an autograd.Function around them: "lift_tracked_freevar_to_input should not be called on
-# root SubgraphTracer", torch 2.11 on the H200)
+# Only the FP8 GEMM is a custom op (opaque to torch.compile, traced by its fake, shape-only version:
+# dynamo could not trace an autograd.Function around `_scaled_mm` — "lift_tracked_freevar_to_input should
+# not be called on root SubgraphTracer", torch 2.11 on the H200). The quantization around it — each row's
+# amax, its scale, the cast to e4m3, and in the backward the folding of the weight's scales into dy —
+# stays ordinary torch code that Inductor compiles and fuses with the ops next to it (the norm before a
+# projection, the gradient's producer), instead of three more passes over every activation and gradient.
+@torch.library.custom_op("twin::fp8_mm", mutates_args=())
+def fp8_mm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+    fast_accum: bool,
+) -> torch.Tensor:
+    """`fp8_matmul` as one opaque op: (M, K) x (N, K)^T e4m3 with row scales → (M, N) in `out_dtype`."""
+    out = fp8_matmul(a, a_scale, b, b_scale, out_dtype, fast_accum=fast_accum)
+    return out if out._base is None else out.clone()  # never a view of a temporary (the padded rows)
+
+
+@fp8_mm.register_fake
+def _(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+    fast_accum: bool,
+) -> torch.Tensor:
+    return a.new_empty(a.size(0), b.size(0), dtype=out_dtype)
+
+
 @torch.library.custom_op("twin::fp8_linear", mutates_args=())
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """y = x (scale * W)^T, W frozen in e4m3 with per-row `scale`; x quantized per token on the fly."""
-    xq, x_scale = quantize_rows(x.reshape(-1, x.size(-1)))  # (M, K), (M, 1)
+def _fp8_linear_2d(
+    x: torch.Tensor, xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """y = x (scale * W)^T from x's e4m3 rows `xq`, `x_scale` (x itself only carries the gradient)."""
     # fast accumulation in the forward, exact in the backward: torchao's float8 recipes do the same
-    y = fp8_matmul(xq, x_scale, weight, scale, x.dtype, fast_accum=True)  # (M, N)
-    return y.reshape(*x.shape[:-1], weight.size(0)).clone()  # a fresh tensor, no view of a temporary
+    return fp8_mm(xq, x_scale, weight, scale, x.dtype, True)
 
 
-@fp8_linear.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], weight.size(0))
+@_fp8_linear_2d.register_fake
+def _(
+    x: torch.Tensor, xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    return x.new_empty(x.size(0), weight.size(0))
 
 
-@torch.library.custom_op("twin::fp8_linear_input_grad", mutates_args=())
 def fp8_linear_input_grad(
     grad_output: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
-    """dx = dy (scale * W) for `fp8_linear`."""
+    """dx = dy (scale * W) for `fp8_linear`, dy (M, N): the channel scales lie along the contraction, so
+    they scale dy's columns before dy is quantized per row; W^T is made contiguous (an FP8 GEMM wants the
+    contraction dimension contiguous in both operands)."""
     n, k = weight.shape
-    # the channel scales lie along the contraction, so they scale dy's columns
-    g = grad_output.reshape(-1, n).float() * scale.view(1, n)  # (M, N)
-    gq, g_scale = quantize_rows(g)
+    gq, g_scale = quantize_rows(grad_output.float() * scale.view(1, n))  # one fused pass when compiled
     ones = torch.ones((k, 1), dtype=torch.float32, device=weight.device)
-    dx = fp8_matmul(gq, g_scale, weight.t().contiguous(), ones, grad_output.dtype)  # (M, K)
-    return dx.reshape(*grad_output.shape[:-1], k).clone()
-
-
-@fp8_linear_input_grad.register_fake
-def _(grad_output: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return grad_output.new_empty(*grad_output.shape[:-1], weight.size(1))
+    return fp8_mm(gq, g_scale, weight.t().contiguous(), ones, grad_output.dtype, False)
 
 
 def _fp8_linear_setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-    _, weight, scale = inputs
+    _, _, _, weight, scale = inputs
     ctx.save_for_backward(weight, scale)  # the stored weight: no activation is kept for the base
 
 
-def _fp8_linear_backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+def _fp8_linear_backward(
+    ctx: Any, grad_output: torch.Tensor
+) -> tuple[torch.Tensor | None, None, None, None, None]:
     if not ctx.needs_input_grad[0]:
-        return None, None, None
+        return None, None, None, None, None
     weight, scale = ctx.saved_tensors
-    return fp8_linear_input_grad(grad_output, weight, scale), None, None
+    return fp8_linear_input_grad(grad_output, weight, scale), None, None, None, None
 
 
-fp8_linear.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
+_fp8_linear_2d.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y = x (scale * W)^T, W frozen in e4m3 with per-row `scale`; x quantized per token on the fly."""
+    x2 = x.reshape(-1, x.size(-1))  # (M, K)
+    xq, x_scale = quantize_rows(x2.detach())  # (M, K), (M, 1)
+    return _fp8_linear_2d(x2, xq, x_scale, weight, scale).view(*x.shape[:-1], weight.size(0))
 
 
 class FP8Linear(nn.Module):
