@@ -219,7 +219,12 @@ def describe(typehint: Any) -> str:
         return " or ".join(parts) + (" or none" if type(None) in typing.get_args(typehint) else "")
     if typing.get_origin(typehint) is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(typehint))
+    if typing.get_origin(typehint) is Annotated:  # a type with validators: what it annotates
+        return describe(typing.get_args(typehint)[0])
     if typing.get_origin(typehint) is list:
+        item = typing.get_args(typehint)[0] if typing.get_args(typehint) else None
+        if typing.get_origin(item) is Literal:
+            return "a list of " + ", ".join(str(a) for a in typing.get_args(item))
         return 'a list such as ["a", "b"]'
     words = {int: "an integer", float: "a number", str: "a string", Path: "a path", bool: "true or false"}
     return words.get(typehint, str(typehint))

@@ -10,9 +10,9 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
 from common.device import Precision
@@ -20,6 +20,16 @@ from common.quantize import Quantize
 from serve.engine_config import EngineConfig
 
 LoraLayer = Literal["query", "key", "value", "projection", "mlp"]
+
+
+def comma_list(value: object) -> object:
+    """A comma-separated string ("query,value") as a list; anything else (a JSON list) as it is."""
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+LoraLayers = Annotated[list[LoraLayer], BeforeValidator(comma_list)]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/tiiuae/falcon-7b")
 TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -79,7 +89,7 @@ class Settings(BaseSettings):
         description="the largest LoRA rank a twin may have when several are served (memory is reserved "
         "for it per twin); default: 16, or the largest rank of the twins given at start",
     )
-    lora_layers: list[LoraLayer] | None = Field(
+    lora_layers: LoraLayers | None = Field(
         default=None,
         description="the LoRA layers several twins may adapt (JSON list of query, key, value, projection, "
         "mlp); layers none of them adapts cost the decode step nothing; default: those of the twins given "

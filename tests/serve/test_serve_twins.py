@@ -564,6 +564,34 @@ def test_lora_layers_are_those_of_the_twins_given_at_start(
 # ---- settings ----------------------------------------------------------------------------------------
 
 
+def test_lora_layers_read_as_a_comma_list_or_json(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.cli import parse_settings
+
+    ck = ["--checkpoint-dir", str(tiny_checkpoint)]
+    monkeypatch.setenv("TWIN_LORA_LAYERS", "query, value")
+    assert parse_settings(Settings, ck, prog="serve").lora_layers == ["query", "value"]
+    monkeypatch.setenv("TWIN_LORA_LAYERS", '["mlp"]')
+    assert parse_settings(Settings, ck, prog="serve").lora_layers == ["mlp"]
+    assert parse_settings(Settings, [*ck, "--lora-layers", "key,mlp"], prog="serve").lora_layers == [
+        "key",
+        "mlp",
+    ]
+    for argv, env, said in (
+        ([*ck, "--lora-layers", "attn"], "query", "--lora-layers: 'attn' is not a list of query, key, value"),
+        (
+            ck,
+            "query,attn",
+            "TWIN_LORA_LAYERS: Input should be 'query', 'key', 'value', 'projection' or 'mlp'",
+        ),
+    ):
+        monkeypatch.setenv("TWIN_LORA_LAYERS", env)
+        with pytest.raises(SystemExit):
+            parse_settings(Settings, argv, prog="serve")
+        assert said in capsys.readouterr().err
+
+
 def test_settings_refuse_impossible_twin_setups(tiny_checkpoint: Path, adapters: Adapters) -> None:
     with pytest.raises(ValidationError, match=r"TWIN_TWINS names \['bad name'\]: use 1-64 letters"):
         make_settings(tiny_checkpoint, adapters.alice, twins={"bad name": adapters.bob})
