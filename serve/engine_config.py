@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+LORA_LAYERS: tuple[str, ...] = ("query", "key", "value", "projection", "mlp")
+"""The LoRA layer switches several twins on one base can hold: finetune's `lora_<name>` flags but the head
+(`finetune.twin.LoraArgs`; a test keeps them in step)."""
+
 
 @dataclass
 class EngineConfig:
@@ -45,7 +49,7 @@ class EngineConfig:
     comes on top. 0: one twin, its adapter merged into the base (the fastest decode step)."""
     max_lora_rank: int = 16
     """The largest LoRA rank a twin slot holds (per adapted matrix); memory is reserved for it."""
-    lora_layers: tuple[str, ...] = ("query", "key", "value", "projection", "mlp")
+    lora_layers: tuple[str, ...] = LORA_LAYERS
     """The LoRA switches (finetune's `lora_<name>`) the twin slots hold: layers none of them names get no
     twin bank and cost the decode step nothing (`serve.multi_lora`)."""
 

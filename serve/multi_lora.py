@@ -36,6 +36,7 @@ from litgpt.model import GPT
 from torch import nn
 
 from finetune.twin import Adapter, AdapterSpec, TwinError, lora_config
+from serve.engine_config import LORA_LAYERS
 from serve.fused import FusedBlock
 from serve.generate import ParallelBlock, SequentialBlock, fusion_for
 from serve.kernels_lora import LoraBank
@@ -55,8 +56,6 @@ TARGETS: dict[type[FusedBlock], dict[str, tuple[str, tuple[str, ...]]]] = {
     },
 }
 
-LORA_LAYERS: tuple[str, ...] = ("query", "key", "value", "projection", "mlp")
-"""The LoRA layer switches a twin bank can hold (finetune's `lora_<name>` flags; the head is refused)."""
 PATH_LAYERS = {"attn.qkv": ("query", "key", "value"), "attn.proj": ("projection",)}
 """The switches behind each litgpt layer (every `mlp.*` layer: "mlp"). litgpt's LoRA on the fused qkv
 matrix has a rank-r pair for each of q, k and v it adapts."""

@@ -92,8 +92,9 @@ class Settings(BaseSettings):
     lora_layers: LoraLayers | None = Field(
         default=None,
         description="the LoRA layers several twins may adapt (a list of query, key, value, projection, "
-        "mlp: query,value or JSON); layers none of them adapts cost the decode step nothing; default: those of the twins given "
-        "at start, all of them with none (a twin added later that adapts more is refused)",
+        "mlp: query,value or JSON); layers none of them adapts cost the decode step nothing; default: "
+        "those of the twins given at start, all of them with none (a twin added later that adapts more "
+        "is refused)",
     )
     admin_key: CliSuppress[SecretStr | None] = Field(
         default=None,

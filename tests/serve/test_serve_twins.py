@@ -564,6 +564,18 @@ def test_lora_layers_are_those_of_the_twins_given_at_start(
 # ---- settings ----------------------------------------------------------------------------------------
 
 
+def test_lora_layer_names_are_finetunes_switches() -> None:
+    """One set of names: the setting's choices, the engine's and finetune's LoRA flags (the head aside)."""
+    import typing
+
+    from finetune.twin import LORA_TARGETS
+    from serve.engine_config import LORA_LAYERS
+    from serve.settings import LoraLayer
+
+    assert typing.get_args(LoraLayer) == LORA_LAYERS
+    assert tuple(f"lora_{name}" for name in LORA_LAYERS) == tuple(t for t in LORA_TARGETS if t != "lora_head")
+
+
 def test_lora_layers_read_as_a_comma_list_or_json(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
