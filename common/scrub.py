@@ -1126,8 +1126,8 @@ _CARD_SHORT = {
     14: ("300", "301", "302", "303", "304", "305", "36", "38", "39"),
     15: ("34", "37", "1800", "2131"),
 }
-# "номер карты 2200 7001 2345 6789": a 16-digit number in 4s that its text calls a card is one even when
-# its check digit is off (mistyped, or a card the checksum does not know).
+# "номер карты 2200 7001 2345 6789", "тинькофф 5536 9137 1234 5678": 16 digits written in fours, or called
+# a card, are a card even when the check digit is off (a typo in it, or a number made up for a test).
 _CARD_WORD = re.compile(
     r"(?<![^\W\d_])(?:card|карт[аыуеойи]?|карточк\w{0,3}|visa|master[ \t]?card|maestro|amex|tarjeta|karte)"
     r"(?![^\W\d_])[^\d\n<]{0,24}$",
@@ -1144,8 +1144,15 @@ def _check_card(m: re.Match[str]) -> Span | None:
     if not (13 <= len(digits) <= 19) or digits[0] not in "23456":
         return None
     if not luhn_ok(digits):
+        # 16 digits written in fours ("5536 9137 1234 5678"), or called a card: a card with a typo in it
+        groups = _GROUP_SPLIT.split(text)
+        in_fours = len(groups) == 4 and all(len(g) == 4 for g in groups)
         named = _CARD_WORD.search(m.string, max(0, m.start() - 40), m.start()) is not None
-        if not (named and len(digits) == 16):
+        # ...unless it is named as something else: "order 4000 1234 5678 9011"
+        other = (
+            _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()) is not None
+        )  # "order 4000 ..."
+        if len(digits) != 16 or other or not (named or in_fours):
             return None
     if len(digits) in _CARD_SHORT and not digits.startswith(_CARD_SHORT[len(digits)]):
         return None

