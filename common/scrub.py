@@ -1149,9 +1149,7 @@ def _check_card(m: re.Match[str]) -> Span | None:
         in_fours = len(groups) == 4 and all(len(g) == 4 for g in groups)
         named = _CARD_WORD.search(m.string, max(0, m.start() - 40), m.start()) is not None
         # ...unless it is named as something else: "order 4000 1234 5678 9011"
-        other = (
-            _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()) is not None
-        )  # "order 4000 ..."
+        other = _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()) is not None
         if len(digits) != 16 or other or not (named or in_fours):
             return None
     if len(digits) in _CARD_SHORT and not digits.startswith(_CARD_SHORT[len(digits)]):
