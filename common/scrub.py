@@ -670,7 +670,8 @@ def _find_door_codes(text: str) -> Iterator[Span]:
     yield from sorted(set(found))
 
 
-# ---- national identifiers: passports, SNILS, INN, SSN, National Insurance numbers ------------------
+# ---- national identifiers: passports, SNILS, INN, SSN, NI numbers, driver's licences, and after their
+# keyword Canada's SIN, Spain's DNI/NIE, Germany's Steuer-ID, Poland's PESEL, Brazil's CPF, India's Aadhaar
 # A keyword names the number ("паспорт 4508 123456", "мой ИНН 500100732259", "SSN 536-90-4399"), or the
 # number's own shape and checksum do: SNILS `112-233-445 95` (its documented checksum), SSN `536-90-4399`
 # (python-stdnum), a Russian passport `45 08 123456`, a 12-digit personal INN with both check digits
@@ -682,7 +683,10 @@ _ID_KEYWORD = re.compile(
     r"(?<![\w<])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series)"
     r"|(?P<snils>снилс\w{0,2}|snils)"
     r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
+    r"|(?P<sin>sin|social[ \t]+insurance[ \t]+(?:number|no\.?|#))"  # Canada's; before the SSN's "social"
     r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
+    r"|(?P<dni>dni|nie|nif)|(?P<idnr>steuer[ \t-]?id|steuer-?identifikationsnummer|idnr)|(?P<pesel>pesel)"
+    r"|(?P<cpf>cpf)|(?P<aadhaar>aadhaa?r)"
     r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino)"
     r"|(?P<license>driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e"
     r"|водительск\w*[ \t]+(?:права|удостоверени\w*)|вод\.?[ \t]?удостоверени\w*))"
@@ -708,12 +712,39 @@ _ID_VALUES: dict[str, re.Pattern[str]] = {
         + r"?\d{6}|[A-Z]{1,3}-?\d{4,12}|\d{6,12})(?![\w-])",
         re.IGNORECASE,
     ),
+    # after "sin" or "nie" (words too) also checked by their check digits (`_id_checks`)
+    "sin": re.compile(_LEAD + r"(?P<value>\d{3}[ \t-]?\d{3}[ \t-]?\d{3})(?![\d-])"),
+    "dni": re.compile(_LEAD + r"(?P<value>[XYZ]?[ \t-]?\d{7,8}[ \t-]?[A-Z])(?!\w)", re.IGNORECASE),
+    "idnr": re.compile(_LEAD + r"(?P<value>\d{2}[ \t]?\d{3}[ \t]?\d{3}[ \t]?\d{3})(?!\d)"),
+    "pesel": re.compile(_LEAD + r"(?P<value>\d{11})(?!\d)"),
+    "cpf": re.compile(_LEAD + r"(?P<value>\d{3}\.?\d{3}\.?\d{3}-?\d{2})(?![\d-])"),
+    "aadhaar": re.compile(_LEAD + r"(?P<value>\d{4}[ \t-]?\d{4}[ \t-]?\d{4})(?![\d-])"),
     "nino": re.compile(
         r"[^\d<]{0,30}?(?<![\w-])(?P<value>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}(?:"
         + _SP + r"?[A-D])?)(?![\w])",
         re.IGNORECASE,
     ),
 }  # fmt: skip
+
+
+@functools.cache
+def _id_checks() -> dict[str, Callable[[str], bool]]:
+    """Check-digit validators (python-stdnum) for numbers whose keyword alone proves little."""
+    from stdnum.br import cpf
+    from stdnum.ca import sin
+    from stdnum.de import idnr
+    from stdnum.es import dni, nie
+    from stdnum.in_ import aadhaar
+    from stdnum.pl import pesel
+
+    return {
+        "sin": sin.is_valid,
+        "dni": lambda v: bool(dni.is_valid(v) or nie.is_valid(v)),
+        "idnr": idnr.is_valid,
+        "pesel": pesel.is_valid,
+        "cpf": cpf.is_valid,
+        "aadhaar": aadhaar.is_valid,
+    }
 
 
 def _find_id_numbers_by_keyword(text: str) -> Iterator[Span]:
@@ -724,6 +755,12 @@ def _find_id_numbers_by_keyword(text: str) -> Iterator[Span]:
             continue
         if m.group(0).lower().startswith(("сери", "series")) and len(_digits(v.group("value"))) < 10:
             continue  # "серия" alone (an episode, a series) needs a passport's series and number
+        # "sin" and "nie" are words too (sin azúcar, nie wieder): unless in capitals, the number's check
+        # digits must pass
+        word = m.group(0)
+        check = _id_checks().get(kind) if word.lower() in ("sin", "nie") and not word.isupper() else None
+        if check is not None and not check(re.sub(r"[\s.-]", "", v.group("value")).upper()):
+            continue
         yield _group(v, "ID_NUMBER")
 
 
@@ -1262,6 +1299,16 @@ RULES: tuple[Rule, ...] = (
             "licen",
             "водительск",
             "удостовер",
+            "sin",
+            "dni",
+            "nie",
+            "nif",
+            "steuer",
+            "idnr",
+            "pesel",
+            "cpf",
+            "aadhar",
+            "aadhaar",
         ),
     ),
     Rule(
