@@ -634,14 +634,22 @@ _COMBO_VALUE = re.compile(
 )
 
 
+_COMBO_NEEDS = re.compile(r"combo|combinat|комбинац|шифр", re.IGNORECASE)
+
+
 def _find_access_codes(text: str) -> Iterator[Span]:
+    if _COMBO_NEEDS.search(text) is not None:
+        yield from _find_combinations(text)
+    yield from _find_door_codes(text)
+
+
+def _find_combinations(text: str) -> Iterator[Span]:
     for m in _ACCESS_KEYWORD.finditer(text):
         code = m.group("code")
         if code and _COMBO_WORD.fullmatch(code):
             v = _COMBO_VALUE.match(text, m.end())
             if v is not None and sum(c.isdigit() for c in v.group("value")) >= 4:
                 yield _group(v, "ACCESS_CODE")
-    yield from _find_door_codes(text)
 
 
 def _find_door_codes(text: str) -> Iterator[Span]:
@@ -1299,9 +1307,13 @@ RULES: tuple[Rule, ...] = (
             "licen",
             "водительск",
             "удостовер",
-            "sin",
+            " sin",
+            "sin ",
+            "sin:",
             "dni",
-            "nie",
+            " nie",
+            "nie ",
+            "nie:",
             "nif",
             "steuer",
             "idnr",
