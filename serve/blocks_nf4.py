@@ -24,7 +24,7 @@ from torch import nn
 
 from common.nf4 import NF4Linear
 from serve import kernels_nf4
-from serve.fused import FusedBlock
+from serve.fused import FusedBlock, gated_activation
 from serve.kernels_nf4 import PackedNF4, nf4_cat_gemv, nf4_gemv, nf4_glu_gemv, pack_nf4, use_nf4_gemv
 from serve.low_rank import LowRank
 
@@ -156,10 +156,8 @@ class SequentialNF4Block(FusedBlock):
         self.config = block.config
         self.norm_1, self.norm_2 = block.norm_1, block.norm_2
         self.gemv = gemv and kernels_nf4.available()
-        if isinstance(mlp, GemmaMLP | lora.GemmaMLP):
-            self.activation = "gelu_tanh" if self.config.gelu_approximate == "tanh" else "gelu"
-        else:
-            self.activation = "silu"
+        gemma = isinstance(mlp, GemmaMLP | lora.GemmaMLP)
+        self.activation = gated_activation(gemma, self.config.gelu_approximate)
         dtype = _dtype(block)
         self.qkv, self.proj = PackedLinear.of(attn.qkv, dtype), PackedLinear.of(attn.proj, dtype)
         gate, up = PackedLinear.of(mlp.fc_1, dtype), PackedLinear.of(mlp.fc_2, dtype)
@@ -168,11 +166,6 @@ class SequentialNF4Block(FusedBlock):
         self.w_down = PackedLinear.of(mlp.proj, dtype)
         attn.qkv, attn.proj = nn.Identity(), nn.Identity()
         self.attn = attn
-
-    def act(self, gate: torch.Tensor) -> torch.Tensor:
-        if self.activation == "silu":
-            return F.silu(gate)
-        return F.gelu(gate, approximate="tanh" if self.activation == "gelu_tanh" else "none")
 
     def forward(
         self,

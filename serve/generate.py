@@ -51,7 +51,7 @@ from litgpt.model import (
 from torch import nn
 
 from serve import blocks_nf4, kernels
-from serve.fused import FusedBlock
+from serve.fused import FusedBlock, gated_activation
 from serve.kernels_lora import LoraBank, add_delta
 
 log = logging.getLogger(__name__)
@@ -246,10 +246,7 @@ class SequentialBlock(FusedBlock):
         self.norm_1, self.norm_2 = block.norm_1, block.norm_2
         # one token on a GPU: Triton GEMVs that also do the activation, product and residual adds
         self.gemv = gemv and kernels.available()
-        if type(mlp) is GemmaMLP:
-            self.activation = "gelu_tanh" if self.config.gelu_approximate == "tanh" else "gelu"
-        else:
-            self.activation = "silu"
+        self.activation = gated_activation(type(mlp) is GemmaMLP, self.config.gelu_approximate)
         self.qkv, self.proj = attn.qkv, attn.proj
         self.intermediate_size = mlp.fc_1.out_features
         self.w_in = _stack_linear(mlp.fc_1, mlp.fc_2, dim=0)  # [gate; up]
@@ -261,11 +258,6 @@ class SequentialBlock(FusedBlock):
         self.lora_proj: LoraBank | None = None
         self.lora_w_in: LoraBank | None = None
         self.lora_w_down: LoraBank | None = None
-
-    def act(self, gate: torch.Tensor) -> torch.Tensor:
-        if self.activation == "silu":
-            return F.silu(gate)
-        return F.gelu(gate, approximate="tanh" if self.activation == "gelu_tanh" else "none")
 
     def forward(
         self,
