@@ -284,7 +284,7 @@ def _check_openai(m: re.Match[str]) -> Span | None:
 # "пароль" on an English layout, "зфыыцщкв" is "password" on a Russian one). The value is the whole
 # whitespace-delimited token, closing punctuation aside ("sunny2020!" keeps its "!": no tail is left).
 _PW_KEYWORD = re.compile(
-    r"(?<![^\W_])(?<!<)(?P<kw>pass(?:words?|wd|code|phrase|wort)|pwd|pass|pw|contraseñas?|mot de passe"
+    r"(?<![^\W_])(?<![<>])(?P<kw>pass(?:words?|wd|code|phrase|wort)|pwd|pass|pw|contraseñas?|mot de passe"
     r"|(?:network|security|wpa2?|wi-?fi)[ \t]+key|ключ[ \t]+(?:сети|безопасности)"
     r"|парол[ьяеюи]\w{0,2}|пасс|pin(?:[ -]?code)?|пин(?:[ -]?код)?)(?![^\W\d_])",
     re.IGNORECASE,
@@ -514,6 +514,9 @@ _NO_VALUE_CONTEXT = re.compile(
 _WORD = re.compile(r"\S+")
 
 
+_TOKEN_REST = re.compile(r"\S*")
+
+
 def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
     """A made-up value (letters with digits or symbols, 5+ characters) within eight words after a password
     keyword, in the same sentence: the password even when the words between are ones the step-by-step
@@ -522,6 +525,8 @@ def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
     if kw in _EXPLICIT_ONLY and not wifi:
         return None
     end = min(len(text), pos + 80)
+    rest = _TOKEN_REST.match(text, end)  # never half a word, or half a placeholder
+    end = rest.end() if rest is not None else end
     stop = _SENTENCE_END.search(text, pos, end)
     segment = text[pos : stop.start() if stop else end]
     if _NO_VALUE_CONTEXT.search(segment):
@@ -548,7 +553,7 @@ def _find_passwords(text: str) -> Iterator[Span]:
 
 
 _OTP = re.compile(
-    r"(?<!\w)(?:(?:verification|confirmation|security|sms|one[- ]time|2fa|otp|auth(?:entication)?|login"
+    r"(?<![\w>])(?:(?:verification|confirmation|security|sms|one[- ]time|2fa|otp|auth(?:entication)?|login"
     r"|access)[ \t]+code|otp|2fa|(?:смс|sms)[- ]?код|код[ \t]+(?:из|с|в)[ \t]+(?:смс|sms|сообщения)"
     r"|код[ \t]+(?:подтверждения|для[ \t]+входа|доступа)"
     r"|(?:backup|recovery|резервн\w*)[ \t]+(?:codes?|код\w{0,2})"
@@ -562,7 +567,7 @@ _OTP = re.compile(
 )
 # "recovery key: ABCD-EFGH-IJKL-MNOP", "backup code 7f3k-9x2m-q8w4": letters and digits in dashed groups
 _RECOVERY_KEY = re.compile(
-    r"(?<![\w<])(?:recovery|backup|restore|emergency|резервн\w*|восстановлени\w*)[ \t]+"
+    r"(?<![\w<>])(?:recovery|backup|restore|emergency|резервн\w*|восстановлени\w*)[ \t]+"
     r"(?:keys?|codes?|phrase|ключ\w{0,2}|код\w{0,2})"
     r"[^\w\n<]{0,4}(?:(?:is|are|это)[ \t]+)?(?P<value>[A-Za-z0-9]{4,8}(?:-[A-Za-z0-9]{4,8}){2,11})(?![\w-])",
     re.IGNORECASE,
@@ -572,11 +577,11 @@ _BACK = (
     r"|обратн\w+[ \t]+сторон\w{0,2}|задней[ \t]+сторон\w{0,2}|спине)"
 )
 _CVV = re.compile(
-    r"(?<!\w)(?:cvv2?|cvc2?|csc|свв|цвв|card[ \t]+(?:security|verification)[ \t]+(?:code|number)"
+    r"(?<![\w>])(?:cvv2?|cvc2?|csc|свв|цвв|card[ \t]+(?:security|verification)[ \t]+(?:code|number)"
     r"|(?:(?:the[ \t]+)?(?:three|four|3|4|три|четыре|3-?х|тр[её]х)[ \t]+)?(?:digits?|numbers?|цифр\w{0,2}"
     r"|код\w{0,2}|code|число|номер)[ \t]+(?:" + _BACK + r"|сзади)"
     r"|" + _BACK + r"[ \t]+(?:of[ \t]+(?:the|my|your)[ \t]+card|карты))"
-    r"[^\d\n]{0,24}?(?<![\w-])(?P<value>\d{3,4})(?![\d.,:/-]\d|\d)",
+    r"[^\d\n<]{0,24}?(?<![\w-])(?P<value>\d{3,4})(?![\d.,:/-]\d|\d)",  # never across a placeholder
     re.IGNORECASE,
 )
 
@@ -591,7 +596,7 @@ _ACCESS_PLACE = (
 )
 _ACCESS_IMPLIED = frozenset({"intercom", "keypad", "buzzer", "lockbox", "keybox", "key box"})
 _ACCESS_KEYWORD = re.compile(
-    r"(?<![\w<])(?:(?P<place>" + _ACCESS_PLACE + r")|(?P<code>codes?|код\w{0,4}|pin|пин|combo|combination"
+    r"(?<![\w<>])(?:(?P<place>" + _ACCESS_PLACE + r")|(?P<code>codes?|код\w{0,4}|pin|пин|combo|combination"
     r"|комбинаци\w*|шифр\w{0,2}))(?![^\W_])",
     re.IGNORECASE,
 )
@@ -688,7 +693,7 @@ def _find_door_codes(text: str) -> Iterator[Span]:
 _GAP = r"(?:[ \t-]|[ \t]?\n[ \t]?)"  # one separator, or a line break (two lines or two messages)
 _SP = r"(?:[ \t]|[ \t]?\n[ \t]?)"
 _ID_KEYWORD = re.compile(
-    r"(?<![\w<])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series)"
+    r"(?<![\w<>])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series)"
     r"|(?P<snils>снилс\w{0,2}|snils)"
     r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
     r"|(?P<sin>sin|social[ \t]+insurance[ \t]+(?:number|no\.?|#))"  # Canada's; before the SSN's "social"
@@ -851,7 +856,7 @@ def _check_id_shape(m: re.Match[str]) -> Span | None:
 
 # ---- bank accounts: Russian 20-digit accounts, BIK, account/routing numbers named as such --------
 _BANK_KEYWORD = re.compile(
-    r"(?<![\w<])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
+    r"(?<![\w<>])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
     r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
     r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|acc\.?|routing(?:[ \t]+(?:number|no\.?))?))"
     r"(?![^\W\d_])",
@@ -951,7 +956,7 @@ def _find_seed_phrases(text: str) -> Iterator[Span]:
 
 # ---- keyword + machine-made value: "api key: 9f8e7d...", "токен abc...", "secret=..." ------------
 _KEY_KEYWORD = re.compile(
-    r"(?<![^\W_])(?<!<)(?<!<API_)(?<!<PRIVATE_)(?<!<SECRET_)"
+    r"(?<![^\W_])(?<![<>])(?<!<API_)(?<!<PRIVATE_)(?<!<SECRET_)"
     r"(?P<kw>api[ _-]?key|apikey|access[ _-]?key(?:[ _-]?id)?|secret(?:[ _-]?(?:access[ _-]?)?key)?"
     r"|client[ _-]?secret|private[ _-]?key|auth[ _-]?key"
     r"|(?:auth|access|refresh|id|api|bot|session)[ _-]?token|tokens?|keys?|aws|credentials?"
