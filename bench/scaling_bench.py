@@ -75,7 +75,7 @@ BIG_MODEL = "Llama-3.1-70B"
 """litgpt config whose layer shape the `--fsdp-big` row uses (truncated to `--big-layers`)."""
 DEFAULT_BUDGET_S = 540.0
 """Default --time-budget on GPUs: the key rows of both shapes within one 10-minute call."""
-SMOKE_BUDGET_S = 150.0
+SMOKE_BUDGET_S = 240.0
 MIN_RUN_TIMEOUT_S = 30.0
 LORA_FIELDS = (
     "lora_r", "lora_alpha", "lora_dropout", "lora_query", "lora_key", "lora_value", "lora_projection",
@@ -379,7 +379,14 @@ def bench(args: argparse.Namespace, t_start: float) -> dict[str, Any]:
                 row["skipped"] = f"time budget: {left:.0f} s left"
             else:
                 t_run = time.perf_counter()
-                row |= launch(run, args, data_file, max(left, MIN_RUN_TIMEOUT_S))
+                result = launch(run, args, data_file, max(left, MIN_RUN_TIMEOUT_S))
+                if args.smoke and "error" in result and "time budget" not in result["error"]:
+                    # a shared CPU box can fail a gloo rendezvous now and then: once more, saying so
+                    left = deadline - time.perf_counter()
+                    first = result
+                    result = launch(run, args, data_file, max(left, MIN_RUN_TIMEOUT_S))
+                    result["first_try"] = {k: first[k] for k in ("error", "output_tail") if k in first}
+                row |= result
                 row["run_s"] = round(time.perf_counter() - t_run, 1)
                 durations.append(row["run_s"])
             summary["rows"].append(row)
