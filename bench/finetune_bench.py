@@ -562,6 +562,10 @@ def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict
     indices = [mb.indices for mb in mbs]
     last_loss_tokens = timed[-1].global_loss_tokens
     metrics = row_metrics(env, timing, indices, padded, executed, last_loss_tokens, shape, len(timed))
+    if args.profile:  # one more step under torch.profiler: where the time of a step goes, by kernel
+        from decode_profile import kernel_breakdown
+
+        metrics["profile"] = kernel_breakdown(lambda: run(steps[-1]), env.device, n=1)
     return {
         "config": cfg.name,
         "family": "ours",
@@ -1183,6 +1187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchor-precision", default="", help="override litgpt's default precision (bf16-mixed)")
     p.add_argument("--work-dir", default=None, help="where the anchor's checkpoint goes (default: TMPDIR)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every row)")
+    p.add_argument(
+        "--profile", action="store_true", help="rows of ours: one more step under torch.profiler, by kernel"
+    )
     args = p.parse_args(argv)
     problems = []
     args.model = [m.strip().lower() for m in args.model.split(",") if m.strip()]
