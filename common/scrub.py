@@ -643,13 +643,14 @@ _COMBO_NEEDS = re.compile(r"combo|combinat|комбинац|шифр", re.IGNORE
 
 
 def _find_access_codes(text: str) -> Iterator[Span]:
+    matches = list(_ACCESS_KEYWORD.finditer(text))  # one scan for both kinds
     if _COMBO_NEEDS.search(text) is not None:
-        yield from _find_combinations(text)
-    yield from _find_door_codes(text)
+        yield from _find_combinations(text, matches)
+    yield from _find_door_codes(text, matches)
 
 
-def _find_combinations(text: str) -> Iterator[Span]:
-    for m in _ACCESS_KEYWORD.finditer(text):
+def _find_combinations(text: str, matches: list[re.Match[str]]) -> Iterator[Span]:
+    for m in matches:
         code = m.group("code")
         if code and _COMBO_WORD.fullmatch(code):
             v = _COMBO_VALUE.match(text, m.end())
@@ -657,8 +658,7 @@ def _find_combinations(text: str) -> Iterator[Span]:
                 yield _group(v, "ACCESS_CODE")
 
 
-def _find_door_codes(text: str) -> Iterator[Span]:
-    matches = list(_ACCESS_KEYWORD.finditer(text))
+def _find_door_codes(text: str, matches: list[re.Match[str]]) -> Iterator[Span]:
     places = [m for m in matches if m.group("place")]
     if not places:
         return
@@ -1188,16 +1188,25 @@ _NOT_A_CARD = re.compile(
 )
 
 
+def _card_network(digits: str) -> bool:
+    """Whether 16 digits with a wrong check digit start as a payment network's cards do: Visa 4;
+    Mastercard 51-55, 2221-2720; Mir 2200-2204; Maestro 50, 56-58, 6; JCB 35."""
+    head = int(digits[:4])
+    return digits[0] in "456" or digits[:2] == "35" or 2200 <= head <= 2204 or 2221 <= head <= 2720
+
+
 def _check_card(m: re.Match[str]) -> Span | None:
     text = m.group(0)
     digits = _digits(text)
     if not (13 <= len(digits) <= 19) or digits[0] not in "23456":
         return None
+    groups = _GROUP_SPLIT.split(text)
+    named = _CARD_WORD.search(m.string, max(0, m.start() - 40), m.start()) is not None
+    if not named and len(groups) >= 3 and sum(bool(_YEAR.fullmatch(g)) for g in groups[1:]) >= 2:
+        return None  # a number and a list of years ("room 2151 1900 1900 1900"), whatever its check digit
     if not luhn_ok(digits):
         # 16 digits written in fours ("5536 9137 1234 5678"), or called a card: a card with a typo in it
-        groups = _GROUP_SPLIT.split(text)
-        in_fours = len(groups) == 4 and all(len(g) == 4 for g in groups)
-        named = _CARD_WORD.search(m.string, max(0, m.start() - 40), m.start()) is not None
+        in_fours = len(groups) == 4 and all(len(g) == 4 for g in groups) and _card_network(digits)
         # ...unless it is named as something else: "order 4000 1234 5678 9011"
         other = _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()) is not None
         if len(digits) != 16 or other or not (named or in_fours):

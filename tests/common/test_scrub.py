@@ -84,6 +84,7 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("карта сбер 4276 3800 1234 5678 на имя Ивана", "CARD", "4276 3800"),
     ("тинькофф 5536 9137 1234 5678", "CARD", "5536 9137"),  # in fours: a card with a typo, Luhn aside
     ("4111 1111 1111 1112", "CARD", "4111 1111"),
+    ("my card 5100 1999 2000 2001", "CARD", "5100 1999"),  # named a card: years in it or not
     ("my driver's license D1234567", "ID_NUMBER", "D1234567"),
     ("водительское удостоверение 99 12 345678", "ID_NUMBER", "345678"),
     ("sort code 12-34-56 acc 12345678", "BANK_ACCOUNT", "12345678"),
@@ -200,6 +201,9 @@ NEGATIVES: list[str] = [
     "ref 4111111111111112",  # Luhn fails, not written in fours, not called a card
     "1234 5678 9012 3456",  # no card network starts with 1
     "2019 2020 2021 2022",  # years
+    "room 2151 1900 1900 1900",  # a number and years: its digits pass Luhn, still a list
+    "flat 5100 1999 2000 2001",  # the same with a card network's first digit
+    "9999 1234 5678 9012",  # in fours, Luhn fails, no card network starts with 9
     "order 4000 1234 5678 9011 has shipped",  # Luhn fails
     "DE89370400440532013001",  # IBAN check digits fail
     "DE89 3704",
