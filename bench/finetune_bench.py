@@ -206,6 +206,26 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         compile_s=60,
         note="--base-precision fp8 --packing --compile",
     ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile-4k",
+        "packed",
+        micro_batch_tokens=4096,
+        compile=True,
+        base_precision="fp8",
+        step_s=1.2,
+        compile_s=60,
+        note="<= 24 GB setting: fp8, packed, 4k-token micro-batches",
+    ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile-ac",
+        "packed",
+        compile=True,
+        activation_checkpointing=True,
+        base_precision="fp8",
+        step_s=1.5,
+        compile_s=60,
+        note="<= 24 GB setting: fp8, packed, activation checkpointing",
+    ),  # fmt: skip
 ]
 KEY_ROWS = [
     "ours-compile",
@@ -1100,7 +1120,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     for key in args.model:
         config = model_config(key, args, data.tokenizer.vocab_size if args.smoke else 0)
         results: list[dict[str, Any]] = []
-        for name in SMOKE_QUALITY_ROWS if args.smoke else QUALITY_ROWS:
+        for name in args.quality_rows:
             cfg = rows[name]
             if cfg.base_precision == "fp8" and (why := fp8_unavailable(device)):
                 results.append({"config": name, "skipped": why})
@@ -1197,6 +1217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.lora_targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     problems += [f"unknown LoRA target {t!r} (use {','.join(flops.LORA_TARGETS)})" for t in args.lora_targets
                  if t not in flops.LORA_TARGETS]  # fmt: skip
+    args.quality_rows = [c.strip() for c in args.configs.split(",") if c.strip()] or list(
+        SMOKE_QUALITY_ROWS if args.smoke else QUALITY_ROWS
+    )  # --quality: these rows (of ours), the first the reference
     if args.configs == "all":
         args.configs = list(ALL_ROWS)
     else:
