@@ -14,23 +14,26 @@ The layout (`PackedNF4`, built once at load by `pack_nf4` from an NF4Tensor, exa
   scalers, double-quantized ones (nf4-dq) already dequantized. torchao's blocks (64 weights) run over the
   flattened weight; where K is a multiple of 64 (every matrix of Falcon-7B and Llama-3.1-8B) they are
   the row groups themselves (g = 64); elsewhere the groups are g = gcd(K, block) wide, each inside one
-  block, its scale repeated — the same codes and values;
+  block, its scale repeated — the same codes and values (a group whose width is no power of 2 is split
+  into groups of the largest power of 2 dividing it, for the kernels' tiles: 50 -> 25 groups of 2);
 - `table`: the 16 NF4 values (torchao's, in the activation dtype).
-A weight dequantizes as `table[code] * scale` rounded to the activation dtype, as torchao rounds it,
-so a GEMV equals `F.linear` on torchao's dequantized weight within the summation order.
+A GEMV multiplies `table[code]` by the input and its group's scale in fp32 — the weight `table[code] *
+scale` held exactly rather than rounded to bf16 as torchao's dequantization rounds it — so a GEMV equals
+`F.linear` on torchao's dequantized weight within bf16 rounding (in fp32, within fp32's).
 
 Why nf4-dq's scalers are expanded at load rather than in the kernel: they would save 0.125 of 4.25 bits
-a weight (3%), but the in-kernel form needs a second dependent gather (the int8 scaler's block factor)
-and torchao's bf16 division and mean add, whose rounding Triton's approximate fp32 division does not
-reproduce; expanded, both modes are one layout and one kernel, and equal torchao's dequantization.
+a weight (3%), but the in-kernel form needs a second dependent gather (the int8 scaler's block factor);
+expanded, both modes are one layout and one kernel.
 
 A program takes `BLOCK_N` output rows of one token (programs of the same rows for every token of a step
-run side by side, so the tokens after the first read the codes from L2); the codes are loaded with
-evict-first, the NF4 table and scales stay in L1. Compiled for sm_90 (tests compile it), a thread reads
-its 16 bytes of codes a chunk with one vector load (the row's byte count is an argument, so Triton sees
-it divisible by 16), then 32 table and 16 scale gathers from L1: if the kernel falls short of the copy
-bandwidth, those gathers (a 256-entry table of code pairs would halve the table's) and the input's
-conversion to the weights' layout (two barriers a chunk) are where to look. Batched steps (2..16
+run side by side, so the tokens after the first read the codes from L2), a chunk of the row at a time as
+(rows, groups, bytes of a group), and loads the next chunk's codes (evict-first) before it multiplies
+this one, so their HBM latency overlaps the arithmetic. The first version read 2 table values and a
+scale per byte with three gathers and rounded each weight to bf16: ~26 SASS instructions a byte of codes
+on sm_90, issue-bound at 11% of the copy bandwidth on an H200 (116 tokens/s at Falcon-7B's shape,
+docs/BENCHMARKS.md). Now, in bf16: one gather per byte from a 256-entry table of code pairs (`pairs`:
+both weights' bf16 bits in one int32; a bf16 shifted left by 16 bits is its fp32), the input read as
+int32 words of two bf16 values, one scale load per group: ~14-15 instructions a byte. Batched steps (2..16
 tokens) run the same kernel; prefills (longer inputs) dequantize the weight and use `F.linear`. Tests
 run the kernels on CPU tensors through Triton's interpreter.
 """
@@ -64,12 +67,13 @@ NUM_STAGES = 3
 
 
 def nf4_tile(K: int) -> tuple[int, int, int]:
-    """The tile for a weight of K columns: (rows a program, K chunk, warps). Not yet swept on a GPU: 4
-    rows and a 1,024-weight chunk read 2 KiB of codes a program a step, as the bf16 kernel's 2 x 1,024
-    reads 4 KiB."""
+    """The tile for a weight of K columns: (rows a program, K chunk in weights, warps). Not yet swept on a
+    GPU (`bench/decode_profile.py --nf4-sweep` does): chosen from the kernel's sm_90 SASS — 2 rows a
+    program keep the registers at ~56-80 a thread (many programs in flight on an SM to hide the codes'
+    HBM latency) with one shared-memory round trip a chunk, as 2 rows did best for the bf16 GEMV."""
     if TILE is not None:
         return TILE
-    return (4, 1024 if K >= 2048 else 512, 4)
+    return (2, 1024 if K >= 2048 else 512, 4)
 
 
 class PackedNF4(nn.Module):
@@ -79,16 +83,28 @@ class PackedNF4(nn.Module):
     codes: torch.Tensor
     scales: torch.Tensor
     table: torch.Tensor
+    pairs: torch.Tensor
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, table: torch.Tensor, group: int) -> None:
         super().__init__()
         N, half = codes.shape
         if codes.dtype != torch.uint8 or scales.shape != (N, 2 * half // group) or table.numel() != 16:
             raise ValueError(f"not a packed NF4 weight: codes {codes.shape}, scales {scales.shape}")
+        if group % 2:
+            raise ValueError(f"NF4 scale groups of {group} weights: the kernels need an even width")
+        if group & (group - 1):  # the kernels tile groups by powers of 2: 50 -> 25 groups of 2, same values
+            scales = scales.repeat_interleave(group // (group & -group), dim=1)
+            group &= -group
         self.register_buffer("codes", codes)
         self.register_buffer("scales", scales)
         self.register_buffer("table", table)
+        self.register_buffer("pairs", code_pairs(table))
         self.group = group
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        out = super()._apply(fn, recurse)
+        self.pairs = code_pairs(self.table)  # `.to(dtype)` may have changed the table's
+        return out
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,6 +115,7 @@ class PackedNF4(nn.Module):
         return self.scales.dtype
 
     def nbytes(self) -> int:
+        """The bytes that hold the weight (the 1 KiB pair table derived from `table` aside)."""
         return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.table))
 
     def dequantize(self) -> torch.Tensor:
@@ -111,6 +128,18 @@ class PackedNF4(nn.Module):
     def extra_repr(self) -> str:
         N, K = self.shape
         return f"{N}x{K}, groups of {self.group}, {str(self.dtype).removeprefix('torch.')} scales"
+
+
+def code_pairs(table: torch.Tensor) -> torch.Tensor:
+    """(256,) int32: for each byte of two codes, table[hi]'s bf16 bits in the upper half and table[lo]'s in
+    the lower — a bf16 weight's bits shifted left by 16 are its fp32 value, so the bf16 kernel gets both
+    weights of a byte from one gather and two bit operations. Zeros for other table dtypes (unused)."""
+    if table.dtype != torch.bfloat16:
+        return torch.zeros(256, dtype=torch.int32, device=table.device)
+    bits = table.view(torch.int16).to(torch.int64) & 0xFFFF  # (16,)
+    byte = torch.arange(256, device=table.device)
+    pairs = bits[byte >> 4] << 16 | bits[byte & 15]
+    return (pairs - (pairs >= 2**31).to(torch.int64) * 2**32).to(torch.int32)  # the same 32 bits, signed
 
 
 def pack_nf4(weight: NF4Tensor, dtype: torch.dtype | None = None) -> PackedNF4:
@@ -183,36 +212,62 @@ if triton is not None:
     from serve.kernels import _activation
 
     @triton.jit
-    def _input_pairs(x_ptr, x2_ptr, j, K1, K, HAS_X2: tl.constexpr):
-        # one token's input at columns 2j and 2j + 1 (input = cat(x[:K1], x2) or x, K1 even), loaded in
-        # j's layout: two strided loads from L1, where one contiguous load split in two cost a layout
-        # conversion through shared memory (16 barriers an iteration in the PTX for sm_90)
-        even = 2 * j
-        if HAS_X2:
-            first = tl.load(x_ptr + even, mask=even < K1, other=0.0)
-            second = tl.load(x2_ptr + (even - K1), mask=(even >= K1) & (even < K), other=0.0)
-            a = tl.where(even < K1, first, second)
-            first = tl.load(x_ptr + even + 1, mask=even < K1, other=0.0)
-            second = tl.load(x2_ptr + (even + 1 - K1), mask=(even >= K1) & (even < K), other=0.0)
-            b = tl.where(even < K1, first, second)
-        else:
-            a = tl.load(x_ptr + even, mask=even < K, other=0.0)
-            b = tl.load(x_ptr + even + 1, mask=even < K, other=0.0)
-        return a.to(tl.float32), b.to(tl.float32)
+    def _codes(q_ptr, rows, k0, KH, GB: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr):
+        # the bytes [k0, k0 + G * GB) of each row, as (rows, G groups, GB bytes): read once a step
+        j = k0 + tl.arange(0, G)[:, None] * GB + tl.arange(0, GB)[None, :]
+        codes = q_ptr + rows[:, None, None] * KH + j[None, :, :]
+        if MASKED:
+            return tl.load(codes, mask=(j < KH)[None, :, :], other=0, eviction_policy="evict_first")
+        return tl.load(codes, eviction_policy="evict_first")
 
     @triton.jit
-    def _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows, j, KH, KG, GROUP: tl.constexpr, mask):
-        # weights (rows, 2j) and (rows, 2j + 1), as torchao rounds them: table[code] * scale in y's dtype
-        dtype = y_ptr.dtype.element_ty
-        codes = q_ptr + rows[:, None] * KH + j[None, :]
-        byte = tl.load(codes, mask=mask, other=0, eviction_policy="evict_first")  # read once a step
-        hi = (byte >> 4).to(tl.int32)
-        lo = (byte & 15).to(tl.int32)
-        scale = tl.load(s_ptr + rows[:, None] * KG + (j // (GROUP // 2))[None, :], mask=mask, other=0.0)
-        scale = scale.to(tl.float32)
-        w_hi = (tl.load(table_ptr + hi).to(tl.float32) * scale).to(dtype).to(tl.float32)
-        w_lo = (tl.load(table_ptr + lo).to(tl.float32) * scale).to(dtype).to(tl.float32)
-        return w_hi, w_lo
+    def _input_pairs(x_ptr, x2_ptr, k0, K1, KH, GB: tl.constexpr, G: tl.constexpr, HAS_X2: tl.constexpr,
+                     X_PAIRS: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+        # one token's input at columns 2j and 2j + 1 for the chunk's bytes j, (G, GB) each, in fp32
+        # (input = cat(x[:K1], x2) or x; K1 even, so no pair straddles the seam). X_PAIRS: bf16 input
+        # read as int32 words, one per byte j, each holding both (little-endian: column 2j in the low half)
+        j = k0 + tl.arange(0, G)[:, None] * GB + tl.arange(0, GB)[None, :]
+        if X_PAIRS:
+            inside = j < KH if MASKED else j >= 0
+            if HAS_X2:
+                first = tl.load(x_ptr + j, mask=inside & (j < K1 // 2), other=0)
+                second = tl.load(x2_ptr + (j - K1 // 2), mask=inside & (j >= K1 // 2), other=0)
+                words = tl.where(j < K1 // 2, first, second)
+            elif MASKED:
+                words = tl.load(x_ptr + j, mask=inside, other=0)
+            else:
+                words = tl.load(x_ptr + j)
+            return (words << 16).to(tl.float32, bitcast=True), (words & -65536).to(tl.float32, bitcast=True)
+        col = 2 * j[:, :, None] + tl.arange(0, 2)[None, None, :]  # (G, GB, 2)
+        inside = (j < KH)[:, :, None] if MASKED else col >= 0
+        if HAS_X2:
+            first = tl.load(x_ptr + col, mask=inside & (col < K1), other=0.0)
+            second = tl.load(x2_ptr + (col - K1), mask=inside & (col >= K1), other=0.0)
+            pairs = tl.where(col < K1, first, second)
+        elif MASKED:
+            pairs = tl.load(x_ptr + col, mask=inside, other=0.0)
+        else:
+            pairs = tl.load(x_ptr + col)
+        return tl.split(pairs.to(tl.float32))
+
+    @triton.jit
+    def _partial(byte, a, b, s_ptr, pair_ptr, table_ptr, rows, k0, KG, GB: tl.constexpr, G: tl.constexpr,
+                 PAIRS: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+        # scale[row, group] * (table[hi] * a + table[lo] * b) for the chunk's bytes, (rows, G, GB) in fp32
+        g = k0 // GB + tl.arange(0, G)
+        scales = s_ptr + rows[:, None, None] * KG + g[None, :, None]  # (rows, G, 1): one per group
+        if MASKED:
+            scale = tl.load(scales, mask=(g < KG)[None, :, None], other=0.0)
+        else:
+            scale = tl.load(scales)
+        if PAIRS:  # bf16: one gather from L1 gives both weights' bits, each shifted into an fp32 exactly
+            pair = tl.load(pair_ptr + byte.to(tl.int32))
+            w_hi = (pair & -65536).to(tl.float32, bitcast=True)
+            w_lo = (pair << 16).to(tl.float32, bitcast=True)
+        else:
+            w_hi = tl.load(table_ptr + (byte >> 4).to(tl.int32)).to(tl.float32)
+            w_lo = tl.load(table_ptr + (byte & 15).to(tl.int32)).to(tl.float32)
+        return scale.to(tl.float32) * (w_hi * a[None, :, :] + w_lo * b[None, :, :])
 
     @triton.jit
     def _nf4_gemv_kernel(
@@ -220,6 +275,7 @@ if triton is not None:
         x2_ptr,
         q_ptr,
         s_ptr,
+        pair_ptr,
         table_ptr,
         bias_ptr,
         add_ptr,
@@ -232,61 +288,85 @@ if triton is not None:
         KH,
         KG,
         act_from,
-        GROUP: tl.constexpr,
+        GB: tl.constexpr,
         HAS_X2: tl.constexpr,
         ACT: tl.constexpr,
         GLU: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         HAS_ADD: tl.constexpr,
         HAS_RES: tl.constexpr,
+        PAIRS: tl.constexpr,
+        X_PAIRS: tl.constexpr,
         BLOCK_N: tl.constexpr,
-        BLOCK_KH: tl.constexpr,
+        G: tl.constexpr,
     ):
         # token m, output rows [tile * BLOCK_N, ...): y[m, rows] = W[rows] @ input[m] (+ bias) (+ add[m]),
         # act'd from row act_from on, (+ res[m]); input = cat(x[m, :K1], x2[m, :K - K1]) or x[m] (K1 = K).
-        # GLU: W has 2N rows [gate; up], y = act(gate (+ add[m, :N])) * (up (+ add[m, N:])) (+ res[m])
+        # GLU: W has 2N rows [gate; up], y = act(gate (+ add[m, :N])) * (up (+ add[m, N:])) (+ res[m]).
+        # A chunk is G groups of GB bytes (a group: the 2 * GB weights of one scale); the next chunk's
+        # codes are loaded before this one is multiplied, so their HBM latency overlaps the arithmetic.
         pid = tl.program_id(0)
         m = pid % M  # the tokens of one row tile are neighbours: the later ones read the codes from L2
         tile = pid // M
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_mask = rows < N
+        out_rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = out_rows < N
+        rows = tl.minimum(out_rows, N - 1)  # a partial tile re-reads its last row: no masks in the loop
         dtype = y_ptr.dtype.element_ty
-        x_row = x_ptr + m * K1
-        x2_row = x2_ptr + m * (K - K1)
-        acc = tl.zeros([BLOCK_N, BLOCK_KH], dtype=tl.float32)
-        acc_up = tl.zeros([BLOCK_N, BLOCK_KH], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
-        for k0 in range(0, KH, BLOCK_KH):
-            j = k0 + tl.arange(0, BLOCK_KH)  # byte of a row: columns 2j, 2j + 1
-            mask = row_mask[:, None] & (j < KH)[None, :]
-            a, b = _input_pairs(x_row, x2_row, j, K1, K, HAS_X2)
-            w_hi, w_lo = _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows, j, KH, KG, GROUP, mask)
-            acc += w_hi * a[None, :] + w_lo * b[None, :]
+        per: tl.constexpr = 2 if X_PAIRS else 1  # input values an element of x_ptr holds
+        x_row = x_ptr + m * (K1 // per)
+        x2_row = x2_ptr + m * ((K - K1) // per)
+        CHUNK: tl.constexpr = G * GB
+        full = KH - KH % CHUNK
+        last = tl.maximum(full - CHUNK, 0)
+        acc = tl.zeros([BLOCK_N, G, GB], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N, G, GB], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
+        byte = _codes(q_ptr, rows, 0, KH, GB, G, True)  # masked: the weight may be narrower than a chunk
+        if GLU:
+            byte_up = _codes(q_ptr, rows + N, 0, KH, GB, G, True)
+        for k0 in range(0, full, CHUNK):
+            ahead = tl.minimum(k0 + CHUNK, last)  # the last full chunk re-reads itself (cached)
+            byte_next = _codes(q_ptr, rows, ahead, KH, GB, G, False)
+            a, b = _input_pairs(x_row, x2_row, k0, K1, KH, GB, G, HAS_X2, X_PAIRS, False)
+            acc += _partial(byte, a, b, s_ptr, pair_ptr, table_ptr, rows, k0, KG, GB, G, PAIRS, False)
+            byte = byte_next
             if GLU:
-                u_hi, u_lo = _dequantize(q_ptr, s_ptr, table_ptr, y_ptr, rows + N, j, KH, KG, GROUP, mask)
-                acc_up += u_hi * a[None, :] + u_lo * b[None, :]
+                up_next = _codes(q_ptr, rows + N, ahead, KH, GB, G, False)
+                acc_up += _partial(
+                    byte_up, a, b, s_ptr, pair_ptr, table_ptr, rows + N, k0, KG, GB, G, PAIRS, False
+                )
+                byte_up = up_next
+        if full < KH:  # the tail, masked
+            a, b = _input_pairs(x_row, x2_row, full, K1, KH, GB, G, HAS_X2, X_PAIRS, True)
+            byte = _codes(q_ptr, rows, full, KH, GB, G, True)
+            acc += _partial(byte, a, b, s_ptr, pair_ptr, table_ptr, rows, full, KG, GB, G, PAIRS, True)
+            if GLU:
+                byte = _codes(q_ptr, rows + N, full, KH, GB, G, True)
+                acc_up += _partial(
+                    byte, a, b, s_ptr, pair_ptr, table_ptr, rows + N, full, KG, GB, G, PAIRS, True
+                )
         width = 2 * N if GLU else N  # of the addend's rows
-        y = tl.sum(acc, axis=1)
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
         if HAS_BIAS:
-            y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+            y += tl.load(bias_ptr + rows).to(tl.float32)
         y = y.to(dtype).to(tl.float32)  # the linear layer's output, rounded as the module rounds it
         if HAS_ADD:
-            y += tl.load(add_ptr + m * width + rows, mask=row_mask, other=0.0).to(tl.float32)
+            y += tl.load(add_ptr + m * width + rows).to(tl.float32)
             y = y.to(dtype).to(tl.float32)  # `base(x) + lora(x)`, rounded as litgpt's LoRA layer does
         if GLU:
-            up = tl.sum(acc_up, axis=1)
+            up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
             if HAS_BIAS:
-                up += tl.load(bias_ptr + N + rows, mask=row_mask, other=0.0).to(tl.float32)
+                up += tl.load(bias_ptr + N + rows).to(tl.float32)
             up = up.to(dtype).to(tl.float32)
             if HAS_ADD:
-                up += tl.load(add_ptr + m * width + N + rows, mask=row_mask, other=0.0).to(tl.float32)
+                up += tl.load(add_ptr + m * width + N + rows).to(tl.float32)
                 up = up.to(dtype).to(tl.float32)
             y = _activation(y, ACT).to(dtype).to(tl.float32) * up
             y = y.to(dtype).to(tl.float32)
         elif ACT != 0:
             y = tl.where(rows >= act_from, _activation(y, ACT).to(dtype).to(tl.float32), y)
         if HAS_RES:
-            y += tl.load(res_ptr + m * N + rows, mask=row_mask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + m * N + rows, y.to(dtype), mask=row_mask)
+            y += tl.load(res_ptr + m * N + rows).to(tl.float32)
+        tl.store(y_ptr + m * N + out_rows, y.to(dtype), mask=row_mask)
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -319,11 +399,17 @@ def _launch(
     M = x.size(0)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     block_n, block_k, warps = nf4_tile(K)
+    if block_k < weight.group:
+        raise ValueError(f"an NF4 tile's K chunk ({block_k}) narrower than a scale group ({weight.group})")
+    x_pairs = x.dtype == torch.bfloat16  # read as int32 words of two values (K1, K - K1 even)
+    x_in = x.view(torch.int32) if x_pairs else x
+    x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32) if x_pairs else _rows(x2, k2)
     _nf4_gemv_kernel[(M * triton.cdiv(N, block_n),)](
-        x,
-        _rows(x2, k2) if x2 is not None else x,  # pointers a variant does not read
+        x_in,
+        x2_in,  # pointers a variant does not read
         weight.codes,
         weight.scales,
+        weight.pairs,
         weight.table,
         bias if bias is not None else x,
         _rows(add, rows) if add is not None else x,
@@ -336,15 +422,17 @@ def _launch(
         K // 2,  # bytes a row: an argument, so Triton sees it divisible by 16 and vectorizes the loads
         K // weight.group,
         0 if act_from is None else act_from,
-        GROUP=weight.group,
+        GB=weight.group // 2,
         HAS_X2=x2 is not None,
         ACT=0 if activation is None else kernels.ACTIVATIONS[activation],
         GLU=glu,
         HAS_BIAS=bias is not None,
         HAS_ADD=add is not None,
         HAS_RES=residual is not None,
+        PAIRS=weight.table.dtype == torch.bfloat16,
+        X_PAIRS=x_pairs,
         BLOCK_N=block_n,
-        BLOCK_KH=block_k // 2,  # bytes of a row a chunk
+        G=block_k // weight.group,  # groups a chunk
         num_warps=warps,
         num_stages=NUM_STAGES,
     )

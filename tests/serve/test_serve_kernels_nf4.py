@@ -30,6 +30,7 @@ from serve import kernels, kernels_nf4
 from serve.blocks_nf4 import ParallelNF4Block, SequentialNF4Block
 from serve.generate import GemvLinear, fuse_blocks, uses_kernels
 from serve.kernels_nf4 import (
+    code_pairs,
     nf4_cat_gemv,
     nf4_gemv,
     nf4_glu_gemv,
@@ -140,6 +141,25 @@ def test_gated_and_concatenating_nf4_gemvs(interpreted: None, dtype: torch.dtype
         nf4_glu_gemv(x, pack_nf4(qg), None, "silu")  # 37 rows: no [gate; up]
 
 
+def test_code_pairs_hold_both_weights_of_a_byte(interpreted: None) -> None:
+    """The bf16 kernel's pair table: byte b's entry is table[b >> 4] in the upper 16 bits and table[b & 15]
+    in the lower, each an fp32 value once shifted into the upper half; it follows the table's dtype when
+    the weight moves (`.to(torch.bfloat16)` after packing in fp32), and the GEMV then uses it."""
+    q, w = nf4_weight(20, 128, True, torch.float32)
+    packed = pack_nf4(q)
+    assert not packed.pairs.any()  # an fp32 table: the kernel gathers table values instead
+    packed = packed.to(torch.bfloat16)
+    table = packed.table.float()
+    pairs = packed.pairs.to(torch.int64) & 0xFFFFFFFF
+    upper = ((pairs >> 16) << 16).to(torch.int32).view(torch.float32)
+    lower = ((pairs & 0xFFFF) << 16).to(torch.int32).view(torch.float32)
+    byte = torch.arange(256)
+    assert torch.equal(upper, table[byte >> 4]) and torch.equal(lower, table[byte & 15])
+    assert torch.equal(code_pairs(packed.table), packed.pairs)
+    x = torch.randn(1, 1, 128, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    close(nf4_gemv(x, packed), F.linear(x, packed.dequantize()), torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int4_with_group_scales_runs_on_the_same_kernel(interpreted: None, dtype: torch.dtype) -> None:
     """Symmetric int4, one scale per 32 columns of a row: within half a step of the weight, and the
@@ -213,6 +233,7 @@ from serve.kernels_nf4 import _nf4_gemv_kernel
 
 ints = ["M", "N", "K1", "K", "KH", "KG", "act_from"]
 aligned = ["N", "K1", "K", "KH", "KG"]  # what Triton sees at Falcon-7B's and Llama-3.1-8B's shapes
+types = {"q_ptr": "*u8", "pair_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}  # bf16 inputs as pairs
 for variant in [
     dict(HAS_X2=False, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=False, HAS_RES=False),
     dict(HAS_X2=False, ACT=3, GLU=True, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
@@ -220,10 +241,9 @@ for variant in [
     dict(HAS_X2=False, ACT=1, GLU=False, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
 ]:
     names = list(_nf4_gemv_kernel.arg_names)
-    consts = dict(GROUP=64, BLOCK_N=4, BLOCK_KH=512, **variant)
+    consts = dict(GB=32, BLOCK_N=2, G=16, PAIRS=True, X_PAIRS=True, **variant)
     signature = {
-        n: "constexpr" if n in consts else "i32" if n in ints else "*u8" if n == "q_ptr" else "*bf16"
-        for n in names
+        n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names
     }
     attrs = {
         (names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned
@@ -232,8 +252,8 @@ for variant in [
     source = ASTSource(_nf4_gemv_kernel, signature, constexprs, attrs)
     options = {"num_warps": 4, "num_stages": 3}
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    # the codes: one 16-byte load a thread a chunk, evict-first
-    print(kernel.asm["ptx"].count("ld.global.L1::evict_first.L2::cache_hint.v4.b32"))
+    # the codes: vector loads, evict-first (the first chunk's masked, the loop's not)
+    print(kernel.asm["ptx"].count("ld.global.L1::evict_first.L2::cache_hint.v"))
 """
 
 
