@@ -41,6 +41,7 @@ run the kernels on CPU tensors through Triton's interpreter.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -101,7 +102,7 @@ class PackedNF4(nn.Module):
         self.register_buffer("pairs", code_pairs(table))
         self.group = group
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedNF4:
         out = super()._apply(fn, recurse)
         self.pairs = code_pairs(self.table)  # `.to(dtype)` may have changed the table's
         return out
