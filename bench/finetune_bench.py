@@ -1109,6 +1109,29 @@ def held_out_loss(ours: Ours, examples: list[Example], pad_id: int, args: argpar
     return total / count
 
 
+def quality_run(
+    args: argparse.Namespace, device: torch.device, config: Config, cfg: BenchConfig, data: Data,
+    train: list[Example], val: list[Example], repeat: int,
+) -> tuple[float, float, float]:  # fmt: skip
+    """(held-out loss before, after, training seconds) of `args.quality` steps of one row: the same
+    random base and LoRA initialisation for every row and repeat; repeats differ by the training RNG."""
+    release_memory()
+    torch.manual_seed(0)
+    precision = "32-true" if args.smoke else "bf16-true"
+    fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
+    ours = build_ours(fabric, config, args, cfg.base_precision)
+    for group in ours.optimizer.param_groups:
+        group["lr"] = args.quality_lr
+    set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
+    before = held_out_loss(ours, val, data.pad_id, args)
+    torch.manual_seed(1000 + repeat)  # LoRA dropout's masks
+    t0 = time.perf_counter()
+    for step in planned_steps(train, cfg, args, args.quality):
+        train_step(ours.fabric, ours.fabric_model, ours.optimizer, ours.head, step, train, data.pad_id, 1.0)
+    seconds = time.perf_counter() - t0
+    return before, held_out_loss(ours, val, data.pad_id, args), seconds
+
+
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cpu" if args.smoke else "cuda")
     data = make_data(args)
@@ -1125,26 +1148,17 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             if cfg.base_precision == "fp8" and (why := fp8_unavailable(device)):
                 results.append({"config": name, "skipped": why})
                 continue
-            release_memory()
-            torch.manual_seed(0)  # the same random base and LoRA initialisation for every row
-            precision = "32-true" if args.smoke else "bf16-true"
-            fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
-            ours = build_ours(fabric, config, args, cfg.base_precision)
-            for group in ours.optimizer.param_groups:
-                group["lr"] = args.quality_lr
-            set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
-            before = held_out_loss(ours, val, data.pad_id, args)
-            t0 = time.perf_counter()
-            for step in planned_steps(train, cfg, args, args.quality):
-                train_step(
-                    ours.fabric, ours.fabric_model, ours.optimizer, ours.head, step, train, data.pad_id, 1.0
-                )
-            seconds = time.perf_counter() - t0
-            after = held_out_loss(ours, val, data.pad_id, args)
-            results.append({"config": name, "val_loss_before": round(before, 5), "val_loss": round(after, 5),
-                            "train_s": round(seconds, 1), "note": cfg.note})  # fmt: skip
+            runs = [quality_run(args, device, config, cfg, data, train, val, r) for r in range(args.quality_repeats)]
+            losses = [after for _, after, _ in runs]
+            results.append({
+                "config": name, "val_loss_before": round(runs[0][0], 5),
+                "val_loss": round(statistics.fmean(losses), 5), "val_losses": [round(v, 5) for v in losses],
+                "spread": round(max(losses) - min(losses), 5), "train_s": round(sum(t for *_, t in runs), 1),
+                "note": cfg.note,
+            })  # fmt: skip
             print(json.dumps({"model": key, **results[-1]}), flush=True)
-            del ours, fabric
+            if args.out:  # a run cut short keeps its rows
+                write_json(args.out, out | {"models": [*out["models"], {"model": key, "results": results}]})
         base = next((r for r in results if r["config"] == results[0]["config"] and "val_loss" in r), None)
         for r in results:
             if base is not None and "val_loss" in r:
@@ -1156,6 +1170,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                     base["val_loss_before"] - base["val_loss"],
                 )
                 r["drop_ratio_to_bf16"] = round(drop / base_drop, 4) if base_drop else None
+                if args.quality_repeats > 1:  # runs of one row differ only by their training RNG (dropout)
+                    noise = max(r["spread"], base["spread"])
+                    r["diff_beyond_spread"] = abs(r["val_loss"] - base["val_loss"]) > noise
         out["models"].append({"model": key, "config": config.name, "results": results})
         if args.out:
             write_json(args.out, out)
@@ -1176,6 +1193,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quality", type=int, default=0, help="STEPS: the bf16/packed/fp8 validation-loss guard instead"
     )
     p.add_argument("--quality-lr", type=float, default=2e-3, help="--quality's learning rate")
+    p.add_argument(
+        "--quality-repeats", type=int, default=1,
+        help="--quality: runs of each row differing only by the training RNG (tells noise from bias)",
+    )  # fmt: skip
     p.add_argument(
         "--configs",
         default="",
