@@ -1148,7 +1148,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             if cfg.base_precision == "fp8" and (why := fp8_unavailable(device)):
                 results.append({"config": name, "skipped": why})
                 continue
-            runs = [quality_run(args, device, config, cfg, data, train, val, r) for r in range(args.quality_repeats)]
+            repeats = range(args.quality_repeats)
+            runs = [quality_run(args, device, config, cfg, data, train, val, r) for r in repeats]
             losses = [after for _, after, _ in runs]
             results.append({
                 "config": name, "val_loss_before": round(runs[0][0], 5),
