@@ -60,6 +60,9 @@ FUTURE_SLACK_S = 86_400.0
 """Dates more than a day (any time zone) past this machine's clock are kept, with a warning: Telegram's
 servers stamp the dates, so the clock here may well be the wrong one."""
 IMPLAUSIBLE_DATE = "implausible date"
+UNKNOWN_SENDER = "unknown sender"
+BEFORE_SINCE = "before --since"
+FORWARDED = "forwarded"
 SERVICE_CHAT = "Telegram service notifications (777000, login codes)"
 DELETED_ACCOUNT = "Deleted Account"
 NON_TEXT_FIELDS: dict[str, str] = {
@@ -132,9 +135,23 @@ def _find_export(path: Path) -> Path:
             return candidate
         if candidate.is_dir():
             raise CollectError(f"{candidate}: a folder, not the export file; pass the export's result.json")
-        if (path / "messages.html").exists() or (path / "export_results.html").exists():
+        if _is_html_export(path):
             raise CollectError(
                 f"{path}: this is an HTML export; export again choosing 'Machine-readable JSON'"
+            )
+        # The folder above the export (e.g. Downloads/Telegram Desktop, holding ChatExport_* folders)
+        inside = sorted(p for p in path.glob(f"*/{EXPORT_FILE}") if p.is_file())
+        if inside:
+            shown = ", ".join(str(p) for p in inside[:3])
+            if len(inside) > 3:
+                shown += f" and {len(inside) - 3} more"
+            raise CollectError(
+                f"{path}: no {EXPORT_FILE} in this folder itself, but in its subfolders: {shown}; pass one "
+                "of them (import several exports one after another into the same --out)"
+            )
+        if any(_is_html_export(p) for p in path.iterdir() if p.is_dir()):
+            raise CollectError(
+                f"{path}: the export in this folder is HTML; export again choosing 'Machine-readable JSON'"
             )
         raise CollectError(
             f"{path}: no {EXPORT_FILE} in this folder; pass the export's result.json ({HOW_TO_EXPORT})"
@@ -144,6 +161,10 @@ def _find_export(path: Path) -> Path:
     if not path.is_file():
         raise CollectError(f"{path}: not a regular file; pass the export's result.json or its folder")
     return path
+
+
+def _is_html_export(folder: Path) -> bool:
+    return (folder / "messages.html").exists() or (folder / "export_results.html").exists()
 
 
 def flatten_text(text: Any) -> str:
@@ -273,6 +294,7 @@ def import_desktop_export(
     """
     export = find_export(path)
     try:
+        _refuse_other_formats(export)
         f = open(export, encoding="utf-8-sig")  # closed by the `with f` below
     except OSError as e:
         raise CollectError(f"{export}: can't read it ({os_reason(e)}); {HOW_TO_READ}") from None
@@ -297,6 +319,25 @@ def import_desktop_export(
     return importer.summary
 
 
+_OTHER_FORMATS: dict[bytes, str] = {
+    b"PK\x03\x04": "a zip archive: unzip it and pass the result.json inside",
+    b"\x1f\x8b": "a gzip archive: unpack it (gunzip) and pass the result.json inside",
+    b"\xff\xfe": "UTF-16 text, not UTF-8 (re-saved by an editor?): export again, or convert it with "
+    "`iconv -f UTF-16 -t UTF-8`",
+    b"\xfe\xff": "UTF-16 text, not UTF-8 (re-saved by an editor?): export again, or convert it with "
+    "`iconv -f UTF-16 -t UTF-8`",
+}
+"""Files people pass by mistake, told apart by their first bytes, and what to do instead."""
+
+
+def _refuse_other_formats(export: Path) -> None:
+    with open(export, "rb") as f:
+        head = f.read(4)
+    for magic, what in _OTHER_FORMATS.items():
+        if head.startswith(magic):
+            raise CollectError(f"{export}: this is {what}")
+
+
 def open_store(out: str | Path) -> RawStore:
     """The output folder, created if needed; a one-line error if it cannot be."""
     try:
@@ -306,6 +347,26 @@ def open_store(out: str | Path) -> RawStore:
             f"{e.filename or out}: can't create or use the output folder ({os_reason(e)}); pass an --out "
             "folder you can write to (its parent must be a folder you may write in)"
         ) from None
+
+
+def _what_to_do_about(skipped: Counter[str]) -> str:
+    """The fix for an import that kept nothing, by its commonest reason."""
+    top = skipped.most_common(1)[0][0] if skipped else ""
+    if top == BEFORE_SINCE:
+        return "pass an earlier --since, or leave it out"
+    if top == FORWARDED:
+        return "pass --keep-forwarded to keep forwarded messages (they are not your own words, though)"
+    if top == UNKNOWN_SENDER:
+        return "the messages carry no sender ('from_id'): export again from Telegram Desktop"
+    return (
+        "twin learns from written text (media without a caption, stickers, polls and service entries are "
+        f"left out): export chats in which you write ({HOW_TO_EXPORT})"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A field's value for an error message: ids and dates only, cut short (never message text)."""
+    return repr(value)[:40] if value is None or isinstance(value, int | float | str) else type(value).__name__
 
 
 def _disable(progress: bool | None) -> bool | None:
@@ -367,6 +428,13 @@ class _DesktopImport:
                 "%s: skipped %d message(s) dated before Telegram existed (%s) or past the year 9999: "
                 "a broken timestamp in the export; the other messages are imported",
                 self.path, implausible, TELEGRAM_LAUNCH.strftime("%Y-%m"),
+            )  # fmt: skip
+        if unknown := self.summary.skipped[UNKNOWN_SENDER]:
+            log.warning(
+                "%s: skipped %d message(s) of personal chats whose sender is not a user ('from_id' missing, "
+                "or a channel's): if the file was edited or converted by another tool, export it again "
+                "from Telegram Desktop",
+                self.path, unknown,
             )  # fmt: skip
         if self.summary.new_messages and not self.summary.new_mine:
             log.warning(
@@ -446,6 +514,13 @@ class _DesktopImport:
             raise CollectError(
                 f"{self.path}: the export is empty: its {s.dialogs} personal chat(s) hold no messages; "
                 f"export again ({HOW_TO_EXPORT})"
+            )
+        if s.total_messages == 0:  # nothing on disk for any chat: prepare would only say "run collect"
+            reasons = "skipped: " + ", ".join(f"{n} {why}" for why, n in s.skipped.most_common())
+            raise CollectError(
+                f"{self.path}: nothing to import: none of the {self.entries_in_personal_chats} entries of "
+                f"its {s.dialogs} personal chat(s) is a text message twin can learn from ({reasons}); "
+                + _what_to_do_about(s.skipped)
             )
 
     # ---- one chat ----------------------------------------------------------------------------
@@ -533,10 +608,13 @@ class _DesktopImport:
             if index & 4095 == 4095:
                 self._tick()
             mid = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(mid, int) or isinstance(mid, bool) or not -MAX_ID < mid < MAX_ID:
+            if not isinstance(mid, int) or isinstance(mid, bool) or not 0 < mid < MAX_ID:
+                # Telegram's message ids are positive; a zero or negative one would also pass for
+                # "already collected" (the resume cursor starts at 0) and vanish without a word
                 raise stream.error(
-                    f"not a Telegram export: message #{index + 1} of chat {dialog_id} has no integer 'id' "
-                    "(the message ends just before)"
+                    f"not a Telegram export: message #{index + 1} of chat {dialog_id} has no positive "
+                    f"integer 'id' (got {_shown(mid)}); the file is damaged or was edited: export again "
+                    f"({HOW_TO_EXPORT}); the message ends just before"
                 )
             if mid > max_id:
                 max_id = mid
@@ -547,7 +625,7 @@ class _DesktopImport:
                 skipped["service or unsupported"] += 1
                 continue
             if not keep_forwarded and "forwarded_from" in entry:
-                skipped["forwarded"] += 1
+                skipped[FORWARDED] += 1
                 continue
             if entry.get("media_type") == "sticker":
                 skipped["sticker"] += 1
@@ -565,7 +643,8 @@ class _DesktopImport:
             if ts is None:
                 raise stream.error(
                     f"message id {mid} of chat {dialog_id} has no usable 'date_unixtime' or 'date' "
-                    "(the message ends just before)"
+                    f"(got {_shown(entry.get('date_unixtime'))} and {_shown(entry.get('date'))}); the file "
+                    f"is damaged or was edited: export again ({HOW_TO_EXPORT}); the message ends just before"
                 )
             if not earliest <= ts <= latest:
                 skipped[IMPLAUSIBLE_DATE] += 1
@@ -573,11 +652,11 @@ class _DesktopImport:
             if ts > future:
                 self.summary.future_dated += 1
             if ts < since_ts:
-                skipped["before --since"] += 1
+                skipped[BEFORE_SINCE] += 1
                 continue
             sender = user_id(entry.get("from_id"))
             if sender is None:
-                skipped["unknown sender"] += 1
+                skipped[UNKNOWN_SENDER] += 1
                 continue
             if me is not None:
                 out = sender == me

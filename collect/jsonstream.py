@@ -9,6 +9,7 @@ reported with the file's line and column.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterator
@@ -52,9 +53,11 @@ class JsonStream:
         try:
             chunk = self._f.read(max(self._chunk, at_least))
         except UnicodeDecodeError as e:
+            where = locate_bad_utf8(self.name)
             raise CollectError(
-                f"{self.name}: not UTF-8 text ({e.reason}); expected Telegram Desktop's JSON export "
-                "(result.json, exported with format 'Machine-readable JSON')"
+                f"{self.name}: not UTF-8 text ({e.reason}{f' at {where}' if where else ''}); Telegram "
+                "Desktop writes its JSON export as UTF-8, so the file is damaged or was re-saved in another "
+                "encoding: export again (format 'Machine-readable JSON') and pass the new result.json"
             ) from None
         except OSError as e:  # e.g. EIO on a failing disk, or a file that vanished from a network share
             raise CollectError(
@@ -244,6 +247,32 @@ class JsonStream:
                 self.skip(depth + 1)
         else:
             self.value()
+
+
+def locate_bad_utf8(path: str, chunk_bytes: int = 1 << 20) -> str | None:
+    """`line L, byte B of the file` of the first byte of `path` that is not UTF-8 (None if it can't be told).
+
+    Only called after a decode error, so reading the file again costs nothing in the normal case."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, newlines = 0, 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    # e.object is the bytes held back from the chunk before (never a newline) + this chunk
+                    bad = offset - (len(e.object) - len(chunk)) + e.start
+                    newlines += chunk[: max(0, bad - offset)].count(b"\n")
+                    return f"line {newlines + 1}, byte {bad + 1} of the file"
+                offset += len(chunk)
+                newlines += chunk.count(b"\n")
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:  # the file ends inside a character
+        return f"line {newlines + 1}, byte {offset - len(e.object) + e.start + 1} of the file"
+    except OSError:
+        return None
+    return None
 
 
 _PARTIAL_TOKEN = re.compile(r"(-?\d*(\.\d*)?([eE][-+]?\d*)?|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)")

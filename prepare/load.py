@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 from tqdm import tqdm
 
-from collect.records import FIELDS
+from collect.records import FIELDS, MANIFEST_NAME
 from common.scrub import PLACEHOLDER, scrub_secrets_with_counts
 
 from .build import clipped_turn
@@ -51,6 +51,12 @@ def find_raw_files(raw_dir: Path) -> list[Path]:
         raise PrepareError(f"--raw {raw_dir} is a file, not a folder of <dialog_id>.jsonl files")
     files = sorted(p for p in raw_dir.glob("*.jsonl") if p.is_file() and not p.name.startswith("."))
     if not files:
+        if (raw_dir / MANIFEST_NAME).exists():  # collect ran here, but kept no message of any chat
+            raise PrepareError(
+                f"raw folder {raw_dir} has a {MANIFEST_NAME} but no *.jsonl dialog files: collect found no "
+                "text messages in your one-to-one chats (its last line says what it skipped); collect an "
+                "export or account whose personal chats hold messages you wrote, or pass --raw <folder>"
+            )
         raise PrepareError(f"raw folder {raw_dir} has no *.jsonl dialog files: {COLLECT_HINT}")
     return files
 

@@ -213,7 +213,7 @@ BAD_INPUTS = [
     ('{"name": "Al", "type": "personal_chat", "id": "x", "messages": [{"id": 1}]}', "a positive integer"),
     (
         '{"name": "Al", "type": "personal_chat", "id": 5, "messages": [{"type": "message"}]}',
-        "no integer 'id'",
+        "no positive integer 'id'",
     ),
     ('{"chats": []}', "should be an object"),
     ("\xff\xfe garbage", "not a Telegram export"),
@@ -232,6 +232,9 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path, content: str, expected: st
 def test_binary_file_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "export.zip"
     path.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xb7\x8f\xff\xfe")
+    with pytest.raises(CollectError, match="this is a zip archive: unzip it"):
+        run(path, tmp_path / "raw")
+    path.write_bytes(b"\x00\x01\x02\xb7\x8f\xff\xfe")
     with pytest.raises(CollectError, match="not UTF-8 text"):
         run(path, tmp_path / "raw")
 

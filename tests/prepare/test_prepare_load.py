@@ -45,8 +45,11 @@ def test_missing_raw_folder_says_what_to_run(tmp_path: Path) -> None:
 
 def test_empty_raw_folder_says_what_to_run(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
-    (tmp_path / "raw" / "manifest.json").write_text("{}")
     with pytest.raises(PrepareError, match="no \\*.jsonl dialog files: run `make collect` first"):
+        load_messages(tmp_path / "raw")
+    # collect ran here (its manifest is there) but kept nothing: running it again would not help
+    (tmp_path / "raw" / "manifest.json").write_text("{}")
+    with pytest.raises(PrepareError, match="but no \\*.jsonl dialog files: collect found no text messages"):
         load_messages(tmp_path / "raw")
 
 
