@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.scrub import scrub_secrets
 from serve.routes import admin, chat, meta
 from serve.service import TwinService, build_service
 from serve.settings import Settings, get_settings, startup_warnings
@@ -84,14 +85,63 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
     return app
 
 
+MAX_MESSAGE_CHARS = 600
+"""An error message is cut here: it names the problem, and never carries much of what was sent."""
+MAX_ERRORS = 20
+"""A 422's `detail` lists at most this many errors (its message counts them all)."""
+MAX_LOC_CHARS = 32
+"""A part of an error's `loc` that is not pydantic's own (a field name, or a key the client sent) is cut
+here: the longest field name fits."""
+
+
+def safe_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` fit to go back to a client: secrets (an API key pasted in the wrong field, ...) replaced by
+    placeholders, control characters and unpaired surrogates escaped (the body must encode as UTF-8),
+    and cut to `limit` characters."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
+    return scrub_secrets(text)
+
+
+def safe_loc(part: str | int) -> str | int:
+    if not isinstance(part, str):
+        return part
+    return part if UNION_TAG.fullmatch(part) and len(part) <= 200 else safe_message(part, MAX_LOC_CHARS)
+
+
 def error_body(code: int, detail: Any, message: str, param: str | None = None) -> dict[str, Any]:
     kind = ERROR_TYPES.get(code, "server_error" if code >= 500 else "invalid_request_error")
     return {"detail": detail, "error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
+UNPARSED_BODY = "There was an error parsing the body"
+"""FastAPI's 400 for a body `json.loads` failed on with something else than a JSONDecodeError."""
+
+
+def unparsed_body(cause: BaseException | None) -> str:
+    """What was wrong with a body FastAPI could not parse (its own detail does not say)."""
+    if isinstance(cause, UnicodeError):
+        why = "it is not UTF-8 text"
+    elif isinstance(cause, RecursionError):
+        why = "it nests arrays or objects too deep"
+    elif isinstance(cause, ValueError) and "digits" in str(cause):
+        why = "a number in it has too many digits"
+    else:
+        why = "it is not valid JSON"
+    return f"error parsing the body: {why}; send one JSON object, UTF-8 encoded"
+
+
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail == UNPARSED_BODY:
+        detail = unparsed_body(exc.__cause__)
+    elif exc.status_code == 404 and detail == "Not Found":  # no route: not one of ours
+        detail = f"no such endpoint: {request.url.path[:100]!r} (see /docs for the API)"
+    elif exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+        detail = f"method {request.method[:16]} is not allowed here: use {exc.headers['Allow']}"
+    detail = safe_message(detail)
     return JSONResponse(error_body(exc.status_code, detail, detail), exc.status_code, headers=exc.headers)
 
 
@@ -99,11 +149,20 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 with FastAPI's error list (minus the echoed input: it may be private) and one readable line."""
     assert isinstance(exc, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k not in ("input", "url", "ctx")} for e in exc.errors()]
-    for e in errors:  # our own checks' messages read as they are written
-        e["msg"] = str(e.get("msg", "")).removeprefix("Value error, ")
+    for e, raw in zip(errors, exc.errors(), strict=True):
+        if e.get("type") == "json_invalid":  # loc ("body", offset): say where, and what the parser said
+            at = e.get("loc", ("body",))[-1]
+            said = (raw.get("ctx") or {}).get("error", "")
+            e["loc"] = ("body",)
+            e["msg"] = f"JSON decode error at character {at}: {said}" if said else "JSON decode error"
+        # our own checks' messages read as they are written
+        e["msg"] = safe_message(str(e.get("msg", "")).removeprefix("Value error, "))
+        # a key the client sent (of an unknown field, a logit_bias entry) may be anything, of any length
+        e["loc"] = [safe_loc(p) for p in e.get("loc", ())]
     where, said, more = readable_error(errors)
     message = f"{where}: {said}" + (f" (and {more} more)" if more else "")
-    body = error_body(422, jsonable_encoder(errors), message, where)
+    # 512 bad messages are 512 errors: the first few say what to fix without a body of their size
+    body = error_body(422, jsonable_encoder(errors[:MAX_ERRORS]), safe_message(message), where)
     return JSONResponse(body, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
@@ -161,7 +220,12 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        if length is not None and not length.isdigit():
+            detail = "the Content-Length header is not a number of bytes"
+            response = JSONResponse(error_body(400, detail, detail), status.HTTP_400_BAD_REQUEST)
+            await response(scope, receive, send)
+            return
+        if length is not None and int(length) > self.max_bytes:
             detail = f"request body over {self.max_bytes} bytes (TWIN_MAX_BODY_BYTES)"
             response = JSONResponse(error_body(413, detail, detail), status.HTTP_413_CONTENT_TOO_LARGE)
             await response(scope, receive, send)

@@ -80,5 +80,5 @@ def require_json(request: Request) -> None:
     raise HTTPException(
         status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         detail="send the request body as JSON with the header 'Content-Type: application/json' "
-        + (f"(got {given!r})" if given else "(the request had no Content-Type)"),
+        + (f"(got {given[:100]!r})" if given else "(the request had no Content-Type)"),
     )

@@ -1,12 +1,16 @@
 """Request and response schemas of the HTTP API: OpenAI's chat-completions shapes (the parts twin serves).
 
 Requests are strict (no "5" for 5) and ignore fields twin does not use (`presence_penalty`, `seed`, ...),
-so stock OpenAI clients work unchanged. `assistant` turns are the person (the twin's own voice), `user`
-turns the chat partner, whose name may come in `name`.
+so stock OpenAI clients work unchanged; the OpenAI fields it knows are type-checked all the same. What
+would change the reply's shape and cannot be served (tools, JSON mode, log probabilities, audio) is
+refused with a 422 naming the field, never silently dropped. `assistant` turns are the person (the twin's
+own voice), `user` turns the chat partner, whose name may come in `name`; a `developer` turn is OpenAI's
+newer name for a `system` one.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -34,6 +38,9 @@ def _integral(value: Any) -> Any:
 WholeNumber = Annotated[int, BeforeValidator(_integral)]
 
 
+UNPAIRED_SURROGATE = "holds an unpaired surrogate (\\ud800-\\udfff): not valid Unicode, send UTF-8 text"
+
+
 def unpaired_surrogate(text: str) -> bool:
     """JSON may carry "\\ud800" (half a surrogate pair): that is no text, and no tokenizer takes it."""
     try:
@@ -54,12 +61,25 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant"] = Field(
-        description="'user': the chat partner; 'assistant': you (the twin); 'system': ignored"
+        description="'user': the chat partner; 'assistant': you (the twin); 'system' ('developer'): ignored"
     )
     content: str | list[TextPart] | None = Field(None, description="the message text (or OpenAI text parts)")
     name: Annotated[str, Field(max_length=128)] | None = Field(
         None, description="on 'user' messages: the partner's name, as the prompt calls them"
     )
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _developer_is_system(cls, value: Any) -> Any:
+        return "system" if value == "developer" else value
+
+    @field_validator("content")
+    @classmethod
+    def _valid_unicode(cls, value: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        texts = [part.text for part in value] if isinstance(value, list) else [value or ""]
+        if any(unpaired_surrogate(text) for text in texts):
+            raise ValueError(UNPAIRED_SURROGATE)
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -76,6 +96,18 @@ class StreamOptions(BaseModel):
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 64
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's bound on top_logprobs."""
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+TOKEN_ID = re.compile(r"[0-9]{1,12}")
+
+
+def unsupported(value: Any, served: tuple[Any, ...], what: str) -> Any:
+    """`value` when it is absent or one of the `served` values (which ask for nothing twin cannot do),
+    else the ValueError `what`: dropping it silently would hand the client a reply of another shape."""
+    if value is None or any(type(value) is type(ok) and value == ok for ok in served):
+        return value
+    raise ValueError(what)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -117,6 +149,79 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: WholeNumber = Field(1, ge=1, le=1, description="only 1 choice is supported")
     user: str | None = None
+    # OpenAI fields accepted and ignored: type-checked as OpenAI checks them
+    seed: WholeNumber | None = Field(None, description="accepted and ignored (sampling is not seeded)")
+    presence_penalty: Penalty | None = Field(None, description="accepted and ignored")
+    frequency_penalty: Penalty | None = Field(None, description="accepted and ignored")
+    logit_bias: dict[str, Any] | None = Field(
+        None, description="token id -> bias from -100 to 100; accepted and ignored"
+    )
+    parallel_tool_calls: bool | None = Field(None, description="accepted and ignored (no tools)")
+    # OpenAI fields twin cannot serve: refused unless they ask for nothing
+    logprobs: bool | None = Field(None, description="not supported: false or absent")
+    top_logprobs: WholeNumber | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="not supported: 0 or absent"
+    )
+    tools: list[Any] | None = Field(None, description="not supported: empty or absent")
+    tool_choice: Any = Field(None, description="not supported: 'none', 'auto' or absent (no tools)")
+    functions: list[Any] | None = Field(None, description="not supported: empty or absent")
+    function_call: Any = Field(None, description="not supported: 'none', 'auto' or absent")
+    response_format: dict[str, Any] | None = Field(
+        None, description="only {'type': 'text'}: JSON mode and JSON schemas are not supported"
+    )
+    modalities: list[str] | None = Field(None, description="only ['text']")
+    audio: dict[str, Any] | None = Field(None, description="not supported: absent")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Checked as OpenAI checks it; the message names no key (a client's key could be anything)."""
+        for token, bias in (value or {}).items():
+            number = isinstance(bias, int | float) and not isinstance(bias, bool)
+            if not (TOKEN_ID.fullmatch(token) and number and -100 <= bias <= 100):
+                raise ValueError("a map of token ids (digits) to numbers from -100 to 100")
+        return value
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        return unsupported(
+            value, (False, 0), "log probabilities are not supported: leave it out (or false / 0)"
+        )
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        return unsupported(
+            value, ([],), "tool and function calling are not supported: the twin replies in text"
+        )
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        return unsupported(
+            value, ("none", "auto"), "tool and function calling are not supported: 'none', 'auto' or absent"
+        )
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only_format(cls, value: Any) -> Any:
+        text = isinstance(value, dict) and value.get("type") == "text"
+        return unsupported(
+            value,
+            (value,) if text else (),
+            "only {'type': 'text'}: JSON mode and JSON schemas are not supported",
+        )
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only_modalities(cls, value: Any) -> Any:
+        return unsupported(value, (["text"], []), "only ['text']: the twin does not speak (no audio output)")
+
+    @field_validator("audio")
+    @classmethod
+    def _no_audio(cls, value: Any) -> Any:
+        return unsupported(value, (), "audio output is not supported: leave it out")
 
     @field_validator("stop", mode="wrap")
     @classmethod
@@ -142,7 +247,7 @@ class ChatCompletionRequest(BaseModel):
         texts += [("stop", stop) for stop in self.stop_list()]
         for where, text in texts:
             if unpaired_surrogate(text):
-                raise ValueError(f"{where} holds an unpaired surrogate (\\ud800-\\udfff): not valid Unicode")
+                raise ValueError(f"{where} {UNPAIRED_SURROGATE}")
         return self
 
     def stop_list(self) -> list[str]:

@@ -50,11 +50,25 @@ async def add_twin(body: AddTwin, service: ServiceDep) -> TwinCard:
         twin = await service.add_twin(body.name, Path(body.adapter))
     except TwinError as e:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(e)) from e
+    except (OSError, ValueError) as e:  # a path the system refuses, a file that is not text, ...
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"cannot read the adapter at {body.adapter[:200]!r}: {unreadable(e)}",
+        ) from e
     except TwinConflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(e)) from e
     except (EngineNotReady, EngineError) as e:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the model is not ready: {e}") from e
     return TwinCard(**twin.card())
+
+
+def unreadable(e: Exception) -> str:
+    """Why an adapter could not be read, without the file's bytes (a decode error quotes them)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file in it is not UTF-8 text ({e.reason})"
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return str(e) or type(e).__name__
 
 
 @router.delete(

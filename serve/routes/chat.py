@@ -87,9 +87,10 @@ async def plan_generation(body: ChatCompletionRequest, service: TwinService, set
         raise error(status.HTTP_404_NOT_FOUND, str(e)) from e
     max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_new_tokens:
+        asked = max_tokens if max_tokens < 10**15 else f"of {len(str(max_tokens))} digits"
         raise error(
             status.HTTP_400_BAD_REQUEST,
-            f"max_tokens {max_tokens} exceeds this server's cap of {limits.max_new_tokens} "
+            f"max_tokens {asked} exceeds this server's cap of {limits.max_new_tokens} "
             "(TWIN_MAX_NEW_TOKENS): ask for fewer",
         )
     messages = [{"role": m.role, "content": m.text(), "name": m.name} for m in body.messages]

@@ -1,11 +1,13 @@
-"""`GET /health` (is the model loaded, on what, how long start-up took) and `GET /v1/models` (the twins)."""
+"""`GET /health` (is the model loaded, on what, how long start-up took), `GET /v1/models` (the twins) and
+`GET /v1/models/{model}` (one of them, as OpenAI's retrieve-model)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from serve.deps import ServiceDep, SettingsDep, require_api_key
 from serve.schemas import ErrorResponse, Health, ModelCard, ModelList
+from serve.service import UnknownTwin
 
 router = APIRouter()
 
@@ -67,3 +69,19 @@ def list_models(service: ServiceDep) -> ModelList:
     return ModelList(
         data=[ModelCard(id=twin.name, created=twin.created or service.created) for twin in twins]
     )
+
+
+@router.get(
+    "/v1/models/{model}",
+    response_model=ModelCard,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse, "description": "no such model"}},
+    tags=["models"],
+)
+def retrieve_model(model: str, service: ServiceDep) -> ModelCard:
+    """One twin this server serves, by its id."""
+    try:
+        twin = service.twin(model)
+    except UnknownTwin as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(e)) from e
+    return ModelCard(id=twin.name, created=twin.created or service.created)
