@@ -31,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 KINDS: tuple[str, ...] = (
     "PRIVATE_KEY",
@@ -67,16 +68,17 @@ _SHAPES = (
     r"|[ \t]at[ \t]+[A-Za-z0-9-]+\.[A-Za-z]{2,6}"  # "ivan at yahoo.com"
 )
 _KEYWORDS = (
-    r"pass|pwd|pw|contrase|парол|пасс|pin|пин|cvv|cvc|csc|свв|цвв|code|код|otp|2fa|sms|смс"
+    r"pass|pwd|pw|psw|pasw|contrase|парол|порол|пасс|pin|пин|пін|clave|mdp|senha|kennwort|has[łl]o|wachtwoord|cvv|cvc|csc|свв|цвв|code|код|c[oó]dig|codic|kod|otp|2fa|sms|смс"
     r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|credential|aws"
     r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы|згв"  # Wi-Fi; "пароль"/"pass"/"pwd" typed in the other layout
     r"|домофон|intercom|keypad|buzzer|lockbox|door|двер|gate|калитк|ворот|подъезд"  # door codes
     r"|the back|on back|reverse|оборот|обратн|сзади"  # card codes in words
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
+    r"|ausweis|pasaport|passeport|passaport|id.?card|identit|мфо"  # IDs of letters and digits; short codes
     r"|licen|удостовер"  # driver's licences (5-6 digits pass no shape above)
 )
 # 12 short words in a row: maybe a seed phrase (then the word list decides: plain prose takes this exit too).
-_SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}[\s,.;:0-9()-]{1,6}){11}[A-Za-z]{3,8}"
+_SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}[\s,.;:0-9()|/-]{1,6}){11}[A-Za-z]{3,8}"
 _MAYBE_SHAPE = re.compile(_SHAPES)
 _MAYBE_KEYWORD = re.compile(_KEYWORDS)  # run on the lower-cased text: much faster than re.IGNORECASE
 _MAYBE_RE2 = (  # RE2's \d is ASCII-only
@@ -165,6 +167,26 @@ def looks_random(token: str) -> bool:
 # output of the previous one, so a later rule never sees a secret an earlier rule already replaced.
 
 
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex for any of `words`, with shared prefixes factored out ("pas(?:sport|aport)"): the regex
+    engine then tries only the branches that start with the character in front of it, not every word."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One detector: `pattern` finds candidates, `check` turns a candidate into a span or rejects it."""
@@ -184,8 +206,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.needs:  # one C-level search instead of a Python loop over substrings
-            needs = re.compile("|".join(re.escape(n) for n in self.needs))
-            object.__setattr__(self, "needs_pattern", needs)
+            object.__setattr__(self, "needs_pattern", re.compile(_trie_pattern(self.needs)))
 
     def spans(self, text: str) -> Iterator[Span]:
         if self.finder is not None:
@@ -233,7 +254,7 @@ _PUTTY_KEY = re.compile(
 _URL = re.compile(r"(?:\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://|\bwww\.)[^\s<>\"'`]+")
 _URL_SECRET = re.compile(
     r"^[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s/?#@:]*:[^\s/?#@]+@"  # user:password@host
-    r"|[?&#;](?:[\w.-]*[_.-])?(?:access_?token|refresh_?token|token|secret|password|passwd|pwd|pass|api_?key"
+    r"|[?&#;](?:[\w.-]*[_.-])?(?:access_?token|refresh_?token|token|secret|password|passwd|pwd|pass|api_?key|session_?id|session|sid|jwt|otp"
     r"|apikey|key|auth|sig|signature|credential|code)=[^&#\s]{4,}"  # ?token=..., &key=..., #access_token=...
     r"|hooks\.slack\.com/services/T\w+/B\w+/\w+"  # Slack webhooks (detect-secrets slack.py)
     r"|api\.telegram\.org/(?:file/)?bot\d{8,10}:",  # Telegram Bot API calls carry the bot token
@@ -259,7 +280,7 @@ _TOKEN_PATTERNS: list[tuple[str, str, str]] = [
     ("huggingface", "TOKEN", r"\bhf_[A-Za-z0-9]{30,}"),
     ("npm", "TOKEN", r"\bnpm_[A-Za-z0-9]{36}"),
     ("google_oauth", "TOKEN", r"\bya29\.[0-9A-Za-z_-]{20,}"),
-    ("bearer", "TOKEN", r"(?<=[Bb]earer )[A-Za-z0-9._~+/-]{16,}=*"),
+    ("bearer", "TOKEN", r"(?:(?<=[Bb]earer )|(?<=[Bb]earer: )|(?<=BEARER ))[A-Za-z0-9._~+/-]{16,}=*"),
     ("openai", "API_KEY", r"\bsk-(?:proj-|svcacct-|admin-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}"),
     ("stripe", "API_KEY", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}"),
     ("sendgrid", "API_KEY", r"\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"),
@@ -284,9 +305,10 @@ def _check_openai(m: re.Match[str]) -> Span | None:
 # "пароль" on an English layout, "зфыыцщкв" is "password" on a Russian one). The value is the whole
 # whitespace-delimited token, closing punctuation aside ("sunny2020!" keeps its "!": no tail is left).
 _PW_KEYWORD = re.compile(
-    r"(?<![^\W_])(?<![<>])(?P<kw>pass(?:words?|wd|code|phrase|wort)|pwd|pass|pw|contraseñas?|mot de passe"
+    r"(?<![^\W_])(?<![<>])(?P<kw>pass(?:code|phrase|wort)|pas{1,2}w(?:o?r)?d?s?|pwd|ps?wd|psw|pass|pw"
+    r"|contraseñas?|mot de passe|mdp|clave|senhas?|kennwort|has[łl]o|wachtwoord"
     r"|(?:network|security|wpa2?|wi-?fi)[ \t]+key|ключ[ \t]+(?:сети|безопасности)"
-    r"|парол[ьяеюи]\w{0,2}|пасс|pin(?:[ -]?code)?|пин(?:[ -]?код)?)(?![^\W\d_])",
+    r"|п[ао]р[оа]л[ьяеюи]?\w{0,2}|пасс|pin(?:[ -]?code)?|п[иі]н(?:[ -]?код)?)(?![^\W\d_])",
     re.IGNORECASE,
 )
 _NETWORK_KEY = re.compile(
@@ -302,14 +324,39 @@ _RU_TO_EN = str.maketrans(_RU_KEYS, _EN_KEYS)
 _PW_KEYWORD_EN_TYPED = re.compile(r"(?P<kw>парол[ьяеюи]?)", re.IGNORECASE)  # inside a word: "zgfhjkm"
 _PW_KEYWORD_RU_TYPED = re.compile(r"(?<![^\W_])(?P<kw>password|passwd|pass|pwd)(?![^\W\d_])", re.IGNORECASE)
 _PW_ANY = re.compile(
-    r"pass|pwd|pw|парол|пасс|pin|пин|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase|network key|security key|wpa"
+    r"pass|pwd|pw|psw|pasw|парол|порол|пасс|pin|пин|пін|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase|network key"
+    r"|security key|wpa|clave|mdp|senha|kennwort|has[łl]o|wachtwoord"
     r"|ключ сети|ключ безопасности",
     re.IGNORECASE,
 )
 _NEXT_TOKEN = re.compile(r"[ \t]*\n?[ \t]*(\S+)")
 _SPACED_PIN = re.compile(r"\d{1,4}(?:[ -]\d{1,4}){1,7}(?![\d.,:/-]?\d)")  # a PIN typed in groups
 _SEP_TOKENS = frozenset({":", "=", ":=", "-", "–", "—", "->", "=>"})
-_SEP_WORDS = frozenset({"is", "was", "are", "это", "будет", "был", "есть", "es", "est", "it's", "it’s"})
+_SEP_WORDS = frozenset(
+    {"is", "was", "are", "это", "будет", "был", "есть", "такой", "вот", "це", "є", "es", "est", "ist",
+     "lautet", "é", "è", "jest", "it's", "it’s"}
+)  # fmt: skip
+# Outside English and Russian the stop words above know no plain words ("la contraseña es muy larga"): a
+# value named by these must look made-up unless a ":" or "=" gives it.
+_FOREIGN_KW = frozenset(
+    """contraseña contraseñas mot de passe mdp clave senha senhas kennwort hasło haslo wachtwoord
+    passwort""".split()
+)
+# A login named before the password ("логин ivan92 пароль qwerty", "username admin password admin"): the
+# word right after the password keyword is its value, plain or not.
+_LOGIN = re.compile(
+    r"(?<![^\W_])(?:log-?in|логин|логін|user(?:[ _-]?name)?|юзер|e-?mail|почта|usu[aá]rio|utilisateur"
+    r"|identifiant|benutzer(?:name)?)(?![^\W\d_])",
+    re.IGNORECASE,
+)
+# Passwords people actually use that are plain words: a value even without a separator ("пароль qwerty").
+_COMMON_PASSWORDS = frozenset(
+    """qwerty qwertyuiop asdfgh asdfghjkl zxcvbn qazwsx password passwort admin administrator root toor
+    letmein iloveyou monkey dragon master welcome football baseball princess sunshine shadow superman
+    batman trustno1 passw0rd changeme guest abcdef abcabc qwe йцукен пароль""".split()
+)
+# A name in code, not a value: `os.getenv('DB_PASSWORD')`, `$DB_PASSWORD`, `${PASS}`, `{{ password }}`.
+_CODE_VALUE = re.compile(r"\w\(|\$\{|^\$[A-Z_][A-Z0-9_]*$|\{\{|%[A-Z_]+%|process\.env|os\.environ")
 _EXPLICIT_ONLY = frozenset({"pass", "pw", "пасс"})  # too common as plain words to go without a separator
 _PW_STOPWORDS = frozenset(
     """a an the is was my your his her our their its this that not no yes and or but so if to too for of
@@ -319,7 +366,8 @@ _PW_STOPWORDS = frozenset(
     where when how why who did does do like change update something nothing empty broken fine good bad
     great working needed missing weird strange secure insecure different generated random unique encrypted
     hidden shown sent written stored known unknown case sensitive see check ask look read find use try
-    below above attached pinned later soon usual dm pm it's
+    below above attached pinned later soon usual dm pm it's return none null true false undefined
+    1password bitwarden keepass lastpass
     не нет да и или но а что это тот там тут же ли бы уже еще ещё тоже для от на в к с у по мой моя мое моё
     твой твоя свой неверный неправильный правильный верный старый новый простой сложный сменил сменила
     поменял поменяла забыл забыла потерял потеряла какой какая где как когда потом сейчас теперь
@@ -349,6 +397,7 @@ _UNIT = re.compile(r"\d+(?:[.,]\d+)?[ \t]?[^\W\d_]{0,5}(?:/[^\W\d_]{1,2})?", re.
 
 def _made_up(word: str) -> bool:
     """Looks like a password, not a word: a digit, a symbol, or mixed case after the first letter."""
+    word = word.rstrip("?!") or word  # "от вайфая?": a question, not a symbol
     return (
         any(c.isdigit() for c in word)
         or any(c in _PW_SYMBOLS for c in word)
@@ -358,6 +407,7 @@ def _made_up(word: str) -> bool:
 
 def _strong(word: str) -> bool:
     """Letters and (digits or symbols), 5+ characters: a password even without a separator before it."""
+    word = word.rstrip("?!") or word
     return (
         len(word) >= 5
         and any(c.isalpha() for c in word)
@@ -373,6 +423,12 @@ def _value_core(tok: str) -> str:
     return core or tok
 
 
+# "password too short, need 8 characters": a number that counts something is no part of a value.
+_COUNTED = re.compile(
+    r"char\w*|symbols?|digits?|letters?|numbers?|times|caract\w*|zeichen|stellen|символ\w*|знак\w*|цифр\w*"
+    r"|букв\w*|раз",
+    re.IGNORECASE,
+)
 _VALUE_TAIL = re.compile(r" ([\d!@#$%^&*_+=?~]{1,8})(?=[\s.,;:)]|$)")
 
 
@@ -385,9 +441,12 @@ def _value_end(text: str, end: int) -> int:
     return end
 
 
-def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | None:
-    """The password given after keyword `kw` (ending at `pos`), if any."""
-    is_pin = kw.startswith(("pin", "пин"))
+def _password_value(text: str, kw: str, pos: int, wifi: bool = False, labeled: bool = False) -> Span | None:
+    """The password given after keyword `kw` (ending at `pos`), if any; `labeled`: a login was named
+    before it, so the next word is the value."""
+    if text.startswith("(", pos):
+        return None  # `get_password()`: code, no value
+    is_pin = kw.startswith(("pin", "пин", "пін"))
     explicit, by_word = False, False
     fillers: list[str] = []
     prev_start = prev_end = pos  # the last word seen before the value
@@ -398,7 +457,7 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
             return None
         tok, start = t.group(1), t.start(1)
         pos = t.end()
-        if tok in _SEP_TOKENS or tok.lower() in _SEP_WORDS:
+        if tok in _SEP_TOKENS or tok.lower().rstrip(":") in _SEP_WORDS:
             explicit, by_word = True, by_word or tok.lower() in _SEP_WORDS
             continue
         if tok in ("?", "…", "...", "?)"):  # "the password? it's X"
@@ -413,7 +472,7 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
             # A quoted value: `password: "two words"`. Without a separator only after a space and not
             # an apostrophe ("password's fine" is no value).
             spaced = start > t.start()
-            if explicit or (spaced and tok[0] != "'" and not is_pin):
+            if explicit or (spaced and not is_pin):
                 line_end = text.find("\n", start)
                 close = text.find(_QUOTES[tok[0]], start + 1, len(text) if line_end < 0 else line_end)
                 if close > start + 1:
@@ -433,6 +492,8 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
             if pin_groups is not None and 4 <= sum(c.isdigit() for c in pin_groups.group(0)) <= 8:
                 return (start, pin_groups.end(), "PASSWORD")
         elif wifi:
+            if not explicit and not fillers and core.isdigit() and 8 <= len(core) <= 63:
+                return (start, start + len(core), "PASSWORD")  # "wifi 87654321": WPA needs 8+ characters
             end = _value_end(text, start + len(core))
             if explicit and _strong(text[start:end].replace(" ", "")):  # "sunny 2020!" typed with a space
                 return (start, end, "PASSWORD")
@@ -445,7 +506,7 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
                 continue
         elif core.lower().rstrip("!?") not in _PW_STOPWORDS:
             named = [f for f in fillers if f not in _PW_ADVERBS]  # words naming what the password is for
-            vague = by_word and named and named[0] not in _PW_PREPOSITIONS
+            vague = by_word and (kw in _FOREIGN_KW or (named and named[0] not in _PW_PREPOSITIONS))
             if explicit and core.lower() in _PW_ADVERBS and len(fillers) < 3:
                 fillers.append(core.lower())  # "my password is now Lion!88": the next word is the value
                 continue
@@ -465,11 +526,22 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False) -> Span | 
                         _value_end(text, start + len(core)),
                         "PASSWORD",
                     )  # not "password: see the doc"
+            if not explicit and not fillers and len(core) >= 3 and core.lower() not in _PW_PREPOSITIONS:
+                if labeled or core.lower() in _COMMON_PASSWORDS:  # "логин ivan пароль qwerty"
+                    return (start, _value_end(text, start + len(core)), "PASSWORD")
             if not explicit:
                 # "passcode Lion 1020!": digits typed after a word with a space belong to it, unless that
-                # word names what the password is for ("пароль от почты 12345": "почты" stays).
+                # word names what the password is for ("пароль от почты 12345": "почты" stays), or the
+                # number counts something ("need 8 characters").
                 begin = start
-                if fillers and not any(c.isalpha() for c in core) and text[prev_end:start] == " ":
+                after = _NEXT_TOKEN.match(text, pos)
+                counted = after is not None and _COUNTED.fullmatch(after.group(1).rstrip(_TRAILING_PUNCT))
+                if (
+                    fillers
+                    and not any(c.isalpha() for c in core)
+                    and text[prev_end:start] == " "
+                    and not counted
+                ):
                     before = fillers[-2] if len(fillers) > 1 else ""
                     if before not in _PW_PREPOSITIONS and before not in _ARTICLES:
                         begin = prev_start
@@ -537,17 +609,28 @@ def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
         core = _value_core(word.group().strip(":=—-–"))
         if PLACEHOLDER.search(core) or "://" in core or "@" in core:
             return None
-        if _strong(core) and _made_up(core):
+        if core.lower() in _PW_STOPWORDS:
+            continue  # "passphrase is in 1password"
+        # "пароль от вайфая у нас 12345678": digits alone, as many as a password has, not a year
+        digits = (
+            core.isdigit() and 6 <= len(core) <= 16 and not wifi and not kw.startswith(("pin", "пин", "пін"))
+        )
+        if (_strong(core) and _made_up(core)) or digits:
             start = pos + word.start() + word.group().find(core)
             return (start, _value_end(text, start + len(core)), "PASSWORD")
     return None
 
 
 def _find_passwords(text: str) -> Iterator[Span]:
+    login = _LOGIN.search(text)
     spans = sorted(
         span
         for kw, end, wifi in _password_keywords(text)
-        if (span := _password_value(text, kw, end, wifi) or _password_nearby(text, kw, end, wifi))
+        if (
+            span := _password_value(text, kw, end, wifi, login is not None and login.end() < end - len(kw))
+            or _password_nearby(text, kw, end, wifi)
+        )
+        and _CODE_VALUE.search(text[span[0] : span[1]]) is None  # `os.getenv('DB_PASSWORD')` names one
     )
     yield from spans
 
@@ -560,11 +643,66 @@ _OTP = re.compile(
     r"|code[ \t]+(?:from|in)[ \t]+(?:the[ \t]+|your[ \t]+|my[ \t]+|an?[ \t]+)?(?:sms|text|message|texts)"
     r"|(?:texted|sms'?d|sent)[ \t]+(?:me[ \t]+)?(?:a[ \t]+|the[ \t]+)?code)"
     r"(?:[ \t]+[^\s\d:=]{1,20}){0,3}?"  # "Код для входа в Telegram: 12345", "code for X is 12345"
-    r"[ \t]*(?:is|are|:|=|-|—)?[ \t]*"
-    # one code, or several (backup codes: "1234-5678 9876-5432")
-    r"(?P<value>\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",
+    r"[ \t]*(?:is|are|:|=|-|—)?[ \t]*\n?[ \t]*"
+    # one code, or several (backup codes: "1234-5678 9876-5432", one a line)
+    r"(?P<value>\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+|[ \t]*\n[ \t]*)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",
     re.IGNORECASE,
 )
+# Any code word: "code 482 913", "код: 4829-13", "your code is G-482913", "Tu código de verificación es
+# 482913", "what's the code?\n482913", "код пришел\n482913". After the word, the value comes at once, or
+# after at most three words that end in a separator (":", ")", "?", a line break, "is", "es", "lautet",
+# "такой", ...), so "the code has 1500 lines" stays. 4-8 digits in up to three groups, after an optional
+# letter prefix (Google's "G-"). The other way round too: "482913 is your verification code".
+_CODE_WORD = r"(?:[^\W\d_]*code|codes|otp|код\w{0,2}|коды|c[óo]digos?|codice|kod\w{0,2})"
+_CODE_SEP = r"(?:[ \t]*[:=)?!]+|[ \t]+(?:is|are|es|est|ist|é|è|lautet|jest|это|такой|вот|є|—|-|–)|[ \t]*\n)"
+_CODE_NUMBER = r"(?:[A-Z]{1,2}-)?(?P<value>\d{2,8}(?:[ -]\d{2,6}){0,2})(?![\w-]|[.,:/]\d)"
+_CODE_AFTER = re.compile(
+    r"(?<![\w<>-])(?P<kw>" + _CODE_WORD + r")"
+    r"(?:(?P<words>(?:[ \t]+[^\s\d<>]{1,20}){0,3}?)" + _CODE_SEP + r"|[?:=)!]*)"
+    r"(?:[ \t]+|[ \t]*\n[ \t]*)?" + _CODE_NUMBER,
+    re.IGNORECASE,
+)
+_CODE_BEFORE = re.compile(
+    r"(?<![\w<>-])(?:[A-Z]{1,2}-)?(?P<value>\d{4,8}|\d{3}[ -]\d{3})[ \t]+"
+    r"(?:(?:is|es|est|ist|é|это|—|-)[ \t]+)?"
+    r"(?:your|ваш|твой|dein|ihr|tu|su|votre|ton|seu|o[ \t]+seu|il[ \t]+tuo)[ \t]+"
+    r"(?:[^\s\d<>]{1,20}[ \t]+){0,3}?" + _CODE_WORD + r"(?!\w)",
+    re.IGNORECASE,
+)
+# Code words that name no secret: "zip code 94107", "barcode", "error code 4004", "промокод".
+_NOT_A_SECRET_CODE = re.compile(
+    r"(?:zip|post|postal|bar|promo|uni|op|en|de|geo|area|colou?r|dress|hex|source|short|country|error|status"
+    r"|qr|char|morse|http|exit|return|response|region|product|item|discount|referral|coupon|промо|штрих"
+    r"|ошибк\w*|регион\w*|товар\w*|почтов\w*|индекс|артикул|купон\w*)[ \t-]*(?:code|код)",
+    re.IGNORECASE,
+)
+_DATE_LIKE = re.compile(r"\d{4}-\d\d-\d\d|\d\d-\d\d-\d{4}")
+# "code 1500 lines long", "в коде 2000 строк": a number that counts something.
+_COUNT_AFTER = re.compile(
+    r"[ \t]*(?:lines?|loc|rows?|chars?|characters?|words?|times|people|dollars?|euros?|rub\w*|usd|eur"
+    r"|ms|kb|mb|gb|km|min\w*|sec\w*|hours?|days?|years?|строк\w*|символ\w*|слов\w*|раз\w*|человек|руб\w*|мс|кб|мб|гб|км"
+    r"|мин\w*|сек\w*|час\w*|дн\w*|лет|год\w*|[%$€₽])(?![^\W\d_])",
+    re.IGNORECASE,
+)
+
+
+def _find_codes(text: str) -> Iterator[Span]:
+    found: list[Span] = []
+    for m in _CODE_AFTER.finditer(text):
+        value = m.group("value")
+        digits = sum(c.isdigit() for c in value)
+        if not 4 <= digits <= 8 or _DATE_LIKE.fullmatch(value) or _COUNT_AFTER.match(text, m.end()):
+            continue
+        if m.group("words") and _YEAR.fullmatch(value):
+            continue  # "the code from 2019": a year
+        head = text[max(0, m.start() - 12) : m.end("kw")]
+        if _NOT_A_SECRET_CODE.search(head) is not None:
+            continue
+        found.append(_group(m, "PASSWORD"))
+    found += [_group(m, "PASSWORD") for m in _CODE_BEFORE.finditer(text)]
+    yield from sorted(set(found))
+
+
 # "recovery key: ABCD-EFGH-IJKL-MNOP", "backup code 7f3k-9x2m-q8w4": letters and digits in dashed groups
 _RECOVERY_KEY = re.compile(
     r"(?<![\w<>])(?:recovery|backup|restore|emergency|резервн\w*|восстановлени\w*)[ \t]+"
@@ -578,6 +716,8 @@ _BACK = (
 )
 _CVV = re.compile(
     r"(?<![\w>])(?:cvv2?|cvc2?|csc|свв|цвв|card[ \t]+(?:security|verification)[ \t]+(?:code|number)"
+    r"|cryptogramme(?:[ \t]+visuel)?|c[óo]digo[ \t]+de[ \t]+seguran[çc]a|c[óo]digo[ \t]+de[ \t]+seguridad"
+    r"|(?:karten)?prüf(?:ziffer|nummer)"
     r"|(?:(?:the[ \t]+)?(?:three|four|3|4|три|четыре|3-?х|тр[её]х)[ \t]+)?(?:digits?|numbers?|цифр\w{0,2}"
     r"|код\w{0,2}|code|число|номер)[ \t]+(?:" + _BACK + r"|сзади)"
     r"|" + _BACK + r"[ \t]+(?:of[ \t]+(?:the|my|your)[ \t]+card|карты))"
@@ -593,10 +733,17 @@ _ACCESS_PLACE = (
     r"домофон\w*|подъезд\w*|парадн\w*|двер\w*|калитк\w*|ворот\w*|шлагбаум\w*|сейф\w*|сигнализаци\w*"
     r"|замк\w*|замок|гараж\w*|ячейк\w*|door\w*|intercom|gate|entrance|entry|building|buzzer|keypad"
     r"|lockbox|key[ \t]?box|safe|alarm|garage|locker|padlock|lock|зайти|войти|get[ \t]+in"
+    r"|digicode|interphone|t[üu]rcode|torcode|portal|porte|portail|puerta|port[ãa]o|t[üu]r|haust[üu]r"
+    r"|під['’ʼ]?їзд\w*|двер\w*"
 )
-_ACCESS_IMPLIED = frozenset({"intercom", "keypad", "buzzer", "lockbox", "keybox", "key box"})
+_ACCESS_IMPLIED = frozenset(
+    {"intercom", "keypad", "buzzer", "lockbox", "keybox", "key box", "digicode", "interphone", "türcode",
+     "turcode", "torcode"}
+)  # fmt: skip
 _ACCESS_KEYWORD = re.compile(
-    r"(?<![\w<>])(?:(?P<place>" + _ACCESS_PLACE + r")|(?P<code>codes?|код\w{0,4}|pin|пин|combo|combination"
+    r"(?<![\w<>])(?:(?P<place>"
+    + _ACCESS_PLACE
+    + r")|(?P<code>codes?|код\w{0,4}|c[óo]digos?|codice|pin|пин|combo|combination"
     r"|комбинаци\w*|шифр\w{0,2}))(?![^\W_])",
     re.IGNORECASE,
 )
@@ -693,9 +840,12 @@ def _find_door_codes(text: str, matches: list[re.Match[str]]) -> Iterator[Span]:
 _GAP = r"(?:[ \t-]|[ \t]?\n[ \t]?)"  # one separator, or a line break (two lines or two messages)
 _SP = r"(?:[ \t]|[ \t]?\n[ \t]?)"
 _ID_KEYWORD = re.compile(
-    r"(?<![\w<>])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series)"
+    r"(?<![\w<>])(?:(?P<passport>(?:загран)?паспорт\w{0,3}|passport|серия|серии|series|загран\w{0,5}"
+    r"|закордон\w{0,5}|reisepass|pasaporte|passeport|passaporto|passaporte|personalausweis|ausweis(?:nummer)?"
+    r"|id[ \t-]?card|carte[ \t]+d'identit[ée]|(?:id|ід|айди)-?карт\w{0,2})"
+    r"|(?P<nir>nir|nss|s[ée]cu(?:rit[ée][ \t]+sociale)?)"
     r"|(?P<snils>снилс\w{0,2}|snils)"
-    r"|(?P<inn>инн|inn|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
+    r"|(?P<inn>инн|inn|ипн|іпн|рнокпп|taxpayer[ \t]+(?:id|number)|tax[ \t]+id)"
     r"|(?P<sin>sin|social[ \t]+insurance[ \t]+(?:number|no\.?|#))"  # Canada's; before the SSN's "social"
     r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
     r"|(?P<dni>dni|nie|nif)|(?P<idnr>steuer[ \t-]?id|steuer-?identifikationsnummer|idnr)|(?P<pesel>pesel)"
@@ -709,7 +859,14 @@ _ID_KEYWORD = re.compile(
 _LEAD = r"[^\d<]{0,30}?(?<![\w-])"  # words between keyword and value; never across a placeholder
 _ID_VALUES: dict[str, re.Pattern[str]] = {
     "passport": re.compile(
-        _LEAD + r"(?P<value>\d{2}" + _SP + r"?\d{2}[^\d<]{0,20}?\d{6}|[A-Z]{0,2}\d{6,9})(?!\d)", re.IGNORECASE
+        _LEAD + r"(?P<value>\d{2}" + _SP + r"?\d{2}[^\d<]{0,20}?\d{6}|\d{2}[ \t]?\d{7}|[A-Z]{0,3}\d{6,9}"
+        r"|(?-i:(?=(?:[A-Z]*\d){3})[A-Z0-9]{8,9}(?!\w)))(?!\d)",  # "Reisepass C01X00T47", "12AB34567"
+        re.IGNORECASE,
+    ),
+    "nir": re.compile(  # France: sex, year, month, department, commune, order, then the 2-digit key
+        _LEAD + r"(?P<value>[12][ \t]?\d{2}[ \t]?\d{2}[ \t]?(?:\d{2}|2[AB])[ \t]?\d{3}[ \t]?\d{3}"
+        r"(?:[ \t]?\d{2})?)(?![\d-])",
+        re.IGNORECASE,
     ),
     "snils": re.compile(
         _LEAD + r"(?P<value>\d{3}" + _GAP + r"?\d{3}" + _GAP + r"?\d{3}" + _GAP + r"?\d{2})(?!\d)"
@@ -858,13 +1015,16 @@ def _check_id_shape(m: re.Match[str]) -> Span | None:
 _BANK_KEYWORD = re.compile(
     r"(?<![\w<>])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
     r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
-    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|acc\.?|routing(?:[ \t]+(?:number|no\.?))?))"
+    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|acc\.?|routing(?:[ \t]+(?:number|no\.?))?"
+    r"|a/c|aba|rtn|blz|bankleitzahl|konto(?:nummer|nr\.?)?|рахун\w*|р/р|cuenta|compte|conta)"
+    r"|(?P<mfo>мфо))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
 )
 _BANK_VALUES: dict[str, re.Pattern[str]] = {
     "bik": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){8})(?![\d-])"),
     "sort": re.compile(_LEAD + r"(?P<value>\d{2}-\d{2}-\d{2})(?![\d-])"),
+    "mfo": re.compile(_LEAD + r"(?P<value>\d{6})(?![\d-])"),  # Ukraine's bank code
     "account": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){7,19})(?![\d-])"),
 }
 # An account number without a keyword: 20 digits, a ledger account of 30xxx/40xxx/42xxx..., then the
@@ -892,7 +1052,7 @@ def _check_account_20(m: re.Match[str]) -> Span | None:
 # (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 5 of the list's commonest words.
 _SEED_SHAPE = re.compile(_SEED_SHAPE_SRC)  # letter classes, not IGNORECASE: faster
 _SEED_WORD = re.compile(r"[A-Za-z]+")
-_SEED_GAP = re.compile(r"[\s,.;:0-9()-]{1,6}")
+_SEED_GAP = re.compile(r"[\s,.;:0-9()|/-]{1,6}")
 _SEED_KEYWORD = re.compile(
     r"seed|mnemonic|recovery|backup|secret[ \t]+(?:words|phrase)|wallet|metamask|ledger|trezor|сид|мнемон"
     r"|фраз|кош[её]л|слов",
@@ -1132,6 +1292,9 @@ _PHONE = re.compile(
     + r"?\d{2}"  # Russian mobile without the 8/+7: 912 345 67 89
     r"|[2-9]\d\d [2-9]\d\d \d{4}"  # with spaces only when the exchange starts with 2-9, too: 415 555 2671
     r"|0\d{2,4}" + _N + r"?\d{3,4}" + _N + r"?\d{3,4}"
+    r"|0\d{2}" + _N + r"\d{3}" + _N + r"\d{2}" + _N + r"\d{2}"  # 067 123 45 67
+    r"|0[1-9](?:[ .]\d{2}){4}"  # 06 12 34 56 78
+    r"|01[5-7]\d" + _N + r"?\d{7,8}"  # 0151 23456789
     r")(?![\w/-]|[.,:]\d)"
 )
 
@@ -1148,7 +1311,7 @@ def _check_phone(m: re.Match[str]) -> Span | None:
     if text.startswith("+"):
         return span if 10 <= digits <= 15 else None
     if text.startswith("0"):
-        return span if 10 <= digits <= 11 else None
+        return span if 10 <= digits <= (12 if text.startswith("01") else 11) else None
     return span
 
 
@@ -1220,21 +1383,85 @@ def _check_card(m: re.Match[str]) -> Span | None:
     return _whole("CARD", ok, m)
 
 
-_IBAN = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:(?:[ \t]?\n[ \t]?|[ \t])?[A-Z0-9]{4}){2,7}"
-    r"(?:(?:[ \t]?\n[ \t]?|[ \t])?[A-Z0-9]{1,4})?(?![a-z0-9])"
+# In capitals or all in lower case ("iban: de89 3704 ..."), in groups of four split by spaces, dashes or a
+# line break.
+# What follows a card number is its expiry and security code: "<CARD> 12/26 737", "<CARD>, exp 09/25,
+# код 123", "<CARD>\n12/26\n123". Runs once the number is a placeholder (the next pass of `_scrub`).
+_CARD_TAIL_LEAD = r"[ \t,;|]*(?:\n[ \t]*)?"
+_CARD_TAIL = re.compile(
+    r"<CARD>(?:"
+    + _CARD_TAIL_LEAD
+    + r"(?:(?:exp\w*|valid\w*|срок\w*|до|действ\w*|g[üu]ltig\w*|bis|cad\w*|venc\w*"
+    r"|val\.?)[ \t.:]*)?(?P<exp>(?:0[1-9]|1[0-2])[ \t]?[/.\\-][ \t]?(?:20)?\d\d)(?![\d/.]|-\d))?"
+    r"(?:" + _CARD_TAIL_LEAD + r"(?:(?:cvv2?|cvc2?|csc|cvn|cid|код|code|pin|пин)[ \t.:=-]*)?"
+    r"(?P<cvv>\d{3,4})(?![\w.,:/-]\d|\d|[^\W\d_]))?",
+    re.IGNORECASE,
 )
+
+
+def _find_card_tails(text: str) -> Iterator[Span]:
+    for m in _CARD_TAIL.finditer(text):
+        # a bare number after the card only right after its expiry, or named: "<CARD>, 1500 руб" stays
+        bare = m.group("cvv") is not None and not text[
+            m.end("exp") if m.group("exp") else m.start() + 6 : m.start("cvv")
+        ].strip(" \t,;|\n")
+        if m.group("exp"):
+            yield _group(m, "CARD", "exp")
+        if m.group("cvv") and (m.group("exp") or not bare):
+            yield _group(m, "CARD", "cvv")
+
+
+# Four groups of four split by dots: "4111.1111.1111.1111" (a card; a version number has no Luhn digit).
+_CARD_DOTTED = re.compile(r"(?<![\w.,+/-])[2-6]\d{3}\.\d{4}\.\d{4}\.\d{4}(?![\w/]|[.,-]\d)")
+
+
+def _check_card_dotted(m: re.Match[str]) -> Span | None:
+    return _whole("CARD", luhn_ok(_digits(m.group(0))), m)
+
+
+# A crypto private key: 64 hex digits, bare or after "0x" (Ethereum's). A SHA-256 digest or a transaction
+# hash has the same shape: kept when named as one.
+_HEX_KEY = re.compile(r"(?<![\w/.#-])(?:0x)?[0-9a-fA-F]{64}(?![\w/.-])")
+_HASH_WORD = re.compile(
+    r"(?:sha\w*|hash\w*|checksum|digest|commit|tx\w*|transaction|block|хэш\w*|хеш\w*|транзакц\w*|блок\w*"
+    r"|контрольн\w*)[^\w\n]{0,6}(?:(?:is|was|это|est|ist|es)[^\w\n]{1,6})?$",
+    re.IGNORECASE,
+)
+
+
+def _check_hex_key(m: re.Match[str]) -> Span | None:
+    hexes = m.group(0).removeprefix("0x").lower()
+    ok = (
+        any(c.isdigit() for c in hexes)
+        and any(c.isalpha() for c in hexes)
+        and shannon_entropy(hexes) >= 3.0
+        and _HASH_WORD.search(m.string, max(0, m.start() - 30), m.start()) is None
+    )
+    return _whole("PRIVATE_KEY", ok, m)
+
+
+_IBAN_SEP = r"(?:[ \t]?\n[ \t]?|[ \t-])"
+_IBAN = re.compile(
+    r"(?<![A-Za-z0-9-])(?:[A-Z]{2}\d{2}(?:" + _IBAN_SEP + r"?[A-Z0-9]{4}){2,7}"
+    r"(?:" + _IBAN_SEP + r"?[A-Z0-9]{1,4})?(?![a-z0-9])"
+    r"|[a-z]{2}\d{2}(?:"
+    + _IBAN_SEP
+    + r"?[a-z0-9]{4}){2,7}(?:"
+    + _IBAN_SEP
+    + r"?[a-z0-9]{1,4})?(?![A-Za-z0-9]))"
+)
+_IBAN_GAPS = re.compile(r"[\s-]")
 
 
 def _check_iban(m: re.Match[str]) -> Span | None:
     text = m.group(0)
-    compact = "".join(text.split())
+    compact = _IBAN_GAPS.sub("", text).upper()
     want = IBAN_LENGTHS.get(compact[:2])
     if want and len(compact) > want:
         # The pattern ran on into what follows ("... 0130 00 OK"): keep only the country's length.
         seen = 0
         for i, ch in enumerate(text):
-            seen += not ch.isspace()
+            seen += not (ch.isspace() or ch == "-")
             if seen == want:
                 return (m.start(), m.start() + i + 1, "IBAN") if iban_ok(compact[:want]) else None
     return _whole("IBAN", iban_ok(compact), m)
@@ -1249,7 +1476,7 @@ _TOKEN_NEEDS: dict[str, tuple[str, ...]] = {
     "huggingface": ("hf_",),
     "npm": ("npm_",),
     "google_oauth": ("ya29.",),
-    "bearer": ("bearer ",),
+    "bearer": ("bearer ", "bearer: "),
     "openai": ("sk-",),
     "stripe": ("_live_", "_test_"),
     "sendgrid": ("sg.",),
@@ -1299,6 +1526,29 @@ RULES: tuple[Rule, ...] = (
         needs=(
             "паспорт",
             "passport",
+            "загран",
+            "закордон",
+            "pasaport",
+            "passeport",
+            "passaport",
+            "reisepass",
+            "ausweis",
+            "id card",
+            "id-card",
+            "idcard",
+            "identit",
+            "id-карт",
+            "idкарт",
+            "ід-карт",
+            "ідкарт",
+            "айди",
+            "nir",
+            "nss",
+            "sécu",
+            "secu",
+            "ипн",
+            "іпн",
+            "рнокпп",
             "серия",
             "серии",
             "series",
@@ -1342,7 +1592,30 @@ RULES: tuple[Rule, ...] = (
         "BANK_ACCOUNT",
         _BANK_KEYWORD,
         finder=_find_bank_by_keyword,
-        needs=("бик", "bik", "sort code", "/с", "\\с", "расч", "счет", "счёт", "acc", "routing"),
+        needs=(
+            "бик",
+            "bik",
+            "sort code",
+            "/с",
+            "\\с",
+            "расч",
+            "счет",
+            "счёт",
+            "acc",
+            "routing",
+            "a/c",
+            "aba",
+            "rtn",
+            "blz",
+            "bankleitzahl",
+            "konto",
+            "рахун",
+            "р/р",
+            "cuenta",
+            "compte",
+            "conta",
+            "мфо",
+        ),
     ),
     Rule(
         "access_code",
@@ -1382,6 +1655,18 @@ RULES: tuple[Rule, ...] = (
             "combinat",
             "комбинац",
             "шифр",
+            "digicode",
+            "interphone",
+            "türcode",
+            "turcode",
+            "torcode",
+            "portal",
+            "porte",
+            "puerta",
+            "portão",
+            "portao",
+            "tür",
+            "під",
         ),
     ),
     Rule(
@@ -1393,11 +1678,22 @@ RULES: tuple[Rule, ...] = (
             "pass",
             "pwd",
             "pw",
+            "psw",
+            "pasw",
             "contrase",
             "парол",
+            "порол",
             "пасс",
             "pin",
             "пин",
+            "пін",
+            "clave",
+            "mdp",
+            "senha",
+            "kennwort",
+            "hasło",
+            "haslo",
+            "wachtwoord",
             "wifi",
             "wi-fi",
             "network key",
@@ -1427,6 +1723,13 @@ RULES: tuple[Rule, ...] = (
         needs=("code", "код", "otp", "2fa"),
     ),
     Rule(
+        "code",
+        "PASSWORD",
+        re.compile(_CODE_WORD, re.IGNORECASE),
+        finder=_find_codes,
+        needs=("code", "код", "códig", "codig", "codice", "kod", "otp"),
+    ),
+    Rule(
         "card_security_code",
         "CARD",
         _CVV,
@@ -1447,6 +1750,10 @@ RULES: tuple[Rule, ...] = (
             "security",
             "verification",
             "сзади",
+            "cryptogramme",
+            "seguran",
+            "segurid",
+            "prüf",
         ),
     ),
     Rule(
@@ -1461,7 +1768,10 @@ RULES: tuple[Rule, ...] = (
     Rule("bank_account_20", "BANK_ACCOUNT", _ACCOUNT_20, _check_account_20, needs_digits=True),
     Rule("iban", "IBAN", _IBAN, _check_iban),
     Rule("card", "CARD", _CARD, _check_card, needs_digits=True),
+    Rule("card_dotted", "CARD", _CARD_DOTTED, _check_card_dotted),
+    Rule("card_tail", "CARD", _CARD_TAIL, finder=_find_card_tails, needs=("<card>",)),
     Rule("phone", "PHONE", _PHONE, _check_phone, needs_digits=True),
+    Rule("hex_private_key", "PRIVATE_KEY", _HEX_KEY, _check_hex_key, min_length=64),
     Rule("high_entropy", "TOKEN", _BARE, _check_bare),
 )
 

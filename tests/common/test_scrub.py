@@ -266,6 +266,14 @@ NEGATIVES: list[str] = [
     "ключ от вайфая у мамы",
     "security key is in the app",
     "meet at home.Then go",
+    # code and questions the password rules once took a value from
+    "def get_password(): return os.environ['PASSWORD']",
+    "password = os.getenv('DB_PASSWORD')",
+    "password=$DB_PASSWORD",
+    "какой пароль от вайфая?",
+    "password too short, need 8 characters",
+    "la contraseña es muy larga",
+    "passphrase is in 1password",
 ]
 
 PLAIN_NUMBERS: list[str] = [

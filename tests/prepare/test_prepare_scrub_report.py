@@ -50,12 +50,13 @@ def test_split_secrets_are_caught_and_counted_by_kind(
     for value in (*CARD, PASSPORT, "winner thank", "yellow", "4721", "912 345"):
         assert value not in written
     assert "password: see the doc" in written  # a reference, not a password
-    assert stats["scrubbed"]["CARD"] == 1  # the card split over two messages is one card
+    # the card split over two messages is one card; its expiry after it is card data too
+    assert stats["scrubbed"]["CARD"] == 2 and "12/27" not in written
     assert stats["scrubbed"]["ID_NUMBER"] == 1 and stats["scrubbed"]["SEED_PHRASE"] == 1
     assert stats["scrubbed"]["ACCESS_CODE"] == 1 and stats["scrubbed"]["PHONE"] == 1
     assert stats["scrub_report"] is None
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Wrote ")][0]
-    assert "scrubbed 5 secrets (" in line and "1 CARD" in line and "1 SEED_PHRASE" in line
+    assert "scrubbed 6 secrets (" in line and "2 CARD" in line and "1 SEED_PHRASE" in line
     assert "where:" not in line
 
 
@@ -74,7 +75,7 @@ def test_scrub_report_gives_positions_never_values(
     assert f"where: {report}" in capsys.readouterr().out
 
     raw = {(m["dialog_id"], m["id"]): clean_text(m["message"]) for m in chat()}
-    by_kind = {row["kind"]: row for row in rows}
+    by_kind = {row["kind"]: row for row in reversed(rows)}  # the first row of each kind
     card = by_kind["CARD"]
     assert (card["file"], card["speaker"], card["message_id"], card["end_message_id"]) == (
         "1.jsonl",
@@ -83,6 +84,8 @@ def test_scrub_report_gives_positions_never_values(
         3,
     )
     assert raw[1, 2][card["start"] :] == CARD[0] and raw[1, 3][: card["end"]] == CARD[1]
+    expiry = [row for row in rows if row["kind"] == "CARD"][1]
+    assert raw[1, 3][expiry["start"] : expiry["end"]] == "12/27"
     passport = by_kind["ID_NUMBER"]
     assert passport["speaker"] == "partner" and passport["message_id"] == passport["end_message_id"] == 4
     assert raw[1, 4][passport["start"] : passport["end"]] == PASSPORT
