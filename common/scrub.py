@@ -69,8 +69,10 @@ _SHAPES = (
 )
 _KEYWORDS = (
     r"pass|pwd|pw|psw|pasw|contrase|парол|порол|пасс|pin|пин|пін|clave|mdp|senha|kennwort|has[łl]o|wachtwoord|cvv|cvc|csc|свв|цвв|code|код|c[oó]dig|codic|kod|otp|2fa|sms|смс"
-    r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|credential|aws"
-    r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы|згв"  # Wi-Fi; "пароль"/"pass"/"pwd" typed in the other layout
+    r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|cred|aws"
+    r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы|згв|ifre|parola|ssid"  # Wi-Fi; "пароль"/"pwd" in the other layout
+    r"|login|лог[иі]н|учетк|доступ|:[^\s/\d]"  # user:password pairs ("admin:Admin123!", "creds: u:p")
+    r"|to verif|to confirm"  # "use 4829 to verify"
     r"|домофон|intercom|keypad|buzzer|lockbox|door|двер|gate|калитк|ворот|подъезд"  # door codes
     r"|the back|on back|reverse|оборот|обратн|сзади"  # card codes in words
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
@@ -290,9 +292,23 @@ _TOKEN_PATTERNS: list[tuple[str, str, str]] = [
 ]
 
 
+_CAMEL_CASE = re.compile(r"[a-z]*(?:[A-Z][a-z]+)+")
+
+
 def _check_openai(m: re.Match[str]) -> Span | None:
-    body = m.group(0)[3:]  # "sk-" + a random body: it must mix letters and digits ("sk-learn-..." is a word)
-    return _whole("API_KEY", any(c.isdigit() for c in body) and any(c.isalpha() for c in body), m)
+    """ "sk-" + a random body: letters and digits, or letters alone in one run of 20+ with both cases (no
+    word is that long); "sk-learn-contrib" is words joined by dashes."""
+    body = m.group(0)[3:]
+    mixed = any(c.isdigit() for c in body) and any(c.isalpha() for c in body)
+    random_letters = any(
+        len(part) >= 20
+        and part.isalpha()
+        and not part.islower()
+        and not part.isupper()
+        and not (_CAMEL_CASE.fullmatch(part) and sum(c.isupper() for c in part) < 0.3 * len(part))
+        for part in _PARTS.split(body)
+    )
+    return _whole("API_KEY", mixed or random_letters, m)
 
 
 # ---- passwords, PINs, one-time codes, card security codes ----------------------------------------
@@ -308,13 +324,24 @@ _PW_KEYWORD = re.compile(
     r"(?<![^\W_])(?<![<>])(?P<kw>pass(?:code|phrase|wort)|pas{1,2}w(?:o?r)?d?s?|pwd|ps?wd|psw|pass|pw"
     r"|contraseñas?|mot de passe|mdp|clave|senhas?|kennwort|has[łl]o|wachtwoord"
     r"|(?:network|security|wpa2?|wi-?fi)[ \t]+key|ключ[ \t]+(?:сети|безопасности)"
-    r"|п[ао]р[оа]л[ьяеюи]?\w{0,2}|пасс|pin(?:[ -]?code)?|п[иі]н(?:[ -]?код)?)(?![^\W\d_])",
+    r"|п[ао]р[оа]л[ьяеюи]?\w{0,2}|пасс|pin(?:[ -]?code)?|п[иі]н(?:[ -]?код)?"
+    r"|[şs]ifre(?:m|n|si|niz)?|parola(?:[ \t]+d['’]ordine)?)(?![^\W\d_])",
     re.IGNORECASE,
 )
 _NETWORK_KEY = re.compile(
     r"(?:ключ\w{0,2}|key|код\w{0,2})[ \t]+(?:от[ \t]+|для[ \t]+|(?:for|to)[ \t]+(?:the[ \t]+)?)?$",
     re.IGNORECASE,
 )
+_NET_KEY = re.compile(
+    r"(?<![^\W_])(?:key|schl[üu]ssel|cl[ée]|chiave|chave|klucz|anahtar\w{0,3}|ключ)(?![^\W\d_])",
+    re.IGNORECASE,
+)
+_NET_NAME = re.compile(
+    r"(?<![^\W_])(?:ssid|network|netzwerk|wlan|wi-?fi|r[ée]seau|rete|sie[ćc]|сеть|сети|мереж\w)"
+    r"(?![^\W\d_])",
+    re.IGNORECASE,
+)
+_NET_NEAR = 60  # how far before a "key" the network's name may be
 _WIFI_KEYWORD = re.compile(r"(?<![^\W_])(?P<kw>wi-?fi|wlan|вай-?фа\w{0,3})(?![^\W\d_])", re.IGNORECASE)
 # The two keyboard layouts, key for key: the same length, so offsets carry over.
 _EN_KEYS = "`qwertyuiop[]asdfghjkl;'zxcvbnm,.~QWERTYUIOP{}ASDFGHJKL:\"ZXCVBNM<>"
@@ -326,7 +353,8 @@ _PW_KEYWORD_RU_TYPED = re.compile(r"(?<![^\W_])(?P<kw>password|passwd|pass|pwd)(
 _PW_ANY = re.compile(
     r"pass|pwd|pw|psw|pasw|парол|порол|пасс|pin|пин|пін|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase|network key"
     r"|security key|wpa|clave|mdp|senha|kennwort|has[łl]o|wachtwoord"
-    r"|ключ сети|ключ безопасности",
+    r"|ключ сети|ключ безопасности|[şs]ifre|parola"
+    r"|ssid|network|netzwerk|r[ée]seau|rete|sie[ćc]|сеть|сети|мереж",
     re.IGNORECASE,
 )
 _NEXT_TOKEN = re.compile(r"[ \t]*\n?[ \t]*(\S+)")
@@ -340,8 +368,23 @@ _SEP_WORDS = frozenset(
 # value named by these must look made-up unless a ":" or "=" gives it.
 _FOREIGN_KW = frozenset(
     """contraseña contraseñas mot de passe mdp clave senha senhas kennwort hasło haslo wachtwoord
-    passwort""".split()
+    passwort parola şifre şifrem şifren şifresi şifreniz sifre sifrem sifresi""".split()
 )
+# "the password has 12345678 in it", "пароль содержит 8 цифр": a verb that describes the password, so
+# what follows is no value.
+_PW_DESCRIBES = frozenset(
+    """has have had contains contain containing includes include including needs need must should requires
+    require consists ends starts begins содержит имеет должен должна нужно начинается заканчивается
+    состоит""".split()
+)
+# "password is: correct horse battery staple", "passphrase: purple monkey dishwasher": after "is:" (a
+# separator word and a colon) or after a passphrase's separator, plain words are the value, up to the end
+# of the line or sentence; unless they start a phrase that points elsewhere ("passphrase: see the doc").
+_PHRASE_STARTS = frozenset(
+    """see check ask look read find in on at the same below above attached pinned dm pm it's it is not
+    смотри см спроси глянь посмотри в на такой же тот""".split()
+)
+_PHRASE = re.compile(r"[^\W\d_][\w'’-]*(?:[ \t]+[^\W\d_][\w'’-]*){0,7}")
 # A login named before the password ("логин ivan92 пароль qwerty", "username admin password admin"): the
 # word right after the password keyword is its value, plain or not.
 _LOGIN = re.compile(
@@ -373,7 +416,8 @@ _PW_STOPWORDS = frozenset(
     поменял поменяла забыл забыла потерял потеряла какой какая где как когда потом сейчас теперь
     пожалуйста надо нужно есть был была было будет такой такая длинный короткий пустой надёжный надежный
     другой одинаковый смотри см спроси глянь посмотри ниже выше лс личке скину пришлю напишу скажу позже
-    прежний обычный""".split()
+    прежний обычный zapomniałem zapomniałam nie wiem olvidé olvide oublié oublie vergessen esqueci
+    esqueceu unuttum bilmiyorum dimenticata dimenticato""".split()
 )
 # "my password is now Lion!88": an adverb between the separator and a made-up value is no value.
 _PW_ADVERBS = frozenset(
@@ -447,7 +491,7 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False, labeled: b
     if text.startswith("(", pos):
         return None  # `get_password()`: code, no value
     is_pin = kw.startswith(("pin", "пин", "пін"))
-    explicit, by_word = False, False
+    explicit, by_word, colon = False, False, False
     fillers: list[str] = []
     prev_start = prev_end = pos  # the last word seen before the value
     wifi_names: list[str] = []
@@ -458,13 +502,16 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False, labeled: b
         tok, start = t.group(1), t.start(1)
         pos = t.end()
         if tok in _SEP_TOKENS or tok.lower().rstrip(":") in _SEP_WORDS:
-            explicit, by_word = True, by_word or tok.lower() in _SEP_WORDS
+            colon = colon or tok.endswith(":") or tok == "="
+            explicit, by_word = True, by_word or tok.lower().rstrip(":") in _SEP_WORDS
             continue
+        if tok.lower() in _PW_DESCRIBES:
+            return None  # "the password has 12345678 in it"
         if tok in ("?", "…", "...", "?)"):  # "the password? it's X"
             continue
         if tok[0] in ":=":  # "password:hunter2", "pwd=hunter2"
             rest = tok.lstrip(":=")
-            explicit = True
+            explicit = colon = True
             if not rest:
                 continue
             tok, start = rest, start + len(tok) - len(rest)
@@ -491,7 +538,18 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False, labeled: b
             pin_groups = _SPACED_PIN.match(text, start)  # "pin is 4 8 2 1", "48-21"
             if pin_groups is not None and 4 <= sum(c.isdigit() for c in pin_groups.group(0)) <= 8:
                 return (start, pin_groups.end(), "PASSWORD")
+        elif (
+            colon
+            and (by_word or kw.startswith("passphrase"))
+            and core.isalpha()
+            and (phrase := _PHRASE.match(text, start)) is not None
+            and phrase.group(0).split()[0].lower() not in _PHRASE_STARTS
+            and (" " in phrase.group(0) or core.lower() not in _PW_STOPWORDS)
+        ):
+            return (start, _value_end(text, phrase.end()), "PASSWORD")  # "is: correct horse battery staple"
         elif wifi:
+            if explicit and not wifi_names and core.isdigit() and 8 <= len(core) <= 63:
+                return (start, start + len(core), "PASSWORD")  # "WLAN-Schlüssel: 8830201944"
             if not explicit and not fillers and core.isdigit() and 8 <= len(core) <= 63:
                 return (start, start + len(core), "PASSWORD")  # "wifi 87654321": WPA needs 8+ characters
             end = _value_end(text, start + len(core))
@@ -563,6 +621,10 @@ def _password_keywords(text: str) -> Iterator[tuple[str, int, bool]]:
         # "ключ от вайфая qwerty123", "wifi key sunny2020": the key of a network is its password.
         keyed = _NETWORK_KEY.search(text, max(0, m.start() - 16), m.start()) is not None
         yield ("пароль" if keyed else m.group("kw").lower()), m.end(), not keyed
+    for m in _NET_KEY.finditer(text):
+        # "SSID: HomeNet, key: 87654321": a key named after a network is its password
+        if _NET_NAME.search(text, max(0, m.start() - _NET_NEAR), m.start()) is not None:
+            yield "key", m.end(), False
     lowered = text.lower()
     if "gfhjk" in lowered:  # "пароль" typed on an English layout: the word around it is Latin
         for m in _PW_KEYWORD_EN_TYPED.finditer(text.translate(_EN_TO_RU)):
@@ -609,6 +671,8 @@ def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
         core = _value_core(word.group().strip(":=—-–"))
         if PLACEHOLDER.search(core) or "://" in core or "@" in core:
             return None
+        if core.lower() in _PW_DESCRIBES:
+            return None  # "the password has 12345678 in it"
         if core.lower() in _PW_STOPWORDS:
             continue  # "passphrase is in 1password"
         # "пароль от вайфая у нас 12345678": digits alone, as many as a password has, not a year
@@ -621,18 +685,44 @@ def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
     return None
 
 
+# "login/pass: petrov / Sekret55": both named at once, then both given split by a slash.
+_LOGIN_SLASH = re.compile(r"[ \t]*/[ \t]*")
+_PAIR_REST = re.compile(r"[ \t]*/[ \t]*(\S+)")
+
+
 def _find_passwords(text: str) -> Iterator[Span]:
     login = _LOGIN.search(text)
-    spans = sorted(
-        span
-        for kw, end, wifi in _password_keywords(text)
-        if (
-            span := _password_value(text, kw, end, wifi, login is not None and login.end() < end - len(kw))
-            or _password_nearby(text, kw, end, wifi)
-        )
-        and _CODE_VALUE.search(text[span[0] : span[1]]) is None  # `os.getenv('DB_PASSWORD')` names one
-    )
-    yield from spans
+    spans: list[Span] = []
+    for kw, end, wifi in _password_keywords(text):
+        labeled = login is not None and login.end() < end - len(kw)
+        span = _password_value(text, kw, end, wifi, labeled) or _password_nearby(text, kw, end, wifi)
+        if span is None or _CODE_VALUE.search(text[span[0] : span[1]]) is not None:
+            continue  # `os.getenv('DB_PASSWORD')` names one
+        paired = login is not None and _LOGIN_SLASH.fullmatch(text, login.end(), end - len(kw)) is not None
+        rest = _PAIR_REST.match(text, span[1]) if paired else None
+        if rest is not None:  # the login was the first value: the password is the second
+            span = (span[0], rest.start(1) + len(_value_core(rest.group(1))), "PASSWORD")
+        spans.append(span)
+    yield from sorted(spans)
+
+
+# Credentials in `user:password` form: named ("creds: jdoe:Summer2024", "доступ: ivan:Qwerty12"), or after
+# an account name that every device has ("admin:Admin123!", "root:toor1"). A port ("admin:8080") is no
+# password; the value must look made-up.
+_USER_PASS = re.compile(
+    r"(?<![\w/:@.-])(?:(?:creds?|credentials|login|логин|логін|учетк\w{0,2}|доступы?|zugangsdaten"
+    r"|identifiants|credenciales|credenziali)[ \t]*[:=-]?[ \t]+[\w.@+-]{2,40}"
+    r"|admin|administrator|root|guest|ubuntu|postgres):(?P<value>[^\s:/@<]{3,64})(?=\s|$|[,;])",
+    re.IGNORECASE,
+)
+
+
+def _check_user_pass(m: re.Match[str]) -> Span | None:
+    value = _value_core(m.group("value"))
+    port = value.isdigit() and len(value) <= 5
+    if port or not _made_up(value) or PLACEHOLDER.search(value):
+        return None
+    return (m.start("value"), m.start("value") + len(value), "PASSWORD")
 
 
 _OTP = re.compile(
@@ -645,7 +735,8 @@ _OTP = re.compile(
     r"(?:[ \t]+[^\s\d:=]{1,20}){0,3}?"  # "Код для входа в Telegram: 12345", "code for X is 12345"
     r"[ \t]*(?:is|are|:|=|-|—)?[ \t]*\n?[ \t]*"
     # one code, or several (backup codes: "1234-5678 9876-5432", one a line)
-    r"(?P<value>\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+|[ \t]*\n[ \t]*)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",
+    r"(?P<value>\d{3}[ -]\d{3}(?![\d-]|[ \t]+\d)"
+    r"|\d{4,8}(?:-\d{3,8})*(?:(?:,[ \t]?|[ \t]+|[ \t]*\n[ \t]*)\d{4,8}(?:-\d{3,8})*)*)(?![\d-])",
     re.IGNORECASE,
 )
 # Any code word: "code 482 913", "код: 4829-13", "your code is G-482913", "Tu código de verificación es
@@ -653,8 +744,10 @@ _OTP = re.compile(
 # after at most three words that end in a separator (":", ")", "?", a line break, "is", "es", "lautet",
 # "такой", ...), so "the code has 1500 lines" stays. 4-8 digits in up to three groups, after an optional
 # letter prefix (Google's "G-"). The other way round too: "482913 is your verification code".
-_CODE_WORD = r"(?:[^\W\d_]*code|codes|otp|код\w{0,2}|коды|c[óo]digos?|codice|kod\w{0,2})"
-_CODE_SEP = r"(?:[ \t]*[:=)?!]+|[ \t]+(?:is|are|es|est|ist|é|è|lautet|jest|это|такой|вот|є|—|-|–)|[ \t]*\n)"
+_CODE_WORD = r"(?:[^\W\d_]*code|codes|otp|код\w{0,2}|коды|c[óo]digos?|codice|kod\w{0,4})"
+_CODE_SEP = (
+    r"(?P<sep>[ \t]*[:=)?!]+|[ \t]+(?:is|are|es|est|ist|é|è|lautet|jest|to|это|такой|вот|є|—|-|–)|[ \t]*\n)"
+)
 _CODE_NUMBER = r"(?:[A-Z]{1,2}-)?(?P<value>\d{2,8}(?:[ -]\d{2,6}){0,2})(?![\w-]|[.,:/]\d)"
 _CODE_AFTER = re.compile(
     r"(?<![\w<>-])(?P<kw>" + _CODE_WORD + r")"
@@ -667,6 +760,14 @@ _CODE_BEFORE = re.compile(
     r"(?:(?:is|es|est|ist|é|это|—|-)[ \t]+)?"
     r"(?:your|ваш|твой|dein|ihr|tu|su|votre|ton|seu|o[ \t]+seu|il[ \t]+tuo)[ \t]+"
     r"(?:[^\s\d<>]{1,20}[ \t]+){0,3}?" + _CODE_WORD + r"(?!\w)",
+    re.IGNORECASE,
+)
+# A code given by what it is for: "Use 482913 to verify", "Enter 739201 to confirm your account".
+_CODE_TO_VERIFY = re.compile(
+    r"(?<![\w<>-])(?:use|enter|type|input|submit)[ \t]+(?:[A-Z]{1,2}-)?"
+    r"(?P<value>\d{4,8}|\d{3}[ -]\d{3})[ \t]+"
+    r"(?:to|for)[ \t]+(?:verify|verification|confirm|log[ \t]?in|sign[ \t]?in|authenticate|authori[sz]e"
+    r"|complete|activate|reset|continue|finish)",
     re.IGNORECASE,
 )
 # Code words that name no secret: "zip code 94107", "barcode", "error code 4004", "промокод".
@@ -695,11 +796,14 @@ def _find_codes(text: str) -> Iterator[Span]:
             continue
         if m.group("words") and _YEAR.fullmatch(value):
             continue  # "the code from 2019": a year
+        if not m.group("words") and (m.group("sep") or "").strip().lower() == "to":
+            continue  # "moved the code to 2024": "to" names a code only after words ("kod weryfikacyjny to")
         head = text[max(0, m.start() - 12) : m.end("kw")]
         if _NOT_A_SECRET_CODE.search(head) is not None:
             continue
         found.append(_group(m, "PASSWORD"))
     found += [_group(m, "PASSWORD") for m in _CODE_BEFORE.finditer(text)]
+    found += [_group(m, "PASSWORD") for m in _CODE_TO_VERIFY.finditer(text)]
     yield from sorted(set(found))
 
 
@@ -707,9 +811,22 @@ def _find_codes(text: str) -> Iterator[Span]:
 _RECOVERY_KEY = re.compile(
     r"(?<![\w<>])(?:recovery|backup|restore|emergency|резервн\w*|восстановлени\w*)[ \t]+"
     r"(?:keys?|codes?|phrase|ключ\w{0,2}|код\w{0,2})"
-    r"[^\w\n<]{0,4}(?:(?:is|are|это)[ \t]+)?(?P<value>[A-Za-z0-9]{4,8}(?:-[A-Za-z0-9]{4,8}){2,11})(?![\w-])",
+    r"[^\w\n<]{0,4}(?:(?:is|are|это)[ \t]+)?(?:\n[ \t]*)?"
+    r"(?P<value>[A-Za-z0-9]{4,8}(?:-[A-Za-z0-9]{4,8}){2,11}"
+    # or a list of two-group codes: "8f3k2-9dj3l 2kd93-lq0pz", one a line
+    r"|[A-Za-z0-9]{4,8}-[A-Za-z0-9]{4,8}(?:(?:[ \t,]+|[ \t]*\n[ \t]*)[A-Za-z0-9]{4,8}-[A-Za-z0-9]{4,8})*)"
+    r"(?![\w-])",
     re.IGNORECASE,
 )
+
+
+def _check_recovery_key(m: re.Match[str]) -> Span | None:
+    """Codes are machine-made: digits in them ("well-known" is a word)."""
+    value = m.group("value")
+    one_key = value.count("-") >= 2 and not any(c.isspace() for c in value)  # "ABCD-EFGH-IJKL-MNOP"
+    return _group(m, "PASSWORD") if one_key or any(c.isdigit() for c in value) else None
+
+
 _BACK = (
     r"(?:on|from|at|на|с|со)[ \t]+(?:the[ \t]+)?(?:back|reverse|оборот\w{0,2}|обратной[ \t]+стороны?"
     r"|обратн\w+[ \t]+сторон\w{0,2}|задней[ \t]+сторон\w{0,2}|спине)"
@@ -1294,9 +1411,29 @@ _PHONE = re.compile(
     r"|0\d{2,4}" + _N + r"?\d{3,4}" + _N + r"?\d{3,4}"
     r"|0\d{2}" + _N + r"\d{3}" + _N + r"\d{2}" + _N + r"\d{2}"  # 067 123 45 67
     r"|0[1-9](?:[ .]\d{2}){4}"  # 06 12 34 56 78
+    r"|0\d{3}" + _N + r"\d{3}" + _N + r"\d{2}" + _N + r"\d{2}"  # Turkey: 0532 123 45 67
+    r"|[6-9]\d\d(?:[ .]\d\d){3}"  # Spain without +34: 612 34 56 78 (no thousands are grouped in twos)
     r"|01[5-7]\d" + _N + r"?\d{7,8}"  # 0151 23456789
     r")(?![\w/-]|[.,:]\d)"
 )
+
+
+# Grouped like a number of thousands ("601 234 567", "347 123 4567") a phone needs a word that names it,
+# right before it: "mój numer 601 234 567", "llámame al 678 901 234", "numero: 347 123 4567".
+_PHONE_NAMED = re.compile(
+    r"(?<![^\W_])(?:phone|tel|telefon\w*|tel[ée]fono|telefone|telefono|телефон\w*|тел|моб\w*|mobile?"
+    r"|m[óo]vil|cell\w*|celular|handy|whatsapp|viber|number|numer|numero|n[úu]mero|nummer|num[ée]ro|номер"
+    r"|ll[aá]m\w*|chiam\w*|ligue?\w*|zadzwo\w*|dzwo\w*|call|anrufen|ruf|звони\w*|набери|дзвони\w*"
+    r"|appelle\w*|numaram\w*)(?![^\W\d_])"
+    r"[^\w\n<]{0,4}(?:(?:me|is|es|est|ist|è|é|jest|to|это|al|on|at|an|unter|sous|au|на|по|pod|no|nr)"
+    r"[^\w\n<]{1,4}){0,2}"
+    r"(?<![\w+])(?P<value>\d{2,4}(?:[ .-]\d{2,4}){2,4})(?![\w-]|[.,:/]\d)",
+    re.IGNORECASE,
+)
+
+
+def _check_named_phone(m: re.Match[str]) -> Span | None:
+    return _group(m, "PHONE") if 9 <= len(_digits(m.group("value"))) <= 12 else None
 
 
 def _check_phone(m: re.Match[str]) -> Span | None:
@@ -1706,13 +1843,49 @@ RULES: tuple[Rule, ...] = (
             "gfhjk",
             "зфыы",
             "згв",
+            "şifre",
+            "sifre",
+            "parola",
+            "ssid",
+            "network",
+            "netzwerk",
+            "réseau",
+            "reseau",
+            "rete",
+            "sieć",
+            "siec",
+            "сеть",
+            "сети",
+            "мереж",
+        ),
+    ),
+    Rule(
+        "user_pass",
+        "PASSWORD",
+        _USER_PASS,
+        _check_user_pass,
+        needs=(
+            "cred",
+            "login",
+            "логин",
+            "логін",
+            "учетк",
+            "доступ",
+            "zugangsdaten",
+            "identifiants",
+            "admin:",
+            "administrator:",
+            "root:",
+            "guest:",
+            "ubuntu:",
+            "postgres:",
         ),
     ),
     Rule(
         "recovery_key",
         "PASSWORD",
         _RECOVERY_KEY,
-        lambda m: _group(m, "PASSWORD"),
+        _check_recovery_key,
         needs=("recovery", "backup", "restore", "emergency", "резерв", "восстанов"),
     ),
     Rule(
@@ -1725,9 +1898,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "code",
         "PASSWORD",
-        re.compile(_CODE_WORD, re.IGNORECASE),
+        re.compile(_CODE_WORD + r"|to[ \t]+verif|to[ \t]+confirm", re.IGNORECASE),
         finder=_find_codes,
-        needs=("code", "код", "códig", "codig", "codice", "kod", "otp"),
+        needs=("code", "код", "códig", "codig", "codice", "kod", "otp", "verif", "confirm"),
     ),
     Rule(
         "card_security_code",
@@ -1771,6 +1944,43 @@ RULES: tuple[Rule, ...] = (
     Rule("card_dotted", "CARD", _CARD_DOTTED, _check_card_dotted),
     Rule("card_tail", "CARD", _CARD_TAIL, finder=_find_card_tails, needs=("<card>",)),
     Rule("phone", "PHONE", _PHONE, _check_phone, needs_digits=True),
+    Rule(
+        "phone_named",
+        "PHONE",
+        _PHONE_NAMED,
+        _check_named_phone,
+        needs_digits=True,
+        needs=(
+            "phone",
+            "tel",
+            "моб",
+            "mobil",
+            "móvil",
+            "movil",
+            "cell",
+            "celular",
+            "handy",
+            "whatsapp",
+            "viber",
+            "num",
+            "núm",
+            "nummer",
+            "номер",
+            "llam",
+            "llám",
+            "chiam",
+            "ligu",
+            "zadzwo",
+            "dzwo",
+            "call",
+            "anrufen",
+            "ruf",
+            "звони",
+            "набери",
+            "дзвони",
+            "appelle",
+        ),
+    ),
     Rule("hex_private_key", "PRIVATE_KEY", _HEX_KEY, _check_hex_key, min_length=64),
     Rule("high_entropy", "TOKEN", _BARE, _check_bare),
 )
