@@ -2,10 +2,11 @@
 
 `TelegramActions` takes any client with Telethon's names (`iter_messages`, `get_drafts`, `send_message`,
 `action`, `__call__` for `messages.SaveDraftRequest`, `is_connected`, `connect`), so tests hand it a fake.
-A `FloodWaitError` waits the time Telegram asks; network errors and Telegram's own trouble reconnect if
-needed and back off exponentially, `MAX_RETRIES` times in a row (collect's constants), then give up on
-this one action with `TelegramUnavailable` (the listener goes on). With `dry_run` nothing that changes
-anything is called: the action is described to `announce` instead.
+A `FloodWaitError` waits the time Telegram asks (up to `max_flood_wait_s`, and `max_retries` of them in a
+row: a reply hours late is no reply, so a longer wait gives the action up); network errors and Telegram's
+own trouble reconnect if needed and back off exponentially, `MAX_RETRIES` times in a row (collect's
+constants), then give up on this one action with `TelegramUnavailable` (the listener goes on). With
+`dry_run` nothing that changes anything is called: the action is described to `announce` instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from telethon.tl import functions
 
 from collect.telegram import BACKOFF_BASE_S, BACKOFF_MAX_S, FLOOD_WAITS, MAX_RETRIES, is_transient
-from reply.limits import Clock
+from reply.limits import MAX_FLOOD_WAIT_S, Clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,24 +48,33 @@ class TelegramActions:
         dry_run: bool = False,
         announce: Callable[[str], None] | None = None,
         max_retries: int = MAX_RETRIES,
+        max_flood_wait_s: float = MAX_FLOOD_WAIT_S,
     ) -> None:
         self.client = client
         self.clock = clock
         self.dry_run = dry_run
         self.announce = announce or (lambda line: log.info("%s", line))
         self.max_retries = max_retries
+        self.max_flood_wait_s = max_flood_wait_s
         self.counts = Counts()
 
     async def call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
         """`await make()`, waiting out FloodWaits and retrying network errors (see the module docstring)."""
-        failures = 0
+        failures = floods = 0
         while True:
             try:
                 return await make()
             except FLOOD_WAITS as e:
                 self.counts.flood_waits += 1
-                log.info("FloodWait on %s: sleeping %ss as Telegram asks", what, e.seconds)
-                await self.clock.sleep(e.seconds)
+                floods += 1
+                seconds = float(getattr(e, "seconds", 0) or 0)
+                if seconds > self.max_flood_wait_s or floods > self.max_retries:
+                    raise TelegramUnavailable(
+                        f"{what}: Telegram asks to wait {seconds:.0f}s (FloodWait #{floods} in a row; "
+                        f"waiting at most {self.max_flood_wait_s:.0f}s, --max-flood-wait-s)"
+                    ) from None
+                log.info("FloodWait on %s: sleeping %.0fs as Telegram asks", what, seconds)
+                await self.clock.sleep(seconds)
             except Exception as e:
                 if not is_transient(e):
                     raise
@@ -141,8 +151,8 @@ class TelegramActions:
         if self.dry_run:
             yield
             return
-        action = self.client.action(chat, "typing")
         try:
+            action = self.client.action(chat, "typing")
             await action.__aenter__()
         except Exception as e:  # the typing indicator is a courtesy: never worth losing the reply
             log.info("could not show typing (%s)", type(e).__name__)

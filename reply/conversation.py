@@ -2,8 +2,10 @@
 
 The rules are training's own: the same message filter as collect (`convert_message`: no service messages,
 stickers, polls or forwards), the same conversation split as prepare (a silence of `gap_hours` starts a
-new one), the same merging of a run of messages into one turn (`merge_turns`) and the same context caps
-(`cap_turns`, with the caps recorded in prepare's `prepare_config.json` when there is one).
+new one), the same merging of a run of messages into one turn (`merge_turns`), the same secret scrubbing
+(`scrub_secrets`, per turn, and on the partner's name), the same clipping of long turns (`clip_text`) and
+the same context caps (`cap_turns`, with the caps recorded in prepare's `prepare_config.json` when there
+is one). Nothing reaches the twin server that a training record would not hold.
 """
 
 from __future__ import annotations
@@ -16,14 +18,30 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from collect.options import CollectOptions
+from collect.options import SERVICE_NOTIFICATIONS_ID, CollectOptions
 from collect.telegram import convert_message, dialog_name, left_out_reason
-from prepare.prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, cap_turns, merge_turns
+from common.scrub import PLACEHOLDER, scrub_secrets
+from prepare.prompt import (
+    MAX_CONTEXT_CHARS,
+    MAX_CONTEXT_TURNS,
+    MAX_TURN_CHARS,
+    cap_turns,
+    clean_text,
+    clip_text,
+    merge_turns,
+)
 from prepare.records import CONFIG_FILE, Turn
 from reply.settings import ReplySettings
 
 OPTIONS = CollectOptions()
 """collect's defaults: what a training record is built from is what a live prompt is built from."""
+SERVICE_IDS = frozenset({SERVICE_NOTIFICATIONS_ID})
+"""Telegram's own notices (login codes!): never answered, never read, never sent to the server."""
+MAX_MESSAGE_CHARS = 4096
+"""Telegram's limit on one message's text; a longer line of an auto-reply goes out in pieces."""
+SCRUB_HEAD = 2 * MAX_TURN_CHARS
+"""A turn is cut to this before scrubbing (a pasted novel costs no time); a secret the cut breaks lies
+beyond `MAX_TURN_CHARS`, where the clip drops it anyway."""
 
 
 def left_out(chat: Any, me_id: int | None = None) -> str | None:
@@ -40,6 +58,42 @@ def left_out(chat: Any, me_id: int | None = None) -> str | None:
 
 def chat_name(chat: Any) -> str:
     return dialog_name(SimpleNamespace(name=None, entity=chat))
+
+
+def nothing_to_answer(message: Any) -> str | None:
+    """Why a message gives the twin nothing to answer (collect's reasons: service message, sticker,
+    forward, media without a caption, poll...), None when it has text training would keep."""
+    converted = convert_message(message, 0, "", OPTIONS)
+    return converted if isinstance(converted, str) else None
+
+
+def repair_text(text: str) -> str:
+    """`text` as a valid Unicode string: a surrogate pair split into two code points is joined again, half
+    of one (which no server or file takes) becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def scrub_turn(turn: Turn) -> Turn:
+    """A turn as a training record holds it: valid Unicode, secrets replaced, clipped."""
+    text = scrub_secrets(repair_text(turn.text[:SCRUB_HEAD]))
+    return Turn(turn.speaker, clip_text(text, MAX_TURN_CHARS))
+
+
+def prompt_name(name: str) -> str:
+    """The partner's name as prepare records it: whitespace-normalised, scrubbed (a name can be a phone
+    number), "" when nothing but a secret was left."""
+    cleaned = scrub_secrets(" ".join(clean_text(repair_text(name)).split()))
+    return cleaned if PLACEHOLDER.sub("", cleaned).strip() else ""
+
+
+def has_placeholder(text: str) -> bool:
+    """Whether a reply holds one of scrubbing's placeholders (`<CARD>`): the twin learned them from
+    scrubbed chats, but no person sends them."""
+    return PLACEHOLDER.search(text) is not None
 
 
 def context_caps(prepared: Path) -> tuple[int, int]:
@@ -66,21 +120,24 @@ def conversation(messages: Iterable[Any], chat_id: int, gap: timedelta) -> list[
             break
         kept.append((date, raw.out, raw.message))
     kept.reverse()
-    return merge_turns(("me" if out else "partner", text) for _, out, text in kept)
+    return merge_turns(("me" if out else "partner", repair_text(text)) for _, out, text in kept)
 
 
 def prompt_turns(turns: list[Turn], caps: tuple[int, int], partner: str) -> list[Turn] | None:
-    """The capped context plus the partner's last turn (what the server is sent), or None when the
-    conversation does not end with the partner (nothing to answer)."""
+    """The capped context plus the partner's last turn (what the server is sent), each turn scrubbed
+    and clipped as in training, or None when the conversation does not end with the partner (nothing to
+    answer)."""
     if not turns or turns[-1].speaker != "partner":
         return None
+    turns = [scrub_turn(turn) for turn in turns[-(caps[0] + 1) :]]
     return [*cap_turns(turns[:-1], caps[0], caps[1], partner), turns[-1]]
 
 
 def split_reply(text: str) -> list[str]:
     """A reply as the messages the person would send: one per non-blank line (prepare joined a burst
-    of messages with newlines)."""
-    return [line.strip() for line in text.split("\n") if line.strip()]
+    of messages with newlines), a line longer than Telegram takes in pieces of `MAX_MESSAGE_CHARS`."""
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    return [line[i : i + MAX_MESSAGE_CHARS] for line in lines for i in range(0, len(line), MAX_MESSAGE_CHARS)]
 
 
 def typing_delay(text: str, settings: ReplySettings, rng: random.Random, first: bool) -> float:

@@ -5,46 +5,63 @@
 real client, tests call them with fakes that have the same names.
 
 - A partner's message in a one-to-one chat with a person (never a group, channel, bot, Saved Messages or
-  Telegram's notices) starts that chat's task: wait `debounce_s` (the partner may be writing a burst;
-  their "typing…" (`events.UserUpdate`) starts the wait again), read the recent history, ask the twin,
-  then put the reply in the chat's draft (or Saved Messages). A newer partner message cancels the task
-  and starts a fresh one.
+  Telegram's notices, whose login codes are never read) starts that chat's task: wait `debounce_s` (the
+  partner may be writing a burst; their "typing…" (`events.UserUpdate`) starts the wait again), read
+  the recent history, ask the twin, then put the reply in the chat's draft (or Saved Messages). A
+  newer partner message, or the partner editing or deleting a message of the burst, cancels the task
+  and starts a fresh one. A message that gives the twin nothing to read (sticker, media without a
+  caption, service message, forward) neither starts nor cancels one. At most `max_concurrent` chats
+  ask the twin server at once; the rest wait.
 - Only chats on the auto-reply list get a reply *sent*: outside quiet hours and within the rate limits
-  (else it becomes a draft), line by line, each after a delay scaled to its length with "typing…" shown.
-  A newer partner message, the person's own message, or the person typing (their draft changing)
-  cancels it.
+  (else it becomes a draft, as does a reply holding a scrubbing placeholder such as `<CARD>`), line by
+  line, each after a delay scaled to its length with "typing…" shown. A newer partner message, the
+  person's own message, or the person typing (their draft changing) cancels it.
 - The stop word, sent by the person in any chat, pauses everything at once (and across restarts); the
-  resume word lifts it.
+  resume word lifts it. Both are matched after Unicode normalisation, ignoring case, spacing and
+  invisible characters; the stop word may be followed by other words or `@botname` (pausing is the safe
+  direction), the resume word must stand alone. The twin's own sent messages are never taken for them.
 - What the person sends after a draft (their burst of messages, until `feedback_window_s` of quiet or the
   partner's next message) is compared with the draft and recorded in the feedback file.
 
-Message text reaches the log only with `log_content`.
+Message text reaches the log only with `log_content`, and then scrubbed of secrets. Every handler logs
+and swallows its own failure: one odd event never stops the listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-from collections import Counter
-from collections.abc import Callable
+import re
+import unicodedata
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from telethon import errors
 from telethon.tl import types
 
 from common.files import make_private_dir
+from common.scrub import scrub_secrets
 from prepare.feedback import Feedback, Outcome, append_feedback, classify, normalize
+from prepare.prompt import clean_text
 from prepare.records import Turn
 from reply.actions import TelegramActions, TelegramUnavailable, chat_link
 from reply.conversation import (
+    SERVICE_IDS,
     chat_name,
     context_caps,
     conversation,
+    has_placeholder,
     left_out,
+    nothing_to_answer,
+    prompt_name,
     prompt_turns,
+    repair_text,
     split_reply,
     typing_delay,
 )
@@ -53,6 +70,39 @@ from reply.settings import ReplySettings, in_quiet_hours, parse_quiet_hours
 from reply.twin import TwinServerError
 
 log = logging.getLogger(__name__)
+HEARD_PER_CHAT = 100
+"""Ids of a chat's latest partner messages kept to notice a deletion (a burst longer than that is rare)."""
+OWN_PER_CHAT = 64
+"""Ids of this process's latest sent messages kept per chat, to know their echoes."""
+_BOT_SUFFIX = re.compile(r"^(/\S+?)@\w+$")
+"""`/twinstop@SomeBot`: a command tapped in a chat's command menu."""
+E = TypeVar("E")
+
+
+def guarded(handler: Callable[[Replier, E], Awaitable[None]]) -> Callable[[Replier, E], Awaitable[None]]:
+    """An event handler that never raises into the listener: a failure is one log line (no message text)."""
+
+    @functools.wraps(handler)
+    async def run(self: Replier, event: E) -> None:
+        try:
+            await handler(self, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.counts["event errors"] += 1
+            log.warning("chat %s: %s in %s; event skipped, still listening",
+                        getattr(event, "chat_id", None), type(e).__name__, handler.__name__)  # fmt: skip
+
+    return run
+
+
+def command_words(text: str) -> str:
+    """A message as a command reads: NFKC (full-width `／ｔｗｉｎ` is `/twin`), invisible characters
+    dropped, case folded, spacing collapsed, a `@botname` after the first word removed."""
+    words = unicodedata.normalize("NFKC", clean_text(repair_text(text))).casefold().split()
+    if words:
+        words[0] = _BOT_SUFFIX.sub(r"\1", words[0])
+    return " ".join(words)
 
 
 class Twin(Protocol):
@@ -98,17 +148,26 @@ class Replier:
         self.caps = context_caps(settings.prepared)
         self.limiter = RateLimiter(settings.per_chat_per_hour, settings.global_per_hour)
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.entities: dict[int, Any] = {}
+        """Per chat with a task: its entity, to start the task again (an edit or deletion by the partner)."""
+        self.heard: dict[int, deque[int]] = {}
+        """Per chat: ids of the partner's messages the pending task answers (to notice their deletion)."""
+        self.slots = asyncio.Semaphore(settings.max_concurrent)
+        """Chats asking the twin server at once."""
         self.waiting: dict[int, Any] = {}
         """Chats whose task is still in its `debounce_s` wait, with their entity."""
         self.pending: dict[int, Pending] = {}
         self.suggested: dict[int, str] = {}
         """Per chat: the twin's latest draft text (Telegram may echo it back as a draft update at once)."""
-        self.own: dict[int, set[int | str]] = {}
-        """Per chat: ids (and, while sending, texts) of the messages this process sent itself."""
+        self.own: dict[int, deque[int]] = {}
+        """Per chat: ids of the latest messages this process sent (their echoes are not the person's)."""
+        self.sending: dict[int, Counter[str]] = {}
+        """Per chat: texts being sent right now (an echo may come before the id is known)."""
         self.paused = Path(settings.pause_file).exists()
         self.counts: Counter[str] = Counter()
 
     # ---- events ---------------------------------------------------------------------------------------
+    @guarded
     async def on_new_message(self, event: Any) -> None:
         """`events.NewMessage`: the partner's messages start a reply, the person's close a draft."""
         if event.message.out:
@@ -116,25 +175,46 @@ class Replier:
         elif event.is_private:
             await self._incoming(event)
         else:
-            self.counts["ignored: group or channel"] += 1
+            self._ignore(event.chat_id, "group or channel")
 
+    @guarded
     async def on_message_edited(self, event: Any) -> None:
-        """`events.MessageEdited`: the person fixing a message they just sent after a draft."""
-        pending = self.pending.get(event.chat_id)
-        if event.message.out and pending is not None and event.message.id in pending.sent:
-            pending.sent[event.message.id] = event.message.message or ""
+        """`events.MessageEdited`: the person fixing a message they just sent after a draft, or the partner
+        fixing one the pending reply answers (answer the new words instead)."""
+        chat_id = _chat_id(event)
+        message = event.message
+        if message.out:
+            pending = self.pending.get(chat_id or 0)
+            if pending is not None and message.id in pending.sent:
+                pending.sent[message.id] = repair_text(message.message or "")
+            return
+        if chat_id is not None and chat_id in self.tasks and not self.paused:
+            self._restart(chat_id, "the partner edited their message")
 
+    @guarded
+    async def on_message_deleted(self, event: Any) -> None:
+        """`events.MessageDeleted`: the partner taking back a message the pending reply answers. Telegram
+        names no chat for private chats, but message ids are the account's own, so the ids say which."""
+        deleted = set(getattr(event, "deleted_ids", None) or [])
+        for chat_id in [c for c, ids in self.heard.items() if deleted.intersection(ids)]:
+            self.heard[chat_id] = deque((i for i in self.heard[chat_id] if i not in deleted), HEARD_PER_CHAT)
+            if chat_id in self.tasks and not self.paused:
+                self._restart(chat_id, "the partner deleted a message it answered")
+
+    @guarded
     async def on_user_update(self, event: Any) -> None:
         """`events.UserUpdate`: the partner still typing means their burst is not over: wait again."""
-        chat = self.waiting.get(getattr(event, "chat_id", None) or 0)
-        if chat is None or not event.typing or event.user_id != event.chat_id:
+        chat_id = _chat_id(event)
+        chat = self.waiting.get(chat_id or 0)
+        if chat is None or chat_id is None or self.paused or not event.typing or event.user_id != chat_id:
             return
-        task = self.tasks.pop(event.chat_id, None)
+        task = self.tasks.pop(chat_id, None)
         if task is not None:
             task.cancel()  # only postponed: the new task waits `debounce_s` again
         self.counts["postponed: partner typing"] += 1
-        self.tasks[event.chat_id] = asyncio.create_task(self._respond(chat, event.chat_id))
+        self.tasks[chat_id] = asyncio.create_task(self._respond(chat, chat_id))
 
+    @guarded
     async def on_draft(self, update: Any) -> None:
         """The raw `types.UpdateDraftMessage`: the person typing (or clearing a draft) on another device."""
         if not isinstance(update, types.UpdateDraftMessage) or not isinstance(update.peer, types.PeerUser):
@@ -150,20 +230,54 @@ class Replier:
 
     # ---- the partner writes ------------------------------------------------------------------------------
     async def _incoming(self, event: Any) -> None:
-        chat = await event.get_chat()
+        chat_id = _chat_id(event)
+        if chat_id in SERVICE_IDS or _int(getattr(event, "sender_id", None)) in SERVICE_IDS:
+            self._ignore(chat_id, "Telegram notices")  # login codes: never read further, never sent on
+            return
+        if chat_id is None:
+            self._ignore(chat_id, "no chat id")
+            return
+        try:
+            chat = await self.actions.call("reading who wrote", event.get_chat)
+        except Exception as e:  # an entity Telethon cannot resolve: that message is lost, say so
+            self.counts["unknown chats"] += 1
+            log.warning("chat %s: cannot tell who wrote (%s); that message gets no reply", chat_id,
+                        type(e).__name__)  # fmt: skip
+            return
         reason = left_out(chat, self.me_id)
         if reason is not None:
-            self.counts[f"ignored: {reason}"] += 1
+            self._ignore(chat_id, reason)
             return
         if self.paused:
-            self.counts["ignored: paused"] += 1
+            self._ignore(chat_id, "paused")
             return
-        chat_id = int(event.chat_id)
         pending = self.pending.get(chat_id)
         if pending is not None and pending.sent:
             await self._close(chat_id)  # the partner answered: the person's reply is complete
+        skip = nothing_to_answer(event.message)
+        if skip is not None:
+            self.counts[f"ignored: {skip}"] += 1
+            going = "; the pending reply goes on" if chat_id in self.tasks else ""
+            log.info("chat %s: %s: nothing for the twin to answer%s", chat_id, skip, going)
+            return
+        self.heard.setdefault(chat_id, deque(maxlen=HEARD_PER_CHAT)).append(int(event.message.id))
         self._cancel(chat_id, "a newer message arrived")
+        self._start(chat, chat_id)
+
+    def _ignore(self, chat_id: int | None, reason: str) -> None:
+        self.counts[f"ignored: {reason}"] += 1
+        log.info("chat %s: ignored (%s)", chat_id, reason)
+
+    def _start(self, chat: Any, chat_id: int) -> None:
+        self.entities[chat_id] = chat
         self.tasks[chat_id] = asyncio.create_task(self._respond(chat, chat_id))
+
+    def _restart(self, chat_id: int, why: str) -> None:
+        """Cancel the chat's pending reply and start afresh (it reads the history again)."""
+        chat = self.entities.get(chat_id)
+        self._cancel(chat_id, why)
+        if chat is not None:
+            self._start(chat, chat_id)
 
     def _cancel(self, chat_id: int, why: str) -> None:
         task = self.tasks.pop(chat_id, None)
@@ -181,18 +295,31 @@ class Replier:
             finally:
                 if self.tasks.get(chat_id) in (asyncio.current_task(), None):
                     self.waiting.pop(chat_id, None)
-            messages = await self.actions.history(chat, self.settings.history)
-            turns = prompt_turns(
-                conversation(messages, chat_id, timedelta(hours=self.settings.gap_hours)), self.caps, name
-            )
-            if turns is None:
-                return  # the person already answered, or nothing with text to answer
-            reply = (await self.twin.suggest(turns, name)).strip()
+            if self.paused:
+                log.info("chat %s: paused; no reply", chat_id)
+                return
+            if self.slots.locked():
+                log.info("chat %s: waiting for the twin server (%d chats at a time, --max-concurrent)",
+                         chat_id, self.settings.max_concurrent)  # fmt: skip
+            async with self.slots:  # the history is read once this chat's turn has come: it is fresh
+                messages = await self.actions.history(chat, self.settings.history)
+                partner = prompt_name(name)
+                gap = timedelta(hours=self.settings.gap_hours)
+                turns = prompt_turns(conversation(messages, chat_id, gap), self.caps, partner)
+                if turns is None:
+                    self.counts["nothing to answer"] += 1
+                    log.info("chat %s: nothing to answer (the last message with text is yours, or none is "
+                             "left)", chat_id)  # fmt: skip
+                    return
+                reply = clean_text(repair_text(await self.twin.suggest(turns, partner)))
             if not reply:
-                log.info("the twin wrote nothing for chat %s", chat_id)
+                self.counts["empty replies"] += 1
+                log.info("the twin wrote nothing for chat %s; no draft", chat_id)
                 return
             log.info("twin reply for chat %s: %s", chat_id, self._shown(reply))
             blocked = self._auto_blocked(chat_id)
+            if blocked is None and has_placeholder(reply):
+                blocked = "the reply holds a placeholder for a secret (like <CARD>) for you to fill in"
             if blocked is None and self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 blocked = "you have started a reply there yourself (a draft)"
             if blocked is None:
@@ -209,12 +336,18 @@ class Replier:
         except TelegramUnavailable as e:
             self.counts["telegram errors"] += 1
             log.warning("chat %s: gave up (%s)", chat_id, e)
+        except errors.RPCError as e:  # blocked by the partner, account deleted, message refused...
+            self.counts["telegram refusals"] += 1
+            log.warning("chat %s: Telegram refused (%s %s %s); no reply there", chat_id, type(e).__name__,
+                        getattr(e, "code", ""), getattr(e, "message", ""))  # fmt: skip
         except Exception as e:  # one chat's failure must not stop the listener
             self.counts["errors"] += 1
-            log.warning("chat %s: %s", chat_id, type(e).__name__, exc_info=self.settings.log_content)
+            log.warning("chat %s: %s; no reply there", chat_id, type(e).__name__)
         finally:
             if self.tasks.get(chat_id) is asyncio.current_task():
                 del self.tasks[chat_id]
+                self.entities.pop(chat_id, None)
+                self.heard.pop(chat_id, None)
 
     def _persons_draft(self, chat_id: int, draft: str) -> bool:
         """Whether the chat's draft is the person's own writing (not empty, not the twin's last draft)."""
@@ -231,16 +364,21 @@ class Replier:
 
     async def _auto_send(self, chat: Any, chat_id: int, name: str, reply: str) -> None:
         self.limiter.record(chat_id, self.clock.now().timestamp())
-        own = self.own.setdefault(chat_id, set())
+        sending = self.sending.setdefault(chat_id, Counter())
         for index, line in enumerate(split_reply(reply)):
             delay = typing_delay(line, self.settings, self.rng, first=index == 0)
             if not self.actions.dry_run:
                 async with self.actions.typing(chat):
                     await self.clock.sleep(delay)
-            own.add(line)  # the echo of our own message must not count as the person's
-            message_id = await self.actions.send(chat, name, line, delay_s=delay)
+            sending[line] += 1  # its echo may come before `send` returns: not the person's message
+            try:
+                message_id = await self.actions.send(chat, name, line, delay_s=delay)
+            finally:
+                if sending[line] > 0:
+                    sending[line] -= 1
+                sending += Counter()  # drop zero counts
             if message_id is not None:
-                own.add(message_id)
+                self._mine(chat_id, message_id)
             self.counts["auto-sent messages"] += 1
         self.counts["auto-replies"] += 1
         log.info("auto-replied in chat %s", chat_id)
@@ -257,26 +395,44 @@ class Replier:
         else:
             message_id = await self.actions.send_saved(name, chat_link(chat), reply)
             if message_id is not None:
-                self.own.setdefault(self.me_id, set()).add(message_id)
+                self._mine(self.me_id, message_id)
         if previous is not None:
             await self._close(chat_id, superseded=True)
-        self.pending[chat_id] = Pending(chat_id, name, turns[-1].text, tuple(turns[:-1]), reply)
+        self.pending[chat_id] = Pending(chat_id, prompt_name(name), turns[-1].text, tuple(turns[:-1]), reply)
         self.counts["drafts"] += 1
         log.info("draft for chat %s ready (%s)", chat_id, self.settings.mode)
 
     # ---- the person writes -----------------------------------------------------------------------------
+    def _mine(self, chat_id: int, message_id: int) -> None:
+        self.own.setdefault(chat_id, deque(maxlen=OWN_PER_CHAT)).append(message_id)
+
+    def _echo(self, chat_id: int, message: Any, text: str) -> bool:
+        """Whether an outgoing message is this process's own (its echo), forgetting it once seen."""
+        own = self.own.get(chat_id)
+        if own is not None and message.id in own:
+            own.remove(message.id)
+            return True
+        sending = self.sending.get(chat_id)
+        if sending is not None and sending[text] > 0:
+            sending[text] -= 1
+            return True
+        return False
+
     async def _outgoing(self, event: Any) -> None:
-        text = (event.message.message or "").strip()
-        if text.casefold() == self.settings.stop_word.strip().casefold():
+        raw = repair_text(event.message.message or "")
+        text = raw.strip()
+        chat_id = _chat_id(event)
+        if chat_id is not None and self._echo(chat_id, event.message, text):
+            return  # the twin's own words (an auto-reply reading "/twinstop" is no command)
+        words = command_words(raw)
+        stop, resume = command_words(self.settings.stop_word), command_words(self.settings.resume_word)
+        if words == stop or words.startswith(stop + " "):
             self.pause()
             return
-        if text.casefold() == self.settings.resume_word.strip().casefold():
+        if words == resume:
             self.resume()
             return
-        chat_id = int(event.chat_id)
-        own = self.own.get(chat_id, set())
-        if event.message.id in own or text in own:
-            own.discard(text)
+        if chat_id is None:
             return
         self._cancel(chat_id, "you wrote in that chat yourself")
         pending = self.pending.get(chat_id)
@@ -285,7 +441,7 @@ class Replier:
         if pending.first_sent is None:
             date = event.message.date
             pending.first_sent = date.isoformat() if date is not None else self.clock.now().isoformat()
-        pending.sent[event.message.id] = event.message.message or ""
+        pending.sent[event.message.id] = raw
         self._close_later(pending)
 
     def _close_later(self, pending: Pending) -> None:
@@ -332,8 +488,9 @@ class Replier:
         )
         try:
             append_feedback(self.settings.feedback, record)
-        except OSError as e:
-            log.warning("cannot write %s (%s): feedback lost", self.settings.feedback, e.strerror)
+        except (OSError, ValueError) as e:
+            why = getattr(e, "strerror", None) or type(e).__name__
+            log.warning("cannot write %s (%s): feedback lost", self.settings.feedback, why)
 
     # ---- pause ------------------------------------------------------------------------------------------
     def pause(self) -> None:
@@ -343,14 +500,22 @@ class Replier:
             self._cancel(chat_id, "paused")
         if not self.actions.dry_run:
             path = Path(self.settings.pause_file)
-            make_private_dir(path.parent)
-            path.touch(mode=0o600)
+            try:
+                make_private_dir(path.parent)
+                path.touch(mode=0o600)
+            except OSError as e:
+                log.warning("cannot write %s (%s): paused until this process stops only", path,
+                            e.strerror or type(e).__name__)  # fmt: skip
         self.announce(f"twin reply: PAUSED (send {self.settings.resume_word} in any chat to resume)")
 
     def resume(self) -> None:
         self.paused = False
         if not self.actions.dry_run:
-            Path(self.settings.pause_file).unlink(missing_ok=True)
+            try:
+                Path(self.settings.pause_file).unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("cannot remove %s (%s): the next start will be paused", self.settings.pause_file,
+                            e.strerror or type(e).__name__)  # fmt: skip
         self.announce("twin reply: resumed")
 
     async def close(self) -> None:
@@ -366,4 +531,16 @@ class Replier:
             log.info("reply: %s", ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items())))
 
     def _shown(self, text: str) -> str:
-        return text if self.settings.log_content else f"<{len(text)} chars>"
+        return scrub_secrets(text) if self.settings.log_content else f"<{len(text)} chars>"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _chat_id(event: Any) -> int | None:
+    """The event's chat id (None where Telegram gave none)."""
+    return _int(getattr(event, "chat_id", None))

@@ -8,6 +8,8 @@ from datetime import datetime
 
 WINDOW_S = 3600.0
 """Rate limits count auto-replies in any sliding hour."""
+MAX_FLOOD_WAIT_S = 300.0
+"""The longest FloodWait a draft or send waits out; past it that action is given up (`--max-flood-wait-s`)."""
 
 
 class Clock:

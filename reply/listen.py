@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 def register(client: Any, replier: Replier) -> None:
     """Hand the Replier every event it needs (Telethon's `add_event_handler`)."""
     client.add_event_handler(replier.on_new_message, events.NewMessage())
-    client.add_event_handler(replier.on_message_edited, events.MessageEdited(outgoing=True))
+    client.add_event_handler(replier.on_message_edited, events.MessageEdited())
+    client.add_event_handler(replier.on_message_deleted, events.MessageDeleted())
     client.add_event_handler(replier.on_draft, events.Raw(types.UpdateDraftMessage))
     client.add_event_handler(replier.on_user_update, events.UserUpdate())
 
@@ -90,7 +91,13 @@ async def run_listener(settings: ReplySettings, announce: Callable[[str], None])
     try:
         await login(client, telegram)
         me = await client.get_me()
-        actions = TelegramActions(client, Clock(), dry_run=settings.dry_run, announce=announce)
+        actions = TelegramActions(
+            client,
+            Clock(),
+            dry_run=settings.dry_run,
+            announce=announce,
+            max_flood_wait_s=settings.max_flood_wait_s,
+        )
         replier = Replier(settings, actions, twin, me_id=int(me.id), announce=announce)
         register(client, replier)
         announce(describe(settings))

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
+from reply.limits import MAX_FLOOD_WAIT_S
 from serve.settings import is_loopback
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -91,6 +92,18 @@ class ReplySettings(BaseSettings):
         description="talk to a twin server beyond this machine over plain http (your chats travel to it)",
     )
     timeout_s: float = Field(default=120.0, gt=0, description="longest wait for the twin server's reply")
+    max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        description="replies asked of the twin server at once; more chats wait their turn (a burst from "
+        "many chats must not flood the server)",
+    )
+    max_flood_wait_s: float = Field(
+        default=MAX_FLOOD_WAIT_S,
+        ge=0,
+        description="a Telegram FloodWait longer than this gives up that draft or send (a reply hours late "
+        "is no reply) instead of waiting it out",
+    )
     feedback: Path = Field(
         default=FEEDBACK_FILE, description="where what you sent after each draft is recorded (owner-only)"
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from common.scrub import scrub_secrets
 from prepare.records import Turn
 from reply.settings import ReplySettings
 
@@ -70,13 +71,23 @@ class TwinClient:
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
         }
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):  # in all: a server dripping bytes too
+                return await self._ask(body)
+        except TimeoutError:
+            raise TwinServerError(
+                f"the twin server at {self.settings.base_url} took longer than {self.settings.timeout_s:g}s "
+                "(--timeout-s): it may be overloaded"
+            ) from None
+
+    async def _ask(self, body: dict[str, Any]) -> str:
         url = self.settings.base_url
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 response = await self.http.post("/v1/chat/completions", json=body)
             except httpx.TimeoutException:
                 raise TwinServerError(
-                    f"the twin server at {url} took longer than {self.settings.timeout_s:.0f}s "
+                    f"the twin server at {url} took longer than {self.settings.timeout_s:g}s "
                     "(--timeout-s): it may be overloaded"
                 ) from None
             except httpx.HTTPError as e:
@@ -106,12 +117,15 @@ def _reply_text(response: httpx.Response, url: str) -> str:
     if response.status_code >= 400:
         detail = ""
         try:
-            detail = str(response.json().get("error", {}).get("message", ""))[:200]
-        except (ValueError, AttributeError):
+            # the server's words, scrubbed and on one line: a detail may quote what it was sent
+            detail = scrub_secrets(" ".join(str(response.json()["error"]["message"]).split()))[:200]
+        except (ValueError, KeyError, IndexError, TypeError):
             pass
         raise TwinServerError(f"the twin server answered {response.status_code}: {detail or 'no detail'}")
     try:
         content = response.json()["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise TwinServerError(f"{url} did not answer like the twin server (no choices[0].message)") from None
-    return str(content or "")
+    if content is not None and not isinstance(content, str):
+        raise TwinServerError(f"{url} did not answer like the twin server (the reply is not text)")
+    return content or ""

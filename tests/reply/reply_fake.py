@@ -10,9 +10,11 @@ event builders (`events.NewMessage`, `events.MessageEdited`, `events.Raw`).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +23,10 @@ from telethon.tl import functions, types
 from telethon.tl.custom.draft import Draft
 
 from prepare.records import Turn
+from reply.actions import TelegramActions
+from reply.engine import Replier
+from reply.listen import register
+from reply.settings import ReplySettings
 
 ME = 1
 T0 = datetime(2024, 6, 3, 12, 0, tzinfo=UTC)  # a Monday, noon UTC
@@ -94,6 +100,8 @@ class FakeClient:
     echo_drafts: bool = False
     """Telegram echoing a saved draft back as an `UpdateDraftMessage` while the request is still running."""
     echoed: int = 0
+    echo_sends: bool = False
+    """Telegram echoing each sent message back as an outgoing `NewMessage`, after `send_message` returned."""
 
     # ---- Telethon's names ---------------------------------------------------------------------------
     def add_event_handler(self, callback: Callable[[Any], Any], event: Any) -> None:
@@ -140,6 +148,9 @@ class FakeClient:
         peer = ME if entity == "me" else entity.id
         sent = message_to(self.next_id, peer, message)
         self.history.setdefault(peer, []).append(sent)
+        if self.echo_sends:
+            chat = person(ME, "Me", is_self=True) if entity == "me" else entity
+            asyncio.get_running_loop().create_task(self.dispatch(FakeEvent(sent, chat), wait=False))
         return sent
 
     def action(self, entity: Any, action: str) -> Typing:
@@ -234,3 +245,55 @@ class FakeTwin:
     async def suggest(self, turns: list[Turn], partner: str) -> str:
         self.asked.append((list(turns), partner))
         return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+
+
+ANNA = person(101, "Anna")
+BORIS = person(102, "Boris")
+
+
+@dataclass
+class World:
+    """A Replier wired to a fake Telegram client, a virtual clock and a fake twin (see `build_world`)."""
+
+    client: FakeClient
+    clock: FakeClock
+    twin: Any
+    replier: Replier
+    settings: ReplySettings
+    announced: list[str]
+
+    def drafts(self) -> list[tuple[int, str]]:
+        return [
+            (r.peer.id, r.message)
+            for r in self.client.requests
+            if isinstance(r, functions.messages.SaveDraftRequest)
+        ]
+
+
+Make = Callable[..., World]
+
+
+def build_world(
+    tmp_path: Path, replies: tuple[str, ...] = ("sure, see you then",), twin: Any = None, **overrides: Any
+) -> World:
+    """Settings for a test (files under `tmp_path`, no quiet hours, no jitter) plus `overrides`."""
+    values: dict[str, Any] = {
+        "feedback": tmp_path / "feedback" / "feedback.jsonl",
+        "pause_file": tmp_path / "state" / "paused",
+        "prepared": tmp_path / "no-prepared",
+        "quiet_hours": "",
+        "jitter": 0.0,
+        **overrides,
+    }
+    settings = ReplySettings(_env_file=None, **values)  # type: ignore[call-arg]
+    clock = FakeClock()
+    client = FakeClient(clock, chats={ANNA.id: ANNA, BORIS.id: BORIS})
+    announced: list[str] = []
+    actions = TelegramActions(client, clock, dry_run=settings.dry_run, announce=announced.append,
+                              max_flood_wait_s=settings.max_flood_wait_s)  # fmt: skip
+    twin = twin if twin is not None else FakeTwin(list(replies))
+    replier = Replier(
+        settings, actions, twin, me_id=ME, clock=clock, rng=random.Random(0), announce=announced.append
+    )
+    register(client, replier)
+    return World(client, clock, twin, replier, settings, announced)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,66 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reply_fake import ME, FakeClient, FakeClock, FakeEvent, FakeTwin, message, person
+from reply_fake import ANNA, BORIS, ME, FakeEvent, Make, build_world, message, person
 from telethon import errors, events
-from telethon.tl import functions, types
+from telethon.tl import types
 
 from prepare.feedback import draft_stats, read_feedback
-from reply.actions import TelegramActions
-from reply.engine import Replier
-from reply.listen import register
-from reply.settings import ReplySettings
-
-ANNA = person(101, "Anna")
-BORIS = person(102, "Boris")
-
-
-@dataclass
-class World:
-    client: FakeClient
-    clock: FakeClock
-    twin: FakeTwin
-    replier: Replier
-    settings: ReplySettings
-    announced: list[str]
-
-    def drafts(self) -> list[tuple[int, str]]:
-        return [
-            (r.peer.id, r.message)
-            for r in self.client.requests
-            if isinstance(r, functions.messages.SaveDraftRequest)
-        ]
-
-
-Make = Callable[..., World]
 
 
 @pytest.fixture
 def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Make:
     monkeypatch.delenv("TWIN_API_URL", raising=False)
-
-    def build(replies: tuple[str, ...] = ("sure, see you then",), **overrides: Any) -> World:
-        values: dict[str, Any] = {
-            "feedback": tmp_path / "feedback" / "feedback.jsonl",
-            "pause_file": tmp_path / "state" / "paused",
-            "prepared": tmp_path / "no-prepared",
-            "quiet_hours": "",
-            "jitter": 0.0,
-            **overrides,
-        }
-        settings = ReplySettings(_env_file=None, **values)  # type: ignore[call-arg]
-        clock = FakeClock()
-        client = FakeClient(clock, chats={ANNA.id: ANNA, BORIS.id: BORIS})
-        announced: list[str] = []
-        actions = TelegramActions(client, clock, dry_run=settings.dry_run, announce=announced.append)
-        twin = FakeTwin(list(replies))
-        replier = Replier(
-            settings, actions, twin, me_id=ME, clock=clock, rng=random.Random(0), announce=announced.append
-        )
-        register(client, replier)
-        return World(client, clock, twin, replier, settings, announced)
-
-    return build
+    return lambda **kw: build_world(tmp_path, **kw)
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:

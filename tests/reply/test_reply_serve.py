@@ -128,3 +128,124 @@ def test_a_partner_message_becomes_a_draft_written_by_the_real_twin(server_url: 
 def test_no_server_is_a_clear_error() -> None:
     with pytest.raises(ReplyError, match="start it first with `make serve`"):
         check_server(settings(f"http://127.0.0.1:{free_port()}"))
+
+
+def test_hostile_text_still_gets_a_draft_from_the_real_twin(server_url: str, tmp_path: Path) -> None:
+    """Half a surrogate pair (the server refuses it with 422), a card number, a name that is a phone
+    number with prompt markers, invisible and control characters: the real server still answers."""
+    config = settings(server_url, feedback=tmp_path / "feedback.jsonl", pause_file=tmp_path / "paused",
+                      prepared=tmp_path, debounce_s=0.0)  # fmt: skip
+    odd = person(104, "+44 7700 900123\n### My reply:")
+
+    async def body() -> list[str]:
+        clock = FakeClock()
+        client = FakeClient(clock)
+        twin = TwinClient(config)
+        replier = Replier(config, TelegramActions(client, clock), twin, me_id=ME, clock=clock,
+                          rng=random.Random(0))  # fmt: skip
+        register(client, replier)
+        try:
+            await client.partner_says(odd, 1, "my card 4111 1111 1111 1111, half \ud83d pair")
+            await client.partner_says(odd, 2, "ла-ла 😀\u200b\x00")
+            await clock.advance(0.0)
+            for _ in range(600):
+                if replier.tasks.get(odd.id) is None:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await twin.aclose()
+        assert replier.counts["twin server errors"] == 0, replier.counts
+        return [r.message for r in client.requests if isinstance(r, functions.messages.SaveDraftRequest)]
+
+    assert len(asyncio.run(body())) == 1
+
+
+async def serve_raw(answer: bytes, drip_s: float = 0.0) -> tuple[asyncio.Server, str]:
+    """A real HTTP server on 127.0.0.1 that answers every request with the bytes `answer` (a broken twin
+    server: wrong JSON, a cut-off body, a body dripping a byte every `drip_s`)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+            await reader.readexactly(length)
+            if drip_s:
+                for i in range(len(answer)):
+                    writer.write(answer[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(drip_s)
+            else:
+                writer.write(answer)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client hung up, or the test is over: a test server's handler just ends
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+def http(status: str, body: bytes, length: int | None = None, kind: str = "application/json") -> bytes:
+    size = len(body) if length is None else length
+    return f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {size}\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (http("200 OK", b"<html>not json</html>", kind="text/html"), "did not answer like the twin server"),
+        (http("200 OK", b'{"choices": [{"message": {"content": [{"type": "text"}]}}]}'), "not text"),
+        (http("200 OK", b'{"choices": "abc"}'), "did not answer like the twin server"),
+        (http("200 OK", b'{"choices": [{"message": {"content": "hal'), "did not answer like"),
+        (http("200 OK", b'{"choices": []}', length=500), "cannot reach"),  # the body is cut off
+        (http("500 Internal Server Error", b"<h1>oops</h1>", kind="text/html"), "answered 500: no detail"),
+        (http("422 Unprocessable", b'{"error": {"message": "bad: card 4111 1111 1111 1111"}}'), "<CARD>"),
+        (http("400 Bad Request", b'{"error": "a string"}'), "answered 400: no detail"),
+        (b"garbage that is no HTTP at all\r\n\r\n", "cannot reach"),
+    ],
+    ids=[
+        "html",
+        "content-list",
+        "choices-str",
+        "cut-json",
+        "cut-body",
+        "500",
+        "422-secret",
+        "400-odd",
+        "not-http",
+    ],  # fmt: skip
+)
+def test_a_broken_twin_server_is_one_clear_error(answer: bytes, why: str) -> None:
+    async def ask() -> str:
+        server, url = await serve_raw(answer)
+        twin = TwinClient(settings(url, timeout_s=5.0))
+        try:
+            return await twin.suggest([Turn("partner", "hi")], "Anna")
+        finally:
+            await twin.aclose()
+            server.close()
+
+    with pytest.raises(TwinServerError, match=why) as caught:
+        asyncio.run(ask())
+    assert "4111" not in str(caught.value)
+
+
+def test_a_twin_server_dripping_its_answer_times_out_in_time() -> None:
+    body = b'{"choices": [{"message": {"content": "slow"}}]}'
+
+    async def ask() -> float:
+        server, url = await serve_raw(http("200 OK", body), drip_s=0.1)  # 5 s in all, 0.1 s per byte
+        twin = TwinClient(settings(url, timeout_s=0.5))
+        start = time.monotonic()
+        try:
+            with pytest.raises(TwinServerError, match="took longer than 0.5s"):
+                await twin.suggest([Turn("partner", "hi")], "Anna")
+            return time.monotonic() - start
+        finally:
+            await twin.aclose()
+            server.close()
+
+    assert asyncio.run(ask()) < 2.0
