@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_scrub_probe import ORDINARY as PROBED_ORDINARY
+from test_scrub_probe import PROBED
 
 from common.scrub import maybe_secret, scrub_secrets, scrub_secrets_with_counts
 
@@ -137,6 +139,10 @@ ORDINARY: list[str] = [
     "Der Code ist fertig",
     "el código está listo",
 ]
+
+
+TYPED += PROBED  # a second, independent probe's secrets (tests/common/test_scrub_probe.py)
+ORDINARY += PROBED_ORDINARY
 
 
 @pytest.mark.parametrize(
