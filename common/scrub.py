@@ -12,7 +12,8 @@ adapted from Yelp's detect-secrets plugins (Apache-2.0, https://github.com/Yelp/
 `aws.py` (AKIA key ids), `github_token.py`, `slack.py`, `telegram_token.py`, `openai.py`, `gcp_key.py`,
 `jwt.py`, `private_key.py`, `basic_auth.py`, the keyword list of `keyword.py` and the Shannon-entropy
 test of `high_entropy_strings.py`. Checksums keep look-alike numbers out: Luhn for cards, ISO 13616
-mod-97 for IBANs, python-stdnum for INN/SSN, the documented SNILS checksum, BIP-39's for seed phrases.
+mod-97 for IBANs (also typed without the country letters), python-stdnum for INN/SSN and
+the TC kimlik, codice fiscale and Portuguese NIF, the documented SNILS checksum, BIP-39's for seed phrases.
 
 Numbers broken by a line break (also two messages of one sender, which prepare joins with a newline
 into one turn) are caught as one number, and a replacement always takes the whole value.
@@ -71,9 +72,11 @@ _KEYWORDS = (
     r"pass|pwd|pw|psw|pasw|contrase|парол|порол|пасс|pin|пин|пін|clave|mdp|senha|kennwort|has[łl]o|wachtwoord|cvv|cvc|csc|свв|цвв|code|код|c[oó]dig|codic|kod|otp|2fa|sms|смс"
     r"|key|ключ|token|токен|secret|секрет|bearer|sig|auth|cred|aws"
     r"|wi-?fi|wlan|вай-?фа|gfhjk|зфыы|згв|ifre|parola|ssid"  # Wi-Fi; "пароль"/"pwd" in the other layout
+    r"|🔐|🔑|🗝"  # a key emoji before a password
     r"|login|лог[иі]н|учетк|доступ|:[^\s/\d]"  # user:password pairs ("admin:Admin123!", "creds: u:p")
     r"|to verif|to confirm"  # "use 4829 to verify"
     r"|домофон|intercom|keypad|buzzer|lockbox|door|двер|gate|калитк|ворот|подъезд"  # door codes
+    r"|domofon|citofon"
     r"|the back|on back|reverse|оборот|обратн|сзади"  # card codes in words
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
     r"|ausweis|pasaport|passeport|passaport|id.?card|identit|мфо"  # IDs of letters and digits; short codes
@@ -354,10 +357,12 @@ _PW_ANY = re.compile(
     r"pass|pwd|pw|psw|pasw|парол|порол|пасс|pin|пин|пін|wi-?fi|wlan|вай|gfhjk|зфыы|згв|contrase|network key"
     r"|security key|wpa|clave|mdp|senha|kennwort|has[łl]o|wachtwoord"
     r"|ключ сети|ключ безопасности|[şs]ifre|parola"
-    r"|ssid|network|netzwerk|r[ée]seau|rete|sie[ćc]|сеть|сети|мереж",
+    r"|ssid|network|netzwerk|r[ée]seau|rete|sie[ćc]|сеть|сети|мереж|\U0001f510|\U0001f511|\U0001f5dd",
     re.IGNORECASE,
 )
 _NEXT_TOKEN = re.compile(r"[ \t]*\n?[ \t]*(\S+)")
+_KEY_EMOJI = re.compile("[\U0001f510\U0001f511\U0001f5dd][\ufe0f]?")  # 🔐 🔑 🗝
+_EMOJI = re.compile("[\u2190-\u2bff\U0001f000-\U0001faff\ufe0f\u200d]+")  # a token of emoji alone
 _SPACED_PIN = re.compile(r"\d{1,4}(?:[ -]\d{1,4}){1,7}(?![\d.,:/-]?\d)")  # a PIN typed in groups
 _SEP_TOKENS = frozenset({":", "=", ":=", "-", "–", "—", "->", "=>"})
 _SEP_WORDS = frozenset(
@@ -368,7 +373,8 @@ _SEP_WORDS = frozenset(
 # value named by these must look made-up unless a ":" or "=" gives it.
 _FOREIGN_KW = frozenset(
     """contraseña contraseñas mot de passe mdp clave senha senhas kennwort hasło haslo wachtwoord
-    passwort parola şifre şifrem şifren şifresi şifreniz sifre sifrem sifresi""".split()
+    passwort parola şifre şifrem şifren şifresi şifreniz sifre sifrem sifresi \U0001f510 \U0001f511
+    \U0001f5dd""".split()
 )
 # "the password has 12345678 in it", "пароль содержит 8 цифр": a verb that describes the password, so
 # what follows is no value.
@@ -501,6 +507,10 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False, labeled: b
             return None
         tok, start = t.group(1), t.start(1)
         pos = t.end()
+        if _EMOJI.fullmatch(tok):
+            if _KEY_EMOJI.match(tok):
+                return None  # "wifi 🔐 X": the key emoji is a keyword of its own
+            continue  # "WiFi 📶 X": decoration
         if tok in _SEP_TOKENS or tok.lower().rstrip(":") in _SEP_WORDS:
             colon = colon or tok.endswith(":") or tok == "="
             explicit, by_word = True, by_word or tok.lower().rstrip(":") in _SEP_WORDS
@@ -621,6 +631,8 @@ def _password_keywords(text: str) -> Iterator[tuple[str, int, bool]]:
         # "ключ от вайфая qwerty123", "wifi key sunny2020": the key of a network is its password.
         keyed = _NETWORK_KEY.search(text, max(0, m.start() - 16), m.start()) is not None
         yield ("пароль" if keyed else m.group("kw").lower()), m.end(), not keyed
+    for m in _KEY_EMOJI.finditer(text):
+        yield m.group()[0], m.end(), False  # "WiFi 📶 Guest_Net 🔐 welcome2024": a key names the password
     for m in _NET_KEY.finditer(text):
         # "SSID: HomeNet, key: 87654321": a key named after a network is its password
         if _NET_NAME.search(text, max(0, m.start() - _NET_NEAR), m.start()) is not None:
@@ -665,9 +677,10 @@ def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
     segment = text[pos : stop.start() if stop else end]
     if _NO_VALUE_CONTEXT.search(segment):
         return None
-    for i, word in enumerate(_WORD.finditer(segment)):
-        if i >= 8:
-            break
+    words = list(_WORD.finditer(segment))[:9]
+    for i, word in enumerate(words[:8]):
+        if i + 1 < len(words) and _KEY_EMOJI.fullmatch(words[i + 1].group()):
+            return None  # "WiFi Guest_Net 🔐 X": a name, then the key emoji names the password
         core = _value_core(word.group().strip(":=—-–"))
         if PLACEHOLDER.search(core) or "://" in core or "@" in core:
             return None
@@ -827,6 +840,42 @@ def _check_recovery_key(m: re.Match[str]) -> Span | None:
     return _group(m, "PASSWORD") if one_key or any(c.isdigit() for c in value) else None
 
 
+# Numbers spelled out, as people read a card's code aloud ("CVV: seven two one", "код: триста двенадцать").
+_DIGIT_WORDS = frozenset(
+    """zero one two three four five six seven eight nine ноль нуль один одна два две три четыре пять шесть
+    семь восемь девять один одна чотири п'ять шість сім вісім дев'ять cero uno dos tres cuatro cinco seis
+    siete ocho nueve zéro un deux trois quatre cinq six sept huit neuf null eins zwei drei vier fünf sechs
+    sieben acht neun due tre quattro sei sette otto nove jeden dwa trzy cztery pięć sześć siedem osiem
+    dziewięć""".split()
+)
+_TENS_WORDS = frozenset(
+    """twenty thirty forty fifty sixty seventy eighty ninety двадцать тридцать сорок пятьдесят шестьдесят
+    семьдесят восемьдесят девяносто""".split()
+)
+_TEEN_WORDS = frozenset(
+    """ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen десять одиннадцать
+    двенадцать тринадцать четырнадцать пятнадцать шестнадцать семнадцать восемнадцать девятнадцать""".split()
+)
+_HUNDRED_WORDS = frozenset(
+    """hundred сто двести триста четыреста пятьсот шестьсот семьсот восемьсот девятьсот""".split()
+)
+_ANY_NUMBER_WORD = _trie_pattern(
+    sorted(_DIGIT_WORDS | _TENS_WORDS | _TEEN_WORDS | _HUNDRED_WORDS, key=len, reverse=True)
+)
+_NUMBER_WORD = re.compile(r"(?<![^\W\d_])(?:" + _ANY_NUMBER_WORD + r")(?![^\W\d_])", re.IGNORECASE)
+_NUMBER_WORDS = (
+    r"(?:" + _ANY_NUMBER_WORD + r")(?:(?:[ \t]*,[ \t]*|[ \t]+|-)(?:and[ \t]+)?(?:" + _ANY_NUMBER_WORD
+    + r")){1,5}(?![^\W\d_])"
+)  # fmt: skip
+
+
+def _number_word_kind(word: str) -> str:
+    word = word.lower()
+    if word in _HUNDRED_WORDS:
+        return "hundred"
+    return "tens" if word in _TENS_WORDS else "teen" if word in _TEEN_WORDS else "digit"
+
+
 _BACK = (
     r"(?:on|from|at|на|с|со)[ \t]+(?:the[ \t]+)?(?:back|reverse|оборот\w{0,2}|обратной[ \t]+стороны?"
     r"|обратн\w+[ \t]+сторон\w{0,2}|задней[ \t]+сторон\w{0,2}|спине)"
@@ -838,9 +887,49 @@ _CVV = re.compile(
     r"|(?:(?:the[ \t]+)?(?:three|four|3|4|три|четыре|3-?х|тр[её]х)[ \t]+)?(?:digits?|numbers?|цифр\w{0,2}"
     r"|код\w{0,2}|code|число|номер)[ \t]+(?:" + _BACK + r"|сзади)"
     r"|" + _BACK + r"[ \t]+(?:of[ \t]+(?:the|my|your)[ \t]+card|карты))"
-    r"[^\d\n<]{0,24}?(?<![\w-])(?P<value>\d{3,4})(?![\d.,:/-]\d|\d)",  # never across a placeholder
+    r"[^\d\n<]{0,24}?(?<![\w-])(?P<value>\d{3,4}|\d(?:[ \t-]\d){2,3}(?![ \t-]?\d)|" + _NUMBER_WORDS + r")"
+    r"(?![\d.,:/-]\d|\d)",  # never across a placeholder
     re.IGNORECASE,
 )
+
+
+def _check_cvv(m: re.Match[str]) -> Span | None:
+    """Digits, or a number spelled out: three or four digit words ("seven two one") or a number of the
+    hundreds ("семьсот двенадцать", "seven twenty one"), so "seven people" or "forty two" is no code."""
+    words = _NUMBER_WORD.findall(m.group("value"))
+    if words:
+        if _COUNT_AFTER.match(m.string, m.end()):
+            return None  # "триста двенадцать рублей": a price
+        kinds = [_number_word_kind(w) for w in words]
+        digits_only = all(k == "digit" for k in kinds)
+        if not (
+            (digits_only and 3 <= len(words) <= 4)
+            or "hundred" in kinds
+            or (len(words) >= 2 and kinds[0] == "digit" and kinds[1] in ("tens", "teen"))
+        ):
+            return None
+    return _group(m, "CARD")
+
+
+# A 2FA/TOTP secret typed as the authenticator app shows it, in groups of four base32 characters, after a
+# word naming it: "TOTP key JBSW Y3DP EHPK 3PXP", "setup key: gezd gnbv gy3t qojq ...". Unspaced, the
+# keyword rule takes it (a random-looking string); spaced, each group is too short for that.
+_TOTP = re.compile(
+    r"(?<![\w<>])(?:totp|2fa|mfa|otp|authenticat\w*|аутентифик\w*|setup[ \t]+key|key|keys|secret|ключ\w{0,2}"
+    r"|секрет\w{0,2}|schl[üu]ssel|clave|cl[ée]|chiave|klucz|anahtar\w{0,3})(?![^\W\d_])"
+    r"[^\n<]{0,40}?(?:\n[ \t]*)?(?<![\w-])"
+    r"(?P<value>[A-Za-z2-7]{4}(?:[ \t-][A-Za-z2-7]{4}){3,15}(?:[ \t-][A-Za-z2-7]{1,4})?)(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def _check_totp(m: re.Match[str]) -> Span | None:
+    """Machine-made: one case throughout and base32's digits in it ("ABCD EFGH IJKL MNOP" is the alphabet)."""
+    value = m.group("value")
+    letters = "".join(c for c in value if c.isalpha())
+    one_case = letters.isupper() or letters.islower()
+    return _group(m, "API_KEY") if one_case and any(c.isdigit() for c in value) else None
+
 
 # ---- door, gate and intercom codes ---------------------------------------------------------------
 # "код домофона 1234", "door code is 4721#", "подъезд 3, код 56К7890", "код 4521 от подъезда": a code word
@@ -852,20 +941,23 @@ _ACCESS_PLACE = (
     r"|lockbox|key[ \t]?box|safe|alarm|garage|locker|padlock|lock|зайти|войти|get[ \t]+in"
     r"|digicode|interphone|t[üu]rcode|torcode|portal|porte|portail|puerta|port[ãa]o|t[üu]r|haust[üu]r"
     r"|під['’ʼ]?їзд\w*|двер\w*"
+    r"|klatk\w*|domofon\w*|bram\w*|furtk\w*|drzwi|portone|cancell\w*|citofon\w*|porta|kap[ıi]\w{0,3}"
+    r"|deur\w*|poort\w*|immeuble|entr[ée]e|b[aâ]timent|eingang|hauseingang"
 )
 _ACCESS_IMPLIED = frozenset(
     {"intercom", "keypad", "buzzer", "lockbox", "keybox", "key box", "digicode", "interphone", "türcode",
-     "turcode", "torcode"}
+     "turcode", "torcode", "deurcode", "poortcode", "citofono"}
 )  # fmt: skip
 _ACCESS_KEYWORD = re.compile(
     r"(?<![\w<>])(?:(?P<place>"
     + _ACCESS_PLACE
-    + r")|(?P<code>codes?|код\w{0,4}|c[óo]digos?|codice|pin|пин|combo|combination"
+    + r")|(?P<code>codes?|код\w{0,4}|kod\w{0,3}|c[óo]digos?|codice|pin|пин|combo|combination"
     r"|комбинаци\w*|шифр\w{0,2}))(?![^\W_])",
     re.IGNORECASE,
 )
 _ACCESS_VALUE = re.compile(
-    r"(?<![\w#*.,:/-])(?:[#*]?\d[\dA-Za-zА-Яа-яЁё#*]{1,11}|[A-Za-zА-Яа-яЁё]\d{3,8}[#*]?)(?![\w#*]|[.,:/-]\d)"
+    r"(?<![\w#*.,:/-])(?:[#*]?\d[\dA-Za-zА-Яа-яЁё#*]{1,11}|[A-Za-zА-Яа-яЁё]\d{3,8}[#*]?"
+    r"|\d(?:[ -]\d){2,7}(?![ -]?\d)[#*]?)(?![\w#*]|[.,:/-]\d)"  # or a digit at a time: "6-6-1-2", "1 2 3 4"
 )
 _NOT_A_DOOR = re.compile(
     r"(?:zip|postal|post|promo|area|country|source|qr|bar|discount|referral|error|status|почтов\w*|промо"
@@ -940,7 +1032,7 @@ def _find_door_codes(text: str, matches: list[re.Match[str]]) -> Iterator[Span]:
         else:
             place = m.group("place").lower().replace(" ", "")
             # A keypad or intercom names a code by itself; any other place needs the keypad's # or *.
-            implied = place in _ACCESS_IMPLIED or place.startswith("домофон")
+            implied = place in _ACCESS_IMPLIED or place.startswith(("домофон", "domofon"))
             span = _access_value(text, m.end(), "intercom" if implied else "keypad")
         if span is not None:
             found.append(span)
@@ -967,6 +1059,10 @@ _ID_KEYWORD = re.compile(
     r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
     r"|(?P<dni>dni|nie|nif)|(?P<idnr>steuer[ \t-]?id|steuer-?identifikationsnummer|idnr)|(?P<pesel>pesel)"
     r"|(?P<cpf>cpf)|(?P<aadhaar>aadhaa?r)"
+    r"|(?P<tckn>(?:t\.?[ \t]?c\.?[ \t]*)?kimlik(?:[ \t]+(?:no\.?|numaras\w*|numaram\w*|nr\.?))?"
+    r"|tckn|tc[ \t]+no)"
+    r"|(?P<cf>codice[ \t]+fiscale|cod\.?[ \t]*fisc(?:ale)?\.?|c\.?f\.?)"
+    r"|(?P<nif_pt>(?:n[úu]mero[ \t]+(?:de[ \t]+)?)?contribuinte|nipc)"
     r"|(?P<nino>national[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|ni[ \t]+(?:number|no\.?)|nino)"
     r"|(?P<license>driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e"
     r"|водительск\w*[ \t]+(?:права|удостоверени\w*)|вод\.?[ \t]?удостоверени\w*))"
@@ -1001,11 +1097,19 @@ _ID_VALUES: dict[str, re.Pattern[str]] = {
     ),
     # after "sin" or "nie" (words too) also checked by their check digits (`_id_checks`)
     "sin": re.compile(_LEAD + r"(?P<value>\d{3}[ \t-]?\d{3}[ \t-]?\d{3})(?![\d-])"),
-    "dni": re.compile(_LEAD + r"(?P<value>[XYZ]?[ \t-]?\d{7,8}[ \t-]?[A-Z])(?!\w)", re.IGNORECASE),
+    # Spain's DNI/NIE/NIF, or Portugal's NIF of nine digits (checked in `_find_id_numbers_by_keyword`)
+    "dni": re.compile(
+        _LEAD + r"(?P<value>[XYZ]?[ \t-]?\d{7,8}[ \t-]?[A-Z]|\d{3}[ \t]?\d{3}[ \t]?\d{3}(?![ \t]?\d))(?!\w)",
+        re.IGNORECASE,
+    ),
     "idnr": re.compile(_LEAD + r"(?P<value>\d{2}[ \t]?\d{3}[ \t]?\d{3}[ \t]?\d{3})(?!\d)"),
     "pesel": re.compile(_LEAD + r"(?P<value>\d{11})(?!\d)"),
     "cpf": re.compile(_LEAD + r"(?P<value>\d{3}\.?\d{3}\.?\d{3}-?\d{2})(?![\d-])"),
     "aadhaar": re.compile(_LEAD + r"(?P<value>\d{4}[ \t-]?\d{4}[ \t-]?\d{4})(?![\d-])"),
+    "tckn": re.compile(_LEAD + r"(?P<value>\d{3}[ \t]?\d{3}[ \t]?\d{3}[ \t]?\d{2})(?![\d-])"),
+    "cf": re.compile(_LEAD + r"(?P<value>[A-Z]{6}[ \t]?[0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{2}[ \t]?[A-Z]"
+                     r"[0-9LMNPQRSTUV]{3}[A-Z])(?!\w)", re.IGNORECASE),
+    "nif_pt": re.compile(_LEAD + r"(?P<value>\d{3}[ \t]?\d{3}[ \t]?\d{3})(?![\d-])"),
     "nino": re.compile(
         r"[^\d<]{0,30}?(?<![\w-])(?P<value>[A-Z]{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}" + _SP + r"?\d{2}(?:"
         + _SP + r"?[A-D])?)(?![\w])",
@@ -1022,9 +1126,15 @@ def _id_checks() -> dict[str, Callable[[str], bool]]:
     from stdnum.de import idnr
     from stdnum.es import dni, nie
     from stdnum.in_ import aadhaar
+    from stdnum.it import codicefiscale
     from stdnum.pl import pesel
+    from stdnum.pt import nif
+    from stdnum.tr import tckimlik
 
     return {
+        "tckn": tckimlik.is_valid,
+        "cf": codicefiscale.is_valid,
+        "nif_pt": nif.is_valid,
         "sin": sin.is_valid,
         "dni": lambda v: bool(dni.is_valid(v) or nie.is_valid(v)),
         "idnr": idnr.is_valid,
@@ -1032,6 +1142,9 @@ def _id_checks() -> dict[str, Callable[[str], bool]]:
         "cpf": cpf.is_valid,
         "aadhaar": aadhaar.is_valid,
     }
+
+
+_ALWAYS_CHECKED = frozenset({"tckn", "cf", "nif_pt"})
 
 
 def _find_id_numbers_by_keyword(text: str) -> Iterator[Span]:
@@ -1046,6 +1159,10 @@ def _find_id_numbers_by_keyword(text: str) -> Iterator[Span]:
         # digits must pass
         word = m.group(0)
         check = _id_checks().get(kind) if word.lower() in ("sin", "nie") and not word.isupper() else None
+        if kind in _ALWAYS_CHECKED:  # short or common words ("CF", "kimlik"): the check digits decide
+            check = _id_checks()[kind]
+        elif kind == "dni" and v.group("value").isdigit():
+            check = _id_checks()["nif_pt"]  # nine digits after "NIF": Portugal's, mod 11
         if check is not None and not check(re.sub(r"[\s.-]", "", v.group("value")).upper()):
             continue
         yield _group(v, "ID_NUMBER")
@@ -1070,6 +1187,17 @@ _NINO_SHAPE = re.compile(
     + _SP
     + r"?[A-D])(?!\w)"
 )
+# Italy's codice fiscale has a shape of its own (surname, name, birth date and place, check letter): taken
+# without a keyword when its check letter holds.
+_CF_SHAPE = re.compile(
+    r"(?<![\w<>])(?:[A-Z]{6}\d\d[A-EHLMPRST]\d\d[A-Z]\d{3}[A-Z]|[a-z]{6}\d\d[a-ehlmprst]\d\d[a-z]\d{3}[a-z])(?!\w)"
+)
+
+
+def _check_cf_shape(m: re.Match[str]) -> Span | None:
+    return _whole("ID_NUMBER", _id_checks()["cf"](m.group(0).upper()), m)
+
+
 _NINO_BAD_PREFIXES = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
 _PHONE_PREFIX = re.compile(r"\+\d{1,4}[ \t]*\(?\d{0,4}\)?[ \t]*$")
 
@@ -1133,7 +1261,8 @@ _BANK_KEYWORD = re.compile(
     r"(?<![\w<>])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
     r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
     r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|acc\.?|routing(?:[ \t]+(?:number|no\.?))?"
-    r"|a/c|aba|rtn|blz|bankleitzahl|konto(?:nummer|nr\.?)?|рахун\w*|р/р|cuenta|compte|conta)"
+    r"|a/c|aba|rtn|blz|bankleitzahl|kont[oa](?:nummer|nr\.?)?|rachun\w*|nrb|рахун\w*|р/р|cuenta|compte"
+    r"|conta|conto|hesap\w{0,3}|rekening\w*|[úu][čc]et\w{0,2}|sz[áa]mla\w{0,6})"
     r"|(?P<mfo>мфо))"
     r"(?![^\W\d_])",
     re.IGNORECASE,
@@ -1142,8 +1271,21 @@ _BANK_VALUES: dict[str, re.Pattern[str]] = {
     "bik": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){8})(?![\d-])"),
     "sort": re.compile(_LEAD + r"(?P<value>\d{2}-\d{2}-\d{2})(?![\d-])"),
     "mfo": re.compile(_LEAD + r"(?P<value>\d{6})(?![\d-])"),  # Ukraine's bank code
-    "account": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){7,19})(?![\d-])"),
+    "account": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){7,33})(?![\d-])"),
 }
+# An IBAN typed without its country letters after an account word ("numer konta 61 1090 1014 0000 0712
+# 1981 2874": Poland's NRB is the IBAN's check digits and BBAN): the country's length and mod-97 decide.
+_NATIONAL_IBAN = re.compile(_LEAD + r"(?P<value>\d\d(?:" + _GAP + r"?[0-9A-Z]){10,32})(?![\w-])")
+_IBAN_BY_LENGTH: dict[int, tuple[str, ...]] = {
+    n - 2: tuple(cc for cc, length in IBAN_LENGTHS.items() if length == n) for n in set(IBAN_LENGTHS.values())
+}
+
+
+def national_iban_ok(compact: str) -> bool:
+    """Whether `compact` (check digits and BBAN) is an IBAN of some country once its letters are added."""
+    return any(iban_ok(cc + compact) for cc in _IBAN_BY_LENGTH.get(len(compact), ()))
+
+
 # An account number without a keyword: 20 digits, a ledger account of 30xxx/40xxx/42xxx..., then the
 # currency (ISO 4217 numeric: 810/643 rouble, 840 dollar, 978 euro, 156 yuan, ...).
 _ACCOUNT_20 = re.compile(r"(?<![\w.,/+<-])\d(?:" + _GAP + r"?\d){19}(?![\w/]|[.,-]\d)")
@@ -1152,6 +1294,11 @@ _ACCOUNT_CURRENCIES = frozenset({"810", "643", "840", "978", "156", "826", "756"
 
 def _find_bank_by_keyword(text: str) -> Iterator[Span]:
     for m in _BANK_KEYWORD.finditer(text):
+        if m.lastgroup == "account":
+            n = _NATIONAL_IBAN.match(text, m.end())
+            if n is not None and national_iban_ok(_IBAN_GAPS.sub("", n.group("value"))):
+                yield _group(n, "IBAN")
+                continue
         v = _BANK_VALUES[m.lastgroup or "account"].match(text, m.end())
         if v is not None:
             yield _group(v, "BANK_ACCOUNT")
@@ -1410,9 +1557,11 @@ _PHONE = re.compile(
     r"|[2-9]\d\d [2-9]\d\d \d{4}"  # with spaces only when the exchange starts with 2-9, too: 415 555 2671
     r"|0\d{2,4}" + _N + r"?\d{3,4}" + _N + r"?\d{3,4}"
     r"|0\d{2}" + _N + r"\d{3}" + _N + r"\d{2}" + _N + r"\d{2}"  # 067 123 45 67
-    r"|0[1-9](?:[ .]\d{2}){4}"  # 06 12 34 56 78
+    r"|0[1-9](?: \d{2}){4}|0[1-9](?:\.\d{2}){4}"  # 06 12 34 56 78 (one separator throughout)
     r"|0\d{3}" + _N + r"\d{3}" + _N + r"\d{2}" + _N + r"\d{2}"  # Turkey: 0532 123 45 67
-    r"|[6-9]\d\d(?:[ .]\d\d){3}"  # Spain without +34: 612 34 56 78 (no thousands are grouped in twos)
+    # Spain without +34: 612 34 56 78 (no thousands are grouped in twos), one separator throughout: a
+    # number before a date ("room 600 01.01.99") is none
+    r"|[6-9]\d\d(?: \d\d){3}|[6-9]\d\d(?:\.\d\d){3}"
     r"|01[5-7]\d" + _N + r"?\d{7,8}"  # 0151 23456789
     r")(?![\w/-]|[.,:]\d)"
 )
@@ -1479,7 +1628,8 @@ _CARD_SHORT = {
 # "номер карты 2200 7001 2345 6789", "тинькофф 5536 9137 1234 5678": 16 digits written in fours, or called
 # a card, are a card even when the check digit is off (a typo in it, or a number made up for a test).
 _CARD_WORD = re.compile(
-    r"(?<![^\W\d_])(?:card|карт[аыуеойи]?|карточк\w{0,3}|visa|master[ \t]?card|maestro|amex|tarjeta|karte)"
+    r"(?<![^\W\d_])(?<!<)(?:card|карт[аыуеойи]?|карточк\w{0,3}|visa|master[ \t]?card|maestro|amex"
+    r"|tarjeta|karte)"  # not the "<CARD>" of a card already replaced
     r"(?![^\W\d_])[^\d\n<]{0,24}$",
     re.IGNORECASE,
 )
@@ -1528,8 +1678,10 @@ _CARD_TAIL_LEAD = r"[ \t,;|]*(?:\n[ \t]*)?"
 _CARD_TAIL = re.compile(
     r"<CARD>(?:"
     + _CARD_TAIL_LEAD
-    + r"(?:(?:exp\w*|valid\w*|срок\w*|до|действ\w*|g[üu]ltig\w*|bis|cad\w*|venc\w*"
-    r"|val\.?)[ \t.:]*)?(?P<exp>(?:0[1-9]|1[0-2])[ \t]?[/.\\-][ \t]?(?:20)?\d\d)(?![\d/.]|-\d))?"
+    + r"(?P<exp_kw>(?:exp\w*|valid\w*(?:[ \t]+(?:thru|through|until|till))?|срок\w*|до|действ\w*"
+    r"|g[üu]ltig\w*|bis|cad\w*|venc\w*|val\.?)[ \t.:]*)?"
+    # "exp 0826": without the slash only after a word naming the expiry (checked in `_find_card_tails`)
+    r"(?P<exp>(?:0[1-9]|1[0-2])(?:[ \t]?[/.\\-][ \t]?(?:20)?\d\d|\d\d))(?![\d/.]|-\d))?"
     r"(?:" + _CARD_TAIL_LEAD + r"(?:(?:cvv2?|cvc2?|csc|cvn|cid|код|code|pin|пин)[ \t.:=-]*)?"
     r"(?P<cvv>\d{3,4})(?![\w.,:/-]\d|\d|[^\W\d_]))?",
     re.IGNORECASE,
@@ -1538,13 +1690,16 @@ _CARD_TAIL = re.compile(
 
 def _find_card_tails(text: str) -> Iterator[Span]:
     for m in _CARD_TAIL.finditer(text):
+        exp = m.group("exp")
+        if exp is not None and exp.isdigit() and m.group("exp_kw") is None:
+            exp = None  # "<CARD> 1234": four digits alone are no expiry
         # a bare number after the card only right after its expiry, or named: "<CARD>, 1500 руб" stays
         bare = m.group("cvv") is not None and not text[
             m.end("exp") if m.group("exp") else m.start() + 6 : m.start("cvv")
         ].strip(" \t,;|\n")
-        if m.group("exp"):
+        if exp:
             yield _group(m, "CARD", "exp")
-        if m.group("cvv") and (m.group("exp") or not bare):
+        if m.group("cvv") and (exp or not bare):
             yield _group(m, "CARD", "cvv")
 
 
@@ -1579,7 +1734,7 @@ def _check_hex_key(m: re.Match[str]) -> Span | None:
 
 _IBAN_SEP = r"(?:[ \t]?\n[ \t]?|[ \t-])"
 _IBAN = re.compile(
-    r"(?<![A-Za-z0-9-])(?:[A-Z]{2}\d{2}(?:" + _IBAN_SEP + r"?[A-Z0-9]{4}){2,7}"
+    r"(?<![A-Za-z0-9-])(?:[A-Z]{2}[ \t]?\d{2}(?:" + _IBAN_SEP + r"?[A-Z0-9]{4}){2,7}"
     r"(?:" + _IBAN_SEP + r"?[A-Z0-9]{1,4})?(?![a-z0-9])"
     r"|[a-z]{2}\d{2}(?:"
     + _IBAN_SEP
@@ -1588,6 +1743,13 @@ _IBAN = re.compile(
     + r"?[a-z0-9]{1,4})?(?![A-Za-z0-9]))"
 )
 _IBAN_GAPS = re.compile(r"[\s-]")
+# Poland's account number (NRB) as banks print it, "61 1090 1014 0000 0712 1981 2874": the IBAN without
+# "PL", so its mod-97 check digits hold once the letters are put back.
+_NRB = re.compile(r"(?<![\w.,/+<-])\d\d(?:[ \t-]\d{4}){6}(?![\w/]|[.,-]\d)")
+
+
+def _check_nrb(m: re.Match[str]) -> Span | None:
+    return _whole("IBAN", iban_ok("PL" + _digits(m.group(0))), m)
 
 
 def _check_iban(m: re.Match[str]) -> Span | None:
@@ -1722,6 +1884,14 @@ RULES: tuple[Rule, ...] = (
             "cpf",
             "aadhar",
             "aadhaar",
+            "kimlik",
+            "tckn",
+            "tc no",
+            "fisc",
+            "cf",
+            "c.f",
+            "contribuinte",
+            "nipc",
         ),
     ),
     Rule(
@@ -1751,6 +1921,16 @@ RULES: tuple[Rule, ...] = (
             "cuenta",
             "compte",
             "conta",
+            "conto",
+            "konta",
+            "rachun",
+            "nrb",
+            "hesap",
+            "rekening",
+            "účet",
+            "ucet",
+            "számla",
+            "szamla",
             "мфо",
         ),
     ),
@@ -1804,6 +1984,49 @@ RULES: tuple[Rule, ...] = (
             "portao",
             "tür",
             "під",
+            "klatk",
+            "domofon",
+            "bram",
+            "furtk",
+            "drzwi",
+            "portone",
+            "cancell",
+            "citofon",
+            "porta",
+            "kapı",
+            "kapi",
+            "deur",
+            "poort",
+            "immeuble",
+            "bâtiment",
+            "batiment",
+            "eingang",
+        ),
+    ),
+    Rule(
+        "totp_secret",
+        "API_KEY",
+        _TOTP,
+        _check_totp,
+        needs=(
+            "totp",
+            "2fa",
+            "mfa",
+            "otp",
+            "authenticat",
+            "аутентифик",
+            "key",
+            "secret",
+            "ключ",
+            "секрет",
+            "schlüssel",
+            "schlussel",
+            "clave",
+            "clé",
+            "cle",
+            "chiave",
+            "klucz",
+            "anahtar",
         ),
     ),
     Rule(
@@ -1857,6 +2080,9 @@ RULES: tuple[Rule, ...] = (
             "сеть",
             "сети",
             "мереж",
+            "\U0001f510",
+            "\U0001f511",
+            "\U0001f5dd",
         ),
     ),
     Rule(
@@ -1906,7 +2132,7 @@ RULES: tuple[Rule, ...] = (
         "card_security_code",
         "CARD",
         _CVV,
-        lambda m: _group(m, "CARD"),
+        _check_cvv,
         needs=(
             "cvv",
             "cvc",
@@ -1938,8 +2164,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("id_number_shape", "ID_NUMBER", _ID_SHAPE, _check_id_shape, needs_digits=True),
     Rule("nino_shape", "ID_NUMBER", _NINO_SHAPE, _check_id_shape),
+    Rule("codice_fiscale_shape", "ID_NUMBER", _CF_SHAPE, _check_cf_shape, min_length=16),
     Rule("bank_account_20", "BANK_ACCOUNT", _ACCOUNT_20, _check_account_20, needs_digits=True),
     Rule("iban", "IBAN", _IBAN, _check_iban),
+    Rule("nrb", "IBAN", _NRB, _check_nrb, needs_digits=True),
     Rule("card", "CARD", _CARD, _check_card, needs_digits=True),
     Rule("card_dotted", "CARD", _CARD_DOTTED, _check_card_dotted),
     Rule("card_tail", "CARD", _CARD_TAIL, finder=_find_card_tails, needs=("<card>",)),
@@ -2059,7 +2287,7 @@ def _scrub(text: str, track: bool, checked: bool = False) -> tuple[str, Counter[
     marks: list[_Mark] | None = [] if track else None
     if not text or not (checked or maybe_secret(text)):
         return text, counts, []
-    for _ in range(3):  # re-scrub until stable: a replacement can expose a neighbouring secret
+    for _ in range(8):  # re-scrub until stable: a replacement can expose a neighbouring secret
         scrubbed, marks = _apply(text, counts, marks)
         if scrubbed == text:
             break

@@ -201,6 +201,7 @@ NEGATIVES: list[str] = [
     "ref 4111111111111112",  # Luhn fails, not written in fours, not called a card
     "1234 5678 9012 3456",  # no card network starts with 1
     "2019 2020 2021 2022",  # years
+    "room 600 01.01.99",  # a number before a date is no phone of three digits and three pairs
     "room 2151 1900 1900 1900",  # a number and years: its digits pass Luhn, still a list
     "flat 5100 1999 2000 2001",  # the same with a card network's first digit
     "9999 1234 5678 9012",  # in fours, Luhn fails, no card network starts with 9
@@ -433,6 +434,10 @@ def test_scrubbing_is_idempotent(parts: list[str], sep: str) -> None:
         ("код на обороте 456: 2019 2020 2021 2022", "2019 2020 2021 2022"),  # the code only, not the years
         ("пароль поменял вчера " + "ha" * 20 + " 2fa backup codes: 1234-5678 9876-5432, keep them", ", keep"),
         ("Steuer-ID 12 345 678 901DNI 12345678Z", "DNI 12345678Z"),  # a keyword glued to a secret
+        ("домофон 45visa 4111 1111 1111 1111, 09/25, код 123", "домофон 45visa"),  # codes a digit at a time
+        ("DE89370400440532013000" * 4 + " ok", " ok"),  # four IBANs glued: each pass exposes the next
+        # a "<CARD>" placeholder names no card
+        ("4111 1111 1111 1111\n4111 1111 1111 1111 room 2151 1900 1900 1900", "2151 1900"),
     ],
 )
 def test_found_by_the_properties_placeholders_stay_whole_and_stable(text: str, kept: str) -> None:
