@@ -15,8 +15,9 @@ import base64
 import html
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -34,6 +35,7 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 128
 MAX_TOKENS_LIMIT = 2048
 PARTNER_PLACEHOLDER = "Friend"  # what the server calls the partner when no name is given
+REDRAW_S = 0.1  # a streamed reply is redrawn at most this often: each redraw sends all of it again
 # (no bare strings at module level here: Streamlit's "magic" would draw them on the page)
 
 
@@ -63,17 +65,22 @@ def load_server() -> client.ServerSettings:
     try:
         return client.ServerSettings.from_env()
     except ValueError as e:
-        st.error(f"The page's settings are wrong: {e}")
+        st.error(as_text(f"The page's settings are wrong: {e} Then restart the page.", strict=False))
         st.stop()
 
 
 def for_page(text: str, server: client.ServerSettings) -> str:
-    """`text` (an error message) for the page: the API key blanked should it ever be quoted, and the
-    server's address without its user:password@."""
+    """`text` (an error message) for the page: the API key blanked should it ever be quoted, the
+    server's address without its user:password@, and markdown in it (the server's words) escaped."""
     for url in (server.url, server.base_url):
         text = text.replace(url, shown_url(url))
     key = server.api_key.strip()
-    return text.replace(key, "•••") if key else text
+    return as_text(text.replace(key, "•••") if key else text, strict=False)
+
+
+def as_code(text: str) -> str:
+    """`text` as inline code when it can be (no backtick or line break in it), else as escaped text."""
+    return f"`{text}`" if text and not re.search(r"[`\r\n]", text) else as_text(text)
 
 
 def shown_url(url: str) -> str:
@@ -81,6 +88,27 @@ def shown_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     host, at, path = rest.partition("/")
     return f"{scheme}{sep}{host.rpartition('@')[2]}{'/' if at else ''}{path}" if sep else url
+
+
+def as_text(text: str, strict: bool = True) -> str:
+    """`text` for a markdown element (bubble, error, caption), shown as the characters it is.
+
+    Streamlit and streamlit-chat render markdown (links, images, math; HTML tags dropped), and replies,
+    the server's error details and twin ids are not ours: escape what would make them anything but text,
+    so that `![x](http://...)` loads nothing and `<script>` is shown, not swallowed. `strict=False` (for
+    error messages) leaves `_` and backticks alone: ours say `TWIN_API_KEY` and `make serve`.
+    Lone surrogates (half an emoji) become U+FFFD, which the browser can draw.
+    """
+    text = as_unicode(text)
+    text = re.sub(r"[\\*\[\]<>$|~_`]" if strict else r"[\\*\[\]<>$|~]", lambda m: "\\" + m[0], text)
+    # block syntax at the start of a line: headings, lists, rules (quotes are escaped above)
+    text = re.sub(r"(?m)^([ \t]*)([#+\-=])", r"\1\\\2", text)
+    return re.sub(r"(?m)^([ \t]*\d+)([.)])", r"\1\\\2", text)
+
+
+def as_unicode(text: str) -> str:
+    """`text` with halves of a surrogate pair sent in two pieces joined, and lone halves made U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def init_state() -> None:
@@ -123,10 +151,9 @@ def load_twins(server: client.ServerSettings) -> None:
         log.exception("listing the twins failed")
         problem = f"Something went wrong ({type(e).__name__}: {e})."
     state.twins = []
-    state.twins_error = for_page(
-        f"The page could not get the list of twins from the server. {problem} "
-        "Then press **Check server** in the sidebar to ask again.",
-        server,
+    state.twins_error = (
+        for_page(f"The page could not get the list of twins from the server. {problem}", server)
+        + " Then press **Check server** in the sidebar to ask again."
     )
 
 
@@ -171,8 +198,10 @@ def sidebar(server: client.ServerSettings, twin: str | None) -> None:
             if server.api_key.strip()
             else "none (set TWIN_API_KEY if the server has one)"
         )
-        twin_said = f"  \nTwin: `{twin}`" if len(twins) == 1 else ""
-        st.caption(f"Server: `{shown_url(server.base_url)}` (TWIN_API_URL)  \nAPI key: {key_said}{twin_said}")
+        twin_said = f"  \nTwin: {as_code(twin or '')}" if len(twins) == 1 else ""
+        st.caption(
+            f"Server: {as_code(shown_url(server.base_url))} (TWIN_API_URL)  \nAPI key: {key_said}{twin_said}"
+        )
         if len(twins) > 1:
             st.selectbox("Twin", twins, key="twin", help="Who answers. Each twin keeps its own conversation.")
         st.text_input(
@@ -210,30 +239,33 @@ def draw_bubble(index: int, partner: str) -> None:
         logo = avatar((partner or PARTNER_PLACEHOLDER)[0].upper(), "#7c5cff")
     else:
         logo = avatar("T", "#ff6b4a")
-    message(turn["content"], is_user=is_user, logo=logo, key=f"c{st.session_state.conversation}-{index}")
+    # as_text: streamlit-chat renders markdown; a bubble shows the words as they were written
+    message(
+        as_text(turn["content"]), is_user=is_user, logo=logo, key=f"c{st.session_state.conversation}-{index}"
+    )
 
 
 def reply(server: client.ServerSettings, twin: str) -> None:
     """Stream `twin`'s answer to the history; keep it on success, leave an error message otherwise."""
     state = st.session_state
     parts: list[str] = []
-
-    def pieces() -> Iterator[str]:
-        for piece in client.stream_reply(
-            server,
-            chat.request_messages(state.history, state.partner),
-            temperature=float(state.temperature),
-            max_tokens=int(state.max_tokens),
-            model=twin,
-        ):
-            parts.append(piece)
-            yield piece
-
     placeholder = st.empty()
     try:
         with placeholder.container():
             st.caption("Your twin is typing…")
-            st.write_stream(pieces())
+            shown, drawn = st.empty(), 0.0
+            for piece in client.stream_reply(
+                server,
+                chat.request_messages(state.history, state.partner),
+                temperature=float(state.temperature),
+                max_tokens=int(state.max_tokens),
+                model=twin,
+            ):
+                parts.append(piece)
+                # not on every piece: each redraw sends the whole text to the browser again
+                if time.monotonic() - drawn >= REDRAW_S:
+                    shown.markdown(as_text("".join(parts)).replace("\n", "  \n"))
+                    drawn = time.monotonic()
     except client.TwinAPIError as e:
         state.error = for_page(str(e), server)
         if e.status == 404:  # most likely the twin is gone from the server: list the twins again
@@ -245,7 +277,7 @@ def reply(server: client.ServerSettings, twin: str) -> None:
             f"Something went wrong while getting the reply ({type(e).__name__}: {e}).", server
         )
     else:
-        text = "".join(parts).strip()
+        text = as_unicode("".join(parts)).strip()
         if text:
             state.history.append(chat.Message(role="assistant", content=text))
             st.rerun()  # redraw the streamed text as a chat bubble
@@ -266,7 +298,9 @@ def main() -> None:
     partner = chat.clean_partner(state.partner)
 
     st.title("💬 twin")
-    st.caption(f"You write as **{partner or PARTNER_PLACEHOLDER}**; your twin answers the way you would.")
+    st.caption(
+        f"You write as **{as_text(partner or PARTNER_PLACEHOLDER)}**; your twin answers the way you would."
+    )
     for index in range(len(state.history)):
         draw_bubble(index, partner)
 
@@ -281,10 +315,15 @@ def main() -> None:
     if twin and wanted and state.history and state.history[-1]["role"] == "user":
         state.error = None
         reply(server, twin)
+    # the last message may have no reply: it failed, or a rerun (another twin picked, a setting changed
+    # while the reply streamed) cut it off; either way it can be asked for again
+    unanswered = bool(twin and state.history and state.history[-1]["role"] == "user")
     if state.error:
         st.error(state.error)
-        if state.history and state.history[-1]["role"] == "user":
-            st.button("Retry", on_click=ask_retry)
+    elif unanswered:
+        st.info("Your last message has no reply yet: press **Retry**, or write another message.")
+    if unanswered:
+        st.button("Retry", on_click=ask_retry)
 
 
 main()

@@ -15,12 +15,17 @@ becomes a `TwinAPIError` whose text can go on the page as it is. Tests of the pa
 
 from __future__ import annotations
 
+import html
 import json
+import math
 import os
+import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -30,6 +35,10 @@ DEFAULT_TIMEOUT_S = 120.0
 """Longest wait for the server to send anything: a 7B model on a busy CPU can be slow to start a reply."""
 CONNECT_TIMEOUT_S = 5.0
 """A server that is up accepts a connection at once; a silent one is as good as down."""
+DEFAULT_DEADLINE_S = 600.0
+"""Longest time for a whole reply: a server that drips text (or only keep-alive pings) is given up then."""
+QUICK_TIMEOUT_S = 10.0
+"""Longest wait for the cheap calls (`/v1/models`, `/health`): the page waits on them before it can draw."""
 
 
 class TwinAPIError(Exception):
@@ -50,34 +59,40 @@ class ServerSettings:
     """Sent as `Authorization: Bearer <key>` when not empty (the server's TWIN_API_KEY)."""
     timeout_s: float = DEFAULT_TIMEOUT_S
     """Longest silence from the server, in seconds, before giving up on a reply."""
+    deadline_s: float = DEFAULT_DEADLINE_S
+    """Longest time for one whole reply, in seconds, however steadily the server sends."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
-        """Settings from TWIN_API_URL, TWIN_API_KEY and TWIN_API_TIMEOUT (seconds); defaults otherwise."""
+        """Settings from TWIN_API_URL, TWIN_API_KEY, TWIN_API_TIMEOUT and TWIN_API_DEADLINE (seconds);
+        defaults otherwise. Raises `ValueError` naming every setting that is wrong and how to fix it."""
         env = os.environ if environ is None else environ
-        raw_timeout = env.get("TWIN_API_TIMEOUT", "").strip()
-        timeout_s = DEFAULT_TIMEOUT_S
-        if raw_timeout:
-            try:
-                timeout_s = float(raw_timeout)
-            except ValueError:
-                timeout_s = -1.0
-            if not timeout_s > 0:
-                raise ValueError(f"TWIN_API_TIMEOUT must be a number of seconds above 0, got {raw_timeout!r}")
+        problems: list[str] = []
+        timeout_s = _seconds(env, "TWIN_API_TIMEOUT", DEFAULT_TIMEOUT_S, problems)
+        deadline_s = _seconds(env, "TWIN_API_DEADLINE", DEFAULT_DEADLINE_S, problems)
+        url = env.get("TWIN_API_URL", "").strip() or DEFAULT_URL
+        url_problem = url_error(url)
+        if url_problem:
+            problems.append(url_problem)
+        if problems:
+            raise ValueError(" ".join(problems))
         return cls(
-            url=env.get("TWIN_API_URL", "").strip() or DEFAULT_URL,
+            url=url,
             api_key=env.get("TWIN_API_KEY", "").strip(),
             timeout_s=timeout_s,
+            deadline_s=deadline_s,
         )
 
     @property
     def base_url(self) -> str:
-        """The URL without a trailing slash or /v1, with http:// added when no scheme was given."""
+        """The URL without a trailing slash or /v1 (or a whole endpoint pasted, /v1/chat/completions),
+        with http:// added when no scheme was given."""
         url = self.url.strip().rstrip("/")
         if url and "://" not in url:
             url = f"http://{url}"
-        if url.endswith("/v1"):
-            url = url[: -len("/v1")]
+        for suffix in ("/v1/chat/completions", "/v1/models", "/v1"):
+            if url.endswith(suffix):
+                return url[: -len(suffix)]
         return url
 
     def headers(self) -> dict[str, str]:
@@ -86,6 +101,47 @@ class ServerSettings:
 
     def timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s))
+
+    def quick(self) -> ServerSettings:
+        """These settings with the silence limit of the cheap calls (`QUICK_TIMEOUT_S` at most)."""
+        return replace(self, timeout_s=min(self.timeout_s, QUICK_TIMEOUT_S))
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < math.inf:
+        problems.append(f"{name} must be a number of seconds above 0, got {raw!r}.")
+        return default
+    return value
+
+
+def url_error(url: str) -> str | None:
+    """What is wrong with `url` as TWIN_API_URL, or None. No scheme means http://; a path is kept (a
+    server behind a proxy prefix)."""
+    said = repr(re.sub(r"//[^/@]*@", "//", url))  # never quote a user:password@
+    example = f"Set TWIN_API_URL to the twin server's address, like {DEFAULT_URL}."
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"TWIN_API_URL {said} has spaces or control characters in it. {example}"
+    sep = "://" in url
+    scheme = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*):(?://|(?!\d))", url)  # not `host:port`
+    if scheme and scheme.group(1).lower() not in ("http", "https"):
+        return f"TWIN_API_URL {said} is not an http:// or https:// address. {example}"
+    try:
+        parts = urlsplit(url if sep else f"http://{url}")
+        _ = parts.port  # a port that is not a number from 0 to 65535 raises
+    except ValueError:
+        return f"TWIN_API_URL {said} is not a valid address. {example}"
+    if not parts.hostname:
+        return f"TWIN_API_URL {said} names no server. {example}"
+    if parts.query or parts.fragment:
+        return f"TWIN_API_URL {said} has a ?query or #fragment, which the server would not see. {example}"
+    return None
 
 
 def stream_reply(
@@ -118,18 +174,25 @@ def stream_reply(
                 if response.status_code >= 400:
                     response.read()
                     raise _status_error(response, server)
-                if response.headers.get("content-type", "").startswith("application/json"):
+                kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind == "application/json":
                     # A server that ignores `stream` answers with one chat.completion: take it whole.
                     response.read()
                     text = _content_of_completion(response)
                     if text:
                         yield text
                     return
-                yield from _read_events(response.iter_lines())
+                if kind != "text/event-stream":
+                    raise TwinAPIError(
+                        f"{url} answered with {kind or 'no content type'} instead of a streamed reply: "
+                        "is TWIN_API_URL the twin server's address?"
+                    )
+                yield from _read_events(response.iter_lines(), server)
 
 
 def check_health(server: ServerSettings) -> dict[str, Any]:
     """The server's `GET /health` answer; raises `TwinAPIError` when it is not reachable or not healthy."""
+    server = server.quick()
     with _translated_errors(server):
         with httpx.Client(timeout=server.timeout()) as http:
             response = http.get(f"{server.base_url}/health", headers=server.headers())
@@ -157,6 +220,7 @@ def list_models(server: ServerSettings) -> list[str]:
 
     Raises `TwinAPIError` when the server can't be reached, refuses, or serves no twin.
     """
+    server = server.quick()
     with _translated_errors(server):
         with httpx.Client(timeout=server.timeout()) as http:
             response = http.get(f"{server.base_url}/v1/models", headers=server.headers())
@@ -164,19 +228,35 @@ def list_models(server: ServerSettings) -> list[str]:
         raise _status_error(response, server)
     try:
         cards = response.json()["data"]
-        ids = [str(card["id"]) for card in cards]
+        ids = [card["id"] for card in cards]
     except (ValueError, KeyError, TypeError) as e:
         raise TwinAPIError(
             f"{server.base_url}/v1/models did not answer with a list of models; is this the twin server?"
         ) from e
-    if not ids:
+    # an id that is not a name can't be asked for; one listed twice is one twin
+    names = list(dict.fromkeys(i for i in ids if isinstance(i, str) and i.strip()))
+    if not names:
         raise TwinAPIError("The twin server serves no twin right now: add one to it, or restart it.")
-    return ids
+    return names
 
 
-def _read_events(lines: Iterator[str]) -> Iterator[str]:
-    """Text deltas from server-sent event lines; stops at `data: [DONE]`."""
+def _read_events(lines: Iterator[str], server: ServerSettings) -> Iterator[str]:
+    """Text deltas from server-sent event lines; stops at `data: [DONE]`.
+
+    httpx's read timeout only notices a server that sends nothing at all; one that keeps the connection
+    busy with keep-alive comments or empty pieces, or drips text for ever, is given up here: after
+    `timeout_s` without text, or `deadline_s` in all.
+    """
+    started = last_text = time.monotonic()
     for line in lines:
+        now = time.monotonic()
+        if now - last_text > server.timeout_s:
+            raise TwinAPIError(_silence(server))
+        if now - started > server.deadline_s:
+            raise TwinAPIError(
+                f"The reply took longer than {server.deadline_s:g} s in all, so it was given up. Try again, "
+                "lower max tokens, or raise TWIN_API_DEADLINE."
+            )
         if not line.startswith("data:"):
             continue  # blank separators, `event:` names and `: ping` comments
         payload = line[len("data:") :].strip()
@@ -190,11 +270,27 @@ def _read_events(lines: Iterator[str]) -> Iterator[str]:
             raise TwinAPIError(f"The server sent an unexpected piece of the reply: {payload[:80]!r}")
         if "error" in chunk or "detail" in chunk:
             raise TwinAPIError(f"The server stopped in the middle of the reply: {_detail_text(chunk)}")
-        for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content")
-            if text:
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise TwinAPIError(f"The server sent an unexpected piece of the reply: {payload[:80]!r}")
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                raise TwinAPIError(f"The server sent an unexpected piece of the reply: {payload[:80]!r}")
+            text = delta.get("content")
+            if text is not None and not isinstance(text, str | int | float):
+                raise TwinAPIError(f"The server sent an unexpected piece of the reply: {payload[:80]!r}")
+            if text not in (None, ""):
+                last_text = now
                 yield str(text)
     raise TwinAPIError("The connection closed before the reply was finished; please try again.")
+
+
+def _silence(server: ServerSettings) -> str:
+    return (
+        f"The twin server at {server.base_url} sent nothing for {server.timeout_s:g} s, so the reply was "
+        "given up. It may be overloaded: try again, or raise TWIN_API_TIMEOUT."
+    )
 
 
 def _content_of_completion(response: httpx.Response) -> str:
@@ -216,10 +312,7 @@ def _translated_errors(server: ServerSettings) -> Iterator[None]:
             "Is it running, and is TWIN_API_URL right?"
         ) from e
     except httpx.TimeoutException as e:
-        raise TwinAPIError(
-            f"The twin server at {url} sent nothing for {server.timeout_s:g} s, so the reply was given up. "
-            "It may be overloaded: try again, or raise TWIN_API_TIMEOUT."
-        ) from e
+        raise TwinAPIError(_silence(server)) from e
     except httpx.ConnectError as e:
         raise TwinAPIError(
             f"Can't reach the twin server at {url}. Is it running (`make serve`), and is TWIN_API_URL right?"
@@ -265,7 +358,11 @@ def _detail_of(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return " ".join(response.text.split())[:200]
+        text = response.text
+        if "<" in text and ">" in text:  # an HTML error page (a proxy's, most likely): its words only
+            text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>|<!--.*?-->", " ", text)
+            text = html.unescape(re.sub(r"(?s)<[^>]*>", " ", text))
+        return " ".join(text.split())[:200]
     return _detail_text(body)
 
 

@@ -237,6 +237,11 @@ def test_settings_from_the_environment() -> None:
     for bad in ("soon", "0", "-3", "nan"):
         with pytest.raises(ValueError, match="TWIN_API_TIMEOUT"):
             ServerSettings.from_env({"TWIN_API_TIMEOUT": bad})
+    assert ServerSettings.from_env({"TWIN_API_DEADLINE": "30"}).deadline_s == 30.0
+    with pytest.raises(ValueError, match=r"TWIN_API_TIMEOUT .*TWIN_API_DEADLINE .*TWIN_API_URL"):
+        ServerSettings.from_env(
+            {"TWIN_API_TIMEOUT": "inf", "TWIN_API_DEADLINE": "x", "TWIN_API_URL": "ftp://x"}
+        )
 
 
 @pytest.mark.slow
