@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from common.cli import run
 from finetune.args import parse_args
-from finetune.errors import UserError
+from finetune.errors import UserError, write_errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +32,8 @@ def train(argv: Sequence[str] | None) -> None:
     args = parse_args(argv)
     from finetune.train import setup  # heavy imports only after the flags are valid
 
-    summary = setup(args)
+    with write_errors("--out-dir"):
+        summary = setup(args)
     if summary is not None:
         print(summary.line())
 

@@ -154,6 +154,7 @@ class FinetuneArgs:
             "--keep-checkpoints": e.keep_checkpoints,
             "--devices": r.devices,
             "--lora-r": lo.lora_r,
+            "--lora-alpha": lo.lora_alpha,
         }
         out += [f"{flag} must be at least 1 (got {value})" for flag, value in positive.items() if value < 1]
         if t.max_steps is not None and t.max_steps < 1:

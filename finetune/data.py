@@ -43,6 +43,8 @@ RUN_PREPARE = "run `make prepare` (python -m prepare --raw data/raw --out data/p
 # ----------------------------------------------------------------------------------------------- records
 def load_records(path: Path) -> list[Record]:
     """All records of one JSONL file, validated by prepare's own reader (errors name file and line)."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a JSONL file of records: {RUN_PREPARE}")
     if not path.is_file():
         raise UserError(f"no instruction records at {path}: {RUN_PREPARE}")
     try:
@@ -53,6 +55,11 @@ def load_records(path: Path) -> list[Record]:
 
 def load_splits(data_dir: Path) -> tuple[list[Record], list[Record]]:
     """(train, val) records of a prepared folder; empty or missing data is a `UserError`."""
+    if data_dir.is_file():
+        raise UserError(
+            f"--data {data_dir} is a file: pass the folder that holds {TRAIN_FILE} and {VAL_FILE} "
+            f"(here: {data_dir.parent})"
+        )
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist: {RUN_PREPARE}")
     train = load_records(data_dir / TRAIN_FILE)

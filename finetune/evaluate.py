@@ -23,7 +23,16 @@ from tqdm import tqdm
 
 from finetune.data import IGNORE_INDEX, Example
 from finetune.errors import UserError
-from finetune.twin import TwinError, encode_prompt, load_base_weights, load_twin, lora_config, stop_token_ids
+from finetune.twin import (
+    TwinError,
+    encode_prompt,
+    load_base_weights,
+    load_tokenizer,
+    load_twin,
+    lora_config,
+    one_line,
+    stop_token_ids,
+)
 from prepare.prompt import Prompter
 
 
@@ -47,17 +56,18 @@ def load_lora_model(
     config = lora_config(base_config, adapter.spec)
     with torch.device("meta"):
         model = GPT(config)
-    state = {**load_base_weights(checkpoint_dir), **adapter.tensors}
+    state = {**load_base_weights(checkpoint_dir, base_config), **adapter.tensors}
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as e:
         raise TwinError(
-            f"the adapter {adapter.path} does not fit {checkpoint_dir}: {str(e).splitlines()[0]}"
+            f"the adapter {adapter.path} does not fit {checkpoint_dir}: {one_line(e)}; pass the checkpoint "
+            "it was trained on as --checkpoint-dir"
         ) from None
     model.cos, model.sin = model.rope_cache(device=device)  # built on the meta device above
     model.max_seq_length = config.block_size
-    return model.eval(), Tokenizer(checkpoint_dir)
+    return model.eval(), load_tokenizer(checkpoint_dir)
 
 
 @contextlib.contextmanager

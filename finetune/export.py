@@ -39,8 +39,8 @@ from litgpt.scripts.convert_lit_checkpoint import qkv_reassemble
 
 from common.cli import parse_dataclasses, run
 from common.device import resolve_dtype
-from common.files import make_private_dir, write_private_atomic
-from finetune.errors import UserError
+from common.files import write_private_atomic
+from finetune.errors import UserError, check_out_dir, make_out_dir, write_errors
 from finetune.hf_export import (
     HFLayout,
     copy_tokenizer,
@@ -60,6 +60,7 @@ from finetune.twin import (
     load_adapter,
     load_base_config,
     load_base_weights,
+    load_tokenizer,
     lora_config,
     read_adapter_spec,
     stop_token_ids,
@@ -144,10 +145,9 @@ def check_inputs(checkpoint_dir: Path, lora_path: Path) -> ExportInputs:
 def twin_eos_ids(checkpoint_dir: Path, spec: AdapterSpec) -> list[int]:
     """Where the twin's generation ends: the base's EOS ids, plus the end-of-turn token of the format it
     was trained with (`<|im_end|>`, ...), as serve stops."""
-    from litgpt.tokenizer import Tokenizer
 
     own = token_ids(checkpoint_dir)[1]
-    stops = stop_token_ids(Tokenizer(checkpoint_dir), spec.prompter)
+    stops = stop_token_ids(load_tokenizer(checkpoint_dir), spec.prompter)
     return own + [i for i in stops if i not in own]
 
 
@@ -164,7 +164,7 @@ def merged_weights(
     stay as they are when the head has a LoRA."""
     from litgpt.lora import lora_filter, merge_lora_weights
 
-    base = load_base_weights(checkpoint_dir)
+    base = load_base_weights(checkpoint_dir, inputs.config)
     state = {k: v if dtype is None else v.to(dtype) for k, v in base.items()}
     # the merge adds in place: a layer's own copy, so that a tensor the checkpoint stores once for two
     # names (tied embeddings: lm_head is wte) changes only under the merged name
@@ -264,12 +264,12 @@ def export_peft(
     """A PEFT LoRA adapter for the HF base (which goes to OUT/base unless it is on the Hub)."""
     inputs = check_inputs(checkpoint_dir, lora_path)
     tensors, targets = peft_tensors(inputs)
-    make_private_dir(out)
+    make_out_dir(out, "--out")
     files: list[Path] = []
     if base_model is None:
         base_model = hub_model_id(inputs.config, checkpoint_dir)
     if base_model is None:
-        lit = load_base_weights(checkpoint_dir)
+        lit = load_base_weights(checkpoint_dir, inputs.config)
         target = output_dtype(dtype) or next(iter(lit.values())).dtype
         files += write_hf_model(lit, inputs.config, checkpoint_dir, out / "base", target)
         base_model = str((out / "base").resolve())
@@ -352,15 +352,17 @@ def write_chat_template(out: Path, spec: AdapterSpec) -> None:
 def export(args: ExportArgs) -> None:
     """Write the export `args` asks for, with export.json (the resolved settings) beside it."""
     t0 = time.perf_counter()
-    if args.format == "merged":
-        files = export_merged(args.checkpoint_dir, args.lora_path, args.out, args.dtype)
-    else:
-        files = export_peft(args.checkpoint_dir, args.lora_path, args.out, args.base_model, args.dtype)
-    spec = read_adapter_spec(args.lora_path)
-    write_chat_template(args.out, spec)
-    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
-    resolved["prompt_format"] = spec.prompt_format
-    write_private_atomic(args.out / "export.json", json.dumps(resolved, indent=2) + "\n")
+    check_out_dir(args.out, "--out")
+    with write_errors("--out"):
+        if args.format == "merged":
+            files = export_merged(args.checkpoint_dir, args.lora_path, args.out, args.dtype)
+        else:
+            files = export_peft(args.checkpoint_dir, args.lora_path, args.out, args.base_model, args.dtype)
+        spec = read_adapter_spec(args.lora_path)
+        write_chat_template(args.out, spec)
+        resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
+        resolved["prompt_format"] = spec.prompt_format
+        write_private_atomic(args.out / "export.json", json.dumps(resolved, indent=2) + "\n")
     size = directory_size(files) / 2**20
     what = "merged transformers model" if args.format == "merged" else "PEFT LoRA adapter"
     print(f"exported the twin as a {what} to {args.out} ({size:.1f} MiB, {time.perf_counter() - t0:.1f} s)")

@@ -47,9 +47,9 @@ from litgpt.scripts import convert_lit_checkpoint as litgpt_convert
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from common.files import make_private_dir, open_private, write_private_atomic
+from common.files import open_private, write_private_atomic
 from finetune.bases import Family, check_supported
-from finetune.errors import UserError
+from finetune.errors import UserError, make_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +499,7 @@ def write_hf_model(
     hf = convert_weights(config, layout, weights)
     bos_id, own_eos = token_ids(checkpoint_dir)
     eos_ids = list(eos_ids or own_eos)
-    make_private_dir(out)
+    make_out_dir(out, "--out")
     cfg = hf_config(config, layout, tied, dtype, bos_id, eos_ids)
     write_private_atomic(out / "config.json", json.dumps(cfg, indent=2) + "\n")
     copy_tokenizer(checkpoint_dir, out, bos_id, eos_ids)

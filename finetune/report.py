@@ -27,9 +27,9 @@ from typing import Any
 
 from common.cli import parse_dataclasses, run
 from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
-from common.files import make_private_dir, write_private_atomic
+from common.files import write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
-from finetune.errors import UserError
+from finetune.errors import UserError, check_out_dir, make_out_dir, write_errors
 from finetune.evaluate import generate_replies, load_lora_model, lora_off, merge, reply_perplexity
 from finetune.findings import Findings
 from finetune.forgetting import GOAL_RATIO, Forgetting, compare, load_general_set, measure_side
@@ -482,7 +482,7 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
 def write_report(args: ReportArgs, f: Findings) -> Path:
     """report.json, the plots, report.md and report.html (plots inside) into the owner-only `args.out`;
     returns report.md's path."""
-    out = make_private_dir(args.out)
+    out = make_out_dir(args.out, "--out")
     plots = plot_all(f, out)
     found = findings_json(args, f)
     write_private_atomic(out / "report.json", json.dumps(found, indent=2, ensure_ascii=False) + "\n")
@@ -508,8 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(args: ReportArgs) -> None:
     """Measure, write the report, and say in one line where it is and what it found."""
     args.check()
+    check_out_dir(args.out, "--out")  # before minutes of measuring, not after
     findings = measure(args)
-    path = write_report(args, findings)
+    with write_errors("--out"):
+        path = write_report(args, findings)
     b, t = findings.base.value, findings.twin.value
     attributed = {row.contestant: row.attribution.share for row in findings.quality}
     quality = (

@@ -114,6 +114,18 @@ def load_checkpoint(
 ) -> Position:
     """Restore LoRA tensors, optimizer and scheduler in place; refuse a run with other settings."""
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    older = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
+    fix = (
+        f"delete it to resume from {older[-1]}" if older else "delete it (and --resume starts from step 0)"
+    ) + ", or start a new run in another --out-dir"
+    if path.is_file():  # (FSDP writes a folder of shards, which Fabric checks itself)
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # cut short (a full disk, a copy that stopped) or not a torch file
+            raise UserError(f"cannot resume from {path}: it is truncated or unreadable; {fix}") from None
+        if not (isinstance(raw, dict) and isinstance(raw.get("position"), dict) and "resume_key" in raw):
+            raise UserError(f"cannot resume from {path}: not a checkpoint of `python -m finetune`; {fix}")
+        del raw
     remainder = fabric.load(path, state, strict=False, weights_only=False)
     saved = remainder.get("resume_key", {})
     changed = [

@@ -28,9 +28,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from common.cli import run_function
-from common.files import make_private_dir, open_private, write_private_atomic
+from common.files import open_private, write_private_atomic
 from finetune.data import load_records, render_texts
-from finetune.errors import UserError
+from finetune.errors import UserError, make_out_dir, write_errors
 from prepare.records import TRAIN_FILE
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def make_tiny_checkpoint(
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise UserError("no texts to build the tiny checkpoint from: run `make prepare` first")
-    out = make_private_dir(out_dir)
+    out = make_out_dir(Path(out_dir), "--out")
     torch.manual_seed(seed)
 
     hf_tokenizer = train_tokenizer(texts, vocab_size)
@@ -211,17 +211,18 @@ def build(
     # train split only: the validation replies stay unseen by the base as well
     records = load_records(data / TRAIN_FILE)
     t0 = time.perf_counter()
-    path = make_tiny_checkpoint(
-        out,
-        render_texts(records),
-        vocab_size=vocab_size,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        block_size=block_size,
-        pretrain_steps=pretrain_steps,
-        seed=seed,
-    )
+    with write_errors("--out"):
+        path = make_tiny_checkpoint(
+            out,
+            render_texts(records),
+            vocab_size=vocab_size,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            block_size=block_size,
+            pretrain_steps=pretrain_steps,
+            seed=seed,
+        )
     n_params = sum(p.numel() for p in torch.load(path / "lit_model.pth", weights_only=True).values())
     print(f"tiny checkpoint ({n_params / 1e6:.2f}M parameters) in {path} ({time.perf_counter() - t0:.0f} s)")
 

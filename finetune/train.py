@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,9 +34,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
-from common.files import make_private_dir
 from common.nf4 import load_quantized_model
 from common.quantize import QuantizationUnavailableError, check_quantize_support
+from finetune import twin
 from finetune.args import FinetuneArgs
 from finetune.data import (
     BatchPlan,
@@ -47,7 +48,7 @@ from finetune.data import (
     padding_fraction,
     render_records,
 )
-from finetune.errors import UserError
+from finetune.errors import UserError, check_out_dir, make_out_dir
 from finetune.evaluate import sample_reply
 from finetune.fp8 import fp8_unavailable, quantize_base_fp8
 from finetune.metrics import MetricsFile, Row, format_duration, peak_memory_gib, plot_losses
@@ -72,6 +73,7 @@ from finetune.state import (
     save_hyperparameters,
 )
 from finetune.twin import (
+    ADAPTER_FILE,
     METRICS_FILE,
     MODEL_CONFIG_FILE,
     WEIGHTS_FILE,
@@ -80,6 +82,7 @@ from finetune.twin import (
     choose_prompter,
     encode_prompt,
     load_base_config,
+    load_tokenizer,
     save_adapter_spec_files,
 )
 from prepare.memory import MEMORY_FILE, Exchange, Memory, record_memories
@@ -148,6 +151,9 @@ def setup(args: FinetuneArgs) -> Summary | None:
     args.check()
     check_checkpoint_dir(args.run.checkpoint_dir)
     base_config = load_base_config(args.run.checkpoint_dir)  # a supported family
+    twin.load_base_weights(args.run.checkpoint_dir, base_config)  # readable, and fits the config (mmap)
+    load_tokenizer(args.run.checkpoint_dir)
+    check_out_dir(args.run.out_dir, "--out-dir")
     if args.train.packing and (problem := packing_problem(base_config)):
         raise UserError(problem)
     # fail fast, before processes are launched: the data, and a record in the chosen prompt format
@@ -160,6 +166,11 @@ def setup(args: FinetuneArgs) -> Summary | None:
             and args.run.quantize == "none"
             and args.run.strategy != "fsdp"
             and packing_problem(base_config) is None
+        )
+    if accelerator == "cpu" and args.run.devices > (cores := os.cpu_count() or 1):
+        raise UserError(
+            f"--devices {args.run.devices} on the CPU starts one process per device, but this machine has "
+            f"{cores} CPU cores: use --devices {cores} or fewer"
         )
     if args.run.base_precision == "fp8" and (why := fp8_unavailable(accelerator)):
         raise UserError(why)
@@ -230,15 +241,17 @@ def main(fabric: L.Fabric, args: FinetuneArgs, precision: str) -> Summary | None
         log.setLevel(logging.WARNING)
     out_dir = args.run.out_dir
     existing = list_checkpoints(out_dir)
-    if existing and not args.run.resume:
+    finished = out_dir / ADAPTER_FILE
+    if (existing or finished.is_file()) and not args.run.resume:
+        held = f"newest checkpoint {existing[-1].name}" if existing else f"a trained {ADAPTER_FILE}"
         raise UserError(
-            f"{out_dir} already holds a run (newest checkpoint {existing[-1].name}): "
-            "pass --resume to continue it, or choose another --out-dir"
+            f"{out_dir} already holds a run ({held}): pass --resume to continue it, or choose another "
+            "--out-dir (a new run there would overwrite it)"
         )
     if fabric.is_global_zero:
-        make_private_dir(out_dir)
+        make_out_dir(out_dir, "--out-dir")
 
-    tokenizer = Tokenizer(args.run.checkpoint_dir)
+    tokenizer = load_tokenizer(args.run.checkpoint_dir)
     base_config = load_base_config(args.run.checkpoint_dir)
     block_size = base_config.block_size
     max_seq_length = min(args.train.max_seq_length or block_size, block_size)

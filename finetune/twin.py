@@ -277,10 +277,38 @@ def load_base_config(checkpoint_dir: Path) -> Config:
     check_checkpoint_dir(checkpoint_dir)
     try:
         config = Config.from_file(checkpoint_dir / MODEL_CONFIG_FILE)
-    except (yaml.YAMLError, TypeError, ValueError) as e:
-        raise TwinError(f"{checkpoint_dir / MODEL_CONFIG_FILE} is not a litgpt model config: {e}") from None
+    except (yaml.YAMLError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as e:
+        # AttributeError: YAML that is not a mapping (litgpt calls `.update` on it)
+        raise TwinError(
+            f"{checkpoint_dir / MODEL_CONFIG_FILE} is not a litgpt model config ({one_line(e)}): "
+            f"restore it from the model's download, or {GET_A_CHECKPOINT}"
+        ) from None
     family_name(config)
     return config
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An exception's message on one line (YAML, torch and tokenizers errors span several), cut short."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def load_tokenizer(checkpoint_dir: Path) -> Tokenizer:
+    """litgpt's tokenizer of a checked checkpoint folder; an unreadable tokenizer file is a `TwinError`."""
+    from litgpt.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer(checkpoint_dir)
+    except Exception as e:  # tokenizers raises a bare Exception for a corrupt tokenizer.json
+        files = ", ".join(
+            name
+            for name in (*TOKENIZER_FILES, TOKENIZER_CONFIG_FILE, "generation_config.json")
+            if (checkpoint_dir / name).is_file()
+        )
+        raise TwinError(
+            f"cannot read the tokenizer of {checkpoint_dir} ({files}): {one_line(e)}; restore those files "
+            f"from the model's download, or {GET_A_CHECKPOINT}"
+        ) from None
 
 
 def base_chat_template(checkpoint_dir: Path) -> ChatTemplate | None:
@@ -418,8 +446,11 @@ def read_adapter_spec(lora_path: Path) -> AdapterSpec:
         )
     try:
         hparams = yaml.safe_load(hparams_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise TwinError(f"{hparams_file} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise TwinError(
+            f"{hparams_file} is not valid YAML ({one_line(e)}): copy the out-dir of the `python -m finetune` "
+            "run again, or train again"
+        ) from None
     return parse_adapter_spec(hparams, hparams_file)
 
 
@@ -455,8 +486,11 @@ def load_adapter(lora_path: Path) -> Adapter:
     spec = read_adapter_spec(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise TwinError(f"cannot read the adapter {path}: {e}") from None
+    except Exception:  # a truncated or foreign file: say which one
+        raise TwinError(
+            f"cannot read the adapter {path}: it is truncated or not a torch file; copy the out-dir of "
+            "the `python -m finetune` run again, or train again"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # {"model": {...}}, as a resumable checkpoint holds the LoRA tensors
     if not isinstance(state, dict) or not state or any("lora_" not in str(key) for key in state):
@@ -475,9 +509,44 @@ def load_twin(checkpoint_dir: Path, lora_path: Path) -> tuple[Config, Adapter]:
     return config, adapter
 
 
-def load_base_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """The base's `lit_model.pth`, memory-mapped on the CPU."""
+def load_base_weights(checkpoint_dir: Path, config: Config | None = None) -> dict[str, torch.Tensor]:
+    """The base's `lit_model.pth`, memory-mapped on the CPU, checked against its model_config.yaml (or
+    `config`): an unreadable file, or weights of another shape, is a `TwinError` that names the file."""
     import torch
 
-    state = torch.load(checkpoint_dir / WEIGHTS_FILE, mmap=True, weights_only=True, map_location="cpu")
-    return state.get("model", state)
+    path = checkpoint_dir / WEIGHTS_FILE
+    redo = f"download or build the checkpoint again ({GET_A_CHECKPOINT})"
+    try:
+        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except Exception:  # truncated, empty or not a torch file at all (torch's own words mislead: "mmap ...")
+        raise TwinError(f"cannot read {path}: it is truncated or not a torch checkpoint; {redo}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TwinError(f"{path} is not a litgpt state dict (a mapping of names to tensors): {redo}")
+    if problem := weights_problem(state, config or load_base_config(checkpoint_dir)):
+        raise TwinError(f"{path} does not fit {checkpoint_dir / MODEL_CONFIG_FILE}: {problem}; {redo}")
+    return state
+
+
+def weights_problem(state: dict[str, torch.Tensor], config: Config) -> str | None:
+    """What is wrong with `state` as the weights of litgpt's plain GPT(`config`) (None: they fit). Only
+    names and shapes are compared (the model is built on the meta device), so this costs no memory."""
+    import torch
+    from litgpt.model import GPT
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    if missing == ["lm_head.weight"] and "transformer.wte.weight" in state:
+        missing = []  # tied embeddings stored once
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
+             if k in state and tuple(state[k].shape) != expected[k]]  # fmt: skip
+    if not missing and not wrong:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its {len(expected)} tensors are missing (e.g. {missing[0]})")
+    if wrong:
+        parts.append(f"{len(wrong)} have another shape (e.g. {wrong[0]})")
+    return " and ".join(parts)
