@@ -30,6 +30,7 @@ import orjson
 from collect.errors import CollectError
 from collect.records import MANIFEST_NAME, RawMessage, dialog_path
 from common.files import make_private_dir, open_private, write_private_atomic
+from common.text import valid_unicode
 
 MANIFEST_VERSION = 1
 MANIFEST_INTERVAL_S = 2.0
@@ -80,9 +81,10 @@ def encode_line(message: RawMessage) -> bytes:
     try:
         return orjson.dumps(message) + b"\n"
     except TypeError:  # a lone UTF-16 surrogate from a broken "\ud83d" escape: replace it
-        fixed = message.message.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        name = message.dialog_name.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        obj = asdict(message) | {"message": fixed, "dialog_name": name}
+        obj = asdict(message) | {
+            "message": valid_unicode(message.message),
+            "dialog_name": valid_unicode(message.dialog_name),
+        }
         return json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from collect.options import SERVICE_NOTIFICATIONS_ID, CollectOptions
 from collect.telegram import convert_message, dialog_name, left_out_reason
 from common.scrub import PLACEHOLDER, scrub_secrets
+from common.text import valid_unicode
 from prepare.prompt import (
     MAX_CONTEXT_CHARS,
     MAX_CONTEXT_TURNS,
@@ -67,26 +68,16 @@ def nothing_to_answer(message: Any) -> str | None:
     return converted if isinstance(converted, str) else None
 
 
-def repair_text(text: str) -> str:
-    """`text` as a valid Unicode string: a surrogate pair split into two code points is joined again, half
-    of one (which no server or file takes) becomes U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return text
-
-
 def scrub_turn(turn: Turn) -> Turn:
     """A turn as a training record holds it: valid Unicode, secrets replaced, clipped."""
-    text = scrub_secrets(repair_text(turn.text[:SCRUB_HEAD]))
+    text = scrub_secrets(valid_unicode(turn.text[:SCRUB_HEAD]))
     return Turn(turn.speaker, clip_text(text, MAX_TURN_CHARS))
 
 
 def prompt_name(name: str) -> str:
     """The partner's name as prepare records it: whitespace-normalised, scrubbed (a name can be a phone
     number), "" when nothing but a secret was left."""
-    cleaned = scrub_secrets(" ".join(clean_text(repair_text(name)).split()))
+    cleaned = scrub_secrets(" ".join(clean_text(valid_unicode(name)).split()))
     return cleaned if PLACEHOLDER.sub("", cleaned).strip() else ""
 
 
@@ -120,7 +111,7 @@ def conversation(messages: Iterable[Any], chat_id: int, gap: timedelta) -> list[
             break
         kept.append((date, raw.out, raw.message))
     kept.reverse()
-    return merge_turns(("me" if out else "partner", repair_text(text)) for _, out, text in kept)
+    return merge_turns(("me" if out else "partner", valid_unicode(text)) for _, out, text in kept)
 
 
 def prompt_turns(turns: list[Turn], caps: tuple[int, int], partner: str) -> list[Turn] | None:

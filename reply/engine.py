@@ -47,6 +47,7 @@ from telethon.tl import types
 
 from common.files import make_private_dir
 from common.scrub import scrub_secrets
+from common.text import valid_unicode
 from prepare.feedback import Feedback, Outcome, append_feedback, classify, normalize
 from prepare.prompt import clean_text
 from prepare.records import Turn
@@ -61,7 +62,6 @@ from reply.conversation import (
     nothing_to_answer,
     prompt_name,
     prompt_turns,
-    repair_text,
     split_reply,
     typing_delay,
 )
@@ -99,7 +99,7 @@ def guarded(handler: Callable[[Replier, E], Awaitable[None]]) -> Callable[[Repli
 def command_words(text: str) -> str:
     """A message as a command reads: NFKC (full-width `／ｔｗｉｎ` is `/twin`), invisible characters
     dropped, case folded, spacing collapsed, a `@botname` after the first word removed."""
-    words = unicodedata.normalize("NFKC", clean_text(repair_text(text))).casefold().split()
+    words = unicodedata.normalize("NFKC", clean_text(valid_unicode(text))).casefold().split()
     if words:
         words[0] = _BOT_SUFFIX.sub(r"\1", words[0])
     return " ".join(words)
@@ -186,7 +186,7 @@ class Replier:
         if message.out:
             pending = self.pending.get(chat_id or 0)
             if pending is not None and message.id in pending.sent:
-                pending.sent[message.id] = repair_text(message.message or "")
+                pending.sent[message.id] = valid_unicode(message.message or "")
             return
         if chat_id is not None and chat_id in self.tasks and not self.paused:
             self._restart(chat_id, "the partner edited their message")
@@ -311,7 +311,7 @@ class Replier:
                     log.info("chat %s: nothing to answer (the last message with text is yours, or none is "
                              "left)", chat_id)  # fmt: skip
                     return
-                reply = clean_text(repair_text(await self.twin.suggest(turns, partner)))
+                reply = clean_text(valid_unicode(await self.twin.suggest(turns, partner)))
             if not reply:
                 self.counts["empty replies"] += 1
                 log.info("the twin wrote nothing for chat %s; no draft", chat_id)
@@ -419,7 +419,7 @@ class Replier:
         return False
 
     async def _outgoing(self, event: Any) -> None:
-        raw = repair_text(event.message.message or "")
+        raw = valid_unicode(event.message.message or "")
         text = raw.strip()
         chat_id = _chat_id(event)
         if chat_id is not None and self._echo(chat_id, event.message, text):

@@ -27,6 +27,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # `streamlit run ui/app.py` puts ui/ on sys.path, not the repo root
     sys.path.insert(0, _ROOT)
 
+from common.text import valid_unicode  # noqa: E402
 from ui import access, chat, client  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,11 @@ def as_text(text: str, strict: bool = True) -> str:
     error messages) leaves `_` and backticks alone: ours say `TWIN_API_KEY` and `make serve`.
     Lone surrogates (half an emoji) become U+FFFD, which the browser can draw.
     """
-    text = as_unicode(text)
+    text = valid_unicode(text)
     text = re.sub(r"[\\*\[\]<>$|~_`]" if strict else r"[\\*\[\]<>$|~]", lambda m: "\\" + m[0], text)
     # block syntax at the start of a line: headings, lists, rules (quotes are escaped above)
     text = re.sub(r"(?m)^([ \t]*)([#+\-=])", r"\1\\\2", text)
     return re.sub(r"(?m)^([ \t]*\d+)([.)])", r"\1\\\2", text)
-
-
-def as_unicode(text: str) -> str:
-    """`text` with halves of a surrogate pair sent in two pieces joined, and lone halves made U+FFFD."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def init_state() -> None:
@@ -277,7 +273,7 @@ def reply(server: client.ServerSettings, twin: str) -> None:
             f"Something went wrong while getting the reply ({type(e).__name__}: {e}).", server
         )
     else:
-        text = as_unicode("".join(parts)).strip()
+        text = valid_unicode("".join(parts)).strip()
         if text:
             state.history.append(chat.Message(role="assistant", content=text))
             st.rerun()  # redraw the streamed text as a chat bubble
