@@ -78,7 +78,7 @@ def load_model(
     if lora_path is not None:
         adapter = load_adapter(lora_path)
         check_base(adapter.spec, config, checkpoint_dir)
-    base = load_base_weights(checkpoint_dir)
+    base = load_base_weights(checkpoint_dir, config)
     if quantize != "none":
         return load_quantized(config, base, adapter, device, dtype, quantize)
     if adapter is not None:
