@@ -5,8 +5,10 @@
 A `FloodWaitError` waits the time Telegram asks (up to `max_flood_wait_s`, and `max_retries` of them in a
 row: a reply hours late is no reply, so a longer wait gives the action up); network errors and Telegram's
 own trouble reconnect if needed and back off exponentially, `MAX_RETRIES` times in a row (collect's
-constants), then give up on this one action with `TelegramUnavailable` (the listener goes on). With
-`dry_run` nothing that changes anything is called: the action is described to `announce` instead.
+constants), then give up on this one action with `TelegramUnavailable` (the listener goes on). A message
+is sent at most once: after a network error the chat is read before sending again, since Telegram may
+have taken it before the connection dropped (`_send_once`). With `dry_run` nothing that changes anything
+is called: the action is described to `announce` instead.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from telethon.tl import functions
+from telethon.tl import functions, types
 
 from collect.telegram import BACKOFF_BASE_S, BACKOFF_MAX_S, FLOOD_WAITS, MAX_RETRIES, is_transient
 from reply.limits import MAX_FLOOD_WAIT_S, Clock
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SAVED = "me"
 """Telethon's name for the person's own chat, Saved Messages."""
+RESEND_LOOKBACK = 20
+"""Newest messages read, after a send failed midway, to see whether it went out after all."""
 
 
 class TelegramUnavailable(Exception):
@@ -37,6 +41,7 @@ class Counts:
     flood_waits: int = 0
     network_retries: int = 0
     reconnects: int = 0
+    resends_avoided: int = 0
 
 
 class TelegramActions:
@@ -123,27 +128,70 @@ class TelegramActions:
         request = functions.messages.SaveDraftRequest(peer=chat, message=text)
         await self.call("saving the draft", lambda: self.client(request))
 
-    async def send(self, chat: Any, name: str, text: str, *, delay_s: float = 0.0) -> int | None:
-        """Send one message; its id (None in a dry run)."""
+    async def send(
+        self, chat: Any, name: str, text: str, *, after_id: int, delay_s: float = 0.0
+    ) -> int | None:
+        """Send one message, as plain text (the twin's `**` or `[a](b)` are its words, not markup); its id
+        (None in a dry run). `after_id`: a message id older than this send (see `_send_once`)."""
         if self.dry_run:
             self.announce(f"[dry run] would send to {name} after {delay_s:.0f}s of typing: {text}")
             return None
-        message = await self.call("sending", lambda: self.client.send_message(chat, text, link_preview=False))
-        return int(message.id) if getattr(message, "id", None) is not None else None
+        return await self._send_once("sending", chat, text, after_id, parse_mode=None)
 
-    async def send_saved(self, name: str, link: str, text: str) -> int | None:
-        """Put a suggestion into Saved Messages, headed by a link to the chat it is for."""
+    async def send_saved(self, name: str, link: str, text: str, *, after_id: int) -> int | None:
+        """Put a suggestion into Saved Messages, headed by a link to the chat it is for; the suggestion itself
+        is plain text, exactly as the twin wrote it."""
         if self.dry_run:
             self.announce(f"[dry run] would put in Saved Messages, for {name}:\n{text}")
             return None
-        header = f"Twin's draft for [{_md(name)}]({link}):"
-        message = await self.call(
-            "writing to Saved Messages",
-            lambda: self.client.send_message(
-                SAVED, f"{header}\n\n{text}", parse_mode="md", link_preview=False
-            ),
+        lead = "Twin's draft for "
+        shown = " ".join(name.split()) or "the chat"
+        entity = types.MessageEntityTextUrl(offset=_utf16_len(lead), length=_utf16_len(shown), url=link)
+
+        def header_link(message: str) -> tuple[str, list[Any]]:
+            # Telethon's parse-mode hook: the text untouched, one link entity (a `tg://user?id=` link
+            # becomes a mention there, as it does from Markdown)
+            return message, [entity]
+
+        return await self._send_once(
+            "writing to Saved Messages", SAVED, f"{lead}{shown}:\n\n{text}", after_id, parse_mode=header_link
         )
+
+    async def _send_once(self, what: str, chat: Any, text: str, after_id: int, parse_mode: Any) -> int | None:
+        """`send_message` through `call`, sent at most once: a network error or timeout may strike after
+        Telegram took the message, so before sending again the chat's messages newer than `after_id` are
+        read, and an outgoing one with this text is taken as the first attempt's. Message ids of private
+        chats and Saved Messages are the account's own and only grow: anything sent after the caller saw
+        `after_id` has a larger one. (Telegram's `random_id` dedupes a resend of the *same* request, and
+        Telethon re-sends it so across its own reconnects; but its `send_message` draws a new one on each
+        call, and a repeated one is answered RANDOM_ID_DUPLICATE, a 500 to Telethon, not the message.)"""
+        uncertain = False
+
+        async def attempt() -> Any:
+            nonlocal uncertain
+            if uncertain:
+                earlier = await self._sent_after(chat, text, after_id)
+                if earlier is not None:
+                    self.counts.resends_avoided += 1
+                    log.info("%s: the earlier attempt went through after all; not sent again", what)
+                    return earlier
+            try:
+                return await self.client.send_message(chat, text, parse_mode=parse_mode, link_preview=False)
+            except Exception as e:
+                uncertain = uncertain or is_transient(e)  # a FloodWait is a refusal: nothing was sent
+                raise
+
+        message = await self.call(what, attempt)
         return int(message.id) if getattr(message, "id", None) is not None else None
+
+    async def _sent_after(self, chat: Any, text: str, after_id: int) -> Any | None:
+        """The newest outgoing message in `chat` newer than `after_id` whose text is `text`, if any."""
+        wanted = " ".join(text.split())
+        async for message in self.client.iter_messages(chat, limit=RESEND_LOOKBACK, min_id=after_id):
+            body = getattr(message, "message", None)
+            if getattr(message, "out", False) and isinstance(body, str) and " ".join(body.split()) == wanted:
+                return message
+        return None
 
     @asynccontextmanager
     async def typing(self, chat: Any) -> AsyncIterator[None]:
@@ -173,6 +221,6 @@ def chat_link(chat: Any) -> str:
     return f"https://t.me/{username}" if username else f"tg://user?id={chat.id}"
 
 
-def _md(text: str) -> str:
-    """A name as a Markdown link text (Telethon's Markdown has no escapes: brackets would end it)."""
-    return text.replace("[", "(").replace("]", ")") or "the chat"
+def _utf16_len(text: str) -> int:
+    """A length as Telegram counts entity offsets: UTF-16 code units (an emoji is two)."""
+    return len(text.encode("utf-16-le")) // 2

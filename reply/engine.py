@@ -6,8 +6,10 @@ real client, tests call them with fakes that have the same names.
 
 - A partner's message in a one-to-one chat with a person (never a group, channel, bot, Saved Messages or
   Telegram's notices, whose login codes are never read) starts that chat's task: wait `debounce_s` (the
-  partner may be writing a burst; their "typing…" (`events.UserUpdate`) starts the wait again), read
-  the recent history, ask the twin, then put the reply in the chat's draft (or Saved Messages). A
+  partner may be writing a burst; their "typing…" (`events.UserUpdate`) extends the wait until it lapses,
+  but to no more than `max_typing_wait_s` after their last message), read the recent history, ask the
+  twin, then put the reply in the chat's draft (or Saved Messages, within the rate limits; past them the
+  chat's draft). A
   newer partner message, or the partner editing or deleting a message of the burst, cancels the task
   and starts a fresh one. A message that gives the twin nothing to read (sticker, media without a
   caption, service message, forward) neither starts nor cancels one. At most `max_concurrent` chats
@@ -24,7 +26,8 @@ real client, tests call them with fakes that have the same names.
   partner's next message) is compared with the draft and recorded in the feedback file.
 
 Message text reaches the log only with `log_content`, and then scrubbed of secrets. Every handler logs
-and swallows its own failure: one odd event never stops the listener.
+and swallows its own failure: one odd event never stops the listener. Only Telegram refusing the session
+itself (`UnauthorizedError`, `AuthKeyError`) does: `logged_out` is set and `stopped` tells `reply.listen`.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ HEARD_PER_CHAT = 100
 """Ids of a chat's latest partner messages kept to notice a deletion (a burst longer than that is rare)."""
 OWN_PER_CHAT = 64
 """Ids of this process's latest sent messages kept per chat, to know their echoes."""
+TYPING_VALID_S = 6.0
+"""How long one "typing…" update holds: Telegram's clients repeat it while typing and take it as over after
+6 s without one (`updateUserTyping`), so a reply postponed by it waits at least that long."""
 _BOT_SUFFIX = re.compile(r"^(/\S+?)@\w+$")
 """`/twinstop@SomeBot`: a command tapped in a chat's command menu."""
 E = TypeVar("E")
@@ -147,6 +153,10 @@ class Replier:
         self.auto = set(settings.auto_reply)
         self.caps = context_caps(settings.prepared)
         self.limiter = RateLimiter(settings.per_chat_per_hour, settings.global_per_hour)
+        self.saved_limiter = RateLimiter(
+            settings.per_chat_per_hour, settings.global_per_hour, what="suggestions in Saved Messages"
+        )
+        """`--mode saved` writes a message per suggestion: as many as auto-replies may, counted apart."""
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.entities: dict[int, Any] = {}
         """Per chat with a task: its entity, to start the task again (an edit or deletion by the partner)."""
@@ -156,6 +166,9 @@ class Replier:
         """Chats asking the twin server at once."""
         self.waiting: dict[int, Any] = {}
         """Chats whose task is still in its `debounce_s` wait, with their entity."""
+        self.since: dict[int, float] = {}
+        """Per chat with a task: when the partner last wrote (or edited, or deleted), as a timestamp; their
+        "typing…" postpones the reply to at most `max_typing_wait_s` after it."""
         self.pending: dict[int, Pending] = {}
         self.suggested: dict[int, str] = {}
         """Per chat: the twin's latest draft text (Telegram may echo it back as a draft update at once)."""
@@ -165,6 +178,10 @@ class Replier:
         """Per chat: texts being sent right now (an echo may come before the id is known)."""
         self.paused = Path(settings.pause_file).exists()
         self.counts: Counter[str] = Counter()
+        self.logged_out: BaseException | None = None
+        """Telegram's refusal of the session itself (revoked, expired, banned): nothing more can be done."""
+        self.stopped = asyncio.Event()
+        """Set when the listener must stop (`logged_out`); `reply.listen` waits on it."""
 
     # ---- events ---------------------------------------------------------------------------------------
     @guarded
@@ -203,16 +220,24 @@ class Replier:
 
     @guarded
     async def on_user_update(self, event: Any) -> None:
-        """`events.UserUpdate`: the partner still typing means their burst is not over: wait again."""
+        """`events.UserUpdate`: the partner still typing means their burst is not over: wait again, until
+        their "typing…" would have lapsed, but never past `max_typing_wait_s` after their last message (a
+        client that shows "typing…" without end must not hold the reply back for ever)."""
         chat_id = _chat_id(event)
         chat = self.waiting.get(chat_id or 0)
         if chat is None or chat_id is None or self.paused or not event.typing or event.user_id != chat_id:
             return
+        now = self.clock.now().timestamp()
+        longest = max(self.settings.debounce_s, self.settings.max_typing_wait_s)
+        left = self.since.get(chat_id, now) + longest - now
+        if left <= 0:
+            return  # the cap is reached: the pending task is already about to answer
+        wait = max(self.settings.debounce_s, TYPING_VALID_S)
         task = self.tasks.pop(chat_id, None)
         if task is not None:
-            task.cancel()  # only postponed: the new task waits `debounce_s` again
+            task.cancel()  # only postponed: the new task waits again
         self.counts["postponed: partner typing"] += 1
-        self.tasks[chat_id] = asyncio.create_task(self._respond(chat, chat_id))
+        self.tasks[chat_id] = asyncio.create_task(self._respond(chat, chat_id, min(wait, left), wait <= left))
 
     @guarded
     async def on_draft(self, update: Any) -> None:
@@ -248,8 +273,8 @@ class Replier:
         if reason is not None:
             self._ignore(chat_id, reason)
             return
-        if self.paused:
-            self._ignore(chat_id, "paused")
+        if self.paused or self.logged_out is not None:
+            self._ignore(chat_id, "paused" if self.paused else "the session is no longer valid")
             return
         pending = self.pending.get(chat_id)
         if pending is not None and pending.sent:
@@ -270,7 +295,8 @@ class Replier:
 
     def _start(self, chat: Any, chat_id: int) -> None:
         self.entities[chat_id] = chat
-        self.tasks[chat_id] = asyncio.create_task(self._respond(chat, chat_id))
+        self.since[chat_id] = self.clock.now().timestamp()
+        self.tasks[chat_id] = asyncio.create_task(self._respond(chat, chat_id, self.settings.debounce_s))
 
     def _restart(self, chat_id: int, why: str) -> None:
         """Cancel the chat's pending reply and start afresh (it reads the history again)."""
@@ -286,15 +312,22 @@ class Replier:
             self.counts["cancelled"] += 1
             log.info("pending reply in chat %s cancelled: %s", chat_id, why)
 
-    async def _respond(self, chat: Any, chat_id: int) -> None:
+    async def _respond(self, chat: Any, chat_id: int, wait: float, full_wait: bool = True) -> None:
+        """Wait `wait` seconds (the partner may write more), then answer the chat. `full_wait` False: the
+        wait was cut short by `max_typing_wait_s`, the partner still "typing…"."""
         name = chat_name(chat)
         try:
             self.waiting[chat_id] = chat
             try:
-                await self.clock.sleep(self.settings.debounce_s)
+                await self.clock.sleep(wait)
             finally:
                 if self.tasks.get(chat_id) in (asyncio.current_task(), None):
                     self.waiting.pop(chat_id, None)
+            if not full_wait:
+                self.counts["typing cap reached"] += 1
+                log.info("chat %s: the partner has shown \"typing…\" for %gs since their last message; "
+                         "answering what they wrote (--max-typing-wait-s)", chat_id,
+                         self.settings.max_typing_wait_s)  # fmt: skip
             if self.paused:
                 log.info("chat %s: paused; no reply", chat_id)
                 return
@@ -303,6 +336,7 @@ class Replier:
                          chat_id, self.settings.max_concurrent)  # fmt: skip
             async with self.slots:  # the history is read once this chat's turn has come: it is fresh
                 messages = await self.actions.history(chat, self.settings.history)
+                newest = max((int(m.id) for m in messages if getattr(m, "id", None) is not None), default=0)
                 partner = prompt_name(name)
                 gap = timedelta(hours=self.settings.gap_hours)
                 turns = prompt_turns(conversation(messages, chat_id, gap), self.caps, partner)
@@ -323,13 +357,15 @@ class Replier:
             if blocked is None and self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 blocked = "you have started a reply there yourself (a draft)"
             if blocked is None:
-                await self._auto_send(chat, chat_id, name, reply)
+                await self._auto_send(chat, chat_id, name, reply, newest)
             else:
                 if chat_id in self.auto:
                     log.info("not auto-sending in chat %s: %s; making it a draft", chat_id, blocked)
-                await self._suggest(chat, chat_id, name, turns, reply)
+                await self._suggest(chat, chat_id, name, turns, reply, newest)
         except asyncio.CancelledError:
             raise
+        except (errors.UnauthorizedError, errors.AuthKeyError) as e:  # the session itself is gone
+            self._log_out(e)
         except TwinServerError as e:
             self.counts["twin server errors"] += 1
             log.warning("no reply for chat %s: %s", chat_id, e)
@@ -348,6 +384,19 @@ class Replier:
                 del self.tasks[chat_id]
                 self.entities.pop(chat_id, None)
                 self.heard.pop(chat_id, None)
+                self.since.pop(chat_id, None)
+
+    def _log_out(self, error: BaseException) -> None:
+        """Telegram refuses the session (logged out on another device, expired, the account banned): every
+        further call fails the same way, so stop rather than log a failure per chat."""
+        self.counts["session refused"] += 1
+        if self.logged_out is None:
+            self.logged_out = error
+            log.warning("Telegram no longer accepts this session (%s); stopping", type(error).__name__)
+        for chat_id in list(self.tasks):
+            if self.tasks[chat_id] is not asyncio.current_task():
+                self._cancel(chat_id, "the session is no longer valid")
+        self.stopped.set()
 
     def _persons_draft(self, chat_id: int, draft: str) -> bool:
         """Whether the chat's draft is the person's own writing (not empty, not the twin's last draft)."""
@@ -362,7 +411,8 @@ class Replier:
             return f"quiet hours ({self.settings.quiet_hours})"
         return self.limiter.blocked(chat_id, now.timestamp())
 
-    async def _auto_send(self, chat: Any, chat_id: int, name: str, reply: str) -> None:
+    async def _auto_send(self, chat: Any, chat_id: int, name: str, reply: str, newest: int) -> None:
+        """Send the reply line by line, paced; `newest`: the newest message id the chat was read with."""
         self.limiter.record(chat_id, self.clock.now().timestamp())
         sending = self.sending.setdefault(chat_id, Counter())
         for index, line in enumerate(split_reply(reply)):
@@ -372,20 +422,35 @@ class Replier:
                     await self.clock.sleep(delay)
             sending[line] += 1  # its echo may come before `send` returns: not the person's message
             try:
-                message_id = await self.actions.send(chat, name, line, delay_s=delay)
+                message_id = await self.actions.send(chat, name, line, after_id=newest, delay_s=delay)
             finally:
                 if sending[line] > 0:
                     sending[line] -= 1
                 sending += Counter()  # drop zero counts
             if message_id is not None:
                 self._mine(chat_id, message_id)
+                newest = max(newest, message_id)  # a next line equal to this one is not taken for sent
             self.counts["auto-sent messages"] += 1
         self.counts["auto-replies"] += 1
         log.info("auto-replied in chat %s", chat_id)
 
-    async def _suggest(self, chat: Any, chat_id: int, name: str, turns: list[Turn], reply: str) -> None:
+    async def _suggest(
+        self, chat: Any, chat_id: int, name: str, turns: list[Turn], reply: str, newest: int
+    ) -> None:
+        """Offer the reply for approval: the chat's draft, or (`--mode saved`, within the rate limits) a
+        message in Saved Messages; past the limits a draft in the chat instead (no message written)."""
         previous = self.pending.get(chat_id)
-        if self.settings.mode == "draft":
+        mode = self.settings.mode
+        if mode == "saved":
+            now = self.clock.now().timestamp()
+            limited = self.saved_limiter.blocked(chat_id, now)
+            if limited is None:
+                self.saved_limiter.record(chat_id, now)
+            else:
+                mode = "draft"
+                self.counts["saved: over the limit, drafted"] += 1
+                log.info("chat %s: %s reached; the suggestion goes to the chat's draft", chat_id, limited)
+        if mode == "draft":
             if self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 self.counts["left your own draft alone"] += 1
                 log.info("chat %s has a draft of yours: left alone, no twin draft", chat_id)
@@ -393,14 +458,14 @@ class Replier:
             self.suggested[chat_id] = reply
             await self.actions.save_draft(chat, name, reply)
         else:
-            message_id = await self.actions.send_saved(name, chat_link(chat), reply)
+            message_id = await self.actions.send_saved(name, chat_link(chat), reply, after_id=newest)
             if message_id is not None:
                 self._mine(self.me_id, message_id)
         if previous is not None:
             await self._close(chat_id, superseded=True)
         self.pending[chat_id] = Pending(chat_id, prompt_name(name), turns[-1].text, tuple(turns[:-1]), reply)
         self.counts["drafts"] += 1
-        log.info("draft for chat %s ready (%s)", chat_id, self.settings.mode)
+        log.info("draft for chat %s ready (%s)", chat_id, mode)
 
     # ---- the person writes -----------------------------------------------------------------------------
     def _mine(self, chat_id: int, message_id: int) -> None:

@@ -23,12 +23,16 @@ class Clock:
 
 
 class RateLimiter:
-    """At most `per_chat` auto-replies per chat and `overall` over all chats in any `window_s` seconds."""
+    """At most `per_chat` actions (auto-replies, say) per chat and `overall` over all chats in any `window_s`
+    seconds; `what` names them in the reason a limit gives."""
 
-    def __init__(self, per_chat: int, overall: int, window_s: float = WINDOW_S) -> None:
+    def __init__(
+        self, per_chat: int, overall: int, window_s: float = WINDOW_S, what: str = "auto-replies"
+    ) -> None:
         self.per_chat = per_chat
         self.overall = overall
         self.window_s = window_s
+        self.what = what
         self.chats: dict[int, deque[float]] = {}
         self.all: deque[float] = deque()
 
@@ -38,11 +42,11 @@ class RateLimiter:
         return times
 
     def blocked(self, chat_id: int, now: float) -> str | None:
-        """Why another auto-reply to `chat_id` now would break a limit (None: it would not)."""
+        """Why another action in `chat_id` now would break a limit (None: it would not)."""
         if len(self._trim(self.all, now)) >= self.overall:
-            return f"the limit of {self.overall} auto-replies an hour over all chats (--global-per-hour)"
+            return f"the limit of {self.overall} {self.what} an hour over all chats (--global-per-hour)"
         if len(self._trim(self.chats.get(chat_id, deque()), now)) >= self.per_chat:
-            return f"the limit of {self.per_chat} auto-replies an hour in one chat (--per-chat-per-hour)"
+            return f"the limit of {self.per_chat} {self.what} an hour in one chat (--per-chat-per-hour)"
         return None
 
     def record(self, chat_id: int, now: float) -> None:

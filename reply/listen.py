@@ -3,11 +3,13 @@
 The session file and `TELEGRAM_*` settings are collect's (`collect.telegram.make_client`, `login`): a
 saved session is reused, so no new login is needed after `make collect`. Telethon reconnects by itself a
 few times; when it gives up, the listener connects again with collect's backoff and then stops with a
-clear message.
+clear message. It also stops, saying how to log in again, when Telegram refuses the session (ended on
+another device, expired, the account banned), whether Telethon's update loop or a reply meets it first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from collect.telegram import (
 )
 from common.files import FILE_MODE
 from reply.actions import TelegramActions
-from reply.engine import Replier
+from reply.engine import Replier, Twin
 from reply.errors import ReplyError
 from reply.limits import Clock
 from reply.settings import ReplySettings
@@ -87,34 +89,46 @@ async def run_listener(settings: ReplySettings, announce: Callable[[str], None])
     telegram = load_settings(settings.env_file)
     client = make_client(telegram)
     twin = TwinClient(settings)
-    replier: Replier | None = None
     try:
         await login(client, telegram)
-        me = await client.get_me()
-        actions = TelegramActions(
-            client,
-            Clock(),
-            dry_run=settings.dry_run,
-            announce=announce,
-            max_flood_wait_s=settings.max_flood_wait_s,
-        )
-        replier = Replier(settings, actions, twin, me_id=int(me.id), announce=announce)
-        register(client, replier)
-        announce(describe(settings))
-        if replier.paused:
-            announce(f"twin reply: PAUSED since earlier ({settings.pause_file}); send {settings.resume_word}")
-        await stay_connected(client, Clock())
-    except errors.UnauthorizedError as e:
+        await answer_chats(client, settings, twin, announce, Clock())
+    except (errors.UnauthorizedError, errors.AuthKeyError) as e:  # logged out elsewhere, expired, banned
         raise ReplyError(
             f"Telegram no longer accepts the saved session ({type(e).__name__}): delete {telegram.session} "
             "and run `make collect` or this command again to log in afresh"
         ) from None
     finally:
-        if replier is not None:
-            await replier.close()
         await twin.aclose()
         await client.disconnect()
         os.chmod(prepare_session_file(telegram.session), FILE_MODE)
+
+
+async def answer_chats(
+    client: Any, settings: ReplySettings, twin: Twin, announce: Callable[[str], None], clock: Clock
+) -> None:
+    """Answer chats through a logged-in `client` until Telegram disconnects for good or refuses the session
+    (raised: Telethon's `UnauthorizedError` or `AuthKeyError`, which the update loop or a reply met)."""
+    me = await client.get_me()
+    actions = TelegramActions(
+        client, clock, dry_run=settings.dry_run, announce=announce, max_flood_wait_s=settings.max_flood_wait_s
+    )
+    replier = Replier(settings, actions, twin, me_id=int(me.id), clock=clock, announce=announce)
+    register(client, replier)
+    announce(describe(settings))
+    if replier.paused:
+        announce(f"twin reply: PAUSED since earlier ({settings.pause_file}); send {settings.resume_word}")
+    connection = asyncio.create_task(stay_connected(client, clock))
+    stopped = asyncio.create_task(replier.stopped.wait())
+    try:
+        await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (connection, stopped):
+            task.cancel()
+        await asyncio.gather(connection, stopped, return_exceptions=True)
+        await replier.close()
+    if replier.logged_out is not None:
+        raise replier.logged_out
+    connection.result()  # its error, if it ended with one
 
 
 async def stay_connected(client: Any, clock: Clock, max_retries: int = MAX_RETRIES) -> None:

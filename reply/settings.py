@@ -48,8 +48,16 @@ class ReplySettings(BaseSettings):
         default="23:00-08:00",
         description="local hours HH:MM-HH:MM when nothing is auto-sent (drafts still appear); '' for none",
     )
-    per_chat_per_hour: int = Field(default=4, ge=0, description="auto-replies per chat in any hour")
-    global_per_hour: int = Field(default=15, ge=0, description="auto-replies over all chats in any hour")
+    per_chat_per_hour: int = Field(
+        default=4,
+        ge=0,
+        description="auto-replies per chat in any hour (and, apart, suggestions written to Saved Messages)",
+    )
+    global_per_hour: int = Field(
+        default=15,
+        ge=0,
+        description="auto-replies over all chats in any hour (and, apart, suggestions in Saved Messages)",
+    )
     stop_word: str = Field(
         default="/twinstop",
         min_length=2,
@@ -61,6 +69,12 @@ class ReplySettings(BaseSettings):
     )
     debounce_s: float = Field(
         default=4.0, ge=0, description="seconds to wait after the partner's last message (a burst may follow)"
+    )
+    max_typing_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description='the partner\'s "typing…" holds a reply back at most this many seconds after their last '
+        "message (a client stuck typing must not hold it forever); then the twin answers what they wrote",
     )
     read_delay_s: float = Field(default=5.0, ge=0, description="auto-reply: seconds 'reading' before typing")
     chars_per_s: float = Field(default=5.0, gt=0, description="auto-reply: typing speed, characters a second")

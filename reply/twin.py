@@ -2,15 +2,19 @@
 
 `POST {url}/v1/chat/completions` (serve's contract): the partner's turns as `user` messages (with their
 name), the person's as `assistant`; `Authorization: Bearer <TWIN_API_KEY>` when a key is set. A busy
-server (503 + Retry-After) is asked again a few times; every other failure is a `TwinServerError` whose
-text says what to do and never contains message text.
+server (503, or 429 from a proxy or gateway in front of it, as Retry-After says in seconds or as a date)
+is asked again a few times; a wait longer than `MAX_BUSY_WAIT_S` gives up at once. Every other failure is
+a `TwinServerError` whose text says what to do and never contains message text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -23,6 +27,10 @@ log = logging.getLogger(__name__)
 
 MODEL = "twin"
 BUSY_RETRIES = 3
+BUSY_STATUSES = frozenset({429, 503})
+"""Too many requests (a gateway's rate limit) and busy (serve's full queue): asked again after Retry-After."""
+MAX_BUSY_WAIT_S = 30.0
+"""The longest Retry-After waited out; a server asking for more is taken as down for now."""
 CONNECT_TIMEOUT_S = 5.0
 MAX_NAME_CHARS = 128
 """serve's limit on a message's `name`."""
@@ -95,9 +103,14 @@ class TwinClient:
                     f"cannot reach the twin server at {url} ({type(e).__name__}): start it with `make serve` "
                     "or set TWIN_API_URL"
                 ) from None
-            if response.status_code == 503 and attempt < BUSY_RETRIES:
+            if response.status_code in BUSY_STATUSES and attempt < BUSY_RETRIES:
                 wait = _retry_after(response)
-                log.info("twin server busy; asking again in %.0fs", wait)
+                if wait > MAX_BUSY_WAIT_S:
+                    raise TwinServerError(
+                        f"the twin server at {url} is busy ({response.status_code}) and asks to wait "
+                        f"{wait:.0f}s; this message gets no reply"
+                    )
+                log.info("twin server busy (%d); asking again in %.1fs", response.status_code, wait)
                 await asyncio.sleep(wait)
                 continue
             return _reply_text(response, url)
@@ -105,10 +118,17 @@ class TwinClient:
 
 
 def _retry_after(response: httpx.Response) -> float:
+    """Retry-After in seconds (RFC 9110: a number of seconds or an HTTP date), at least 0.5; 2 if absent
+    or unreadable."""
+    value = response.headers.get("Retry-After", "").strip()
     try:
-        return min(30.0, max(0.5, float(response.headers.get("Retry-After", "2"))))
+        seconds = float(value)
     except ValueError:
-        return 2.0
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            seconds = 2.0
+    return max(0.5, seconds) if math.isfinite(seconds) else 2.0
 
 
 def _reply_text(response: httpx.Response, url: str) -> str:

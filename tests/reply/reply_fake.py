@@ -3,8 +3,10 @@
 Entities, messages, drafts, updates and errors are Telethon's own classes (`types.User`, `types.Message`,
 `Draft`, `types.UpdateDraftMessage`, `errors.FloodWaitError`), and the client has Telethon's method names
 (`add_event_handler`, `iter_messages`, `get_drafts`, `send_message`, `action`, `__call__` with
-`functions.messages.SaveDraftRequest`); events are dispatched to the handlers registered for Telethon's
-event builders (`events.NewMessage`, `events.MessageEdited`, `events.Raw`).
+`functions.messages.SaveDraftRequest`, `run_until_disconnected`, `disconnect`); events are dispatched to
+the handlers registered for Telethon's event builders (`events.NewMessage`, `events.MessageEdited`,
+`events.Raw`). `send_message` formats text as Telethon does: its Markdown unless `parse_mode` says
+otherwise (None: plain text; a callable: that parser), so the chat holds what Telegram would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from telethon import events
+from telethon import events, utils
 from telethon.tl import functions, types
 from telethon.tl.custom.draft import Draft
 
@@ -42,8 +44,9 @@ def message(mid: int, peer: int, body: str, *, out: bool = False, at: datetime |
     )
 
 
-def message_to(mid: int, peer: int, body: str) -> Any:
-    return types.Message(id=mid, peer_id=types.PeerUser(peer), date=T0, message=body, out=True)
+def message_to(mid: int, peer: int, body: str, entities: list[Any] | None = None) -> Any:
+    return types.Message(id=mid, peer_id=types.PeerUser(peer), date=T0, message=body, out=True,
+                         entities=entities or None)  # fmt: skip
 
 
 @dataclass
@@ -93,8 +96,13 @@ class FakeClient:
     sent: list[tuple[Any, str, float]] = field(default_factory=list)
     """(entity, text, virtual time) of every `send_message`."""
     actions: list[tuple[str, int, float]] = field(default_factory=list)
-    faults: dict[str, list[BaseException]] = field(default_factory=dict)
-    """Per method name (`SaveDraftRequest`, `send_message`, ...): errors the next calls raise in turn."""
+    faults: dict[str, list[BaseException | None]] = field(default_factory=dict)
+    """Per method name (`SaveDraftRequest`, `send_message`, ...): errors the next calls raise in turn (None:
+    that call goes through)."""
+    faults_after: dict[str, list[BaseException]] = field(default_factory=dict)
+    """Per method name: errors the next calls raise *after* Telegram carried them out (the connection
+    dropped before the answer came back)."""
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     connected: bool = True
     next_id: int = 1000
     echo_drafts: bool = False
@@ -112,13 +120,23 @@ class FakeClient:
 
     async def connect(self) -> None:
         self.connected = True
+        self.disconnected.clear()
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        self.disconnected.set()
+
+    async def run_until_disconnected(self) -> None:
+        await self.disconnected.wait()
 
     async def get_me(self) -> Any:
         return person(ME, "Me", is_self=True)
 
     def _fault(self, name: str) -> None:
         if self.faults.get(name):
-            raise self.faults[name].pop(0)
+            fault = self.faults[name].pop(0)
+            if fault is not None:
+                raise fault
 
     async def __call__(self, request: Any) -> Any:
         self._fault(type(request).__name__)
@@ -130,9 +148,13 @@ class FakeClient:
                 await self.i_type(request.peer, request.message, wait=False)
         return True
 
-    async def iter_messages(self, entity: Any, limit: int | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+    async def iter_messages(
+        self, entity: Any, limit: int | None = None, *, min_id: int = 0, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        """Newest first; `min_id`: only messages with a larger id, as Telethon's."""
         self._fault("iter_messages")
-        messages = list(reversed(self.history.get(entity.id, [])))
+        peer = ME if entity == "me" else entity.id
+        messages = [m for m in reversed(self.history.get(peer, [])) if m.id > min_id]
         for m in messages[:limit]:
             yield m
 
@@ -141,16 +163,22 @@ class FakeClient:
         text = self.drafts.get(entity.id, "")
         return Draft(self, entity, types.DraftMessage(message=text, date=None) if text else None)
 
-    async def send_message(self, entity: Any, message: str = "", **kwargs: Any) -> Any:
+    async def send_message(
+        self, entity: Any, message: str = "", *, parse_mode: Any = (), **kwargs: Any
+    ) -> Any:
         self._fault("send_message")
+        mode = utils.sanitize_parse_mode("md" if parse_mode == () else parse_mode)  # () is Telethon's default
+        text, entities = mode.parse(message) if mode else (message, [])
         self.next_id += 1
-        self.sent.append((entity, message, self.clock.t))
+        self.sent.append((entity, text, self.clock.t))
         peer = ME if entity == "me" else entity.id
-        sent = message_to(self.next_id, peer, message)
+        sent = message_to(self.next_id, peer, text, entities)
         self.history.setdefault(peer, []).append(sent)
         if self.echo_sends:
             chat = person(ME, "Me", is_self=True) if entity == "me" else entity
             asyncio.get_running_loop().create_task(self.dispatch(FakeEvent(sent, chat), wait=False))
+        if self.faults_after.get("send_message"):
+            raise self.faults_after["send_message"].pop(0)
         return sent
 
     def action(self, entity: Any, action: str) -> Typing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from reply_fake import ANNA, BORIS, ME, FakeEvent, Make, build_world, message, person
-from telethon import errors, events
+from telethon import errors, events, helpers
 from telethon.tl import types
 
 from prepare.feedback import draft_stats, read_feedback
@@ -273,8 +274,57 @@ def test_saved_mode_writes_to_saved_messages_with_a_link(make: Make) -> None:
 
     run(body)
     ((entity, text, _),) = w.client.sent
-    assert entity == "me" and "[Anna](tg://user?id=101)" in text and text.endswith("sure, see you then")
+    assert entity == "me" and text == "Twin's draft for Anna:\n\nsure, see you then"
+    (link,) = w.client.history[ME][-1].entities
+    assert isinstance(link, types.MessageEntityTextUrl) and link.url == "tg://user?id=101"
+    assert text[link.offset : link.offset + link.length] == "Anna"
     assert w.drafts() == []
+
+
+def test_saved_mode_keeps_the_rate_limits_and_drafts_past_them(make: Make) -> None:
+    w = make(mode="saved", per_chat_per_hour=1, global_per_hour=2, debounce_s=0.0)
+    w.client.faults["send_message"] = [errors.FloodWaitError(request=None, capture=30)]
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "one")  # a FloodWait first: waited out, then written
+        await w.clock.advance(120.0)
+        await w.client.partner_says(ANNA, 2, "two")  # over the per-chat limit: the chat's draft
+        await w.clock.advance(120.0)
+        await w.client.partner_says(BORIS, 1, "three")  # second overall: written
+        await w.clock.advance(120.0)
+        await w.client.partner_says(person(103, "Cleo"), 1, "four")  # over the global limit: a draft
+        await w.clock.advance(3600.0)  # an hour later, the limits are free again
+        await w.client.partner_says(ANNA, 3, "five")
+        await w.clock.advance(120.0)
+
+    run(body)
+    saved = [text for entity, text, _ in w.client.sent if entity == "me"]
+    assert len(saved) == 3 and len(w.client.sent) == 3 and 30 in w.clock.slept
+    assert [chat for chat, _ in w.drafts()] == [ANNA.id, 103]
+    assert w.replier.counts["saved: over the limit, drafted"] == 2
+
+
+@pytest.mark.parametrize("mode", ["saved", "auto"])
+def test_the_twins_words_arrive_as_written_not_as_markdown(make: Make, mode: str) -> None:
+    reply = "edit __init__.py, pass **kwargs and see [the docs](http://example.org) `now`"
+    zoe = person(105, "Zoë 😀 [x]", username="zoe")
+    auto = [zoe.id] if mode == "auto" else []
+    w = make(replies=(reply,), mode="saved" if mode == "saved" else "draft", auto_reply=auto)
+    w.client.echo_sends = True  # the sent message comes back: with its text intact it is known as the twin's
+
+    async def body() -> None:
+        await w.client.partner_says(zoe, 1, "how do I do it?")
+        await w.clock.advance(120.0)
+
+    run(body)
+    ((_, text, _),) = w.client.sent
+    assert text.endswith(reply)
+    if mode == "saved":
+        (link,) = w.client.history[ME][-1].entities
+        name = helpers.del_surrogate(helpers.add_surrogate(text)[link.offset : link.offset + link.length])
+        assert name == "Zoë 😀 [x]" and link.url == "https://t.me/zoe"
+    else:
+        assert w.client.history[zoe.id][-1].entities is None and w.replier.counts["cancelled"] == 0
 
 
 def test_flood_wait_is_waited_out_and_the_draft_still_made(make: Make) -> None:
@@ -426,6 +476,52 @@ def test_the_partner_still_typing_postpones_the_reply(make: Make) -> None:
     assert len(w.twin.asked) == 1 and w.twin.asked[0][0][-1].text == "so\nabout tomorrow"
     assert w.drafts() == [(ANNA.id, "sure, see you then")]
     assert w.replier.waiting == {} and w.replier.tasks == {}
+
+
+async def partner_types(w: Any, user_id: int) -> None:
+    """Telegram's `UpdateUserTyping` for `user_id`, handed to the `events.UserUpdate` handlers."""
+    for callback, builder in w.client.handlers:
+        if isinstance(builder, events.UserUpdate):
+            await callback(Typing(user_id))
+
+
+def test_typing_that_never_stops_holds_the_reply_back_only_so_long(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = make(debounce_s=4.0, max_typing_wait_s=20.0)
+    asked_at: list[float] = []
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "so")
+        while w.clock.t < 100:  # a client stuck on "typing…": the update every 2 s, for ever
+            await w.clock.advance(2.0)
+            if w.twin.asked and not asked_at:
+                asked_at.append(w.clock.t)
+            await partner_types(w, ANNA.id)
+
+    with caplog.at_level(logging.INFO):
+        run(body)
+    assert asked_at == [20.0] and len(w.twin.asked) == 1  # 20 s after the message, what was written so far
+    assert w.twin.asked[0][0][-1].text == "so" and w.drafts() == [(ANNA.id, "sure, see you then")]
+    assert w.replier.counts["typing cap reached"] == 1 and "--max-typing-wait-s" in caplog.text
+
+
+def test_typing_renewed_every_5_s_is_still_typing(make: Make) -> None:
+    """Telegram's clients repeat "typing…" about every 5 s and it lapses after 6 s: a debounce of 4 s
+    between two updates is no sign that the partner has stopped."""
+    w = make(debounce_s=4.0)
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "so")
+        for _ in range(5):  # typing from 1 s to 21 s
+            await w.clock.advance(1.0 if w.clock.t == 0 else 5.0)
+            await partner_types(w, ANNA.id)
+        await w.clock.advance(5.5)  # 26.5 s: the last update has not lapsed yet
+        assert w.twin.asked == []
+        await w.clock.advance(1.0)  # 27.5 s: it has (21 + 6)
+
+    run(body)
+    assert len(w.twin.asked) == 1 and w.replier.counts["typing cap reached"] == 0
 
 
 def test_no_auto_reply_over_a_draft_of_the_persons_own(make: Make) -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reply_fake import ANNA, BORIS, ME, T0, FakeEvent, Make, build_world, message, person
+from reply_fake import ANNA, BORIS, ME, T0, FakeClient, FakeEvent, Make, build_world, message, person, settle
 from telethon import errors
-from telethon.tl import types
+from telethon.tl import functions, types
 
 from prepare.prompt import MAX_TURN_CHARS
 from prepare.records import Turn
 from reply.conversation import MAX_MESSAGE_CHARS
+from reply.listen import answer_chats
 
 SAVED = person(ME, "Me", is_self=True)
 SERVICE = person(777000, "Telegram", verified=True)
@@ -427,6 +428,71 @@ def test_telegram_refusing_a_send_is_logged_and_the_listener_goes_on(
         run(body)
     assert w.drafts() == [(BORIS.id, "sure, see you then")]
     assert f"chat {ANNA.id}: Telegram refused" in caplog.text and type(error).__name__ in caplog.text
+
+
+@pytest.mark.parametrize(
+    "error", [ConnectionError("connection reset"), TimeoutError()], ids=["reset", "timeout"]
+)
+@pytest.mark.parametrize("mode", ["auto", "saved"])
+def test_a_send_lost_after_telegram_took_it_is_not_sent_twice(
+    make: Make, error: Exception, mode: str
+) -> None:
+    w = make(replies=("omw\n5 min",), auto_reply=[ANNA.id] if mode == "auto" else [], mode="saved")
+    w.client.faults_after["send_message"] = [error]  # the first message went out; its answer was lost
+    w.client.echo_sends = True
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 1, "where are you?")
+        await w.clock.advance(120.0)
+
+    run(body)
+    expected = ["omw", "5 min"] if mode == "auto" else ["Twin's draft for Anna:\n\nomw\n5 min"]
+    assert w.client.texts_sent() == expected and w.replier.actions.counts.resends_avoided == 1
+    assert w.replier.counts["auto-replies" if mode == "auto" else "drafts"] == 1
+    assert w.replier.counts["cancelled"] == 0 and not w.replier.paused
+
+
+def test_a_send_lost_before_telegram_took_it_is_sent_again(make: Make) -> None:
+    """The check looks only at messages newer than the reply's start: an older "ok" of the person's, or
+    the reply's own first line, is no sign that a line went out."""
+    w = make(replies=("ok\nok",), auto_reply=[ANNA.id])
+    w.client.history[ANNA.id] = [message(1, ANNA.id, "ok", out=True)]
+    w.client.faults["send_message"] = [ConnectionError("down"), None, ConnectionError("down")]
+
+    async def body() -> None:
+        await w.client.partner_says(ANNA, 2, "coming?")
+        await w.clock.advance(120.0)
+
+    run(body)
+    assert w.client.texts_sent() == ["ok", "ok"] and w.replier.actions.counts.resends_avoided == 0
+    assert w.replier.actions.counts.network_retries == 2
+
+
+def test_a_session_logged_out_elsewhere_stops_the_listener(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = make(auto_reply=[ANNA.id])
+    client = FakeClient(w.clock)  # a fresh client: `answer_chats` wires its own Replier to it
+    client.faults["send_message"] = [errors.AuthKeyUnregisteredError(request=None)]
+    announced: list[str] = []
+
+    async def body() -> None:
+        listening = asyncio.create_task(answer_chats(client, w.settings, w.twin, announced.append, w.clock))
+        await settle()
+        await client.partner_says(BORIS, 1, "coffee?")  # not auto-replied: a draft, before the send fails
+        await client.partner_says(ANNA, 1, "hi")
+        await w.clock.advance(60.0)
+        with pytest.raises(errors.AuthKeyUnregisteredError):
+            await asyncio.wait_for(listening, timeout=2.0)
+        await client.partner_says(BORIS, 2, "hello?")  # nothing listens any more
+        await w.clock.advance(60.0)
+
+    with caplog.at_level(logging.INFO):
+        run(body)
+    assert client.sent == [] and len(w.twin.asked) == 2 and "no longer accepts this session" in caplog.text
+    assert [r.peer.id for r in client.requests if isinstance(r, functions.messages.SaveDraftRequest)] == [
+        BORIS.id
+    ]
 
 
 def test_a_typing_indicator_that_fails_at_once_costs_nothing(make: Make) -> None:

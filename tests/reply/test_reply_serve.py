@@ -249,3 +249,70 @@ def test_a_twin_server_dripping_its_answer_times_out_in_time() -> None:
             server.close()
 
     assert asyncio.run(ask()) < 2.0
+
+
+async def serve_in_turn(answers: list[bytes]) -> tuple[asyncio.Server, str, list[float]]:
+    """A real HTTP server on 127.0.0.1 giving `answers` in turn (the last one again after that), one per
+    connection; also the (monotonic) times the requests came."""
+    times: list[float] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+            await reader.readexactly(length)
+            times.append(time.monotonic())
+            writer.write(answers[min(len(times), len(answers)) - 1])
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", times
+
+
+def busy(status: str, retry_after: str) -> bytes:
+    body = b'{"error": {"message": "slow down"}}'
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Retry-After: {retry_after}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [busy("429 Too Many Requests", "1"), busy("503 Service Unavailable", "Wed, 21 Oct 2015 07:28:00 GMT")],
+    ids=["429-seconds", "503-http-date"],
+)
+def test_a_busy_twin_server_is_asked_again_after_retry_after(answer: bytes) -> None:
+    ok = http("200 OK", b'{"choices": [{"message": {"content": "sure"}}]}')
+
+    async def ask() -> tuple[str, list[float]]:
+        server, url, times = await serve_in_turn([answer, ok])
+        twin = TwinClient(settings(url, timeout_s=5.0))
+        try:
+            return await twin.suggest([Turn("partner", "hi")], "Anna"), times
+        finally:
+            await twin.aclose()
+            server.close()
+
+    reply, times = asyncio.run(ask())
+    assert reply == "sure" and len(times) == 2
+    assert times[1] - times[0] >= (0.9 if b"429" in answer else 0.4)  # 1 s; a date past: the least, 0.5 s
+
+
+def test_a_twin_server_asking_for_a_long_wait_gives_up_at_once() -> None:
+    async def ask() -> float:
+        server, url, _ = await serve_in_turn([busy("429 Too Many Requests", "3600")])
+        twin = TwinClient(settings(url, timeout_s=5.0))
+        start = time.monotonic()
+        try:
+            with pytest.raises(TwinServerError, match="busy \\(429\\) and asks to wait 3600s"):
+                await twin.suggest([Turn("partner", "hi")], "Anna")
+            return time.monotonic() - start
+        finally:
+            await twin.aclose()
+            server.close()
+
+    assert asyncio.run(ask()) < 1.0

@@ -127,6 +127,18 @@ def test_the_listener_reconnects_after_telegram_drops_it() -> None:
     assert client.connects == 3 and clock.slept == [2.0, 4.0]
 
 
+def test_the_typing_cap_is_a_setting_like_the_others(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ReplySettings(_env_file=None).max_typing_wait_s == 60.0  # type: ignore[call-arg]
+    monkeypatch.setenv("TWIN_REPLY_MAX_TYPING_WAIT_S", "15")
+    assert ReplySettings(_env_file=None).max_typing_wait_s == 15.0  # type: ignore[call-arg]
+    assert main(["--help"]) == 0
+    assert "--max-typing-wait-s" in capsys.readouterr().out
+    assert main(["--max-typing-wait-s", "-1"]) == 2
+    assert "--max-typing-wait-s" in capsys.readouterr().err
+
+
 def test_cli_help_and_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "--auto-reply" in capsys.readouterr().out
