@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -280,18 +281,21 @@ def nf4_launch(kind: str, x: torch.Tensor, w: Any, residual: torch.Tensor, split
 
 
 def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidth: float | None) -> None:
-    """Time the NF4 GEMV on each fused matrix of `config` per tile in NF4_TILES (batch 1), and the default
-    tile at 4 and 16 tokens; on a CPU (TRITON_INTERPRET=1) one launch each, through the interpreter."""
+    """Time the NF4 GEMV on each fused matrix of `config` per decode (`kernels_nf4.DECODES`) and tile in
+    NF4_TILES (batch 1), and the default decode and tile at 4 and 16 tokens; each decode's output is
+    checked against the dequantized weight's `F.linear` first. On a CPU (TRITON_INTERPRET=1) one launch
+    each, through the interpreter (which runs no `prmt`: PTX)."""
     from serve import kernels_nf4
 
     interpret = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
     if not kernels_nf4.available() or (device.type != "cuda" and not interpret):
         emit({"what": "nf4 sweep: skipped (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 on a CPU)"})
         return
-    saved = (kernels_nf4.TILE, kernels.cpu_interpreter)
+    saved = (kernels_nf4.TILE, kernels_nf4.DECODE, kernels.cpu_interpreter)
     kernels.cpu_interpreter = interpret
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     split = config.n_head * config.head_size  # Falcon's [proj | mlp.proj]: heads, then gelu(fc)
+    decodes = [d for d in kernels_nf4.DECODES if not (interpret and d == "prmt")]
     try:
         for name, (rows, K, kind) in nf4_matrices(config).items():
             first = random_packed(rows, K, device, dtype)
@@ -300,12 +304,15 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
             weights = [first] + [random_packed(rows, K, device, dtype) for _ in range(copies - 1)]
             out = rows // 2 if kind == "glu" else rows
             row: dict[str, Any] = {"what": f"nf4 sweep: {name}", "shape": [rows, K], "copies": copies}
-            tiles: list[tuple[tuple[int, int, int] | None, int]] = [(t, 1) for t in NF4_TILES]
-            for tile, tokens in [*tiles, (None, 4), (None, 16)]:
-                kernels_nf4.TILE = tile
+            row["check"] = nf4_check(kind, first, split, device, dtype, decodes)
+            runs: list[tuple[str | None, tuple[int, int, int] | None, int]] = [
+                (d, t, 1) for d in decodes for t in NF4_TILES
+            ]
+            for decode, tile, tokens in [*runs, (None, None, 4), (None, None, 16)]:
+                kernels_nf4.TILE, kernels_nf4.DECODE = tile, decode
                 x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
                 res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
-                key = f"{tile or kernels_nf4.nf4_tile(K)} x{tokens}"
+                key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K)} x{tokens}"
                 try:
                     ms = time_launches(
                         lambda x=x, res=res: [nf4_launch(kind, x, w, res, split) for w in weights],  # noqa: B023
@@ -322,7 +329,36 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
                 }
             emit(row)
     finally:
-        kernels_nf4.TILE, kernels.cpu_interpreter = saved
+        kernels_nf4.TILE, kernels_nf4.DECODE, kernels.cpu_interpreter = saved
+
+
+def nf4_check(
+    kind: str, w: Any, split: int, device: torch.device, dtype: torch.dtype, decodes: list[str]
+) -> dict[str, Any]:
+    """Each decode's output at 1 and 3 tokens against the same fold computed in fp32 from the dequantized
+    weight: the largest absolute difference, relative to the reference's largest value."""
+    from serve import kernels_nf4
+
+    rows, K = w.shape
+    out = rows // 2 if kind == "glu" else rows
+    weight = w.dequantize().float()
+    result: dict[str, Any] = {}
+    for tokens in (1, 3):
+        x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
+        res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
+        y = x.float() @ weight.T
+        if kind == "glu":
+            gate, up = y.chunk(2, dim=-1)
+            ref = F.silu(gate) * up
+        else:
+            ref = y + res.float() if kind == "cat" or res.size(-1) == rows else y
+        for decode in decodes:
+            kernels_nf4.DECODE = decode
+            got = nf4_launch(kind, x, w, res, split).float()
+            err = float((got - ref).abs().max() / ref.abs().max())
+            result[f"{decode} x{tokens}"] = round(err, 5)
+    kernels_nf4.DECODE = None
+    return result
 
 
 def time_launches(run: Callable[[], Any], device: torch.device) -> float:

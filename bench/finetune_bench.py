@@ -70,6 +70,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 import yaml
 from litgpt.lora import GPT, Block, Config, LoRALinear, mark_only_lora_as_trainable
 from litgpt.prompts import Alpaca
@@ -82,6 +83,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo's packages, and this 
 import hf_anchor as hf  # noqa: E402
 import train_flops as flops  # noqa: E402
 
+from finetune import packing  # noqa: E402
 from finetune.data import (  # noqa: E402
     BatchPlan,
     Example,
@@ -142,6 +144,8 @@ class BenchConfig:
     """Guessed GPU seconds per optimizer step of 128 chat sequences at a 7–8B shape (time budget)."""
     compile_s: float = 0.0
     """Guessed GPU seconds to compile (the warm-up's extra time)."""
+    flex_block: int = 128
+    """Packed rows: FlexAttention's BlockMask block (`finetune.packing.FLEX_BLOCK`)."""
     note: str = ""
 
 
@@ -205,6 +209,35 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         step_s=1.1,
         compile_s=60,
         note="--base-precision fp8 --packing --compile",
+    ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile-16k",
+        "packed",
+        micro_batch_tokens=16384,
+        compile=True,
+        base_precision="fp8",
+        step_s=1.1,
+        compile_s=60,
+        note="fp8, packed, 16k-token micro-batches",
+    ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile-b64",
+        "packed",
+        compile=True,
+        base_precision="fp8",
+        step_s=1.1,
+        compile_s=60,
+        flex_block=64,
+        note="fp8, packed, 64-token attention blocks",
+    ),  # fmt: skip
+    BenchConfig(
+        "packed-compile-b64",
+        "packed",
+        compile=True,
+        step_s=1.4,
+        compile_s=60,
+        flex_block=64,
+        note="bf16, packed, 64-token attention blocks",
     ),  # fmt: skip
     BenchConfig(
         "fp8-packed-compile-4k",
@@ -417,6 +450,11 @@ def randomize(model: torch.nn.Module) -> None:
             m.lora_B.normal_(0.0, 1e-3)
 
 
+def use_flex_block(cfg: BenchConfig) -> None:
+    """The row's FlexAttention block for packed rows (process-wide, as `finetune.packing` reads it)."""
+    packing.FLEX_BLOCK = cfg.flex_block
+
+
 def set_speed_options(model: GPT, compile: bool, checkpointing: bool) -> None:
     for block in model.transformer.h:
         block.__class__ = CheckpointedBlock if checkpointing else Block
@@ -560,6 +598,7 @@ def row_metrics(
 
 def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict[str, Any]:
     args, examples = env.args, env.data.examples
+    use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     warmup = args.warmup + (args.compile_warmup if cfg.compile else 0)
     steps = planned_steps(examples, cfg, args, warmup + args.steps)
@@ -1122,6 +1161,7 @@ def quality_run(
     ours = build_ours(fabric, config, args, cfg.base_precision)
     for group in ours.optimizer.param_groups:
         group["lr"] = args.quality_lr
+    use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     before = held_out_loss(ours, val, data.pad_id, args)
     torch.manual_seed(1000 + repeat)  # LoRA dropout's masks
@@ -1180,6 +1220,76 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ grad check
+def step_gradient(args: argparse.Namespace, device: torch.device, config: Config, cfg: BenchConfig,
+                  data: Data, train: list[Example]) -> tuple[float, torch.Tensor]:  # fmt: skip
+    """(mean loss per reply token, the LoRA gradient flattened in fp32) of the first planned step of one
+    row, from the same random base and LoRA init as every row, with LoRA dropout off: what the row's
+    forward and backward compute for the same records, before any optimizer step."""
+    release_memory()
+    torch.manual_seed(0)
+    precision = "32-true" if args.smoke else "bf16-true"
+    fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
+    ours = build_ours(fabric, config, args, cfg.base_precision)
+    for module in ours.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    use_flex_block(cfg)
+    set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
+    step = planned_steps(train, cfg, args, 1)[0]
+    loss_sum = torch.zeros((), device=device)
+    for mb in step.micro_batches:
+        batch = collate(mb, train, data.pad_id).to(device)
+        loss = batch_loss(ours.fabric_model, ours.head, batch)
+        fabric.backward(loss * (mb.loss_tokens / step.global_loss_tokens))
+        loss_sum += loss.detach().float() * mb.loss_tokens
+    grads = [p.grad.detach().float().flatten() for p in ours.model.parameters() if p.grad is not None]
+    grad = torch.cat(grads).cpu()
+    del ours
+    return loss_sum.item() / step.global_loss_tokens, grad
+
+
+def grad_check(args: argparse.Namespace) -> dict[str, Any]:
+    """`--grad-check`: each row's loss and LoRA gradient on the same first step, against the first row's
+    (the reference): relative loss difference, gradient cosine and norm ratio, the largest element
+    difference relative to the reference's largest element. Padded, packed and FP8 rows computing the
+    same step should differ by rounding only; a path that computes something else stands out here."""
+    device = torch.device("cpu" if args.smoke else "cuda")
+    data = make_data(args)
+    n_val = max(len(data.examples) // 8, 1)
+    train = data.examples[:-n_val]
+    rows = {c.name: c for c in CONFIGS}
+    out: dict[str, Any] = {"bench": "finetune-grad-check", "models": []}
+    out["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    for key in args.model:
+        config = model_config(key, args, data.tokenizer.vocab_size if args.smoke else 0)
+        results: list[dict[str, Any]] = []
+        ref: tuple[float, torch.Tensor] | None = None
+        for name in args.quality_rows:
+            cfg = rows[name]
+            if cfg.base_precision == "fp8" and (why := fp8_unavailable(device)):
+                results.append({"config": name, "skipped": why})
+                continue
+            loss, grad = step_gradient(args, device, config, cfg, data, train)
+            row: dict[str, Any] = {"config": name, "loss": round(loss, 6), "grad_norm": float(grad.norm())}
+            if ref is None:
+                ref = (loss, grad)
+            else:
+                ref_loss, ref_grad = ref
+                row["loss_rel_diff"] = round(loss / ref_loss - 1, 6)
+                row["grad_cosine"] = round(float(F.cosine_similarity(grad, ref_grad, dim=0)), 6)
+                row["grad_norm_ratio"] = round(float(grad.norm() / ref_grad.norm()), 6)
+                row["grad_max_diff_rel"] = round(
+                    float((grad - ref_grad).abs().max() / ref_grad.abs().max()), 6
+                )
+            results.append(row)
+            print(json.dumps({"model": key, **row}), flush=True)
+        out["models"].append({"model": key, "config": config.name, "results": results})
+        if args.out:
+            write_json(args.out, out)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -1194,6 +1304,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quality", type=int, default=0, help="STEPS: the bf16/packed/fp8 validation-loss guard instead"
     )
     p.add_argument("--quality-lr", type=float, default=2e-3, help="--quality's learning rate")
+    p.add_argument(
+        "--grad-check", action="store_true",
+        help="each --configs row's loss and LoRA gradient on the same first step, against the first row",
+    )  # fmt: skip
     p.add_argument(
         "--quality-repeats", type=int, default=1,
         help="--quality: runs of each row differing only by the training RNG (tells noise from bias)",
@@ -1311,6 +1425,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 write_json(args.out, summary)
         print(json.dumps(summary, indent=2))
+        return 0
+    if args.grad_check:
+        print(json.dumps(grad_check(args), indent=2))
         return 0
     if args.quality:
         result = quality(args)

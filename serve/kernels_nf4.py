@@ -41,6 +41,7 @@ run the kernels on CPU tensors through Triton's interpreter.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,15 @@ TILE: tuple[int, int, int] | None = None
 """(rows a program, K chunk in weights, warps) for every NF4 GEMV; None: `nf4_tile` picks one. For the
 benchmarks' tile sweeps."""
 NUM_STAGES = 3
+DECODES = ("table", "pairs", "prmt")
+"""How a kernel turns codes into weights: `table`, two gathers a byte from the 16 values (32 bytes: one
+L1 wavefront each); `pairs`, one gather a byte from the 256-entry table of code pairs (1 KiB: a warp's
+gather touches ~8 of its 128-byte lines); `prmt`, no gather — 16-byte tables of the values' high and low
+bytes held in registers and indexed by byte-permute instructions (`PRMT_ASM`), 8 weights from 22
+instructions. `prmt` and `pairs` need a bf16 table and input."""
+DECODE: str | None = os.environ.get("TWIN_NF4_DECODE") or None
+"""Which of DECODES every NF4 GEMV uses; None: `nf4_decode` picks. For the benchmarks (a sweep sets it;
+TWIN_NF4_DECODE sets it for a whole process)."""
 
 
 def nf4_tile(K: int) -> tuple[int, int, int]:
@@ -77,6 +87,17 @@ def nf4_tile(K: int) -> tuple[int, int, int]:
     return (2, 1024 if K >= 2048 else 512, 4)
 
 
+def nf4_decode(weight: PackedNF4, x: torch.Tensor, k1: int) -> str:
+    """The decode for this launch (see DECODES): `prmt` on a GPU for bf16 (byte permutes are PTX: the
+    CPU interpreter runs `pairs`, the same bits by gathers) where the codes read as whole int32 words
+    (K and the concatenation seam multiples of 8), else `pairs` for bf16, else `table`."""
+    bf16 = weight.table.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
+    choice = DECODE or "pairs"
+    if choice == "prmt" and not (bf16 and x.is_cuda and weight.shape[1] % 8 == 0 and k1 % 8 == 0):
+        choice = "pairs"
+    return choice if bf16 or choice == "table" else "table"
+
+
 class PackedNF4(nn.Module):
     """An NF4 weight (N, K) in the kernels' layout (see the module docstring); buffers move with `.to`.
     The table may hold any 16 values: `pack_int4` puts symmetric int4 with group scales in it."""
@@ -85,6 +106,7 @@ class PackedNF4(nn.Module):
     scales: torch.Tensor
     table: torch.Tensor
     pairs: torch.Tensor
+    bytes: torch.Tensor
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, table: torch.Tensor, group: int) -> None:
         super().__init__()
@@ -100,11 +122,13 @@ class PackedNF4(nn.Module):
         self.register_buffer("scales", scales)
         self.register_buffer("table", table)
         self.register_buffer("pairs", code_pairs(table))
+        self.register_buffer("bytes", byte_tables(table))
         self.group = group
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedNF4:
         out = super()._apply(fn, recurse)
         self.pairs = code_pairs(self.table)  # `.to(dtype)` may have changed the table's
+        self.bytes = byte_tables(self.table)
         return out
 
     @property
@@ -141,6 +165,104 @@ def code_pairs(table: torch.Tensor) -> torch.Tensor:
     byte = torch.arange(256, device=table.device)
     pairs = bits[byte >> 4] << 16 | bits[byte & 15]
     return (pairs - (pairs >= 2**31).to(torch.int64) * 2**32).to(torch.int32)  # the same 32 bits, signed
+
+
+def byte_tables(table: torch.Tensor) -> torch.Tensor:
+    """(8,) int32: the 16 values' bf16 high bytes in words 0-3 (value i in byte i % 4 of word i // 4),
+    their low bytes in words 4-7 — the registers `PRMT_ASM` permutes. Zeros for other table dtypes."""
+    if table.dtype != torch.bfloat16:
+        return torch.zeros(8, dtype=torch.int32, device=table.device)
+    bits = table.view(torch.int16).to(torch.int64) & 0xFFFF  # (16,)
+    halves = torch.stack((bits >> 8, bits & 0xFF)).view(2, 4, 4)  # (high/low, word, byte)
+    words = (halves << (8 * torch.arange(4, device=table.device))).sum(-1).view(8)
+    return (words - (words >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
+
+
+PRMT_ASM = """{
+.reg .b32 t, s, m0, m1, a, b, c, d, h, l;
+shl.b32 t, $4, 4;
+prmt.b32 m0, $4, t, 0x9D8C;
+prmt.b32 m1, $4, t, 0xBFAE;
+xor.b32 s, $4, 0x8888;
+prmt.b32 a, $5, $6, $4;
+prmt.b32 b, $7, $8, s;
+lop3.b32 h, a, b, m0, 0xD8;
+prmt.b32 c, $9, $10, $4;
+prmt.b32 d, $11, $12, s;
+lop3.b32 l, c, d, m0, 0xD8;
+prmt.b32 $0, l, h, 0x4051;
+prmt.b32 $1, l, h, 0x6273;
+shr.u32 t, $4, 16;
+xor.b32 s, t, 0x8888;
+prmt.b32 a, $5, $6, t;
+prmt.b32 b, $7, $8, s;
+lop3.b32 h, a, b, m1, 0xD8;
+prmt.b32 c, $9, $10, t;
+prmt.b32 d, $11, $12, s;
+lop3.b32 l, c, d, m1, 0xD8;
+prmt.b32 $2, l, h, 0x4051;
+prmt.b32 $3, l, h, 0x6273;
+}"""
+"""8 codes (one int32 word of 4 code bytes: byte j holds column 2j in its high nibble) to 4 words of two
+bf16 weights each (columns 2t, 2t + 1 of the word in the low and high half of output t), with no memory
+access. `prmt` picks 4 bytes out of two registers by the low 3 bits of 4 selector nibbles (c[15:0]; a set
+4th bit instead repeats the sign of the chosen byte): values 0-7 of a byte table come from words $5, $6
+(high bytes) / $9, $10 (low bytes), selected by the raw codes, values 8-15 from $7, $8 / $11, $12,
+selected by the codes with bit 3 flipped; `lop3` (0xD8: mask ? second : first) keeps, per byte, the
+half the code's bit 3 names. The masks: code k's bit 3 is the top bit of a byte of the word (odd k) or
+of the word shifted left by 4 (even k), repeated by prmt's sign mode (0x9D8C: codes 0-3, 0xBFAE: 4-7).
+The first lookups yield bytes in column order (1, 0, 3, 2); 0x4051 / 0x6273 interleave low and high
+bytes into the bf16 pairs (0, 1) and (2, 3). `prmt_decode` is the same bit logic in torch."""
+
+
+def prmt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """PTX `prmt.b32` (default mode) on int64 tensors holding unsigned 32-bit values, for `prmt_decode`."""
+    pool = torch.stack([(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)])
+    out = torch.zeros_like(a)
+    for i in range(4):
+        nibble = (c >> (4 * i)) & 0xF
+        byte = torch.gather(pool, 0, (nibble & 7)[None]).squeeze(0)
+        byte = torch.where(nibble >= 8, (byte >> 7) * 0xFF, byte)  # sign mode: the top bit, repeated
+        out = out | byte << (8 * i)
+    return out
+
+
+def prmt_decode(words: torch.Tensor, tables: torch.Tensor, asm: str = PRMT_ASM) -> list[torch.Tensor]:
+    """Run `asm` (PRMT_ASM: its shl/shr/xor/prmt/lop3 lines, in order) in torch on int32 code words and
+    `byte_tables`: the four output words ($0-$3), as unsigned 32-bit values in int64. What the CPU tests
+    check the assembly's selectors and masks with (Triton's interpreter runs no PTX)."""
+    mask32 = 0xFFFFFFFF
+    regs: dict[str, torch.Tensor] = {"$4": words.to(torch.int64) & mask32}
+    regs |= {f"${5 + i}": torch.full_like(regs["$4"], int(v) & mask32) for i, v in enumerate(tables.tolist())}
+
+    def value(operand: str) -> torch.Tensor:
+        return regs[operand] if operand in regs else torch.full_like(regs["$4"], int(operand, 0))
+
+    for line in asm.replace("{", "").replace("}", "").split(";"):
+        op, _, rest = line.strip().partition(" ")
+        if not op or op.startswith(".reg"):
+            continue
+        dst, *args = (a.strip() for a in rest.split(","))
+        v = [value(a) for a in args]
+        if op == "shl.b32":
+            out = v[0] << v[1]
+        elif op == "shr.u32":
+            out = v[0] >> v[1]
+        elif op == "xor.b32":
+            out = v[0] ^ v[1]
+        elif op == "prmt.b32":
+            out = prmt(v[0], v[1], v[2])
+        elif op == "lop3.b32":  # bit i of the LUT: the result for (a, b, c) bits (i >> 2, i >> 1, i) & 1
+            lut = int(args[3], 0)
+            out = torch.zeros_like(v[0])
+            for i in range(8):
+                if lut >> i & 1:
+                    terms = [x if i >> (2 - k) & 1 else ~x for k, x in enumerate(v[:3])]
+                    out = out | (terms[0] & terms[1] & terms[2])
+        else:
+            raise ValueError(f"prmt_decode knows no {op!r}")
+        regs[dst] = out & mask32
+    return [regs[f"${t}"] for t in range(4)]
 
 
 def pack_nf4(weight: NF4Tensor, dtype: torch.dtype | None = None) -> PackedNF4:
@@ -212,10 +334,16 @@ def use_nf4_gemv(x: torch.Tensor) -> bool:
 if triton is not None:
     from serve.kernels import _activation
 
+    _PRMT = tl.constexpr(PRMT_ASM)
+
     @triton.jit
-    def _codes(q_ptr, rows, k0, KH, GB: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr):
-        # the bytes [k0, k0 + G * GB) of each row, as (rows, G groups, GB bytes): read once a step
+    def _codes(q_ptr, rows, k0, KH, GB: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr,
+               SCALAR: tl.constexpr = False):  # fmt: skip
+        # the units [k0, k0 + G * GB) of each row, as (rows, G groups, GB units): read once a step.
+        # SCALAR: one unit a load (prmt's int32 words: the decoded words then share the input's layout)
         j = k0 + tl.arange(0, G)[:, None] * GB + tl.arange(0, GB)[None, :]
+        if SCALAR:
+            j = tl.max_contiguous(j, [1, 1])
         codes = q_ptr + rows[:, None, None] * KH + j[None, :, :]
         if MASKED:
             return tl.load(codes, mask=(j < KH)[None, :, :], other=0, eviction_policy="evict_first")
@@ -229,15 +357,7 @@ if triton is not None:
         # read as int32 words, one per byte j, each holding both (little-endian: column 2j in the low half)
         j = k0 + tl.arange(0, G)[:, None] * GB + tl.arange(0, GB)[None, :]
         if X_PAIRS:
-            inside = j < KH if MASKED else j >= 0
-            if HAS_X2:
-                first = tl.load(x_ptr + j, mask=inside & (j < K1 // 2), other=0)
-                second = tl.load(x2_ptr + (j - K1 // 2), mask=inside & (j >= K1 // 2), other=0)
-                words = tl.where(j < K1 // 2, first, second)
-            elif MASKED:
-                words = tl.load(x_ptr + j, mask=inside, other=0)
-            else:
-                words = tl.load(x_ptr + j)
+            words = _input_words(x_ptr, x2_ptr, j, K1, KH, HAS_X2, MASKED)
             return (words << 16).to(tl.float32, bitcast=True), (words & -65536).to(tl.float32, bitcast=True)
         col = 2 * j[:, :, None] + tl.arange(0, 2)[None, None, :]  # (G, GB, 2)
         inside = (j < KH)[:, :, None] if MASKED else col >= 0
@@ -252,15 +372,41 @@ if triton is not None:
         return tl.split(pairs.to(tl.float32))
 
     @triton.jit
+    def _input_words(x_ptr, x2_ptr, j, K1, KH, HAS_X2: tl.constexpr, MASKED: tl.constexpr):
+        # the bf16 input's int32 words j (word j: columns 2j, 2j + 1) of cat(x[:K1], x2) or x; j < KH
+        inside = j < KH if MASKED else j >= 0
+        if HAS_X2:
+            first = tl.load(x_ptr + j, mask=inside & (j < K1 // 2), other=0)
+            second = tl.load(x2_ptr + (j - K1 // 2), mask=inside & (j >= K1 // 2), other=0)
+            return tl.where(j < K1 // 2, first, second)
+        if MASKED:
+            return tl.load(x_ptr + j, mask=inside, other=0)
+        return tl.load(x_ptr + j)
+
+    @triton.jit
+    def _input_quads(x_ptr, x2_ptr, k0, K1, KW, GW: tl.constexpr, G: tl.constexpr, HAS_X2: tl.constexpr,
+                     MASKED: tl.constexpr):  # fmt: skip
+        # for the prmt decode: the input words 4i + t of the chunk's code words i, (1, G, GW, 4) (code word
+        # i holds columns 8i..8i + 7, input word 4i + t columns 8i + 2t, 8i + 2t + 1) — a 16-byte load a
+        # code word, in the layout `_partial_prmt` joins the decoded words into
+        i = k0 + tl.arange(0, G)[None, :, None, None] * GW + tl.arange(0, GW)[None, None, :, None]
+        return _input_words(
+            x_ptr, x2_ptr, 4 * i + tl.arange(0, 4)[None, None, None, :], K1, 4 * KW, HAS_X2, MASKED
+        )
+
+    @triton.jit
+    def _group_scale(s_ptr, rows, g0, KG, G: tl.constexpr, MASKED: tl.constexpr):
+        g = g0 + tl.arange(0, G)
+        scales = s_ptr + rows[:, None, None] * KG + g[None, :, None]  # (rows, G, 1): one per group
+        if MASKED:
+            return tl.load(scales, mask=(g < KG)[None, :, None], other=0.0).to(tl.float32)
+        return tl.load(scales).to(tl.float32)
+
+    @triton.jit
     def _partial(byte, a, b, s_ptr, pair_ptr, table_ptr, rows, k0, KG, GB: tl.constexpr, G: tl.constexpr,
                  PAIRS: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
         # scale[row, group] * (table[hi] * a + table[lo] * b) for the chunk's bytes, (rows, G, GB) in fp32
-        g = k0 // GB + tl.arange(0, G)
-        scales = s_ptr + rows[:, None, None] * KG + g[None, :, None]  # (rows, G, 1): one per group
-        if MASKED:
-            scale = tl.load(scales, mask=(g < KG)[None, :, None], other=0.0)
-        else:
-            scale = tl.load(scales)
+        scale = _group_scale(s_ptr, rows, k0 // GB, KG, G, MASKED)
         if PAIRS:  # bf16: one gather from L1 gives both weights' bits, each shifted into an fp32 exactly
             pair = tl.load(pair_ptr + byte.to(tl.int32))
             w_hi = (pair & -65536).to(tl.float32, bitcast=True)
@@ -268,7 +414,46 @@ if triton is not None:
         else:
             w_hi = tl.load(table_ptr + (byte >> 4).to(tl.int32)).to(tl.float32)
             w_lo = tl.load(table_ptr + (byte & 15).to(tl.int32)).to(tl.float32)
-        return scale.to(tl.float32) * (w_hi * a[None, :, :] + w_lo * b[None, :, :])
+        return scale * (w_hi * a[None, :, :] + w_lo * b[None, :, :])
+
+    @triton.jit
+    def _per_thread(ptr, R: tl.constexpr, G: tl.constexpr, GU: tl.constexpr):
+        # the int32 at ptr in a register of every thread (not a uniform one: the PRMTs read their tables
+        # from ordinary registers, and ptxas would copy a uniform value over before each use): or'd with
+        # lanemask_lt & lanemask_gt, zero in every lane but not a value ptxas folds
+        return tl.inline_asm_elementwise(
+            "{.reg .b32 y, z; mov.u32 y, %lanemask_lt; mov.u32 z, %lanemask_gt; and.b32 z, y, z; "
+            "or.b32 $0, $1, z;}",
+            "=r,r",
+            [tl.full([R, G, GU], tl.load(ptr), tl.int32)],
+            dtype=tl.int32,
+            is_pure=True,
+            pack=1,
+        )
+
+    @triton.jit
+    def _pair_dot(p, x):
+        # two bf16 weights (int32 word p) times two bf16 inputs (word x), in fp32: exact products
+        lo = (p << 16).to(tl.float32, bitcast=True) * (x << 16).to(tl.float32, bitcast=True)
+        return lo + (p & -65536).to(tl.float32, bitcast=True) * (x & -65536).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _partial_prmt(word, xs, s_ptr, tabs, rows, k0, KG, GW: tl.constexpr, G: tl.constexpr,
+                      MASKED: tl.constexpr):  # fmt: skip
+        # the prmt decode's partial sums for the chunk's code words, (rows, G, GW) in fp32; `tabs`: the 8
+        # words of `byte_tables`, `xs`: `_input_quads`
+        scale = _group_scale(s_ptr, rows, k0 // GW, KG, G, MASKED)
+        p0, p1, p2, p3 = tl.inline_asm_elementwise(
+            _PRMT,
+            "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
+            [word, tabs[0], tabs[1], tabs[2], tabs[3], tabs[4], tabs[5], tabs[6], tabs[7]],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+            is_pure=True,
+            pack=1,
+        )
+        words = tl.join(tl.join(p0, p2), tl.join(p1, p3))  # [..., u, v]: output 2u + v
+        words = tl.reshape(words, [words.shape[0], G, GW, 4])
+        return scale * tl.sum(_pair_dot(words, xs), axis=3)
 
     @triton.jit
     def _nf4_gemv_kernel(
@@ -276,7 +461,7 @@ if triton is not None:
         x2_ptr,
         q_ptr,
         s_ptr,
-        pair_ptr,
+        lut_ptr,
         table_ptr,
         bias_ptr,
         add_ptr,
@@ -286,17 +471,17 @@ if triton is not None:
         N,
         K1,
         K,
-        KH,
+        KU,
         KG,
         act_from,
-        GB: tl.constexpr,
+        GU: tl.constexpr,
         HAS_X2: tl.constexpr,
         ACT: tl.constexpr,
         GLU: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         HAS_ADD: tl.constexpr,
         HAS_RES: tl.constexpr,
-        PAIRS: tl.constexpr,
+        DECODE: tl.constexpr,
         X_PAIRS: tl.constexpr,
         BLOCK_N: tl.constexpr,
         G: tl.constexpr,
@@ -304,8 +489,10 @@ if triton is not None:
         # token m, output rows [tile * BLOCK_N, ...): y[m, rows] = W[rows] @ input[m] (+ bias) (+ add[m]),
         # act'd from row act_from on, (+ res[m]); input = cat(x[m, :K1], x2[m, :K - K1]) or x[m] (K1 = K).
         # GLU: W has 2N rows [gate; up], y = act(gate (+ add[m, :N])) * (up (+ add[m, N:])) (+ res[m]).
-        # A chunk is G groups of GB bytes (a group: the 2 * GB weights of one scale); the next chunk's
-        # codes are loaded before this one is multiplied, so their HBM latency overlaps the arithmetic.
+        # The codes are read in units (DECODE 0, table / 1, pairs: bytes; 2, prmt: int32 words of 4
+        # bytes), KU a row; lut_ptr: the code pairs (1) or byte tables (2). A chunk is G groups of GU units
+        # (a group: the weights of one scale); the next chunk's codes are loaded before this one is
+        # multiplied, so their HBM latency overlaps the arithmetic.
         pid = tl.program_id(0)
         m = pid % M  # the tokens of one row tile are neighbours: the later ones read the codes from L2
         tile = pid // M
@@ -316,35 +503,63 @@ if triton is not None:
         per: tl.constexpr = 2 if X_PAIRS else 1  # input values an element of x_ptr holds
         x_row = x_ptr + m * (K1 // per)
         x2_row = x2_ptr + m * ((K - K1) // per)
-        CHUNK: tl.constexpr = G * GB
-        full = KH - KH % CHUNK
+        CHUNK: tl.constexpr = G * GU
+        full = KU - KU % CHUNK
         last = tl.maximum(full - CHUNK, 0)
-        acc = tl.zeros([BLOCK_N, G, GB], dtype=tl.float32)
-        acc_up = tl.zeros([BLOCK_N, G, GB], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
-        byte = _codes(q_ptr, rows, 0, KH, GB, G, True)  # masked: the weight may be narrower than a chunk
+        acc = tl.zeros([BLOCK_N, G, GU], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N, G, GU], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
+        if DECODE == 2:
+            tabs = (
+                _per_thread(lut_ptr, BLOCK_N, G, GU), _per_thread(lut_ptr + 1, BLOCK_N, G, GU),
+                _per_thread(lut_ptr + 2, BLOCK_N, G, GU), _per_thread(lut_ptr + 3, BLOCK_N, G, GU),
+                _per_thread(lut_ptr + 4, BLOCK_N, G, GU), _per_thread(lut_ptr + 5, BLOCK_N, G, GU),
+                _per_thread(lut_ptr + 6, BLOCK_N, G, GU), _per_thread(lut_ptr + 7, BLOCK_N, G, GU),
+            )  # fmt: skip
+        code = _codes(
+            q_ptr, rows, 0, KU, GU, G, True, DECODE == 2
+        )  # masked: the weight may be narrower than a chunk
         if GLU:
-            byte_up = _codes(q_ptr, rows + N, 0, KH, GB, G, True)
+            code_up = _codes(q_ptr, rows + N, 0, KU, GU, G, True, DECODE == 2)
         for k0 in range(0, full, CHUNK):
             ahead = tl.minimum(k0 + CHUNK, last)  # the last full chunk re-reads itself (cached)
-            byte_next = _codes(q_ptr, rows, ahead, KH, GB, G, False)
-            a, b = _input_pairs(x_row, x2_row, k0, K1, KH, GB, G, HAS_X2, X_PAIRS, False)
-            acc += _partial(byte, a, b, s_ptr, pair_ptr, table_ptr, rows, k0, KG, GB, G, PAIRS, False)
-            byte = byte_next
+            code_next = _codes(q_ptr, rows, ahead, KU, GU, G, False, DECODE == 2)
             if GLU:
-                up_next = _codes(q_ptr, rows + N, ahead, KH, GB, G, False)
-                acc_up += _partial(
-                    byte_up, a, b, s_ptr, pair_ptr, table_ptr, rows + N, k0, KG, GB, G, PAIRS, False
+                up_next = _codes(q_ptr, rows + N, ahead, KU, GU, G, False, DECODE == 2)
+            if DECODE == 2:
+                xs = _input_quads(x_row, x2_row, k0, K1, KU, GU, G, HAS_X2, False)
+                acc += _partial_prmt(code, xs, s_ptr, tabs, rows, k0, KG, GU, G, False)
+                if GLU:
+                    acc_up += _partial_prmt(code_up, xs, s_ptr, tabs, rows + N, k0, KG, GU, G, False)
+            else:
+                a, b = _input_pairs(x_row, x2_row, k0, K1, KU, GU, G, HAS_X2, X_PAIRS, False)
+                acc += _partial(
+                    code, a, b, s_ptr, lut_ptr, table_ptr, rows, k0, KG, GU, G, DECODE == 1, False
                 )
-                byte_up = up_next
-        if full < KH:  # the tail, masked
-            a, b = _input_pairs(x_row, x2_row, full, K1, KH, GB, G, HAS_X2, X_PAIRS, True)
-            byte = _codes(q_ptr, rows, full, KH, GB, G, True)
-            acc += _partial(byte, a, b, s_ptr, pair_ptr, table_ptr, rows, full, KG, GB, G, PAIRS, True)
+                if GLU:
+                    acc_up += _partial(
+                        code_up, a, b, s_ptr, lut_ptr, table_ptr, rows + N, k0, KG, GU, G, DECODE == 1, False
+                    )
+            code = code_next
             if GLU:
-                byte = _codes(q_ptr, rows + N, full, KH, GB, G, True)
-                acc_up += _partial(
-                    byte, a, b, s_ptr, pair_ptr, table_ptr, rows + N, full, KG, GB, G, PAIRS, True
+                code_up = up_next
+        if full < KU:  # the tail, masked
+            code = _codes(q_ptr, rows, full, KU, GU, G, True, DECODE == 2)
+            if GLU:
+                code_up = _codes(q_ptr, rows + N, full, KU, GU, G, True, DECODE == 2)
+            if DECODE == 2:
+                xs = _input_quads(x_row, x2_row, full, K1, KU, GU, G, HAS_X2, True)
+                acc += _partial_prmt(code, xs, s_ptr, tabs, rows, full, KG, GU, G, True)
+                if GLU:
+                    acc_up += _partial_prmt(code_up, xs, s_ptr, tabs, rows + N, full, KG, GU, G, True)
+            else:
+                a, b = _input_pairs(x_row, x2_row, full, K1, KU, GU, G, HAS_X2, X_PAIRS, True)
+                acc += _partial(
+                    code, a, b, s_ptr, lut_ptr, table_ptr, rows, full, KG, GU, G, DECODE == 1, True
                 )
+                if GLU:
+                    acc_up += _partial(
+                        code_up, a, b, s_ptr, lut_ptr, table_ptr, rows + N, full, KG, GU, G, DECODE == 1, True
+                    )
         width = 2 * N if GLU else N  # of the addend's rows
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         if HAS_BIAS:
@@ -405,12 +620,14 @@ def _launch(
     x_pairs = x.dtype == torch.bfloat16  # read as int32 words of two values (K1, K - K1 even)
     x_in = x.view(torch.int32) if x_pairs else x
     x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32) if x_pairs else _rows(x2, k2)
+    decode = DECODES.index(nf4_decode(weight, x, k1))
+    unit = 4 if decode == 2 else 1  # code bytes a unit the kernel reads: int32 words for prmt
     _nf4_gemv_kernel[(M * triton.cdiv(N, block_n),)](
         x_in,
         x2_in,  # pointers a variant does not read
-        weight.codes,
+        weight.codes.view(torch.int32) if unit == 4 else weight.codes,
         weight.scales,
-        weight.pairs,
+        weight.bytes if decode == 2 else weight.pairs,
         weight.table,
         bias if bias is not None else x,
         _rows(add, rows) if add is not None else x,
@@ -420,17 +637,17 @@ def _launch(
         N,
         k1,
         K,
-        K // 2,  # bytes a row: an argument, so Triton sees it divisible by 16 and vectorizes the loads
+        K // 2 // unit,  # units a row: an argument, so Triton sees it divisible by 16 and vectorizes loads
         K // weight.group,
         0 if act_from is None else act_from,
-        GB=weight.group // 2,
+        GU=weight.group // 2 // unit,
         HAS_X2=x2 is not None,
         ACT=0 if activation is None else kernels.ACTIVATIONS[activation],
         GLU=glu,
         HAS_BIAS=bias is not None,
         HAS_ADD=add is not None,
         HAS_RES=residual is not None,
-        PAIRS=weight.table.dtype == torch.bfloat16,
+        DECODE=decode,
         X_PAIRS=x_pairs,
         BLOCK_N=block_n,
         G=block_k // weight.group,  # groups a chunk

@@ -30,12 +30,14 @@ from serve import kernels, kernels_nf4
 from serve.blocks_nf4 import ParallelNF4Block, SequentialNF4Block
 from serve.generate import GemvLinear, fuse_blocks, uses_kernels
 from serve.kernels_nf4 import (
+    byte_tables,
     code_pairs,
     nf4_cat_gemv,
     nf4_gemv,
     nf4_glu_gemv,
     pack_int4,
     pack_nf4,
+    prmt_decode,
     stack_cols,
     stack_rows,
     use_nf4_gemv,
@@ -160,6 +162,27 @@ def test_code_pairs_hold_both_weights_of_a_byte(interpreted: None) -> None:
     close(nf4_gemv(x, packed), F.linear(x, packed.dequantize()), torch.bfloat16)
 
 
+@pytest.mark.parametrize("kind", ["nf4", "int4"])
+def test_the_byte_permute_decode_gives_every_code_its_weight(kind: str) -> None:
+    """The GPU's decode without gathers (`PRMT_ASM`, byte permutes of the 16 values' high and low bytes),
+    run instruction by instruction in torch on its own selectors and masks: every byte value in every
+    position of a code word (and random words) becomes the bf16 bits of table[code] for both of its
+    columns, in the order the kernel multiplies them with the input's word pairs."""
+    q, _ = nf4_weight(16, 64, False, torch.bfloat16)
+    table = pack_nf4(q).table if kind == "nf4" else torch.arange(-8, 8).to(torch.bfloat16)
+    tables = byte_tables(table)
+    byte = torch.arange(256, dtype=torch.uint8)
+    words = torch.stack([byte.roll(k) for k in range(4)], dim=1)  # every byte value in every position
+    random = torch.randint(0, 256, (4096, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    codes = torch.cat((words, random))  # (n, 4) bytes, as a row's codes lie in memory
+    outputs = prmt_decode(codes.contiguous().view(torch.int32).view(-1), tables)
+    columns = torch.stack((codes >> 4, codes & 15), dim=-1).view(-1, 8).long()  # the even column: high nibble
+    bits = table.view(torch.int16).long()[columns] & 0xFFFF  # (n, 8)
+    for t, got in enumerate(outputs):  # output t: columns 2t (low half) and 2t + 1 (high half)
+        assert torch.equal(got, bits[:, 2 * t] | bits[:, 2 * t + 1] << 16), t
+    assert not byte_tables(table.float()).any()  # the decode is for bf16 tables only
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int4_with_group_scales_runs_on_the_same_kernel(interpreted: None, dtype: torch.dtype) -> None:
     """Symmetric int4, one scale per 32 columns of a row: within half a step of the weight, and the
@@ -231,17 +254,21 @@ from triton.compiler import ASTSource
 
 from serve.kernels_nf4 import _nf4_gemv_kernel
 
-ints = ["M", "N", "K1", "K", "KH", "KG", "act_from"]
-aligned = ["N", "K1", "K", "KH", "KG"]  # what Triton sees at Falcon-7B's and Llama-3.1-8B's shapes
-types = {"q_ptr": "*u8", "pair_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}  # bf16 inputs as pairs
-for variant in [
-    dict(HAS_X2=False, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=False, HAS_RES=False),
+ints = ["M", "N", "K1", "K", "KU", "KG", "act_from"]
+aligned = ["N", "K1", "K", "KU", "KG"]  # what Triton sees at Falcon-7B's and Llama-3.1-8B's shapes
+plain = dict(HAS_X2=False, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=False, HAS_RES=False)
+folds = [
+    plain,
     dict(HAS_X2=False, ACT=3, GLU=True, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
     dict(HAS_X2=True, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=True, HAS_RES=True),
     dict(HAS_X2=False, ACT=1, GLU=False, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
-]:
+]
+for decode, variant in [(2, f) for f in folds] + [(1, plain), (0, plain)]:
     names = list(_nf4_gemv_kernel.arg_names)
-    consts = dict(GB=32, BLOCK_N=2, G=16, PAIRS=True, X_PAIRS=True, **variant)
+    unit = 4 if decode == 2 else 1
+    consts = dict(GU=32 // unit, BLOCK_N=2, G=16, DECODE=decode, X_PAIRS=True, **variant)
+    # bf16 inputs read as int32 pairs, the codes as bytes or (prmt) as int32 words
+    types = {"q_ptr": "*i32" if unit == 4 else "*u8", "lut_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}
     signature = {
         n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names
     }
@@ -252,13 +279,19 @@ for variant in [
     source = ASTSource(_nf4_gemv_kernel, signature, constexprs, attrs)
     options = {"num_warps": 4, "num_stages": 3}
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    # the codes: vector loads, evict-first (the first chunk's masked, the loop's not)
-    print(kernel.asm["ptx"].count("ld.global.L1::evict_first.L2::cache_hint.v"))
+    ptx = kernel.asm["ptx"]
+    # the codes: evict-first loads (16-byte vectors but for prmt, whose int32 words are read one a
+    # thread to share the input's layout); PRMT_ASM's mask selector marks the prmt decode
+    loads = "ld.global.L1::evict_first.L2::cache_hint" + ("" if decode == 2 else ".v")
+    print(ptx.count(loads), ptx.count("0x9D8C"))
 """
 
 
 def test_the_kernel_compiles_for_an_h200(tmp_path: Path) -> None:
-    """Every fold of the kernel through Triton's compiler to sm_90 PTX (no GPU needed), each reading its
-    codes with 16-byte vector loads — the interpreter runs none of that."""
+    """Every fold of the kernel through Triton's compiler to sm_90 PTX (no GPU needed), for each decode:
+    the codes read evict-first (as 16-byte vectors for the gathering decodes), the byte-permute decode's
+    inline PTX assembled — the interpreter runs none of that."""
     counts = compile_for_sm90(COMPILE_FOR_SM90, tmp_path)
-    assert len(counts) == 4 and all(c >= 1 for c in counts), counts
+    loads, permutes = counts[0::2], counts[1::2]
+    assert len(loads) == 6 and all(c >= 1 for c in loads), counts
+    assert all(p >= 1 for p in permutes[:4]) and permutes[4:] == [0, 0], counts  # PRMT_ASM: decode 2 only
