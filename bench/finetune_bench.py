@@ -450,6 +450,13 @@ def randomize(model: torch.nn.Module) -> None:
             m.lora_B.normal_(0.0, 1e-3)
 
 
+def set_lora_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout of `model` (litgpt's LoRA dropouts: its only ones) at probability `p`."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
 def use_flex_block(cfg: BenchConfig) -> None:
     """The row's FlexAttention block for packed rows (process-wide, as `finetune.packing` reads it)."""
     packing.FLEX_BLOCK = cfg.flex_block
@@ -1161,6 +1168,8 @@ def quality_run(
     ours = build_ours(fabric, config, args, cfg.base_precision)
     for group in ours.optimizer.param_groups:
         group["lr"] = args.quality_lr
+    if args.quality_dropout is not None:
+        set_lora_dropout(ours.model, args.quality_dropout)
     use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     before = held_out_loss(ours, val, data.pad_id, args)
@@ -1179,6 +1188,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     train, val = data.examples[:-n_val], data.examples[-n_val:]
     rows = {c.name: c for c in CONFIGS}
     out: dict[str, Any] = {"bench": "finetune-quality", "steps": args.quality, "lr": args.quality_lr}
+    out["lora_dropout"] = LORA_DROPOUT if args.quality_dropout is None else args.quality_dropout
     out |= {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "models": []}
     for key in args.model:
         config = model_config(key, args, data.tokenizer.vocab_size if args.smoke else 0)
@@ -1231,9 +1241,7 @@ def step_gradient(args: argparse.Namespace, device: torch.device, config: Config
     precision = "32-true" if args.smoke else "bf16-true"
     fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
     ours = build_ours(fabric, config, args, cfg.base_precision)
-    for module in ours.model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    set_lora_dropout(ours.model, 0.0)
     use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     step = planned_steps(train, cfg, args, 1)[0]
@@ -1304,6 +1312,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quality", type=int, default=0, help="STEPS: the bf16/packed/fp8 validation-loss guard instead"
     )
     p.add_argument("--quality-lr", type=float, default=2e-3, help="--quality's learning rate")
+    p.add_argument(
+        "--quality-dropout", type=float, default=None,
+        help=f"--quality: LoRA dropout while training (default {LORA_DROPOUT}; 0: each row's run is "
+        "deterministic up to rounding, so the rows' losses differ by their numerics alone)",
+    )  # fmt: skip
     p.add_argument(
         "--grad-check", action="store_true",
         help="each --configs row's loss and LoRA gradient on the same first step, against the first row",
