@@ -83,7 +83,10 @@ _KEYWORDS = (
     r"|licen|удостовер"  # driver's licences (5-6 digits pass no shape above)
 )
 # 12 short words in a row: maybe a seed phrase (then the word list decides: plain prose takes this exit too).
-_SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}[\s,.;:0-9()|/-]{1,6}){11}[A-Za-z]{3,8}"
+# What may sit between two words of one: spaces, line breaks, punctuation, numbering ("1.", "(2)", "3️⃣"),
+# quotes and brackets of a list pasted from code ('["abandon", "ability", ...]').
+_SEED_SEP = r"[\s,.;:0-9()|/•·*#\[\]" + "\"'«»“”‘’\ufe0f\u20e3" + r"-]{1,6}"
+_SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}" + _SEED_SEP + r"){11}[A-Za-z]{3,8}"
 _MAYBE_SHAPE = re.compile(_SHAPES)
 _MAYBE_KEYWORD = re.compile(_KEYWORDS)  # run on the lower-cased text: much faster than re.IGNORECASE
 _MAYBE_RE2 = (  # RE2's \d is ASCII-only
@@ -466,6 +469,23 @@ def _strong(word: str) -> bool:
     )
 
 
+_NAME_PARTS = re.compile(r"[-_.]+")
+
+
+def _network_name(token: str) -> bool:
+    """Shaped like a Wi-Fi network's name, not its key: words joined by "_", "-" or ".", with at most a
+    band or a short model number ("Guest_Net", "Home-WiFi", "TP-Link_5G", "DIR-615"). A key mixes letters
+    with digits or symbols inside one part ("Kotik2019", "Kx8#mP2q"), or has a year or PIN-like number
+    ("Kotik_2019")."""
+    parts = [part for part in _NAME_PARTS.split(token) if part]
+    return bool(parts) and all(
+        part.isalpha()
+        or (part.isdigit() and len(part) <= 3)
+        or (not part.isdigit() and _UNIT.fullmatch(part) is not None)  # 5G, 5GHz, 2.4G
+        for part in parts
+    )
+
+
 def _value_core(tok: str) -> str:
     core = tok.rstrip(_VALUE_TRAILING) or tok
     while core.endswith(")") and core.count("(") < core.count(")"):
@@ -688,6 +708,8 @@ def _password_nearby(text: str, kw: str, pos: int, wifi: bool) -> Span | None:
             return None  # "the password has 12345678 in it"
         if core.lower() in _PW_STOPWORDS:
             continue  # "passphrase is in 1password"
+        if wifi and _network_name(core):
+            continue  # "WiFi Guest_Net works": after a bare "wifi", a name; its key looks machine-made
         # "пароль от вайфая у нас 12345678": digits alone, as many as a password has, not a year
         digits = (
             core.isdigit() and 6 <= len(core) <= 16 and not wifi and not kw.startswith(("pin", "пин", "пін"))
@@ -1257,22 +1279,83 @@ def _check_id_shape(m: re.Match[str]) -> Span | None:
 
 
 # ---- bank accounts: Russian 20-digit accounts, BIK, account/routing numbers named as such --------
+# An account number is named by a word before it ("Kto 532013000", "номер счёта 40817...", "numéro de compte
+# 0123456789", "账号 6222...") or after it ("532013000 is my account number", "0532013000 (Konto)"), its
+# digits grouped by spaces or dashes at will. A bank's code (BLZ, sort code, routing/ABA number, BSB, BIK,
+# MFO) goes too, and so does a number typed right after one: that is the account ("routing 021000021 /
+# 123456789", "sort code 12-34-56 12345678", "BLZ 37040044, 532013000"). After a word that names an account
+# *number* ("Kto", "account no.", "номер счёта") 7 digits are one (Canada's, older German ones); after a
+# plain account word 8; and there an amount is none ("на счёт 15 000 000 рублей", "account balance
+# 12 500 000 USD", "счёт 12345678.50").
+_ACCOUNT_NUMBERED = (
+    r"kto\.?(?:[ \t-]*nr\.?)?|konto[ \t-]*(?:nummer|nr\.?)|kontonummer|kontonr\.?|tilinumero|rekeningnummer"
+    r"|(?:bank[ \t]+)?account[ \t]+(?:number|no\.?|nr\.?|#)|acct\.?(?:[ \t]*(?:number|no\.?|#))?"
+    r"|a/c(?:[ \t]+(?:number|no\.?))?|(?:номер|№)[ \t]*(?:(?:расч[её]тного|лицевого|банковского|моего|твоего)"
+    r"[ \t]+)?сч[её]та|номер[ \t]+рахунку|(?:num[ée]ro|n[°º])[ \t]*(?:de[ \t]+|du[ \t]+)?compte"
+    r"|(?:n[úu]mero|n[°º])[ \t]*(?:de[ \t]+)?(?:la[ \t]+)?(?:cuenta|conta)|numero[ \t]+(?:di[ \t]+)?conto"
+    r"|numer[ \t]+(?:konta|rachunku)|[čc][íi]slo[ \t]+[úu][čc]tu|broj[ \t]+ra[čc]una"
+    r"|hesap[ \t]+(?:no|numaras\w*)"
+)
 _BANK_KEYWORD = re.compile(
-    r"(?<![\w<>])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t]+code)|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*"
-    r"(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*"
-    r"|(?:bank[ \t]+)?account(?:[ \t]+(?:number|no\.?|#))?|acct|acc\.?|routing(?:[ \t]+(?:number|no\.?))?"
-    r"|a/c|aba|rtn|blz|bankleitzahl|kont[oa](?:nummer|nr\.?)?|rachun\w*|nrb|рахун\w*|р/р|cuenta|compte"
-    r"|conta|conto|hesap\w{0,3}|rekening\w*|[úu][čc]et\w{0,2}|sz[áa]mla\w{0,6})"
+    r"(?<![\w<>])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t-]+code|sort(?=[ \t:]+\d\d-\d\d-\d\d))|(?P<bsb>bsb)"
+    r"|(?P<code>routing(?:[ \t]+(?:number|no\.?|#))?|aba|rtn|blz|bankleitzahl|rib)"
+    r"|(?P<numbered>" + _ACCOUNT_NUMBERED + r")"
+    r"|(?P<account>р/с|р\\с|к/с|л/с|расч[её]тн\w*(?:[ \t]+сч[её]т\w*)?|сч[её]т\w{0,3}"
+    r"|лицев\w*[ \t]+сч[её]т\w*|корр?\.?[ \t]*сч[её]т\w*|(?:bank[ \t]+)?account|acc\.?|kont[oa]"
+    r"|rachun\w*|nrb|рахун\w*|р/р|cuenta|compte|conta|conto|c/c|cta\.?|hesap\w{0,3}|rekening\w*"
+    r"|[úu][čc]et\w{0,2}|[úu][čc]tu|sz[áa]mla\w{0,6}|tili\w{0,4}|ra[čc]un\w{0,3}|λογαριασμ\w*)"
     r"|(?P<mfo>мфо))"
-    r"(?![^\W\d_])",
+    r"(?![^\W\d_])"
+    # scripts without spaces between words, or with the article glued on: no word boundary to look for
+    r"|(?P<glued>口座(?:番号)?|[账帐帳](?:号|號|户|戶)(?:号码|號碼)?|계좌(?:[ \t]?번호)?"
+    r"|(?:ال)?حساب|[הלב]?חשבון)",
     re.IGNORECASE,
 )
+_ACCOUNT_DIGITS = r"(?P<value>\d(?:" + _GAP + r"?\d){%d,33})(?![\d-]|[.,]\d)"
 _BANK_VALUES: dict[str, re.Pattern[str]] = {
     "bik": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){8})(?![\d-])"),
-    "sort": re.compile(_LEAD + r"(?P<value>\d{2}-\d{2}-\d{2})(?![\d-])"),
+    "sort": re.compile(
+        _LEAD + r"(?P<value>\d{2}-\d{2}-\d{2}|\d{2}[ \t]\d{2}[ \t]\d{2}|\d{6})(?![\d-]|[ \t]\d\d\b)"
+    ),
+    "bsb": re.compile(_LEAD + r"(?P<value>\d{3}[ \t-]?\d{3})(?![\d-])"),  # Australia's bank and branch
     "mfo": re.compile(_LEAD + r"(?P<value>\d{6})(?![\d-])"),  # Ukraine's bank code
-    "account": re.compile(_LEAD + r"(?P<value>\d(?:" + _GAP + r"?\d){7,33})(?![\d-])"),
+    "code": re.compile(_LEAD + _ACCOUNT_DIGITS % 7),
+    # "routing" is a network's word too ("the routing table has 12345678 entries"): little may come between
+    "routing": re.compile(r"[^\w\n<]{0,4}(?:(?:is|of|for|at)[^\w\n<]{1,3})?" + _ACCOUNT_DIGITS % 7),
+    "numbered": re.compile(_LEAD + _ACCOUNT_DIGITS % 6),
+    "account": re.compile(_LEAD + _ACCOUNT_DIGITS % 7),
+    "glued": re.compile(r"[^\d<\n]{0,12}?" + _ACCOUNT_DIGITS % 6),
 }
+_BANK_CODES = frozenset({"bik", "sort", "bsb", "mfo", "code"})
+# The account typed right after a bank's code, split from it by punctuation or "and" at most.
+_THEN_ACCOUNT = re.compile(
+    r"[^\w\n<]{0,4}(?:(?:and|und|et|y|e|и|і)[^\w\n<]{1,3})?(?<![\w-])(?P<value>\d(?:[ \t-]?\d){5,16})"
+    r"(?![\d-]|[.,]\d)",
+    re.IGNORECASE,
+)
+# The number before an account word: "532013000 is my account number", "0532013000 (Konto)". A link
+# ("is", a dash, a colon, a bracket) or a possessive ("my") must join them: "12345678 accounts" is a count.
+_OWN = r"(?:my|our|your|mein\w*|dein\w*|unser\w*|мой|наш|твой|mon|ma|mi|meu|minha|m[oó]j|moje|mijn)[ \t]+"
+_ACCOUNT_BEFORE = re.compile(
+    r"(?<![\w.,/+<>-])(?P<value>\d(?:[ \t-]?\d){6,33})[ \t]*(?:(?:[-–—:=(]|is|это|ist|est|es|é|è|jest)[ \t]*"
+    r"(?:(?P<own>" + _OWN + r")|(?:the|die|das|der|le|la|el|o|a)[ \t]+)?|(?P<own2>" + _OWN + r"))"
+    r"(?:bank[ \t]+)?$",
+    re.IGNORECASE,
+)
+_IBAN_HEAD = re.compile(r"[A-Za-z]{2}\d\d[ \t]?$")
+_AMOUNT_AFTER = re.compile(
+    r"[ \t]*(?:[$€£₽¥₴₸₹%]|(?:руб\w*|р\.?|rub|rur|usd|eur|euros?|dollars?|bucks|долл\w*|бакс\w*|евро|gbp"
+    r"|pounds?|фунт\w*|грн|гривен\w*|uah|pln|z[łl](?:otych)?|czk|kč|huf|ft|chf|sek|nok|dkk|kr|inr|rupees?"
+    r"|yen|jpy|yuan|cny|rmb|тенге|тг|kzt|byn|ron|lei|tl|тыс\w*|млн|млрд|mln|mio|millions?|thousands?)"
+    r"(?![^\W\d_]))",
+    re.IGNORECASE,
+)
+"""A currency, a percent or a multiplier after a number: the number is an amount."""
+_CURRENCY_BEFORE = frozenset("$€£₽¥₴₸₹")
+_THOUSANDS = re.compile(r"\d{1,3}(?: \d{3})+")
+"""A number grouped in thousands ("15 000 000"): an amount, unless a word calls it an account number."""
+
+
 # An IBAN typed without its country letters after an account word ("numer konta 61 1090 1014 0000 0712
 # 1981 2874": Poland's NRB is the IBAN's check digits and BBAN): the country's length and mod-97 decide.
 _NATIONAL_IBAN = re.compile(_LEAD + r"(?P<value>\d\d(?:" + _GAP + r"?[0-9A-Z]){10,32})(?![\w-])")
@@ -1292,16 +1375,49 @@ _ACCOUNT_20 = re.compile(r"(?<![\w.,/+<-])\d(?:" + _GAP + r"?\d){19}(?![\w/]|[.,
 _ACCOUNT_CURRENCIES = frozenset({"810", "643", "840", "978", "156", "826", "756", "398", "933", "980", "949"})
 
 
+def _amount(text: str, start: int, end: int) -> bool:
+    """Whether the number at `text[start:end]` is an amount of money (or a percentage), by its neighbours."""
+    before = text[max(0, start - 2) : start].strip()
+    return _AMOUNT_AFTER.match(text, end) is not None or (before[-1:] in _CURRENCY_BEFORE)
+
+
+def _bank_spans(text: str, m: re.Match[str]) -> Iterator[Span]:
+    """The secrets named by bank keyword `m`: the value after it, the account after a bank's code, and
+    (for an account word) the number before it."""
+    kind = m.lastgroup or "account"
+    plain = kind in ("account", "glued")
+    if kind in ("account", "numbered"):
+        n = _NATIONAL_IBAN.match(text, m.end())
+        if n is not None and national_iban_ok(_IBAN_GAPS.sub("", n.group("value"))):
+            yield _group(n, "IBAN")
+            return
+    routing = kind == "code" and m.group(0).lower().startswith("routing")
+    v = _BANK_VALUES["routing" if routing else kind].match(text, m.end())
+    if v is not None and not (
+        plain and (_amount(text, v.start("value"), v.end("value")) or _THOUSANDS.fullmatch(v.group("value")))
+    ):
+        yield _group(v, "BANK_ACCOUNT")
+        then = _THEN_ACCOUNT.match(text, v.end()) if kind in _BANK_CODES else None
+        if then is not None and not _amount(text, then.start("value"), then.end("value")):
+            yield _group(then, "BANK_ACCOUNT")
+    if kind in ("account", "numbered"):
+        b = _ACCOUNT_BEFORE.search(text, max(0, m.start() - 80), m.start())
+        if b is None or len(_digits(b.group("value"))) < (8 if plain else 7):
+            return
+        cyrillic = not m.group(0).isascii()  # "12345678 — счёт за свет" is a bill: "мой счёт" an account
+        if (b.group("own") or b.group("own2") or not cyrillic) and not _IBAN_HEAD.search(
+            text, max(0, b.start() - 5), b.start()
+        ):
+            yield _group(b, "BANK_ACCOUNT")
+
+
 def _find_bank_by_keyword(text: str) -> Iterator[Span]:
-    for m in _BANK_KEYWORD.finditer(text):
-        if m.lastgroup == "account":
-            n = _NATIONAL_IBAN.match(text, m.end())
-            if n is not None and national_iban_ok(_IBAN_GAPS.sub("", n.group("value"))):
-                yield _group(n, "IBAN")
-                continue
-        v = _BANK_VALUES[m.lastgroup or "account"].match(text, m.end())
-        if v is not None:
-            yield _group(v, "BANK_ACCOUNT")
+    spans = [span for m in _BANK_KEYWORD.finditer(text) for span in _bank_spans(text, m)]
+    yield from sorted(set(spans))
+
+
+# A UK sort code and account number as banks print them, without a word: "12-34-56 12345678".
+_SORT_CODE_AND_ACCOUNT = re.compile(r"(?<![\w.,/+<-])\d\d-\d\d-\d\d[ \t,;/]{1,3}\d{8}(?![\w/]|[.,-]\d)")
 
 
 def _check_account_20(m: re.Match[str]) -> Span | None:
@@ -1316,12 +1432,19 @@ def _check_account_20(m: re.Match[str]) -> Span | None:
 # (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 5 of the list's commonest words.
 _SEED_SHAPE = re.compile(_SEED_SHAPE_SRC)  # letter classes, not IGNORECASE: faster
 _SEED_WORD = re.compile(r"[A-Za-z]+")
-_SEED_GAP = re.compile(r"[\s,.;:0-9()|/-]{1,6}")
+_SEED_GAP = re.compile(_SEED_SEP)
 _SEED_KEYWORD = re.compile(
     r"seed|mnemonic|recovery|backup|secret[ \t]+(?:words|phrase)|wallet|metamask|ledger|trezor|сид|мнемон"
-    r"|фраз|кош[её]л|слов",
+    r"|фраз|кош[её]л|слов"
+    # the wallets' own words in other languages: "frase semilla", "phrase de récupération", "frase de
+    # recuperação", "Wiederherstellungsphrase", "herstelzin", "fraza odzyskiwania", "kurtarma ifadesi"
+    r"|semilla|semente|recupera|récupéra|recupero|frase[ \t]+secreta|phrase[ \t]+secrète|mn[ée]moni"
+    r"|wiederherstell|herstelzin|odzyskiw|kurtarma|gizli[ \t]+(?:kelime|ifade)|відновл|гаманц|сід",
     re.IGNORECASE,
 )
+_SEED_LENGTHS = frozenset({12, 15, 18, 21, 24})
+# List words that name the phrase before it ("seed phrase: ...", "secret word ..."): not part of it.
+_SEED_LEAD_WORDS = frozenset({"seed", "phrase", "secret", "word", "key"})
 _SEED_MIN_WORDS = 12
 
 
@@ -1374,7 +1497,14 @@ def _find_seed_phrases(text: str) -> Iterator[Span]:
             run.append(m)
             continue
         if len(run) >= _SEED_MIN_WORDS and _seed_like(text, [r.group(0).lower() for r in run]):
-            yield (run[0].start(), run[-1].end(), "SEED_PHRASE")
+            first = 0  # "seed phrase: abandon ..." keeps "seed phrase:" when the rest is a whole phrase
+            while (
+                len(run) - first > _SEED_MIN_WORDS
+                and len(run) - first not in _SEED_LENGTHS
+                and run[first].group(0).lower() in _SEED_LEAD_WORDS
+            ):
+                first += 1
+            yield (run[first].start(), run[-1].end(), "SEED_PHRASE")
         run = [m] if m is not None and listed else []
 
 
@@ -1645,29 +1775,51 @@ def _card_network(digits: str) -> bool:
     return digits[0] in "456" or digits[:2] == "35" or 2200 <= head <= 2204 or 2221 <= head <= 2720
 
 
-def _check_card(m: re.Match[str]) -> Span | None:
-    text = m.group(0)
+def _card_span(string: str, start: int, end: int) -> Span | None:
+    """`string[start:end]` as a card number, if it is one."""
+    text = string[start:end]
     digits = _digits(text)
     if not (13 <= len(digits) <= 19) or digits[0] not in "23456":
         return None
     groups = _GROUP_SPLIT.split(text)
-    named = _CARD_WORD.search(m.string, max(0, m.start() - 40), m.start()) is not None
+    named = _CARD_WORD.search(string, max(0, start - 40), start) is not None
     if not named and len(groups) >= 3 and sum(bool(_YEAR.fullmatch(g)) for g in groups[1:]) >= 2:
         return None  # a number and a list of years ("room 2151 1900 1900 1900"), whatever its check digit
     if not luhn_ok(digits):
         # 16 digits written in fours ("5536 9137 1234 5678"), or called a card: a card with a typo in it
         in_fours = len(groups) == 4 and all(len(g) == 4 for g in groups) and _card_network(digits)
         # ...unless it is named as something else: "order 4000 1234 5678 9011"
-        other = _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()) is not None
+        other = _NOT_A_CARD.search(string, max(0, start - 16), start) is not None
         if len(digits) != 16 or other or not (named or in_fours):
             return None
     if len(digits) in _CARD_SHORT and not digits.startswith(_CARD_SHORT[len(digits)]):
         return None
-    if text.isdigit() and _NOT_A_CARD.search(m.string, max(0, m.start() - 16), m.start()):
+    if text.isdigit() and _NOT_A_CARD.search(string, max(0, start - 16), start):
         return None  # "трек 36363179089602", "order #4000123456789010": a number named as something else
     # A line break (two lines, or two messages) may fall between groups or inside one: "4111 11\n11 ...".
     ok = _card_grouping(text) or ("\n" in text and _card_grouping(_LINE_BREAK.sub("", text)))
-    return _whole("CARD", ok, m)
+    return (start, end, "CARD") if ok else None
+
+
+_LAST_GROUP = re.compile(r"(?:[ \t-]|[ \t]?\n[ \t]?)\d{1,4}$")
+
+
+def _find_cards(text: str) -> Iterator[Span]:
+    for m in _CARD.finditer(text):
+        start, end = m.span()
+        span = _card_span(text, start, end)
+        # The expiry or code typed on after the number ("4111 1111 1111 1111 08 26", "... 1111 123") runs
+        # into it: then the number is the leading groups (what follows goes as the card's tail).
+        for _ in range(2):
+            if span is not None:
+                break
+            cut = _LAST_GROUP.search(text, start, end)
+            if cut is None or len(_digits(text[start : cut.start()])) < 13:
+                break
+            end = cut.start()
+            span = _card_span(text, start, end)
+        if span is not None:
+            yield span
 
 
 # In capitals or all in lower case ("iban: de89 3704 ..."), in groups of four split by spaces, dashes or a
@@ -1680,8 +1832,7 @@ _CARD_TAIL = re.compile(
     + _CARD_TAIL_LEAD
     + r"(?P<exp_kw>(?:exp\w*|valid\w*(?:[ \t]+(?:thru|through|until|till))?|срок\w*|до|действ\w*"
     r"|g[üu]ltig\w*|bis|cad\w*|venc\w*|val\.?)[ \t.:]*)?"
-    # "exp 0826": without the slash only after a word naming the expiry (checked in `_find_card_tails`)
-    r"(?P<exp>(?:0[1-9]|1[0-2])(?:[ \t]?[/.\\-][ \t]?(?:20)?\d\d|\d\d))(?![\d/.]|-\d))?"
+    r"(?P<exp>(?:0[1-9]|1[0-2])(?:[ \t]?[/.\\-][ \t]?(?:20)?\d\d|\d\d|[ \t](?:20)?\d\d))(?![\d/.]|-\d))?"
     r"(?:" + _CARD_TAIL_LEAD + r"(?:(?:cvv2?|cvc2?|csc|cvn|cid|код|code|pin|пин)[ \t.:=-]*)?"
     r"(?P<cvv>\d{3,4})(?![\w.,:/-]\d|\d|[^\W\d_]))?",
     re.IGNORECASE,
@@ -1690,16 +1841,17 @@ _CARD_TAIL = re.compile(
 
 def _find_card_tails(text: str) -> Iterator[Span]:
     for m in _CARD_TAIL.finditer(text):
-        exp = m.group("exp")
-        if exp is not None and exp.isdigit() and m.group("exp_kw") is None:
-            exp = None  # "<CARD> 1234": four digits alone are no expiry
-        # a bare number after the card only right after its expiry, or named: "<CARD>, 1500 руб" stays
-        bare = m.group("cvv") is not None and not text[
-            m.end("exp") if m.group("exp") else m.start() + 6 : m.start("cvv")
-        ].strip(" \t,;|\n")
+        # Typed right after the number, an expiry or a code needs no word: "<CARD> 0826 123", "<CARD> 08 26",
+        # "<CARD>\n123". Only an amount stays ("<CARD>, 1500 руб", "<CARD> 1200 EUR").
+        exp, cvv = m.group("exp"), m.group("cvv")
+        if exp is not None and m.group("exp_kw") is None and _AMOUNT_AFTER.match(text, m.end("exp")):
+            exp = None
         if exp:
             yield _group(m, "CARD", "exp")
-        if m.group("cvv") and (exp or not bare):
+        if cvv is None:
+            continue
+        named = text[m.end("exp") if m.group("exp") else m.start() + 6 : m.start("cvv")].strip(" \t,;|\n")
+        if named or not _AMOUNT_AFTER.match(text, m.end("cvv")):
             yield _group(m, "CARD", "cvv")
 
 
@@ -1932,6 +2084,25 @@ RULES: tuple[Rule, ...] = (
             "számla",
             "szamla",
             "мфо",
+            "sort",
+            "bsb",
+            "rib",
+            "kto",
+            "účt",
+            "uct",
+            "tili",
+            "c/c",
+            "cta",
+            "račun",
+            "racun",
+            "λογαριασ",
+            "口座",
+            "账",
+            "帐",
+            "帳",
+            "계좌",
+            "حساب",
+            "חשבון",
         ),
     ),
     Rule(
@@ -2166,9 +2337,10 @@ RULES: tuple[Rule, ...] = (
     Rule("nino_shape", "ID_NUMBER", _NINO_SHAPE, _check_id_shape),
     Rule("codice_fiscale_shape", "ID_NUMBER", _CF_SHAPE, _check_cf_shape, min_length=16),
     Rule("bank_account_20", "BANK_ACCOUNT", _ACCOUNT_20, _check_account_20, needs_digits=True),
+    Rule("sort_code_and_account", "BANK_ACCOUNT", _SORT_CODE_AND_ACCOUNT, needs_digits=True),
     Rule("iban", "IBAN", _IBAN, _check_iban),
     Rule("nrb", "IBAN", _NRB, _check_nrb, needs_digits=True),
-    Rule("card", "CARD", _CARD, _check_card, needs_digits=True),
+    Rule("card", "CARD", _CARD, finder=_find_cards, needs_digits=True),
     Rule("card_dotted", "CARD", _CARD_DOTTED, _check_card_dotted),
     Rule("card_tail", "CARD", _CARD_TAIL, finder=_find_card_tails, needs=("<card>",)),
     Rule("phone", "PHONE", _PHONE, _check_phone, needs_digits=True),

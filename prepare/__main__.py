@@ -100,12 +100,20 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
     console.print(
         f"Wrote {stats['train_records']} train and {stats['val_records']} val records to "
         f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s"
+        + _dropped_empty(stats)
         + secrets
         + report,
         soft_wrap=True,
         highlight=False,
         markup=False,
     )
+
+
+def _dropped_empty(stats: dict[str, Any]) -> str:
+    """The summary's note on the replies left out for being empty once scrubbed: each would have taught
+    the twin to answer with nothing. (reply's feedback counts its own among `feedback.skipped`.)"""
+    n = stats["skipped"].get("response_only_placeholders", 0)
+    return f"; left out {n} empty {'reply' if n == 1 else 'replies'} (nothing but secrets)" if n else ""
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -22,14 +22,14 @@ from common.scrub import PLACEHOLDER, Span, scrub_many_with_spans, scrub_secrets
 
 from .config import PrepareConfig
 from .prompt import MAX_TURN_CHARS, Speaker, Turn, cap_turns, clean_text, clip_text, render_context
-from .records import Record
+from .records import Record, is_blank
 
 SKIP_REASONS: dict[str, str] = {
     "duplicate_message": "the same message (dialog id + message id) appeared again; the last copy was kept",
     "empty_message": "a message with nothing visible after cleaning (whitespace, invisible characters)",
     "reply_opens_conversation": "the person's turn opens a conversation, so there is nothing it replies to",
     "response_too_long": "the person's reply is longer than --max-response-chars (a paste, not a reply)",
-    "response_only_placeholders": "the person's reply was nothing but scrubbed secrets",
+    "response_only_placeholders": "the person's reply was empty once scrubbed: nothing but secrets",
 }
 """Why an item was skipped: message-level reasons count messages, the others count reply turns."""
 
@@ -115,8 +115,8 @@ def _partner_names(
     report: list[dict[str, Any]] | None = None,
 ) -> dict[int, str]:
     """Each dialog's partner name: its latest display name, whitespace-normalised and scrubbed (a
-    Telegram name can be a phone number; a name that was nothing but a secret becomes "", which the
-    prompt shows as a neutral default)."""
+    Telegram name can be a phone number; a name that was nothing but a secret, or blank letters such as
+    "ㅤ", becomes "", which the prompt shows as a neutral default)."""
     last = np.flatnonzero(np.append(dialog[1:] != dialog[:-1], True)) if len(dialog) else dialog
     partners: dict[int, str] = {}
     for i, raw_name in zip(last.tolist(), names.iloc[row[last]].tolist(), strict=True):
@@ -129,7 +129,7 @@ def _partner_names(
                  "start": a, "end": b}
                 for a, b, kind in spans
             ]  # fmt: skip
-        partners[dialog_id] = name if PLACEHOLDER.sub("", name).strip() else ""
+        partners[dialog_id] = "" if is_blank(PLACEHOLDER.sub("", name)) else name  # "ㅤ": an invisible name
     return partners
 
 
@@ -228,7 +228,7 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig, report: bool = 
                 if len(response) > config.max_response_chars:
                     skipped["response_too_long"] += 1
                     continue
-                if not PLACEHOLDER.sub("", response).strip():
+                if is_blank(PLACEHOLDER.sub("", response)):  # it would teach the twin to say nothing
                     skipped["response_only_placeholders"] += 1
                     continue
                 # Turn k-1 is the partner's message; the context is what came before it. cap_turns only

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.files import make_private_dir, open_private
+from prepare.jsonl import read_jsonl
 from prepare.prompt import clean_text
 from prepare.records import SPEAKERS, Turn
 
@@ -112,17 +113,9 @@ def read_feedback(path: str | Path) -> list[Feedback]:
     path = Path(path)
     if not path.exists():
         return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}:{number}: not valid JSON; delete that line") from None
-            records.append(parse_feedback(obj, f"{path}:{number}"))
-    return records
+    return [
+        parse_feedback(obj, f"{path}:{number}") for number, obj in read_jsonl(path, fix="delete that line")
+    ]
 
 
 def append_feedback(path: str | Path, record: Feedback) -> None:

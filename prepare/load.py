@@ -31,15 +31,15 @@ from common.scrub import PLACEHOLDER, scrub_secrets_with_counts
 from .build import clipped_turn
 from .config import PrepareConfig
 from .errors import PrepareError
+from .jsonl import encoding_error, strip_bom
 from .prompt import cap_turns, clean_text, clip_text, render_context
-from .records import Record, Turn
+from .records import Record, Turn, is_blank
 
 COLLECT_HINT = "run `make collect` first (see README, section 1)"
 FIX_HINT = "fix or delete that line, or re-run `make collect`"
 ARROW_SCHEMA = pa.schema(
     [(name, {int: pa.int64(), bool: pa.bool_(), str: pa.string()}[typ]) for name, typ in FIELDS.items()]
 )
-_BOM = b"\xef\xbb\xbf"
 _MISSING = object()
 
 
@@ -65,12 +65,12 @@ def _progress(files: list[Path]) -> Iterator[Path]:
     yield from tqdm(files, desc="reading raw chats", unit="file", disable=None, leave=False)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, keep_bom: bool = False) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise PrepareError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
-    return data[len(_BOM) :] if data.startswith(_BOM) else data
+    return data if keep_bom else strip_bom(data)
 
 
 def _check_dates(frame: pd.DataFrame) -> tuple[pd.Series, int | None, str]:
@@ -146,24 +146,21 @@ class _Source:
 
 def _read_lines(path: Path) -> tuple[list[Any], np.ndarray]:
     """Decoded JSON values of a file's non-blank lines and their 1-based line numbers."""
-    lines = _read_bytes(path).split(b"\n")
-    keep = [i for i, line in enumerate(lines) if line.strip()]
+    data = _read_bytes(path, keep_bom=True)
+    lines = data.split(b"\n")
+    keep = [i for i, line in enumerate(lines) if strip_bom(line).strip()]
     values = []
     for i in keep:
         try:
-            values.append(orjson.loads(lines[i]))
+            values.append(orjson.loads(strip_bom(lines[i])))
         except orjson.JSONDecodeError as e:
-            what = "is not valid UTF-8" if _bad_utf8(lines[i]) else f"is not valid JSON (column {e.colno})"
-            raise PrepareError(f"{path}:{i + 1}: line {what}; {FIX_HINT}") from None
+            offset = sum(len(line) + 1 for line in lines[:i])
+            # a file in another encoding (UTF-16, a code page) is named as such, with the byte that shows it
+            message = encoding_error(path, i + 1, lines[i], offset, data[:256], "re-run `make collect`")
+            raise PrepareError(
+                message or f"{path}:{i + 1}: line is not valid JSON (column {e.colno}); {FIX_HINT}"
+            ) from None
     return values, np.asarray(keep, dtype=np.int64) + 1
-
-
-def _bad_utf8(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
 
 
 def _problem(obj: Any) -> str:
@@ -278,7 +275,7 @@ def load_feedback(config: PrepareConfig, raw_records: list[Record]) -> FeedbackL
         response = scrub(item.response)
         instruction = clip_text(scrub(item.instruction))
         if (
-            not PLACEHOLDER.sub("", response).strip()
+            is_blank(PLACEHOLDER.sub("", response))
             or not instruction
             or len(response) > config.max_response_chars
         ):

@@ -26,8 +26,9 @@ import numpy as np
 import orjson
 
 from common.files import write_private_atomic
+from prepare.jsonl import read_jsonl
 from prepare.prompt import MAX_TURN_CHARS, Prompter, clip_text, record_turns
-from prepare.records import Exchange, Record, Turn
+from prepare.records import Exchange, Record, Turn, is_blank
 
 if TYPE_CHECKING:
     import bm25s
@@ -146,20 +147,10 @@ class Memory:
 
     @classmethod
     def load(cls, path: Path) -> Memory:
-        """The memory saved at `path`; a bad line is a `ValueError` naming the file and the line (never
-        its text: it is private)."""
-        exchanges = []
-        with Path(path).open("rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    raise ValueError(f"{where}: not valid JSON; {RETRAIN}") from None
-                exchanges.append(_parse_exchange(obj, where))
-        return cls(exchanges)
+        """The memory saved at `path`; a bad line (or a file re-saved in another encoding) is a `ValueError`
+        naming the file and the line (never its text: it is private)."""
+        lines = read_jsonl(Path(path), fix=RETRAIN, redo=RETRAIN)
+        return cls([_parse_exchange(obj, f"{path}:{number}") for number, obj in lines])
 
 
 RETRAIN = f"train again with --memory-k to rewrite {MEMORY_FILE}, or turn memory off (--memory-k 0)"
@@ -171,7 +162,7 @@ def _parse_exchange(obj: Any, where: str) -> Exchange:
     problems = [
         f"field {name!r} must be a non-empty string"
         for name in ("message", "reply")
-        if not isinstance(obj.get(name), str) or not obj[name].strip()
+        if not isinstance(obj.get(name), str) or is_blank(obj[name])
     ]
     if problems:
         raise ValueError(f"{where}: {'; '.join(problems)}; {RETRAIN}")

@@ -36,7 +36,7 @@ from typing import Any, Literal
 # the chat-template renderer is this module's own part; finetune and serve import it through here
 from prepare.chat_template import ChatTemplate, ChatTemplateError
 from prepare.chat_template import special_tokens_of as special_tokens_of
-from prepare.records import Exchange, Record, Speaker, Turn
+from prepare.records import Exchange, Record, Speaker, Turn, is_blank
 
 ME_LABEL = "Me"
 DEFAULT_PARTNER = "Friend"
@@ -94,13 +94,15 @@ _INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e
 def clean_text(text: str) -> str:
     """One message as the prompt sees it: newlines normalised, invisible characters dropped, stripped.
 
-    Returns "" for a message with nothing visible in it (whitespace only, zero-width characters).
+    Returns "" for a message with nothing visible in it (whitespace only, zero-width characters, or the
+    blank letters sent as "empty" messages: U+3164 Hangul filler, U+2800 braille blank; see `is_blank`).
     """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.isprintable():  # fast path: most chat messages are a single printable line
         text = _INVISIBLE.sub("", text)
-    return text.strip()
+    text = text.strip()
+    return "" if not text.isascii() and is_blank(text) else text
 
 
 def clip_text(text: str, max_chars: int = MAX_TURN_CHARS) -> str:
@@ -182,7 +184,7 @@ def partner_label(partner: str | None) -> str:
     labelled `Me (partner)`, so their lines never read as the person's.
     """
     name = " ".join(_INVISIBLE.sub("", partner or "").translate(_NAME_MARKS).split())
-    if not name:
+    if is_blank(name):  # also a name of blank letters ("ㅤ"), Telegram's trick for an invisible name
         return DEFAULT_PARTNER
     if name.casefold() == ME_LABEL.casefold():
         return f"{name} (partner)"

@@ -9,11 +9,12 @@ read (as `turns=None`): the twin-v1 format renders their `context`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
+from .jsonl import read_jsonl
 
 TRAIN_FILE = "train.jsonl"
 VAL_FILE = "val.jsonl"
@@ -80,6 +81,20 @@ RECORD_FIELDS: dict[str, type] = {
 SPEAKERS = ("me", "partner")
 
 
+_BLANK = re.compile(
+    r"[\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f]*"
+)
+"""Characters that show nothing: whitespace, control and format characters (zero-width, bidi marks, BOM),
+variation selectors, and the blank letters chat apps let through as "empty" messages (U+3164 Hangul filler,
+U+2800 braille blank, U+115F/U+1160/U+FFA0)."""
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing at all (empty, whitespace, invisible or blank-looking characters)."""
+    return _BLANK.fullmatch(text) is not None
+
+
 def parse_record(obj: Any, where: str) -> Record:
     """Validate one decoded line of train/val JSONL; `where` (`file:line`) goes into the error."""
     if not isinstance(obj, dict):
@@ -109,16 +124,24 @@ def parse_record(obj: Any, where: str) -> Record:
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """All records of a train/val JSONL file, validated; errors name the file and line, not its text."""
+    """All records of a train/val JSONL file, validated; errors name the file and line, not its text.
+
+    A UTF-8 BOM is skipped; a file in another encoding is named as such (`prepare.jsonl`). A record whose
+    reply is empty (or shows nothing) would teach the twin to answer with nothing: prepare never writes
+    one, so the file was edited or made by another tool, and reading it is an error that names the first
+    such line and how many there are (all of them are counted first, so one fix covers them)."""
     path = Path(path)
     records = []
-    with path.open("rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise ValueError(f"{path}:{number}: not valid JSON; re-run `make prepare`") from None
-            records.append(parse_record(obj, f"{path}:{number}"))
+    empty: list[int] = []
+    for number, obj in read_jsonl(path, fix="re-run `make prepare`", redo="re-run `make prepare`"):
+        record = parse_record(obj, f"{path}:{number}")
+        if is_blank(record.response):
+            empty.append(number)
+        records.append(record)
+    if empty:
+        more = f" (and {len(empty) - 1} more line{'s' if len(empty) > 2 else ''})" if len(empty) > 1 else ""
+        raise ValueError(
+            f"{path}:{empty[0]}: field 'response' is empty{more}: a record teaches the twin its reply, and "
+            "an empty one teaches it to say nothing; delete those lines or re-run `make prepare`"
+        )
     return records

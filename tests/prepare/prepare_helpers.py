@@ -11,6 +11,7 @@ from typing import Any
 
 from common.scrub import PLACEHOLDER, scrub_secrets
 from prepare.prompt import Turn, cap_turns, clean_text, clip_text, render_context
+from prepare.records import is_blank
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -69,7 +70,7 @@ def reference_conversations(messages: list[dict[str, Any]], gap_hours: float = 2
         if not kept:
             continue
         partner = scrub_secrets(" ".join(kept[-1]["dialog_name"].split()))
-        partner = partner if PLACEHOLDER.sub("", partner).strip() else ""
+        partner = "" if is_blank(PLACEHOLDER.sub("", partner)) else partner
         groups: list[list[dict[str, Any]]] = [[kept[0]]]
         for prev, cur in zip(kept, kept[1:], strict=False):
             gap = datetime.fromisoformat(cur["date"]) - datetime.fromisoformat(prev["date"])
@@ -109,7 +110,7 @@ def reference_records(
         for k, turn in enumerate(conv.turns):
             if turn.speaker != "me" or k == 0:
                 continue
-            if len(turn.text) > max_response_chars or not PLACEHOLDER.sub("", turn.text).strip():
+            if len(turn.text) > max_response_chars or is_blank(PLACEHOLDER.sub("", turn.text)):
                 continue
             kept = cap_turns(conv.turns[: k - 1], max_turns, max_chars, conv.partner)
             context = render_context(kept, conv.partner)

@@ -120,6 +120,12 @@ GOOD_LINE = b'{"message": "hi", "reply": "hey"}\n'
         (GOOD_LINE + b'{"message": "secret", "reply": 3}\n', 2, "'reply' must be"),
         (GOOD_LINE + b'{"reply": "secret"}\n', 2, "'message' must be"),
         (GOOD_LINE + b'{"message": "secret", "reply": "  "}\n', 2, "'reply' must be"),
+        (GOOD_LINE + '{"message": "secret", "reply": "\u3164"}\n'.encode(), 2, "'reply' must be"),  # blank
+        (
+            GOOD_LINE + '{"message": "secret", "reply": "d\u00e9j\u00e0"}\n'.encode("latin-1"),
+            2,
+            "not valid UTF-8",
+        ),
     ],
 )
 def test_a_bad_file_names_the_file_and_line_never_the_text(
@@ -277,3 +283,12 @@ def test_the_ranking_is_bm25s_own(memory: Memory) -> None:
         expected = [float(s) for s in scores[0] if s > 0]  # best first (equal scores in any order)
         score_of = dict(zip(memory.exchanges, index.get_scores(words).tolist(), strict=True))
         assert [score_of[e] for e in memory.retrieve(query, 3)] == pytest.approx(expected) and expected
+
+
+def test_a_bom_is_skipped_and_utf16_is_named(tmp_path: Path) -> None:
+    path = tmp_path / MEMORY_FILE
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD_LINE)
+    assert Memory.load(path).exchanges == (Exchange("hi", "hey"),)
+    path.write_bytes(GOOD_LINE.decode().encode("utf-16"))
+    with pytest.raises(ValueError, match=r"the file is UTF-16LE text, not UTF-8.*--memory-k"):
+        Memory.load(path)
