@@ -236,7 +236,7 @@ def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | 
         kernels.TILE, kernels.cpu_interpreter = saved
 
 
-NF4_TILES = [(4, 1024, 4), (2, 1024, 4), (8, 512, 4), (4, 2048, 4), (8, 1024, 8), (16, 512, 8), (2, 2048, 8)]
+NF4_TILES = [(2, 1024, 1), (4, 512, 1), (8, 512, 1), (2, 1024, 4), (4, 1024, 4), (8, 512, 4), (4, 2048, 4)]
 """(rows a program, K chunk in weights, warps) tried by --nf4-sweep (serve.kernels_nf4.nf4_tile picks)."""
 
 
@@ -312,7 +312,7 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
                 kernels_nf4.TILE, kernels_nf4.DECODE = tile, decode
                 x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
                 res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
-                key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K)} x{tokens}"
+                key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K, decode or 'prmt')} x{tokens}"
                 try:
                     ms = time_launches(
                         lambda x=x, res=res: [nf4_launch(kind, x, w, res, split) for w in weights],  # noqa: B023

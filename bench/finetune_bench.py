@@ -83,7 +83,6 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo's packages, and this 
 import hf_anchor as hf  # noqa: E402
 import train_flops as flops  # noqa: E402
 
-from finetune import packing  # noqa: E402
 from finetune.data import (  # noqa: E402
     BatchPlan,
     Example,
@@ -144,8 +143,6 @@ class BenchConfig:
     """Guessed GPU seconds per optimizer step of 128 chat sequences at a 7–8B shape (time budget)."""
     compile_s: float = 0.0
     """Guessed GPU seconds to compile (the warm-up's extra time)."""
-    flex_block: int = 128
-    """Packed rows: FlexAttention's BlockMask block (`finetune.packing.FLEX_BLOCK`)."""
     note: str = ""
 
 
@@ -219,25 +216,6 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         step_s=1.1,
         compile_s=60,
         note="fp8, packed, 16k-token micro-batches",
-    ),  # fmt: skip
-    BenchConfig(
-        "fp8-packed-compile-b64",
-        "packed",
-        compile=True,
-        base_precision="fp8",
-        step_s=1.1,
-        compile_s=60,
-        flex_block=64,
-        note="fp8, packed, 64-token attention blocks",
-    ),  # fmt: skip
-    BenchConfig(
-        "packed-compile-b64",
-        "packed",
-        compile=True,
-        step_s=1.4,
-        compile_s=60,
-        flex_block=64,
-        note="bf16, packed, 64-token attention blocks",
     ),  # fmt: skip
     BenchConfig(
         "fp8-packed-compile-4k",
@@ -457,11 +435,6 @@ def set_lora_dropout(model: torch.nn.Module, p: float) -> None:
             module.p = p
 
 
-def use_flex_block(cfg: BenchConfig) -> None:
-    """The row's FlexAttention block for packed rows (process-wide, as `finetune.packing` reads it)."""
-    packing.FLEX_BLOCK = cfg.flex_block
-
-
 def set_speed_options(model: GPT, compile: bool, checkpointing: bool) -> None:
     for block in model.transformer.h:
         block.__class__ = CheckpointedBlock if checkpointing else Block
@@ -605,7 +578,6 @@ def row_metrics(
 
 def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict[str, Any]:
     args, examples = env.args, env.data.examples
-    use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     warmup = args.warmup + (args.compile_warmup if cfg.compile else 0)
     steps = planned_steps(examples, cfg, args, warmup + args.steps)
@@ -1170,7 +1142,6 @@ def quality_run(
         group["lr"] = args.quality_lr
     if args.quality_dropout is not None:
         set_lora_dropout(ours.model, args.quality_dropout)
-    use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     before = held_out_loss(ours, val, data.pad_id, args)
     torch.manual_seed(1000 + repeat)  # LoRA dropout's masks
@@ -1242,7 +1213,6 @@ def step_gradient(args: argparse.Namespace, device: torch.device, config: Config
     fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
     ours = build_ours(fabric, config, args, cfg.base_precision)
     set_lora_dropout(ours.model, 0.0)
-    use_flex_block(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     step = planned_steps(train, cfg, args, 1)[0]
     loss_sum = torch.zeros((), device=device)

@@ -46,24 +46,6 @@ def pack_rows(lengths: Sequence[tuple[int, int]], capacity: int) -> list[list[in
 
 
 # ------------------------------------------------------------------------------------------------- mask
-FLEX_BLOCK = 128
-"""The BlockMask's block (tokens a side): blocks lying wholly across records are skipped, partly masked
-ones computed and masked, so short records waste less at a smaller block (at a smaller kernel tile).
-128 is FlexAttention's default; the benchmark's `-b64` rows try 64."""
-
-
-def flex_kernel_options() -> dict[str, int] | None:
-    """FlexAttention's tiles for FLEX_BLOCK: its own choice at 128, tiles that divide a smaller block
-    (the forward's and both backward passes')."""
-    if FLEX_BLOCK >= 128:
-        return None
-    half = max(FLEX_BLOCK // 2, 16)
-    return {
-        "BLOCK_M": FLEX_BLOCK, "BLOCK_N": FLEX_BLOCK,
-        "BLOCK_M1": half, "BLOCK_N1": FLEX_BLOCK, "BLOCK_M2": FLEX_BLOCK, "BLOCK_N2": half,
-    }  # fmt: skip
-
-
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor | BlockMask:
     """The attention mask of packed rows with record ids `doc_ids` (B, T): a FlexAttention BlockMask on
     CUDA, else a dense (B, 1, T, T) boolean mask (True: may attend)."""
@@ -87,7 +69,7 @@ def document_block_mask(doc_ids: torch.Tensor) -> BlockMask:
     ) -> torch.Tensor:
         return (doc_ids[batch, q] == doc_ids[batch, kv]) & (q >= kv)
 
-    return create_block_mask(same_record_causal, b, None, t, t, device=doc_ids.device, BLOCK_SIZE=FLEX_BLOCK)
+    return create_block_mask(same_record_causal, b, None, t, t, device=doc_ids.device)
 
 
 @functools.cache
@@ -110,9 +92,7 @@ class PackedAttention(LoRACausalSelfAttention):
         # inside a compiled block it fuses anyway; on a CPU (tests, forward only) the reference runs
         plain = torch.compiler.is_compiling() or q.device.type != "cuda"
         flex = cast(Callable[..., Any], flex_attention) if plain else compiled_flex_attention()
-        y = flex(
-            q, k, v, block_mask=mask, scale=scale, kernel_options=flex_kernel_options()
-        )  # (B, nh, T, hs)
+        y = flex(q, k, v, block_mask=mask, scale=scale)  # (B, nh, T, hs)
         return cast(torch.Tensor, y).transpose(1, 2)
 
 

@@ -77,22 +77,23 @@ DECODE: str | None = os.environ.get("TWIN_NF4_DECODE") or None
 TWIN_NF4_DECODE sets it for a whole process)."""
 
 
-def nf4_tile(K: int) -> tuple[int, int, int]:
-    """The tile for a weight of K columns: (rows a program, K chunk in weights, warps). Not yet swept on a
-    GPU (`bench/decode_profile.py --nf4-sweep` does): chosen from the kernel's sm_90 SASS — 2 rows a
-    program keep the registers at ~56-80 a thread (many programs in flight on an SM to hide the codes'
-    HBM latency) with one shared-memory round trip a chunk, as 2 rows did best for the bf16 GEMV."""
+def nf4_tile(K: int, decode: str = "prmt") -> tuple[int, int, int]:
+    """The tile for a weight of K columns: (rows a program, K chunk in weights, warps). From the H200
+    sweeps (`bench/decode_profile.py --nf4-sweep`, docs/BENCHMARKS.md) at Falcon-7B's shapes: prmt did
+    best with one warp of 2 rows (66 / 71 us on [qkv; fc] / [proj | mlp.proj], vs 75-98 us at 4 warps:
+    one warp needs no shared memory to sum a row), the gathering decodes with 4 warps of 2 rows."""
     if TILE is not None:
         return TILE
-    return (2, 1024 if K >= 2048 else 512, 4)
+    return (2, 1024 if K >= 2048 else 512, 1 if decode == "prmt" else 4)
 
 
 def nf4_decode(weight: PackedNF4, x: torch.Tensor, k1: int) -> str:
     """The decode for this launch (see DECODES): `prmt` on a GPU for bf16 (byte permutes are PTX: the
     CPU interpreter runs `pairs`, the same bits by gathers) where the codes read as whole int32 words
-    (K and the concatenation seam multiples of 8), else `pairs` for bf16, else `table`."""
+    (K and the concatenation seam multiples of 8), else `pairs` for bf16, else `table`. On the H200 prmt
+    was the fastest of the three at every tile of the sweep (docs/BENCHMARKS.md)."""
     bf16 = weight.table.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
-    choice = DECODE or "pairs"
+    choice = DECODE or ("prmt" if x.is_cuda else "pairs")
     if choice == "prmt" and not (bf16 and x.is_cuda and weight.shape[1] % 8 == 0 and k1 % 8 == 0):
         choice = "pairs"
     return choice if bf16 or choice == "table" else "table"
@@ -614,13 +615,14 @@ def _launch(
     x = _rows(x, k1)
     M = x.size(0)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    block_n, block_k, warps = nf4_tile(K)
+    decode_name = nf4_decode(weight, x, k1)
+    block_n, block_k, warps = nf4_tile(K, decode_name)
     if block_k < weight.group:
         raise ValueError(f"an NF4 tile's K chunk ({block_k}) narrower than a scale group ({weight.group})")
     x_pairs = x.dtype == torch.bfloat16  # read as int32 words of two values (K1, K - K1 even)
     x_in = x.view(torch.int32) if x_pairs else x
     x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32) if x_pairs else _rows(x2, k2)
-    decode = DECODES.index(nf4_decode(weight, x, k1))
+    decode = DECODES.index(decode_name)
     unit = 4 if decode == 2 else 1  # code bytes a unit the kernel reads: int32 words for prmt
     _nf4_gemv_kernel[(M * triton.cdiv(N, block_n),)](
         x_in,
