@@ -335,26 +335,34 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
 def nf4_check(
     kind: str, w: Any, split: int, device: torch.device, dtype: torch.dtype, decodes: list[str]
 ) -> dict[str, Any]:
-    """Each decode's output at 1 and 3 tokens against the same fold computed in fp32 from the dequantized
-    weight: the largest absolute difference, relative to the reference's largest value."""
+    """Each decode's output at 1, 3 and 16 tokens against the same fold computed in fp32 from the
+    dequantized weight (a plain matrix also with a per-token addend and GELU from its middle row on, as
+    Falcon's [qkv; fc] runs): the largest absolute difference, relative to the reference's largest value."""
     from serve import kernels_nf4
 
     rows, K = w.shape
     out = rows // 2 if kind == "glu" else rows
     weight = w.dequantize().float()
     result: dict[str, Any] = {}
-    for tokens in (1, 3):
+    for tokens in (1, 3, 16):
         x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
         res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
+        add = torch.randn(tokens, 1, rows, device=device, dtype=dtype) / 10
         y = x.float() @ weight.T
         if kind == "glu":
             gate, up = y.chunk(2, dim=-1)
             ref = F.silu(gate) * up
+        elif kind == "cat":
+            ref = y + res.float()
         else:
-            ref = y + res.float() if kind == "cat" or res.size(-1) == rows else y
+            y = y + add.float()
+            ref = torch.cat((y[..., : rows // 2], F.gelu(y[..., rows // 2 :])), dim=-1)
         for decode in decodes:
             kernels_nf4.DECODE = decode
-            got = nf4_launch(kind, x, w, res, split).float()
+            if kind == "plain":
+                got = kernels_nf4.nf4_gemv(x, w, gelu_from=rows // 2, add=add).float()
+            else:
+                got = nf4_launch(kind, x, w, res, split).float()
             err = float((got - ref).abs().max() / ref.abs().max())
             result[f"{decode} x{tokens}"] = round(err, 5)
     kernels_nf4.DECODE = None
