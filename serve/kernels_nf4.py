@@ -457,6 +457,30 @@ if triton is not None:
         return scale * tl.sum(_pair_dot(words, xs), axis=3)
 
     @triton.jit
+    def _chunk_sums(code, code_up, x_row, x2_row, s_ptr, lut_ptr, table_ptr, tabs, rows, N, k0, K1, KU, KG,
+                    GU: tl.constexpr, G: tl.constexpr, HAS_X2: tl.constexpr, X_PAIRS: tl.constexpr,
+                    DECODE: tl.constexpr, GLU: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+        # one chunk's partial sums, (rows, G, GU) in fp32, of the rows and (GLU) of their up rows
+        if DECODE == 2:
+            xs = _input_quads(x_row, x2_row, k0, K1, KU, GU, G, HAS_X2, MASKED)
+            part = _partial_prmt(code, xs, s_ptr, tabs, rows, k0, KG, GU, G, MASKED)
+            if GLU:
+                part_up = _partial_prmt(code_up, xs, s_ptr, tabs, rows + N, k0, KG, GU, G, MASKED)
+            else:
+                part_up = tl.zeros_like(part)
+        else:
+            a, b = _input_pairs(x_row, x2_row, k0, K1, KU, GU, G, HAS_X2, X_PAIRS, MASKED)
+            pairs: tl.constexpr = DECODE == 1
+            part = _partial(code, a, b, s_ptr, lut_ptr, table_ptr, rows, k0, KG, GU, G, pairs, MASKED)
+            if GLU:
+                part_up = _partial(
+                    code_up, a, b, s_ptr, lut_ptr, table_ptr, rows + N, k0, KG, GU, G, pairs, MASKED
+                )
+            else:
+                part_up = tl.zeros_like(part)
+        return part, part_up
+
+    @triton.jit
     def _nf4_gemv_kernel(
         x_ptr,
         x2_ptr,
@@ -509,6 +533,7 @@ if triton is not None:
         last = tl.maximum(full - CHUNK, 0)
         acc = tl.zeros([BLOCK_N, G, GU], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_N, G, GU], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
+        tabs = 0  # prmt's byte tables (unused by the other decodes)
         if DECODE == 2:
             tabs = (
                 _per_thread(lut_ptr, BLOCK_N, G, GU), _per_thread(lut_ptr + 1, BLOCK_N, G, GU),
@@ -519,6 +544,7 @@ if triton is not None:
         code = _codes(
             q_ptr, rows, 0, KU, GU, G, True, DECODE == 2
         )  # masked: the weight may be narrower than a chunk
+        code_up = code  # GLU's up rows (unused otherwise)
         if GLU:
             code_up = _codes(q_ptr, rows + N, 0, KU, GU, G, True, DECODE == 2)
         for k0 in range(0, full, CHUNK):
@@ -526,20 +552,12 @@ if triton is not None:
             code_next = _codes(q_ptr, rows, ahead, KU, GU, G, False, DECODE == 2)
             if GLU:
                 up_next = _codes(q_ptr, rows + N, ahead, KU, GU, G, False, DECODE == 2)
-            if DECODE == 2:
-                xs = _input_quads(x_row, x2_row, k0, K1, KU, GU, G, HAS_X2, False)
-                acc += _partial_prmt(code, xs, s_ptr, tabs, rows, k0, KG, GU, G, False)
-                if GLU:
-                    acc_up += _partial_prmt(code_up, xs, s_ptr, tabs, rows + N, k0, KG, GU, G, False)
-            else:
-                a, b = _input_pairs(x_row, x2_row, k0, K1, KU, GU, G, HAS_X2, X_PAIRS, False)
-                acc += _partial(
-                    code, a, b, s_ptr, lut_ptr, table_ptr, rows, k0, KG, GU, G, DECODE == 1, False
-                )
-                if GLU:
-                    acc_up += _partial(
-                        code_up, a, b, s_ptr, lut_ptr, table_ptr, rows + N, k0, KG, GU, G, DECODE == 1, False
-                    )
+            part, part_up = _chunk_sums(
+                code, code_up, x_row, x2_row, s_ptr, lut_ptr, table_ptr, tabs, rows, N, k0, K1, KU, KG,
+                GU, G, HAS_X2, X_PAIRS, DECODE, GLU, False,
+            )  # fmt: skip
+            acc += part
+            acc_up += part_up
             code = code_next
             if GLU:
                 code_up = up_next
@@ -547,20 +565,12 @@ if triton is not None:
             code = _codes(q_ptr, rows, full, KU, GU, G, True, DECODE == 2)
             if GLU:
                 code_up = _codes(q_ptr, rows + N, full, KU, GU, G, True, DECODE == 2)
-            if DECODE == 2:
-                xs = _input_quads(x_row, x2_row, full, K1, KU, GU, G, HAS_X2, True)
-                acc += _partial_prmt(code, xs, s_ptr, tabs, rows, full, KG, GU, G, True)
-                if GLU:
-                    acc_up += _partial_prmt(code_up, xs, s_ptr, tabs, rows + N, full, KG, GU, G, True)
-            else:
-                a, b = _input_pairs(x_row, x2_row, full, K1, KU, GU, G, HAS_X2, X_PAIRS, True)
-                acc += _partial(
-                    code, a, b, s_ptr, lut_ptr, table_ptr, rows, full, KG, GU, G, DECODE == 1, True
-                )
-                if GLU:
-                    acc_up += _partial(
-                        code_up, a, b, s_ptr, lut_ptr, table_ptr, rows + N, full, KG, GU, G, DECODE == 1, True
-                    )
+            part, part_up = _chunk_sums(
+                code, code_up, x_row, x2_row, s_ptr, lut_ptr, table_ptr, tabs, rows, N, full, K1, KU, KG,
+                GU, G, HAS_X2, X_PAIRS, DECODE, GLU, True,
+            )  # fmt: skip
+            acc += part
+            acc_up += part_up
         width = 2 * N if GLU else N  # of the addend's rows
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         if HAS_BIAS:
