@@ -433,6 +433,16 @@ if triton is not None:
         )
 
     @triton.jit
+    def _prmt_tables(lut_ptr, R: tl.constexpr, G: tl.constexpr, GU: tl.constexpr):
+        # prmt's 8 byte-table words, each in an ordinary register of every thread
+        return (
+            _per_thread(lut_ptr, R, G, GU), _per_thread(lut_ptr + 1, R, G, GU),
+            _per_thread(lut_ptr + 2, R, G, GU), _per_thread(lut_ptr + 3, R, G, GU),
+            _per_thread(lut_ptr + 4, R, G, GU), _per_thread(lut_ptr + 5, R, G, GU),
+            _per_thread(lut_ptr + 6, R, G, GU), _per_thread(lut_ptr + 7, R, G, GU),
+        )  # fmt: skip
+
+    @triton.jit
     def _pair_dot(p, x):
         # two bf16 weights (int32 word p) times two bf16 inputs (word x), in fp32: exact products
         lo = (p << 16).to(tl.float32, bitcast=True) * (x << 16).to(tl.float32, bitcast=True)
@@ -535,12 +545,7 @@ if triton is not None:
         acc_up = tl.zeros([BLOCK_N, G, GU], dtype=tl.float32)  # GLU's up rows (dropped otherwise)
         tabs = 0  # prmt's byte tables (unused by the other decodes)
         if DECODE == 2:
-            tabs = (
-                _per_thread(lut_ptr, BLOCK_N, G, GU), _per_thread(lut_ptr + 1, BLOCK_N, G, GU),
-                _per_thread(lut_ptr + 2, BLOCK_N, G, GU), _per_thread(lut_ptr + 3, BLOCK_N, G, GU),
-                _per_thread(lut_ptr + 4, BLOCK_N, G, GU), _per_thread(lut_ptr + 5, BLOCK_N, G, GU),
-                _per_thread(lut_ptr + 6, BLOCK_N, G, GU), _per_thread(lut_ptr + 7, BLOCK_N, G, GU),
-            )  # fmt: skip
+            tabs = _prmt_tables(lut_ptr, BLOCK_N, G, GU)
         code = _codes(
             q_ptr, rows, 0, KU, GU, G, True, DECODE == 2
         )  # masked: the weight may be narrower than a chunk
