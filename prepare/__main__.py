@@ -100,6 +100,7 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
     console.print(
         f"Wrote {stats['train_records']} train and {stats['val_records']} val records to "
         f"{config.out}/ ({TRAIN_FILE}, {VAL_FILE}, {STATS_FILE}) in {stats['seconds']:.1f} s"
+        + _dropped_dates(stats)
         + _dropped_empty(stats)
         + secrets
         + report,
@@ -107,6 +108,13 @@ def print_summary(stats: dict[str, Any], config: PrepareConfig, console: Console
         highlight=False,
         markup=False,
     )
+
+
+def _dropped_dates(stats: dict[str, Any]) -> str:
+    """The summary's note on the messages left out for a date no message can have (1970, 2100)."""
+    n = stats["skipped"].get("implausible_date", 0)
+    what = "message" if n == 1 else "messages"
+    return f"; left out {n} {what} with an impossible date (before 2013-08 or over a year ahead)" if n else ""
 
 
 def _dropped_empty(stats: dict[str, Any]) -> str:

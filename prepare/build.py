@@ -9,9 +9,11 @@ keeps those turns twice: rendered (`context`, twin-v1) and structured (`turns`, 
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,8 @@ from .records import Record, is_blank
 
 SKIP_REASONS: dict[str, str] = {
     "duplicate_message": "the same message (dialog id + message id) appeared again; the last copy was kept",
+    "implausible_date": "dated before Telegram existed (August 2013; 1970: a zero timestamp) or over a year "
+    "past this machine's clock (2100): no message's real date, and it would sit at the wrong end of its chat",
     "empty_message": "a message with nothing visible after cleaning (whitespace, invisible characters)",
     "reply_opens_conversation": "the person's turn opens a conversation, so there is nothing it replies to",
     "response_too_long": "the person's reply is longer than --max-response-chars (a paste, not a reply)",
@@ -34,6 +38,14 @@ SKIP_REASONS: dict[str, str] = {
 """Why an item was skipped: message-level reasons count messages, the others count reply turns."""
 
 _SCRUB_CHUNK = 20_000
+
+TELEGRAM_LAUNCH = datetime(2013, 8, 1, tzinfo=UTC)
+"""No Telegram message is older (collect skips earlier dates the same way): an earlier one is a zero or
+otherwise broken timestamp."""
+FUTURE_SLACK_S = 366 * 86_400
+"""A date this far past the machine's clock is broken (a clock can be off, but not by a year)."""
+CLOCK_SKEW_S = 60
+"""A message dated at most this many seconds before one with a lower id of its chat is put after it."""
 
 
 @dataclass
@@ -138,9 +150,44 @@ def clipped_turn(turn: Turn) -> Turn:
     return turn if len(turn.text) <= MAX_TURN_CHARS else Turn(turn.speaker, clip_text(turn.text))
 
 
-def build_records(messages: pd.DataFrame, config: PrepareConfig, report: bool = False) -> Built:
+def plausible_dates(ts: np.ndarray, now: float | None = None) -> np.ndarray:
+    """Which instants (µs since the epoch, UTC) can be a real message's: from Telegram's launch to a year
+    past `now` (this machine's clock by default)."""
+    now = time.time() if now is None else now
+    earliest = int(TELEGRAM_LAUNCH.timestamp()) * 1_000_000
+    latest = int(now + FUTURE_SLACK_S) * 1_000_000
+    return (ts >= earliest) & (ts <= latest)
+
+
+def conversation_instants(dialog: np.ndarray, ts: np.ndarray, msg_id: np.ndarray) -> np.ndarray:
+    """The instant each message is placed at: its own, except for clock skew.
+
+    Telegram numbers a chat's messages in the order its server received them. Where a chat's ids and
+    dates disagree only by small steps back in time (a message dated at most `CLOCK_SKEW_S` before one
+    with a lower id: a reply stamped by a clock a few seconds behind the sender's), the ids are right and
+    the message counts as sent at the latest instant before it in id order, so it sorts after what it
+    answers. A chat with a larger disagreement (a history imported into Telegram, another tool's ids) keeps
+    its dates as they are: its ids say nothing about time."""
+    if len(ts) == 0:
+        return ts
+    by_id = np.lexsort((msg_id, dialog))
+    d, t = dialog[by_id], ts[by_id]
+    latest = pd.Series(t).groupby(d, sort=False).cummax().to_numpy()  # the newest date so far, in id order
+    # how far each message is dated before an earlier-numbered one of its chat (0: not at all)
+    lag = np.zeros(len(t), dtype=np.int64)
+    lag[1:] = np.where(d[1:] == d[:-1], np.maximum(latest[:-1] - t[1:], 0), 0)
+    trusted = ~np.isin(d, d[lag > CLOCK_SKEW_S * 1_000_000])
+    placed = ts.copy()
+    placed[by_id[trusted]] = latest[trusted]  # the message's own date wherever nothing was skewed
+    return placed
+
+
+def build_records(
+    messages: pd.DataFrame, config: PrepareConfig, report: bool = False, now: float | None = None
+) -> Built:
     """Turn a frame of raw messages (as `load.load_messages` returns) into instruction records; with
-    `report`, also say where each secret was replaced (`Built.scrub_report`)."""
+    `report`, also say where each secret was replaced (`Built.scrub_report`). Dates past a year after
+    `now` (seconds since the epoch; this machine's clock by default) are dropped as implausible."""
     skipped: Counter[str] = Counter()
     n_read = len(messages)
 
@@ -154,9 +201,13 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig, report: bool = 
     if duplicate.any():
         messages = messages[~duplicate]
 
+    # 1970 (a zero timestamp), year 2100: no place in a chat's timeline is right for them.
+    plausible = plausible_dates(messages["ts"].to_numpy(), now)
+    skipped["implausible_date"] = int((~plausible).sum())
     cleaned = [clean_text(t) for t in messages["message"].tolist()]
     visible = np.fromiter((bool(t) for t in cleaned), dtype=bool, count=len(cleaned))
-    skipped["empty_message"] = int((~visible).sum())
+    skipped["empty_message"] = int((plausible & ~visible).sum())
+    visible &= plausible
 
     dialog_all = messages["dialog_id"].to_numpy()
     ts = messages["ts"].to_numpy()[visible]
@@ -164,8 +215,10 @@ def build_records(messages: pd.DataFrame, config: PrepareConfig, report: bool = 
     msg_id = messages["id"].to_numpy()[visible]
     out = messages["out"].to_numpy()[visible]
 
-    # Chronological within each dialog; equal instants keep Telegram's id order. `row` maps each kept,
-    # sorted message back to its row in `messages` (dates and names are fetched only where needed).
+    # Chronological within each dialog; equal instants keep Telegram's id order, and so does a few
+    # seconds' clock skew. `row` maps each kept, sorted message back to its row in `messages` (dates and
+    # names are fetched only where needed).
+    ts = conversation_instants(dialog, ts, msg_id)
     order = np.lexsort((msg_id, ts, dialog))
     ts, dialog, out = ts[order], dialog[order], out[order]
     row = np.flatnonzero(visible)[order]

@@ -12,9 +12,11 @@ draft, as records for the train split.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,18 +75,46 @@ def _read_bytes(path: Path, keep_bom: bool = False) -> bytes:
     return data if keep_bom else strip_bom(data)
 
 
+_TIME_AND_OFFSET = r"[T ]\d{1,2}(?::?\d\d){0,2}(?:[.,]\d+)? ?(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
+"""A date's end: a time of day, then its UTC offset (`2024-05-01` alone is a day, not an instant)."""
+DATE_EXAMPLE = "2024-05-01T09:30:00+00:00"
+
+
+def _date_problem(date: str) -> str:
+    """What is wrong with a `date` that did not read as an instant (names the shape, never the value)."""
+    stripped = date.strip()
+    if not stripped:
+        return "field 'date' is empty"
+    if stripped.lstrip("-").replace(".", "", 1).isdigit():
+        return (
+            "field 'date' is a number (a Unix timestamp?), not ISO-8601 text; write the instant with its UTC "
+            f"offset, e.g. {DATE_EXAMPLE}"
+        )
+    if stripped != date:
+        return "field 'date' has spaces around it"
+    try:
+        parsed = datetime.fromisoformat(date)
+    except ValueError:
+        return f"field 'date' is not ISO-8601 (e.g. {DATE_EXAMPLE})"
+    if not re.search(r"[T ]\d", date):
+        return f"field 'date' is a day, not an instant: it has no time and UTC offset (e.g. {DATE_EXAMPLE})"
+    if parsed.utcoffset() is None:
+        return (
+            "field 'date' has no UTC offset, so its instant is unknown; add the offset it was written in "
+            f"(e.g. {DATE_EXAMPLE} for UTC)"
+        )
+    return f"field 'date' is not ISO-8601 (e.g. {DATE_EXAMPLE})"
+
+
 def _check_dates(frame: pd.DataFrame) -> tuple[pd.Series, int | None, str]:
     """(instants in µs since the epoch, UTC; first bad row or None; what is wrong with it)."""
     dates = frame["date"].astype("string[pyarrow]")
-    has_offset = dates.str.contains(r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$", regex=True).fillna(False)
+    has_offset = dates.str.contains(_TIME_AND_OFFSET, regex=True).fillna(False)
     ts = pd.to_datetime(dates, format="ISO8601", utc=True, errors="coerce")
     bad = (~has_offset.to_numpy(dtype=bool)) | ts.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        what = (
-            "field 'date' has no UTC offset" if not has_offset.iloc[row] else "field 'date' is not ISO-8601"
-        )
-        return ts, row, what
+        return ts, row, _date_problem(str(frame["date"].iloc[row]))
     return ts.dt.as_unit("us").astype("int64"), None, ""
 
 
@@ -176,6 +206,11 @@ def _problem(obj: Any) -> str:
             problems.append(f"field {name!r} must be an integer")
         elif typ is int and not -(2**63) <= value < 2**63:
             problems.append(f"field {name!r} is out of range")
+        elif name == "date" and isinstance(value, int | float) and not isinstance(value, bool):
+            problems.append(
+                "field 'date' is a number (a Unix timestamp?); it must be ISO-8601 text with a UTC offset, "
+                f"e.g. {DATE_EXAMPLE}"
+            )
         elif not isinstance(value, typ):
             problems.append(f"field {name!r} must be {'true or false' if typ is bool else typ.__name__}")
     return "; ".join(problems)

@@ -62,11 +62,23 @@ def _percentiles(lengths: list[int]) -> dict[str, int]:
 def _why_no_records(built: Built) -> str:
     c, s = built.counts, built.skipped
     if c["messages_kept"] == 0:
+        if s["implausible_date"]:
+            rest = ", the others are empty" if s["empty_message"] else ""
+            return (
+                f"{s['implausible_date']} messages have impossible dates (before 2013-08 or more than a "
+                f"year ahead: a zero or mis-scaled timestamp){rest}; fix the `date` fields (ISO-8601 with a "
+                "UTC offset) or re-run `make collect`"
+            )
         return "every message is empty after cleaning; check the raw files (re-run `make collect`)"
     if c["my_messages"] == 0:
         return (
             "none of the messages is yours (`out: true`), and twin learns from your replies; check that "
             "collect exported both sides of your chats (re-run `make collect`)"
+        )
+    if c["my_messages"] == c["messages_kept"]:
+        return (
+            "every message is yours (`out: true`): with nothing of your partners' there is nothing your "
+            "replies answer; check that collect exported both sides of your chats (re-run `make collect`)"
         )
     if (
         s["reply_opens_conversation"]

@@ -46,6 +46,29 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def plausible_date(date: str) -> bool:
+    """From Telegram's launch (2013-08) to a year past this machine's clock."""
+    return (
+        datetime(2013, 8, 1, tzinfo=UTC)
+        <= datetime.fromisoformat(date)
+        <= datetime.now(UTC) + timedelta(days=366)
+    )
+
+
+def placed_instants(kept: list[dict[str, Any]], skew_s: float = 60) -> dict[int, datetime]:
+    """Each message's instant by id: its date, or, when the chat's ids and dates never disagree by more
+    than `skew_s`, the latest date among the chat's messages up to it in id order (clock skew)."""
+    at = {m["id"]: datetime.fromisoformat(m["date"]) for m in kept}
+    latest: dict[int, datetime] = {}
+    newest: datetime | None = None
+    for mid in sorted(at):
+        if newest is not None and (newest - at[mid]).total_seconds() > skew_s:
+            return at  # the ids say nothing about time here
+        newest = at[mid] if newest is None else max(newest, at[mid])
+        latest[mid] = newest
+    return latest
+
+
 @dataclass
 class RefConversation:
     dialog_id: int
@@ -58,22 +81,26 @@ class RefConversation:
 
 def reference_conversations(messages: list[dict[str, Any]], gap_hours: float = 24) -> list[RefConversation]:
     """The issue's rules written the slow, obvious way, per dialog: keep the last copy of each id; drop
-    blank messages; sort by instant, then id; a silence of more than `gap_hours` (total seconds) starts a
-    new conversation; runs of one speaker merge into a turn (newline-joined, then scrubbed)."""
+    blank messages and impossible dates; sort by instant (clock skew put right by id), then id; a silence
+    of more than `gap_hours` (total seconds) starts a new conversation; runs of one speaker merge into a
+    turn (newline-joined, then scrubbed)."""
     dialogs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
     for m in messages:
         dialogs[m["dialog_id"]][m["id"]] = m  # the last copy wins
     conversations: list[RefConversation] = []
     for dialog_id in sorted(dialogs):
-        kept = [m for m in dialogs[dialog_id].values() if clean_text(m["message"])]
-        kept.sort(key=lambda m: (datetime.fromisoformat(m["date"]), m["id"]))
+        kept = [
+            m for m in dialogs[dialog_id].values() if clean_text(m["message"]) and plausible_date(m["date"])
+        ]
+        at = placed_instants(kept)
+        kept.sort(key=lambda m: (at[m["id"]], m["id"]))
         if not kept:
             continue
         partner = scrub_secrets(" ".join(kept[-1]["dialog_name"].split()))
         partner = "" if is_blank(PLACEHOLDER.sub("", partner)) else partner
         groups: list[list[dict[str, Any]]] = [[kept[0]]]
         for prev, cur in zip(kept, kept[1:], strict=False):
-            gap = datetime.fromisoformat(cur["date"]) - datetime.fromisoformat(prev["date"])
+            gap = at[cur["id"]] - at[prev["id"]]
             if gap.total_seconds() > gap_hours * 3600:
                 groups.append([cur])
             else:

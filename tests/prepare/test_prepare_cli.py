@@ -103,7 +103,7 @@ def test_zero_val_fraction_writes_an_empty_val_file(tmp_path: Path) -> None:
     [
         ([msg(1, 0, False, "hi"), msg(2, 1, False, "anyone?")], "none of the messages is yours"),
         (
-            [msg(1, 0, True, "hi"), msg(2, 60 * 48, True, "hello?")],
+            [msg(1, 0, True, "hi"), msg(2, 60 * 48, False, "sorry, just saw this")],  # a longer gap helps
             "each of your messages opens a conversation",
         ),
         ([msg(1, 0, False, "  "), msg(2, 1, True, "\u200b")], "every message is empty"),

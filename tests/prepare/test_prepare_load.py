@@ -79,6 +79,10 @@ BAD_LINES: dict[str, tuple[str, str]] = {
     "u64 int": (good_line().replace('"id": 7', '"id": 18446744073709551615'), "field 'id' is out of range"),
     "no offset": (good_line(date="2024-05-01T09:00:00"), "has no UTC offset"),
     "not a date": (good_line(date=f"{SECRET}+03:00"), "is not ISO-8601"),
+    "a day, no time": (good_line(date="2024-05-01"), "is a day, not an instant"),  # "-01" is no UTC offset
+    "empty date": (good_line(date=""), "field 'date' is empty"),
+    "unix seconds": (good_line(date=1714554000), "field 'date' is a number (a Unix timestamp?)"),
+    "unix ms as text": (good_line(date="1714554000000"), "field 'date' is a number (a Unix timestamp?)"),
     "two objects": (good_line() + " " + good_line(), "is not valid JSON"),
 }
 

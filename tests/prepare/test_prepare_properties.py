@@ -1,6 +1,6 @@
-"""Invariants over random chats (hypothesis): the vectorised builder equals a plain-Python reference of
-the issue's rules; no context crosses a gap; every kept reply is in exactly one record; train and val
-share no conversation; the split is deterministic."""
+"""Invariants over random chats (hypothesis; clock skew and impossible dates included): the vectorised
+builder equals a plain-Python reference of the issue's rules; no context crosses a gap; every kept reply
+is in exactly one record; train and val share no conversation; the split is deterministic."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from prepare.split import split_conversations
 T0 = datetime(2024, 3, 30, 22, 0, tzinfo=UTC)
 TEXTS = st.sampled_from(["hi", "ok", "see you at 10:30", "  ", "😂", "пока", "a\nb", "", "yes!", "room 1204"])
 OFFSETS = st.sampled_from([0, 3, -5, 5.5, 1, 2])  # hours; a dialog switching offsets mimics DST and travel
+SKEWS = st.sampled_from([0] * 8 + [-1, -30, -60, -61, -3600])  # seconds a clock is behind; ids keep order
+BROKEN = st.sampled_from([0] * 4 + [1, 5])  # the id of a message dated 1970 (0: none)
 GAPS = st.one_of(
     st.integers(0, 600),  # seconds within a burst (0: same instant)
     st.sampled_from([86_400, 86_401, 86_400 + 120, 86_399, 3 * 3600, 30 * 3600]),  # around the 24 h gap
@@ -37,13 +39,15 @@ def chats(draw: st.DrawFn) -> list[dict[str, Any]]:
     for dialog_id in range(1, draw(st.integers(1, 3)) + 1):
         t = T0 + timedelta(seconds=draw(st.integers(0, 86_400)))
         n = draw(st.integers(1, 25))
+        broken = draw(BROKEN)
         for i in range(1, n + 1):
             t += timedelta(seconds=draw(GAPS))
             tz = timezone(timedelta(hours=draw(OFFSETS)))
+            date = (t + timedelta(seconds=draw(SKEWS))).astimezone(tz).isoformat()
             messages.append(
                 {
                     "id": i,
-                    "date": t.astimezone(tz).isoformat(),
+                    "date": "1970-01-01T00:00:00+00:00" if i == broken else date,
                     "out": draw(st.booleans()),
                     "message": draw(TEXTS),
                     "dialog_id": dialog_id,
