@@ -55,7 +55,7 @@ def desktop(
     since: str | None = None,
     keep_forwarded: bool = False,
 ) -> None:
-    """Import the one-to-one chats of a Telegram Desktop JSON export (no API keys needed).
+    """Import the one-to-one chats of Telegram Desktop JSON exports (no API keys needed).
 
     Telegram Desktop > Settings > Advanced > Export Telegram data (or a chat's menu > Export chat
     history), format "Machine-readable JSON". Importing the same export again adds nothing; a newer
@@ -63,7 +63,8 @@ def desktop(
     today's ids, so they merge with newer ones.
 
     Args:
-        path: the export's result.json, or the folder holding it
+        path: the export's result.json, the folder holding it, or a folder of export folders
+            (ChatExport_*, DataExport_*: each is imported)
         out: output folder: one <dialog_id>.jsonl per chat plus manifest.json (folder 0700, files 0600)
         me: your Telegram user id, when it cannot be told from the export
         since: only messages sent on or after this day, YYYY-MM-DD (UTC)

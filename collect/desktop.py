@@ -6,9 +6,11 @@ format "Machine-readable JSON", writes `result.json` in one of two shapes:
 - a single chat: `{"name", "type", "id", "messages": [...]}`
 - a full account: `{"personal_information": {"user_id", ...}, "chats": {"list": [<chat>, ...]}, ...}`
 
-Only `personal_chat`s are imported (not bots, Saved Messages, groups, channels or the "Telegram"
-service account 777000). The file is streamed (`JsonStream`), so a 1M-message export never sits in memory
-whole.
+Each export lands in a folder of its own (`ChatExport_<date>`, `DataExport_<date>`); given the folder
+above several of them, all are imported one after another (an HTML one among them is left out, with a
+warning). Only `personal_chat`s are imported (not bots, Saved Messages, groups, channels or the
+"Telegram" service account 777000). The file is streamed (`JsonStream`, which also mends the invalid JSON
+Desktop itself writes), so a 1M-message export never sits in memory whole.
 
 Ids across Desktop versions. Before 2.8 (mid-2021) Desktop wrote a chat's `id` as its own internal peer
 id: user id + 2^32 for a personal chat (+ 2^33 for groups and channels), `from_id` as a number (the bare
@@ -65,6 +67,8 @@ BEFORE_SINCE = "before --since"
 FORWARDED = "forwarded"
 SERVICE_CHAT = "Telegram service notifications (777000, login codes)"
 DELETED_ACCOUNT = "Deleted Account"
+UNKNOWN_TYPE = "of unknown type"
+"""Chats whose `type` is missing or null (Desktop writes null for a type it does not know)."""
 NON_TEXT_FIELDS: dict[str, str] = {
     "poll": "poll",
     "todo_list": "to-do list",
@@ -105,66 +109,92 @@ class ImportSummary:
     """Of the new messages, those marked as the person's own (`out`)."""
     future_dated: int = 0
     """Messages written although dated more than a day past this machine's clock."""
+    exports: int = 1
+    """Export files read (several when `path` is a folder of export folders)."""
+    html_exports: list[Path] = field(default_factory=list)
+    """HTML export folders found beside the JSON ones and left out (twin reads only JSON)."""
 
     def line(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) or "none"
         others = ", ".join(f"{n} {kind}" for kind, n in self.other_chats.most_common())
         return (
-            f"collect desktop: {self.dialogs} personal chats, {self.new_messages} new messages "
+            "collect desktop: "
+            + (f"{self.exports} exports, " if self.exports > 1 else "")
+            + f"{self.dialogs} personal chats, {self.new_messages} new messages "
             f"({self.total_messages} in all) -> {self.out}/ ; skipped {skipped}; "
-            f"{sum(self.other_chats.values())} other chats left out" + (f" ({others})" if others else "")
-        ) + (f"; {self.future_dated} kept dated in the future" if self.future_dated else "")
+            f"{sum(self.other_chats.values())} other chats left out"
+            + (f" ({others})" if others else "")
+            + (f"; {self.future_dated} kept dated in the future" if self.future_dated else "")
+            + (
+                f"; {len(self.html_exports)} HTML exports left out (export them again as JSON)"
+                if self.html_exports
+                else ""
+            )
+        )
 
 
-def find_export(path: str | Path) -> Path:
-    """`path` itself, or `result.json` inside the folder `path`."""
+def find_exports(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """The export files `path` stands for, and the HTML export folders found beside them (left out).
+
+    `path` is a `result.json`, the folder holding one, or a folder of exports: Telegram Desktop puts each
+    export in a folder of its own (`ChatExport_2024-05-01`, `ChatExport_2024-05-01 (1)`, `DataExport_...`),
+    so exporting chats one by one leaves them side by side; they are read in the order of their names.
+    """
     path = Path(path).expanduser()
     try:
-        return _find_export(path)
+        return _find_exports(path)
     except OSError as e:  # e.g. a folder without read/search permission
         raise CollectError(f"{e.filename or path}: can't read it ({os_reason(e)}); {HOW_TO_READ}") from None
 
 
 HOW_TO_READ = "check that you may read it (ls -l; chmod u+r, u+rx for a folder) or pass a copy you can read"
+HTML_PAGES = ("messages.html", "export_results.html")
+"""What Desktop's "Human-readable HTML" format writes in place of result.json (a chat; a full export)."""
+AS_JSON = (
+    "twin reads only the JSON format: export again in Telegram Desktop (a chat's menu, top right > Export "
+    "chat history, or Settings > Advanced > Export Telegram data) with Format: 'Machine-readable JSON'"
+)
 
 
-def _find_export(path: Path) -> Path:
-    if path.is_dir():
-        candidate = path / EXPORT_FILE
-        if candidate.is_file():
-            return candidate
-        if candidate.is_dir():
-            raise CollectError(f"{candidate}: a folder, not the export file; pass the export's result.json")
-        if _is_html_export(path):
+def _find_exports(path: Path) -> tuple[list[Path], list[Path]]:
+    if not path.is_dir():
+        if not path.exists():
+            raise CollectError(f"{path}: no such file; pass the export's result.json or its folder")
+        if not path.is_file():
+            raise CollectError(f"{path}: not a regular file; pass the export's result.json or its folder")
+        return [path], []
+    candidate = path / EXPORT_FILE
+    if candidate.is_file():
+        return [candidate], []
+    if candidate.is_dir():
+        raise CollectError(f"{candidate}: a folder, not the export file; pass the export's result.json")
+    if page := _html_page(path):
+        raise CollectError(f"{page}: an HTML export; {AS_JSON}")
+    # A folder of exports (e.g. Downloads/Telegram Desktop, holding ChatExport_* folders)
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    inside = [p / EXPORT_FILE for p in folders if (p / EXPORT_FILE).is_file()]
+    html = [p for p in folders if p / EXPORT_FILE not in inside and _html_page(p)]  # not format "Both"
+    if inside:
+        return inside, html
+    if html:
+        raise CollectError(f"{path}: the exports in this folder are HTML ({_listed(html)}); {AS_JSON}")
+    for above in (path.parent, path.parent.parent):  # a folder inside an export (chats/, photos/)
+        if (above / EXPORT_FILE).is_file():
             raise CollectError(
-                f"{path}: this is an HTML export; export again choosing 'Machine-readable JSON'"
+                f"{path}: no {EXPORT_FILE} in this folder, but in {above}: pass {above / EXPORT_FILE}"
             )
-        # The folder above the export (e.g. Downloads/Telegram Desktop, holding ChatExport_* folders)
-        inside = sorted(p for p in path.glob(f"*/{EXPORT_FILE}") if p.is_file())
-        if inside:
-            shown = ", ".join(str(p) for p in inside[:3])
-            if len(inside) > 3:
-                shown += f" and {len(inside) - 3} more"
-            raise CollectError(
-                f"{path}: no {EXPORT_FILE} in this folder itself, but in its subfolders: {shown}; pass one "
-                "of them (import several exports one after another into the same --out)"
-            )
-        if any(_is_html_export(p) for p in path.iterdir() if p.is_dir()):
-            raise CollectError(
-                f"{path}: the export in this folder is HTML; export again choosing 'Machine-readable JSON'"
-            )
-        raise CollectError(
-            f"{path}: no {EXPORT_FILE} in this folder; pass the export's result.json ({HOW_TO_EXPORT})"
-        )
-    if not path.exists():
-        raise CollectError(f"{path}: no such file; pass the export's result.json or its folder")
-    if not path.is_file():
-        raise CollectError(f"{path}: not a regular file; pass the export's result.json or its folder")
-    return path
+    raise CollectError(
+        f"{path}: no {EXPORT_FILE} in this folder; pass the export's result.json ({HOW_TO_EXPORT})"
+    )
 
 
-def _is_html_export(folder: Path) -> bool:
-    return (folder / "messages.html").exists() or (folder / "export_results.html").exists()
+def _html_page(folder: Path) -> Path | None:
+    return next((folder / name for name in HTML_PAGES if (folder / name).exists()), None)
+
+
+def _listed(paths: list[Path], most: int = 3) -> str:
+    shown = ", ".join(p.name for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def flatten_text(text: Any) -> str:
@@ -288,40 +318,37 @@ def import_desktop_export(
     progress: bool | None = None,
     chunk_chars: int = CHUNK_CHARS,
 ) -> ImportSummary:
-    """Import the personal chats of a Desktop export into `out`; re-importing adds only newer ids.
+    """Import the personal chats of a Desktop export (or of a folder of exports, one after another) into
+    `out`; re-importing adds only newer ids.
 
     `progress=None` shows a bar only on a terminal.
     """
-    export = find_export(path)
-    try:
-        _refuse_other_formats(export)
-        f = open(export, encoding="utf-8-sig")  # closed by the `with f` below
-    except OSError as e:
-        raise CollectError(f"{export}: can't read it ({os_reason(e)}); {HOW_TO_READ}") from None
-    with f:
-        store = open_store(out)
-        importer = _DesktopImport(export, store, me, options or CollectOptions())
+    exports, html = find_exports(path)
+    importer = _DesktopImport(out, me, options or CollectOptions())
+    for number, export in enumerate(exports, 1):
         try:
-            size = os.fstat(f.fileno()).st_size
-            bar = tqdm(total=size, unit="B", unit_scale=True, desc="importing", disable=_disable(progress))
-            with bar:
-                try:
-                    importer.run(JsonStream(f, str(export), chunk_chars), bar, f)
-                finally:
-                    store.flush_manifest()  # record the dialogs committed so far, even when stopped
-        except OSError as e:  # reading errors are CollectErrors already: this is the output
+            importer.import_file(export, progress, chunk_chars)
+        except CollectError as e:
+            if len(exports) == 1:
+                raise
             raise CollectError(
-                f"{e.filename or store.dir}: can't write the output ({os_reason(e)}); free some space, fix "
-                "its permissions or pass another --out (chats finished so far are kept; re-run to continue)"
+                f"{e} [export {number} of {len(exports)} in {path}: the ones before it are imported; fix "
+                "this one or move its folder away, then run the same command again]"
             ) from None
-        except RecursionError:  # a backstop: JsonStream limits nesting itself
-            raise CollectError(f"{export}: {TOO_DEEP}") from None
+    importer.summary.exports = len(exports)
+    importer.summary.html_exports = html
+    importer.finish(exports[0] if len(exports) == 1 else Path(path))
     return importer.summary
 
 
 _OTHER_FORMATS: dict[bytes, str] = {
     b"PK\x03\x04": "a zip archive: unzip it and pass the result.json inside",
     b"\x1f\x8b": "a gzip archive: unpack it (gunzip) and pass the result.json inside",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it and pass the result.json inside",
+    b"Rar!\x1a\x07": "a RAR archive: unpack it and pass the result.json inside",
+    b"\x89PNG": "a PNG image, not the export: pass the export's result.json",
+    b"\xff\xd8\xff": "a JPEG image, not the export: pass the export's result.json",
+    b"%PDF": "a PDF document, not the export: pass the export's result.json",
     b"\xff\xfe": "UTF-16 text, not UTF-8 (re-saved by an editor?): export again, or convert it with "
     "`iconv -f UTF-16 -t UTF-8`",
     b"\xfe\xff": "UTF-16 text, not UTF-8 (re-saved by an editor?): export again, or convert it with "
@@ -332,7 +359,7 @@ _OTHER_FORMATS: dict[bytes, str] = {
 
 def _refuse_other_formats(export: Path) -> None:
     with open(export, "rb") as f:
-        head = f.read(4)
+        head = f.read(8)
     for magic, what in _OTHER_FORMATS.items():
         if head.startswith(magic):
             raise CollectError(f"{export}: this is {what}")
@@ -374,21 +401,66 @@ def _disable(progress: bool | None) -> bool | None:
 
 
 class _DesktopImport:
-    def __init__(self, path: Path, store: RawStore, me: int | None, options: CollectOptions) -> None:
-        self.path = path
-        self.store = store
-        self.me = me
-        self.me_from = "--me" if me is not None else None
+    """One import run: one export file after another (`import_file`) into one store, then `finish`."""
+
+    def __init__(self, out: str | Path, me: int | None, options: CollectOptions) -> None:
+        self.out = out
+        self._store: RawStore | None = None
+        self.given_me = me
         self.options = options
-        self.scheme: str | None = None
-        """The id scheme of the chats read so far (see `unshift`)."""
         self.now = time.time()
-        self.summary = ImportSummary(out=store.dir)
+        self.summary = ImportSummary(out=Path(out))
+        self.dialog_ids: set[int] = set()
         self.chats_seen = 0
         self.entries_in_personal_chats = 0
+        self.you: dict[str, None] = {}
+        """Who was taken to be "you", per export (an ordered set, for the warning below)."""
+        # per export file
+        self.path = Path()
+        self.me = me
+        self.me_from = "--me" if me is not None else None
+        self.scheme: str | None = None
+        """The id scheme of the chats read so far (see `unshift`)."""
         self.export_keys_seen = False
         self._bar: tqdm | None = None
         self._raw: IO[Any] | None = None
+
+    @property
+    def store(self) -> RawStore:
+        """The output folder, created when the first export file could be opened."""
+        if self._store is None:
+            self._store = open_store(self.out)
+            self.summary.out = self._store.dir
+        return self._store
+
+    def import_file(self, export: Path, progress: bool | None, chunk_chars: int) -> None:
+        try:
+            _refuse_other_formats(export)
+            f = open(export, encoding="utf-8-sig")  # closed by the `with f` below
+        except OSError as e:
+            raise CollectError(f"{export}: can't read it ({os_reason(e)}); {HOW_TO_READ}") from None
+        self.path, self.scheme, self.export_keys_seen = export, None, False
+        self.me, self.me_from = self.given_me, "--me" if self.given_me is not None else None
+        with f:
+            store = self.store
+            try:
+                size = os.fstat(f.fileno()).st_size
+                bar = tqdm(
+                    total=size, unit="B", unit_scale=True, desc="importing", disable=_disable(progress)
+                )
+                with bar:
+                    try:
+                        self.run(JsonStream(f, str(export), chunk_chars), bar, f)
+                    finally:
+                        store.flush_manifest()  # record the dialogs committed so far, even when stopped
+            except OSError as e:  # reading errors are CollectErrors already: this is the output
+                raise CollectError(
+                    f"{e.filename or store.dir}: can't write the output ({os_reason(e)}); free some space, "
+                    "fix its permissions or pass another --out (chats finished so far are kept; re-run to "
+                    "continue)"
+                ) from None
+            except RecursionError:  # a backstop: JsonStream limits nesting itself
+                raise CollectError(f"{export}: {TOO_DEEP}") from None
 
     # ---- structure ---------------------------------------------------------------------------
     def run(self, stream: JsonStream, bar: tqdm, f: IO[str]) -> None:
@@ -397,9 +469,7 @@ class _DesktopImport:
         if not first:
             raise CollectError(f"{self.path}: the file is empty; {EXPECTED_SHAPE} ({HOW_TO_EXPORT})")
         if first == "<":
-            raise CollectError(
-                f"{self.path}: this is HTML, not JSON; export again choosing 'Machine-readable JSON'"
-            )
+            raise CollectError(f"{self.path}: this is HTML, not JSON; {AS_JSON}")
         if first != "{":
             raise CollectError(f"{self.path}: not a Telegram export; {EXPECTED_SHAPE}")
         top = _Chat()
@@ -422,32 +492,51 @@ class _DesktopImport:
         if deferred is not None:
             self._import_chat(top, deferred, stream)
         bar.update(bar.total - bar.n)
-        self._check_found_something()
+        if not self.export_keys_seen:
+            raise CollectError(f"{self.path}: not a Telegram export; {EXPECTED_SHAPE}")
+        if stream.mended:
+            log.info(
+                "%s: mended %d place(s) where Telegram Desktop wrote invalid JSON (a control character as "
+                "\\xHH, or an unquoted custom emoji document_id); nothing was lost",
+                self.path, stream.mended,
+            )  # fmt: skip
+
+    def finish(self, where: Path) -> None:
+        """Check that the run found something to learn from, and warn about what looks wrong; `where`
+        names the export (or the folder of exports) in the messages."""
+        self.summary.dialogs = len(self.dialog_ids)
+        if self._store is not None:
+            self.summary.total_messages = sum(self.store.dialogs[d].count for d in self.dialog_ids)
+        self._check_found_something(where)
         if implausible := self.summary.skipped[IMPLAUSIBLE_DATE]:
             log.warning(
                 "%s: skipped %d message(s) dated before Telegram existed (%s) or past the year 9999: "
                 "a broken timestamp in the export; the other messages are imported",
-                self.path, implausible, TELEGRAM_LAUNCH.strftime("%Y-%m"),
+                where, implausible, TELEGRAM_LAUNCH.strftime("%Y-%m"),
             )  # fmt: skip
         if unknown := self.summary.skipped[UNKNOWN_SENDER]:
             log.warning(
                 "%s: skipped %d message(s) of personal chats whose sender is not a user ('from_id' missing, "
                 "or a channel's): if the file was edited or converted by another tool, export it again "
                 "from Telegram Desktop",
-                self.path, unknown,
+                where, unknown,
             )  # fmt: skip
         if self.summary.new_messages and not self.summary.new_mine:
             log.warning(
                 "%s: none of the %d new messages is marked as yours (you: %s); if you wrote in these "
                 "chats, re-import into a fresh --out with --me YOUR_TELEGRAM_USER_ID",
-                self.path, self.summary.new_messages,
-                f"{self.me_from} = {self.me}" if self.me is not None else "the sender who is not the partner",
+                where, self.summary.new_messages, "; ".join(self.you),
             )  # fmt: skip
         if future := self.summary.future_dated:
             log.warning(
                 "%s: kept %d message(s) dated more than a day after this machine's clock (%s UTC); "
                 "if the clock is right, the export is broken: check those chats' last messages",
-                self.path, future, datetime.fromtimestamp(self.now, UTC).strftime("%Y-%m-%d %H:%M"),
+                where, future, datetime.fromtimestamp(self.now, UTC).strftime("%Y-%m-%d %H:%M"),
+            )  # fmt: skip
+        if html := self.summary.html_exports:
+            log.warning(
+                "%s: left out %d HTML export(s) (%s); %s",
+                where, len(html), _listed(html), AS_JSON,
             )  # fmt: skip
 
     def _read_personal_information(self, info: Any) -> None:
@@ -497,28 +586,30 @@ class _DesktopImport:
         self._import_chat(chat, stream.array_values(), stream)
         return None
 
-    def _check_found_something(self) -> None:
+    def _check_found_something(self, where: Path) -> None:
         s = self.summary
-        if not self.export_keys_seen:
-            raise CollectError(f"{self.path}: not a Telegram export; {EXPECTED_SHAPE}")
+        many = s.exports > 1
+        export = "these exports" if many else "the export"
         if self.chats_seen == 0:
-            raise CollectError(f"{self.path}: the export contains no chats; export again ({HOW_TO_EXPORT})")
+            contain = "contain" if many else "contains"
+            raise CollectError(f"{where}: {export} {contain} no chats; export again ({HOW_TO_EXPORT})")
         if s.dialogs == 0:
             found = ", ".join(f"{n} {t}" for t, n in s.other_chats.most_common())
+            this = "these exports" if many else "this export"
             raise CollectError(
-                f"{self.path}: no personal chats in this export (found {found}); twin learns from one-to-one "
-                f"chats with people: export again ({HOW_TO_EXPORT}), or export a one-to-one chat "
-                "(its menu > Export chat history)"
+                f"{where}: no personal chats in {this} (found {found}); "
+                f"twin learns from one-to-one chats with people: export again ({HOW_TO_EXPORT}), or export a "
+                "one-to-one chat (its menu > Export chat history)"
             )
         if self.entries_in_personal_chats == 0:
             raise CollectError(
-                f"{self.path}: the export is empty: its {s.dialogs} personal chat(s) hold no messages; "
-                f"export again ({HOW_TO_EXPORT})"
+                f"{where}: {export} {'are' if many else 'is'} empty: {'their' if many else 'its'} "
+                f"{s.dialogs} personal chat(s) hold no messages; export again ({HOW_TO_EXPORT})"
             )
         if s.total_messages == 0:  # nothing on disk for any chat: prepare would only say "run collect"
             reasons = "skipped: " + ", ".join(f"{n} {why}" for why, n in s.skipped.most_common())
             raise CollectError(
-                f"{self.path}: nothing to import: none of the {self.entries_in_personal_chats} entries of "
+                f"{where}: nothing to import: none of the {self.entries_in_personal_chats} entries of "
                 f"its {s.dialogs} personal chat(s) is a text message twin can learn from ({reasons}); "
                 + _what_to_do_about(s.skipped)
             )
@@ -528,7 +619,8 @@ class _DesktopImport:
         self.chats_seen += 1
         if chat.type != PERSONAL_CHAT:
             service = chat.id in (SERVICE_NOTIFICATIONS_ID, SERVICE_NOTIFICATIONS_ID + USER_ID_SHIFT)
-            self._leave_out(SERVICE_CHAT if service else str(chat.type), entries)
+            kind = chat.type if isinstance(chat.type, str) and chat.type else UNKNOWN_TYPE
+            self._leave_out(SERVICE_CHAT if service else kind, entries)
             return
         if not isinstance(chat.id, int) or isinstance(chat.id, bool) or not 0 < chat.id < MAX_ID:
             raise stream.error(
@@ -540,7 +632,10 @@ class _DesktopImport:
             self._leave_out(SERVICE_CHAT, entries)
             return
         name = chat.name if isinstance(chat.name, str) and chat.name else DELETED_ACCOUNT
-        self.summary.dialogs += 1
+        self.dialog_ids.add(dialog_id)
+        self.you[
+            f"{self.me_from} = {self.me}" if self.me is not None else "the sender who is not the partner"
+        ] = None
         if self._bar is not None:
             self._bar.set_postfix_str(name[:24])
         last_id = self.store.resume(dialog_id, name)
@@ -549,7 +644,6 @@ class _DesktopImport:
             max_id = self._convert(dialog_id, name, me, last_id, entries, writer.add, stream)
             writer.commit(max_id)
         self.summary.new_messages += writer.added
-        self.summary.total_messages += self.store.dialogs[dialog_id].count
         self._warn_about_an_old_copy(dialog_id, name)
 
     def _warn_about_an_old_copy(self, dialog_id: int, name: str) -> None:

@@ -5,6 +5,14 @@ in memory. `JsonStream` instead reads the file in chunks and lets the caller nav
 structure (`object_keys`, `array_items`) while decoding each small inner value (one message) with
 `JSONDecoder.raw_decode`. Memory stays bounded by the largest single value, and every syntax error is
 reported with the file's line and column.
+
+Telegram Desktop itself writes two kinds of invalid JSON, which are mended where the decoder trips over
+them (so a valid file costs nothing extra):
+
+- a control character in any string (a vertical tab pasted from a word processor, a byte in a bot
+  button's data) as `\\x0B` instead of `\\u000B` (every version to date; tdesktop issue #27571);
+- a custom emoji's `"document_id": video_files/sticker.webm` without quotes (4.1, August 2022;
+  tdesktop issue #24961).
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ _TAIL_SLACK = 16
 """A decode error this close to the end of the buffer may only mean the value continues in the next chunk."""
 _NUMBER_TAIL = 2
 """A number decoded this close to the buffer end may be cut short ("1." or "1e+" go on in the next chunk)."""
+_HEX_ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
+_ESCAPES = re.compile(r"\\(?:x([0-9A-Fa-f]{2})|.)", re.DOTALL)
+"""An escape sequence; group 1 set for Desktop's `\\xHH` (matching whole escapes keeps `\\\\x41`, an escaped
+backslash before "x41", as it is)."""
+_DOCUMENT_ID_KEY = re.compile(r'[ \t]*"document_id": ')
+_BARE_DOCUMENT_ID = re.compile(r'^([ \t]*"document_id": )([^"\r\n][^\r\n]*?)(,?)(?=\r?\n)', re.MULTILINE)
+"""Desktop writes one key a line, and a string never holds a raw line break, so a line that starts with
+this key is the key itself, never text inside a message."""
 
 
 class JsonStream:
@@ -44,6 +60,8 @@ class JsonStream:
         self._lines_before = 0  # newlines in the text already dropped from the buffer
         self._col_before = 0  # characters of the current line already dropped from the buffer
         self._decoder = json.JSONDecoder()
+        self.mended = 0
+        """Places where Telegram Desktop's invalid JSON was mended (see the module docstring)."""
 
     # ---- buffer management -------------------------------------------------------------------
     def _read_more(self, at_least: int) -> bool:
@@ -137,6 +155,8 @@ class JsonStream:
                 near_end = e.msg.startswith("Unterminated string") or e.pos >= len(self._buf) - _TAIL_SLACK
                 if near_end and self._read_more(len(self._buf) - self._pos):
                     continue
+                if self._mend(e.pos, e.msg):
+                    continue
                 if self._eof and _cut_short(self._buf, e.pos, e.msg):
                     raise self._truncated(min(e.pos, len(self._buf))) from None
                 raise self.error(f"invalid JSON ({e.msg})", e.pos) from None
@@ -147,6 +167,47 @@ class JsonStream:
                 continue
             self._pos = end
             return obj
+
+    def _mend(self, pos: int, msg: str) -> bool:
+        """Mend Desktop's invalid JSON (see the module docstring) at the decode error at `pos`, and the same
+        slip further on in the buffer in the same pass; True if the buffer changed."""
+        buf = self._buf
+        mended = 0
+
+        def unicode_escape(match: re.Match[str]) -> str:  # \x0B -> \u000B; other escapes as they are
+            nonlocal mended
+            if match[1] is None:
+                return match[0]
+            mended += 1
+            return f"\\u00{match[1]}"
+
+        def quote_document_id(match: re.Match[str]) -> str:  # a value that is JSON already stays
+            nonlocal mended
+            key, value, comma = match.groups()
+            try:
+                json.loads(value)
+            except ValueError:
+                mended += 1
+                return f"{key}{json.dumps(value, ensure_ascii=False)}{comma}"
+            return match[0]
+
+        if msg.startswith("Invalid \\escape") and _HEX_ESCAPE.match(buf, pos):
+            start = pos  # a backslash the decoder reads as an escape: the scan from it stays in step
+            rest = _ESCAPES.sub(unicode_escape, buf[start:])
+        elif msg.startswith("Expecting value"):
+            start = buf.rfind("\n", 0, pos) + 1
+            if not _DOCUMENT_ID_KEY.fullmatch(buf, start, pos):
+                return False
+            if buf.find("\n", pos) < 0 and self._read_more(1):
+                return True  # the value's line goes on in the next chunk: decode again with it
+            rest = _BARE_DOCUMENT_ID.sub(quote_document_id, buf[start:])
+        else:
+            return False
+        if not mended:
+            return False
+        self._buf = buf[:start] + rest
+        self.mended += mended
+        return True
 
     def array_values(self) -> Iterator[Any]:
         """Decode an array's elements one by one (the hot path: one message per element)."""

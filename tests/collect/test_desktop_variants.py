@@ -190,6 +190,9 @@ def test_a_full_account_with_every_kind_of_entry_and_chat(
     [
         (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "a zip archive: unzip it"),
         (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "a gzip archive"),
+        (b"7z\xbc\xaf\x27\x1c\x00\x04", "a 7-Zip archive: unpack it"),
+        (b"\x89PNG\r\n\x1a\n\x00", "a PNG image, not the export"),
+        (b"%PDF-1.7\n%\xe2\xe3", "a PDF document, not the export"),
         ('{"name": "Al"}'.encode("utf-16"), "UTF-16 text, not UTF-8"),
         ('{"name": "Al"}'.encode("utf-16-be").join([b"\xfe\xff", b""]), "UTF-16 text, not UTF-8"),
     ],
@@ -204,27 +207,109 @@ def test_archives_and_utf16_files_are_named_with_the_fix(tmp_path: Path, head: b
 
 def test_html_export_files_and_folders_are_refused_with_the_fix(tmp_path: Path) -> None:
     page = '\ufeff\n  <!DOCTYPE html>\n<html><head><meta charset="utf-8"/></head></html>'
+    how = r"Export chat history.*Format: 'Machine-readable JSON'"
     (tmp_path / "messages.html").write_text(page, encoding="utf-8")
-    for path in (tmp_path / "messages.html", tmp_path):
-        with pytest.raises(CollectError, match="Machine-readable JSON"):
-            run(path, tmp_path / "raw")
+    with pytest.raises(CollectError, match=f"^{tmp_path / 'messages.html'}: this is HTML, not JSON; .*{how}"):
+        run(tmp_path / "messages.html", tmp_path / "raw")
+    with pytest.raises(CollectError, match=f"^{tmp_path / 'messages.html'}: an HTML export; .*{how}"):
+        run(tmp_path, tmp_path / "raw")
     parent = tmp_path / "Telegram Desktop"
-    (parent / "ChatExport_2024-05-01").mkdir(parents=True)
-    (parent / "ChatExport_2024-05-01" / "messages.html").write_text(page, encoding="utf-8")
-    with pytest.raises(CollectError, match="the export in this folder is HTML.*Machine-readable JSON"):
-        run(parent, tmp_path / "raw")
+    for name in ("ChatExport_2024-05-01", "DataExport_2024-06-01"):
+        (parent / name).mkdir(parents=True)
+        html = "messages.html" if name.startswith("Chat") else "export_results.html"
+        (parent / name / html).write_text(page, encoding="utf-8")
+    with pytest.raises(CollectError) as info:
+        run(parent, tmp_path / "out")
+    assert str(info.value).startswith(
+        f"{parent}: the exports in this folder are HTML (ChatExport_2024-05-01, DataExport_2024-06-01); "
+        "twin reads only the JSON format: export again"
+    )
+    assert not (tmp_path / "out").exists()
 
 
-def test_the_folder_above_json_exports_lists_them(tmp_path: Path) -> None:
+def test_a_folder_of_exports_imports_each_of_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Exporting chats one by one leaves ChatExport_<date>, ChatExport_<date> (1), ... side by side."""
     parent = tmp_path / "Telegram Desktop"
-    for day in ("2024-05-01", "2024-06-01"):
-        (parent / f"ChatExport_{day}").mkdir(parents=True)
-        write(parent / f"ChatExport_{day}" / "result.json", chat(ANNA, "Anna", "personal_chat", []))
+
+    def two(cid: int, name: str, first: str, second: str) -> dict[str, Any]:
+        return chat(cid, name, "personal_chat", [msg(1, cid, first, T0), msg(2, ME, second, T0 + 1)])
+
+    newer = two(ANNA, "Anna", "hi", "yo")
+    newer["messages"] += [msg(3, ANNA, "later", T0 + 9), msg(4, ME, "sure", T0 + 10)]
+    exports = {
+        "ChatExport_2024-05-01": two(ANNA, "Anna", "hi", "yo"),
+        "ChatExport_2024-05-01 (1)": two(BORIS, "Boris", "hey", "ho"),
+        "ChatExport_2024-06-01": newer,
+        "ChatExport_2024-06-03": chat(6000, "Family", "private_group", [msg(1, BORIS, "dinner?", T0)]),
+    }
+    for name, export in exports.items():
+        (parent / name).mkdir(parents=True)
+        write(parent / name / "result.json", export)
+    (parent / "ChatExport_2024-06-02").mkdir()
+    (parent / "ChatExport_2024-06-02" / "messages.html").write_text("<!DOCTYPE html>", encoding="utf-8")
+    (parent / "photos").mkdir()  # a folder that holds no export
+    (parent / "ChatExport_2024-05-01" / "messages.html").write_text("<html>", encoding="utf-8")  # "Both"
+
+    summary = run(parent, tmp_path / "raw")
+    raw = read_raw(tmp_path / "raw")
+    assert {cid: [m.message for m in ms] for cid, ms in raw.items()} == {
+        ANNA: ["hi", "yo", "later", "sure"],
+        BORIS: ["hey", "ho"],
+    }
+    assert (summary.exports, summary.dialogs, summary.new_messages, summary.total_messages) == (4, 2, 6, 6)
+    assert summary.other_chats == {"private_group": 1}
+    assert summary.html_exports == [parent / "ChatExport_2024-06-02"]
+    assert summary.skipped == {"already collected": 2}  # Anna's first two, in the newer export again
+    line = summary.line()
+    assert line.startswith("collect desktop: 4 exports, 2 personal chats, 6 new messages (6 in all)")
+    assert line.endswith("; 1 HTML exports left out (export them again as JSON)")
+    assert any(
+        "left out 1 HTML export(s) (ChatExport_2024-06-02)" in r.getMessage()
+        and "Machine-readable" in r.getMessage()
+        for r in caplog.records
+    )
+    assert run(parent, tmp_path / "raw").new_messages == 0  # again: nothing new
+
+
+def test_a_broken_export_in_a_folder_of_exports_is_named(tmp_path: Path) -> None:
+    parent = tmp_path / "exports"
+    first, second = parent / "ChatExport_2024-05-01", parent / "ChatExport_2024-06-01"
+    first.mkdir(parents=True)
+    second.mkdir()
+    write(
+        first / "result.json",
+        chat(ANNA, "Anna", "personal_chat", [msg(1, ANNA, "hi", T0), msg(2, ME, "yo", T0 + 1)]),
+    )
+    text = json.dumps(chat(BORIS, "Boris", "personal_chat", [msg(1, BORIS, "hey", T0)]), indent=1)
+    (second / "result.json").write_text(text[: len(text) // 2], encoding="utf-8")
     with pytest.raises(CollectError) as info:
         run(parent, tmp_path / "raw")
     message = str(info.value)
-    assert "no result.json in this folder itself, but in its subfolders" in message
-    assert str(parent / "ChatExport_2024-05-01" / "result.json") in message and "pass one of them" in message
+    assert message.startswith(f"{second / 'result.json'}: the JSON ends too early")
+    assert f"[export 2 of 2 in {parent}: the ones before it are imported; fix this one or move" in message
+    assert sorted(read_raw(tmp_path / "raw")) == [ANNA]
+
+
+def test_a_folder_inside_an_export_points_to_its_result_json(tmp_path: Path) -> None:
+    export = tmp_path / "DataExport_2024-05-01"
+    (export / "chats" / "chat_001" / "photos").mkdir(parents=True)
+    write(export / "result.json", account(anna_chat()))
+    for inside in (export / "chats", export / "chats" / "chat_001"):
+        with pytest.raises(CollectError) as info:
+            run(inside, tmp_path / "raw")
+        assert str(info.value) == (
+            f"{inside}: no result.json in this folder, but in {export}: pass {export / 'result.json'}"
+        )
+
+
+def test_a_chat_without_a_type_is_left_out_as_of_unknown_type(tmp_path: Path) -> None:
+    untyped = {"name": "Odd", "id": 7000, "messages": [msg(1, 7000, "?", T0)]}
+    export = account(anna_chat(), chat(6000, "Odd", None, [msg(1, 6000, "?", T0)]), untyped)  # type: ignore[arg-type]
+    summary = run(write(tmp_path / "result.json", export), tmp_path / "raw")
+    assert summary.other_chats == {"of unknown type": 2}
+    assert "2 other chats left out (2 of unknown type)" in summary.line()
+    with pytest.raises(CollectError, match=r"no personal chats in this export \(found 1 of unknown type\)"):
+        run(write(tmp_path / "single.json", chat(6000, "Odd", None, [])), tmp_path / "raw2")  # type: ignore[arg-type]
 
 
 # ---- damaged files -----------------------------------------------------------------------------------
@@ -244,6 +329,38 @@ def test_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
         )
         assert "export again" in message
     assert not list((tmp_path / "raw").glob("*.jsonl"))
+
+
+def test_telegram_desktops_own_invalid_json_is_mended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Desktop writes control characters as \\xHH (any version: tdesktop #27571) and, in 4.1, custom emoji
+    document_ids without quotes (#24961); neither may stop the import of a whole account."""
+    emoji = {"type": "custom_emoji", "text": "🙂", "document_id": "BARE"}
+    bot = chat(6003, "Shop", "bot_chat", [
+        msg(1, 6003, "pick one", T0, inline_bot_buttons=[[{"type": "callback", "data": "1=4CTRL2=9"}]]),
+    ])  # fmt: skip
+    anna = chat(ANNA, "Anna", "personal_chat", [
+        msg(1, ANNA, "line oneCTRLline two", T0),
+        msg(2, ME, ["nice ", emoji], T0 + 1, text_entities=[{"type": "plain", "text": "nice "}, emoji]),
+    ])  # fmt: skip
+    text = json.dumps(account(bot, anna), ensure_ascii=False, indent=1)
+    text = text.replace("CTRL", "\\x0B").replace('"BARE"', "video_files/sticker (2).webm")
+    (tmp_path / "result.json").write_text(text, encoding="utf-8")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)  # as jq, json.load and the rest see it
+    caplog.set_level(logging.INFO)
+    for chunk in (16, 1 << 20):
+        summary = run(tmp_path / "result.json", tmp_path / f"raw{chunk}", chunk_chars=chunk)
+        assert [m.message for m in read_raw(tmp_path / f"raw{chunk}")[ANNA]] == [
+            "line one\x0bline two",
+            "nice 🙂",
+        ]
+        assert summary.other_chats == {"bot_chat": 1}
+    assert any(
+        "mended 4 place(s) where Telegram Desktop wrote invalid JSON" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1 << 20])

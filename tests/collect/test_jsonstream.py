@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -138,3 +139,91 @@ def test_a_failing_read_is_one_line() -> None:
         CollectError, match=r"doc\.json: can't read it \(input/output error\); copy the export"
     ):
         JsonStream(FailingDisk(), "doc.json").peek()
+
+
+# ---- Telegram Desktop's own invalid JSON, mended ---------------------------------------------------
+_JSON_ESCAPE = re.compile(r"\\(u00[01][0-9a-f]|[bf])|\\.")
+
+
+def desktop_dumps(doc: Any, indent: int | None = None) -> str:
+    """`json.dumps` as Telegram Desktop writes it: control characters as `\\xHH` (invalid JSON)."""
+
+    def as_desktop(match: re.Match[str]) -> str:
+        escape = match[1]
+        if escape is None:
+            return match[0]
+        code = {"b": 8, "f": 12}[escape] if len(escape) == 1 else int(escape[1:], 16)
+        return f"\\x{code:02X}"
+
+    return _JSON_ESCAPE.sub(as_desktop, json.dumps(doc, indent=indent, ensure_ascii=False))
+
+
+def test_desktop_dumps_writes_what_desktop_writes() -> None:
+    assert desktop_dumps(["a\x0bb\x00\x1f\b\f\n\t", "\\x41", "\\\x01"]) == (
+        r'["a\x0Bb\x00\x1F\x08\x0C\n\t", "\\x41", "\\\x01"]'
+    )
+
+
+control_text = st.text(alphabet='ab\\x0B"\x00\x01\x08\x0b\x0c\x1f\n\t', max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    doc=st.lists(st.dictionaries(st.sampled_from(["text", "data", "x\x01"]), control_text), max_size=6),
+    chunk=st.integers(1, 40),
+    indent=st.sampled_from([None, 1]),
+)
+def test_control_characters_written_as_backslash_x_are_read(
+    doc: list[dict[str, str]], chunk: int, indent: int | None
+) -> None:
+    """Desktop writes a control character as `\\x0B`, which JSON has no escape for (tdesktop #27571)."""
+    s = stream(desktop_dumps(doc, indent), chunk)
+    assert walk(s) == doc and s.at_end()
+
+
+def test_an_escaped_backslash_before_x_stays_text() -> None:
+    # the text \x41 (a backslash, then "x41") is written "\\x41": not a control character
+    text = r'{"a": "\\x41 and \x0B", "b": "\\\\x42", "c": "\\\x0C"}'
+    for chunk in (1, 2, 3, 1 << 20):
+        s = stream(text, chunk)
+        assert walk(s) == {"a": "\\x41 and \x0b", "b": "\\\\x42", "c": "\\\x0c"}
+        assert s.mended == 2
+
+
+CUSTOM_EMOJI_41 = """{
+ "text": [
+  {
+   "type": "custom_emoji",
+   "text": "😮",
+   "document_id": video_files/sticker (2).webm
+  },
+  " and ",
+  {
+   "type": "custom_emoji",
+   "text": "🙂",
+   "document_id": (File not included. Change data exporting settings to download.)
+  },
+  {
+   "type": "custom_emoji",
+   "text": "👍",
+   "document_id": "5368324170671202286"
+  }
+ ],
+ "next": 1
+}"""
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 30, 1 << 20])
+def test_an_unquoted_custom_emoji_document_id_is_read(chunk: int) -> None:
+    """Desktop 4.1 wrote a custom emoji's document_id as a bare file path (tdesktop #24961)."""
+    s = stream(CUSTOM_EMOJI_41, chunk)
+    doc = walk(s)
+    assert s.at_end() and doc["next"] == 1
+    assert [part["document_id"] for part in doc["text"] if isinstance(part, dict)] == [
+        "video_files/sticker (2).webm",
+        "(File not included. Change data exporting settings to download.)",
+        "5368324170671202286",
+    ]
+    s = stream('{"a": 1,\n "b": bare\n}', chunk)  # other bare words stay errors
+    with pytest.raises(CollectError, match=r"invalid JSON \(Expecting value\) at line 2"):
+        walk(s)
