@@ -233,20 +233,26 @@ def test_a_broken_twin_server_is_one_clear_error(answer: bytes, why: str) -> Non
     assert "4111" not in str(caught.value)
 
 
+async def seconds_to_fail(server: asyncio.Server, url: str, timeout_s: float, match: str) -> float:
+    """Seconds until reply's client gives up on the server at `url` with a `TwinServerError` matching
+    `match`; closes the client and the server."""
+    twin = TwinClient(settings(url, timeout_s=timeout_s))
+    start = time.monotonic()
+    try:
+        with pytest.raises(TwinServerError, match=match):
+            await twin.suggest([Turn("partner", "hi")], "Anna")
+        return time.monotonic() - start
+    finally:
+        await twin.aclose()
+        server.close()
+
+
 def test_a_twin_server_dripping_its_answer_times_out_in_time() -> None:
     body = b'{"choices": [{"message": {"content": "slow"}}]}'
 
     async def ask() -> float:
         server, url = await serve_raw(http("200 OK", body), drip_s=0.1)  # 5 s in all, 0.1 s per byte
-        twin = TwinClient(settings(url, timeout_s=0.5))
-        start = time.monotonic()
-        try:
-            with pytest.raises(TwinServerError, match="took longer than 0.5s"):
-                await twin.suggest([Turn("partner", "hi")], "Anna")
-            return time.monotonic() - start
-        finally:
-            await twin.aclose()
-            server.close()
+        return await seconds_to_fail(server, url, 0.5, "took longer than 0.5s")
 
     assert asyncio.run(ask()) < 2.0
 
@@ -305,14 +311,6 @@ def test_a_busy_twin_server_is_asked_again_after_retry_after(answer: bytes) -> N
 def test_a_twin_server_asking_for_a_long_wait_gives_up_at_once() -> None:
     async def ask() -> float:
         server, url, _ = await serve_in_turn([busy("429 Too Many Requests", "3600")])
-        twin = TwinClient(settings(url, timeout_s=5.0))
-        start = time.monotonic()
-        try:
-            with pytest.raises(TwinServerError, match="busy \\(429\\) and asks to wait 3600s"):
-                await twin.suggest([Turn("partner", "hi")], "Anna")
-            return time.monotonic() - start
-        finally:
-            await twin.aclose()
-            server.close()
+        return await seconds_to_fail(server, url, 5.0, "busy \\(429\\) and asks to wait 3600s")
 
     assert asyncio.run(ask()) < 1.0
