@@ -83,6 +83,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo's packages, and this 
 import hf_anchor as hf  # noqa: E402
 import train_flops as flops  # noqa: E402
 
+from finetune import packing  # noqa: E402
 from finetune.data import (  # noqa: E402
     BatchPlan,
     Example,
@@ -143,6 +144,8 @@ class BenchConfig:
     """Guessed GPU seconds per optimizer step of 128 chat sequences at a 7–8B shape (time budget)."""
     compile_s: float = 0.0
     """Guessed GPU seconds to compile (the warm-up's extra time)."""
+    packed_attention: str = "flex"
+    """Packed rows on CUDA: "flex" (FlexAttention) or "varlen" (`finetune.packing.PACKED_ATTENTION`)."""
     note: str = ""
 
 
@@ -216,6 +219,36 @@ CONFIGS = [  # in run order: what needs a new compile (checkpointed blocks) come
         step_s=1.1,
         compile_s=60,
         note="fp8, packed, 16k-token micro-batches",
+    ),  # fmt: skip
+    BenchConfig(
+        "packed-compile-varlen",
+        "packed",
+        compile=True,
+        step_s=1.3,
+        compile_s=60,
+        packed_attention="varlen",
+        note="bf16, packed, FlashAttention varlen instead of FlexAttention",
+    ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile-varlen",
+        "packed",
+        compile=True,
+        base_precision="fp8",
+        step_s=1.0,
+        compile_s=60,
+        packed_attention="varlen",
+        note="fp8, packed, FlashAttention varlen",
+    ),  # fmt: skip
+    BenchConfig(
+        "fp8-packed-compile-16k-varlen",
+        "packed",
+        micro_batch_tokens=16384,
+        compile=True,
+        base_precision="fp8",
+        step_s=1.0,
+        compile_s=60,
+        packed_attention="varlen",
+        note="fp8, packed, 16k-token micro-batches, FlashAttention varlen",
     ),  # fmt: skip
     BenchConfig(
         "fp8-packed-compile-4k",
@@ -428,6 +461,14 @@ def randomize(model: torch.nn.Module) -> None:
             m.lora_B.normal_(0.0, 1e-3)
 
 
+def use_packed_attention(cfg: BenchConfig) -> None:
+    """The row's attention for packed rows (process-wide, as `finetune.packing` reads it); a varlen row
+    where this torch has no variable-length attention is refused."""
+    if cfg.packed_attention == "varlen" and packing.varlen_attention_fn() is None:
+        raise RuntimeError(f"{cfg.name}: torch {torch.__version__} has no torch.nn.attention.varlen")
+    packing.PACKED_ATTENTION = cfg.packed_attention
+
+
 def set_lora_dropout(model: torch.nn.Module, p: float) -> None:
     """Every dropout of `model` (litgpt's LoRA dropouts: its only ones) at probability `p`."""
     for module in model.modules():
@@ -578,6 +619,7 @@ def row_metrics(
 
 def run_ours(env: Env, ours: Ours, cfg: BenchConfig, shape: flops.Shape) -> dict[str, Any]:
     args, examples = env.args, env.data.examples
+    use_packed_attention(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     warmup = args.warmup + (args.compile_warmup if cfg.compile else 0)
     steps = planned_steps(examples, cfg, args, warmup + args.steps)
@@ -1142,6 +1184,7 @@ def quality_run(
         group["lr"] = args.quality_lr
     if args.quality_dropout is not None:
         set_lora_dropout(ours.model, args.quality_dropout)
+    use_packed_attention(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     before = held_out_loss(ours, val, data.pad_id, args)
     torch.manual_seed(1000 + repeat)  # LoRA dropout's masks
@@ -1213,6 +1256,7 @@ def step_gradient(args: argparse.Namespace, device: torch.device, config: Config
     fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
     ours = build_ours(fabric, config, args, cfg.base_precision)
     set_lora_dropout(ours.model, 0.0)
+    use_packed_attention(cfg)
     set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     step = planned_steps(train, cfg, args, 1)[0]
     loss_sum = torch.zeros((), device=device)

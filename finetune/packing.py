@@ -5,8 +5,10 @@
 the same as one padded row per record:
 
 - attention: a query sees a key only in its own record, at or before itself (`document_mask`); on CUDA
-  as a FlexAttention `BlockMask` (blocks across records are skipped, not computed and masked), on a CPU
-  as a dense boolean mask through SDPA (FlexAttention has no backward on CPUs);
+  as a FlexAttention `BlockMask` (blocks across records are skipped, not computed and masked) or, with
+  `PACKED_ATTENTION = "varlen"`, as the records' boundaries for torch's FlashAttention variable-length
+  kernel (`torch.nn.attention.varlen`: each record its own sequence, nothing computed across them); on
+  a CPU as a dense boolean mask through SDPA (FlexAttention has no backward on CPUs);
 - positions: RoPE positions restart at 0 for each record (`PackedGPT` takes them per token);
 - loss: only the reply tokens of each record are targets, never a boundary (`finetune.data.collate`).
 
@@ -17,6 +19,8 @@ The padding at the end of a row is one more "record" of its own: every query att
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -46,12 +50,64 @@ def pack_rows(lengths: Sequence[tuple[int, int]], capacity: int) -> list[list[in
 
 
 # ------------------------------------------------------------------------------------------------- mask
+PACKED_ATTENTION = "flex"
+"""How packed rows attend on CUDA: "flex" (FlexAttention, a document BlockMask) or "varlen" (torch's
+FlashAttention variable-length kernel over the records' boundaries, where this torch has it). The
+benchmark's `-varlen` rows set it; not yet measured on a GPU."""
+
+
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor | BlockMask:
     """The attention mask of packed rows with record ids `doc_ids` (B, T): a FlexAttention BlockMask on
-    CUDA, else a dense (B, 1, T, T) boolean mask (True: may attend)."""
+    CUDA (or, with PACKED_ATTENTION "varlen", `record_boundaries`), else a dense (B, 1, T, T) boolean mask
+    (True: may attend)."""
     if doc_ids.device.type == "cuda":
+        if PACKED_ATTENTION == "varlen" and varlen_attention_fn() is not None:
+            return record_boundaries(doc_ids)
         return document_block_mask(doc_ids)
     return dense_document_mask(doc_ids)
+
+
+def record_boundaries(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(n + 1,) int32: where each of the n records of packed rows `doc_ids` (B, T) starts among the B * T
+    tokens taken row after row, and B * T — FlashAttention's cumulative sequence lengths. A row always
+    starts a record (the next row's ids may repeat the last ones of this row); its padding tail is a
+    record of its own, as in the other masks."""
+    b, t = doc_ids.shape
+    flat = doc_ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::t] = True
+    end = torch.full((1,), b * t, dtype=torch.int64, device=doc_ids.device)
+    return torch.cat((torch.nonzero(starts).flatten(), end)).to(torch.int32)
+
+
+def is_record_boundaries(mask: Any) -> bool:
+    return isinstance(mask, torch.Tensor) and mask.dim() == 1 and mask.dtype == torch.int32
+
+
+@functools.cache
+def varlen_attention_fn() -> Callable[..., torch.Tensor] | None:
+    """torch's `varlen_attn` called causally with a given scale, `f(q, k, v, cu_seqlens, max_len, scale)`
+    on (tokens, heads, head size) tensors, or None where this torch has none. Its arguments changed
+    between releases (`is_causal` then `window_size=(-1, 0)`; `scale` added): both are handled."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    causal: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    with_scale = "scale" in params
+
+    def attend(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float
+    ) -> torch.Tensor:
+        if with_scale:
+            return cast(torch.Tensor, varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal))
+        default = 1.0 / math.sqrt(q.size(-1))  # the kernel's own scale: fold the difference into q
+        q = q if math.isclose(scale, default) else q * (scale / default)
+        return cast(torch.Tensor, varlen_attn(q, k, v, cu, cu, max_len, max_len, **causal))
+
+    return attend
 
 
 def dense_document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -80,15 +136,31 @@ def compiled_flex_attention() -> Callable[..., torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ model
 class PackedAttention(LoRACausalSelfAttention):
-    """litgpt's LoRA attention that also takes a FlexAttention `BlockMask` as its mask."""
+    """litgpt's LoRA attention that also takes a FlexAttention `BlockMask`, or `record_boundaries` for
+    the variable-length kernel, as its mask."""
+
+    varlen: Callable[..., torch.Tensor] | None = None
+    """The variable-length attention `record_boundaries` masks go to (None: `varlen_attention_fn`'s; the
+    tests put a CPU reference here)."""
 
     def scaled_dot_product_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None
     ) -> torch.Tensor:
-        if not isinstance(mask, BlockMask):
+        if not isinstance(mask, BlockMask) and not is_record_boundaries(mask):
             return super().scaled_dot_product_attention(q, k, v, mask)
         scale = 1.0 / (self.config.attention_scores_scalar or self.config.head_size) ** 0.5
         scale = scale * self.mscale * self.mscale
+        if is_record_boundaries(mask):
+            attend = self.varlen or varlen_attention_fn()
+            if attend is None:
+                raise RuntimeError("record boundaries given, but this torch has no variable-length attention")
+            b, heads, t, size = q.shape  # each record one sequence of the B * T tokens; none is longer than T
+
+            def tokens(x: torch.Tensor) -> torch.Tensor:
+                return x.transpose(1, 2).reshape(b * t, x.size(1), size)
+
+            y = attend(tokens(q), tokens(k), tokens(v), mask, t, scale)  # (B * T, nh, hs)
+            return y.view(b, t, heads, size)
         # inside a compiled block it fuses anyway; on a CPU (tests, forward only) the reference runs
         plain = torch.compiler.is_compiling() or q.device.type != "cuda"
         flex = cast(Callable[..., Any], flex_attention) if plain else compiled_flex_attention()

@@ -21,12 +21,14 @@ from finetune.data import (
 from finetune.metrics import read_rows
 from finetune.model import attach_loss_positions, batch_loss, prepare_lora_layers
 from finetune.packing import (
+    PackedAttention,
     PackedGPT,
     dense_document_mask,
     document_block_mask,
     enable_packing,
     pack_rows,
     packing_problem,
+    record_boundaries,
 )
 from finetune.train import setup
 
@@ -167,6 +169,46 @@ def test_flex_attention_block_mask_matches_the_dense_mask(
     dense = model(batch.input_ids, token_pos=batch.token_pos, attn_mask=dense_document_mask(batch.doc_ids))
     block = model(batch.input_ids, token_pos=batch.token_pos, attn_mask=document_block_mask(batch.doc_ids))
     torch.testing.assert_close(block, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_record_boundaries_start_a_record_at_every_id_change_and_row() -> None:
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    # the second row's first record has the id the first row ended on: the row still starts a record
+    doc_ids[1, 0] = 2
+    assert record_boundaries(doc_ids).tolist() == [0, 3, 5, 6, 7, 12, 18]
+    assert record_boundaries(doc_ids).dtype == torch.int32
+
+
+def reference_varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float
+) -> torch.Tensor:
+    """FlashAttention's variable-length contract on (tokens, heads, size) tensors, by SDPA per record."""
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    assert max(b - a for a, b in zip(bounds, bounds[1:], strict=False)) <= max_len
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        qs, ks, vs = (x[a:b].transpose(0, 1) for x in (q, k, v))  # (heads, n, size)
+        y = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+        out[a:b] = y.transpose(0, 1)
+    return out
+
+
+@torch.no_grad()
+def test_the_variable_length_path_matches_the_dense_mask(
+    examples: list[Example], tiny_checkpoint: Path
+) -> None:
+    """Packed rows as records' boundaries (the CUDA varlen kernel's input) give the dense mask's logits:
+    the tokens flattened row after row, each record attended alone, the heads put back — with a CPU
+    reference in the kernel's place (FlashAttention runs on CUDA only)."""
+    model = tiny_lora_model(tiny_checkpoint).eval()
+    for module in model.modules():
+        if isinstance(module, PackedAttention):
+            module.varlen = reference_varlen
+    rows = [(1, 2, 3), (4, 5), (6,)]
+    batch = collate(make_packed_micro_batch(rows, 256, examples), examples, pad_id=0)
+    dense = model(batch.input_ids, token_pos=batch.token_pos, attn_mask=dense_document_mask(batch.doc_ids))
+    varlen = model(batch.input_ids, token_pos=batch.token_pos, attn_mask=record_boundaries(batch.doc_ids))
+    torch.testing.assert_close(varlen, dense, rtol=1e-4, atol=1e-4)
 
 
 def test_packing_refuses_sliding_window_and_softcapping() -> None:
