@@ -321,6 +321,7 @@ def startup_stats(engine: Engine) -> dict[str, Any]:
         "compile_cache_warm": stats["compile_cache_warm"],
         "compile_cache_counters": stats["compile_cache_counters"],
         "compile_cache_dir": stats["compile_cache_dir"],
+        "warmup_marks": stats["warmup_marks"],
     }
 
 

@@ -262,6 +262,7 @@ class Engine:
             "compile_cache_dir": None if runner is None else runner.compile_cache.dir,
             "compile_cache_warm": runner is not None and runner.compile_cache.warm,
             "compile_cache_counters": {} if runner is None else dict(runner.cache_counters),
+            "warmup_marks": {} if runner is None else dict(runner.warmup_marks),
             "prefill_chunk_tokens": None if runner is None else runner.prefill_tokens,
             "max_batch_size": self.config.max_batch_size,
             "max_seq_length": self.config.max_seq_length,

@@ -115,6 +115,9 @@ class Runner:
         self.compile_cache = CompileCache(None, False)
         self.compile_seconds: float | None = None  # warm-up's compiling and recording, when compiled
         self.cache_counters: dict[str, int] = {}  # this warm-up's compile-cache hits and misses
+        self.warmup_marks: dict[str, float] = {}
+        """Seconds from the start of the last warm-up's run of every path to the end of each stage ("prefill
+        paths", "bucket B" compiled, "CUDA graphs" recorded, "first launches"): where a start-up goes."""
 
     # ---- start-up --------------------------------------------------------------------------------
 
@@ -153,6 +156,13 @@ class Runner:
 
     def _run_every_path(self) -> None:
         """Run every code path once (and compile / record CUDA graphs) before serving."""
+        begun = time.perf_counter()
+        self.warmup_marks = {}
+
+        def mark(stage: str) -> None:
+            self.sync()
+            self.warmup_marks[stage] = round(time.perf_counter() - begun, 3)
+
         n = max(1, min(self.config.warmup_prompt_tokens, self.config.max_seq_length - 1))
         for length in sorted({min(16, n), n}):
             prompt = torch.arange(length, device=self.device) % self.vocab_size  # (T,)
@@ -164,6 +174,7 @@ class Runner:
             rows.append(ChunkRow(1, 0, list(range(min(8, n))), last=True))
         self.prefill_chunk(rows)
         self.prefill_chunk([ChunkRow(0, len(first), [1], last=True)])
+        mark("prefill paths")
         self.positions.fill_(min(n, self.config.max_seq_length - 1))
         self.temperature.fill_(1.0)  # sampling, not only argmax (eager: each branch runs once)
         if self.compiled:
@@ -182,20 +193,21 @@ class Runner:
                 for i, b in enumerate(self.buckets):
                     for _ in range(2):  # compiles (first bucket, then once more with a dynamic batch size)
                         self._step(b)
-                    self.sync()
+                    mark(f"bucket {b}")
                     log.info(
                         "compiling the decode step: bucket %d (%d of %d) ... %.1f s",
                         b, i + 1, len(self.buckets), time.perf_counter() - started,
                     )  # fmt: skip
                 if side is not None:
                     self.graphs = self._record_graphs(side, started)
+                    mark("CUDA graphs")
             if side is not None:
                 torch.cuda.current_stream(self.device).wait_stream(side)
             self.compile_seconds = time.perf_counter() - started
         for b in self.buckets:
             for _ in range(2):  # every path once; replays each graph once (the first launch uploads it)
                 self.launch(b)
-        self.sync()
+        mark("first launches")
         self.tokens.zero_()
         self.positions.zero_()
         self.temperature.zero_()

@@ -42,7 +42,12 @@ def greedy_tokens(checkpoint: Path, compile: bool, n: int = 16) -> tuple[list[li
 
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_eager_tokens(tiny_checkpoint: Path) -> None:
-    eager, _ = greedy_tokens(tiny_checkpoint, compile=False)
+    eager, eager_engine = greedy_tokens(tiny_checkpoint, compile=False)
+    marks = eager_engine.stats()["warmup_marks"]  # where the start-up went, stage by stage
+    assert (
+        list(marks) == ["prefill paths", "first launches"]
+        and 0 <= marks["prefill paths"] <= marks["first launches"]
+    )
     try:
         compiled, engine = greedy_tokens(tiny_checkpoint, compile=True)
     finally:
@@ -51,3 +56,6 @@ def test_compiled_decode_step_gives_the_eager_tokens(tiny_checkpoint: Path) -> N
     assert engine.stats()["triton_kernels"] is False  # the Triton kernels run on GPUs only
     assert compiled == eager
     assert [len(out) for out in compiled] == [16, 16, 16]
+    marks = engine.stats()["warmup_marks"]  # compiled on a CPU: every bucket, no CUDA graphs
+    assert list(marks) == ["prefill paths", "bucket 1", "bucket 2", "first launches"]
+    assert list(marks.values()) == sorted(marks.values())
