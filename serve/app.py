@@ -1,10 +1,14 @@
-"""The FastAPI app factory: lifespan (load the model once), routers, error shapes, body limit, CORS; and the
-uvicorn server around it: header and body timeouts, an access log that never shows query values."""
+"""The FastAPI app factory: lifespan (load the model once), routers, error shapes, the checks made on a
+request's headers before its body is read (key, encoding), body limit, CORS; and the uvicorn server around
+it: header and body timeouts, unparsable requests answered in the API's error shape, an access log that
+never shows query values."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import http
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -17,10 +21,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.scrub import scrub_secrets
+from serve.deps import check_headers_first
 from serve.routes import admin, chat, meta
 from serve.service import TwinService, build_service
 from serve.settings import Settings, get_settings, startup_warnings
@@ -35,6 +42,7 @@ ERROR_TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+    431: "invalid_request_error",
     503: "overloaded_error",
 }
 
@@ -73,15 +81,18 @@ def create_app(settings: Settings | None = None, service: TwinService | None = N
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, server_error)
+    # the last added runs first: CORS outermost, so that every answer (a 413 too) carries its headers
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout)
+    app.add_middleware(HeadersFirst, settings=settings)  # a 401 before any other answer
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            CORS,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],  # OpenAI's JS client sends its own x-stainless-* headers
+            expose_headers=["Retry-After"],  # a page must see how long to wait after a 503
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout)
     return app
 
 
@@ -141,7 +152,12 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"no such endpoint: {request.url.path[:100]!r} (see /docs for the API)"
     elif exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
         detail = f"method {request.method[:16]} is not allowed here: use {exc.headers['Allow']}"
-    detail = safe_message(detail)
+    return error_response(exc, detail)
+
+
+def error_response(exc: StarletteHTTPException, detail: str | None = None) -> JSONResponse:
+    """`exc` (its detail, or `detail`) in the API's error shape, with its headers."""
+    detail = safe_message(detail if detail is not None else str(exc.detail))
     return JSONResponse(error_body(exc.status_code, detail, detail), exc.status_code, headers=exc.headers)
 
 
@@ -206,6 +222,41 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
     message = "internal server error"
     return JSONResponse(error_body(500, message, message), status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+class HeadersFirst:
+    """Refuses a request its headers already refuse (`serve.deps.check_headers_first`: no key, a
+    compressed body) before anything reads its body. Preflights (OPTIONS) pass: they carry no key."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            try:
+                await check_headers_first(Request(scope), self.settings)
+            except StarletteHTTPException as e:
+                await error_response(e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class CORS(CORSMiddleware):
+    """Starlette's CORS, a refused preflight answered in the API's error shape and saying what to change
+    (Starlette's is the text "Disallowed CORS origin")."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        detail = (
+            f"CORS preflight refused ({refused}): this server answers pages from the origins in "
+            f"TWIN_CORS_ORIGINS, with the methods {', '.join(self.allow_methods)}"
+        )
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+        return JSONResponse(error_body(response.status_code, detail, detail), response.status_code, headers)
 
 
 class BodySizeLimit:
@@ -312,14 +363,48 @@ class RedactQuery(logging.Filter):
         return True
 
 
+def raw_error_response(code: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error response in the API's error shape, closing the connection: for the protocol
+    below, which answers before any request reaches the app."""
+    body = json.dumps(error_body(code, message, message)).encode()
+    head = (
+        f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class ParseErrorConnection(h11.Connection):
+    """h11's connection, keeping the error that made a request unparsable (its status hint: 431 for
+    headers over the limit, else 400)."""
+
+    error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as e:
+            self.error = e
+            raise
+
+
 def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol, closing a connection (after a 408) whose request headers have not all
     arrived `timeout_s` after its first byte, or after the connection opened. uvicorn itself times out
-    only idle kept-alive connections: a client sending half a header line was held for ever."""
+    only idle kept-alive connections: a client sending half a header line was held for ever. A request
+    h11 cannot parse gets the API's error shape (uvicorn's own answer is a text/plain 400), and headers
+    over h11's limit a 431 that says so."""
+    from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutH11Protocol(H11Protocol):
         header_timer: asyncio.TimerHandle | None = None
+
+        def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(config, *args, **kwargs)
+            limit = config.h11_max_incomplete_event_size
+            self.max_head_bytes = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit
+            self.conn = ParseErrorConnection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -349,9 +434,25 @@ def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
         def headers_timed_out(self) -> None:
             self.header_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.write(
-                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                message = f"the request headers did not arrive within {timeout_s:g} s (TWIN_HEADER_TIMEOUT)"
+                self.transport.write(raw_error_response(status.HTTP_408_REQUEST_TIMEOUT, message))
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to what h11 could not parse (`msg` is uvicorn's; h11's own message may
+            quote the request, so neither is sent)."""
+            assert isinstance(self.conn, ParseErrorConnection)
+            if self.conn.error is not None and self.conn.error.error_status_hint == 431:
+                code = status.HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE
+                message = (
+                    f"the request line and headers are over {self.max_head_bytes} bytes: send fewer or "
+                    "shorter headers"
                 )
+            else:
+                code = status.HTTP_400_BAD_REQUEST
+                message = "malformed HTTP/1.1 request: its request line or headers could not be parsed"
+            if not self.transport.is_closing():
+                self.transport.write(raw_error_response(code, message))
                 self.transport.close()
 
     return HeaderTimeoutH11Protocol

@@ -13,13 +13,13 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, status
 
 from finetune.twin import TwinError
-from serve.deps import ServiceDep, require_admin_key, require_json
+from serve.deps import ADMIN_PREFIX, ServiceDep, require_admin_key, require_json
 from serve.engine import EngineError, EngineNotReady
 from serve.schemas import AddTwin, ErrorResponse, TwinCard, TwinList
 from serve.service import TwinConflict, UnknownTwin
 
 router = APIRouter(
-    prefix="/v1/admin",
+    prefix=ADMIN_PREFIX,
     tags=["admin"],
     dependencies=[Depends(require_admin_key)],
     responses={401: {"model": ErrorResponse, "description": "missing or wrong admin key (or admin is off)"}},

@@ -26,7 +26,7 @@ from sse_starlette import EventSourceResponse
 
 from common.scrub import scrub_secrets
 from prepare.prompt import MAX_CONTEXT_TURNS
-from serve.deps import ServiceDep, SettingsDep, require_api_key, require_json
+from serve.deps import API_PREFIX, ServiceDep, SettingsDep, require_api_key, require_json
 from serve.engine import EndReason, EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
 from serve.schemas import (
     AssistantMessage,
@@ -36,6 +36,7 @@ from serve.schemas import (
     Choice,
     ChunkChoice,
     Delta,
+    ErrorBody,
     ErrorResponse,
     FinishReason,
     Usage,
@@ -53,7 +54,7 @@ CONTEXT_TURNS_TRIED = (MAX_CONTEXT_TURNS, 4, 2, 1, 0)
 LONG_PROMPT_CHARS = 20_000
 """Prompts longer than this are tokenized in a thread, not on the event loop."""
 
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=API_PREFIX, tags=["chat"], dependencies=[Depends(require_api_key)])
 
 
 @dataclass
@@ -327,7 +328,8 @@ async def stream_events(
             yield {"data": chunk_json(totals, with_usage=True)}
         yield {"data": "[DONE]"}
         log_exchange(settings, completion_id, plan.prompt, text.text)
-    except (EngineBusy, EngineError) as e:
-        yield {"data": json.dumps({"error": {"message": str(e), "type": "server_error", "code": None}})}
+    except (EngineBusy, EngineError) as e:  # after a 200: the stream ends with OpenAI's error object
+        failure = ErrorBody(message=str(e) or "generation failed", type="server_error")
+        yield {"data": json.dumps({"error": failure.model_dump()}, ensure_ascii=False)}
     finally:
         seq.cancel()  # the client went away (or we are done): free the slot
