@@ -14,6 +14,7 @@ MODEL ?= tiiuae/falcon-7b
 OUT ?= out/twin
 HF_OUT ?= $(OUT)-hf
 FORMAT ?= merged
+EXPORT_ARGS ?=
 REPORT ?= $(OUT)-report
 
 .DEFAULT_GOAL := help
@@ -96,7 +97,7 @@ demo: $(STAMP) ## sample chats -> LoRA on the embedded SmolLM2 -> report -> twin
 	$(PY) scripts/demo.py
 
 export: $(STAMP) ## the twin as a Hugging Face model (FORMAT=merged) or PEFT adapter (FORMAT=peft) into HF_OUT
-	$(PY) -m finetune.export --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT) --out $(HF_OUT) --format $(FORMAT)
+	$(PY) -m finetune.export --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT) --out $(HF_OUT) --format $(FORMAT) $(EXPORT_ARGS)
 
 report: $(STAMP) ## twin-quality report (held-out perplexity, style, samples, loss curve) into REPORT
 	$(PY) -m finetune.report --data $(PREPARED) --checkpoint-dir $(CHECKPOINT) --lora-path $(OUT) --out $(REPORT)

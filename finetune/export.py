@@ -12,6 +12,12 @@ the embedded SmolLM2, whose weights are dequantized from a 4-bit file). Both car
 chat-template twin's template in tokenizer_config.json, and generation_config.json stops at the end of the
 twin's turn as serve does.
 
+The folder is written whole (`finetune.outdir`): into a hidden temp folder beside --out that takes its name
+when complete, so a stopped export (an error, a full disk, Ctrl-C, a kill) leaves --out as it was. An --out
+that holds other files is refused; one that holds an earlier export of the same twin with the same settings
+is replaced, one of another twin or format only with --overwrite. A disk too small for the weights is
+refused before the merge.
+
 litgpt fuses q, k and v into one `attn.qkv` layer with a separate rank-r LoRA per enabled part (A is
 `(r·n, in)`, B the n parts stacked). Llama-style layouts (Llama, Mistral, Qwen, Gemma) have separate
 q_proj/k_proj/v_proj, so each enabled part's A-block and B-rows become that projection's own rank-r LoRA,
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,8 +48,9 @@ from litgpt.scripts.convert_lit_checkpoint import qkv_reassemble
 from common.cli import parse_dataclasses, run
 from common.device import resolve_dtype
 from common.files import write_private_atomic
-from finetune.errors import UserError, check_out_dir, make_out_dir, write_errors
+from finetune.errors import UserError, make_out_dir, write_errors
 from finetune.hf_export import (
+    TOKENIZER_FILES,
     HFLayout,
     copy_tokenizer,
     hf_layout,
@@ -52,6 +61,7 @@ from finetune.hf_export import (
     token_ids,
     write_hf_model,
 )
+from finetune.outdir import OutputKind, check_output_folder, staged_folder, target
 from finetune.twin import (
     TOKENIZER_CONFIG_FILE,
     AdapterSpec,
@@ -73,6 +83,20 @@ log = logging.getLogger(__name__)
 
 Format = Literal["merged", "peft"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+EXPORT_FILE = "export.json"
+EXPORT = OutputKind(
+    "export",
+    EXPORT_FILE,
+    re.compile(
+        r"(config|generation_config|export|adapter_config|tokenizer|tokenizer_config|special_tokens_map)\.json"
+        r"|(model|adapter_model)(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|base"
+    ),
+)
+"""What an export folder holds (`finetune.outdir`: an earlier export is replaced only as a whole)."""
+SAME_EXPORT = ("checkpoint_dir", "lora_path", "format", "dtype", "base_model")
+"""The settings that make two exports the same: re-running one replaces it without --overwrite."""
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+"""A Hugging Face repo id (`org/name`)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,7 @@ def merged_weights(
 def export_merged(checkpoint_dir: Path, lora_path: Path, out: Path, dtype: str = "auto") -> list[Path]:
     """LoRA merged into the base, written as an HF transformers folder; returns the weight files."""
     inputs = check_inputs(checkpoint_dir, lora_path)
+    log.info("merging the LoRA into the weights of %s", inputs.config.name)
     lit = merged_weights(checkpoint_dir, inputs, output_dtype(dtype))
     target = output_dtype(dtype) or next(iter(lit.values())).dtype
     eos_ids = twin_eos_ids(checkpoint_dir, inputs.spec)
@@ -259,9 +284,15 @@ def peft_tensors(inputs: ExportInputs) -> tuple[dict[str, torch.Tensor], list[st
 
 @torch.inference_mode()
 def export_peft(
-    checkpoint_dir: Path, lora_path: Path, out: Path, base_model: str | None = None, dtype: str = "auto"
+    checkpoint_dir: Path,
+    lora_path: Path,
+    out: Path,
+    base_model: str | None = None,
+    dtype: str = "auto",
+    published: Path | None = None,
 ) -> list[Path]:
-    """A PEFT LoRA adapter for the HF base (which goes to OUT/base unless it is on the Hub)."""
+    """A PEFT LoRA adapter for the HF base (which goes to OUT/base unless it is on the Hub). `published`:
+    where `out` will be once complete (`finetune.outdir`), so the adapter names its base's final place."""
     inputs = check_inputs(checkpoint_dir, lora_path)
     tensors, targets = peft_tensors(inputs)
     make_out_dir(out, "--out")
@@ -270,9 +301,9 @@ def export_peft(
         base_model = hub_model_id(inputs.config, checkpoint_dir)
     if base_model is None:
         lit = load_base_weights(checkpoint_dir, inputs.config)
-        target = output_dtype(dtype) or next(iter(lit.values())).dtype
-        files += write_hf_model(lit, inputs.config, checkpoint_dir, out / "base", target)
-        base_model = str((out / "base").resolve())
+        dtype_to = output_dtype(dtype) or next(iter(lit.values())).dtype
+        files += write_hf_model(lit, inputs.config, checkpoint_dir, out / "base", dtype_to)
+        base_model = str(target(published or out) / "base")
     log.info("PEFT adapter for the base %s", base_model)
     rank, alpha = peft_rank(inputs.layout, inputs.lora)
     adapter_config = {
@@ -311,15 +342,20 @@ class ExportArgs:
     checkpoint_dir: Path
     """The litgpt base checkpoint the adapter was trained on."""
     lora_path: Path
-    """The adapter (lit_model_lora_finetuned.pth) or its finetune out-dir."""
+    """The adapter (lit_model_lora_finetuned.pth) or its finetune out-dir; or a resumable checkpoint
+    (OUT/checkpoints/step-N.pth) of a run that has not finished."""
     out: Path = Path("out/twin-hf")
-    """The folder to write."""
+    """The folder to write (written whole: a stopped export leaves it as it was)."""
     format: Format = "merged"
     """merged: a full transformers model; peft: a LoRA adapter."""
     dtype: Dtype = "auto"
     """Weight dtype of the written model (auto: the base checkpoint's)."""
     base_model: str | None = None
-    """peft: the base's HF name or path to record (default: its Hub name, else OUT/base)."""
+    """peft: the base's HF repo id (org/name) or transformers folder to record (default: its Hub name,
+    else OUT/base)."""
+    overwrite: bool = False
+    """Replace an earlier export of another twin or format in --out (an export of the same twin with the
+    same settings is replaced without it)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ExportArgs:
@@ -349,23 +385,129 @@ def write_chat_template(out: Path, spec: AdapterSpec) -> None:
     write_private_atomic(path, json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
 
 
+def resolved_settings(args: ExportArgs) -> dict[str, object]:
+    """export.json's settings (paths as given)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items() if k != "overwrite"}
+
+
+def same_export(recorded: object, args: ExportArgs) -> bool:
+    """Whether an export.json's settings are `args`' (paths compared as the folders they name)."""
+    if not isinstance(recorded, dict):
+        return False
+    now = resolved_settings(args)
+    for key in SAME_EXPORT:
+        old, new = recorded.get(key), now.get(key)
+        if key in ("checkpoint_dir", "lora_path") and isinstance(old, str) and isinstance(new, str):
+            old, new = Path(old).resolve(), Path(new).resolve()
+        if old != new:
+            return False
+    return True
+
+
+def check_out(args: ExportArgs) -> bool:
+    """Refuse, before any work, an --out that cannot be written or must not be replaced; True when it
+    holds an earlier export that this one replaces."""
+    earlier = check_output_folder(args.out, "--out", EXPORT)
+    if earlier and not args.overwrite:
+        marker = target(args.out) / EXPORT_FILE
+        try:
+            recorded = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if not same_export(recorded, args):
+            was = recorded if isinstance(recorded, dict) else {}
+            recorded_as = f"--lora-path {was.get('lora_path', '?')}, --format {was.get('format', '?')}"
+            raise UserError(
+                f"--out {args.out} already holds an export of another twin or format "
+                f"({args.out / EXPORT_FILE}: {recorded_as}): pass --overwrite to replace it, or another --out"
+            )
+    return earlier
+
+
+def check_base_model(base_model: str | None) -> str | None:
+    """--base-model as the adapter records it: a Hub repo id as given, a local transformers folder as an
+    absolute path (the adapter is loaded from other folders); anything else is refused."""
+    if base_model is None:
+        return None
+    path = Path(base_model).expanduser()
+    if base_model.strip() and path.is_dir():
+        if not (path / "config.json").is_file():
+            litgpt = (path / "lit_model.pth").is_file()
+            hint = " (a litgpt checkpoint: leave --base-model out to export the base into OUT/base)"
+            raise UserError(
+                f"--base-model {base_model} is a folder without a config.json, not a transformers model"
+                f"{hint if litgpt else ''}: pass a Hugging Face repo id (org/name) or a transformers folder"
+            )
+        return str(path.resolve())
+    if not HUB_ID.fullmatch(base_model) or ".." in base_model or "--" in base_model or len(base_model) > 96:
+        raise UserError(
+            f"--base-model {base_model!r} is neither a folder nor a Hugging Face repo id such as "
+            "tiiuae/falcon-7b: pass one, or leave it out (the Hub name litgpt knows, else OUT/base)"
+        )
+    return base_model
+
+
+def needed_bytes(args: ExportArgs) -> int:
+    """About how much disk the export takes: the base's weights in the output dtype and its tokenizer (a
+    PEFT adapter for a base on the Hub: next to nothing)."""
+    config = load_base_config(args.checkpoint_dir)
+    hf_layout(config)  # a base with no exact transformers equivalent is refused first, with the reasons
+    if args.format == "peft" and (args.base_model or hub_model_id(config, args.checkpoint_dir)):
+        return 0
+    dtype = output_dtype(args.dtype)
+    storages: dict[int, int] = {}  # tied tensors are stored and written once
+    for t in load_base_weights(args.checkpoint_dir, config).values():
+        size = t.numel() * (dtype.itemsize if dtype is not None else t.element_size())
+        storages[t.untyped_storage().data_ptr()] = max(size, storages.get(t.untyped_storage().data_ptr(), 0))
+    tokenizer = [args.checkpoint_dir / name for name in TOKENIZER_FILES]
+    return sum(storages.values()) + sum(p.stat().st_size for p in tokenizer if p.is_file())
+
+
+def check_free_space(args: ExportArgs) -> None:
+    """Refuse, before minutes of merging, an export the disk under --out cannot hold."""
+    need = needed_bytes(args)
+    folder = target(args.out).parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(
+            f"--out {args.out}: the export needs about {size_text(need)} and {folder} has {size_text(free)} "
+            "free: free some space, choose another --out, or export --format peft (a small adapter) or a "
+            "smaller --dtype"
+        )
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def export(args: ExportArgs) -> None:
-    """Write the export `args` asks for, with export.json (the resolved settings) beside it."""
+    """Write the export `args` asks for, with export.json (the resolved settings) beside it: into a temp
+    folder that takes --out's place when complete (`finetune.outdir`)."""
     t0 = time.perf_counter()
-    check_out_dir(args.out, "--out")
-    with write_errors("--out"):
+    replacing = check_out(args)
+    args.base_model = check_base_model(args.base_model)
+    spec = read_adapter_spec(args.lora_path)
+    check_free_space(args)
+    with write_errors("--out"), staged_folder(args.out, "--out") as staging:
         if args.format == "merged":
-            files = export_merged(args.checkpoint_dir, args.lora_path, args.out, args.dtype)
+            files = export_merged(args.checkpoint_dir, args.lora_path, staging, args.dtype)
         else:
-            files = export_peft(args.checkpoint_dir, args.lora_path, args.out, args.base_model, args.dtype)
-        spec = read_adapter_spec(args.lora_path)
-        write_chat_template(args.out, spec)
-        resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
-        resolved["prompt_format"] = spec.prompt_format
-        write_private_atomic(args.out / "export.json", json.dumps(resolved, indent=2) + "\n")
-    size = directory_size(files) / 2**20
+            files = export_peft(
+                args.checkpoint_dir, args.lora_path, staging, args.base_model, args.dtype, args.out
+            )
+        write_chat_template(staging, spec)
+        resolved = resolved_settings(args) | {"prompt_format": spec.prompt_format}
+        write_private_atomic(staging / EXPORT_FILE, json.dumps(resolved, indent=2) + "\n")
+        size = directory_size(files) / 2**20
+        count = sum(1 for p in staging.rglob("*") if p.is_file())
     what = "merged transformers model" if args.format == "merged" else "PEFT LoRA adapter"
-    print(f"exported the twin as a {what} to {args.out} ({size:.1f} MiB, {time.perf_counter() - t0:.1f} s)")
+    replaced = " (replacing the earlier export)" if replacing else ""
+    print(
+        f"exported the twin as a {what} to {args.out}{replaced}: {count} files, {size:.1f} MiB, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
 
 
 if __name__ == "__main__":

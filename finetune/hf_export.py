@@ -33,6 +33,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 from litgpt.config import Config
 from litgpt.scripts import convert_lit_checkpoint as litgpt_convert
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -400,10 +402,21 @@ def hub_model_id(config: Config, checkpoint_dir: Path) -> str | None:
 
 # ------------------------------------------------------------------------------------------- files
 def save_private_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """`save_file` into a file that is 0600 from its first byte, replaced atomically."""
+    """`save_file` into a file that is 0600 from its first byte, replaced atomically. A write that fails
+    (a full disk) removes the temp file and is an `OSError` naming `path`, as Python's own writes are."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     open_private(tmp, "wb").close()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    except SafetensorError as e:  # the Rust writer's I/O errors: "... No space left on device (os error 28)"
+        tmp.unlink(missing_ok=True)
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -510,4 +523,6 @@ def write_hf_model(
             "with attn_implementation='eager' (as Google's own Gemma-2)",
             config.name,
         )
+    size = sum(t.numel() * t.element_size() for t in hf.values())
+    log.info("writing the weights of %s (%.1f MiB)", config.name, size / 2**20)
     return save_sharded(hf, out)

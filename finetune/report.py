@@ -9,14 +9,20 @@ to the person's real ones; whether a stylometric classifier attributes those rep
 whether a second one can tell them from the real ones (finetune.quality); whether the twin has forgotten
 the world (finetune.forgetting: perplexity of general English and Russian text and answers to general
 questions, base vs twin); ten side-by-side samples; and the training loss curve from the adapter's
-metrics.csv. The report quotes private messages, so its folder is owner-only like the data.
+metrics.csv. The report quotes private messages, so its folder is owner-only like the data. It is written
+whole (`finetune.outdir`): an earlier report in --out is replaced once the new one is complete, a folder of
+other files is refused.
 """
 
 from __future__ import annotations
 
+import csv
 import html
 import json
+import logging
+import math
 import random
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -29,23 +35,27 @@ from common.cli import parse_dataclasses, run
 from common.device import DeviceUnavailableError, resolve_device, resolve_dtype
 from common.files import write_private_atomic
 from finetune.data import VAL_FILE, encode_records, load_records
-from finetune.errors import UserError, check_out_dir, make_out_dir, write_errors
-from finetune.evaluate import generate_replies, load_lora_model, lora_off, merge, reply_perplexity
+from finetune.errors import UserError, write_errors
+from finetune.evaluate import Perplexity, generate_replies, load_lora_model, lora_off, merge, reply_perplexity
 from finetune.findings import Findings
 from finetune.forgetting import GOAL_RATIO, Forgetting, compare, load_general_set, measure_side
-from finetune.metrics import read_rows
+from finetune.outdir import OutputKind, check_output_folder, staged_folder
 from finetune.quality import MIN_PER_CLASS, QualityRow, compare_contestants, fit_attributor, to_markdown
-from finetune.report_html import EXPLAINED, HTML_FILE, SUMMARY_EXPLAINED, render_html
+from finetune.report_html import EXPLAINED, HTML_FILE, NO_LOSSES, SUMMARY_EXPLAINED, render_html
 from finetune.report_plots import plot_all
 from finetune.style import RATE_LABELS, StyleStats, style_stats
 from finetune.summary import build_summary
 from finetune.summary import to_markdown as summary_markdown
-from finetune.twin import METRICS_FILE, read_adapter_spec, read_memory, resolve_adapter
+from finetune.twin import METRICS_FILE, read_adapter_spec, read_memory, resolve_adapter, run_dir
 from prepare.memory import Memory, record_memories
 from prepare.prompt import MAX_CONTEXT_CHARS, Prompter, clip_text, record_turns, render_context, render_prompt
 from prepare.records import TRAIN_FILE, Record, Turn
 
+log = logging.getLogger(__name__)
+
 SIDE_BY_SIDE = 10
+REPORT = OutputKind("report", "report.json", re.compile(r"report\.(md|json|html)|\w+\.png"))
+"""What a report folder holds (`finetune.outdir`: an earlier report is replaced as a whole)."""
 SAMPLE_FIELDS = ("partner", "context", "message")
 """A side-by-side sample's keys that are not a contestant's reply."""
 
@@ -68,9 +78,10 @@ class ReportArgs:
     checkpoint_dir: Path = Path("checkpoints/tiiuae/falcon-7b")
     """The litgpt base checkpoint the twin was fine-tuned from."""
     lora_path: Path = Path("out/twin")
-    """The adapter (lit_model_lora_finetuned.pth) or its finetune out-dir (with metrics.csv)."""
+    """The adapter (lit_model_lora_finetuned.pth) or its finetune out-dir (with metrics.csv); or a
+    resumable checkpoint (OUT/checkpoints/step-N.pth) of a run that has not finished."""
     out: Path = Path("out/report")
-    """Folder for report.md, report.json and the plots."""
+    """Folder for report.md, report.json and the plots (an earlier report there is replaced)."""
     samples: int = 100
     """Validation prompts to sample a twin and a base reply for."""
     max_new_tokens: int = 48
@@ -123,11 +134,13 @@ def measure(args: ReportArgs) -> Findings:
     records = load_records(args.data / VAL_FILE)
     if not records:
         raise UserError(f"{args.data / VAL_FILE} holds no records: run `make prepare` with more chats")
+    loss_rows = read_metrics(args.lora_path)  # before minutes of measuring: a broken file only warns
     try:
         device = resolve_device(args.device)
     except DeviceUnavailableError as e:
         raise UserError(str(e)) from None
     dtype = resolve_dtype("auto", device)
+    log.info("loading %s with the adapter %s on %s", args.checkpoint_dir, args.lora_path, device)
     model, tokenizer = load_lora_model(args.checkpoint_dir, args.lora_path, device, dtype)
     spec = read_adapter_spec(args.lora_path)
     prompter = spec.prompter  # the format the twin was trained with
@@ -144,8 +157,13 @@ def measure(args: ReportArgs) -> Findings:
     prompted = [prompted_prompt(prompter, records[i], shots) for i in chosen] if shots else []
     memory, memory_k = recall(args, spec.memory_k, train)
     memories = record_memories(memory, records, memory_k) if memory is not None else []
+    log.info(
+        "measuring the base and the twin on %d held-out records, sampling %d replies each",
+        len(records),
+        len(chosen),
+    )
     with lora_off(model):
-        base = reply_perplexity(model, examples, desc="base perplexity")
+        base = finite(reply_perplexity(model, examples, desc="base perplexity"), "base", args)
         base_replies = generate_replies(model, tokenizer, prompter, prompts, desc="base replies", **sampling)
         prompted_replies = (
             generate_replies(model, tokenizer, prompter, prompted, desc="prompted base replies", **sampling)
@@ -155,7 +173,7 @@ def measure(args: ReportArgs) -> Findings:
         if general is not None:
             base_general = measure_side(model, tokenizer, prompter, general, args.max_new_tokens, "base")
     merge(model)
-    twin = reply_perplexity(model, examples, desc="twin perplexity")
+    twin = finite(reply_perplexity(model, examples, desc="twin perplexity"), "twin", args)
     twin_replies = generate_replies(model, tokenizer, prompter, prompts, desc="twin replies", **sampling)
     twin_memory, memory_replies = None, []
     if memories:
@@ -188,13 +206,16 @@ def measure(args: ReportArgs) -> Findings:
         replies["prompted base"] = prompted_replies
     if memory_replies:
         replies[MEMORY] = memory_replies
-    quality, quality_note = measure_quality(train, replies, args.seed)
+    log.info("measuring the style classifiers")
+    quality, quality_note = measure_quality(train, replies, args.seed, held_out=len(records))
+    if not train_path.is_file():
+        quality_note = f"no {train_path}: the classifiers learn the person's style from it"
     return Findings(
         base=base,
         twin=twin,
         style={who: style_stats(texts) for who, texts in replies.items()},
         samples=samples,
-        loss_rows=read_metrics(args.lora_path),
+        loss_rows=loss_rows,
         val_records=len(records),
         seconds=time.perf_counter() - t0,
         quality=quality,
@@ -204,6 +225,17 @@ def measure(args: ReportArgs) -> Findings:
         memory_k=memory_k if twin_memory is not None else 0,
         drafts=read_drafts(args.feedback),
     )
+
+
+def finite(p: Perplexity, who: str, args: ReportArgs) -> Perplexity:
+    """`p`, unless the model's loss on the held-out replies is NaN or infinite (its sampling would fail)."""
+    if not math.isfinite(p.nll):
+        what = "the adapter" if who == "twin" else "the base checkpoint"
+        raise UserError(
+            f"the {who}'s loss on {args.data / VAL_FILE} is {p.nll} (not a number a report can use): "
+            f"{what} gives non-finite logits on this device and dtype; try --device cpu, or check {what}"
+        )
+    return p
 
 
 def recall(args: ReportArgs, trained_k: int, train: Sequence[Record]) -> tuple[Memory | None, int]:
@@ -265,14 +297,20 @@ def prompted_prompt(prompter: Prompter, record: Record, examples: Sequence[Turn]
 
 
 def measure_quality(
-    train: Sequence[Record], replies: Mapping[str, Sequence[str]], seed: int
+    train: Sequence[Record], replies: Mapping[str, Sequence[str]], seed: int, held_out: int | None = None
 ) -> tuple[list[QualityRow], str]:
     """Attribution share and discriminator accuracy per contestant of `replies` (whose "real" entry is
-    the person's replies to the prompts the others answered), or no rows and the reason why.
+    the person's replies to the prompts the others answered), or no rows and the reason why (`held_out`:
+    how many records val.jsonl holds, when that and not --samples is what is short).
 
     The attributor learns the person's train-split replies against their partners' messages there.
     """
     real = replies["real"]
+    if held_out is not None and held_out < MIN_PER_CLASS:
+        return [], (
+            f"only {held_out} held-out record{'s' * (held_out != 1)} in {VAL_FILE}; the classifiers need "
+            f"{MIN_PER_CLASS} or more: prepare with more chats or a larger --val-fraction"
+        )
     if len(real) < MIN_PER_CLASS:
         return [], f"only {len(real)} sampled prompts; use --samples {MIN_PER_CLASS} or more"
     person = [r.response for r in train]
@@ -285,9 +323,25 @@ def measure_quality(
 
 
 def read_metrics(lora_path: Path) -> list[dict[str, float | None]]:
-    """The finetune run's metrics.csv next to the adapter (empty if the run wrote none)."""
-    path = resolve_adapter(lora_path).parent / METRICS_FILE
-    return read_rows(path) if path.is_file() else []
+    """The finetune run's metrics.csv next to the adapter (empty if the run wrote none). A row that cannot
+    be read (a run killed while writing it, a file edited by hand) is left out with a warning."""
+    path = run_dir(resolve_adapter(lora_path)) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows, bad = [], []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    rows.append({k: float(v) if v else None for k, v in row.items() if isinstance(k, str)})
+                except (TypeError, ValueError):
+                    bad.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        log.warning("%s cannot be read (%s): no loss curve in the report", path, e)
+        return []
+    if bad:
+        log.warning("%s: %d row(s) cannot be read (a run stopped while writing?): left out", path, len(bad))
+    return [r for r in rows if r.get("step") is not None]
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -295,7 +349,7 @@ def cell(text: str, limit: int = 400) -> str:
     """Markdown-table-safe text: HTML-escaped (placeholders like <EMAIL> stay visible), one line, and no
     link or image syntax (a chat message's `![](https://...)` must not make a viewer fetch anything)."""
     text = text if len(text) <= limit else "…" + text[-limit:]
-    text = html.escape(text, quote=False).replace("[", "\\[").replace("]", "\\]")
+    text = html.escape(text.replace("\\", "\\\\"), quote=False).replace("[", "\\[").replace("]", "\\]")
     return text.replace("|", "\\|").replace("\n", "<br>") or "*(empty)*"
 
 
@@ -386,16 +440,21 @@ def render_markdown(args: ReportArgs, f: Findings, plots: Sequence[str]) -> str:
         ]
     lines += ["## Training loss", ""]
     if "loss.png" in plots:
-        last_val = [r["val_loss"] for r in f.loss_rows if r.get("val_loss") is not None]
-        if last_val:
-            lines.append(
-                f"Validation loss {last_val[0]:.3f} before the first step → {last_val[-1]:.3f} at the end."
-            )
-            lines.append("")
-        lines += ["![loss curve](loss.png)", ""]
+        lines += [*loss_sentence(f.loss_rows), "![loss curve](loss.png)", ""]
     else:
-        lines += ["No metrics.csv next to the adapter, so no loss curve.", ""]
+        lines += [f"{NO_LOSSES}.", ""]
     return "\n".join(lines)
+
+
+def loss_sentence(rows: Sequence[Mapping[str, float | None]]) -> list[str]:
+    """What the validation loss did during training, in one line (and a blank one), or nothing."""
+    val = [v for r in rows if (v := r.get("val_loss")) is not None]
+    if not val:
+        return []
+    diverged = " (not a number: the run diverged)" if not math.isfinite(val[-1]) else ""
+    if len(val) == 1:
+        return [f"Validation loss {val[0]:.3f}{diverged} (validated once).", ""]
+    return [f"Validation loss {val[0]:.3f} before the first step → {val[-1]:.3f} at the end{diverged}.", ""]
 
 
 def drafts_markdown(drafts: Mapping[str, Any] | None) -> list[str]:
@@ -480,17 +539,18 @@ def findings_json(args: ReportArgs, f: Findings) -> dict[str, Any]:
 
 
 def write_report(args: ReportArgs, f: Findings) -> Path:
-    """report.json, the plots, report.md and report.html (plots inside) into the owner-only `args.out`;
+    """report.json, the plots, report.md and report.html (plots inside) into the owner-only `args.out`,
+    written whole (`finetune.outdir`: an earlier report there is replaced once the new one is complete);
     returns report.md's path."""
-    out = make_out_dir(args.out, "--out")
-    plots = plot_all(f, out)
-    found = findings_json(args, f)
-    write_private_atomic(out / "report.json", json.dumps(found, indent=2, ensure_ascii=False) + "\n")
-    path = out / "report.md"
-    write_private_atomic(path, render_markdown(args, f, plots))
-    pngs = {name: (out / name).read_bytes() for name in plots}
-    write_private_atomic(out / HTML_FILE, render_html(found, pngs))
-    return path
+    check_output_folder(args.out, "--out", REPORT)
+    with staged_folder(args.out, "--out") as out:
+        plots = plot_all(f, out)
+        found = findings_json(args, f)
+        write_private_atomic(out / "report.json", json.dumps(found, indent=2, ensure_ascii=False) + "\n")
+        write_private_atomic(out / "report.md", render_markdown(args, f, plots))
+        pngs = {name: (out / name).read_bytes() for name in plots}
+        write_private_atomic(out / HTML_FILE, render_html(found, pngs))
+    return args.out / "report.md"
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -502,13 +562,14 @@ def parse_args(argv: Sequence[str] | None = None) -> ReportArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run(lambda: report(parse_args(argv)), errors=(UserError,))
 
 
 def report(args: ReportArgs) -> None:
     """Measure, write the report, and say in one line where it is and what it found."""
     args.check()
-    check_out_dir(args.out, "--out")  # before minutes of measuring, not after
+    check_output_folder(args.out, "--out", REPORT)  # before minutes of measuring, not after
     findings = measure(args)
     with write_errors("--out"):
         path = write_report(args, findings)

@@ -19,6 +19,7 @@ from finetune.style import RATE_LABELS
 from finetune.summary import MET, MISSED, Summary, build_summary
 
 HTML_FILE = "report.html"
+NO_LOSSES = "No training losses next to the adapter (no metrics.csv, or none in it), so no loss curve"
 BOTH = ("base", "twin")
 """The two models the forgetting check compares."""
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -56,7 +57,8 @@ EXPLAINED = {
 PAGE_STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
 table { border-collapse: collapse; margin: 0.8em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; text-align: start; }
+td { overflow-wrap: anywhere; }
 td.num { text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; }
 .met { color: #176b1c; font-weight: 600; }
@@ -69,6 +71,12 @@ img { max-width: 100%; display: block; margin: 0.8em 0; }
 def esc(value: object) -> str:
     """HTML-escaped text, newlines as line breaks."""
     return html.escape(str(value), quote=True).replace("\n", "<br>")
+
+
+def chat(value: object) -> str:
+    """Chat text (escaped) in its own writing direction: an Arabic or Hebrew reply reads right to left
+    without reordering the table around it."""
+    return f"<bdi dir='auto'>{esc(value)}</bdi>"
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
@@ -182,7 +190,7 @@ def forgetting_html(forgetting: Mapping[str, Any] | None) -> str:
         [
             esc(a["question"]),
             esc(a["reference"]),
-            *(("✓ " if a[f"{w}_right"] else "") + esc(a[w]) for w in BOTH),
+            *(("✓ " if a[f"{w}_right"] else "") + chat(a[w]) for w in BOTH),
         ]
         for a in forgetting.get("answers") or []
     ]
@@ -204,12 +212,12 @@ def samples_html(found: Mapping[str, Any]) -> str:
     }
     out = ["<h2>Side by side</h2>"]
     for k, s in enumerate(found.get("samples") or [], start=1):
-        rows = [["earlier turns", esc(s.get("context", "")) or "<i>(none)</i>"]]
-        rows.append([f"{esc(s.get('partner', ''))} wrote", esc(s.get("message", ""))])
+        rows = [["earlier turns", chat(s["context"]) if s.get("context") else "<i>(none)</i>"]]
+        rows.append([f"{chat(s.get('partner', ''))} wrote", chat(s.get("message", ""))])
         for who, text in s.items():
             if who not in ("partner", "context", "message"):
-                rows.append([labels.get(who, esc(who)), esc(text) or "<i>(empty)</i>"])
-        out.append(f"<h3>{k}. with {esc(s.get('partner', ''))}</h3>" + table(["", ""], rows))
+                rows.append([labels.get(who, esc(who)), chat(text) if text else "<i>(empty)</i>"])
+        out.append(f"<h3>{k}. with {chat(s.get('partner', ''))}</h3>" + table(["", ""], rows))
     return "".join(out)
 
 
@@ -236,7 +244,7 @@ def render_html(found: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
         quality_html(found, pngs),
         forgetting_html(found.get("forgetting")),
         samples_html(found),
-        "<h2>Training loss</h2>" + (loss or "<p>No metrics.csv next to the adapter, so no loss curve.</p>"),
+        "<h2>Training loss</h2>" + (loss or f"<p>{NO_LOSSES}.</p>"),
     ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

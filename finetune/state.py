@@ -25,9 +25,8 @@ from litgpt.lora import lora_filter
 
 from common.files import make_private_dir, write_private_atomic
 from finetune.errors import UserError
-from finetune.twin import ADAPTER_FILE, HPARAMS_FILE, LORA_FIELDS
+from finetune.twin import ADAPTER_FILE, CHECKPOINTS_DIR, HPARAMS_FILE, LORA_FIELDS
 
-CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.pth$")
 
 # Settings that shape the data order, the LR schedule or the model: a resumed run must keep them.

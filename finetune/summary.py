@@ -115,6 +115,15 @@ def attribution_row(quality: Mapping[str, Any], note: str) -> SummaryRow:
     if TWIN not in quality or REAL not in quality:
         return SummaryRow(metric, values, goal, NOT_MEASURED, note)
     share = {name: r["attribution"]["share"] for name, r in quality.items()}
+    if share[REAL] <= EPSILON:  # the goal would be 0%: any twin "meets" it, which says nothing
+        return SummaryRow(
+            metric,
+            values,
+            goal,
+            NOT_MEASURED,
+            "the classifier attributes none of the person's own held-out replies to them (real 0%), so a "
+            "twin's share cannot be judged against them",
+        )
     target = ATTRIBUTION_GOAL * share[REAL]
     twin = share[TWIN]
     passed: list[str] = []

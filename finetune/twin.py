@@ -65,6 +65,8 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 """Beside the adapter: the chat template a chat-template twin was trained with."""
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 METRICS_FILE = "metrics.csv"
+CHECKPOINTS_DIR = "checkpoints"
+"""In the out-dir: a run's resumable checkpoints (`checkpoints/step-000050.pth`, `finetune.state`)."""
 GET_A_CHECKPOINT = (
     "run `make download` for Falcon-7B (checkpoints/tiiuae/falcon-7b), or `make tiny` "
     "(python -m finetune.tiny) for a tiny CPU model (checkpoints/tiny-falcon), and pass that folder "
@@ -178,7 +180,10 @@ def save_adapter_spec_files(out_dir: Path, spec: AdapterSpec) -> None:
 def parse_adapter_spec(hparams: Any, where: Path) -> AdapterSpec:
     """The spec in a hyperparameters.yaml's content; every problem goes into one `TwinError`."""
     if not isinstance(hparams, dict):
-        raise TwinError(f"{where}: expected a mapping of hyperparameters")
+        raise TwinError(
+            f"{where} is empty or cut short (expected a mapping of hyperparameters): copy the out-dir of the "
+            "`python -m finetune` run again, or train again"
+        )
     missing = [name for name in REQUIRED_LORA_FIELDS if name not in hparams]
     if missing:
         raise TwinError(
@@ -426,19 +431,56 @@ def lora_config(config: Config, spec: AdapterSpec) -> lora.Config:
 
 # ------------------------------------------------------------------------------------------- the adapter
 def resolve_adapter(lora_path: Path) -> Path:
-    """The adapter file of `lora_path`: the file itself, or the one in the finetune out-dir it names."""
+    """The adapter file of `lora_path`: the file itself (also a run's resumable checkpoint), or the one in
+    the finetune out-dir it names. A folder that holds no adapter is named for what it is: a run that has
+    not finished, a base checkpoint or a Hugging Face model folder."""
     adapter = lora_path / ADAPTER_FILE if lora_path.is_dir() else lora_path
-    if not adapter.is_file():
-        raise TwinError(
-            f"no LoRA adapter at {lora_path}: train one first (`make train`, or `make demo` for the tiny "
-            f"model), then pass its out-dir or the {ADAPTER_FILE} in it, e.g. --lora-path out/twin"
-        )
-    return adapter
+    if adapter.is_file():
+        return adapter
+    if lora_path.is_dir():
+        # step-000050.pth, ... step-1000000.pth: by length, then name, is by step
+        steps = (lora_path / CHECKPOINTS_DIR).glob("step-*.pth")
+        checkpoints = sorted(steps, key=lambda p: (len(p.name), p.name))
+        resume = "let it finish, or continue a stopped run: its `python -m finetune` command plus --resume"
+        if checkpoints:
+            raise TwinError(
+                f"{lora_path} holds a fine-tuning run that has not finished (no {ADAPTER_FILE} yet): "
+                f"{resume}; or pass its newest checkpoint, --lora-path {checkpoints[-1]}, to use the twin as "
+                "it stands"
+            )
+        if (lora_path / HPARAMS_FILE).is_file():
+            raise TwinError(
+                f"{lora_path} holds a fine-tuning run that has not finished and saved nothing yet (no "
+                f"{ADAPTER_FILE}, no checkpoint): {resume}"
+            )
+        if (lora_path / WEIGHTS_FILE).is_file() and (lora_path / MODEL_CONFIG_FILE).is_file():
+            raise TwinError(
+                f"{lora_path} is a base checkpoint, not a LoRA adapter: pass it as --checkpoint-dir, and the "
+                "finetune out-dir as --lora-path, e.g. --lora-path out/twin"
+            )
+        if (lora_path / "config.json").is_file() or (lora_path / "adapter_config.json").is_file():
+            raise TwinError(
+                f"{lora_path} is a Hugging Face model or PEFT folder (an export?), not the twin's LoRA "
+                "adapter: pass the finetune out-dir it was made from, e.g. --lora-path out/twin"
+            )
+    raise TwinError(
+        f"no LoRA adapter at {lora_path}: train one first (`make train`, or `make demo` for the tiny "
+        f"model), then pass its out-dir or the {ADAPTER_FILE} in it, e.g. --lora-path out/twin"
+    )
+
+
+def run_dir(adapter: Path) -> Path:
+    """The finetune out-dir an adapter file belongs to (hyperparameters.yaml, metrics.csv, memory.jsonl):
+    its folder, or the run's folder above `checkpoints/` for a resumable checkpoint."""
+    folder = adapter.parent
+    if folder.name == CHECKPOINTS_DIR and not (folder / HPARAMS_FILE).is_file():
+        return folder.parent
+    return folder
 
 
 def read_adapter_spec(lora_path: Path) -> AdapterSpec:
     """The spec from the hyperparameters.yaml beside the adapter (file or out-dir); tensors not read."""
-    hparams_file = resolve_adapter(lora_path).parent / HPARAMS_FILE
+    hparams_file = run_dir(resolve_adapter(lora_path)) / HPARAMS_FILE
     if not hparams_file.is_file():
         raise TwinError(
             f"{hparams_file} is missing: the adapter's LoRA settings (rank, alpha, layers) are read from "
@@ -456,7 +498,7 @@ def read_adapter_spec(lora_path: Path) -> AdapterSpec:
 
 def read_memory(lora_path: Path) -> Memory:
     """The memory saved beside the adapter (file or out-dir): the train split's exchanges, for retrieval."""
-    path = resolve_adapter(lora_path).parent / MEMORY_FILE
+    path = run_dir(resolve_adapter(lora_path)) / MEMORY_FILE
     if not path.is_file():
         raise TwinError(
             f"{path} is missing: the memory of past exchanges is the {MEMORY_FILE} that `python -m finetune "
@@ -497,6 +539,13 @@ def load_adapter(lora_path: Path) -> Adapter:
         raise TwinError(
             f"{path} is not a LoRA adapter (expected only lora_A/lora_B tensors): pass the {ADAPTER_FILE} "
             "that `python -m finetune` wrote, or its out-dir"
+        )
+    broken = [k for k, v in state.items() if isinstance(v, torch.Tensor) and not bool(v.isfinite().all())]
+    if broken:
+        raise TwinError(
+            f"{path} holds NaN or infinite values ({len(broken)} of its {len(state)} tensors, e.g. "
+            f"{broken[0]}): the training run diverged (see its metrics.csv); train again with a lower "
+            "--learning-rate"
         )
     return Adapter(path, spec, state)
 
