@@ -1169,23 +1169,37 @@ def held_out_loss(ours: Ours, examples: list[Example], pad_id: int, args: argpar
     return total / count
 
 
+def seeded_row_model(
+    args: argparse.Namespace,
+    device: torch.device,
+    config: Config,
+    cfg: BenchConfig,
+    lora_dropout: float | None,
+) -> Ours:
+    """One row's model for `--quality` and `--grad-check`: the same random base and LoRA initialisation
+    (seed 0) for every row, the row's precision, packed attention and speed options; `lora_dropout` None
+    keeps the bench's."""
+    release_memory()
+    torch.manual_seed(0)
+    precision = "32-true" if args.smoke else "bf16-true"
+    fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
+    ours = build_ours(fabric, config, args, cfg.base_precision)
+    if lora_dropout is not None:
+        set_lora_dropout(ours.model, lora_dropout)
+    use_packed_attention(cfg)
+    set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
+    return ours
+
+
 def quality_run(
     args: argparse.Namespace, device: torch.device, config: Config, cfg: BenchConfig, data: Data,
     train: list[Example], val: list[Example], repeat: int,
 ) -> tuple[float, float, float]:  # fmt: skip
     """(held-out loss before, after, training seconds) of `args.quality` steps of one row: the same
     random base and LoRA initialisation for every row and repeat; repeats differ by the training RNG."""
-    release_memory()
-    torch.manual_seed(0)
-    precision = "32-true" if args.smoke else "bf16-true"
-    fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
-    ours = build_ours(fabric, config, args, cfg.base_precision)
+    ours = seeded_row_model(args, device, config, cfg, args.quality_dropout)
     for group in ours.optimizer.param_groups:
         group["lr"] = args.quality_lr
-    if args.quality_dropout is not None:
-        set_lora_dropout(ours.model, args.quality_dropout)
-    use_packed_attention(cfg)
-    set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
     before = held_out_loss(ours, val, data.pad_id, args)
     torch.manual_seed(1000 + repeat)  # LoRA dropout's masks
     t0 = time.perf_counter()
@@ -1250,14 +1264,8 @@ def step_gradient(args: argparse.Namespace, device: torch.device, config: Config
     """(mean loss per reply token, the LoRA gradient flattened in fp32) of the first planned step of one
     row, from the same random base and LoRA init as every row, with LoRA dropout off: what the row's
     forward and backward compute for the same records, before any optimizer step."""
-    release_memory()
-    torch.manual_seed(0)
-    precision = "32-true" if args.smoke else "bf16-true"
-    fabric = L.Fabric(accelerator=device.type, devices=1, precision=precision)  # type: ignore[arg-type]
-    ours = build_ours(fabric, config, args, cfg.base_precision)
-    set_lora_dropout(ours.model, 0.0)
-    use_packed_attention(cfg)
-    set_speed_options(ours.model, cfg.compile, cfg.activation_checkpointing)
+    ours = seeded_row_model(args, device, config, cfg, lora_dropout=0.0)
+    fabric = ours.fabric
     step = planned_steps(train, cfg, args, 1)[0]
     loss_sum = torch.zeros((), device=device)
     for mb in step.micro_batches:

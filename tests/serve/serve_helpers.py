@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+import uvicorn
 import yaml
 from litgpt import lora
 from litgpt.config import Config
@@ -80,6 +85,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[int]:
+    """`app` behind a real uvicorn on 127.0.0.1 (in a thread of this process, sharing its engine), with
+    uvicorn.Config `options`; yields the port once the server has started, stops it afterwards."""
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
 
 
 def user(content: str, name: str | None = None) -> dict[str, str]:

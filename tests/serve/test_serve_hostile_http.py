@@ -13,17 +13,15 @@ import gzip
 import json
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from serve_helpers import free_port, make_settings, user
+from serve_helpers import make_settings, user, uvicorn_in_thread
 from test_serve_hostile import OPENAI_KEY, assert_clean_4xx
 
 from serve.app import create_app, uvicorn_options
@@ -225,24 +223,8 @@ def server(serve_settings: Settings, service: TwinService) -> Iterator[int]:
     """The app behind a real uvicorn on 127.0.0.1 with `python -m serve`'s h11 protocol (in a thread,
     sharing the started engine); yields its port."""
     options = uvicorn_options(serve_settings, log_level="warning")
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(serve_settings, service),
-        host="127.0.0.1",
-        port=port,
-        http=options["http"],
-        log_level="warning",
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(create_app(serve_settings, service), http=options["http"]) as port:
+        yield port
 
 
 def exchange(port: int, request: bytes) -> bytes:

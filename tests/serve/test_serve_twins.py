@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -20,11 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from serve_helpers import ADAPTER_FILE, free_port, make_adapter, make_settings, user
+from serve_helpers import ADAPTER_FILE, make_adapter, make_settings, user, uvicorn_in_thread
 
 from finetune.twin import HPARAMS_FILE, TwinError
 from serve.app import create_app
@@ -334,18 +332,8 @@ def test_bad_twin_names_are_422(client: TestClient, adapters: Adapters, name: st
 @pytest.fixture(scope="module")
 def server(multi: tuple[Settings, TwinService]) -> Iterator[str]:
     """The multi-twin app behind a real uvicorn on 127.0.0.1 (in a thread, sharing the started engine)."""
-    port = free_port()
-    config = uvicorn.Config(create_app(*multi), host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(create_app(*multi)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager
