@@ -238,6 +238,17 @@ def gemv_sweep(model: torch.nn.Module, device: torch.device, bandwidth: float | 
 
 NF4_TILES = [(2, 1024, 1), (4, 512, 1), (8, 512, 1), (2, 1024, 4), (4, 1024, 4), (8, 512, 4), (4, 2048, 4)]
 """(rows a program, K chunk in weights, warps) tried by --nf4-sweep (serve.kernels_nf4.nf4_tile picks)."""
+NF4_QUAD_TILES = [
+    (4, 1024, 1),
+    (8, 1024, 1),
+    (4, 512, 1),
+    (8, 512, 1),
+    (16, 512, 1),
+    (8, 2048, 2),
+    (4, 2048, 2),
+]
+"""The `quads` kernel's tiles (its rows share a thread's input: more rows a program), each with and
+without the next chunk's codes loaded ahead (`kernels_nf4.QUADS_PREFETCH`)."""
 
 
 def nf4_matrices(config: Config) -> dict[str, tuple[int, int, str]]:
@@ -280,7 +291,13 @@ def nf4_launch(kind: str, x: torch.Tensor, w: Any, residual: torch.Tensor, split
     return kernels_nf4.nf4_gemv(x, w, residual=residual if fits else None)
 
 
-def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidth: float | None) -> None:
+def nf4_sweep(
+    config: Config,
+    device: torch.device,
+    dtype: torch.dtype,
+    bandwidth: float | None,
+    only: list[str] | None = None,
+) -> None:
     """Time the NF4 GEMV on each fused matrix of `config` per decode (`kernels_nf4.DECODES`) and tile in
     NF4_TILES (batch 1), and the default decode and tile at 4 and 16 tokens; each decode's output is
     checked against the dequantized weight's `F.linear` first. On a CPU (TRITON_INTERPRET=1) one launch
@@ -291,11 +308,11 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
     if not kernels_nf4.available() or (device.type != "cuda" and not interpret):
         emit({"what": "nf4 sweep: skipped (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 on a CPU)"})
         return
-    saved = (kernels_nf4.TILE, kernels_nf4.DECODE, kernels.cpu_interpreter)
+    saved = (kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH, kernels.cpu_interpreter)
     kernels.cpu_interpreter = interpret
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     split = config.n_head * config.head_size  # Falcon's [proj | mlp.proj]: heads, then gelu(fc)
-    decodes = [d for d in kernels_nf4.DECODES if not (interpret and d == "prmt")]
+    decodes = [d for d in only or kernels_nf4.DECODES if not (interpret and d == "prmt")]
     try:
         for name, (rows, K, kind) in nf4_matrices(config).items():
             first = random_packed(rows, K, device, dtype)
@@ -305,14 +322,17 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
             out = rows // 2 if kind == "glu" else rows
             row: dict[str, Any] = {"what": f"nf4 sweep: {name}", "shape": [rows, K], "copies": copies}
             row["check"] = nf4_check(kind, first, split, device, dtype, decodes)
-            runs: list[tuple[str | None, tuple[int, int, int] | None, int]] = [
-                (d, t, 1) for d in decodes for t in NF4_TILES
+            runs: list[tuple[str | None, tuple[int, int, int] | None, int, bool | None]] = [
+                (d, t, 1, None) for d in decodes if d != "quads" for t in NF4_TILES
             ]
-            for decode, tile, tokens in [*runs, (None, None, 4), (None, None, 16)]:
-                kernels_nf4.TILE, kernels_nf4.DECODE = tile, decode
+            if "quads" in decodes:
+                runs += [("quads", t, 1, ahead) for t in NF4_QUAD_TILES for ahead in (False, True)]
+            for decode, tile, tokens, ahead in [*runs, (None, None, 4, None), (None, None, 16, None)]:
+                kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH = tile, decode, ahead
                 x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
                 res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
                 key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K, decode or 'prmt')} x{tokens}"
+                key += "" if ahead is None else " ahead" if ahead else ""
                 try:
                     ms = time_launches(
                         lambda x=x, res=res: [nf4_launch(kind, x, w, res, split) for w in weights],  # noqa: B023
@@ -329,7 +349,7 @@ def nf4_sweep(config: Config, device: torch.device, dtype: torch.dtype, bandwidt
                 }
             emit(row)
     finally:
-        kernels_nf4.TILE, kernels_nf4.DECODE, kernels.cpu_interpreter = saved
+        kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH, kernels.cpu_interpreter = saved
 
 
 def nf4_check(
@@ -389,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=list(MODELS), default="falcon-7b")
     p.add_argument("--gemv-sweep", action="store_true", help="also time the GEMV's tile shapes per matrix")
     p.add_argument("--nf4-sweep", action="store_true", help="also time the NF4 GEMV's tiles per NF4 matrix")
+    p.add_argument(
+        "--nf4-decodes",
+        type=lambda v: [d for d in v.split(",") if d],
+        default=None,
+        help="comma list of the decodes --nf4-sweep times (default: all of serve.kernels_nf4.DECODES)",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         device, dtype, config, compile_ = torch.device("cpu"), torch.float32, smoke_config(args.model), False
@@ -501,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.gemv_sweep:
             gemv_sweep(model, device, bandwidth)
         if args.nf4_sweep:
-            nf4_sweep(config, device, dtype, bandwidth)
+            nf4_sweep(config, device, dtype, bandwidth, args.nf4_decodes)
     if args.out:
         args.out.write_text(json.dumps(RECORDS, indent=1))
     return 0

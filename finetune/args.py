@@ -59,10 +59,10 @@ class TrainArgs:
     """Seed of the data order, the LoRA initialisation and dropout."""
     packing: bool | None = None
     """Pack several records into each row (up to --micro-batch-tokens or the max sequence length), with
-    attention kept within each record (FlexAttention on CUDA) and positions restarting per record: next to
-    no padding; --micro-batch-size then counts rows. Default: on with a CUDA GPU (1.26x the unpacked
-    batches on an H200 at Falcon-7B's shape) for a base it supports, bf16 or fp8, without FSDP; off on a
-    CPU (dense masks there) and with --quantize (not measured there)."""
+    attention kept within each record (FlashAttention varlen, or FlexAttention, on CUDA) and positions
+    restarting per record: next to no padding; --micro-batch-size then counts rows. Default: on with a
+    CUDA GPU (1.26x the unpacked batches on an H200 at Falcon-7B's shape) for a base it supports, bf16 or
+    fp8, without FSDP; off on a CPU (dense masks there) and with --quantize (not measured there)."""
     compile: bool = False
     """torch.compile each transformer block (faster on GPUs after a warm-up)."""
     activation_checkpointing: bool = False

@@ -5,10 +5,11 @@
 the same as one padded row per record:
 
 - attention: a query sees a key only in its own record, at or before itself (`document_mask`); on CUDA
-  as a FlexAttention `BlockMask` (blocks across records are skipped, not computed and masked) or, with
-  `PACKED_ATTENTION = "varlen"`, as the records' boundaries for torch's FlashAttention variable-length
-  kernel (`torch.nn.attention.varlen`: each record its own sequence, nothing computed across them); on
-  a CPU as a dense boolean mask through SDPA (FlexAttention has no backward on CPUs);
+  as the records' boundaries for torch's FlashAttention variable-length kernel (`torch.nn.attention.varlen`:
+  each record its own sequence, nothing computed across them; the default, `PACKED_ATTENTION`) or as a
+  FlexAttention `BlockMask` (blocks across records skipped, not computed and masked; where this torch has
+  no varlen kernel, or with `PACKED_ATTENTION = "flex"`); on a CPU as a dense boolean mask through SDPA
+  (FlexAttention has no backward on CPUs);
 - positions: RoPE positions restart at 0 for each record (`PackedGPT` takes them per token);
 - loss: only the reply tokens of each record are targets, never a boundary (`finetune.data.collate`).
 
@@ -50,10 +51,13 @@ def pack_rows(lengths: Sequence[tuple[int, int]], capacity: int) -> list[list[in
 
 
 # ------------------------------------------------------------------------------------------------- mask
-PACKED_ATTENTION = "flex"
-"""How packed rows attend on CUDA: "flex" (FlexAttention, a document BlockMask) or "varlen" (torch's
-FlashAttention variable-length kernel over the records' boundaries, where this torch has it). The
-benchmark's `-varlen` rows set it; not yet measured on a GPU."""
+PACKED_ATTENTION = "varlen"
+"""How packed rows attend on CUDA: "varlen" (torch's FlashAttention variable-length kernel over the
+records' boundaries; FlexAttention where this torch has no `torch.nn.attention.varlen`) or "flex"
+(FlexAttention, a document BlockMask). On an H200 at Falcon-7B's shape varlen was faster in both
+precisions (FP8 base 25,077 vs 23,780 non-pad tokens/s in the same run; bf16 19,189 vs 18,545-19,182) and
+computes the padded step (`--grad-check`: loss 2.8e-5 apart, gradient norm ratio 1.00024) —
+docs/BENCHMARKS.md. The benchmark's rows without `-varlen` set "flex"."""
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor | BlockMask:
@@ -61,7 +65,7 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor | BlockMask:
     CUDA (or, with PACKED_ATTENTION "varlen", `record_boundaries`), else a dense (B, 1, T, T) boolean mask
     (True: may attend)."""
     if doc_ids.device.type == "cuda":
-        if PACKED_ATTENTION == "varlen" and varlen_attention_fn() is not None:
+        if PACKED_ATTENTION == "varlen" and VARLEN_ATTENTION is not None:
             return record_boundaries(doc_ids)
         return document_block_mask(doc_ids)
     return dense_document_mask(doc_ids)
@@ -110,6 +114,10 @@ def varlen_attention_fn() -> Callable[..., torch.Tensor] | None:
     return attend
 
 
+VARLEN_ATTENTION = varlen_attention_fn()
+"""Resolved once at import: the compiled forward reads it (dynamo would trace through the cache)."""
+
+
 def dense_document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     t = doc_ids.size(1)
     same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
@@ -151,7 +159,7 @@ class PackedAttention(LoRACausalSelfAttention):
         scale = 1.0 / (self.config.attention_scores_scalar or self.config.head_size) ** 0.5
         scale = scale * self.mscale * self.mscale
         if is_record_boundaries(mask):
-            attend = self.varlen or varlen_attention_fn()
+            attend = self.varlen or VARLEN_ATTENTION
             if attend is None:
                 raise RuntimeError("record boundaries given, but this torch has no variable-length attention")
             b, heads, t, size = q.shape  # each record one sequence of the B * T tokens; none is longer than T

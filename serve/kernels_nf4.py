@@ -66,12 +66,18 @@ TILE: tuple[int, int, int] | None = None
 """(rows a program, K chunk in weights, warps) for every NF4 GEMV; None: `nf4_tile` picks one. For the
 benchmarks' tile sweeps."""
 NUM_STAGES = 3
-DECODES = ("table", "pairs", "prmt")
+DECODES = ("table", "pairs", "prmt", "quads")
 """How a kernel turns codes into weights: `table`, two gathers a byte from the 16 values (32 bytes: one
 L1 wavefront each); `pairs`, one gather a byte from the 256-entry table of code pairs (1 KiB: a warp's
 gather touches ~8 of its 128-byte lines); `prmt`, no gather — 16-byte tables of the values' high and low
 bytes held in registers and indexed by byte-permute instructions (`PRMT_ASM`), 8 weights from 22
-instructions. `prmt` and `pairs` need a bf16 table and input."""
+instructions; `quads`, prmt's decode in another kernel laid out for the registers (`_nf4_quads_kernel`:
+16-byte code loads, the input loaded once for all of a program's rows, one scale a 32 weights, row sums
+across threads once a program) — on the CPU interpreter it gathers the same words from the pair table.
+`prmt`, `pairs` and `quads` need a bf16 table and input; `quads` K and scale groups multiples of 32."""
+QUADS_PREFETCH: bool | None = None
+"""Whether the `quads` kernel loads a chunk's codes while it multiplies the one before (more registers:
+fewer warps a multiprocessor); None: with at most 4 rows a program. For the benchmarks' sweeps."""
 DECODE: str | None = os.environ.get("TWIN_NF4_DECODE") or None
 """Which of DECODES every NF4 GEMV uses; None: `nf4_decode` picks. For the benchmarks (a sweep sets it;
 TWIN_NF4_DECODE sets it for a whole process)."""
@@ -84,6 +90,8 @@ def nf4_tile(K: int, decode: str = "prmt") -> tuple[int, int, int]:
     one warp needs no shared memory to sum a row), the gathering decodes with 4 warps of 2 rows."""
     if TILE is not None:
         return TILE
+    if decode == "quads":
+        return (8, 1024 if K >= 2048 else 512, 1)
     return (2, 1024 if K >= 2048 else 512, 1 if decode == "prmt" else 4)
 
 
@@ -94,6 +102,10 @@ def nf4_decode(weight: PackedNF4, x: torch.Tensor, k1: int) -> str:
     was the fastest of the three at every tile of the sweep (docs/BENCHMARKS.md)."""
     bf16 = weight.table.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
     choice = DECODE or ("prmt" if x.is_cuda else "pairs")
+    if choice == "quads":
+        if bf16 and weight.shape[1] % 32 == 0 and weight.group % 32 == 0:
+            return choice
+        choice = "prmt"
     if choice == "prmt" and not (bf16 and x.is_cuda and weight.shape[1] % 8 == 0 and k1 % 8 == 0):
         choice = "pairs"
     return choice if bf16 or choice == "table" else "table"
@@ -179,7 +191,9 @@ def byte_tables(table: torch.Tensor) -> torch.Tensor:
     return (words - (words >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
 
 
-PRMT_ASM = """{
+PRMT_ASM = " ".join(
+    line.strip()
+    for line in """{
 .reg .b32 t, s, m0, m1, a, b, c, d, h, l;
 shl.b32 t, $4, 4;
 prmt.b32 m0, $4, t, 0x9D8C;
@@ -203,17 +217,21 @@ prmt.b32 d, $11, $12, s;
 lop3.b32 l, c, d, m1, 0xD8;
 prmt.b32 $2, l, h, 0x4051;
 prmt.b32 $3, l, h, 0x6273;
-}"""
+}""".splitlines()
+)
 """8 codes (one int32 word of 4 code bytes: byte j holds column 2j in its high nibble) to 4 words of two
 bf16 weights each (columns 2t, 2t + 1 of the word in the low and high half of output t), with no memory
-access. `prmt` picks 4 bytes out of two registers by the low 3 bits of 4 selector nibbles (c[15:0]; a set
-4th bit instead repeats the sign of the chosen byte): values 0-7 of a byte table come from words $5, $6
-(high bytes) / $9, $10 (low bytes), selected by the raw codes, values 8-15 from $7, $8 / $11, $12,
-selected by the codes with bit 3 flipped; `lop3` (0xD8: mask ? second : first) keeps, per byte, the
-half the code's bit 3 names. The masks: code k's bit 3 is the top bit of a byte of the word (odd k) or
-of the word shifted left by 4 (even k), repeated by prmt's sign mode (0x9D8C: codes 0-3, 0xBFAE: 4-7).
-The first lookups yield bytes in column order (1, 0, 3, 2); 0x4051 / 0x6273 interleave low and high
-bytes into the bf16 pairs (0, 1) and (2, 3). `prmt_decode` is the same bit logic in torch."""
+access. One line: Inductor copies a compiled graph's Triton kernels, with their constexpr globals, into a
+triple-quoted string, where a newline escaped in the constant's repr would become a real one (the compiled
+engine failed to import it). `prmt` picks 4 bytes out of two registers by the low 3 bits of 4 selector
+nibbles (c[15:0]; a set 4th bit instead repeats the sign of the chosen byte): values 0-7 of a byte table
+come from words $5, $6 (high bytes) / $9, $10 (low bytes), selected by the raw codes, values 8-15 from
+$7, $8 / $11, $12, selected by the codes with bit 3 flipped; `lop3` (0xD8: mask ? second : first)
+keeps, per byte, the half the code's bit 3 names. The masks: code k's bit 3 is the top bit of a byte of
+the word (odd k) or of the word shifted left by 4 (even k), repeated by prmt's sign mode (0x9D8C: codes
+0-3, 0xBFAE: 4-7). The first lookups yield bytes in column order (1, 0, 3, 2); 0x4051 / 0x6273
+interleave low and high bytes into the bf16 pairs (0, 1) and (2, 3). `prmt_decode` is the same bit logic
+in torch."""
 
 
 def prmt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -491,6 +509,35 @@ if triton is not None:
         return part, part_up
 
     @triton.jit
+    def _epilogue(y, up, m, rows, out_rows, row_mask, N, act_from, bias_ptr, add_ptr, res_ptr, y_ptr,
+                  ACT: tl.constexpr, GLU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr,
+                  HAS_RES: tl.constexpr):  # fmt: skip
+        # token m's output rows from their fp32 sums y (and GLU's up rows' sums): bias, addend, activation,
+        # residual, each rounded where the modules round, stored
+        dtype = y_ptr.dtype.element_ty
+        width = 2 * N if GLU else N  # of the addend's rows
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + rows).to(tl.float32)
+        y = y.to(dtype).to(tl.float32)  # the linear layer's output, rounded as the module rounds it
+        if HAS_ADD:
+            y += tl.load(add_ptr + m * width + rows).to(tl.float32)
+            y = y.to(dtype).to(tl.float32)  # `base(x) + lora(x)`, rounded as litgpt's LoRA layer does
+        if GLU:
+            if HAS_BIAS:
+                up += tl.load(bias_ptr + N + rows).to(tl.float32)
+            up = up.to(dtype).to(tl.float32)
+            if HAS_ADD:
+                up += tl.load(add_ptr + m * width + N + rows).to(tl.float32)
+                up = up.to(dtype).to(tl.float32)
+            y = _activation(y, ACT).to(dtype).to(tl.float32) * up
+            y = y.to(dtype).to(tl.float32)
+        elif ACT != 0:
+            y = tl.where(rows >= act_from, _activation(y, ACT).to(dtype).to(tl.float32), y)
+        if HAS_RES:
+            y += tl.load(res_ptr + m * N + rows).to(tl.float32)
+        tl.store(y_ptr + m * N + out_rows, y.to(dtype), mask=row_mask)
+
+    @triton.jit
     def _nf4_gemv_kernel(
         x_ptr,
         x2_ptr,
@@ -534,7 +581,6 @@ if triton is not None:
         out_rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = out_rows < N
         rows = tl.minimum(out_rows, N - 1)  # a partial tile re-reads its last row: no masks in the loop
-        dtype = y_ptr.dtype.element_ty
         per: tl.constexpr = 2 if X_PAIRS else 1  # input values an element of x_ptr holds
         x_row = x_ptr + m * (K1 // per)
         x2_row = x2_ptr + m * ((K - K1) // per)
@@ -576,29 +622,175 @@ if triton is not None:
             )  # fmt: skip
             acc += part
             acc_up += part_up
-        width = 2 * N if GLU else N  # of the addend's rows
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + rows).to(tl.float32)
-        y = y.to(dtype).to(tl.float32)  # the linear layer's output, rounded as the module rounds it
-        if HAS_ADD:
-            y += tl.load(add_ptr + m * width + rows).to(tl.float32)
-            y = y.to(dtype).to(tl.float32)  # `base(x) + lora(x)`, rounded as litgpt's LoRA layer does
+        up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
+        _epilogue(y, up, m, rows, out_rows, row_mask, N, act_from, bias_ptr, add_ptr, res_ptr, y_ptr,
+                  ACT, GLU, HAS_BIAS, HAS_ADD, HAS_RES)  # fmt: skip
+
+    @triton.jit
+    def _quarters(t, R: tl.constexpr, C: tl.constexpr):
+        # (R, C, 4) -> its four (R, C) slices [..., 0] .. [..., 3], each where its thread holds it
+        a, b = tl.split(tl.reshape(t, [R, C, 2, 2]))  # a: slices 0, 2; b: 1, 3
+        t0, t2 = tl.split(a)
+        t1, t3 = tl.split(b)
+        return t0, t1, t2, t3
+
+    @triton.jit
+    def _quad_codes(q_ptr, rows, c0, KQ, C: tl.constexpr, MASKED: tl.constexpr):
+        # code words 4c + j, j < 4, of quads c in [c0, c0 + C) of each row: (R, C, 4), 16 bytes a thread
+        c = c0 + tl.arange(0, C)
+        offs = rows[:, None, None] * (4 * KQ) + 4 * c[None, :, None] + tl.arange(0, 4)[None, None, :]
+        if MASKED:
+            return tl.load(q_ptr + offs, mask=(c < KQ)[None, :, None], other=0, eviction_policy="evict_first")
+        return tl.load(q_ptr + offs, eviction_policy="evict_first")
+
+    @triton.jit
+    def _quad_input(x_row, x2_row, c0, j: tl.constexpr, K1, KQ, C: tl.constexpr, HAS_X2: tl.constexpr,
+                    MASKED: tl.constexpr):  # fmt: skip
+        # for code word j of each quad c: its 4 input words 16c + 4j + t (columns 32c + 8j + 2t, + 1), as
+        # (1, C) low-half and high-half fp32 values for each t — the layout of the codes' slices
+        c = c0 + tl.arange(0, C)
+        words = _input_words(
+            x_row, x2_row, (16 * c + 4 * j)[None, :, None] + tl.arange(0, 4)[None, None, :], K1, 16 * KQ,
+            HAS_X2, MASKED,
+        )  # fmt: skip
+        w0, w1, w2, w3 = _quarters(words, 1, C)
+        lo0 = (w0 << 16).to(tl.float32, bitcast=True)
+        hi0 = (w0 & -65536).to(tl.float32, bitcast=True)
+        lo1 = (w1 << 16).to(tl.float32, bitcast=True)
+        hi1 = (w1 & -65536).to(tl.float32, bitcast=True)
+        lo2 = (w2 << 16).to(tl.float32, bitcast=True)
+        hi2 = (w2 & -65536).to(tl.float32, bitcast=True)
+        lo3 = (w3 << 16).to(tl.float32, bitcast=True)
+        hi3 = (w3 & -65536).to(tl.float32, bitcast=True)
+        return lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3
+
+    @triton.jit
+    def _word_dot(word, xs, tabs, lut_ptr, ASM: tl.constexpr):
+        # one code word a (row, quad): its 8 weights (decoded: prmt's bf16 pairs) times their 8 inputs, fp32
+        if ASM:
+            p0, p1, p2, p3 = tl.inline_asm_elementwise(
+                _PRMT,
+                "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
+                [word, tabs[0], tabs[1], tabs[2], tabs[3], tabs[4], tabs[5], tabs[6], tabs[7]],
+                dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+                is_pure=True,
+                pack=1,
+            )
+        else:  # the same words from the code-pair table (the CPU interpreter runs no PTX): halves swapped
+            p0 = _swap_halves(tl.load(lut_ptr + (word & 255)))
+            p1 = _swap_halves(tl.load(lut_ptr + ((word >> 8) & 255)))
+            p2 = _swap_halves(tl.load(lut_ptr + ((word >> 16) & 255)))
+            p3 = _swap_halves(tl.load(lut_ptr + ((word >> 24) & 255)))
+        acc = (p0 << 16).to(tl.float32, bitcast=True) * xs[0]
+        acc += (p0 & -65536).to(tl.float32, bitcast=True) * xs[1]
+        acc += (p1 << 16).to(tl.float32, bitcast=True) * xs[2]
+        acc += (p1 & -65536).to(tl.float32, bitcast=True) * xs[3]
+        acc += (p2 << 16).to(tl.float32, bitcast=True) * xs[4]
+        acc += (p2 & -65536).to(tl.float32, bitcast=True) * xs[5]
+        acc += (p3 << 16).to(tl.float32, bitcast=True) * xs[6]
+        acc += (p3 & -65536).to(tl.float32, bitcast=True) * xs[7]
+        return acc
+
+    @triton.jit
+    def _swap_halves(v):
+        return (v << 16) | ((v >> 16) & 65535)
+
+    @triton.jit
+    def _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, KQ, QG: tl.constexpr,
+                   R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+        # a chunk's (R, C) partial sums: each quad's 4 code words against their inputs, times its group's
+        # scale (a group: QG quads)
+        w0, w1, w2, w3 = _quarters(codes, R, C)
+        part = _word_dot(w0, x0, tabs, lut_ptr, ASM) + _word_dot(w1, x1, tabs, lut_ptr, ASM)
+        part += _word_dot(w2, x2, tabs, lut_ptr, ASM) + _word_dot(w3, x3, tabs, lut_ptr, ASM)
+        c = c0 + tl.arange(0, C)
+        scales = s_ptr + rows[:, None] * KG + (c // QG)[None, :]
+        if MASKED:
+            scale = tl.load(scales, mask=(c < KQ)[None, :], other=0.0)
+        else:
+            scale = tl.load(scales)
+        return part * scale.to(tl.float32)
+
+    @triton.jit
+    def _quad_tables(lut_ptr, R: tl.constexpr, C: tl.constexpr):
+        # prmt's 8 byte-table words as (R, C) tensors, each in an ordinary register of every thread
+        t = _prmt_tables(lut_ptr, R, C, 1)
+        return (
+            tl.reshape(t[0], [R, C]), tl.reshape(t[1], [R, C]), tl.reshape(t[2], [R, C]),
+            tl.reshape(t[3], [R, C]), tl.reshape(t[4], [R, C]), tl.reshape(t[5], [R, C]),
+            tl.reshape(t[6], [R, C]), tl.reshape(t[7], [R, C]),
+        )  # fmt: skip
+
+    @triton.jit
+    def _nf4_quads_kernel(
+        x_ptr, x2_ptr, q_ptr, s_ptr, lut_ptr, bias_ptr, add_ptr, res_ptr, y_ptr, M, N, K1, K, KQ, KG,
+        act_from, QG: tl.constexpr, HAS_X2: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr, HAS_RES: tl.constexpr, ASM: tl.constexpr,
+        BLOCK_N: tl.constexpr, C: tl.constexpr, PREFETCH: tl.constexpr,
+    ):  # fmt: skip
+        # `_nf4_gemv_kernel`'s GEMV (same folds, bf16) laid out for the registers rather than for L1: a
+        # thread holds 4 consecutive code words (32 weights, one 16-byte load) of every one of the
+        # program's BLOCK_N rows, and their 16 input words once for all rows; it sums its words in fp32 and
+        # scales the sum once per quad (groups of QG quads: group width a multiple of 32); the rows' sums
+        # meet across threads once, at the end. KQ: quads a row (K / 32); x, x2 as int32 pairs. ASM: the
+        # prmt decode (lut_ptr: byte tables), else the code-pair gathers (lut_ptr: pairs; the interpreter).
+        pid = tl.program_id(0)
+        m = pid % M
+        tile = pid // M
+        out_rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = out_rows < N
+        rows = tl.minimum(out_rows, N - 1)
+        x_row = x_ptr + m * (K1 // 2)
+        x2_row = x2_ptr + m * ((K - K1) // 2)
+        full = KQ - KQ % C
+        acc = tl.zeros([BLOCK_N, C], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N, C], dtype=tl.float32)
+        tabs = 0
+        if ASM:
+            tabs = _quad_tables(lut_ptr, BLOCK_N, C)
+        last = tl.maximum(full - C, 0)
+        codes = _quad_codes(q_ptr, rows, 0, KQ, C, True)  # PREFETCH's first chunk (masked: K may be < C)
+        codes_up = codes
         if GLU:
-            up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
-            if HAS_BIAS:
-                up += tl.load(bias_ptr + N + rows).to(tl.float32)
-            up = up.to(dtype).to(tl.float32)
-            if HAS_ADD:
-                up += tl.load(add_ptr + m * width + N + rows).to(tl.float32)
-                up = up.to(dtype).to(tl.float32)
-            y = _activation(y, ACT).to(dtype).to(tl.float32) * up
-            y = y.to(dtype).to(tl.float32)
-        elif ACT != 0:
-            y = tl.where(rows >= act_from, _activation(y, ACT).to(dtype).to(tl.float32), y)
-        if HAS_RES:
-            y += tl.load(res_ptr + m * N + rows).to(tl.float32)
-        tl.store(y_ptr + m * N + out_rows, y.to(dtype), mask=row_mask)
+            codes_up = _quad_codes(q_ptr, rows + N, 0, KQ, C, True)
+        for c0 in range(0, full, C):
+            if PREFETCH:  # the next chunk's codes in flight while this one is multiplied
+                ahead = tl.minimum(c0 + C, last)  # the last full chunk re-reads itself (cached)
+                codes_next = _quad_codes(q_ptr, rows, ahead, KQ, C, False)
+                up_next = codes_next
+                if GLU:
+                    up_next = _quad_codes(q_ptr, rows + N, ahead, KQ, C, False)
+            else:
+                codes = _quad_codes(q_ptr, rows, c0, KQ, C, False)
+                if GLU:
+                    codes_up = _quad_codes(q_ptr, rows + N, c0, KQ, C, False)
+            x0 = _quad_input(x_row, x2_row, c0, 0, K1, KQ, C, HAS_X2, False)
+            x1 = _quad_input(x_row, x2_row, c0, 1, K1, KQ, C, HAS_X2, False)
+            x2 = _quad_input(x_row, x2_row, c0, 2, K1, KQ, C, HAS_X2, False)
+            x3 = _quad_input(x_row, x2_row, c0, 3, K1, KQ, C, HAS_X2, False)
+            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, KQ, QG, BLOCK_N, C,
+                              ASM, False)  # fmt: skip
+            if GLU:
+                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, c0, KG, KQ, QG,
+                                     BLOCK_N, C, ASM, False)  # fmt: skip
+            if PREFETCH:
+                codes = codes_next
+                codes_up = up_next
+        if full < KQ:  # the tail, masked
+            codes = _quad_codes(q_ptr, rows, full, KQ, C, True)
+            x0 = _quad_input(x_row, x2_row, full, 0, K1, KQ, C, HAS_X2, True)
+            x1 = _quad_input(x_row, x2_row, full, 1, K1, KQ, C, HAS_X2, True)
+            x2 = _quad_input(x_row, x2_row, full, 2, K1, KQ, C, HAS_X2, True)
+            x3 = _quad_input(x_row, x2_row, full, 3, K1, KQ, C, HAS_X2, True)
+            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, full, KG, KQ, QG, BLOCK_N, C,
+                              ASM, True)  # fmt: skip
+            if GLU:
+                codes_up = _quad_codes(q_ptr, rows + N, full, KQ, C, True)
+                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, full, KG, KQ,
+                                     QG, BLOCK_N, C, ASM, True)  # fmt: skip
+        _epilogue(tl.sum(acc, axis=1), tl.sum(acc_up, axis=1), m, rows, out_rows, row_mask, N, act_from,
+                  bias_ptr, add_ptr, res_ptr, y_ptr, ACT, GLU, HAS_BIAS, HAS_ADD, HAS_RES)  # fmt: skip
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -632,6 +824,10 @@ def _launch(
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     decode_name = nf4_decode(weight, x, k1)
     block_n, block_k, warps = nf4_tile(K, decode_name)
+    if decode_name == "quads":
+        return _launch_quads(x, weight, bias, x2, act_from, activation, glu, residual, add, N, k1, k2).view(
+            out_shape
+        )
     if block_k < weight.group:
         raise ValueError(f"an NF4 tile's K chunk ({block_k}) narrower than a scale group ({weight.group})")
     x_pairs = x.dtype == torch.bfloat16  # read as int32 words of two values (K1, K - K1 even)
@@ -672,6 +868,62 @@ def _launch(
         num_stages=NUM_STAGES,
     )
     return y.view(out_shape)
+
+
+def _launch_quads(
+    x: torch.Tensor,
+    weight: PackedNF4,
+    bias: torch.Tensor | None,
+    x2: torch.Tensor | None,
+    act_from: int | None,
+    activation: str | None,
+    glu: bool,
+    residual: torch.Tensor | None,
+    add: torch.Tensor | None,
+    N: int,
+    k1: int,
+    k2: int,
+) -> torch.Tensor:
+    """`_launch` through `_nf4_quads_kernel` (the `quads` decode: bf16, K and the groups multiples of 32)."""
+    rows, K = weight.shape
+    M = x.size(0)
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    block_n, block_k, warps = nf4_tile(K, "quads")
+    x_in = x.view(torch.int32)
+    x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32)
+    asm = x.is_cuda
+    _nf4_quads_kernel[(M * triton.cdiv(N, block_n),)](
+        x_in,
+        x2_in,
+        weight.codes.view(torch.int32),
+        weight.scales,
+        weight.bytes if asm else weight.pairs,
+        bias if bias is not None else x,
+        _rows(add, rows) if add is not None else x,
+        _rows(residual, N) if residual is not None else x,
+        y,
+        M,
+        N,
+        k1,
+        K,
+        K // 32,
+        K // weight.group,
+        0 if act_from is None else act_from,
+        QG=weight.group // 32,
+        HAS_X2=x2 is not None,
+        ACT=0 if activation is None else kernels.ACTIVATIONS[activation],
+        GLU=glu,
+        HAS_BIAS=bias is not None,
+        HAS_ADD=add is not None,
+        HAS_RES=residual is not None,
+        ASM=asm,
+        BLOCK_N=block_n,
+        C=block_k // 32,
+        PREFETCH=block_n <= 4 if QUADS_PREFETCH is None else QUADS_PREFETCH,
+        num_warps=warps,
+        num_stages=NUM_STAGES,
+    )
+    return y
 
 
 def nf4_gemv(

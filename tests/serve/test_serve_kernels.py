@@ -186,3 +186,25 @@ def test_engine_with_the_kernels_generates_litgpt_greedy_tokens(interpreted: Non
         model.set_kv_cache(batch_size=1)
         want = generate(model, torch.tensor(prompt), len(prompt) + n, temperature=0.0, include_prompt=False)
         assert out == want.tolist()
+
+
+@pytest.mark.parametrize("module", ["serve.kernels", "serve.kernels_nf4", "serve.kernels_lora"])
+def test_kernel_constants_survive_inductors_copy_of_the_kernels(module: str) -> None:
+    """A compiled graph calling these kernels gets their source copied by Inductor into its module, each
+    constexpr global as `NAME = tl.constexpr(repr(value))` inside a triple-quoted string literal
+    (torch/_inductor/codegen/wrapper.py). A string constant with a newline — PRMT_ASM once — came out as a
+    real newline inside a quote, the generated module failed to import and the NF4 engine would not
+    compile on the GPU. Every constant must read back as itself after that round trip."""
+    import ast
+    import importlib
+
+    triton = pytest.importorskip("triton")
+    mod = importlib.import_module(module)
+    constants = {n: v for n, v in vars(mod).items() if isinstance(v, triton.language.constexpr)}
+    if module == "serve.kernels_nf4":
+        assert "_PRMT" in constants  # the constant that broke
+    for name, constant in constants.items():
+        line = f"{name} = tl.constexpr({constant.value!r})"
+        generated = ast.literal_eval("'''" + line + "'''")  # the module text Inductor writes
+        tree = ast.parse(generated)  # raises SyntaxError as the import did
+        assert ast.literal_eval(tree.body[0].value.args[0]) == constant.value, name  # type: ignore[attr-defined]

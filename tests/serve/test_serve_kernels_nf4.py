@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,54 @@ def test_the_byte_permute_decode_gives_every_code_its_weight(kind: str) -> None:
     assert not byte_tables(table.float()).any()  # the decode is for bf16 tables only
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["load-then-multiply", "prefetch"])
+def test_the_quads_kernel_computes_every_fold(
+    interpreted: None, monkeypatch: pytest.MonkeyPatch, ahead: bool
+) -> None:
+    """The `quads` kernel (a thread's 16-byte code loads of several rows against one input load; the CPU
+    gathers the words the GPU's byte permutes give) on each fold, 1 and 3 tokens: a partial row tile, a
+    masked tail of quads, bias + addend + GELU tail + residual, [gate; up], the [a | b] concatenation —
+    against F.linear on torchao's dequantized weight, and equal to the `pairs` kernel's output."""
+    monkeypatch.setattr(kernels_nf4, "TILE", (8, 128, 1))  # 4 quads a chunk: 320 columns = 2 + a tail of 2
+    monkeypatch.setattr(kernels_nf4, "QUADS_PREFETCH", ahead)
+    dtype = torch.bfloat16
+    n, k, k2 = 37, 320, 192
+    (q, w), (qu, wu), (q2, w2) = (nf4_weight(n, kk, True, dtype, s) for s, kk in enumerate((k, k, k2)))
+    packed, stacked = pack_nf4(q), stack_rows(pack_nf4(q), pack_nf4(qu))
+    glued = stack_cols(pack_nf4(q), pack_nf4(q2))
+    g = torch.Generator().manual_seed(5)
+    bias = torch.randn(n, generator=g).to(dtype)
+    for tokens in (3,) if ahead else (1,):  # a batched step, a batch-1 step
+        x = (torch.randn(tokens, 1, k, generator=g) / 4).to(dtype)
+        add = torch.randn(tokens, 1, 2 * n, generator=g).to(dtype)
+        residual = torch.randn(tokens, 1, n, generator=g).to(dtype)
+        b = torch.randn(tokens, 1, k2, generator=g).to(dtype)
+        y = F.linear(x, w, bias) + add[..., :n]
+        gate, up = (F.linear(x, torch.cat((w, wu))) + add).chunk(2, dim=-1)
+        cases = {
+            "fused": (
+                partial(nf4_gemv, x, packed, bias, gelu_from=7, residual=residual, add=add[..., :n]),
+                torch.cat((y[..., :7], F.gelu(y[..., 7:])), dim=-1) + residual,
+            ),
+            "glu": (partial(nf4_glu_gemv, x, stacked, None, "silu", add=add), F.silu(gate) * up),
+            "cat": (
+                partial(nf4_cat_gemv, x, b, glued, None, residual),
+                F.linear(torch.cat((x, b), -1), torch.cat((w, w2), 1)) + residual,
+            ),
+        }
+        for name, (run, expected) in cases.items():
+            monkeypatch.setattr(kernels_nf4, "DECODE", "quads")
+            assert kernels_nf4.nf4_decode(packed, x.view(-1, k), k) == "quads"
+            got = run()
+            close(got, expected, dtype)
+            monkeypatch.setattr(kernels_nf4, "DECODE", "pairs")
+            torch.testing.assert_close(got, run(), rtol=0.02, atol=0.02, msg=name)
+    # where its layout does not hold (K no multiple of 32), the quads decode falls back
+    q_odd, _ = nf4_weight(n, 100, True, dtype)
+    monkeypatch.setattr(kernels_nf4, "DECODE", "quads")
+    assert kernels_nf4.nf4_decode(pack_nf4(q_odd), torch.zeros(1, 100, dtype=dtype), 100) != "quads"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int4_with_group_scales_runs_on_the_same_kernel(interpreted: None, dtype: torch.dtype) -> None:
     """Symmetric int4, one scale per 32 columns of a row: within half a step of the weight, and the
@@ -284,14 +333,42 @@ for decode, variant in [(2, f) for f in folds] + [(1, plain), (0, plain)]:
     # thread to share the input's layout); PRMT_ASM's mask selector marks the prmt decode
     loads = "ld.global.L1::evict_first.L2::cache_hint" + ("" if decode == 2 else ".v")
     print(ptx.count(loads), ptx.count("0x9D8C"))
+
+from serve.kernels_nf4 import _nf4_quads_kernel
+
+ints = ["M", "N", "K1", "K", "KQ", "KG", "act_from"]
+for variant in folds:
+    names = list(_nf4_quads_kernel.arg_names)
+    consts = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False, **variant)
+    types = {"q_ptr": "*i32", "lut_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}
+    signature = {
+        n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names
+    }
+    attrs = {
+        (names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned
+    }
+    constexprs = {(names.index(n),): v for n, v in consts.items()}
+    source = ASTSource(_nf4_quads_kernel, signature, constexprs, attrs)
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    ptx = kernel.asm["ptx"]
+    # a thread's 4 code words of a row in one 16-byte evict-first load; decoded by the byte permutes
+    print(ptx.count("ld.global.L1::evict_first.L2::cache_hint.v4"), ptx.count("0x9D8C"))
 """
 
 
 def test_the_kernel_compiles_for_an_h200(tmp_path: Path) -> None:
     """Every fold of the kernel through Triton's compiler to sm_90 PTX (no GPU needed), for each decode:
     the codes read evict-first (as 16-byte vectors for the gathering decodes), the byte-permute decode's
-    inline PTX assembled — the interpreter runs none of that."""
+    inline PTX assembled — the interpreter runs none of that; and every fold of the quads kernel, its
+    codes in 16-byte loads."""
     counts = compile_for_sm90(COMPILE_FOR_SM90, tmp_path)
+    counts, quads = counts[:12], counts[12:]
     loads, permutes = counts[0::2], counts[1::2]
     assert len(loads) == 6 and all(c >= 1 for c in loads), counts
     assert all(p >= 1 for p in permutes[:4]) and permutes[4:] == [0, 0], counts  # PRMT_ASM: decode 2 only
+    # the quads kernel, 8 rows a program: 8 vector loads of codes a chunk (16 for [gate; up]), each of its
+    # 32 code words a thread decoded by PRMT_ASM
+    assert len(quads) == 8, quads
+    for variant, (vectors, masks) in enumerate(zip(quads[0::2], quads[1::2], strict=True)):
+        rows = 16 if variant == 1 else 8  # folds[1] is the gated one
+        assert vectors >= rows and masks >= 4 * rows, quads
