@@ -331,7 +331,7 @@ def nf4_sweep(
                 kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH = tile, decode, ahead
                 x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
                 res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
-                key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K, decode or 'prmt')} x{tokens}"
+                key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K, decode or 'quads')} x{tokens}"
                 key += "" if ahead is None else " ahead" if ahead else ""
                 try:
                     ms = time_launches(

@@ -33,9 +33,15 @@ scale per byte with three gathers and rounded each weight to bf16: ~26 SASS inst
 on sm_90, issue-bound at 11% of the copy bandwidth on an H200 (116 tokens/s at Falcon-7B's shape,
 docs/BENCHMARKS.md). Now, in bf16: one gather per byte from a 256-entry table of code pairs (`pairs`:
 both weights' bf16 bits in one int32; a bf16 shifted left by 16 bits is its fp32), the input read as
-int32 words of two bf16 values, one scale load per group: ~14-15 instructions a byte. Batched steps (2..16
-tokens) run the same kernel; prefills (longer inputs) dequantize the weight and use `F.linear`. Tests
-run the kernels on CPU tensors through Triton's interpreter.
+int32 words of two bf16 values, one scale load per group: ~14-15 instructions a byte; then no gathers
+at all (`prmt`: byte permutes of the 16 values held in registers), 65-75 us a Falcon-7B matrix, ~20% of
+the copy bandwidth, with Nsight Compute showing L1 the bottleneck, not DRAM: a thread loaded each code
+word alone and the input again for every 2 rows. The GPU default now is a second kernel laid out for the
+registers (`quads`, `_nf4_quads_kernel`): a thread holds 4 code words (one 16-byte load) of each of a
+program's rows and loads their 16 input words once for all of them, scales once per 32 weights, and
+the row sums meet across the warp once a program: ~11 SASS instructions a byte, 37.8 us on [qkv; fc]
+(1.46 TB/s). Batched steps (2..16 tokens) run the same kernels; prefills (longer inputs) dequantize the
+weight and use `F.linear`. Tests run the kernels on CPU tensors through Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -75,33 +81,38 @@ instructions; `quads`, prmt's decode in another kernel laid out for the register
 16-byte code loads, the input loaded once for all of a program's rows, one scale a 32 weights, row sums
 across threads once a program) — on the CPU interpreter it gathers the same words from the pair table.
 `prmt`, `pairs` and `quads` need a bf16 table and input; `quads` K and scale groups multiples of 32."""
-QUADS_PREFETCH: bool | None = None
+QUADS_PREFETCH = False
 """Whether the `quads` kernel loads a chunk's codes while it multiplies the one before (more registers:
-fewer warps a multiprocessor); None: with at most 4 rows a program. For the benchmarks' sweeps."""
+fewer warps a multiprocessor). On the H200 at (4, 512, 1) it gained 0.7 us on [qkv; fc] and lost 2.4 on
+[proj | mlp.proj]: off. For the benchmarks' sweeps."""
 DECODE: str | None = os.environ.get("TWIN_NF4_DECODE") or None
 """Which of DECODES every NF4 GEMV uses; None: `nf4_decode` picks. For the benchmarks (a sweep sets it;
 TWIN_NF4_DECODE sets it for a whole process)."""
 
 
-def nf4_tile(K: int, decode: str = "prmt") -> tuple[int, int, int]:
+def nf4_tile(K: int, decode: str = "quads") -> tuple[int, int, int]:
     """The tile for a weight of K columns: (rows a program, K chunk in weights, warps). From the H200
-    sweeps (`bench/decode_profile.py --nf4-sweep`, docs/BENCHMARKS.md) at Falcon-7B's shapes: prmt did
-    best with one warp of 2 rows (66 / 71 us on [qkv; fc] / [proj | mlp.proj], vs 75-98 us at 4 warps:
-    one warp needs no shared memory to sum a row), the gathering decodes with 4 warps of 2 rows."""
+    sweeps (`bench/decode_profile.py --nf4-sweep`, docs/BENCHMARKS.md) at Falcon-7B's shapes: quads did
+    best with one warp of 4 rows and 512-weight chunks (37.8 / 61.3 us on [qkv; fc] / [proj | mlp.proj];
+    8 rows 40.8 / 83.4, 16 rows 47.8 / 104: more rows a thread, fewer warps fit), prmt with one warp of
+    2 rows (65 / 75 us: one warp needs no shared memory to sum a row), the gathering decodes with 4 warps
+    of 2 rows."""
     if TILE is not None:
         return TILE
     if decode == "quads":
-        return (8, 1024 if K >= 2048 else 512, 1)
+        return (4, 512, 1)
     return (2, 1024 if K >= 2048 else 512, 1 if decode == "prmt" else 4)
 
 
 def nf4_decode(weight: PackedNF4, x: torch.Tensor, k1: int) -> str:
-    """The decode for this launch (see DECODES): `prmt` on a GPU for bf16 (byte permutes are PTX: the
-    CPU interpreter runs `pairs`, the same bits by gathers) where the codes read as whole int32 words
-    (K and the concatenation seam multiples of 8), else `pairs` for bf16, else `table`. On the H200 prmt
-    was the fastest of the three at every tile of the sweep (docs/BENCHMARKS.md)."""
+    """The decode for this launch (see DECODES): `quads` on a GPU for bf16 where its layout holds (K and
+    the scale groups multiples of 32), else `prmt` (byte permutes are PTX: the CPU interpreter runs
+    `pairs`, the same bits by gathers) where the codes read as whole int32 words (K and the concatenation
+    seam multiples of 8), else `pairs` for bf16, else `table`. On the H200 (docs/BENCHMARKS.md) quads
+    took 37.8 / 61.3 us on Falcon-7B's two matrices where prmt's best took 65.2 / 75.0, and prmt beat the
+    gathering decodes at every tile."""
     bf16 = weight.table.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
-    choice = DECODE or ("prmt" if x.is_cuda else "pairs")
+    choice = DECODE or ("quads" if x.is_cuda else "pairs")
     if choice == "quads":
         if bf16 and weight.shape[1] % 32 == 0 and weight.group % 32 == 0:
             return choice
@@ -919,7 +930,7 @@ def _launch_quads(
         ASM=asm,
         BLOCK_N=block_n,
         C=block_k // 32,
-        PREFETCH=block_n <= 4 if QUADS_PREFETCH is None else QUADS_PREFETCH,
+        PREFETCH=QUADS_PREFETCH,
         num_warps=warps,
         num_stages=NUM_STAGES,
     )
