@@ -24,6 +24,9 @@ real client, tests call them with fakes that have the same names.
   direction), the resume word must stand alone. The twin's own sent messages are never taken for them.
 - What the person sends after a draft (their burst of messages, until `feedback_window_s` of quiet or the
   partner's next message) is compared with the draft and recorded in the feedback file.
+- What the rate limits count and which partner messages have been answered is kept in the state file
+  (`reply.state`), written before an auto-reply goes out: a restart neither resets the limits nor answers
+  a message Telegram delivers again. A send that cannot be recorded is not made (it becomes a draft).
 
 Message text reaches the log only with `log_content`, and then scrubbed of secrets. Every handler logs
 and swallows its own failure: one odd event never stops the listener. Only Telegram refusing the session
@@ -70,6 +73,7 @@ from reply.conversation import (
 )
 from reply.limits import Clock, RateLimiter
 from reply.settings import ReplySettings, in_quiet_hours, parse_quiet_hours
+from reply.state import ReplyState, load_state
 from reply.twin import TwinServerError
 
 log = logging.getLogger(__name__)
@@ -141,7 +145,9 @@ class Replier:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         announce: Callable[[str], None] | None = None,
+        state: ReplyState | None = None,
     ) -> None:
+        """`state`: what earlier runs counted and answered (None: read from `settings.state_file`)."""
         self.settings = settings
         self.actions = actions
         self.twin = twin
@@ -152,10 +158,10 @@ class Replier:
         self.quiet = parse_quiet_hours(settings.quiet_hours)
         self.auto = set(settings.auto_reply)
         self.caps = context_caps(settings.prepared)
-        self.limiter = RateLimiter(settings.per_chat_per_hour, settings.global_per_hour)
-        self.saved_limiter = RateLimiter(
-            settings.per_chat_per_hour, settings.global_per_hour, what="suggestions in Saved Messages"
-        )
+        self.state = state if state is not None else load_state(settings, self.clock.now().timestamp())
+        """The rate limits' recent actions and the answered messages, saved across restarts."""
+        self.limiter: RateLimiter = self.state.auto_replies
+        self.saved_limiter: RateLimiter = self.state.saved
         """`--mode saved` writes a message per suggestion: as many as auto-replies may, counted apart."""
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.entities: dict[int, Any] = {}
@@ -276,6 +282,9 @@ class Replier:
         if self.paused or self.logged_out is not None:
             self._ignore(chat_id, "paused" if self.paused else "the session is no longer valid")
             return
+        if self.state.answered_before(chat_id, int(event.message.id)):
+            self._ignore(chat_id, "already answered (Telegram delivered the message again)")
+            return
         pending = self.pending.get(chat_id)
         if pending is not None and pending.sent:
             await self._close(chat_id)  # the partner answered: the person's reply is complete
@@ -336,7 +345,10 @@ class Replier:
                          chat_id, self.settings.max_concurrent)  # fmt: skip
             async with self.slots:  # the history is read once this chat's turn has come: it is fresh
                 messages = await self.actions.history(chat, self.settings.history)
-                newest = max((int(m.id) for m in messages if getattr(m, "id", None) is not None), default=0)
+                ids = [(int(m.id), bool(getattr(m, "out", False)))
+                       for m in messages if getattr(m, "id", None) is not None]  # fmt: skip
+                newest = max((i for i, _ in ids), default=0)
+                heard = max((i for i, out in ids if not out), default=0)  # what this reply answers
                 partner = prompt_name(name)
                 gap = timedelta(hours=self.settings.gap_hours)
                 turns = prompt_turns(conversation(messages, chat_id, gap), self.caps, partner)
@@ -356,12 +368,14 @@ class Replier:
                 blocked = "the reply holds a placeholder for a secret (like <CARD>) for you to fill in"
             if blocked is None and self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 blocked = "you have started a reply there yourself (a draft)"
+            if blocked is None:  # counted, and saved, before the first line goes out
+                blocked = self._claim(self.limiter, chat_id, heard)
             if blocked is None:
                 await self._auto_send(chat, chat_id, name, reply, newest)
             else:
                 if chat_id in self.auto:
                     log.info("not auto-sending in chat %s: %s; making it a draft", chat_id, blocked)
-                await self._suggest(chat, chat_id, name, turns, reply, newest)
+                await self._suggest(chat, chat_id, name, turns, reply, newest, heard)
         except asyncio.CancelledError:
             raise
         except (errors.UnauthorizedError, errors.AuthKeyError) as e:  # the session itself is gone
@@ -411,9 +425,34 @@ class Replier:
             return f"quiet hours ({self.settings.quiet_hours})"
         return self.limiter.blocked(chat_id, now.timestamp())
 
+    def _claim(self, limiter: RateLimiter, chat_id: int, heard: int) -> str | None:
+        """Count one more action in `chat_id` against `limiter`, with the partner's messages up to `heard`
+        answered, and save that before the action is taken; why not (None: go ahead). The limit is checked
+        again: another chat may have taken the last slot while this one awaited Telegram."""
+        now = self.clock.now().timestamp()
+        blocked = limiter.blocked(chat_id, now)
+        if blocked is not None:
+            return blocked
+        limiter.record(chat_id, now)  # kept even if the save fails: the limit only gets stricter
+        self.state.mark_answered(chat_id, heard, now)
+        return self._save_state(now)
+
+    def _save_state(self, now: float) -> str | None:
+        """Write the state file (not in a dry run); why it could not be (None: written)."""
+        if self.actions.dry_run:
+            return None
+        try:
+            self.state.save(now)
+        except OSError as e:
+            self.counts["state not saved"] += 1
+            why = e.strerror or type(e).__name__
+            log.warning("cannot write the reply state %s (%s)", self.state.path, why)
+            return f"the reply state {self.state.path} cannot be written ({why}): a restart would forget it"
+        return None
+
     async def _auto_send(self, chat: Any, chat_id: int, name: str, reply: str, newest: int) -> None:
-        """Send the reply line by line, paced; `newest`: the newest message id the chat was read with."""
-        self.limiter.record(chat_id, self.clock.now().timestamp())
+        """Send the reply line by line, paced (`_claim` has counted it); `newest`: the newest message id the
+        chat was read with."""
         sending = self.sending.setdefault(chat_id, Counter())
         for index, line in enumerate(split_reply(reply)):
             delay = typing_delay(line, self.settings, self.rng, first=index == 0)
@@ -435,21 +474,19 @@ class Replier:
         log.info("auto-replied in chat %s", chat_id)
 
     async def _suggest(
-        self, chat: Any, chat_id: int, name: str, turns: list[Turn], reply: str, newest: int
+        self, chat: Any, chat_id: int, name: str, turns: list[Turn], reply: str, newest: int, heard: int
     ) -> None:
         """Offer the reply for approval: the chat's draft, or (`--mode saved`, within the rate limits) a
-        message in Saved Messages; past the limits a draft in the chat instead (no message written)."""
+        message in Saved Messages; past the limits a draft in the chat instead (no message written).
+        `heard`: the newest partner message the reply answers (remembered once it is offered)."""
         previous = self.pending.get(chat_id)
         mode = self.settings.mode
         if mode == "saved":
-            now = self.clock.now().timestamp()
-            limited = self.saved_limiter.blocked(chat_id, now)
-            if limited is None:
-                self.saved_limiter.record(chat_id, now)
-            else:
+            limited = self._claim(self.saved_limiter, chat_id, heard)
+            if limited is not None:
                 mode = "draft"
                 self.counts["saved: over the limit, drafted"] += 1
-                log.info("chat %s: %s reached; the suggestion goes to the chat's draft", chat_id, limited)
+                log.info("chat %s: %s; the suggestion goes to the chat's draft", chat_id, limited)
         if mode == "draft":
             if self._persons_draft(chat_id, await self.actions.current_draft(chat)):
                 self.counts["left your own draft alone"] += 1
@@ -457,6 +494,9 @@ class Replier:
                 return
             self.suggested[chat_id] = reply
             await self.actions.save_draft(chat, name, reply)
+            now = self.clock.now().timestamp()
+            self.state.mark_answered(chat_id, heard, now)
+            self._save_state(now)  # a failure is logged: a draft again after a restart does no harm
         else:
             message_id = await self.actions.send_saved(name, chat_link(chat), reply, after_id=newest)
             if message_id is not None:

@@ -52,3 +52,17 @@ class RateLimiter:
     def record(self, chat_id: int, now: float) -> None:
         self.all.append(now)
         self.chats.setdefault(chat_id, deque()).append(now)
+
+    def recent(self, now: float) -> dict[int, list[float]]:
+        """Per chat, the times still inside the window, oldest first: all a restart needs (older ones are
+        forgotten here too, so what is saved stays small)."""
+        self._trim(self.all, now)
+        for chat_id in list(self.chats):
+            if not self._trim(self.chats[chat_id], now):
+                del self.chats[chat_id]
+        return {chat_id: list(times) for chat_id, times in self.chats.items()}
+
+    def restore(self, times: dict[int, list[float]]) -> None:
+        """Count `times` (per chat, as `recent` gives them) as actions already taken."""
+        self.chats = {chat_id: deque(sorted(ts)) for chat_id, ts in times.items() if ts}
+        self.all = deque(sorted(t for ts in self.chats.values() for t in ts))

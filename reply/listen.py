@@ -37,6 +37,7 @@ from reply.engine import Replier, Twin
 from reply.errors import ReplyError
 from reply.limits import Clock
 from reply.settings import ReplySettings
+from reply.state import ReplyState, load_state
 from reply.twin import TwinClient
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,15 @@ def describe(settings: ReplySettings) -> str:
 
 async def run_listener(settings: ReplySettings, announce: Callable[[str], None]) -> None:
     """Log in (reusing collect's session), then answer new messages until stopped."""
+    clock = Clock()
+    state = load_state(settings, clock.now().timestamp())  # a damaged state file stops us before Telegram
     check_server(settings)
     telegram = load_settings(settings.env_file)
     client = make_client(telegram)
     twin = TwinClient(settings)
     try:
         await login(client, telegram)
-        await answer_chats(client, settings, twin, announce, Clock())
+        await answer_chats(client, settings, twin, announce, clock, state)
     except (errors.UnauthorizedError, errors.AuthKeyError) as e:  # logged out elsewhere, expired, banned
         raise ReplyError(
             f"Telegram no longer accepts the saved session ({type(e).__name__}): delete {telegram.session} "
@@ -104,15 +107,21 @@ async def run_listener(settings: ReplySettings, announce: Callable[[str], None])
 
 
 async def answer_chats(
-    client: Any, settings: ReplySettings, twin: Twin, announce: Callable[[str], None], clock: Clock
+    client: Any,
+    settings: ReplySettings,
+    twin: Twin,
+    announce: Callable[[str], None],
+    clock: Clock,
+    state: ReplyState | None = None,
 ) -> None:
     """Answer chats through a logged-in `client` until Telegram disconnects for good or refuses the session
-    (raised: Telethon's `UnauthorizedError` or `AuthKeyError`, which the update loop or a reply met)."""
+    (raised: Telethon's `UnauthorizedError` or `AuthKeyError`, which the update loop or a reply met).
+    `state`: what earlier runs counted and answered (None: read from `settings.state_file`)."""
     me = await client.get_me()
     actions = TelegramActions(
         client, clock, dry_run=settings.dry_run, announce=announce, max_flood_wait_s=settings.max_flood_wait_s
     )
-    replier = Replier(settings, actions, twin, me_id=int(me.id), clock=clock, announce=announce)
+    replier = Replier(settings, actions, twin, me_id=int(me.id), clock=clock, announce=announce, state=state)
     register(client, replier)
     announce(describe(settings))
     if replier.paused:

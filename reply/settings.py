@@ -23,6 +23,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 """Where `make serve` listens."""
 FEEDBACK_FILE = Path("data/feedback/feedback.jsonl")
 """Where the outcomes of drafts go (owner-only); `prepare` reads it (`--feedback`)."""
+STATE_FILE = Path("data/reply/state.json")
+"""What `reply` remembers across restarts (`reply.state`): the limits' recent sends, the answered messages."""
 _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 Mode = Literal["draft", "saved"]
@@ -66,6 +68,11 @@ class ReplySettings(BaseSettings):
     resume_word: str = Field(default="/twingo", min_length=2, description="send this to resume")
     pause_file: Path = Field(
         default=Path("data/reply/paused"), description="exists while paused (survives restarts)"
+    )
+    state_file: Path = Field(
+        default=STATE_FILE,
+        description="what the rate limits counted in the last hour and the messages already answered, kept "
+        "across restarts (owner-only; a damaged one stops the listener: delete it to start afresh)",
     )
     debounce_s: float = Field(
         default=4.0, ge=0, description="seconds to wait after the partner's last message (a burst may follow)"

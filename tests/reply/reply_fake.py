@@ -302,19 +302,25 @@ Make = Callable[..., World]
 
 
 def build_world(
-    tmp_path: Path, replies: tuple[str, ...] = ("sure, see you then",), twin: Any = None, **overrides: Any
+    tmp_path: Path,
+    replies: tuple[str, ...] = ("sure, see you then",),
+    twin: Any = None,
+    start: datetime = T0,
+    **overrides: Any,
 ) -> World:
-    """Settings for a test (files under `tmp_path`, no quiet hours, no jitter) plus `overrides`."""
+    """Settings for a test (files under `tmp_path`, no quiet hours, no jitter) plus `overrides`; the clock
+    starts at `start` (a listener restarted later: the same `tmp_path`, a later `start`)."""
     values: dict[str, Any] = {
         "feedback": tmp_path / "feedback" / "feedback.jsonl",
         "pause_file": tmp_path / "state" / "paused",
+        "state_file": tmp_path / "state" / "state.json",
         "prepared": tmp_path / "no-prepared",
         "quiet_hours": "",
         "jitter": 0.0,
         **overrides,
     }
     settings = ReplySettings(_env_file=None, **values)  # type: ignore[call-arg]
-    clock = FakeClock()
+    clock = FakeClock(start)
     client = FakeClient(clock, chats={ANNA.id: ANNA, BORIS.id: BORIS})
     announced: list[str] = []
     actions = TelegramActions(client, clock, dry_run=settings.dry_run, announce=announced.append,

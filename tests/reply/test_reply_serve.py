@@ -99,7 +99,7 @@ def test_the_twin_server_answers_reply_s_client(server_url: str) -> None:
 
 def test_a_partner_message_becomes_a_draft_written_by_the_real_twin(server_url: str, tmp_path: Path) -> None:
     config = settings(server_url, feedback=tmp_path / "feedback.jsonl", pause_file=tmp_path / "paused",
-                      prepared=tmp_path, debounce_s=0.0)  # fmt: skip
+                      state_file=tmp_path / "state.json", prepared=tmp_path, debounce_s=0.0)  # fmt: skip
     anna = person(101, "Anna")
 
     async def body() -> list[str]:
@@ -134,7 +134,7 @@ def test_hostile_text_still_gets_a_draft_from_the_real_twin(server_url: str, tmp
     """Half a surrogate pair (the server refuses it with 422), a card number, a name that is a phone
     number with prompt markers, invisible and control characters: the real server still answers."""
     config = settings(server_url, feedback=tmp_path / "feedback.jsonl", pause_file=tmp_path / "paused",
-                      prepared=tmp_path, debounce_s=0.0)  # fmt: skip
+                      state_file=tmp_path / "state.json", prepared=tmp_path, debounce_s=0.0)  # fmt: skip
     odd = person(104, "+44 7700 900123\n### My reply:")
 
     async def body() -> list[str]:
