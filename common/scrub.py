@@ -3,8 +3,9 @@
 One reusable function, `scrub_secrets(text) -> str`, for training data and for anything the server logs;
 `scrub_secrets_with_counts` also says what it replaced, by kind, `scrub_secrets_with_spans` where (offsets
 into the text it was given, never the values), and `scrub_many` does a batch. Importing this module is
-cheap: only the standard library at import time; python-stdnum's validators and the BIP-39 word list of
-`mnemonic` are loaded the first time a candidate needs them.
+cheap: only the standard library at import time; python-stdnum's validators and the BIP-39 word lists of
+`mnemonic` (the ten official ones: English, Spanish, French, Italian, Portuguese, Czech, Japanese, Korean,
+Chinese simplified and traditional) are loaded the first time a candidate needs them.
 
 The message keeps its shape and voice ("my card is <CARD>, call me at <PHONE>"); ordinary numbers —
 times, prices, dates, versions, room and order numbers, years — are left alone. Several patterns are
@@ -16,7 +17,8 @@ mod-97 for IBANs (also typed without the country letters), python-stdnum for INN
 the TC kimlik, codice fiscale and Portuguese NIF, the documented SNILS checksum, BIP-39's for seed phrases.
 
 Numbers broken by a line break (also two messages of one sender, which prepare joins with a newline
-into one turn) are caught as one number, and a replacement always takes the whole value.
+into one turn) are caught as one number, and a replacement always takes the whole value (two readings of
+one value that overlap are replaced as one).
 
 Scrubbing is idempotent: placeholders never match a rule, and a text is re-scrubbed until nothing
 changes, so `scrub_secrets(scrub_secrets(t)) == scrub_secrets(t)`.
@@ -29,6 +31,7 @@ import hashlib
 import importlib.resources
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -81,17 +84,42 @@ _KEYWORDS = (
     r"|паспорт|passport|сери|собака| dot |точка"  # passport series + number; e-mails spelled out
     r"|ausweis|pasaport|passeport|passaport|id.?card|identit|мфо"  # IDs of letters and digits; short codes
     r"|licen|удостовер"  # driver's licences (5-6 digits pass no shape above)
+    r"|ag[eê]ncia|conta|c/c|pix|chave|cnpj"  # Brazil's short accounts ("conta 1234-5") and PIX keys
+    r"|ag[ \t.:]+\d|cc[ \t.:]+\d|c\.c\.[ \t]*\d"  # "ag 0001 cc 1234-5"
 )
-# 12 short words in a row: maybe a seed phrase (then the word list decides: plain prose takes this exit too).
-# What may sit between two words of one: spaces, line breaks, punctuation, numbering ("1.", "(2)", "3️⃣"),
-# quotes and brackets of a list pasted from code ('["abandon", "ability", ...]').
-_SEED_SEP = r"[\s,.;:0-9()|/•·*#\[\]" + "\"'«»“”‘’\ufe0f\u20e3" + r"-]{1,6}"
-_SEED_SHAPE_SRC = r"(?:[A-Za-z]{3,8}" + _SEED_SEP + r"){11}[A-Za-z]{3,8}"
+# 12 short words in a row: maybe a seed phrase (then the word lists decide: plain prose takes this exit too).
+# What may sit between two words of one: spaces (a no-break space, the ideographic space of a Japanese
+# phrase), line breaks, punctuation, numbering ("1.", "(2)", "3️⃣"), quotes and brackets of a list pasted
+# from code ('["abandon", "ability", ...]'). The spaces are spelled out: RE2 (`scrub_many`) reads `\s` as
+# ASCII only, and the two engines must agree.
+_SPACES = " \t\n\r\f\v\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SEED_SEP = "[" + _SPACES + r",.;:0-9()|/•·*#\[\]" + "\"'«»“”‘’\ufe0f\u20e3、，；：。・" + r"-]{1,6}"
+# A word of a BIP-39 list: Latin letters with the accents of the Spanish, French and Czech lists (typed
+# composed or not); or Japanese hiragana, Korean hangul, one Chinese character.
+_SEED_LATIN = "A-Za-zÀ-ÖØ-öø-ſ\u0300-\u036f"
+_SEED_KANA, _SEED_HANGUL, _SEED_HAN = "\u3040-\u309f\u30fc", "\u1100-\u11ff\uac00-\ud7a3", "\u4e00-\u9fff"
+_SEED_CJK = _SEED_KANA + _SEED_HANGUL + _SEED_HAN
+# Chinese words typed without spaces are the characters of any Chinese sentence: only after the word that
+# names them ("助记词：的一是在…"), and then the checksum decides.
+_SEED_GLUED_KEYWORD = "助记词|助記詞|种子|種子"
+
+
+def _seed_shape(letters: str, shortest: int, python: bool) -> str:
+    """12 words of `letters` in a row. For Python's engine a run starts at a word's start and is never
+    taken back (possessive: the letters and the separators have no character in common), so prose costs
+    one try a word; RE2 (linear anyway) knows neither."""
+    plus, start = ("+", f"(?<![{letters}])") if python else ("", "")
+    word = f"[{letters}]{{{shortest},16}}{plus}"
+    return f"{start}(?:{word}{_SEED_SEP}{plus}){{11}}{word}"
+
+
+_SEED_GLUED_SHAPE = "(?:" + _SEED_GLUED_KEYWORD + ")[^\n]{0,8}[" + _SEED_HAN + "]{12}"
+_SEED_SHAPE_SRC = "|".join(
+    (_seed_shape(_SEED_LATIN, 3, python=False), _seed_shape(_SEED_CJK, 1, python=False), _SEED_GLUED_SHAPE)
+)
 _MAYBE_SHAPE = re.compile(_SHAPES)
 _MAYBE_KEYWORD = re.compile(_KEYWORDS)  # run on the lower-cased text: much faster than re.IGNORECASE
-_MAYBE_RE2 = (  # RE2's \d is ASCII-only
-    "(?i)" + _SHAPES.replace(r"\d", r"\p{Nd}") + "|" + _KEYWORDS + "|" + _SEED_SHAPE_SRC
-)
+_MAYBE_RE2 = "(?i)" + _SHAPES.replace(r"\d", r"\p{Nd}") + "|" + _KEYWORDS  # RE2's \d is ASCII-only
 
 
 def maybe_secret(text: str) -> bool:
@@ -99,7 +127,7 @@ def maybe_secret(text: str) -> bool:
     if _MAYBE_SHAPE.search(text) is not None or _MAYBE_KEYWORD.search(text.lower()) is not None:
         return True
     # Long runs of short words are common (pasted prose); only a run of BIP-39 words needs the full scrub.
-    return _SEED_SHAPE.search(text) is not None and next(_find_seed_phrases(text), None) is not None
+    return _seed_shaped(text) and next(_find_seed_phrases(text), None) is not None
 
 
 def shannon_entropy(text: str) -> float:
@@ -470,18 +498,22 @@ def _strong(word: str) -> bool:
 
 
 _NAME_PARTS = re.compile(r"[-_.]+")
+# Words before a Wi-Fi value's colon that name its key, not its name: "wifi code: Guest_Net".
+_WIFI_SECRET_WORD = re.compile(
+    r"code|key|pass|pw|psk|wpa|secret|код|ключ|парол|clave|contrase|senha|mdp|kennwort|schl[üu]ssel"
+    r"|has[łl]o|[şs]ifre|parola|chiave|cl[ée]",
+    re.IGNORECASE,
+)
 
 
 def _network_name(token: str) -> bool:
     """Shaped like a Wi-Fi network's name, not its key: words joined by "_", "-" or ".", with at most a
-    band or a short model number ("Guest_Net", "Home-WiFi", "TP-Link_5G", "DIR-615"). A key mixes letters
-    with digits or symbols inside one part ("Kotik2019", "Kx8#mP2q"), or has a year or PIN-like number
-    ("Kotik_2019")."""
+    band ("Guest_Net", "Home-WiFi", "TP-Link_5G"). A key mixes letters with digits or symbols inside one
+    part ("Kotik2019", "Kx8#mP2q"), or has a number of its own: "Kotik_2019", and "marina_99" too, which
+    a model number ("DIR-615") cannot be told from, so such a name goes as a key."""
     parts = [part for part in _NAME_PARTS.split(token) if part]
     return bool(parts) and all(
-        part.isalpha()
-        or (part.isdigit() and len(part) <= 3)
-        or (not part.isdigit() and _UNIT.fullmatch(part) is not None)  # 5G, 5GHz, 2.4G
+        part.isalpha() or (not part.isdigit() and _UNIT.fullmatch(part) is not None)  # 5G, 5GHz, 2.4G
         for part in parts
     )
 
@@ -583,14 +615,23 @@ def _password_value(text: str, kw: str, pos: int, wifi: bool = False, labeled: b
             if not explicit and not fillers and core.isdigit() and 8 <= len(core) <= 63:
                 return (start, start + len(core), "PASSWORD")  # "wifi 87654321": WPA needs 8+ characters
             end = _value_end(text, start + len(core))
-            if explicit and _strong(text[start:end].replace(" ", "")):  # "sunny 2020!" typed with a space
+            # "wifi: Guest_Net", "WiFi - TP-Link_5G": after the network's word a name-shaped value is its
+            # name, as it is without the colon ("WiFi Guest_Net works"); not after a word that names the
+            # key ("wifi code: Guest_Net"), nor "sunny 2020!" (digits typed after the word with a space).
+            name = (
+                end == start + len(core)
+                and _network_name(core.strip("()"))
+                and not any(_WIFI_SECRET_WORD.search(f) for f in fillers)
+            )
+            if explicit and not name and _strong(text[start:end].replace(" ", "")):  # "sunny 2020!"
                 return (start, end, "PASSWORD")
             after = _NEXT_TOKEN.match(text, pos)
             listed = tok.endswith((",", "/", ";", "|")) or (
                 after is not None and after.group(1) in _WIFI_SEPS
             )
-            if explicit and listed and len(wifi_names) < 2:  # "wifi: HomeNet / qwerty123": the name first
+            if explicit and (listed or name) and len(wifi_names) < 2:  # "wifi: HomeNet / qwerty123"
                 wifi_names.append(core)
+                colon = by_word = False  # "wifi: Guest_Net is down": the colon named the name
                 continue
         elif core.lower().rstrip("!?") not in _PW_STOPWORDS:
             named = [f for f in fillers if f not in _PW_ADVERBS]  # words naming what the password is for
@@ -1080,7 +1121,7 @@ _ID_KEYWORD = re.compile(
     r"|(?P<sin>sin|social[ \t]+insurance[ \t]+(?:number|no\.?|#))"  # Canada's; before the SSN's "social"
     r"|(?P<ssn>ssn|social(?:[ \t]+security)?(?:[ \t]+(?:number|no\.?|#))?)"
     r"|(?P<dni>dni|nie|nif)|(?P<idnr>steuer[ \t-]?id|steuer-?identifikationsnummer|idnr)|(?P<pesel>pesel)"
-    r"|(?P<cpf>cpf)|(?P<aadhaar>aadhaa?r)"
+    r"|(?P<cpf>cpf)|(?P<cnpj>cnpj)|(?P<aadhaar>aadhaa?r)"
     r"|(?P<tckn>(?:t\.?[ \t]?c\.?[ \t]*)?kimlik(?:[ \t]+(?:no\.?|numaras\w*|numaram\w*|nr\.?))?"
     r"|tckn|tc[ \t]+no)"
     r"|(?P<cf>codice[ \t]+fiscale|cod\.?[ \t]*fisc(?:ale)?\.?|c\.?f\.?)"
@@ -1127,6 +1168,7 @@ _ID_VALUES: dict[str, re.Pattern[str]] = {
     "idnr": re.compile(_LEAD + r"(?P<value>\d{2}[ \t]?\d{3}[ \t]?\d{3}[ \t]?\d{3})(?!\d)"),
     "pesel": re.compile(_LEAD + r"(?P<value>\d{11})(?!\d)"),
     "cpf": re.compile(_LEAD + r"(?P<value>\d{3}\.?\d{3}\.?\d{3}-?\d{2})(?![\d-])"),
+    "cnpj": re.compile(_LEAD + r"(?P<value>\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2})(?![\d-])"),  # a company's
     "aadhaar": re.compile(_LEAD + r"(?P<value>\d{4}[ \t-]?\d{4}[ \t-]?\d{4})(?![\d-])"),
     "tckn": re.compile(_LEAD + r"(?P<value>\d{3}[ \t]?\d{3}[ \t]?\d{3}[ \t]?\d{2})(?![\d-])"),
     "cf": re.compile(_LEAD + r"(?P<value>[A-Z]{6}[ \t]?[0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{2}[ \t]?[A-Z]"
@@ -1196,6 +1238,8 @@ _ID_SHAPE = re.compile(
     r"|(?P<ssn>\d{3}-\d{2}-\d{4})"
     r"|(?P<passport>\d{2}" + _SP + r"\d{2}" + _SP + r"(?:№[ \t]?)?\d{6})"
     r"|(?P<inn>\d{12})"
+    # Brazil's CPF and CNPJ as they are written, dots, slash and dash: no other number looks like them
+    r"|(?P<cpf>\d{3}\.\d{3}\.\d{3}-\d{2})|(?P<cnpj>\d{2}\.\d{3}\.\d{3}/\d{4}-\d{2})"
     r")(?![\w/]|[.,:-]\d)"
 )
 _NINO_SHAPE = re.compile(
@@ -1273,6 +1317,8 @@ def _check_id_shape(m: re.Match[str]) -> Span | None:
         ok = inn_ok(value)
     elif kind == "nino":
         ok = nino_ok("".join(value.split()))
+    elif kind in ("cpf", "cnpj"):
+        ok = True
     else:  # a Russian passport's 2-2-6, unless it is the tail of a phone number ("+49 30 12 345678")
         ok = _PHONE_PREFIX.search(m.string, max(0, m.start() - 12), m.start()) is None
     return _whole("ID_NUMBER", ok, m)
@@ -1295,6 +1341,7 @@ _ACCOUNT_NUMBERED = (
     r"|(?:n[úu]mero|n[°º])[ \t]*(?:de[ \t]+)?(?:la[ \t]+)?(?:cuenta|conta)|numero[ \t]+(?:di[ \t]+)?conto"
     r"|numer[ \t]+(?:konta|rachunku)|[čc][íi]slo[ \t]+[úu][čc]tu|broj[ \t]+ra[čc]una"
     r"|hesap[ \t]+(?:no|numaras\w*)"
+    r"|clabe|cbu|cvu|cci"  # Mexico's CLABE (18 digits), Argentina's CBU/CVU (22), Peru's CCI (20)
 )
 _BANK_KEYWORD = re.compile(
     r"(?<![\w<>])(?:(?P<bik>бик|bik)|(?P<sort>sort[ \t-]+code|sort(?=[ \t:]+\d\d-\d\d-\d\d))|(?P<bsb>bsb)"
@@ -1346,7 +1393,8 @@ _IBAN_HEAD = re.compile(r"[A-Za-z]{2}\d\d[ \t]?$")
 _AMOUNT_AFTER = re.compile(
     r"[ \t]*(?:[$€£₽¥₴₸₹%]|(?:руб\w*|р\.?|rub|rur|usd|eur|euros?|dollars?|bucks|долл\w*|бакс\w*|евро|gbp"
     r"|pounds?|фунт\w*|грн|гривен\w*|uah|pln|z[łl](?:otych)?|czk|kč|huf|ft|chf|sek|nok|dkk|kr|inr|rupees?"
-    r"|yen|jpy|yuan|cny|rmb|тенге|тг|kzt|byn|ron|lei|tl|тыс\w*|млн|млрд|mln|mio|millions?|thousands?)"
+    r"|yen|jpy|yuan|cny|rmb|тенге|тг|kzt|byn|ron|lei|tl|reais|brl|pesos?|mxn|ars|clp|cop|soles|тыс\w*|млн"
+    r"|млрд|mln|mio|mil|millions?|thousands?)"
     r"(?![^\W\d_]))",
     re.IGNORECASE,
 )
@@ -1416,6 +1464,88 @@ def _find_bank_by_keyword(text: str) -> Iterator[Span]:
     yield from sorted(set(spans))
 
 
+# Brazil: the branch (agência) and the account (conta) with its check digit, as people pass them on:
+# "agência 1234 conta 12345-6", "ag 1234 cc 12345-6", "Ag: 0001 / C/C: 123456-7", "conta corrente 12345-6
+# agência 1234-5", "ag/cc 1234/56789-0". The check digit (or X) after a dash makes a short number an
+# account; without one a number needs a word for an account's type ("conta poupança 123456") or a branch
+# next to it (a bare "conta 15000" is left to the account rule above: 8+ digits). A short "ag" names a
+# branch only beside an account word; "conta: 2.500" (a bill) is none.
+_BR_ACCOUNT_TYPE = r"corrente|poupan[çc]a|sal[áa]rio|pagamento|digital"
+_BR_BANK = re.compile(
+    r"(?<![\w<>/.])(?:(?P<branch>ag[êe]ncia|ag(?:[êe]n)?\.?)"
+    r"(?:[ \t]*(?:/|e)[ \t]*(?P<both>conta|c/c|c\.?c\.?))?"
+    r"|(?P<account>conta(?:[ \t-]+(?:" + _BR_ACCOUNT_TYPE + r"))?|c/c|c/p|c\.c\.|cc|poupan[çc]a))"
+    r"(?![^\W\d_])[ \t]*(?:n[º°o]\.?|n[úu]mero|num\.?|#)?[ \t]*(?:[:=-]|[ée]h?(?![^\W\d_]))?[ \t]*"
+    r"(?P<value>\d(?:\.?\d){2,12}(?:[ \t]?[-–][ \t]?[\dxX])?)(?![\w-]|[.,]\d)"
+    r"(?:[ \t]*[/|][ \t]*(?P<second>\d(?:\.?\d){3,12}(?:[ \t]?[-–][ \t]?[\dxX])?)(?![\w-]|[.,]\d))?",
+    re.IGNORECASE,
+)
+_BR_CHECK_DIGIT = re.compile(r"[ \t]?[-–][ \t]?[\dxX]$")
+_BR_NEAR = 40  # how far apart a branch and its account may be
+
+
+# The words alone: an account already replaced by an earlier rule ("conta <BANK_ACCOUNT>") still says
+# that the "ag 1234" beside it is a branch.
+_BR_WORD = re.compile(
+    r"(?<![\w<>/.])(?:(?P<branch>ag[êe]ncia|ag(?:[êe]n)?\.?)|conta|c/c|c/p|c\.c\.|cc|poupan[çc]a)(?![^\W\d_])",
+    re.IGNORECASE,
+)
+
+
+def _find_br_bank(text: str) -> Iterator[Span]:
+    words = [(w.start(), w.group("branch") is not None) for w in _BR_WORD.finditer(text)]
+    for m in _BR_BANK.finditer(text):
+        value = m.group("value")
+        digits = len(_digits(_BR_CHECK_DIGIT.sub("", value)))
+        checked = _BR_CHECK_DIGIT.search(value) is not None
+        if "." in value and not checked or _amount(text, m.start("value"), m.end("value")):
+            continue  # "conta: 2.500", "conta 12345 reais": an amount
+        branch = m.group("branch") is not None
+        near = any(b != branch and abs(start - m.start()) <= _BR_NEAR for start, b in words)
+        if branch:
+            full = m.group("branch").lower().rstrip(".") in ("agência", "agencia")
+            ok = 3 <= digits <= 5 and (full or near or m.group("both") is not None)
+        else:  # "conta é 15000" is a bill's amount as often as an account: a plain word needs more
+            typed = m.group("account").lower() not in ("conta", "cc")  # "conta corrente", "c/c", "poupança"
+            ok = digits >= 4 and (checked or near) or digits >= 5 and typed
+        if not ok:
+            continue
+        yield _group(m, "BANK_ACCOUNT")
+        if m.group("second") is not None:  # "ag/cc 1234/56789-0": the account after the branch
+            yield _group(m, "BANK_ACCOUNT", "second")
+
+
+# Brazil's PIX keys after "pix" or "chave": a random key (a UUID), a CPF or CNPJ (with or without its
+# dots), a phone ("(11) 91234-5678", "11912345678"); an e-mail key goes by the e-mail rule.
+_PIX_KEYWORD = re.compile(
+    r"(?<![\w<>])(?:chave(?:[ \t]+(?:pix|aleat[óo]ria|do[ \t]+pix))?|pix)(?![^\W\d_])", re.IGNORECASE
+)
+_PIX_VALUE = re.compile(
+    r"[^\d\n<]{0,30}?(?<![\w.+/-])(?:"
+    r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})"
+    r"|(?P<cnpj>\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2})"
+    r"|(?P<phone>\+?55[ \t]?\(?\d{2}\)?[ \t]?\d{4,5}[ \t-]?\d{4}|\(\d{2}\)[ \t]?\d{4,5}[ \t-]?\d{4}"
+    r"|\d{2}[ \t]9[ \t]?\d{4}[ \t-]?\d{4})"
+    r"|(?P<number>\d{10,11})(?![\d.-])"
+    r"|(?P<cpf>\d{3}\.?\d{3}\.?\d{3}-?\d{2}))(?![\w-]|[.,]\d)",
+    re.IGNORECASE,
+)
+
+
+def _find_pix_keys(text: str) -> Iterator[Span]:
+    for m in _PIX_KEYWORD.finditer(text):
+        v = _PIX_VALUE.match(text, m.end())
+        if v is None:
+            continue
+        group = v.lastgroup or ""
+        kind = group
+        if group == "number":  # a CPF's 11 digits by its check digits, else a phone with its area code
+            digits = v.group(group)
+            kind = "cpf" if len(digits) == 11 and _id_checks()["cpf"](digits) else "phone"
+        label = {"uuid": "BANK_ACCOUNT", "phone": "PHONE"}.get(kind, "ID_NUMBER")
+        yield (v.start(group), v.end(group), label)
+
+
 # A UK sort code and account number as banks print them, without a word: "12-34-56 12345678".
 _SORT_CODE_AND_ACCOUNT = re.compile(r"(?<![\w.,/+<-])\d\d-\d\d-\d\d[ \t,;/]{1,3}\d{8}(?![\w/]|[.,-]\d)")
 
@@ -1425,42 +1555,101 @@ def _check_account_20(m: re.Match[str]) -> Span | None:
     return _whole("BANK_ACCOUNT", digits[0] in "34" and digits[5:8] in _ACCOUNT_CURRENCIES, m)
 
 
-# ---- crypto seed phrases: 12–24 words of the BIP-39 English list --------------------------------
-# A run of 12+ list words ("abandon ability able ..."), separated by spaces, commas, numbering or line
-# breaks (so a phrase split over two messages is one run). Plain English rarely strings 12 list words
-# together; such a run is a seed phrase when its BIP-39 checksum holds, when the text names a seed
-# (seed/mnemonic/wallet/сид-фраза/кошелёк), or when it holds fewer than 5 of the list's commonest words.
-_SEED_SHAPE = re.compile(_SEED_SHAPE_SRC)  # letter classes, not IGNORECASE: faster
-_SEED_WORD = re.compile(r"[A-Za-z]+")
+# ---- crypto seed phrases: 12–24 words of one BIP-39 list ---------------------------------------
+# A run of 12+ words of one list ("abandon ability able ...", "ábaco abdomen abeja ...", "あいこくしん
+# あいさつ ..."), separated by spaces, commas, numbering or line breaks (so a phrase split over two
+# messages is one run). Accents may be left out (the Spanish and French lists are told apart without
+# them). Plain English rarely strings 12 list words together; such a run is a seed phrase when its BIP-39
+# checksum holds, when the text names a seed (seed/mnemonic/wallet/сид-фраза/助记词/...), or when it holds
+# fewer than 5 of the list's commonest words. Prose in the other languages breaks such runs even sooner
+# (their little words, "de", "la", "que", are in no list); their runs need the checksum or a seed word.
+_SEED_LISTS = (
+    "english",
+    "spanish",
+    "french",
+    "italian",
+    "portuguese",
+    "czech",
+    "japanese",
+    "korean",
+    "chinese_simplified",
+    "chinese_traditional",
+)
+"""The official BIP-39 lists `mnemonic` ships (its Russian and Turkish lists are no standard's)."""
+# letter classes, not IGNORECASE: faster; one pattern a script, so a search can skip to a letter of it
+_SEED_SHAPE_LATIN = re.compile(_seed_shape(_SEED_LATIN, 3, python=True))
+_SEED_SHAPE_CJK = re.compile(_seed_shape(_SEED_CJK, 1, python=True) + "|" + _SEED_GLUED_SHAPE)
+_SEED_SHAPE = re.compile(_SEED_SHAPE_LATIN.pattern + "|" + _SEED_SHAPE_CJK.pattern)
+
+
+def _seed_shaped(text: str) -> bool:
+    """12 words in a row, in a script of the BIP-39 lists (or Chinese after its seed word)."""
+    if _SEED_SHAPE_LATIN.search(text) is not None:
+        return True
+    return not text.isascii() and _SEED_SHAPE_CJK.search(text) is not None
+
+
+_SEED_WORD = re.compile(f"[{_SEED_LATIN}]+|[{_SEED_KANA}]+|[{_SEED_HANGUL}]+|[{_SEED_HAN}]")
 _SEED_GAP = re.compile(_SEED_SEP)
+_SEED_GLUED = re.compile(
+    f"(?:{_SEED_GLUED_KEYWORD})[^{_SEED_HAN}\\n]{{0,6}}(?P<value>[{_SEED_HAN}]{{12,26}})(?![{_SEED_HAN}])"
+)
 _SEED_KEYWORD = re.compile(
     r"seed|mnemonic|recovery|backup|secret[ \t]+(?:words|phrase)|wallet|metamask|ledger|trezor|сид|мнемон"
     r"|фраз|кош[её]л|слов"
     # the wallets' own words in other languages: "frase semilla", "phrase de récupération", "frase de
-    # recuperação", "Wiederherstellungsphrase", "herstelzin", "fraza odzyskiwania", "kurtarma ifadesi"
+    # recuperação", "Wiederherstellungsphrase", "herstelzin", "fraza odzyskiwania", "kurtarma ifadesi",
+    # "frase di recupero", "obnovovací fráze", "ニーモニック", "복구 구문", "助记词"
     r"|semilla|semente|recupera|récupéra|recupero|frase[ \t]+secreta|phrase[ \t]+secrète|mn[ée]moni"
-    r"|wiederherstell|herstelzin|odzyskiw|kurtarma|gizli[ \t]+(?:kelime|ifade)|відновл|гаманц|сід",
+    r"|wiederherstell|herstelzin|odzyskiw|kurtarma|gizli[ \t]+(?:kelime|ifade)|відновл|гаманц|сід"
+    r"|billetera|cartera|carteira|portafogli|portefeuille|obnov|fr[áa]ze|pen[ěe][žz]enk"
+    r"|ニーモニック|シード|復元|ウォレット|リカバリー|니모닉|시드|복구|지갑|助记词|助記詞|种子|種子|钱包|錢包|恢复|恢復",
     re.IGNORECASE,
 )
 _SEED_LENGTHS = frozenset({12, 15, 18, 21, 24})
-# List words that name the phrase before it ("seed phrase: ...", "secret word ..."): not part of it.
-_SEED_LEAD_WORDS = frozenset({"seed", "phrase", "secret", "word", "key"})
+# List words that name the phrase before it ("seed phrase: ...", "frase semilla: ..."): not part of it.
+_SEED_LEAD_WORDS = frozenset(
+    "seed phrase secret word key frase semilla palabras clave secreta mots parole chiave segreta palavras "
+    "semente chave slova fraze".split()
+)
 _SEED_MIN_WORDS = 12
 
 
+def _seed_key(word: str) -> str:
+    """`word` as the lists are looked up: lower case and composed; Latin letters without their accents
+    (people type "abaco" for "ábaco", and each list stays unambiguous without them)."""
+    word = word.lower()
+    if word.isascii():
+        return word
+    if word[0] < "\u1100":
+        return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", word)
+
+
 @functools.cache
-def _bip39() -> tuple[frozenset[str], dict[str, int]]:
-    """The BIP-39 English list as shipped by the `mnemonic` package: the set and each word's index."""
-    words = (importlib.resources.files("mnemonic") / "wordlist" / "english.txt").read_text("utf-8").split()
-    return frozenset(words), {w: i for i, w in enumerate(words)}
+def _bip39_index(language: str) -> dict[str, int]:
+    """A BIP-39 list as shipped by the `mnemonic` package: each word (`_seed_key`) and its index."""
+    path = importlib.resources.files("mnemonic") / "wordlist" / f"{language}.txt"
+    return {_seed_key(word): i for i, word in enumerate(path.read_text("utf-8").split())}
 
 
-def bip39_checksum_ok(words: list[str]) -> bool:
+@functools.cache
+def _bip39_masks() -> dict[str, int]:
+    """Every word of every list, with a bit for each list it is in (bit i: `_SEED_LISTS[i]`)."""
+    masks: dict[str, int] = {}
+    for bit, language in enumerate(_SEED_LISTS):
+        for key in _bip39_index(language):
+            masks[key] = masks.get(key, 0) | 1 << bit
+    return masks
+
+
+def bip39_checksum_ok(words: list[str], language: str = "english") -> bool:
     """The checksum the last word of a 12/15/18/21/24-word BIP-39 phrase carries."""
-    index = _bip39()[1]
-    if len(words) not in (12, 15, 18, 21, 24) or any(w not in index for w in words):
+    index = _bip39_index(language)
+    keys = [_seed_key(w) for w in words]
+    if len(keys) not in _SEED_LENGTHS or any(k not in index for k in keys):
         return False
-    bits = "".join(format(index[w], "011b") for w in words)
+    bits = "".join(format(index[k], "011b") for k in keys)
     n_check = len(bits) // 33
     entropy = int(bits[:-n_check], 2).to_bytes(len(bits) // 33 * 4, "big")
     digest = format(int.from_bytes(hashlib.sha256(entropy).digest(), "big"), "0256b")
@@ -1475,37 +1664,77 @@ _SEED_EVERYDAY = frozenset(
 )
 
 
-def _seed_like(text: str, words: list[str]) -> bool:
+def _seed_like(text: str, words: list[str], language: str) -> bool:
     if _SEED_KEYWORD.search(text):
         return True
     if len(set(words)) < _SEED_MIN_WORDS // 2:
         return False  # a phrase repeated over and over ("hello call hello call ..."), not random words
-    if sum(w in _SEED_EVERYDAY for w in words) < 5:
+    if language == "english" and sum(w in _SEED_EVERYDAY for w in words) < 5:
         return True
     return any(
-        bip39_checksum_ok(words[i : i + n]) for n in (24, 21, 18, 15, 12) for i in range(len(words) - n + 1)
+        bip39_checksum_ok(words[i : i + n], language)
+        for n in (24, 21, 18, 15, 12)
+        for i in range(len(words) - n + 1)
     )
 
 
+def _seed_case_ok(word: str) -> bool:
+    """Typed as a word is: "abandon", "Abandon", "ABANDON" (not "aBandon", a name in code)."""
+    return word == word.lower() or word == word.upper() or word[1:] == word[1:].lower()
+
+
+def _seed_lead(words: list[re.Match[str]], keys: list[str], i: int) -> bool:
+    """Whether word `i`, first in a run, names the phrase rather than starts it: "seed", "frase",
+    "recupero" ("frase di recupero: ..."), or the last character of a word glued to the one before it
+    ("助记词：的 一 是 ...": "词" is in the Chinese list)."""
+    key = keys[i]
+    glued = i > 0 and words[i - 1].end() == words[i].start()
+    return key in _SEED_LEAD_WORDS or _SEED_KEYWORD.search(key) is not None or glued
+
+
 def _find_seed_phrases(text: str) -> Iterator[Span]:
-    vocabulary = _bip39()[0]
-    run: list[re.Match[str]] = []
-    for m in [*_SEED_WORD.finditer(text), None]:
-        word = m.group(0) if m is not None else ""
-        listed = word.lower() in vocabulary and (word.islower() or word[1:].islower() or word.isupper())
-        if m is not None and listed and run and _SEED_GAP.fullmatch(text, run[-1].end(), m.start()):
-            run.append(m)
+    masks = _bip39_masks()
+    words = list(_SEED_WORD.finditer(text))
+    keys = [_seed_key(w.group(0)) if _seed_case_ok(w.group(0)) else "" for w in words]
+    bits = [masks.get(key, 0) for key in keys]
+    spans: list[Span] = []
+    for bit, language in enumerate(_SEED_LISTS):
+        flag = 1 << bit
+        if sum(1 for b in bits if b & flag) < _SEED_MIN_WORDS:
             continue
-        if len(run) >= _SEED_MIN_WORDS and _seed_like(text, [r.group(0).lower() for r in run]):
-            first = 0  # "seed phrase: abandon ..." keeps "seed phrase:" when the rest is a whole phrase
-            while (
-                len(run) - first > _SEED_MIN_WORDS
-                and len(run) - first not in _SEED_LENGTHS
-                and run[first].group(0).lower() in _SEED_LEAD_WORDS
+        run: list[int] = []  # indices into `words`
+        for i in [*range(len(words)), None]:
+            if i is not None and bits[i] & flag:
+                gap = (words[i - 1].end(), words[i].start()) if i else (0, 0)
+                if run and run[-1] == i - 1 and _SEED_GAP.fullmatch(text, *gap):
+                    run.append(i)
+                    continue
+            if len(run) >= _SEED_MIN_WORDS and _seed_like(text, [keys[j] for j in run], language):
+                first = 0  # "seed phrase: abandon ..." keeps "seed phrase:" when the rest is a whole phrase
+                while (
+                    len(run) - first > _SEED_MIN_WORDS
+                    and len(run) - first not in _SEED_LENGTHS
+                    and _seed_lead(words, keys, run[first])
+                ):
+                    first += 1
+                spans.append((words[run[first]].start(), words[run[-1]].end(), "SEED_PHRASE"))
+            run = [i] if i is not None and bits[i] & flag else []
+    spans += _glued_seed_phrases(text)
+    yield from sorted(spans)
+
+
+def _glued_seed_phrases(text: str) -> Iterator[Span]:
+    """Chinese words typed without spaces after the word that names them: "助记词：的一是在不了有和人这中大"
+    (the phrase may start after a word or two: "助记词是…"). The checksum decides."""
+    for m in _SEED_GLUED.finditer(text):
+        value = m.group("value")
+        for skip in range(3):
+            chars = list(value[skip:])
+            if len(chars) in _SEED_LENGTHS and any(
+                bip39_checksum_ok(chars, language) for language in _SEED_LISTS[-2:]
             ):
-                first += 1
-            yield (run[first].start(), run[-1].end(), "SEED_PHRASE")
-        run = [m] if m is not None and listed else []
+                yield (m.start("value") + skip, m.end("value"), "SEED_PHRASE")
+                break
 
 
 # ---- keyword + machine-made value: "api key: 9f8e7d...", "токен abc...", "secret=..." ------------
@@ -1693,6 +1922,9 @@ _PHONE = re.compile(
     # number before a date ("room 600 01.01.99") is none
     r"|[6-9]\d\d(?: \d\d){3}|[6-9]\d\d(?:\.\d\d){3}"
     r"|01[5-7]\d" + _N + r"?\d{7,8}"  # 0151 23456789
+    # Brazil without +55: the area code in brackets, or a mobile's 9 after it: (11) 91234-5678, (21)
+    # 3456-7890, 11 91234-5678 (a bare 91234-5678 is a US ZIP+4 too)
+    r"|\(\d{2}\)[ \t]?(?:9[ \t]?)?\d{4}[ \t.-]?\d{4}|\d{2}[ \t]9[ \t]?\d{4}-\d{4}"
     r")(?![\w/-]|[.,:]\d)"
 )
 
@@ -1728,7 +1960,12 @@ def _check_phone(m: re.Match[str]) -> Span | None:
         return span if 10 <= digits <= 15 else None
     if text.startswith("0"):
         return span if 10 <= digits <= (12 if text.startswith("01") else 11) else None
+    if _YEAR_RANGE.search(text):
+        return None  # "temporada (12) 2024-2025": a number and a span of years, not Brazil's (12) 2024-2025
     return span
+
+
+_YEAR_RANGE = re.compile(r"\)[ \t]?(?:19|20)\d\d[ \t.-](?:19|20)\d\d$")
 
 
 # ---- money ---------------------------------------------------------------------------------------
@@ -1959,7 +2196,8 @@ RULES: tuple[Rule, ...] = (
         )
         for name, kind, pattern in _TOKEN_PATTERNS
     ),
-    Rule("seed_phrase", "SEED_PHRASE", _SEED_SHAPE, finder=_find_seed_phrases, min_length=47),
+    # a 12-word phrase of Chinese characters takes 12 characters and a word to name it
+    Rule("seed_phrase", "SEED_PHRASE", _SEED_SHAPE, finder=_find_seed_phrases, min_length=15),
     Rule("email", "EMAIL", _EMAIL, needs=("@",)),
     Rule("email_spaced", "EMAIL", _EMAIL_SPACED, needs=(" @ ", "\t@")),
     Rule(
@@ -2034,6 +2272,7 @@ RULES: tuple[Rule, ...] = (
             "idnr",
             "pesel",
             "cpf",
+            "cnpj",
             "aadhar",
             "aadhaar",
             "kimlik",
@@ -2091,6 +2330,10 @@ RULES: tuple[Rule, ...] = (
             "účt",
             "uct",
             "tili",
+            "clabe",
+            "cbu",
+            "cvu",
+            "cci",
             "c/c",
             "cta",
             "račun",
@@ -2105,6 +2348,14 @@ RULES: tuple[Rule, ...] = (
             "חשבון",
         ),
     ),
+    Rule(
+        "bank_account_br",
+        "BANK_ACCOUNT",
+        _BR_BANK,
+        finder=_find_br_bank,
+        needs=("ag", "conta", "c/c", "c/p", "cc", "c.c.", "poupan"),
+    ),
+    Rule("pix_key", "BANK_ACCOUNT", _PIX_KEYWORD, finder=_find_pix_keys, needs=("pix", "chave")),
     Rule(
         "access_code",
         "ACCESS_CODE",
@@ -2434,15 +2685,22 @@ def _apply(
             continue
         if rule.pattern.search(text) is None:
             continue
-        parts: list[str] = []
         replaced: list[Span] = []
+        # Spans that overlap become one (two readings of a value may end apart: "Guest_Net123" and
+        # "Guest_Net123!"), so no tail of a secret is left behind.
+        for start, end, kind in sorted(rule.spans(text), key=lambda s: (s[0], -s[1])):
+            if start >= end:
+                continue
+            if replaced and start < replaced[-1][1]:
+                if end > replaced[-1][1]:
+                    replaced[-1] = (replaced[-1][0], end, replaced[-1][2])
+                continue
+            replaced.append((start, end, kind))
+        parts: list[str] = []
         pos = 0
-        for start, end, kind in rule.spans(text):
-            if start < pos or start >= end:
-                continue  # overlapping or empty span: the earlier one already covers it
+        for start, end, kind in replaced:
             parts += (text[pos:start], f"<{kind}>")
             counts[kind] += 1
-            replaced.append((start, end, kind))
             pos = end
         if parts:
             parts.append(text[pos:])
@@ -2494,8 +2752,11 @@ def _maybe_secret_batch(texts: list[str]) -> list[bool]:
         import pyarrow.compute as pc
     except ImportError:  # pragma: no cover - pyarrow comes with pandas here
         return [maybe_secret(t) for t in texts]
-    mask = pc.match_substring_regex(pa.array(texts, type=pa.large_string()), _MAYBE_RE2)
-    return mask.to_numpy(zero_copy_only=False).tolist()
+    array = pa.array(texts, type=pa.large_string())
+    sure = pc.match_substring_regex(array, _MAYBE_RE2).to_numpy(zero_copy_only=False)
+    # Runs of 12 words are most long messages in a language with spaces: the word lists decide those.
+    shaped = pc.match_substring_regex(array, _SEED_SHAPE_SRC).to_numpy(zero_copy_only=False)
+    return [bool(s) or (bool(w) and maybe_secret(t)) for s, w, t in zip(sure, shaped, texts, strict=True)]
 
 
 def scrub_many(texts: Iterable[str]) -> tuple[list[str], Counter[str]]:
