@@ -46,6 +46,7 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "EngineNotReady",
+    "EngineStopped",
     "GenerationRequest",
     "Sequence",
     "SequenceState",
@@ -60,7 +61,8 @@ EndReason = Literal["stop", "stop_string", "length", "timeout", "cancelled", "qu
 token; "stop_string", the consumer found a stop string in the text and cancelled; "length",
 max_new_tokens generated; "timeout", the request's timeout passed while generating; "cancelled", the
 consumer went away; "queue_timeout", the timeout passed before a slot was free (`tokens()` raises
-EngineBusy); "error", generation failed or the engine stopped (`tokens()` raises EngineError)."""
+EngineBusy); "error", generation failed (`tokens()` raises EngineError) or the engine stopped (EngineStopped).
+"""
 
 
 class EngineBusy(Exception):
@@ -73,6 +75,13 @@ class EngineNotReady(Exception):
 
 class EngineError(RuntimeError):
     """Generation failed on the server's side."""
+
+
+class EngineStopped(EngineError):
+    """The engine stopped (the server is shutting down) before the reply was done: retry the request."""
+
+
+SHUTTING_DOWN = "the server is shutting down"
 
 
 @dataclass
@@ -121,6 +130,7 @@ class Sequence:
     state: SequenceState = SequenceState.QUEUED  # written by the worker thread only
     end_reason: EndReason | None = None  # set as the state turns FINISHED
     error: str | None = None  # what went wrong, with the end reasons "error" and "queue_timeout"
+    shut_down: bool = False  # ended by `Engine.stop` (end reason "error"): `tokens()` raises EngineStopped
     cancel_reason: Literal["cancelled", "stop_string"] | None = None
     """Set by the consumer (`cancel`); the worker ends the sequence with it before its next step."""
     slot: int = -1
@@ -149,14 +159,17 @@ class Sequence:
         while True:
             await self._event.wait()
             self._event.clear()
-            chunk, self._buffer = self._buffer, []
+            # the end is read with the tokens it came with: the last tokens and the end may arrive while
+            # the consumer is busy with this chunk (a stream sending it), and come out on the next round
+            ended, chunk, self._buffer = self._end_delivered, self._buffer, []
             if chunk:
                 yield chunk
-            if self._end_delivered:
+            if ended:
                 if self.end_reason == "queue_timeout":
                     raise EngineBusy(self.error or "timed out waiting for a free generation slot")
                 if self.end_reason == "error":
-                    raise EngineError(self.error or "generation failed")
+                    failure = EngineStopped if self.shut_down else EngineError
+                    raise failure(self.error or "generation failed")
                 return
 
 
@@ -278,10 +291,16 @@ class Engine:
 
     # ---- asyncio side ----------------------------------------------------------------------------
 
+    def _not_ready(self) -> EngineNotReady:
+        """Why no work is taken: loading, failed to load, or stopping."""
+        if self._stopping or self.state == "stopped":
+            return EngineNotReady(SHUTTING_DOWN)
+        return EngineNotReady(self.load_error or "the model is still loading")
+
     def submit(self, request: GenerationRequest) -> Sequence:
         """Queue `request` (from a running event loop). Raises EngineNotReady, EngineBusy or ValueError."""
         if self.state != "ready":
-            raise EngineNotReady(self.load_error or "the model is still loading")
+            raise self._not_ready()
         n = len(request.prompt_ids)
         if n < 1:
             raise ValueError("the prompt is empty")
@@ -297,6 +316,8 @@ class Engine:
         deadline = None if request.timeout_s is None else time.perf_counter() + request.timeout_s
         seq = Sequence(request=request, loop=asyncio.get_running_loop(), deadline=deadline)
         with self._lock:
+            if self._stopping:  # the worker may have emptied the queue for the last time already
+                raise self._not_ready()
             if self._live >= self.config.max_batch_size + self.config.max_queue:
                 raise EngineBusy(
                     f"all {self.config.max_batch_size} generation slots are busy and "
@@ -309,11 +330,14 @@ class Engine:
 
     def run_in_worker(self, fn: Callable[[Runner], T]) -> Future[T]:
         """Run `fn(runner)` in the worker thread between two decode steps (e.g. load a twin's adapter);
-        its result or exception comes through the future. Raises EngineNotReady before the model is up."""
+        its result or exception comes through the future (EngineStopped: the engine stopped first). Raises
+        EngineNotReady before the model is up and once the engine is stopping."""
         if self.state != "ready":
-            raise EngineNotReady(self.load_error or "the model is still loading")
+            raise self._not_ready()
         future: Future[T] = Future()
         with self._lock:
+            if self._stopping:
+                raise self._not_ready()
             self._controls.append((fn, future))
             self._lock.notify()
         return future
@@ -516,11 +540,11 @@ class Engine:
             controls, self._controls = list(self._controls), collections.deque()
         for _, future in controls:
             if future.set_running_or_notify_cancel():
-                future.set_exception(EngineError("the server is shutting down"))
+                future.set_exception(EngineStopped(SHUTTING_DOWN))
         with self._lock:
             queued, self._queue = list(self._queue), collections.deque()
         for seq in queued + [s for s in self._slots if s is not None]:
-            seq.error = "the server is shutting down"
+            seq.error, seq.shut_down = SHUTTING_DOWN, True
             self._finish(seq, "error")
         self._flush()
 

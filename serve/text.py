@@ -44,31 +44,40 @@ class TextStream:
         for token in ids:
             self.n_tokens += 1
             self._ids.append(token)
-            new = self._decode_new()
-            if not new:
-                continue
-            self._held += new
-            cut = self._find_stop()
-            if cut is not None:
-                out.append(self._held[:cut])
-                self._held = ""
-                self.stopped = True
+            out.append(self._release(self._decode_new()))
+            if self.stopped:
                 break
-            keep = self._partial_stop_len()
-            ready = self._held[: len(self._held) - keep]
-            self._held = self._held[len(self._held) - keep :]
-            out.append(ready)
         text = "".join(out)
         self.text += text
         return text
 
     def flush(self) -> str:
-        """The end of the reply: whatever was held back (a stop string's prefix that never completed)."""
+        """The end of the reply: the whole characters of tokens that ended inside a character (a reply
+        cut by max_tokens after the first bytes of an emoji: the bytes are dropped, a space in the same
+        token is not), and whatever was held back (a stop string's prefix that never completed)."""
         if self.stopped:
             return ""
-        text, self._held = self._held, ""
+        text = self._release(self._decode_rest())
+        if not self.stopped:
+            text, self._held = text + self._held, ""
         self.text += text
         return text
+
+    def _release(self, new: str) -> str:
+        """Hold `new` text; return what of the held text is final: up to a stop string (and stop there),
+        or all but an end that may begin one."""
+        if not new:
+            return ""
+        self._held += new
+        cut = self._find_stop()
+        if cut is not None:
+            text, self._held = self._held[:cut], ""
+            self.stopped = True
+            return text
+        keep = self._partial_stop_len()
+        ready = self._held[: len(self._held) - keep]
+        self._held = self._held[len(self._held) - keep :]
+        return ready
 
     def _decode_new(self) -> str:
         before = decode_ids(self.tokenizer, self._ids[self._prefix : self._read])
@@ -77,6 +86,16 @@ class TextStream:
             self._prefix, self._read = self._read, len(self._ids)
             return after[len(before) :]
         return ""
+
+    def _decode_rest(self) -> str:
+        """The text of the tokens `_decode_new` is still waiting on, but the incomplete character at its
+        end (the decoder's U+FFFD)."""
+        if self._read == len(self._ids):
+            return ""
+        before = decode_ids(self.tokenizer, self._ids[self._prefix : self._read])
+        after = decode_ids(self.tokenizer, self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :].rstrip("\ufffd")
 
     def _find_stop(self) -> int | None:
         hits = [i for i in (self._held.find(s) for s in self._stops) if i >= 0]

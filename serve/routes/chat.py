@@ -27,7 +27,15 @@ from sse_starlette import EventSourceResponse
 from common.scrub import scrub_secrets
 from prepare.prompt import MAX_CONTEXT_TURNS
 from serve.deps import API_PREFIX, ServiceDep, SettingsDep, require_api_key, require_json
-from serve.engine import EndReason, EngineBusy, EngineError, EngineNotReady, GenerationRequest, Sequence
+from serve.engine import (
+    EndReason,
+    EngineBusy,
+    EngineError,
+    EngineNotReady,
+    EngineStopped,
+    GenerationRequest,
+    Sequence,
+)
 from serve.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -178,9 +186,13 @@ async def until_disconnected(work: Awaitable[T], request: Request) -> T:
 
 
 def engine_failure(e: Exception, settings: Settings) -> HTTPException:
+    """What a request that failed in the engine before its answer began gets (a stream that began ends
+    with OpenAI's error object instead)."""
+    retry = settings.retry_after
     if isinstance(e, EngineBusy):  # waited longer than the request timeout for a slot
-        retry = settings.retry_after
         return error(status.HTTP_503_SERVICE_UNAVAILABLE, f"server busy: {e}; retry in {retry} s", retry)
+    if isinstance(e, EngineStopped):  # the server is going away: the request itself was fine
+        return error(status.HTTP_503_SERVICE_UNAVAILABLE, f"{e}; retry in {retry} s", retry)
     return error(status.HTTP_500_INTERNAL_SERVER_ERROR, str(e))
 
 
@@ -221,7 +233,10 @@ def chunk_json(chunk: ChatCompletionChunk, with_usage: bool) -> str:
         413: {"model": ErrorResponse, "description": "request body too large"},
         415: {"model": ErrorResponse, "description": "the body is not sent as application/json"},
         422: {"model": ErrorResponse, "description": "malformed JSON, wrong field types, a limit broken"},
-        503: {"model": ErrorResponse, "description": "loading or busy: retry after Retry-After seconds"},
+        503: {
+            "model": ErrorResponse,
+            "description": "loading, busy or shutting down: retry after Retry-After seconds",
+        },
     },
 )
 async def create_chat_completion(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +17,7 @@ import yaml
 from litgpt import lora
 from litgpt.config import Config
 
+from serve.engine import Engine
 from serve.settings import Settings
 
 ADAPTER_FILE = "lit_model_lora_finetuned.pth"
@@ -111,3 +112,20 @@ def user(content: str, name: str | None = None) -> dict[str, str]:
     if name is not None:
         message["name"] = name
     return message
+
+
+def pause_worker(engine: Engine, only_if: Callable[[], bool] | None = None) -> threading.Event:
+    """Hold the engine's worker between two decode steps (`run_in_worker`) until the event is set. With
+    `only_if`, the worker is held only if that is true when it gets there (else it goes on at once): a
+    test never waits for work that a held worker cannot do."""
+    paused, resume = threading.Event(), threading.Event()
+
+    def pause(runner: Any) -> None:
+        hold = only_if is None or only_if()
+        paused.set()
+        if hold:
+            resume.wait(timeout=30)
+
+    engine.run_in_worker(pause)
+    assert paused.wait(timeout=30)
+    return resume

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from serve_helpers import pause_worker
 
 from serve.engine import (
     Engine,
@@ -65,6 +67,30 @@ def test_generates_exactly_max_new_tokens(engine: Engine) -> None:
     out, seq = asyncio.run(run())
     assert len(out) == 9 and seq.end_reason == "length"  # not "timeout"
     assert engine.stats()["active"] == 0
+
+
+def test_tokens_that_come_with_the_end_while_the_consumer_is_busy_come_out(engine: Engine) -> None:
+    """The consumer is still busy with a chunk (a stream sending it to its client) when the last tokens
+    and the end of the reply arrive: they come out all the same. Before, `tokens()` saw the end when it
+    resumed after its `yield` and returned without them: a streamed reply a piece short of the plain one.
+    """
+
+    async def run() -> tuple[list[int], list[int], Sequence]:
+        seq = engine.submit(greedy(8, ignore_eos=True))
+        # held once the first token is out and before the next step, so the rest comes after `first`
+        resume = pause_worker(engine, only_if=lambda: seq.first_token_at is not None)
+        tokens = seq.tokens()
+        first = await anext(tokens)
+        resume.set()
+        deadline = time.monotonic() + 30
+        while not seq._end_delivered:  # busy until the rest of the reply and its end have come in
+            assert time.monotonic() < deadline, engine.stats()
+            await asyncio.sleep(0.005)
+        rest = [token async for chunk in tokens for token in chunk]
+        return first, rest, seq
+
+    first, rest, seq = asyncio.run(run())
+    assert seq.end_reason == "length" and len(first) + len(rest) == 8, (first, rest)
 
 
 def test_eos_ends_the_reply_without_being_sent(engine: Engine) -> None:

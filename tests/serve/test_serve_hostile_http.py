@@ -4,7 +4,8 @@ real tiny model (TestClient, and a real uvicorn with `python -m serve`'s protoco
 A client without the key gets its 401 before its body is read; a compressed body is a 415 naming the
 encoding; refused CORS preflights, unparsable requests and headers over the limit answer in the API's
 error shape; every answer to a listed origin carries CORS headers (Retry-After readable); a stream that
-fails after it began ends with OpenAI's error object, and its slot is free.
+fails after it began ends with OpenAI's error object, and its slot is free; requests still waiting for
+their first token when the engine stops are 503s.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import gzip
 import json
 import socket
-import threading
+import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from serve_helpers import make_settings, user, uvicorn_in_thread
+from serve_helpers import make_settings, pause_worker, user, uvicorn_in_thread
 from test_serve_hostile import OPENAI_KEY, assert_clean_4xx
 
 from serve.app import create_app, uvicorn_options
@@ -304,19 +306,6 @@ def own_engine(tiny_checkpoint: Path, lora_path: Path) -> Iterator[tuple[Setting
         service.engine.stop()
 
 
-def pause_worker(service: TwinService) -> threading.Event:
-    """Hold the engine's worker between two decode steps (`run_in_worker`) until the event is set."""
-    paused, resume = threading.Event(), threading.Event()
-
-    def pause(runner: Any) -> None:
-        paused.set()
-        resume.wait(timeout=30)
-
-    service.engine.run_in_worker(pause)
-    assert paused.wait(timeout=30)
-    return resume
-
-
 def test_a_stream_cut_by_the_engine_ends_with_openais_error_object(
     own_engine: tuple[Settings, TwinService],
 ) -> None:
@@ -331,7 +320,7 @@ def test_a_stream_cut_by_the_engine_ends_with_openais_error_object(
                 assert r.status_code == 200
                 lines = r.iter_lines()
                 assert next(line for line in lines if line.startswith("data: "))
-                resume = pause_worker(service)  # between two decode steps: the engine stops there
+                resume = pause_worker(engine)  # between two decode steps: the engine stops there
                 generating = engine.stats()["active"] == 1
                 if generating:
                     engine.stop(timeout=0)  # asks the worker to stop; it does once resumed
@@ -353,3 +342,36 @@ def test_a_stream_cut_by_the_engine_ends_with_openais_error_object(
     }
     engine.stop()  # joins the worker
     assert engine.stats()["active"] == 0 and engine.stats()["finished"].get("error") == 1
+
+
+def test_requests_waiting_for_their_first_token_when_the_engine_stops_are_503(
+    own_engine: tuple[Settings, TwinService],
+) -> None:
+    """The server shuts down (its engine stops) while a plain and a streamed request wait for their first
+    token: both are 503 in the API's error shape with Retry-After, like the other 503s (before: 500), and
+    the stream sends no 200 first; a request after that is a 503 saying so (before: "still loading")."""
+    settings, service = own_engine
+    engine = service.engine
+    body = {"messages": [user("hi")], "max_tokens": 4}
+    with TestClient(create_app(settings, service)) as client, ThreadPoolExecutor(2) as pool:
+        resume = pause_worker(engine)  # held before either request reaches a slot
+        answers = [pool.submit(client.post, CHAT, json={**body, "stream": s}) for s in (False, True)]
+        deadline = time.monotonic() + 30
+        while engine.stats()["queued"] < 2:  # both wait in the queue
+            assert time.monotonic() < deadline and not any(a.done() for a in answers), engine.stats()
+            time.sleep(0.01)
+        engine.stop(timeout=0)  # asks the worker to stop; it does once resumed
+        resume.set()
+        responses = [a.result(timeout=30) for a in answers]
+        late = client.post(CHAT, json=body)  # one that comes after: refused at once, saying why
+    assert late.status_code == 503 and late.headers["retry-after"] == str(settings.retry_after)
+    assert late.json()["detail"] == "the model is not ready: the server is shutting down"
+    message = f"the server is shutting down; retry in {settings.retry_after} s"
+    for r in responses:
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == str(settings.retry_after)
+        assert r.headers["content-type"] == "application/json"
+        error = {"message": message, "type": "overloaded_error", "param": None, "code": None}
+        assert r.json() == {"detail": message, "error": error}
+    engine.stop()  # joins the worker
+    assert engine.stats()["finished"].get("error") == 2

@@ -73,3 +73,20 @@ def test_streamed_text_is_the_full_text_cut_at_the_first_stop(
     out, pieces, ts = stream_text(tokenizer, ids, stops, step)
     assert out == want
     assert ts.stopped == bool(hits)
+
+
+def test_a_reply_cut_inside_a_character_keeps_the_text_before_it(tokenizer: Tokenizer) -> None:
+    """max_tokens can end a reply on a token that holds whole characters and then the first bytes of the
+    next one (" " + the first bytes of an emoji): the whole characters come out at the end, the cut one
+    does not. Before, the end dropped the whole token's text."""
+    ids = tokenizer.encode("ok 🙂 да 😂 ok").tolist()
+    cuts = [n for n in range(1, len(ids)) if decode_ids(tokenizer, ids[:n]).endswith(" \ufffd")]
+    assert cuts, "the tiny BPE has no token of a space and an emoji's first bytes any more: pick another text"
+    for n in range(1, len(ids) + 1):
+        out, pieces, ts = stream_text(tokenizer, ids[:n], [])
+        assert out == ts.text == decode_ids(tokenizer, ids[:n]).rstrip("\ufffd"), n
+    # a stop string that ends in that last token's whole characters still cuts the reply
+    n = cuts[0]
+    want = decode_ids(tokenizer, ids[:n]).rstrip("\ufffd")
+    out, _, ts = stream_text(tokenizer, ids[:n], [want[-2:]])
+    assert out == want[:-2] and ts.stopped
