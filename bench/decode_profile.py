@@ -308,7 +308,13 @@ def nf4_sweep(
     if not kernels_nf4.available() or (device.type != "cuda" and not interpret):
         emit({"what": "nf4 sweep: skipped (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 on a CPU)"})
         return
-    saved = (kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH, kernels.cpu_interpreter)
+    saved = (
+        kernels_nf4.TILE,
+        kernels_nf4.DECODE,
+        kernels_nf4.QUADS_PREFETCH,
+        kernels_nf4.QUADS_SPLIT,
+        kernels.cpu_interpreter,
+    )
     kernels.cpu_interpreter = interpret
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     split = config.n_head * config.head_size  # Falcon's [proj | mlp.proj]: heads, then gelu(fc)
@@ -322,17 +328,26 @@ def nf4_sweep(
             out = rows // 2 if kind == "glu" else rows
             row: dict[str, Any] = {"what": f"nf4 sweep: {name}", "shape": [rows, K], "copies": copies}
             row["check"] = nf4_check(kind, first, split, device, dtype, decodes)
-            runs: list[tuple[str | None, tuple[int, int, int] | None, int, bool | None]] = [
-                (d, t, 1, None) for d in decodes if d != "quads" for t in NF4_TILES
-            ]
+            Run = tuple[str | None, tuple[int, int, int] | None, int, bool, int | None]
+            runs: list[Run] = [(d, t, 1, False, 1) for d in decodes if d != "quads" for t in NF4_TILES]
             if "quads" in decodes:
-                runs += [("quads", t, 1, ahead) for t in NF4_QUAD_TILES for ahead in (False, True)]
-            for decode, tile, tokens, ahead in [*runs, (None, None, 4, None), (None, None, 16, None)]:
-                kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH = tile, decode, ahead
+                runs += [("quads", t, 1, ahead, 1) for t in NF4_QUAD_TILES for ahead in (False, True)]
+                # split-K (`kernels_nf4.QUADS_SPLIT`): fixed splits, and None (picked from the SM count)
+                runs += [("quads", NF4_QUAD_TILES[2], 1, False, s) for s in (2, 4, 8, None)]
+            defaults = kernels_nf4.QUADS_PREFETCH, kernels_nf4.QUADS_SPLIT
+            for decode, tile, tokens, ahead, parts in [
+                *runs,
+                (None, None, 4, *defaults),
+                (None, None, 16, *defaults),
+            ]:
+                kernels_nf4.TILE, kernels_nf4.DECODE = tile, decode
+                kernels_nf4.QUADS_PREFETCH, kernels_nf4.QUADS_SPLIT = ahead, parts
                 x = torch.randn(tokens, 1, K, device=device, dtype=dtype)
                 res = torch.randn(tokens, 1, out, device=device, dtype=dtype)
                 key = f"{decode or 'default'} {tile or kernels_nf4.nf4_tile(K, decode or 'quads')} x{tokens}"
-                key += "" if ahead is None else " ahead" if ahead else ""
+                key += (" ahead" if ahead and decode else "") + (
+                    f" split {parts or 'auto'}" if parts != 1 else ""
+                )
                 try:
                     ms = time_launches(
                         lambda x=x, res=res: [nf4_launch(kind, x, w, res, split) for w in weights],  # noqa: B023
@@ -349,7 +364,13 @@ def nf4_sweep(
                 }
             emit(row)
     finally:
-        kernels_nf4.TILE, kernels_nf4.DECODE, kernels_nf4.QUADS_PREFETCH, kernels.cpu_interpreter = saved
+        (
+            kernels_nf4.TILE,
+            kernels_nf4.DECODE,
+            kernels_nf4.QUADS_PREFETCH,
+            kernels_nf4.QUADS_SPLIT,
+            kernels.cpu_interpreter,
+        ) = saved
 
 
 def nf4_check(

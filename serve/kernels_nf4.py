@@ -85,6 +85,13 @@ QUADS_PREFETCH = False
 """Whether the `quads` kernel loads a chunk's codes while it multiplies the one before (more registers:
 fewer warps a multiprocessor). On the H200 at (4, 512, 1) it gained 0.7 us on [qkv; fc] and lost 2.4 on
 [proj | mlp.proj]: off. For the benchmarks' sweeps."""
+QUADS_SPLIT: int | None = 1
+"""Ranges of K the `quads` kernel splits each row into (a power of 2): each range its own programs, their
+fp32 sums added by a second kernel — for matrices of few long rows (Falcon-7B's [proj | mlp.proj]: 1,136
+one-warp programs, ~9 a multiprocessor). None: `quads_split` picks from the multiprocessor count. 1 (no
+split) until a GPU run measures it."""
+SPLIT_ROWS = 256
+"""Rows a program of the split kernels' reduction."""
 DECODE: str | None = os.environ.get("TWIN_NF4_DECODE") or None
 """Which of DECODES every NF4 GEMV uses; None: `nf4_decode` picks. For the benchmarks (a sweep sets it;
 TWIN_NF4_DECODE sets it for a whole process)."""
@@ -647,22 +654,24 @@ if triton is not None:
         return t0, t1, t2, t3
 
     @triton.jit
-    def _quad_codes(q_ptr, rows, c0, KQ, C: tl.constexpr, MASKED: tl.constexpr):
-        # code words 4c + j, j < 4, of quads c in [c0, c0 + C) of each row: (R, C, 4), 16 bytes a thread
+    def _quad_codes(q_ptr, rows, c0, KQ, end, C: tl.constexpr, MASKED: tl.constexpr):
+        # code words 4c + j, j < 4, of quads c in [c0, c0 + C) of each row (KQ quads; MASKED: those < end):
+        # (R, C, 4), 16 bytes a thread
         c = c0 + tl.arange(0, C)
         offs = rows[:, None, None] * (4 * KQ) + 4 * c[None, :, None] + tl.arange(0, 4)[None, None, :]
         if MASKED:
-            return tl.load(q_ptr + offs, mask=(c < KQ)[None, :, None], other=0, eviction_policy="evict_first")
+            inside = (c < end)[None, :, None]
+            return tl.load(q_ptr + offs, mask=inside, other=0, eviction_policy="evict_first")
         return tl.load(q_ptr + offs, eviction_policy="evict_first")
 
     @triton.jit
-    def _quad_input(x_row, x2_row, c0, j: tl.constexpr, K1, KQ, C: tl.constexpr, HAS_X2: tl.constexpr,
+    def _quad_input(x_row, x2_row, c0, j: tl.constexpr, K1, end, C: tl.constexpr, HAS_X2: tl.constexpr,
                     MASKED: tl.constexpr):  # fmt: skip
         # for code word j of each quad c: its 4 input words 16c + 4j + t (columns 32c + 8j + 2t, + 1), as
         # (1, C) low-half and high-half fp32 values for each t — the layout of the codes' slices
         c = c0 + tl.arange(0, C)
         words = _input_words(
-            x_row, x2_row, (16 * c + 4 * j)[None, :, None] + tl.arange(0, 4)[None, None, :], K1, 16 * KQ,
+            x_row, x2_row, (16 * c + 4 * j)[None, :, None] + tl.arange(0, 4)[None, None, :], K1, 16 * end,
             HAS_X2, MASKED,
         )  # fmt: skip
         w0, w1, w2, w3 = _quarters(words, 1, C)
@@ -708,7 +717,7 @@ if triton is not None:
         return (v << 16) | ((v >> 16) & 65535)
 
     @triton.jit
-    def _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, KQ, QG: tl.constexpr,
+    def _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, end, QG: tl.constexpr,
                    R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
         # a chunk's (R, C) partial sums: each quad's 4 code words against their inputs, times its group's
         # scale (a group: QG quads)
@@ -718,7 +727,7 @@ if triton is not None:
         c = c0 + tl.arange(0, C)
         scales = s_ptr + rows[:, None] * KG + (c // QG)[None, :]
         if MASKED:
-            scale = tl.load(scales, mask=(c < KQ)[None, :], other=0.0)
+            scale = tl.load(scales, mask=(c < end)[None, :], other=0.0)
         else:
             scale = tl.load(scales)
         return part * scale.to(tl.float32)
@@ -735,10 +744,10 @@ if triton is not None:
 
     @triton.jit
     def _nf4_quads_kernel(
-        x_ptr, x2_ptr, q_ptr, s_ptr, lut_ptr, bias_ptr, add_ptr, res_ptr, y_ptr, M, N, K1, K, KQ, KG,
+        x_ptr, x2_ptr, q_ptr, s_ptr, lut_ptr, bias_ptr, add_ptr, res_ptr, y_ptr, ws_ptr, M, N, K1, K, KQ, KG,
         act_from, QG: tl.constexpr, HAS_X2: tl.constexpr, ACT: tl.constexpr, GLU: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr, HAS_RES: tl.constexpr, ASM: tl.constexpr,
-        BLOCK_N: tl.constexpr, C: tl.constexpr, PREFETCH: tl.constexpr,
+        BLOCK_N: tl.constexpr, C: tl.constexpr, PREFETCH: tl.constexpr, SPLIT: tl.constexpr,
     ):  # fmt: skip
         # `_nf4_gemv_kernel`'s GEMV (same folds, bf16) laid out for the registers rather than for L1: a
         # thread holds 4 consecutive code words (32 weights, one 16-byte load) of every one of the
@@ -746,62 +755,100 @@ if triton is not None:
         # scales the sum once per quad (groups of QG quads: group width a multiple of 32); the rows' sums
         # meet across threads once, at the end. KQ: quads a row (K / 32); x, x2 as int32 pairs. ASM: the
         # prmt decode (lut_ptr: byte tables), else the code-pair gathers (lut_ptr: pairs; the interpreter).
+        # SPLIT > 1: the row's quads in SPLIT ranges of whole chunks, one program each (more programs for
+        # matrices of few, long rows); each stores its fp32 sums in ws (M, SPLIT, rows) for
+        # `_nf4_split_kernel` to add up and finish.
+        pid = tl.program_id(0)
+        m = pid % M
+        rest = pid // M
+        split = rest % SPLIT
+        tile = rest // SPLIT
+        out_rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = out_rows < N
+        rows = tl.minimum(out_rows, N - 1)
+        x_row = x_ptr + m * (K1 // 2)
+        x2_row = x2_ptr + m * ((K - K1) // 2)
+        per = tl.cdiv(tl.cdiv(KQ, SPLIT), C) * C  # quads a split: whole chunks
+        begin = split * per
+        end = tl.minimum(begin + per, KQ)
+        full = begin + tl.maximum(end - begin, 0) // C * C
+        acc = tl.zeros([BLOCK_N, C], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N, C], dtype=tl.float32)
+        tabs = 0
+        if ASM:
+            tabs = _quad_tables(lut_ptr, BLOCK_N, C)
+        last = tl.maximum(full - C, begin)
+        codes = _quad_codes(q_ptr, rows, begin, KQ, end, C, True)  # PREFETCH's first chunk (K may be < C)
+        codes_up = codes
+        if GLU:
+            codes_up = _quad_codes(q_ptr, rows + N, begin, KQ, end, C, True)
+        for c0 in range(begin, full, C):
+            if PREFETCH:  # the next chunk's codes in flight while this one is multiplied
+                ahead = tl.minimum(c0 + C, last)  # the last full chunk re-reads itself (cached)
+                codes_next = _quad_codes(q_ptr, rows, ahead, KQ, end, C, False)
+                up_next = codes_next
+                if GLU:
+                    up_next = _quad_codes(q_ptr, rows + N, ahead, KQ, end, C, False)
+            else:
+                codes = _quad_codes(q_ptr, rows, c0, KQ, end, C, False)
+                if GLU:
+                    codes_up = _quad_codes(q_ptr, rows + N, c0, KQ, end, C, False)
+            x0 = _quad_input(x_row, x2_row, c0, 0, K1, end, C, HAS_X2, False)
+            x1 = _quad_input(x_row, x2_row, c0, 1, K1, end, C, HAS_X2, False)
+            x2 = _quad_input(x_row, x2_row, c0, 2, K1, end, C, HAS_X2, False)
+            x3 = _quad_input(x_row, x2_row, c0, 3, K1, end, C, HAS_X2, False)
+            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, end, QG, BLOCK_N, C,
+                              ASM, False)  # fmt: skip
+            if GLU:
+                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, c0, KG, end,
+                                     QG, BLOCK_N, C, ASM, False)  # fmt: skip
+            if PREFETCH:
+                codes = codes_next
+                codes_up = up_next
+        if full < end:  # the tail, masked
+            codes = _quad_codes(q_ptr, rows, full, KQ, end, C, True)
+            x0 = _quad_input(x_row, x2_row, full, 0, K1, end, C, HAS_X2, True)
+            x1 = _quad_input(x_row, x2_row, full, 1, K1, end, C, HAS_X2, True)
+            x2 = _quad_input(x_row, x2_row, full, 2, K1, end, C, HAS_X2, True)
+            x3 = _quad_input(x_row, x2_row, full, 3, K1, end, C, HAS_X2, True)
+            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, full, KG, end, QG, BLOCK_N,
+                              C, ASM, True)  # fmt: skip
+            if GLU:
+                codes_up = _quad_codes(q_ptr, rows + N, full, KQ, end, C, True)
+                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, full, KG, end,
+                                     QG, BLOCK_N, C, ASM, True)  # fmt: skip
+        if SPLIT == 1:
+            _epilogue(tl.sum(acc, axis=1), tl.sum(acc_up, axis=1), m, rows, out_rows, row_mask, N, act_from,
+                      bias_ptr, add_ptr, res_ptr, y_ptr, ACT, GLU, HAS_BIAS, HAS_ADD, HAS_RES)  # fmt: skip
+        else:
+            width = 2 * N if GLU else N
+            ws = ws_ptr + (m * SPLIT + split) * width
+            tl.store(ws + out_rows, tl.sum(acc, axis=1), mask=row_mask)
+            if GLU:
+                tl.store(ws + N + out_rows, tl.sum(acc_up, axis=1), mask=row_mask)
+
+    @triton.jit
+    def _nf4_split_kernel(
+        ws_ptr, bias_ptr, add_ptr, res_ptr, y_ptr, M, N, act_from, SPLIT: tl.constexpr, ACT: tl.constexpr,
+        GLU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr, HAS_RES: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        # the split quads kernel's partial sums ws (M, SPLIT, rows) added up per token and row, then the
+        # same epilogue as unsplit
         pid = tl.program_id(0)
         m = pid % M
         tile = pid // M
         out_rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = out_rows < N
         rows = tl.minimum(out_rows, N - 1)
-        x_row = x_ptr + m * (K1 // 2)
-        x2_row = x2_ptr + m * ((K - K1) // 2)
-        full = KQ - KQ % C
-        acc = tl.zeros([BLOCK_N, C], dtype=tl.float32)
-        acc_up = tl.zeros([BLOCK_N, C], dtype=tl.float32)
-        tabs = 0
-        if ASM:
-            tabs = _quad_tables(lut_ptr, BLOCK_N, C)
-        last = tl.maximum(full - C, 0)
-        codes = _quad_codes(q_ptr, rows, 0, KQ, C, True)  # PREFETCH's first chunk (masked: K may be < C)
-        codes_up = codes
+        width = 2 * N if GLU else N
+        parts = ws_ptr + (m * SPLIT + tl.arange(0, SPLIT))[:, None] * width + rows[None, :]
+        y = tl.sum(tl.load(parts), axis=0)
+        up = y
         if GLU:
-            codes_up = _quad_codes(q_ptr, rows + N, 0, KQ, C, True)
-        for c0 in range(0, full, C):
-            if PREFETCH:  # the next chunk's codes in flight while this one is multiplied
-                ahead = tl.minimum(c0 + C, last)  # the last full chunk re-reads itself (cached)
-                codes_next = _quad_codes(q_ptr, rows, ahead, KQ, C, False)
-                up_next = codes_next
-                if GLU:
-                    up_next = _quad_codes(q_ptr, rows + N, ahead, KQ, C, False)
-            else:
-                codes = _quad_codes(q_ptr, rows, c0, KQ, C, False)
-                if GLU:
-                    codes_up = _quad_codes(q_ptr, rows + N, c0, KQ, C, False)
-            x0 = _quad_input(x_row, x2_row, c0, 0, K1, KQ, C, HAS_X2, False)
-            x1 = _quad_input(x_row, x2_row, c0, 1, K1, KQ, C, HAS_X2, False)
-            x2 = _quad_input(x_row, x2_row, c0, 2, K1, KQ, C, HAS_X2, False)
-            x3 = _quad_input(x_row, x2_row, c0, 3, K1, KQ, C, HAS_X2, False)
-            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, KQ, QG, BLOCK_N, C,
-                              ASM, False)  # fmt: skip
-            if GLU:
-                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, c0, KG, KQ, QG,
-                                     BLOCK_N, C, ASM, False)  # fmt: skip
-            if PREFETCH:
-                codes = codes_next
-                codes_up = up_next
-        if full < KQ:  # the tail, masked
-            codes = _quad_codes(q_ptr, rows, full, KQ, C, True)
-            x0 = _quad_input(x_row, x2_row, full, 0, K1, KQ, C, HAS_X2, True)
-            x1 = _quad_input(x_row, x2_row, full, 1, K1, KQ, C, HAS_X2, True)
-            x2 = _quad_input(x_row, x2_row, full, 2, K1, KQ, C, HAS_X2, True)
-            x3 = _quad_input(x_row, x2_row, full, 3, K1, KQ, C, HAS_X2, True)
-            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, full, KG, KQ, QG, BLOCK_N, C,
-                              ASM, True)  # fmt: skip
-            if GLU:
-                codes_up = _quad_codes(q_ptr, rows + N, full, KQ, C, True)
-                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, full, KG, KQ,
-                                     QG, BLOCK_N, C, ASM, True)  # fmt: skip
-        _epilogue(tl.sum(acc, axis=1), tl.sum(acc_up, axis=1), m, rows, out_rows, row_mask, N, act_from,
-                  bias_ptr, add_ptr, res_ptr, y_ptr, ACT, GLU, HAS_BIAS, HAS_ADD, HAS_RES)  # fmt: skip
+            up = tl.sum(tl.load(parts + N), axis=0)
+        _epilogue(y, up, m, rows, out_rows, row_mask, N, act_from, bias_ptr, add_ptr, res_ptr, y_ptr, ACT,
+                  GLU, HAS_BIAS, HAS_ADD, HAS_RES)  # fmt: skip
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -903,16 +950,24 @@ def _launch_quads(
     x_in = x.view(torch.int32)
     x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32)
     asm = x.is_cuda
-    _nf4_quads_kernel[(M * triton.cdiv(N, block_n),)](
+    tiles = M * triton.cdiv(N, block_n)
+    split = quads_split(tiles, K // block_k, x.device)
+    bias_in = bias if bias is not None else x
+    add_in = _rows(add, rows) if add is not None else x
+    res_in = _rows(residual, N) if residual is not None else x
+    ws = torch.empty(M, split, rows, device=x.device, dtype=torch.float32) if split > 1 else y
+    act = 0 if activation is None else kernels.ACTIVATIONS[activation]
+    _nf4_quads_kernel[(tiles * split,)](
         x_in,
         x2_in,
         weight.codes.view(torch.int32),
         weight.scales,
         weight.bytes if asm else weight.pairs,
-        bias if bias is not None else x,
-        _rows(add, rows) if add is not None else x,
-        _rows(residual, N) if residual is not None else x,
+        bias_in,
+        add_in,
+        res_in,
         y,
+        ws,
         M,
         N,
         k1,
@@ -922,7 +977,7 @@ def _launch_quads(
         0 if act_from is None else act_from,
         QG=weight.group // 32,
         HAS_X2=x2 is not None,
-        ACT=0 if activation is None else kernels.ACTIVATIONS[activation],
+        ACT=act,
         GLU=glu,
         HAS_BIAS=bias is not None,
         HAS_ADD=add is not None,
@@ -931,10 +986,42 @@ def _launch_quads(
         BLOCK_N=block_n,
         C=block_k // 32,
         PREFETCH=QUADS_PREFETCH,
+        SPLIT=split,
         num_warps=warps,
         num_stages=NUM_STAGES,
     )
+    if split > 1:
+        _nf4_split_kernel[(M * triton.cdiv(N, SPLIT_ROWS),)](
+            ws,
+            bias_in,
+            add_in,
+            res_in,
+            y,
+            M,
+            N,
+            0 if act_from is None else act_from,
+            SPLIT=split,
+            ACT=act,
+            GLU=glu,
+            HAS_BIAS=bias is not None,
+            HAS_ADD=add is not None,
+            HAS_RES=residual is not None,
+            BLOCK_N=SPLIT_ROWS,
+            num_warps=4,
+        )
     return y
+
+
+def quads_split(tiles: int, chunks: int, device: torch.device) -> int:
+    """How many ranges of K the quads kernel splits a row into (QUADS_SPLIT; None: enough for ~32
+    one-warp programs a multiprocessor, a power of 2 up to 8, at least 2 chunks a range)."""
+    if QUADS_SPLIT is not None:
+        return QUADS_SPLIT
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    split = 1
+    while split < 8 and tiles * split < 32 * sms and chunks >= 4 * split:
+        split *= 2
+    return split
 
 
 def nf4_gemv(

@@ -184,16 +184,21 @@ def test_the_byte_permute_decode_gives_every_code_its_weight(kind: str) -> None:
     assert not byte_tables(table.float()).any()  # the decode is for bf16 tables only
 
 
-@pytest.mark.parametrize("ahead", [False, True], ids=["load-then-multiply", "prefetch"])
+@pytest.mark.parametrize(
+    ("ahead", "split"), [(False, 1), (True, 1), (False, 4)], ids=["load-then-multiply", "prefetch", "split-k"]
+)
 def test_the_quads_kernel_computes_every_fold(
-    interpreted: None, monkeypatch: pytest.MonkeyPatch, ahead: bool
+    interpreted: None, monkeypatch: pytest.MonkeyPatch, ahead: bool, split: int
 ) -> None:
     """The `quads` kernel (a thread's 16-byte code loads of several rows against one input load; the CPU
     gathers the words the GPU's byte permutes give) on each fold, 1 and 3 tokens: a partial row tile, a
     masked tail of quads, bias + addend + GELU tail + residual, [gate; up], the [a | b] concatenation —
-    against F.linear on torchao's dequantized weight, and equal to the `pairs` kernel's output."""
+    against F.linear on torchao's dequantized weight, and equal to the `pairs` kernel's output. Split-K:
+    320 columns in 4 ranges of one 4-quad chunk — two full, one of 2 quads, one empty — added up by the
+    second kernel, which runs the epilogue."""
     monkeypatch.setattr(kernels_nf4, "TILE", (8, 128, 1))  # 4 quads a chunk: 320 columns = 2 + a tail of 2
     monkeypatch.setattr(kernels_nf4, "QUADS_PREFETCH", ahead)
+    monkeypatch.setattr(kernels_nf4, "QUADS_SPLIT", split)
     dtype = torch.bfloat16
     n, k, k2 = 37, 320, 192
     (q, w), (qu, wu), (q2, w2) = (nf4_weight(n, kk, True, dtype, s) for s, kk in enumerate((k, k, k2)))
@@ -201,7 +206,7 @@ def test_the_quads_kernel_computes_every_fold(
     glued = stack_cols(pack_nf4(q), pack_nf4(q2))
     g = torch.Generator().manual_seed(5)
     bias = torch.randn(n, generator=g).to(dtype)
-    for tokens in (3,) if ahead else (1,):  # a batched step, a batch-1 step
+    for tokens in (3,) if ahead or split > 1 else (1,):  # a batched step, a batch-1 step
         x = (torch.randn(tokens, 1, k, generator=g) / 4).to(dtype)
         add = torch.randn(tokens, 1, 2 * n, generator=g).to(dtype)
         residual = torch.randn(tokens, 1, n, generator=g).to(dtype)
@@ -339,7 +344,7 @@ from serve.kernels_nf4 import _nf4_quads_kernel
 ints = ["M", "N", "K1", "K", "KQ", "KG", "act_from"]
 for variant in folds:
     names = list(_nf4_quads_kernel.arg_names)
-    consts = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False, **variant)
+    consts = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False, SPLIT=1, **variant)
     types = {"q_ptr": "*i32", "lut_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}
     signature = {
         n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names
@@ -353,6 +358,25 @@ for variant in folds:
     ptx = kernel.asm["ptx"]
     # a thread's 4 code words of a row in one 16-byte evict-first load; decoded by the byte permutes
     print(ptx.count("ld.global.L1::evict_first.L2::cache_hint.v4"), ptx.count("0x9D8C"))
+
+from serve.kernels_nf4 import _nf4_split_kernel
+
+# split-K: the quads kernel storing fp32 partial sums, and the kernel adding them up (gated: both halves)
+consts = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False, SPLIT=4, **folds[1])
+signature = {n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names}
+signature["ws_ptr"] = "*fp32"
+constexprs = {(names.index(n),): v for n, v in consts.items()}
+source = ASTSource(_nf4_quads_kernel, signature, constexprs, attrs)
+ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1}).asm["ptx"]
+names = list(_nf4_split_kernel.arg_names)
+consts = dict(SPLIT=4, BLOCK_N=256, **{k: v for k, v in folds[1].items() if k != "HAS_X2"})
+signature = {n: "constexpr" if n in consts else "i32" if n in ints else "*bf16" for n in names}
+signature["ws_ptr"] = "*fp32"
+attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned}
+constexprs = {(names.index(n),): v for n, v in consts.items()}
+source = ASTSource(_nf4_split_kernel, signature, constexprs, attrs)
+reduce_ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+print(ptx.count("st.global.b32"), reduce_ptx.count("ld.global"))
 """
 
 
@@ -362,7 +386,8 @@ def test_the_kernel_compiles_for_an_h200(tmp_path: Path) -> None:
     inline PTX assembled — the interpreter runs none of that; and every fold of the quads kernel, its
     codes in 16-byte loads."""
     counts = compile_for_sm90(COMPILE_FOR_SM90, tmp_path)
-    counts, quads = counts[:12], counts[12:]
+    counts, quads, (partials, reduce_loads) = counts[:12], counts[12:20], counts[20:]
+    assert partials >= 1 and reduce_loads >= 1, counts[20:]  # split-K: fp32 sums stored, then loaded
     loads, permutes = counts[0::2], counts[1::2]
     assert len(loads) == 6 and all(c >= 1 for c in loads), counts
     assert all(p >= 1 for p in permutes[:4]) and permutes[4:] == [0, 0], counts  # PRMT_ASM: decode 2 only
