@@ -485,12 +485,9 @@ if triton is not None:
         return lo + (p & -65536).to(tl.float32, bitcast=True) * (x & -65536).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _partial_prmt(word, xs, s_ptr, tabs, rows, k0, KG, GW: tl.constexpr, G: tl.constexpr,
-                      MASKED: tl.constexpr):  # fmt: skip
-        # the prmt decode's partial sums for the chunk's code words, (rows, G, GW) in fp32; `tabs`: the 8
-        # words of `byte_tables`, `xs`: `_input_quads`
-        scale = _group_scale(s_ptr, rows, k0 // GW, KG, G, MASKED)
-        p0, p1, p2, p3 = tl.inline_asm_elementwise(
+    def _prmt_words(word, tabs):
+        # PRMT_ASM on each int32 code word: its 4 words of two bf16 weights; `tabs`: `byte_tables`' 8 words
+        return tl.inline_asm_elementwise(
             _PRMT,
             "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
             [word, tabs[0], tabs[1], tabs[2], tabs[3], tabs[4], tabs[5], tabs[6], tabs[7]],
@@ -498,6 +495,14 @@ if triton is not None:
             is_pure=True,
             pack=1,
         )
+
+    @triton.jit
+    def _partial_prmt(word, xs, s_ptr, tabs, rows, k0, KG, GW: tl.constexpr, G: tl.constexpr,
+                      MASKED: tl.constexpr):  # fmt: skip
+        # the prmt decode's partial sums for the chunk's code words, (rows, G, GW) in fp32; `tabs`: the 8
+        # words of `byte_tables`, `xs`: `_input_quads`
+        scale = _group_scale(s_ptr, rows, k0 // GW, KG, G, MASKED)
+        p0, p1, p2, p3 = _prmt_words(word, tabs)
         words = tl.join(tl.join(p0, p2), tl.join(p1, p3))  # [..., u, v]: output 2u + v
         words = tl.reshape(words, [words.shape[0], G, GW, 4])
         return scale * tl.sum(_pair_dot(words, xs), axis=3)
@@ -689,14 +694,7 @@ if triton is not None:
     def _word_dot(word, xs, tabs, lut_ptr, ASM: tl.constexpr):
         # one code word a (row, quad): its 8 weights (decoded: prmt's bf16 pairs) times their 8 inputs, fp32
         if ASM:
-            p0, p1, p2, p3 = tl.inline_asm_elementwise(
-                _PRMT,
-                "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
-                [word, tabs[0], tabs[1], tabs[2], tabs[3], tabs[4], tabs[5], tabs[6], tabs[7]],
-                dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
-                is_pure=True,
-                pack=1,
-            )
+            p0, p1, p2, p3 = _prmt_words(word, tabs)
         else:  # the same words from the code-pair table (the CPU interpreter runs no PTX): halves swapped
             p0 = _swap_halves(tl.load(lut_ptr + (word & 255)))
             p1 = _swap_halves(tl.load(lut_ptr + ((word >> 8) & 255)))
@@ -956,7 +954,13 @@ def _launch_quads(
     add_in = _rows(add, rows) if add is not None else x
     res_in = _rows(residual, N) if residual is not None else x
     ws = torch.empty(M, split, rows, device=x.device, dtype=torch.float32) if split > 1 else y
-    act = 0 if activation is None else kernels.ACTIVATIONS[activation]
+    folds = {  # the epilogue's, for both kernels
+        "ACT": 0 if activation is None else kernels.ACTIVATIONS[activation],
+        "GLU": glu,
+        "HAS_BIAS": bias is not None,
+        "HAS_ADD": add is not None,
+        "HAS_RES": residual is not None,
+    }
     _nf4_quads_kernel[(tiles * split,)](
         x_in,
         x2_in,
@@ -977,11 +981,7 @@ def _launch_quads(
         0 if act_from is None else act_from,
         QG=weight.group // 32,
         HAS_X2=x2 is not None,
-        ACT=act,
-        GLU=glu,
-        HAS_BIAS=bias is not None,
-        HAS_ADD=add is not None,
-        HAS_RES=residual is not None,
+        **folds,
         ASM=asm,
         BLOCK_N=block_n,
         C=block_k // 32,
@@ -1001,11 +1001,7 @@ def _launch_quads(
             N,
             0 if act_from is None else act_from,
             SPLIT=split,
-            ACT=act,
-            GLU=glu,
-            HAS_BIAS=bias is not None,
-            HAS_ADD=add is not None,
-            HAS_RES=residual is not None,
+            **folds,
             BLOCK_N=SPLIT_ROWS,
             num_warps=4,
         )

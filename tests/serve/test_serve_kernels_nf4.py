@@ -306,10 +306,27 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from serve.kernels_nf4 import _nf4_gemv_kernel
+from serve.kernels_nf4 import _nf4_gemv_kernel, _nf4_quads_kernel, _nf4_split_kernel
 
-ints = ["M", "N", "K1", "K", "KU", "KG", "act_from"]
-aligned = ["N", "K1", "K", "KU", "KG"]  # what Triton sees at Falcon-7B's and Llama-3.1-8B's shapes
+INTS = ["M", "N", "K1", "K", "KU", "KQ", "KG", "act_from"]
+ALIGNED = ["N", "K1", "K", "KU", "KG"]  # what Triton sees at Falcon-7B's and Llama-3.1-8B's shapes
+
+
+def ptx(kernel, consts, types, warps):
+    # the kernel's PTX for an H200; pointers bf16 but those in `types`, the _ptr and ALIGNED ints 16-aligned
+    names = list(kernel.arg_names)
+    signature = {
+        n: "constexpr" if n in consts else "i32" if n in INTS else types.get(n, "*bf16") for n in names
+    }
+    attrs = {
+        (names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in ALIGNED
+    }
+    constexprs = {(names.index(n),): v for n, v in consts.items()}
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    options = {"num_warps": warps, "num_stages": 3}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
 plain = dict(HAS_X2=False, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=False, HAS_RES=False)
 folds = [
     plain,
@@ -317,66 +334,28 @@ folds = [
     dict(HAS_X2=True, ACT=0, GLU=False, HAS_BIAS=False, HAS_ADD=True, HAS_RES=True),
     dict(HAS_X2=False, ACT=1, GLU=False, HAS_BIAS=True, HAS_ADD=True, HAS_RES=False),
 ]
+pairs = {"lut_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}  # bf16 inputs read as int32 pairs
 for decode, variant in [(2, f) for f in folds] + [(1, plain), (0, plain)]:
-    names = list(_nf4_gemv_kernel.arg_names)
-    unit = 4 if decode == 2 else 1
+    unit = 4 if decode == 2 else 1  # the codes as bytes or (prmt) as int32 words
     consts = dict(GU=32 // unit, BLOCK_N=2, G=16, DECODE=decode, X_PAIRS=True, **variant)
-    # bf16 inputs read as int32 pairs, the codes as bytes or (prmt) as int32 words
-    types = {"q_ptr": "*i32" if unit == 4 else "*u8", "lut_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}
-    signature = {
-        n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names
-    }
-    attrs = {
-        (names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned
-    }
-    constexprs = {(names.index(n),): v for n, v in consts.items()}
-    source = ASTSource(_nf4_gemv_kernel, signature, constexprs, attrs)
-    options = {"num_warps": 4, "num_stages": 3}
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    ptx = kernel.asm["ptx"]
+    text = ptx(_nf4_gemv_kernel, consts, {"q_ptr": "*i32" if unit == 4 else "*u8", **pairs}, 4)
     # the codes: evict-first loads (16-byte vectors but for prmt, whose int32 words are read one a
     # thread to share the input's layout); PRMT_ASM's mask selector marks the prmt decode
     loads = "ld.global.L1::evict_first.L2::cache_hint" + ("" if decode == 2 else ".v")
-    print(ptx.count(loads), ptx.count("0x9D8C"))
+    print(text.count(loads), text.count("0x9D8C"))
 
-from serve.kernels_nf4 import _nf4_quads_kernel
-
-ints = ["M", "N", "K1", "K", "KQ", "KG", "act_from"]
+quads = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False)
 for variant in folds:
-    names = list(_nf4_quads_kernel.arg_names)
-    consts = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False, SPLIT=1, **variant)
-    types = {"q_ptr": "*i32", "lut_ptr": "*i32", "x_ptr": "*i32", "x2_ptr": "*i32"}
-    signature = {
-        n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names
-    }
-    attrs = {
-        (names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned
-    }
-    constexprs = {(names.index(n),): v for n, v in consts.items()}
-    source = ASTSource(_nf4_quads_kernel, signature, constexprs, attrs)
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
-    ptx = kernel.asm["ptx"]
+    text = ptx(_nf4_quads_kernel, dict(SPLIT=1, **quads, **variant), {"q_ptr": "*i32", **pairs}, 1)
     # a thread's 4 code words of a row in one 16-byte evict-first load; decoded by the byte permutes
-    print(ptx.count("ld.global.L1::evict_first.L2::cache_hint.v4"), ptx.count("0x9D8C"))
-
-from serve.kernels_nf4 import _nf4_split_kernel
+    print(text.count("ld.global.L1::evict_first.L2::cache_hint.v4"), text.count("0x9D8C"))
 
 # split-K: the quads kernel storing fp32 partial sums, and the kernel adding them up (gated: both halves)
-consts = dict(QG=2, ASM=True, BLOCK_N=8, C=32, PREFETCH=False, SPLIT=4, **folds[1])
-signature = {n: "constexpr" if n in consts else "i32" if n in ints else types.get(n, "*bf16") for n in names}
-signature["ws_ptr"] = "*fp32"
-constexprs = {(names.index(n),): v for n, v in consts.items()}
-source = ASTSource(_nf4_quads_kernel, signature, constexprs, attrs)
-ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1}).asm["ptx"]
-names = list(_nf4_split_kernel.arg_names)
-consts = dict(SPLIT=4, BLOCK_N=256, **{k: v for k, v in folds[1].items() if k != "HAS_X2"})
-signature = {n: "constexpr" if n in consts else "i32" if n in ints else "*bf16" for n in names}
-signature["ws_ptr"] = "*fp32"
-attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in aligned}
-constexprs = {(names.index(n),): v for n, v in consts.items()}
-source = ASTSource(_nf4_split_kernel, signature, constexprs, attrs)
-reduce_ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-print(ptx.count("st.global.b32"), reduce_ptx.count("ld.global"))
+sums = {"ws_ptr": "*fp32"}
+text = ptx(_nf4_quads_kernel, dict(SPLIT=4, **quads, **folds[1]), {"q_ptr": "*i32", **pairs, **sums}, 1)
+epilogue = {k: v for k, v in folds[1].items() if k != "HAS_X2"}
+reduce_text = ptx(_nf4_split_kernel, dict(SPLIT=4, BLOCK_N=256, **epilogue), sums, 4)
+print(text.count("st.global.b32"), reduce_text.count("ld.global"))
 """
 
 
