@@ -28,7 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from common.cli import run_function
-from common.files import open_private, write_private_atomic
+from common.files import open_private_atomic, write_private_atomic
 from finetune.data import load_records, render_texts
 from finetune.errors import UserError, make_out_dir, write_errors
 from prepare.records import TRAIN_FILE
@@ -113,11 +113,10 @@ def pretrain(
 
 
 def save_torch_private(obj: object, path: Path) -> None:
-    """`torch.save` into a file that is 0600 from its first byte, replaced atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open_private(tmp, "wb") as f:
+    """`torch.save` into a file that is 0600 from its first byte, replaced atomically (a failed save leaves
+    no temp file and the old file as it was)."""
+    with open_private_atomic(path, "wb") as f:
         torch.save(obj, f)
-    os.replace(tmp, path)
 
 
 def make_tiny_checkpoint(
