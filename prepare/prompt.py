@@ -46,9 +46,14 @@ MAX_CONTEXT_TURNS = 8
 MAX_CONTEXT_CHARS = 1500
 """Default cap on the rendered context's length in characters."""
 MAX_TURN_CHARS = 1000
-"""A turn longer than this (a pasted article, a log) is clipped to its head plus an ellipsis when it is
-rendered into a prompt, so one paste cannot crowd out the rest of the conversation."""
-CLIP_MARK = " […]"
+"""A turn longer than this (a pasted article, a log, a long burst of messages) is clipped to its head and
+its tail around an ellipsis when it is rendered into a prompt, so one paste cannot crowd out the rest of
+the conversation — and the question a long burst ends with is still there to answer."""
+CLIP_MARK = " […] "
+"""Where `clip_text` took the middle out."""
+CLIP_HEAD_SHARE = 1 / 3
+"""Of what a clipped turn keeps, the share from its head (the rest from its tail, where a burst of
+messages ends with what it asks)."""
 
 PromptFormat = Literal["twin-v1", "chat-template"]
 """The prompt formats a twin can be trained with (finetune records its one next to the adapter)."""
@@ -106,13 +111,24 @@ def clean_text(text: str) -> str:
 
 
 def clip_text(text: str, max_chars: int = MAX_TURN_CHARS) -> str:
-    """`text` if it fits in `max_chars`, else its head and a clip mark (never longer than `max_chars`).
+    """`text` if it fits in `max_chars`, else its head, a clip mark and its tail (a third and two thirds
+    of the rest, `CLIP_HEAD_SHARE`; never longer than `max_chars`). Before, the head alone was kept: a
+    burst of messages ending with a question lost the question.
 
     Idempotent: clipping a clipped text changes nothing.
     """
     if len(text) <= max_chars:
         return text
-    return text[: max(0, max_chars - len(CLIP_MARK))].rstrip() + CLIP_MARK
+    return clip_ends(text, text, max_chars)
+
+
+def clip_ends(head: str, tail: str, max_chars: int = MAX_TURN_CHARS) -> str:
+    """`clip_text`'s clipped form from the start of `head` and the end of `tail` (the same text, or two
+    ends of one cut apart, as `reply` scrubs a huge turn): nothing between them is ever taken."""
+    keep = max(0, max_chars - len(CLIP_MARK))
+    first = int(keep * CLIP_HEAD_SHARE)
+    last = tail[len(tail) - (keep - first) :] if keep > first else ""
+    return (head[:first].rstrip() + CLIP_MARK + last.lstrip())[:max_chars]
 
 
 # ---- markers in message text: no content can forge a turn ----------------------------------------------

@@ -28,6 +28,7 @@ from prepare.prompt import (
     MAX_TURN_CHARS,
     cap_turns,
     clean_text,
+    clip_ends,
     clip_text,
     merge_turns,
 )
@@ -40,9 +41,10 @@ SERVICE_IDS = frozenset({SERVICE_NOTIFICATIONS_ID})
 """Telegram's own notices (login codes!): never answered, never read, never sent to the server."""
 MAX_MESSAGE_CHARS = 4096
 """Telegram's limit on one message's text; a longer line of an auto-reply goes out in pieces."""
-SCRUB_HEAD = 2 * MAX_TURN_CHARS
-"""A turn is cut to this before scrubbing (a pasted novel costs no time); a secret the cut breaks lies
-beyond `MAX_TURN_CHARS`, where the clip drops it anyway."""
+SCRUB_LIMIT = 64 * MAX_TURN_CHARS
+"""A turn up to this long is scrubbed whole, then clipped (100k characters take ~0.15 s); a longer one (a
+pasted book) only at its two ends of half this each, clipped from those ends alone (`clip_ends`: nothing
+near the cut, where a secret may be broken, is ever kept)."""
 
 
 def left_out(chat: Any, me_id: int | None = None) -> str | None:
@@ -70,8 +72,12 @@ def nothing_to_answer(message: Any) -> str | None:
 
 def scrub_turn(turn: Turn) -> Turn:
     """A turn as a training record holds it: valid Unicode, secrets replaced, clipped."""
-    text = scrub_secrets(valid_unicode(turn.text[:SCRUB_HEAD]))
-    return Turn(turn.speaker, clip_text(text, MAX_TURN_CHARS))
+    text = turn.text
+    if len(text) <= SCRUB_LIMIT:
+        return Turn(turn.speaker, clip_text(scrub_secrets(valid_unicode(text)), MAX_TURN_CHARS))
+    head = scrub_secrets(valid_unicode(text[: SCRUB_LIMIT // 2]))
+    tail = scrub_secrets(valid_unicode(text[-(SCRUB_LIMIT // 2) :]))
+    return Turn(turn.speaker, clip_ends(head, tail, MAX_TURN_CHARS))
 
 
 def prompt_name(name: str) -> str:

@@ -175,7 +175,9 @@ def test_long_pastes(tmp_path: Path) -> None:
         ],
     )
     assert len(records) == 1
-    assert len(records[0].instruction) <= 1000 and records[0].instruction.endswith("[…]")
+    instruction = records[0].instruction
+    assert len(instruction) <= 1000 and " […] " in instruction  # clipped in its middle
+    assert instruction.startswith("lorem ipsum") and instruction.endswith("lorem ipsum")
     assert stats["skipped"]["response_too_long"] == 1
 
 

@@ -126,7 +126,7 @@ def test_a_template_without_a_system_role_gets_the_line_in_the_first_user_messag
 def test_long_turns_are_clipped_as_in_twin_v1() -> None:
     long = "word " * 400
     prompt, _ = prompter("chatml").render_record(record((Turn("partner", long), Turn("me", "ok")), long))
-    assert prompt.count(clip_text(long.strip())) == 2 and long.strip() not in prompt
+    assert prompt.count(clip_text(long).strip()) == 2 and long.strip() not in prompt
 
 
 def test_a_template_that_does_not_extend_its_generation_prompt_is_refused() -> None:

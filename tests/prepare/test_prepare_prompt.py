@@ -75,7 +75,18 @@ def test_clip_text_fits_and_is_idempotent(text: str, limit: int) -> None:
     clipped = clip_text(text, limit)
     assert len(clipped) <= limit
     assert clip_text(clipped, limit) == clipped
-    assert clipped == text or clipped.endswith(CLIP_MARK)
+    assert clipped == text or CLIP_MARK in clipped
+
+
+def test_a_long_turn_keeps_its_head_and_the_question_it_ends_with() -> None:
+    """A burst of messages longer than a turn may be (merged into one turn) is clipped in its middle: its
+    start and — where a burst asks what it asks — its end survive, the middle is left out."""
+    burst = "so here is what happened today. " + "and then we waited some more. " * 60 + "what would you do?"
+    clipped = clip_text(burst)
+    assert len(burst) > MAX_TURN_CHARS and len(clipped) <= MAX_TURN_CHARS
+    assert clipped.startswith("so here is what happened today.")
+    assert clipped.endswith("what would you do?")
+    assert CLIP_MARK in clipped and len(clipped) > MAX_TURN_CHARS - 10  # the room is used, not wasted
 
 
 def test_long_turns_are_clipped_in_context_and_instruction() -> None:

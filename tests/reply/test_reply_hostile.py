@@ -565,3 +565,20 @@ def test_a_burst_from_many_chats_is_answered_a_few_at_a_time(make: Make) -> None
     run(body)
     assert twin.asked == 40 and twin.most <= w.settings.max_concurrent
     assert sorted(chat for chat, _ in w.drafts()) == [p.id for p in people]
+
+
+@pytest.mark.parametrize("size", [5_000, 200_000], ids=["long burst", "pasted book"])
+def test_a_long_turns_kept_ends_are_scrubbed_and_its_question_survives(size: int) -> None:
+    """A partner's turn longer than the clip keeps loses its middle, not its end: the question it ends with
+    reaches the twin, and the secrets in both kept ends are scrubbed — also past the length that is
+    scrubbed whole (a pasted book: its two ends alone, clipped from those ends)."""
+    from reply.conversation import SCRUB_LIMIT, scrub_turn
+
+    start = "my card is 4111 1111 1111 1111, anyway. "
+    end = "call me on +44 7911 123456 — so what do you think?"
+    text = start + "blah " * ((size - len(start) - len(end)) // 5) + end
+    assert (len(text) > SCRUB_LIMIT) == (size > SCRUB_LIMIT)
+    clipped = scrub_turn(Turn("partner", text)).text
+    assert len(clipped) <= MAX_TURN_CHARS
+    assert clipped.endswith("so what do you think?") and clipped.startswith("my card is")
+    assert "4111" not in clipped and "7911" not in clipped and "123456" not in clipped, clipped
