@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -394,8 +394,7 @@ if triton is not None:
         # read as int32 words, one per byte j, each holding both (little-endian: column 2j in the low half)
         j = k0 + tl.arange(0, G)[:, None] * GB + tl.arange(0, GB)[None, :]
         if X_PAIRS:
-            words = _input_words(x_ptr, x2_ptr, j, K1, KH, HAS_X2, MASKED)
-            return (words << 16).to(tl.float32, bitcast=True), (words & -65536).to(tl.float32, bitcast=True)
+            return _halves(_input_words(x_ptr, x2_ptr, j, K1, KH, HAS_X2, MASKED))
         col = 2 * j[:, :, None] + tl.arange(0, 2)[None, None, :]  # (G, GB, 2)
         inside = (j < KH)[:, :, None] if MASKED else col >= 0
         if HAS_X2:
@@ -479,10 +478,24 @@ if triton is not None:
         )  # fmt: skip
 
     @triton.jit
+    def _halves(w):
+        # an int32 word of two bf16 values as two fp32 (a bf16 shifted left by 16 bits is its fp32):
+        # (the low half's, the high half's)
+        return (w << 16).to(tl.float32, bitcast=True), (w & -65536).to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _pair_dot(p, x):
         # two bf16 weights (int32 word p) times two bf16 inputs (word x), in fp32: exact products
-        lo = (p << 16).to(tl.float32, bitcast=True) * (x << 16).to(tl.float32, bitcast=True)
-        return lo + (p & -65536).to(tl.float32, bitcast=True) * (x & -65536).to(tl.float32, bitcast=True)
+        p_lo, p_hi = _halves(p)
+        x_lo, x_hi = _halves(x)
+        return p_lo * x_lo + p_hi * x_hi
+
+    @triton.jit
+    def _pair_acc(acc, p, x):
+        # acc plus two bf16 weights (int32 word p) times their fp32 inputs x = (low's, high's), in turn
+        p_lo, p_hi = _halves(p)
+        acc += p_lo * x[0]
+        return acc + p_hi * x[1]
 
     @triton.jit
     def _prmt_words(word, tabs):
@@ -680,15 +693,17 @@ if triton is not None:
             HAS_X2, MASKED,
         )  # fmt: skip
         w0, w1, w2, w3 = _quarters(words, 1, C)
-        lo0 = (w0 << 16).to(tl.float32, bitcast=True)
-        hi0 = (w0 & -65536).to(tl.float32, bitcast=True)
-        lo1 = (w1 << 16).to(tl.float32, bitcast=True)
-        hi1 = (w1 & -65536).to(tl.float32, bitcast=True)
-        lo2 = (w2 << 16).to(tl.float32, bitcast=True)
-        hi2 = (w2 & -65536).to(tl.float32, bitcast=True)
-        lo3 = (w3 << 16).to(tl.float32, bitcast=True)
-        hi3 = (w3 & -65536).to(tl.float32, bitcast=True)
-        return lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3
+        return _halves(w0), _halves(w1), _halves(w2), _halves(w3)
+
+    @triton.jit
+    def _quad_inputs(x_row, x2_row, c0, K1, end, C: tl.constexpr, HAS_X2: tl.constexpr, MASKED: tl.constexpr):
+        # `_quad_input` for each of a quad's 4 code words
+        return (
+            _quad_input(x_row, x2_row, c0, 0, K1, end, C, HAS_X2, MASKED),
+            _quad_input(x_row, x2_row, c0, 1, K1, end, C, HAS_X2, MASKED),
+            _quad_input(x_row, x2_row, c0, 2, K1, end, C, HAS_X2, MASKED),
+            _quad_input(x_row, x2_row, c0, 3, K1, end, C, HAS_X2, MASKED),
+        )
 
     @triton.jit
     def _word_dot(word, xs, tabs, lut_ptr, ASM: tl.constexpr):
@@ -700,28 +715,22 @@ if triton is not None:
             p1 = _swap_halves(tl.load(lut_ptr + ((word >> 8) & 255)))
             p2 = _swap_halves(tl.load(lut_ptr + ((word >> 16) & 255)))
             p3 = _swap_halves(tl.load(lut_ptr + ((word >> 24) & 255)))
-        acc = (p0 << 16).to(tl.float32, bitcast=True) * xs[0]
-        acc += (p0 & -65536).to(tl.float32, bitcast=True) * xs[1]
-        acc += (p1 << 16).to(tl.float32, bitcast=True) * xs[2]
-        acc += (p1 & -65536).to(tl.float32, bitcast=True) * xs[3]
-        acc += (p2 << 16).to(tl.float32, bitcast=True) * xs[4]
-        acc += (p2 & -65536).to(tl.float32, bitcast=True) * xs[5]
-        acc += (p3 << 16).to(tl.float32, bitcast=True) * xs[6]
-        acc += (p3 & -65536).to(tl.float32, bitcast=True) * xs[7]
-        return acc
+        p_lo, p_hi = _halves(p0)
+        acc = p_lo * xs[0][0] + p_hi * xs[0][1]
+        return _pair_acc(_pair_acc(_pair_acc(acc, p1, xs[1]), p2, xs[2]), p3, xs[3])
 
     @triton.jit
     def _swap_halves(v):
         return (v << 16) | ((v >> 16) & 65535)
 
     @triton.jit
-    def _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, end, QG: tl.constexpr,
+    def _quads_sum(codes, xs, s_ptr, tabs, lut_ptr, rows, c0, KG, end, QG: tl.constexpr,
                    R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
-        # a chunk's (R, C) partial sums: each quad's 4 code words against their inputs, times its group's
-        # scale (a group: QG quads)
+        # a chunk's (R, C) partial sums: each quad's 4 code words against their inputs (`_quad_inputs`),
+        # times its group's scale (a group: QG quads)
         w0, w1, w2, w3 = _quarters(codes, R, C)
-        part = _word_dot(w0, x0, tabs, lut_ptr, ASM) + _word_dot(w1, x1, tabs, lut_ptr, ASM)
-        part += _word_dot(w2, x2, tabs, lut_ptr, ASM) + _word_dot(w3, x3, tabs, lut_ptr, ASM)
+        part = _word_dot(w0, xs[0], tabs, lut_ptr, ASM) + _word_dot(w1, xs[1], tabs, lut_ptr, ASM)
+        part += _word_dot(w2, xs[2], tabs, lut_ptr, ASM) + _word_dot(w3, xs[3], tabs, lut_ptr, ASM)
         c = c0 + tl.arange(0, C)
         scales = s_ptr + rows[:, None] * KG + (c // QG)[None, :]
         if MASKED:
@@ -791,30 +800,22 @@ if triton is not None:
                 codes = _quad_codes(q_ptr, rows, c0, KQ, end, C, False)
                 if GLU:
                     codes_up = _quad_codes(q_ptr, rows + N, c0, KQ, end, C, False)
-            x0 = _quad_input(x_row, x2_row, c0, 0, K1, end, C, HAS_X2, False)
-            x1 = _quad_input(x_row, x2_row, c0, 1, K1, end, C, HAS_X2, False)
-            x2 = _quad_input(x_row, x2_row, c0, 2, K1, end, C, HAS_X2, False)
-            x3 = _quad_input(x_row, x2_row, c0, 3, K1, end, C, HAS_X2, False)
-            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, c0, KG, end, QG, BLOCK_N, C,
-                              ASM, False)  # fmt: skip
+            xs = _quad_inputs(x_row, x2_row, c0, K1, end, C, HAS_X2, False)
+            acc += _quads_sum(codes, xs, s_ptr, tabs, lut_ptr, rows, c0, KG, end, QG, BLOCK_N, C, ASM, False)
             if GLU:
-                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, c0, KG, end,
-                                     QG, BLOCK_N, C, ASM, False)  # fmt: skip
+                acc_up += _quads_sum(codes_up, xs, s_ptr, tabs, lut_ptr, rows + N, c0, KG, end, QG, BLOCK_N,
+                                     C, ASM, False)  # fmt: skip
             if PREFETCH:
                 codes = codes_next
                 codes_up = up_next
         if full < end:  # the tail, masked
             codes = _quad_codes(q_ptr, rows, full, KQ, end, C, True)
-            x0 = _quad_input(x_row, x2_row, full, 0, K1, end, C, HAS_X2, True)
-            x1 = _quad_input(x_row, x2_row, full, 1, K1, end, C, HAS_X2, True)
-            x2 = _quad_input(x_row, x2_row, full, 2, K1, end, C, HAS_X2, True)
-            x3 = _quad_input(x_row, x2_row, full, 3, K1, end, C, HAS_X2, True)
-            acc += _quads_sum(codes, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows, full, KG, end, QG, BLOCK_N,
-                              C, ASM, True)  # fmt: skip
+            xs = _quad_inputs(x_row, x2_row, full, K1, end, C, HAS_X2, True)
+            acc += _quads_sum(codes, xs, s_ptr, tabs, lut_ptr, rows, full, KG, end, QG, BLOCK_N, C, ASM, True)
             if GLU:
                 codes_up = _quad_codes(q_ptr, rows + N, full, KQ, end, C, True)
-                acc_up += _quads_sum(codes_up, x0, x1, x2, x3, s_ptr, tabs, lut_ptr, rows + N, full, KG, end,
-                                     QG, BLOCK_N, C, ASM, True)  # fmt: skip
+                acc_up += _quads_sum(codes_up, xs, s_ptr, tabs, lut_ptr, rows + N, full, KG, end, QG, BLOCK_N,
+                                     C, ASM, True)  # fmt: skip
         if SPLIT == 1:
             _epilogue(tl.sum(acc, axis=1), tl.sum(acc_up, axis=1), m, rows, out_rows, row_mask, N, act_from,
                       bias_ptr, add_ptr, res_ptr, y_ptr, ACT, GLU, HAS_BIAS, HAS_ADD, HAS_RES)  # fmt: skip
@@ -879,28 +880,39 @@ def _launch(
     M = x.size(0)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     decode_name = nf4_decode(weight, x, k1)
-    block_n, block_k, warps = nf4_tile(K, decode_name)
-    if decode_name == "quads":
-        return _launch_quads(x, weight, bias, x2, act_from, activation, glu, residual, add, N, k1, k2).view(
-            out_shape
-        )
-    if block_k < weight.group:
-        raise ValueError(f"an NF4 tile's K chunk ({block_k}) narrower than a scale group ({weight.group})")
+    tile = nf4_tile(K, decode_name)
     x_pairs = x.dtype == torch.bfloat16  # read as int32 words of two values (K1, K - K1 even)
     x_in = x.view(torch.int32) if x_pairs else x
     x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32) if x_pairs else _rows(x2, k2)
+    operands = (  # pointers a variant does not read: x
+        bias if bias is not None else x,
+        _rows(add, rows) if add is not None else x,
+        _rows(residual, N) if residual is not None else x,
+    )
+    folds = {  # the epilogue's (every kernel's)
+        "ACT": 0 if activation is None else kernels.ACTIVATIONS[activation],
+        "GLU": glu,
+        "HAS_BIAS": bias is not None,
+        "HAS_ADD": add is not None,
+        "HAS_RES": residual is not None,
+    }
+    act_at = 0 if act_from is None else act_from
+    if decode_name == "quads":
+        _launch_quads(x_in, x2_in, weight, operands, y, k1, act_at, tile, folds, x2 is not None)
+        return y.view(out_shape)
+    block_n, block_k, warps = tile
+    if block_k < weight.group:
+        raise ValueError(f"an NF4 tile's K chunk ({block_k}) narrower than a scale group ({weight.group})")
     decode = DECODES.index(decode_name)
     unit = 4 if decode == 2 else 1  # code bytes a unit the kernel reads: int32 words for prmt
     _nf4_gemv_kernel[(M * triton.cdiv(N, block_n),)](
         x_in,
-        x2_in,  # pointers a variant does not read
+        x2_in,
         weight.codes.view(torch.int32) if unit == 4 else weight.codes,
         weight.scales,
         weight.bytes if decode == 2 else weight.pairs,
         weight.table,
-        bias if bias is not None else x,
-        _rows(add, rows) if add is not None else x,
-        _rows(residual, N) if residual is not None else x,
+        *operands,
         y,
         M,
         N,
@@ -908,14 +920,10 @@ def _launch(
         K,
         K // 2 // unit,  # units a row: an argument, so Triton sees it divisible by 16 and vectorizes loads
         K // weight.group,
-        0 if act_from is None else act_from,
+        act_at,
         GU=weight.group // 2 // unit,
         HAS_X2=x2 is not None,
-        ACT=0 if activation is None else kernels.ACTIVATIONS[activation],
-        GLU=glu,
-        HAS_BIAS=bias is not None,
-        HAS_ADD=add is not None,
-        HAS_RES=residual is not None,
+        **folds,
         DECODE=decode,
         X_PAIRS=x_pairs,
         BLOCK_N=block_n,
@@ -927,49 +935,34 @@ def _launch(
 
 
 def _launch_quads(
-    x: torch.Tensor,
+    x_in: torch.Tensor,
+    x2_in: torch.Tensor,
     weight: PackedNF4,
-    bias: torch.Tensor | None,
-    x2: torch.Tensor | None,
-    act_from: int | None,
-    activation: str | None,
-    glu: bool,
-    residual: torch.Tensor | None,
-    add: torch.Tensor | None,
-    N: int,
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    y: torch.Tensor,
     k1: int,
-    k2: int,
-) -> torch.Tensor:
-    """`_launch` through `_nf4_quads_kernel` (the `quads` decode: bf16, K and the groups multiples of 32)."""
+    act_at: int,
+    tile: tuple[int, int, int],
+    folds: dict[str, Any],
+    has_x2: bool,
+) -> None:
+    """`_launch`'s GEMV into `y` through `_nf4_quads_kernel` (the `quads` decode: bf16 input as int32 pairs,
+    K and the groups multiples of 32), split along K where `quads_split` says, its sums then added by
+    `_nf4_split_kernel`."""
     rows, K = weight.shape
-    M = x.size(0)
-    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    block_n, block_k, warps = nf4_tile(K, "quads")
-    x_in = x.view(torch.int32)
-    x2_in = x_in if x2 is None else _rows(x2, k2).view(torch.int32)
-    asm = x.is_cuda
+    M, N = y.shape
+    block_n, block_k, warps = tile
+    asm = x_in.is_cuda
     tiles = M * triton.cdiv(N, block_n)
-    split = quads_split(tiles, K // block_k, x.device)
-    bias_in = bias if bias is not None else x
-    add_in = _rows(add, rows) if add is not None else x
-    res_in = _rows(residual, N) if residual is not None else x
-    ws = torch.empty(M, split, rows, device=x.device, dtype=torch.float32) if split > 1 else y
-    folds = {  # the epilogue's, for both kernels
-        "ACT": 0 if activation is None else kernels.ACTIVATIONS[activation],
-        "GLU": glu,
-        "HAS_BIAS": bias is not None,
-        "HAS_ADD": add is not None,
-        "HAS_RES": residual is not None,
-    }
+    split = quads_split(tiles, K // block_k, x_in.device)
+    ws = torch.empty(M, split, rows, device=y.device, dtype=torch.float32) if split > 1 else y
     _nf4_quads_kernel[(tiles * split,)](
         x_in,
         x2_in,
         weight.codes.view(torch.int32),
         weight.scales,
         weight.bytes if asm else weight.pairs,
-        bias_in,
-        add_in,
-        res_in,
+        *operands,
         y,
         ws,
         M,
@@ -978,9 +971,9 @@ def _launch_quads(
         K,
         K // 32,
         K // weight.group,
-        0 if act_from is None else act_from,
+        act_at,
         QG=weight.group // 32,
-        HAS_X2=x2 is not None,
+        HAS_X2=has_x2,
         **folds,
         ASM=asm,
         BLOCK_N=block_n,
@@ -992,20 +985,8 @@ def _launch_quads(
     )
     if split > 1:
         _nf4_split_kernel[(M * triton.cdiv(N, SPLIT_ROWS),)](
-            ws,
-            bias_in,
-            add_in,
-            res_in,
-            y,
-            M,
-            N,
-            0 if act_from is None else act_from,
-            SPLIT=split,
-            **folds,
-            BLOCK_N=SPLIT_ROWS,
-            num_warps=4,
+            ws, *operands, y, M, N, act_at, SPLIT=split, **folds, BLOCK_N=SPLIT_ROWS, num_warps=4
         )
-    return y
 
 
 def quads_split(tiles: int, chunks: int, device: torch.device) -> int:
