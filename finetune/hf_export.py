@@ -49,7 +49,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from common.files import open_private, write_private_atomic
+from common.files import open_private, temp_path, write_private_atomic
 from finetune.bases import Family, check_supported
 from finetune.errors import UserError, make_out_dir
 
@@ -404,7 +404,7 @@ def hub_model_id(config: Config, checkpoint_dir: Path) -> str | None:
 def save_private_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """`save_file` into a file that is 0600 from its first byte, replaced atomically. A write that fails
     (a full disk) removes the temp file and is an `OSError` naming `path`, as Python's own writes are."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     open_private(tmp, "wb").close()
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

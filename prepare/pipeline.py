@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from common.files import make_private_dir, open_private, write_private_atomic
+from common.files import make_private_dir, open_private_atomic, write_private_atomic
 from common.scrub import KINDS
 
 from .build import SKIP_REASONS, Built, build_records
@@ -26,22 +25,15 @@ STATS_VERSION = 1
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> None:
     """Write records one JSON object a line, atomically (temp file + rename), 0600 from the first byte."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open_private(tmp, "wb") as f:
-            buf: list[bytes] = []
-            for record in records:
-                buf.append(orjson.dumps(record))
-                if len(buf) >= 8192:
-                    f.write(b"\n".join(buf) + b"\n")
-                    buf.clear()
-            if buf:
+    with open_private_atomic(path, "wb") as f:
+        buf: list[bytes] = []
+        for record in records:
+            buf.append(orjson.dumps(record))
+            if len(buf) >= 8192:
                 f.write(b"\n".join(buf) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+                buf.clear()
+        if buf:
+            f.write(b"\n".join(buf) + b"\n")
 
 
 def write_scrub_report(path: Path, rows: list[dict[str, Any]]) -> None:
