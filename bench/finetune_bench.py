@@ -464,7 +464,7 @@ def randomize(model: torch.nn.Module) -> None:
 def use_packed_attention(cfg: BenchConfig) -> None:
     """The row's attention for packed rows (process-wide, as `finetune.packing` reads it); a varlen row
     where this torch has no variable-length attention is refused."""
-    if cfg.packed_attention == "varlen" and packing.varlen_attention_fn() is None:
+    if cfg.packed_attention == "varlen" and packing.VARLEN_ATTENTION is None:
         raise RuntimeError(f"{cfg.name}: torch {torch.__version__} has no torch.nn.attention.varlen")
     packing.PACKED_ATTENTION = cfg.packed_attention
 
